@@ -1,0 +1,355 @@
+"""The :class:`Interactions` type: who interacted with what, how much, and when.
+
+Immutable: every column is a read-only numpy array, and every operation (subset, filter,
+split) returns a new object that shares the parent's vocabularies, so indices mean the same
+thing in a training set, its test set and a model fitted on either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recforge.data.vocabulary import Vocabulary
+from recforge.errors import DataError
+
+DuplicatePolicy = Literal["error", "first", "last", "sum", "max", "mean"]
+UnknownPolicy = Literal["error", "drop"]
+
+#: Names under which the canonical columns are found when no mapping is given
+#: (compared case-insensitively).
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "user": ("user", "user_id", "userid", "uid", "user_idx", "customer_id", "visitor_id",
+             "visitorid", "session_id"),
+    "item": ("item", "item_id", "itemid", "iid", "movie_id", "movieid", "product_id",
+             "productid", "article_id", "track_id", "book_id", "isbn"),
+    "rating": ("rating", "ratings", "value", "score", "weight", "count", "play_count",
+               "playcount", "stars"),
+    "timestamp": ("timestamp", "ts", "time", "datetime", "date", "event_time", "unix_time"),
+}
+
+
+def _readonly(arr: np.ndarray | None) -> np.ndarray | None:
+    """A read-only view of ``arr`` (the caller's own array keeps its flags)."""
+    if arr is None:
+        return None
+    view = np.ascontiguousarray(arr).view()
+    view.flags.writeable = False
+    return view
+
+
+class Interactions:
+    """A log of (user, item, value, timestamp) events over fixed user and item vocabularies.
+
+    Parameters
+    ----------
+    user, item:
+        Internal indices (``0 <= user < len(users)``), one per event.
+    value:
+        The event's strength (a rating, a play count), or ``None`` for implicit feedback
+        (every event counts as 1).
+    timestamp:
+        Seconds since the epoch (int64), or ``None``.
+    users, items:
+        The vocabularies mapping external ids to the indices above.
+    source:
+        Where the data came from (a file name), used in error messages.
+
+    Most users build one with :meth:`from_frame` or the readers in :mod:`recforge.data.io`.
+    """
+
+    def __init__(self, user: Any, item: Any, value: Any = None, timestamp: Any = None, *,
+                 users: Vocabulary, items: Vocabulary, source: str | None = None,
+                 check: bool = True):
+        user = np.asarray(user, dtype=np.int32)
+        item = np.asarray(item, dtype=np.int32)
+        if user.shape != item.shape or user.ndim != 1:
+            raise ValueError("user and item must be 1-d arrays of the same length")
+        if value is not None:
+            value = np.asarray(value, dtype=np.float32)
+            if value.shape != user.shape:
+                raise ValueError("value must have one entry per interaction")
+        if timestamp is not None:
+            timestamp = np.asarray(timestamp, dtype=np.int64)
+            if timestamp.shape != user.shape:
+                raise ValueError("timestamp must have one entry per interaction")
+        if check and len(user):
+            if user.min() < 0 or user.max() >= len(users):
+                raise ValueError("user index out of range of the user vocabulary")
+            if item.min() < 0 or item.max() >= len(items):
+                raise ValueError("item index out of range of the item vocabulary")
+        self._user = _readonly(user)
+        self._item = _readonly(item)
+        self._value = _readonly(value)
+        self._timestamp = _readonly(timestamp)
+        self._users = users
+        self._items = items
+        self.source = source
+
+    # ----------------------------------------------------------------------------------
+    # columns and shape
+    @property
+    def user(self) -> np.ndarray:
+        """Internal user index of each event (int32, read-only)."""
+        return self._user
+
+    @property
+    def item(self) -> np.ndarray:
+        """Internal item index of each event (int32, read-only)."""
+        return self._item
+
+    @property
+    def value(self) -> np.ndarray | None:
+        """Event values (float32), or ``None`` for implicit feedback."""
+        return self._value
+
+    @property
+    def timestamp(self) -> np.ndarray | None:
+        """Event times in seconds (int64), or ``None``."""
+        return self._timestamp
+
+    @property
+    def users(self) -> Vocabulary:
+        return self._users
+
+    @property
+    def items(self) -> Vocabulary:
+        return self._items
+
+    @property
+    def n_users(self) -> int:
+        return len(self._users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self._items)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_users, self.n_items)
+
+    @property
+    def has_values(self) -> bool:
+        return self._value is not None
+
+    @property
+    def has_timestamps(self) -> bool:
+        return self._timestamp is not None
+
+    def __len__(self) -> int:
+        return len(self._user)
+
+    def values_or_ones(self) -> np.ndarray:
+        """Event values, or ones for implicit feedback."""
+        if self._value is None:
+            return np.ones(len(self), dtype=np.float32)
+        return self._value
+
+    def __repr__(self) -> str:
+        extra = []
+        if self.has_values:
+            extra.append("values")
+        if self.has_timestamps:
+            extra.append("timestamps")
+        src = f", source={self.source!r}" if self.source else ""
+        return (f"Interactions({len(self):,} events, {self.n_users:,} users x {self.n_items:,} items"
+                f"{', ' + '+'.join(extra) if extra else ''}{src})")
+
+    # ----------------------------------------------------------------------------------
+    # derived structures (built lazily, cached: the object is immutable)
+    @cached_property
+    def csr(self) -> sp.csr_matrix:
+        """Users x items CSR matrix of values (ones for implicit feedback), float32."""
+        mat = sp.csr_matrix((self.values_or_ones(), (self._user, self._item)),
+                            shape=self.shape, dtype=np.float32)
+        mat.sum_duplicates()
+        mat.sort_indices()
+        return mat
+
+    @cached_property
+    def binary_csr(self) -> sp.csr_matrix:
+        """Users x items CSR matrix with a 1 wherever there is an event."""
+        mat = self.csr.copy()
+        mat.data = np.ones_like(mat.data)
+        return mat
+
+    def user_counts(self) -> np.ndarray:
+        """Number of events per user index (length ``n_users``)."""
+        return np.bincount(self._user, minlength=self.n_users)
+
+    def item_counts(self) -> np.ndarray:
+        """Number of events per item index (length ``n_items``)."""
+        return np.bincount(self._item, minlength=self.n_items)
+
+    def active_users(self) -> np.ndarray:
+        """Indices of users with at least one event, sorted."""
+        return np.flatnonzero(self.user_counts())
+
+    def active_items(self) -> np.ndarray:
+        """Indices of items with at least one event, sorted."""
+        return np.flatnonzero(self.item_counts())
+
+    # ----------------------------------------------------------------------------------
+    # new objects from this one
+    def subset(self, selection: Any) -> Interactions:
+        """Events selected by a boolean mask or an index array; vocabularies are shared."""
+        sel = np.asarray(selection)
+        if sel.dtype == bool and sel.shape != self._user.shape:
+            raise ValueError("boolean mask must have one entry per interaction")
+        return Interactions(
+            self._user[sel], self._item[sel],
+            None if self._value is None else self._value[sel],
+            None if self._timestamp is None else self._timestamp[sel],
+            users=self._users, items=self._items, source=self.source, check=False)
+
+    def with_values(self, value: Any) -> Interactions:
+        """The same events with new values (``None`` makes them implicit)."""
+        return Interactions(self._user, self._item, value, self._timestamp,
+                            users=self._users, items=self._items, source=self.source,
+                            check=False)
+
+    def concat(self, *others: Interactions) -> Interactions:
+        """These events followed by the events of ``others`` (same vocabularies required)."""
+        parts = [self, *others]
+        for o in others:
+            if o.users != self.users or o.items != self.items:
+                raise ValueError("can only concatenate Interactions that share vocabularies")
+        value = None
+        if all(p.has_values for p in parts):
+            value = np.concatenate([p.value for p in parts])
+        elif any(p.has_values for p in parts):
+            value = np.concatenate([p.values_or_ones() for p in parts])
+        timestamp = None
+        if all(p.has_timestamps for p in parts):
+            timestamp = np.concatenate([p.timestamp for p in parts])
+        return Interactions(np.concatenate([p.user for p in parts]),
+                            np.concatenate([p.item for p in parts]), value, timestamp,
+                            users=self.users, items=self.items, source=self.source, check=False)
+
+    def compact(self) -> Interactions:
+        """Drop users and items with no events from the vocabularies (re-indexing)."""
+        u = self.active_users()
+        i = self.active_items()
+        if len(u) == self.n_users and len(i) == self.n_items:
+            return self
+        umap = np.full(self.n_users, -1, dtype=np.int32)
+        umap[u] = np.arange(len(u), dtype=np.int32)
+        imap = np.full(self.n_items, -1, dtype=np.int32)
+        imap[i] = np.arange(len(i), dtype=np.int32)
+        return Interactions(umap[self._user], imap[self._item], self._value, self._timestamp,
+                            users=self._users.take(u), items=self._items.take(i),
+                            source=self.source, check=False)
+
+    def reindex(self, users: Vocabulary, items: Vocabulary,
+                unknown: UnknownPolicy = "error") -> Interactions:
+        """Express these events in other vocabularies (e.g. a fitted model's).
+
+        Events whose user or item is not in the new vocabularies raise :class:`DataError`
+        with ``unknown="error"`` or are dropped with ``unknown="drop"``.
+        """
+        if users == self._users and items == self._items:
+            return self
+        new_u = users.index(self._users.ids)[self._user]
+        new_i = items.index(self._items.ids)[self._item]
+        ok = (new_u >= 0) & (new_i >= 0)
+        if not ok.all():
+            if unknown == "error":
+                bad = int(np.flatnonzero(~ok)[0])
+                what = ("user", self._users.ids[self._user[bad]]) if new_u[bad] < 0 else (
+                    "item", self._items.ids[self._item[bad]])
+                raise DataError(f"{int((~ok).sum())} events refer to ids unknown to the target "
+                                f"vocabulary, e.g. {what[0]} {what[1]!r}", source=self.source)
+        sel = ok
+        return Interactions(new_u[sel], new_i[sel],
+                            None if self._value is None else self._value[sel],
+                            None if self._timestamp is None else self._timestamp[sel],
+                            users=users, items=items, source=self.source, check=False)
+
+    # ----------------------------------------------------------------------------------
+    # conversion
+    def to_frame(self, external: bool = True) -> pd.DataFrame:
+        """A DataFrame with columns ``user, item[, rating][, timestamp]``.
+
+        ``external=True`` gives the original ids; ``False`` gives internal indices.
+        """
+        cols: dict[str, Any] = {
+            "user": self._users.ids[self._user] if external else self._user,
+            "item": self._items.ids[self._item] if external else self._item,
+        }
+        if self._value is not None:
+            cols["rating"] = self._value
+        if self._timestamp is not None:
+            cols["timestamp"] = self._timestamp
+        return pd.DataFrame(cols)
+
+    def fingerprint(self) -> str:
+        """A short hash of the events and vocabularies (recorded with trained models)."""
+        h = hashlib.sha256()
+        h.update(self._users.fingerprint().encode())
+        h.update(self._items.fingerprint().encode())
+        for arr in (self._user, self._item, self._value, self._timestamp):
+            if arr is not None:
+                h.update(arr.tobytes())
+        return h.hexdigest()[:16]
+
+    # ----------------------------------------------------------------------------------
+    # construction
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, *, columns: Mapping[str, str] | None = None,
+                   users: Vocabulary | None = None, items: Vocabulary | None = None,
+                   unknown: UnknownPolicy = "error", duplicates: DuplicatePolicy = "error",
+                   source: str | None = None, line_numbers: Sequence[int] | None = None,
+                   ) -> Interactions:
+        """Build from a DataFrame with a user column, an item column and optionally a rating
+        and a timestamp column.
+
+        Parameters
+        ----------
+        columns:
+            Map from the canonical names ``user``, ``item``, ``rating``, ``timestamp`` to the
+            frame's column names, e.g. ``{"user": "userId", "item": "movieId"}``. Columns not
+            named are looked up among common aliases (``user_id``, ``movieId``, ``ts``...).
+        users, items:
+            Existing vocabularies to map ids into (e.g. a training set's). Ids not in them
+            raise :class:`DataError` (``unknown="error"``) or are dropped (``"drop"``).
+            When omitted, vocabularies are built from the sorted distinct ids.
+        duplicates:
+            What to do with repeated (user, item) pairs: ``"error"`` (default: raise,
+            naming both lines), ``"first"`` / ``"last"`` (keep the earliest / latest event,
+            by timestamp when present, else by position), ``"sum"``, ``"max"``, ``"mean"``
+            (aggregate the values; the timestamp kept is the latest).
+        source, line_numbers:
+            Used in error messages: the file name and each row's line in it.
+        """
+        from recforge.data.io import interactions_from_frame
+
+        return interactions_from_frame(frame, columns=columns, users=users, items=items,
+                                       unknown=unknown, duplicates=duplicates, source=source,
+                                       line_numbers=line_numbers)
+
+    @classmethod
+    def from_csv(cls, path: Any, **kwargs: Any) -> Interactions:
+        """Read a CSV / TSV file; see :func:`recforge.data.io.read_csv`."""
+        from recforge.data.io import read_csv
+
+        return read_csv(path, **kwargs)
+
+    @classmethod
+    def from_parquet(cls, path: Any, **kwargs: Any) -> Interactions:
+        """Read a Parquet file; see :func:`recforge.data.io.read_parquet`."""
+        from recforge.data.io import read_parquet
+
+        return read_parquet(path, **kwargs)
+
+    @classmethod
+    def from_adjacency(cls, path: Any, **kwargs: Any) -> Interactions:
+        """Read ``user item item ...`` lines; see :func:`recforge.data.io.read_adjacency`."""
+        from recforge.data.io import read_adjacency
+
+        return read_adjacency(path, **kwargs)

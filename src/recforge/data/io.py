@@ -1,0 +1,622 @@
+"""Reading interaction logs: CSV / TSV / Parquet files, pandas DataFrames, adjacency lists.
+
+Every reader validates what it reads and raises :class:`~recforge.errors.DataError` naming
+the file, the line (or Parquet row) and the column at fault. Readers never write anything.
+
+Duplicate (user, item) pairs follow an explicit policy (``duplicates=``): by default they
+are an error, because silently summing or dropping them changes what a model learns; pass
+``"last"`` for re-ratings (keep the latest), ``"sum"`` for click / play counts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recforge.data.interactions import (
+    COLUMN_ALIASES,
+    DuplicatePolicy,
+    Interactions,
+    UnknownPolicy,
+)
+from recforge.data.vocabulary import Vocabulary
+from recforge.errors import DataError
+
+__all__ = [
+    "read_interactions",
+    "read_many",
+    "read_csv",
+    "read_parquet",
+    "read_adjacency",
+    "interactions_from_frame",
+    "parse_columns",
+]
+
+_DUP_POLICIES = ("error", "first", "last", "sum", "max", "mean")
+_INT_RE = r"-?(?:0|[1-9][0-9]*)"
+
+
+def parse_columns(spec: str | Mapping[str, str] | None) -> dict[str, str]:
+    """Parse ``"user=userId,item=movieId"`` (the CLI's ``--columns``) into a mapping."""
+    if spec is None:
+        return {}
+    if isinstance(spec, Mapping):
+        mapping = dict(spec)
+    else:
+        mapping = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            if "=" not in part:
+                raise DataError(f"column mapping {part!r} must look like canonical=name, "
+                                "e.g. user=userId")
+            key, _, val = part.partition("=")
+            mapping[key.strip()] = val.strip()
+    for key in mapping:
+        if key not in COLUMN_ALIASES:
+            raise DataError(f"unknown canonical column {key!r} in column mapping; "
+                            f"expected some of {sorted(COLUMN_ALIASES)}")
+    return mapping
+
+
+# ---------------------------------------------------------------------------------------
+# column resolution and validation
+@dataclass
+class _Columns:
+    """Validated raw columns of one source, before ids are mapped to indices."""
+
+    user: np.ndarray
+    item: np.ndarray
+    value: np.ndarray | None
+    timestamp: np.ndarray | None
+    where: np.ndarray  # line (or row) number of each event, for messages
+    source: str | None
+    unit: str  # "line" or "row"
+
+    def locate(self, i: int) -> dict[str, Any]:
+        return {"source": self.source, self.unit: int(self.where[i])}
+
+
+def _resolve(frame_cols: Sequence[Any], columns: Mapping[str, str] | None,
+             source: str | None) -> dict[str, Any]:
+    present = [str(c) for c in frame_cols]
+    lower = {c.lower(): c for c in present}
+    resolved: dict[str, Any] = {}
+    columns = dict(columns or {})
+    for canon, aliases in COLUMN_ALIASES.items():
+        if canon in columns:
+            name = columns[canon]
+            if name not in present:
+                hint = get_close_matches(name, present, n=1)
+                raise DataError(
+                    f"column {name!r} (given for {canon}) not found; columns present: "
+                    f"{present}" + (f"; did you mean {hint[0]!r}?" if hint else ""),
+                    source=source)
+            resolved[canon] = frame_cols[present.index(name)]
+            continue
+        for alias in aliases:
+            if alias in lower:
+                resolved[canon] = frame_cols[present.index(lower[alias])]
+                break
+    for canon in ("user", "item"):
+        if canon not in resolved:
+            hint = get_close_matches(canon, [c.lower() for c in present], n=1, cutoff=0.5)
+            raise DataError(
+                f"no {canon} column: columns present are {present}; name it with "
+                f"columns={{'{canon}': '<column>'}} (CLI: --columns {canon}=<column>)"
+                + (f"; did you mean {lower[hint[0]]!r}?" if hint else ""),
+                source=source)
+    used = [resolved[c] for c in resolved]
+    if len(set(map(str, used))) != len(used):
+        raise DataError(f"one column is mapped to two roles: {resolved}", source=source)
+    return resolved
+
+
+def _ids(series: pd.Series, name: str, where: np.ndarray, source: str | None,
+         unit: str) -> np.ndarray:
+    """External ids: int64 when every id is a plain integer, else strings."""
+    missing = series.isna().to_numpy(dtype=bool, copy=True)
+    if series.dtype.kind not in "iub":
+        # Empty strings count as missing too.
+        missing |= (series.astype("string").str.strip() == "").to_numpy(dtype=bool, na_value=True)
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise DataError(f"missing {name} id", source=source, column=name,
+                        **{unit: int(where[i])})
+    kind = series.dtype.kind
+    if kind in "iu":
+        return series.to_numpy(dtype=np.int64)
+    if kind == "f":
+        arr = series.to_numpy(dtype=np.float64)
+        if np.all(arr == np.round(arr)):
+            return arr.astype(np.int64)
+        return series.astype(str).to_numpy(dtype=object)
+    s = series.astype("string").str.strip()
+    if s.str.fullmatch(_INT_RE).all():
+        try:
+            return s.astype("int64").to_numpy()
+        except (OverflowError, ValueError):
+            pass
+    return s.to_numpy(dtype=object)
+
+
+def _numbers(series: pd.Series, name: str, where: np.ndarray, source: str | None,
+             unit: str) -> np.ndarray:
+    if series.dtype.kind in "iufb":
+        arr = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            what = "missing value" if np.isnan(arr[i]) else f"{arr[i]} is not a finite number"
+            raise DataError(what, source=source, column=name, **{unit: int(where[i])})
+        return arr
+    raw = series.astype("string")
+    num = pd.to_numeric(raw.str.strip(), errors="coerce").to_numpy(dtype=np.float64,
+                                                                   na_value=np.nan)
+    bad = ~np.isfinite(num)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        val = raw.iloc[i]
+        what = ("missing value" if val is pd.NA or str(val).strip() == ""
+                else f"{str(val)!r} is not a number")
+        raise DataError(what, source=source, column=name, **{unit: int(where[i])})
+    return num
+
+
+def _timestamps(series: pd.Series, name: str, where: np.ndarray, source: str | None,
+                unit: str) -> np.ndarray:
+    if pd.api.types.is_datetime64_any_dtype(series):
+        ts = series
+    elif series.dtype.kind in "iuf":
+        return _numbers(series, name, where, source, unit).astype(np.int64)
+    else:
+        raw = series.astype("string").str.strip()
+        num = pd.to_numeric(raw, errors="coerce")
+        if num.notna().all():
+            return _numbers(num, name, where, source, unit).astype(np.int64)
+        ts = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
+    bad = ts.isna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{str(series.iloc[i])!r} is not a timestamp (seconds since the epoch "
+                        "or a date/time)", source=source, column=name, **{unit: int(where[i])})
+    if getattr(ts.dt, "tz", None) is None:
+        ts = ts.dt.tz_localize("UTC")
+    return (ts.astype("datetime64[ns, UTC]").astype("int64") // 1_000_000_000).to_numpy()
+
+
+def _extract(frame: pd.DataFrame, columns: Mapping[str, str] | None, source: str | None,
+             where: np.ndarray | None, unit: str) -> _Columns:
+    if where is None:
+        where = np.arange(1, len(frame) + 1)
+    where = np.asarray(where)
+    resolved = _resolve(list(frame.columns), columns, source)
+    user = _ids(frame[resolved["user"]], str(resolved["user"]), where, source, unit)
+    item = _ids(frame[resolved["item"]], str(resolved["item"]), where, source, unit)
+    value = None
+    if "rating" in resolved:
+        value = _numbers(frame[resolved["rating"]], str(resolved["rating"]), where, source,
+                         unit).astype(np.float32)
+    timestamp = None
+    if "timestamp" in resolved:
+        timestamp = _timestamps(frame[resolved["timestamp"]], str(resolved["timestamp"]),
+                                where, source, unit)
+    return _Columns(user, item, value, timestamp, where, source, unit)
+
+
+# ---------------------------------------------------------------------------------------
+# ids -> indices, duplicates
+def _check_policies(duplicates: str, unknown: str) -> None:
+    if duplicates not in _DUP_POLICIES:
+        raise DataError(f"duplicates must be one of {_DUP_POLICIES}, not {duplicates!r}")
+    if unknown not in ("error", "drop"):
+        raise DataError(f"unknown must be 'error' or 'drop', not {unknown!r}")
+
+
+def _map_ids(ids: np.ndarray, vocab: Vocabulary, cols: _Columns, name: str,
+             unknown: UnknownPolicy) -> np.ndarray:
+    idx = vocab.index(ids)
+    if unknown == "error" and (idx < 0).any():
+        i = int(np.flatnonzero(idx < 0)[0])
+        n_bad = int((idx < 0).sum())
+        raise DataError(f"{name} {ids[i]!r} is not in the {name} vocabulary "
+                        f"({n_bad} events with unknown {name}s; pass unknown='drop' to skip them)",
+                        **cols.locate(i))
+    return idx
+
+
+def _build(cols: _Columns, users: Vocabulary | None, items: Vocabulary | None,
+           unknown: UnknownPolicy, duplicates: DuplicatePolicy) -> Interactions:
+    _check_policies(duplicates, unknown)
+    if len(cols.user) == 0:
+        raise DataError("no interactions (the data has no rows)", source=cols.source)
+    if users is None:
+        users, u = Vocabulary.from_values(cols.user)
+    else:
+        u = _map_ids(cols.user, users, cols, "user", unknown)
+    if items is None:
+        items, i = Vocabulary.from_values(cols.item)
+    else:
+        i = _map_ids(cols.item, items, cols, "item", unknown)
+    keep = (u >= 0) & (i >= 0)
+    if not keep.all():
+        cols = _Columns(cols.user[keep], cols.item[keep],
+                        None if cols.value is None else cols.value[keep],
+                        None if cols.timestamp is None else cols.timestamp[keep],
+                        cols.where[keep], cols.source, cols.unit)
+        u, i = u[keep], i[keep]
+    u = u.astype(np.int32)
+    i = i.astype(np.int32)
+    value, timestamp, where = cols.value, cols.timestamp, cols.where
+    key = u.astype(np.int64) * len(items) + i
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    dup_next = sorted_key[1:] == sorted_key[:-1]
+    if dup_next.any():
+        if duplicates == "error":
+            j = int(np.flatnonzero(dup_next)[0])
+            first, second = order[j], order[j + 1]
+            raise DataError(
+                f"duplicate (user, item) pair ({users.ids[u[second]]!r}, {items.ids[i[second]]!r}),"
+                f" first seen at {cols.unit} {int(where[first])}; choose a policy with "
+                "duplicates='last' (re-ratings), 'sum' (counts), 'first', 'max' or 'mean'",
+                **cols.locate(second))
+        u, i, value, timestamp = _dedupe(u, i, value, timestamp, key, duplicates)
+    return Interactions(u, i, value, timestamp, users=users, items=items, source=cols.source,
+                        check=False)
+
+
+def _dedupe(u, i, value, timestamp, key, policy):
+    df = pd.DataFrame({"key": key, "u": u, "i": i})
+    if value is not None:
+        df["v"] = value
+    if timestamp is not None:
+        df["t"] = timestamp
+    if policy in ("first", "last"):
+        by = ["key", "t"] if timestamp is not None else ["key"]
+        df = df.sort_values(by, kind="stable")
+        df = df.drop_duplicates("key", keep=policy)
+        df = df.sort_index()
+    else:
+        agg: dict[str, Any] = {"u": "first", "i": "first"}
+        if value is not None:
+            agg["v"] = policy
+        if timestamp is not None:
+            agg["t"] = "max"
+        if value is None and policy == "sum":
+            df["v"] = np.float32(1)
+            agg["v"] = "sum"
+        df = df.groupby("key", sort=False).agg(agg)
+    return (df["u"].to_numpy(np.int32), df["i"].to_numpy(np.int32),
+            df["v"].to_numpy(np.float32) if "v" in df else None,
+            df["t"].to_numpy(np.int64) if "t" in df else None)
+
+
+def interactions_from_frame(frame: pd.DataFrame, *, columns: Mapping[str, str] | None = None,
+                            users: Vocabulary | None = None, items: Vocabulary | None = None,
+                            unknown: UnknownPolicy = "error",
+                            duplicates: DuplicatePolicy = "error", source: str | None = None,
+                            line_numbers: Sequence[int] | None = None,
+                            unit: str = "row") -> Interactions:
+    """Build :class:`Interactions` from a DataFrame; see :meth:`Interactions.from_frame`."""
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"expected a pandas DataFrame, got {type(frame).__name__}", source=source)
+    if line_numbers is not None:
+        unit = "line"
+    where = None if line_numbers is None else np.asarray(line_numbers)
+    cols = _extract(frame, columns, source, where, unit)
+    return _build(cols, users, items, unknown, duplicates)
+
+
+# ---------------------------------------------------------------------------------------
+# files
+def _source(path: Any) -> str:
+    return os.fspath(path)
+
+
+def _check_readable(path: Path) -> None:
+    src = _source(path)
+    if not path.exists():
+        raise DataError("file not found", source=src)
+    if path.is_dir():
+        raise DataError("is a directory, not a file", source=src)
+    if not os.access(path, os.R_OK):
+        raise DataError("permission denied", source=src)
+    if path.stat().st_size == 0:
+        raise DataError("file is empty", source=src)
+
+
+def _first_line(path: Path, encoding: str) -> str:
+    with open(path, encoding=encoding, errors="replace") as fh:
+        for line in fh:
+            if line.strip():
+                return line.rstrip("\r\n")
+    raise DataError("file has no data (only blank lines)", source=_source(path))
+
+
+def _sniff_sep(path: Path, line: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".tsv" or "\t" in line:
+        return "\t"
+    if "::" in line:
+        return "::"
+    for sep in (",", ";", "|"):
+        if sep in line:
+            return sep
+    return r"\s+"
+
+
+def _looks_like_header(fields: list[str]) -> bool:
+    """A first line is a header when any of its fields is not a number."""
+    def numeric(x: str) -> bool:
+        try:
+            float(x)
+            return True
+        except ValueError:
+            return False
+    return not all(numeric(f.strip().strip('"')) for f in fields if f.strip())
+
+
+_PARSER_RE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+def read_csv(path: str | os.PathLike, *, sep: str | None = None, header: bool | None = None,
+             names: Sequence[str] | None = None, columns: Mapping[str, str] | str | None = None,
+             encoding: str = "utf-8", users: Vocabulary | None = None,
+             items: Vocabulary | None = None, unknown: UnknownPolicy = "error",
+             duplicates: DuplicatePolicy = "error") -> Interactions:
+    """Read a delimited text file (CSV, TSV, ``::``-separated, whitespace-separated).
+
+    Parameters
+    ----------
+    sep:
+        The delimiter; sniffed from the first line when omitted (tab, ``::``, comma,
+        semicolon, pipe, whitespace).
+    header:
+        Whether the first line names the columns. When omitted, a first line whose fields
+        are all numbers is taken as data, and columns are then named by position
+        ``user, item[, rating[, timestamp]]`` (the MovieLens ``u.data`` layout).
+    names:
+        Column names to use for a file without a header.
+    columns:
+        Canonical name -> column name mapping (see :meth:`Interactions.from_frame`).
+    """
+    return _cols_to_interactions(
+        _read_csv_columns(Path(path), sep=sep, header=header, names=names,
+                          columns=parse_columns(columns), encoding=encoding),
+        users, items, unknown, duplicates)
+
+
+def _read_csv_columns(path: Path, *, sep: str | None, header: bool | None,
+                      names: Sequence[str] | None, columns: Mapping[str, str],
+                      encoding: str) -> _Columns:
+    src = _source(path)
+    _check_readable(path)
+    try:
+        first = _first_line(path, encoding)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not valid {encoding} text ({exc.reason} at byte {exc.start}); "
+                        "pass encoding='latin-1' if the file uses it", source=src) from None
+    sep = sep or _sniff_sep(path, first)
+    fields = re.split(sep if sep in (r"\s+",) else re.escape(sep), first.strip())
+    if header is None:
+        header = names is None and _looks_like_header(fields)
+    if not header and names is None:
+        names = ["user", "item", "rating", "timestamp"][: len(fields)]
+        if len(fields) > 4:
+            names = names + [f"extra_{k}" for k in range(len(fields) - 4)]
+        if len(fields) < 2:
+            raise DataError(f"expected at least 2 fields (user, item), found {len(fields)} "
+                            f"with separator {sep!r}", source=src, line=1)
+    text_source: Any = path
+    engine = "c"
+    if sep == "::":
+        # MovieLens 1M/10M style; the C parser only takes one-character separators.
+        import io as _io
+
+        text_source = _io.StringIO(path.read_text(encoding=encoding).replace("::", "\t"))
+        sep = "\t"
+    try:
+        frame = pd.read_csv(
+            text_source, sep=sep, header=0 if header else None, names=names if not header else None,
+            dtype=str, keep_default_na=False, na_values=[""], skip_blank_lines=False,
+            index_col=False, engine=engine, encoding=encoding, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise DataError("file is empty", source=src) from None
+    except pd.errors.ParserError as exc:
+        m = _PARSER_RE.search(str(exc))
+        if m:
+            raise DataError(f"expected {m.group(1)} fields, saw {m.group(3)}", source=src,
+                            line=int(m.group(2))) from None
+        raise DataError(f"cannot parse: {exc}", source=src) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not valid {encoding} text ({exc.reason} at byte {exc.start}); "
+                        "pass encoding='latin-1' if the file uses it", source=src) from None
+    except OSError as exc:
+        raise DataError(f"cannot read: {exc.strerror or exc}", source=src) from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    lines = np.arange(len(frame)) + (2 if header else 1)
+    blank = frame.isna().all(axis=1).to_numpy()
+    if blank.any():
+        frame = frame.loc[~blank].reset_index(drop=True)
+        lines = lines[~blank]
+    if len(frame) == 0:
+        raise DataError("no interactions (the file has a header but no data rows)", source=src)
+    return _extract(frame, columns, src, lines, "line")
+
+
+def read_parquet(path: str | os.PathLike, *, columns: Mapping[str, str] | str | None = None,
+                 users: Vocabulary | None = None, items: Vocabulary | None = None,
+                 unknown: UnknownPolicy = "error",
+                 duplicates: DuplicatePolicy = "error") -> Interactions:
+    """Read a Parquet file; only the needed columns are loaded. Errors name the row (1-based)."""
+    return _cols_to_interactions(_read_parquet_columns(Path(path), parse_columns(columns)),
+                                 users, items, unknown, duplicates)
+
+
+def _read_parquet_columns(path: Path, columns: Mapping[str, str]) -> _Columns:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = _source(path)
+    _check_readable(path)
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"not a readable Parquet file: {exc}", source=src) from None
+    resolved = _resolve(list(schema.names), columns, src)
+    try:
+        table = pq.read_table(path, columns=[resolved[k] for k in resolved])
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"cannot read Parquet data: {exc}", source=src) from None
+    frame = table.to_pandas()
+    if len(frame) == 0:
+        raise DataError("no interactions (the file has no rows)", source=src)
+    mapping = {k: str(v) for k, v in resolved.items()}
+    return _extract(frame, mapping, src, None, "row")
+
+
+def read_adjacency(path: str | os.PathLike, *, users: Vocabulary | None = None,
+                   items: Vocabulary | None = None, unknown: UnknownPolicy = "error",
+                   duplicates: DuplicatePolicy = "error", encoding: str = "utf-8") -> Interactions:
+    """Read an adjacency list: one line per user, ``user item item ...`` separated by blanks.
+
+    This is the layout of the LightGCN / NGCF benchmark splits (``train.txt``). Ids are
+    integers when every token is an integer, else strings. A line with a user and no items
+    is allowed (a user with no events here).
+    """
+    return _cols_to_interactions(_read_adjacency_columns(Path(path), encoding), users, items,
+                                 unknown, duplicates)
+
+
+def _read_adjacency_columns(path: Path, encoding: str) -> _Columns:
+    src = _source(path)
+    _check_readable(path)
+    user_tok: list[str] = []
+    item_tok: list[str] = []
+    lengths: list[int] = []
+    line_no: list[int] = []
+    try:
+        with open(path, encoding=encoding) as fh:
+            for n, line in enumerate(fh, start=1):
+                toks = line.split()
+                if not toks:
+                    continue
+                user_tok.append(toks[0])
+                item_tok.extend(toks[1:])
+                lengths.append(len(toks) - 1)
+                line_no.append(n)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not valid {encoding} text ({exc.reason} at byte {exc.start})",
+                        source=src) from None
+    except OSError as exc:
+        raise DataError(f"cannot read: {exc.strerror or exc}", source=src) from None
+    if not item_tok:
+        raise DataError("no interactions (no line lists an item)", source=src)
+    counts = np.asarray(lengths, dtype=np.int64)
+    where = np.repeat(np.asarray(line_no), counts)
+    u_raw = np.repeat(np.asarray(user_tok, dtype=object), counts)
+    i_raw = np.asarray(item_tok, dtype=object)
+    user = _adj_ids(u_raw, where, src)
+    item = _adj_ids(i_raw, where, src)
+    return _Columns(user, item, None, None, where, src, "line")
+
+
+def _adj_ids(tokens: np.ndarray, where: np.ndarray, src: str) -> np.ndarray:
+    s = pd.Series(tokens, dtype="string")
+    is_int = s.str.fullmatch(_INT_RE).to_numpy(dtype=bool)
+    if is_int.all():
+        return s.astype("int64").to_numpy()
+    if is_int.mean() > 0.5:
+        i = int(np.flatnonzero(~is_int)[0])
+        raise DataError(f"{tokens[i]!r} is not an integer id (the other ids are)", source=src,
+                        line=int(where[i]))
+    return tokens
+
+
+def _cols_to_interactions(cols: _Columns, users, items, unknown, duplicates) -> Interactions:
+    return _build(cols, users, items, unknown, duplicates)
+
+
+# ---------------------------------------------------------------------------------------
+# dispatch
+_FORMATS = ("csv", "tsv", "parquet", "adjacency")
+
+
+def _detect_format(path: Path, encoding: str = "utf-8") -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix == ".tsv":
+        return "tsv"
+    if suffix == ".csv":
+        return "csv"
+    _check_readable(path)
+    with open(path, "rb") as fh:
+        if fh.read(4) == b"PAR1":
+            return "parquet"
+    # Whitespace-separated lines of varying length are an adjacency list.
+    counts = set()
+    with open(path, encoding=encoding, errors="replace") as fh:
+        for n, line in enumerate(fh):
+            if n >= 200:
+                break
+            if line.strip():
+                if any(c in line for c in ",\t;|") or "::" in line:
+                    return "csv"
+                counts.add(len(line.split()))
+    return "adjacency" if len(counts) > 1 or (counts and max(counts) > 4) else "csv"
+
+
+def _read_columns(path: Path, format: str | None, columns: Mapping[str, str],
+                  encoding: str, sep: str | None, header: bool | None) -> _Columns:
+    fmt = format or _detect_format(path, encoding)
+    if fmt not in _FORMATS:
+        raise DataError(f"unknown format {fmt!r}; expected one of {_FORMATS}", source=str(path))
+    if fmt == "parquet":
+        return _read_parquet_columns(path, columns)
+    if fmt == "adjacency":
+        return _read_adjacency_columns(path, encoding)
+    return _read_csv_columns(path, sep=sep or ("\t" if fmt == "tsv" else None), header=header,
+                             names=None, columns=columns, encoding=encoding)
+
+
+def read_interactions(path: str | os.PathLike, *, format: str | None = None,
+                      columns: Mapping[str, str] | str | None = None, encoding: str = "utf-8",
+                      sep: str | None = None, header: bool | None = None,
+                      users: Vocabulary | None = None, items: Vocabulary | None = None,
+                      unknown: UnknownPolicy = "error",
+                      duplicates: DuplicatePolicy = "error") -> Interactions:
+    """Read any supported file, detecting the format from the extension and content.
+
+    ``format`` is one of ``csv``, ``tsv``, ``parquet``, ``adjacency``.
+    """
+    cols = _read_columns(Path(path), format, parse_columns(columns), encoding, sep, header)
+    return _build(cols, users, items, unknown, duplicates)
+
+
+def read_many(paths: Sequence[str | os.PathLike], *, format: str | None = None,
+              columns: Mapping[str, str] | str | None = None, encoding: str = "utf-8",
+              duplicates: DuplicatePolicy = "error") -> list[Interactions]:
+    """Read several files (e.g. train / valid / test) into one shared pair of vocabularies.
+
+    The vocabularies hold the sorted union of the ids of all files, so the same id has the
+    same index in every returned :class:`Interactions`.
+    """
+    mapping = parse_columns(columns)
+    parts = [_read_columns(Path(p), format, mapping, encoding, None, None) for p in paths]
+    users, _ = Vocabulary.from_values(_concat_ids([c.user for c in parts]))
+    items, _ = Vocabulary.from_values(_concat_ids([c.item for c in parts]))
+    return [_build(c, users, items, "error", duplicates) for c in parts]
+
+
+def _concat_ids(arrays: list[np.ndarray]) -> np.ndarray:
+    if all(a.dtype.kind in "iu" for a in arrays):
+        return np.concatenate(arrays)
+    return np.concatenate([a.astype(str).astype(object) for a in arrays])

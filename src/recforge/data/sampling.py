@@ -1,0 +1,73 @@
+"""Vectorized negative sampling: items a user has *not* interacted with.
+
+Candidates are drawn for all rows at once and checked against the positives with one
+``searchsorted`` over the sorted (user, item) keys of a CSR matrix; only the rejected
+draws are redrawn, for a few rounds. No Python loop over users or interactions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from recforge.errors import DataError
+
+__all__ = ["positive_keys", "is_positive", "sample_negatives"]
+
+
+def positive_keys(positives: sp.csr_matrix) -> np.ndarray:
+    """Sorted int64 keys ``user * n_items + item`` of the stored entries of a CSR matrix."""
+    mat = positives.tocsr()
+    if not mat.has_sorted_indices:
+        mat = mat.sorted_indices()
+    rows = np.repeat(np.arange(mat.shape[0], dtype=np.int64), np.diff(mat.indptr))
+    return rows * mat.shape[1] + mat.indices.astype(np.int64)
+
+
+def is_positive(keys: np.ndarray, n_items: int, users: np.ndarray, items: np.ndarray
+                ) -> np.ndarray:
+    """Boolean array: is ``(users[i], items[i])`` among the ``keys``?"""
+    q = np.asarray(users, dtype=np.int64) * n_items + np.asarray(items, dtype=np.int64)
+    if len(keys) == 0:
+        return np.zeros(q.shape, dtype=bool)
+    pos = np.searchsorted(keys, q)
+    pos = np.minimum(pos, len(keys) - 1)
+    return keys[pos] == q
+
+
+def sample_negatives(positives: sp.csr_matrix, users: np.ndarray, n: int, *,
+                     rng: np.random.Generator, popularity: np.ndarray | None = None,
+                     keys: np.ndarray | None = None, max_rounds: int = 50) -> np.ndarray:
+    """``[len(users), n]`` item indices that are not positives of the matching user.
+
+    Sampling is uniform over items, or proportional to ``popularity`` when given. Draws
+    are with replacement across a row. Raises :class:`DataError` when a user has (almost)
+    no negative items left.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    n_items = positives.shape[1]
+    if keys is None:
+        keys = positive_keys(positives)
+    if popularity is not None:
+        p = np.asarray(popularity, dtype=np.float64)
+        cdf = np.cumsum(p / p.sum())
+
+        def draw(size):
+            return np.minimum(np.searchsorted(cdf, rng.random(size)), n_items - 1)
+    else:
+        def draw(size):
+            return rng.integers(0, n_items, size=size)
+
+    out = draw((len(users), n)).astype(np.int64)
+    u = np.broadcast_to(users[:, None], out.shape)
+    bad = is_positive(keys, n_items, u, out)
+    for _ in range(max_rounds):
+        if not bad.any():
+            return out
+        out[bad] = draw(int(bad.sum()))
+        bad[bad] = is_positive(keys, n_items, u[bad], out[bad])
+    if bad.any():
+        counts = np.diff(positives.indptr)[users[bad.any(axis=1)]]
+        raise DataError(f"cannot sample negatives: a user has {int(counts.max())} positives of "
+                        f"{n_items} items")
+    return out

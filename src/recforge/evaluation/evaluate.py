@@ -1,0 +1,295 @@
+"""Evaluate a fitted model on held-out interactions.
+
+The default protocol is **full ranking**: for every test user, every catalogue item is
+scored, the user's training items are excluded, and the top K is compared with the user's
+held-out items. This is what a deployed recommender does, and the only protocol whose
+numbers mean what they say.
+
+The **sampled** protocol (each held-out item ranked against ``n_negatives`` random items
+the user never interacted with, as in the NCF paper) is available for comparison with
+papers that use it. Its metrics are labelled ``(sampled 1+N)``: they are much higher than
+full-ranking figures and can even order models differently (Krichene & Rendle, KDD 2020).
+
+Scoring is batched over users (memory-bounded blocks, ``torch.topk``); metrics are
+computed on the whole hit matrix at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from recforge.data.interactions import Interactions
+from recforge.data.sampling import positive_keys, sample_negatives
+from recforge.errors import ConfigError, DataError
+from recforge.evaluation import metrics as M
+from recforge.evaluation.metrics import Metric, parse_metrics
+from recforge.models.base import Recommender
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EvaluationResult", "evaluate", "bootstrap_ci"]
+
+
+def bootstrap_ci(values: np.ndarray, *, n_boot: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of ``values``."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    chunk = max(1, (1 << 22) // max(1, len(v)))
+    for s in range(0, n_boot, chunk):
+        e = min(n_boot, s + chunk)
+        means[s:e] = v[rng.integers(0, len(v), size=(e - s, len(v)))].mean(axis=1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+@dataclass
+class EvaluationResult:
+    """Mean metrics, per-user values and what was evaluated."""
+
+    summary: dict[str, float]
+    per_user: pd.DataFrame
+    protocol: str
+    n_users: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def __getitem__(self, label: str) -> float:
+        return self.summary[label]
+
+    def confidence_intervals(self, *, n_boot: int = 1000, level: float = 0.95,
+                             seed: int = 0) -> dict[str, tuple[float, float]]:
+        """Bootstrap CI of each per-user metric's mean."""
+        return {c: bootstrap_ci(self.per_user[c].to_numpy(), n_boot=n_boot, level=level,
+                                seed=seed)
+                for c in self.per_user.columns if c in self.summary}
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"metric": list(self.summary), "value": list(self.summary.values())})
+
+    def __repr__(self) -> str:
+        vals = ", ".join(f"{k}={v:.4f}" for k, v in self.summary.items())
+        return f"EvaluationResult({self.protocol}, users={self.n_users}, {vals})"
+
+
+def _to_model_space(model: Recommender, data: Interactions, what: str
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Map events into the model's vocabularies: (user idx, item idx, values); -1 = unknown."""
+    u_map = model.users_.index(data.users.ids)
+    i_map = model.items_.index(data.items.ids)
+    return u_map[data.user], i_map[data.item], data.value
+
+
+def evaluate(model: Recommender, train: Interactions | None, test: Interactions, *,
+             metrics: str | Sequence[str | Metric] = ("recall@20", "ndcg@20"),
+             protocol: Literal["full", "sampled"] = "full", n_negatives: int = 100,
+             exclude_seen: bool = True, batch_size: int | None = None,
+             seed: int = 0) -> EvaluationResult:
+    """Evaluate ``model`` on ``test``.
+
+    Parameters
+    ----------
+    train:
+        The interactions whose items are excluded from each user's ranking (normally the
+        model's training data). ``None`` uses the data the model was fitted on.
+    test:
+        Held-out interactions. Every test event counts as a relevant item of its user
+        (for implicit feedback; filter ratings into positives first with
+        :func:`recforge.data.filters.to_implicit` if needed). Users unknown to the model
+        are skipped (counted in ``notes``); items unknown to the model stay relevant but can
+        never be retrieved, so they lower recall honestly.
+    metrics:
+        Labels such as ``"ndcg@10"``, ``"recall@20"``, ``"map@10"``, ``"mrr@10"``,
+        ``"hit_rate@10"``, ``"precision@10"``, ``"coverage@10"``, ``"arp@10"``,
+        ``"gini@10"``, ``"novelty@10"``, ``"rmse"``, ``"mae"``.
+    protocol:
+        ``"full"`` (default) or ``"sampled"`` (1 held-out item vs ``n_negatives``).
+    """
+    model._check_fitted()
+    start = time.perf_counter()
+    mets = parse_metrics(metrics) if not isinstance(metrics, list) or not all(
+        isinstance(m, Metric) for m in metrics) else metrics
+    if protocol not in ("full", "sampled"):
+        raise ConfigError(f"protocol must be 'full' or 'sampled', not {protocol!r}")
+    if len(test) == 0:
+        raise DataError("the test set is empty", source=test.source)
+    notes: list[str] = []
+    n_users, n_items = model.n_users, model.n_items
+
+    tu, ti, tv = _to_model_space(model, test, "test")
+    unknown_user = tu < 0
+    if unknown_user.any():
+        notes.append(f"{int(unknown_user.sum())} test events of "
+                     f"{len(np.unique(test.user[unknown_user]))} users unknown to the model "
+                     "were skipped")
+    unknown_item = (ti < 0) & ~unknown_user
+    if unknown_item.any():
+        notes.append(f"{int(unknown_item.sum())} test events are of items unknown to the "
+                     "model: they count as relevant but cannot be recommended")
+
+    if train is None:
+        exclude = model.seen_ if exclude_seen else None
+    else:
+        ru, ri, _ = _to_model_space(model, train, "train")
+        ok = (ru >= 0) & (ri >= 0)
+        exclude = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (ru[ok], ri[ok])),
+                                shape=(n_users, n_items)) if exclude_seen else None
+    if exclude is not None:
+        exclude = exclude.tocsr()
+        exclude.sort_indices()
+
+    summary: dict[str, float] = {}
+    per_user: dict[str, np.ndarray] = {}
+    ranking = [m for m in mets if m.kind in ("ranking", "lists")]
+    rating = [m for m in mets if m.kind == "rating"]
+    users_out = np.empty(0, dtype=np.int64)
+
+    if ranking and protocol == "full":
+        known = ~unknown_user
+        n_rel = np.bincount(tu[known], minlength=n_users)
+        ok = known & ~unknown_item
+        relevant = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (tu[ok], ti[ok])),
+                                 shape=(n_users, n_items))
+        relevant.sum_duplicates()
+        eval_users = np.flatnonzero(n_rel > 0)
+        kmax = max(m.k for m in ranking)
+        hits, recs = _full_ranking(model, eval_users, relevant, exclude, kmax, batch_size)
+        users_out = eval_users
+        nr = n_rel[eval_users]
+        pop_share = model.item_popularity_ / max(1, n_users)
+        for m in ranking:
+            if m.kind == "ranking":
+                fn = M.RANKING[m.name][0]
+                vals = fn(hits, nr, m.k)
+                per_user[m.label] = vals
+                summary[m.label] = float(vals.mean()) if len(vals) else 0.0
+            else:
+                r = recs[:, : m.k]
+                if m.name == "coverage":
+                    summary[m.label] = M.coverage(r, n_items)
+                elif m.name == "gini":
+                    summary[m.label] = M.gini(r, n_items)
+                elif m.name == "arp":
+                    vals = M.average_popularity(r, pop_share)
+                    per_user[m.label] = vals
+                    summary[m.label] = float(vals.mean())
+                elif m.name == "novelty":
+                    vals = M.novelty(r, pop_share)
+                    per_user[m.label] = vals
+                    summary[m.label] = float(vals.mean())
+    elif ranking and protocol == "sampled":
+        if any(m.kind == "lists" for m in ranking):
+            raise ConfigError("coverage / ARP / Gini / novelty need the full protocol")
+        ok = ~unknown_user & ~unknown_item
+        users_out, values = _sampled(model, tu[ok], ti[ok], exclude, ranking, n_negatives, seed)
+        for m in ranking:
+            label = f"{m.label} (sampled 1+{n_negatives})"
+            per_user[label] = values[m.label]
+            summary[label] = float(values[m.label].mean()) if len(users_out) else 0.0
+
+    if rating:
+        if not model.predicts_ratings:
+            raise ConfigError(f"{', '.join(m.label for m in rating)} need a rating model; "
+                              f"{model.name!r} does not predict ratings")
+        if tv is None:
+            raise DataError("RMSE / MAE need ratings in the test data", source=test.source)
+        ok = ~unknown_user & ~unknown_item
+        if not ok.all():
+            notes.append(f"{int((~ok).sum())} test ratings of unknown users/items were not "
+                         "predicted")
+        pred = model._predict_index(tu[ok], ti[ok])
+        for m in rating:
+            fn = M.rmse if m.name == "rmse" else M.mae
+            summary[m.label] = fn(pred, tv[ok])
+
+    frame = pd.DataFrame({"user": model.users_.ids[users_out]} if len(users_out) or per_user
+                         else {"user": []})
+    for label, vals in per_user.items():
+        frame[label] = vals
+    seconds = time.perf_counter() - start
+    for n in notes:
+        log.info(n)
+    return EvaluationResult(summary=summary, per_user=frame, protocol=protocol,
+                            n_users=len(users_out), seconds=seconds, notes=notes)
+
+
+def _full_ranking(model: Recommender, users: np.ndarray, relevant: sp.csr_matrix,
+                  exclude: sp.csr_matrix | None, k: int, batch_size: int | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Hit matrix ``[n, k]`` and recommended item indices ``[n, k]`` (-1 for empty slots)."""
+    hits = np.zeros((len(users), k), dtype=bool)
+    recs = np.full((len(users), k), -1, dtype=np.int64)
+    pos = 0
+    rel = relevant.tocsr()
+    for ub, items, scores in model.iter_top_k(users, k, exclude=exclude, batch_size=batch_size):
+        b, kk = items.shape
+        it = items.numpy()
+        valid = torch.isfinite(scores).numpy()
+        # Membership of each recommended item in the user's relevant set.
+        rel_block = rel[ub]
+        dense = torch.from_numpy(rel_block.toarray() > 0)
+        h = torch.gather(dense, 1, items).numpy() & valid
+        hits[pos:pos + b, :kk] = h
+        recs[pos:pos + b, :kk] = np.where(valid, it, -1)
+        pos += b
+    return hits, recs
+
+
+def _sampled(model: Recommender, users: np.ndarray, items: np.ndarray,
+             exclude: sp.csr_matrix | None, mets: list[Metric], n_negatives: int, seed: int
+             ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Rank each held-out (user, item) against ``n_negatives`` sampled items; per-user means."""
+    if n_negatives < 1:
+        raise ConfigError("n_negatives must be >= 1")
+    n_users, n_items = model.n_users, model.n_items
+    pos_mat = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)),
+                            shape=(n_users, n_items))
+    if exclude is not None:
+        pos_mat = pos_mat + exclude
+    pos_mat = pos_mat.tocsr()
+    pos_mat.sort_indices()
+    keys = positive_keys(pos_mat)
+    rng = np.random.default_rng(seed)
+    negs = sample_negatives(pos_mat, users, n_negatives, rng=rng, keys=keys)
+    ranks = np.empty(len(users), dtype=np.int64)
+    order = np.argsort(users, kind="stable")
+    block = model._block_size(None)
+    for s in range(0, len(order), block):
+        sel = order[s:s + block]
+        ub = users[sel]
+        uniq, inv = np.unique(ub, return_inverse=True)
+        scores = model.score(uniq)[torch.from_numpy(inv)]
+        pos_s = scores.gather(1, torch.from_numpy(items[sel])[:, None])
+        neg_s = scores.gather(1, torch.from_numpy(negs[sel]))
+        # Ties count against the model: a constant scorer gets the worst rank.
+        ranks[sel] = (neg_s >= pos_s).sum(dim=1).numpy()
+    values: dict[str, Any] = {}
+    uniq_users, inv = np.unique(users, return_inverse=True)
+    counts = np.bincount(inv)
+    for m in mets:
+        hit = ranks < m.k
+        if m.name in ("hit_rate", "recall"):
+            case = hit.astype(np.float64)
+        elif m.name == "ndcg":
+            case = np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
+        elif m.name in ("mrr", "map"):
+            case = np.where(hit, 1.0 / (ranks + 1.0), 0.0)
+        elif m.name == "precision":
+            case = hit / m.k
+        else:  # pragma: no cover - parse_metrics rejects others
+            raise ConfigError(f"{m.label} is not defined for the sampled protocol")
+        values[m.label] = np.bincount(inv, weights=case) / counts
+    return uniq_users, values

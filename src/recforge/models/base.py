@@ -1,0 +1,542 @@
+"""The :class:`Recommender` base class: the one model API.
+
+A model implements two things: ``_fit(train, valid)`` (learn state, attributes ending in
+``_``) and ``_score(users)`` (a ``[batch, n_items]`` tensor of scores for a batch of
+internal user indices). Everything else is written once, here:
+
+* hyperparameters are the keyword arguments of ``__init__``; :meth:`get_params` and
+  :meth:`clone` read them from the signature (scikit-learn's convention);
+* :meth:`recommend` scores users in memory-bounded blocks, sets already-seen items to
+  ``-inf`` and takes ``torch.topk``; it speaks external ids;
+* :meth:`similar_items` uses ``_item_similarity`` (cosine of item embeddings by default);
+* :meth:`save` / :meth:`load` write weights as safetensors and everything else as JSON /
+  Parquet, atomically, with a format version and checksums; no pickle.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from recforge._fs import atomic_dir
+from recforge.data.interactions import Interactions
+from recforge.data.vocabulary import Vocabulary
+from recforge.errors import ConfigError, DataError, ModelError
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "recforge-model"
+FORMAT_VERSION = 1
+#: Scores held in memory at once during batched scoring (floats): bounds memory use.
+SCORE_BLOCK_ELEMENTS = 1 << 24
+
+UnknownUsers = Literal["error", "skip", "popular"]
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def csr_to_torch(mat: sp.csr_matrix) -> torch.Tensor:
+    """A scipy CSR matrix as a torch sparse CSR tensor (float32), sharing no memory."""
+    mat = mat.tocsr()
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(mat.indptr.astype(np.int64)),
+        torch.from_numpy(mat.indices.astype(np.int64)),
+        torch.from_numpy(mat.data.astype(np.float32)), size=mat.shape)
+
+
+def rows_to_dense(mat: sp.csr_matrix, rows: np.ndarray) -> torch.Tensor:
+    """Dense float32 tensor of the given rows of a CSR matrix."""
+    return torch.from_numpy(np.asarray(mat[rows].toarray(), dtype=np.float32))
+
+
+def binarize(mat: sp.csr_matrix) -> sp.csr_matrix:
+    """A copy of ``mat`` with every stored value set to 1."""
+    out = mat.copy()
+    out.data = np.ones_like(out.data, dtype=np.float32)
+    return out
+
+
+def mask_rows(scores: torch.Tensor, mat: sp.csr_matrix, rows: np.ndarray,
+              value: float = -math.inf) -> None:
+    """Set ``scores[b, j] = value`` wherever ``mat[rows[b], j]`` is stored (in place)."""
+    indptr = mat.indptr
+    starts = indptr[rows]
+    lengths = indptr[rows + 1] - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return
+    r = np.repeat(np.arange(len(rows)), lengths)
+    # Gather the column indices of all rows at once.
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    cols = mat.indices[np.arange(total) + offsets]
+    scores[torch.from_numpy(r), torch.from_numpy(cols.astype(np.int64))] = value
+
+
+class Recommender:
+    """Base class of every recforge model. See the module docstring."""
+
+    #: Registry name (``recforge train NAME``).
+    name: ClassVar[str] = ""
+    #: False when scores do not depend on the user (popularity).
+    personalized: ClassVar[bool] = True
+    #: True for models with a meaningful :meth:`predict` (rating prediction).
+    predicts_ratings: ClassVar[bool] = False
+
+    # ----------------------------------------------------------------------------------
+    # hyperparameters
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        names = []
+        for p in sig.parameters.values():
+            if p.name == "self":
+                continue
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise TypeError(f"{cls.__name__}.__init__ must take explicit keyword arguments")
+            names.append(p.name)
+        return names
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's keyword arguments, as currently set."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Recommender:
+        valid = self._param_names()
+        for key, val in params.items():
+            if key not in valid:
+                raise ConfigError(_unknown_param_message(type(self), key))
+            setattr(self, key, val)
+        return self
+
+    def clone(self) -> Recommender:
+        """An unfitted copy with the same hyperparameters."""
+        return type(self)(**self.get_params())
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__)
+                    .parameters.values() if p.name != "self"}
+        shown = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    # ----------------------------------------------------------------------------------
+    # fitting
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "items_")
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise ModelError(f"{type(self).__name__} is not fitted; call fit(train) first")
+
+    def _validate_params(self) -> None:
+        """Raise :class:`ConfigError` for bad hyperparameters (override in models)."""
+
+    def fit(self, train: Interactions, valid: Interactions | None = None) -> Recommender:
+        """Learn from ``train`` (``valid`` is used by models that early-stop). Returns self."""
+        if not isinstance(train, Interactions):
+            raise DataError(f"fit expects Interactions, got {type(train).__name__}")
+        if len(train) == 0:
+            raise DataError("cannot fit on an empty training set", source=train.source)
+        if valid is not None and (valid.users != train.users or valid.items != train.items):
+            valid = valid.reindex(train.users, train.items, unknown="drop")
+        self._validate_params()
+        self.users_: Vocabulary = train.users
+        self.items_: Vocabulary = train.items
+        #: The training events (users x items, values; ones for implicit data): the
+        #: items excluded from recommendations and the history that item-based models read.
+        self.seen_: sp.csr_matrix = train.csr
+        self.item_popularity_: np.ndarray = train.item_counts().astype(np.float32)
+        self.train_fingerprint_: str = train.fingerprint()
+        self._fit(train, valid)
+        return self
+
+    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
+        raise NotImplementedError
+
+    @property
+    def n_users(self) -> int:
+        self._check_fitted()
+        return len(self.users_)
+
+    @property
+    def n_items(self) -> int:
+        self._check_fitted()
+        return len(self.items_)
+
+    # ----------------------------------------------------------------------------------
+    # scoring
+    def _score(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores ``[len(users), n_items]`` for internal user indices (override)."""
+        raise NotImplementedError
+
+    def score(self, users: Any, items: Any = None) -> torch.Tensor:
+        """Scores for internal user indices; all items (``[B, n_items]``) or the given item
+        indices (``[B, len(items)]``). Higher is better."""
+        self._check_fitted()
+        u = torch.as_tensor(np.asarray(users, dtype=np.int64)).reshape(-1)
+        if len(u) and (int(u.min()) < 0 or int(u.max()) >= self.n_users):
+            raise ModelError(f"user index out of range [0, {self.n_users})")
+        with torch.no_grad():
+            scores = self._score(u).float()
+        if items is None:
+            return scores
+        it = torch.as_tensor(np.asarray(items, dtype=np.int64)).reshape(-1)
+        if len(it) and (int(it.min()) < 0 or int(it.max()) >= self.n_items):
+            raise ModelError(f"item index out of range [0, {self.n_items})")
+        return scores[:, it]
+
+    def _block_size(self, batch_size: int | None) -> int:
+        if batch_size is not None:
+            if batch_size < 1:
+                raise ConfigError("batch_size must be >= 1")
+            return batch_size
+        return max(1, SCORE_BLOCK_ELEMENTS // max(1, self.n_items))
+
+    def iter_top_k(self, users: np.ndarray, k: int, *, exclude: sp.csr_matrix | None = None,
+                   candidates: np.ndarray | None = None, batch_size: int | None = None,
+                   ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """Top-``k`` item indices and scores for internal user indices, in blocks.
+
+        Yields ``(user_block, item_idx [B, k], scores [B, k])``. Items stored in
+        ``exclude[user]`` get ``-inf`` before the top-k (so they come last, with score
+        ``-inf``, only when fewer than ``k`` items remain). ``candidates`` restricts the
+        ranking to those item indices.
+        """
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        n_items = self.n_items
+        cand_mask = None
+        if candidates is not None:
+            cand_mask = torch.ones(n_items, dtype=torch.bool)
+            cand_mask[torch.as_tensor(np.asarray(candidates, dtype=np.int64))] = False
+            k = min(k, n_items - int(cand_mask.sum()))
+        k = min(k, n_items)
+        block = self._block_size(batch_size)
+        for start in range(0, len(users), block):
+            ub = users[start:start + block]
+            scores = self.score(ub)
+            if exclude is not None:
+                mask_rows(scores, exclude, ub)
+            if cand_mask is not None:
+                scores[:, cand_mask] = -math.inf
+            top = torch.topk(scores, k, dim=1, sorted=True)
+            yield ub, top.indices, top.values
+
+    def _user_index(self, users: Any, unknown: UnknownUsers) -> tuple[np.ndarray, np.ndarray]:
+        ext = np.atleast_1d(np.asarray(users, dtype=object if not isinstance(users, np.ndarray)
+                                       else None))
+        idx = self.users_.index(ext)
+        bad = idx < 0
+        if bad.any() and unknown == "error":
+            shown = ", ".join(repr(x) for x in ext[bad][:5].tolist())
+            raise ModelError(f"{int(bad.sum())} unknown user id(s): {shown}"
+                             f"{' ...' if bad.sum() > 5 else ''}; pass unknown='skip' or "
+                             "'popular' to skip them or recommend popular items")
+        if unknown not in ("error", "skip", "popular"):
+            raise ConfigError(f"unknown must be 'error', 'skip' or 'popular', not {unknown!r}")
+        return ext, idx
+
+    def recommend(self, users: Any, k: int = 10, *, include_seen: bool = False,
+                  candidates: Any = None, unknown: UnknownUsers = "error",
+                  batch_size: int | None = None) -> pd.DataFrame:
+        """Top-``k`` recommendations for users given by their *external* ids.
+
+        Returns a DataFrame with columns ``user, item, rank, score`` (external ids, rank
+        from 1). Items the user interacted with in training are excluded unless
+        ``include_seen=True``. ``candidates`` (external item ids) restricts the ranking.
+        Unknown users raise :class:`ModelError` (``unknown="error"``), are left out
+        (``"skip"``), or get the most popular unseen items (``"popular"``).
+        """
+        self._check_fitted()
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        ext, idx = self._user_index(users, unknown)
+        cand_idx = None
+        if candidates is not None:
+            cand_idx = self.items_.index(candidates)
+            if (cand_idx < 0).any():
+                bad = np.atleast_1d(np.asarray(candidates, dtype=object))[cand_idx < 0]
+                raise ModelError(f"unknown candidate item id(s): {bad[:5].tolist()}")
+        exclude = None if include_seen else self.seen_
+        known = idx >= 0
+        frames = []
+        pos = np.flatnonzero(known)
+        for ub, items, scores in self.iter_top_k(idx[known], int(k), exclude=exclude,
+                                                 candidates=cand_idx, batch_size=batch_size):
+            frames.append(self._frame(ext[pos[:len(ub)]], items, scores))
+            pos = pos[len(ub):]
+        if unknown == "popular" and (~known).any():
+            frames.append(self._popular_frame(ext[~known], int(k), cand_idx))
+        if not frames:
+            return pd.DataFrame({"user": pd.Series([], dtype=object),
+                                 "item": pd.Series([], dtype=object),
+                                 "rank": pd.Series([], dtype=np.int64),
+                                 "score": pd.Series([], dtype=np.float32)})
+        out = pd.concat(frames, ignore_index=True)
+        if unknown == "popular" and (~known).any():
+            order = pd.Series(np.arange(len(ext)), index=pd.Index(ext)).to_dict()
+            out = out.iloc[np.argsort(out["user"].map(order).to_numpy(), kind="stable")]
+            out = out.reset_index(drop=True)
+        return out
+
+    def _frame(self, ext_users: np.ndarray, items: torch.Tensor, scores: torch.Tensor
+               ) -> pd.DataFrame:
+        b, k = items.shape
+        it = items.cpu().numpy().ravel()
+        sc = scores.cpu().numpy().ravel()
+        keep = np.isfinite(sc)
+        frame = pd.DataFrame({
+            "user": np.repeat(ext_users, k)[keep],
+            "item": self.items_.ids[it[keep]],
+            "rank": np.tile(np.arange(1, k + 1), b)[keep],
+            "score": sc[keep],
+        })
+        return frame
+
+    def _popular_frame(self, ext_users: np.ndarray, k: int, cand_idx: np.ndarray | None
+                       ) -> pd.DataFrame:
+        pop = torch.from_numpy(self.item_popularity_.copy())
+        if cand_idx is not None:
+            mask = torch.ones_like(pop, dtype=torch.bool)
+            mask[torch.from_numpy(cand_idx)] = False
+            pop[mask] = -math.inf
+        top = torch.topk(pop, min(k, len(pop)))
+        n = len(ext_users)
+        return self._frame(ext_users, top.indices.repeat(n, 1), top.values.repeat(n, 1))
+
+    # ----------------------------------------------------------------------------------
+    # item-item
+    def _item_embeddings(self) -> torch.Tensor | None:
+        """Item vectors for cosine :meth:`similar_items` (override in factor models)."""
+        return None
+
+    def _item_similarity(self, items: torch.Tensor) -> torch.Tensor:
+        """Similarities ``[len(items), n_items]`` (default: cosine of item embeddings)."""
+        emb = self._item_embeddings()
+        if emb is None:
+            raise ModelError(f"{type(self).__name__} does not support similar_items")
+        emb = torch.nn.functional.normalize(emb.float(), dim=1)
+        return emb[items] @ emb.T
+
+    def similar_items(self, items: Any, k: int = 10, *, batch_size: int | None = None
+                      ) -> pd.DataFrame:
+        """The ``k`` items most similar to each given item (external ids).
+
+        Returns columns ``item, similar, rank, score``; an item is never its own neighbour.
+        Unknown item ids raise :class:`ModelError`.
+        """
+        self._check_fitted()
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        ext = np.atleast_1d(np.asarray(items, dtype=object if not isinstance(items, np.ndarray)
+                                       else None))
+        idx = self.items_.index(ext)
+        if (idx < 0).any():
+            raise ModelError(f"unknown item id(s): {ext[idx < 0][:5].tolist()}")
+        k = min(int(k), self.n_items - 1)
+        block = self._block_size(batch_size)
+        frames = []
+        for start in range(0, len(idx), block):
+            ib = torch.from_numpy(idx[start:start + block])
+            with torch.no_grad():
+                sims = self._item_similarity(ib).float().clone()
+            sims[torch.arange(len(ib)), ib] = -math.inf
+            top = torch.topk(sims, k, dim=1)
+            f = self._frame(ext[start:start + block], top.indices, top.values)
+            frames.append(f.rename(columns={"user": "item", "item": "similar"}))
+        return pd.concat(frames, ignore_index=True)
+
+    # ----------------------------------------------------------------------------------
+    # rating prediction
+    def predict(self, users: Any, items: Any) -> np.ndarray:
+        """Predicted ratings for (user, item) pairs of external ids (rating models only).
+
+        Pairs with an unknown user or item get NaN.
+        """
+        self._check_fitted()
+        if not self.predicts_ratings:
+            self._predict_index(np.empty(0, np.int64), np.empty(0, np.int64))
+        u = self.users_.index(np.atleast_1d(np.asarray(users, dtype=object)))
+        i = self.items_.index(np.atleast_1d(np.asarray(items, dtype=object)))
+        if u.shape != i.shape:
+            raise ConfigError("users and items must have the same length")
+        out = np.full(len(u), np.nan, dtype=np.float32)
+        ok = (u >= 0) & (i >= 0)
+        if ok.any():
+            out[ok] = self._predict_index(u[ok], i[ok])
+        return out
+
+    def _predict_index(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Predicted ratings for internal index pairs (override in rating models)."""
+        raise ModelError(f"{type(self).__name__} ({self.name!r}) ranks items but does not "
+                         "predict ratings; use a rating model such as 'mf'")
+
+    # ----------------------------------------------------------------------------------
+    # persistence
+    def _state(self) -> dict[str, torch.Tensor | np.ndarray]:
+        """Learned arrays to save (override)."""
+        return {}
+
+    def _extra(self) -> dict[str, Any]:
+        """Learned JSON-able scalars to save (override)."""
+        return {}
+
+    def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        """Set learned attributes from what :meth:`_state` / :meth:`_extra` saved."""
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the fitted model to the directory ``path`` (replaced atomically)."""
+        from safetensors.torch import save_file
+
+        from recforge import __version__
+
+        self._check_fitted()
+        path = Path(path)
+        tensors: dict[str, torch.Tensor] = {}
+        for key, val in self._state().items():
+            t = torch.as_tensor(val) if not isinstance(val, torch.Tensor) else val
+            tensors[f"model.{key}"] = t.detach().cpu().contiguous()
+        seen = self.seen_
+        tensors["base.seen_indptr"] = torch.from_numpy(seen.indptr.astype(np.int64))
+        tensors["base.seen_indices"] = torch.from_numpy(seen.indices.astype(np.int32))
+        tensors["base.seen_data"] = torch.from_numpy(seen.data.astype(np.float32))
+        tensors["base.item_popularity"] = torch.from_numpy(self.item_popularity_)
+        with atomic_dir(path) as tmp:
+            save_file(tensors, str(tmp / "weights.safetensors"))
+            _write_vocab(tmp / "users.parquet", self.users_)
+            _write_vocab(tmp / "items.parquet", self.items_)
+            files = {f: _sha256(tmp / f) for f in ("weights.safetensors", "users.parquet",
+                                                   "items.parquet")}
+            meta = {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "recforge_version": __version__,
+                "model": self.name,
+                "class": f"{type(self).__module__}.{type(self).__qualname__}",
+                "params": _json_safe(self.get_params()),
+                "n_users": self.n_users,
+                "n_items": self.n_items,
+                "train_fingerprint": self.train_fingerprint_,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "extra": _json_safe(self._extra()),
+                "files": files,
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        log.info("saved %s to %s", self.name, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Recommender:
+        """Load a model saved by :meth:`save`; checks format version and checksums."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from recforge.models.registry import get_model_class
+
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise ModelError(f"{path}: not a saved recforge model (no meta.json)")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{meta_path}: corrupt metadata ({exc})") from None
+        if meta.get("format") != FORMAT_NAME:
+            raise ModelError(f"{meta_path}: not a recforge model file")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ModelError(f"{meta_path}: format version {meta.get('format_version')} is not "
+                             f"supported (this recforge reads version {FORMAT_VERSION})")
+        for fname, digest in meta.get("files", {}).items():
+            fpath = path / fname
+            if not fpath.is_file():
+                raise ModelError(f"{fpath}: missing from the saved model")
+            if _sha256(fpath) != digest:
+                raise ModelError(f"{fpath}: checksum mismatch (file truncated or modified)")
+        model_cls = get_model_class(meta["model"])
+        if cls is not Recommender and not issubclass(model_cls, cls):
+            raise ModelError(f"{path} holds a {meta['model']!r} model, not {cls.__name__}")
+        try:
+            model = model_cls(**meta["params"])
+        except TypeError as exc:
+            raise ModelError(f"{meta_path}: parameters do not fit {model_cls.__name__}: {exc}"
+                             ) from None
+        try:
+            tensors = load_file(str(path / "weights.safetensors"))
+        except (SafetensorError, OSError) as exc:
+            raise ModelError(f"{path / 'weights.safetensors'}: cannot read weights ({exc})"
+                             ) from None
+        model.users_ = _read_vocab(path / "users.parquet")
+        model.items_ = _read_vocab(path / "items.parquet")
+        n_users, n_items = len(model.users_), len(model.items_)
+        indptr = tensors["base.seen_indptr"].numpy()
+        indices = tensors["base.seen_indices"].numpy()
+        data = tensors["base.seen_data"].numpy()
+        model.seen_ = sp.csr_matrix((data, indices, indptr), shape=(n_users, n_items))
+        model.item_popularity_ = tensors["base.item_popularity"].numpy().copy()
+        model.train_fingerprint_ = meta.get("train_fingerprint", "")
+        state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        model._restore(state, meta.get("extra", {}))
+        return model
+
+
+def _write_vocab(path: Path, vocab: Vocabulary) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = vocab.ids
+    arr = pa.array(ids.astype(np.int64)) if vocab.is_integer else pa.array(ids.tolist(),
+                                                                            type=pa.string())
+    pq.write_table(pa.table({"id": arr}), path)
+
+
+def _read_vocab(path: Path) -> Vocabulary:
+    import pyarrow.parquet as pq
+
+    try:
+        col = pq.read_table(path).column("id")
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise ModelError(f"{path}: cannot read vocabulary ({exc})") from None
+    if col.type == "int64":
+        return Vocabulary(col.to_numpy())
+    return Vocabulary(np.asarray(col.to_pylist(), dtype=object))
+
+
+def _unknown_param_message(cls: type, key: str) -> str:
+    from difflib import get_close_matches
+
+    names = cls._param_names()
+    hint = get_close_matches(key, names, n=1)
+    return (f"{cls.__name__} has no parameter {key!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + f" (parameters: {', '.join(names)})")

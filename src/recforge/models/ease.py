@@ -1,0 +1,71 @@
+"""EASE: Embarrassingly Shallow Autoencoder (Steck, WWW 2019).
+
+A closed-form item-item model: ``B = argmin ||X - XB||^2 + reg ||B||^2`` with ``diag(B) = 0``,
+solved as ``P = (X^T X + reg I)^-1``, ``B_ij = -P_ij / P_jj``. One dense inverse of an
+``n_items x n_items`` matrix: seconds for catalogues of a few thousand items, minutes and
+``8 n_items^2`` bytes at 30,000; beyond that use a factor model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recforge.data.interactions import Interactions
+from recforge.errors import ConfigError
+from recforge.models.base import Recommender, binarize
+
+
+class EASE(Recommender):
+    """EASE item-item autoencoder.
+
+    Parameters
+    ----------
+    reg:
+        L2 regularisation (lambda) added to the diagonal of the Gram matrix. Larger for
+        larger / denser data; typical range 50 to 5,000. The default suits MovieLens-1M-sized
+        implicit data.
+    binary:
+        Use 1 for every event (implicit feedback) rather than the event values.
+    """
+
+    name = "ease"
+
+    def __init__(self, reg: float = 500.0, binary: bool = True) -> None:
+        self.reg = reg
+        self.binary = binary
+
+    def _validate_params(self) -> None:
+        if not (isinstance(self.reg, (int, float)) and self.reg > 0):
+            raise ConfigError(f"ease: reg must be a positive number, got {self.reg!r}")
+
+    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
+        x = binarize(self.seen_) if self.binary else self.seen_
+        self.history_ = x
+        # float32 is enough: the ridge term makes the Gram matrix well conditioned, and the
+        # Cholesky inverse takes half the time of float64 (1.0 s vs 2.0 s at 3,628 items).
+        gram = torch.from_numpy((x.T @ x).toarray().astype(np.float32))
+        gram.diagonal().add_(float(self.reg))
+        chol, info = torch.linalg.cholesky_ex(gram)
+        if int(info) != 0:  # pragma: no cover - only with reg tiny against the data scale
+            chol = torch.linalg.cholesky(gram.double())
+        p = torch.cholesky_inverse(chol).to(torch.float32)
+        b = p / (-p.diagonal()).unsqueeze(0)
+        b.fill_diagonal_(0.0)
+        self.weights_ = b.contiguous()
+
+    def _score(self, users: torch.Tensor) -> torch.Tensor:
+        # Sparse history rows times the dense weights: scipy's CSR x dense kernel is the
+        # fastest option on CPU (it does nnz * n_items work, not n_users * n_items^2).
+        return torch.from_numpy(self.history_[users.numpy()] @ self.weights_.numpy())
+
+    def _item_similarity(self, items: torch.Tensor) -> torch.Tensor:
+        # Row i of B: how much having i predicts each other item.
+        return self.weights_[items]
+
+    def _state(self):
+        return {"weights": self.weights_}
+
+    def _restore(self, state, extra):
+        self.weights_ = state["weights"]
+        self.history_ = binarize(self.seen_) if self.binary else self.seen_

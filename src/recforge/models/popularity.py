@@ -1,0 +1,34 @@
+"""Most-popular items: the baseline every personalised model must beat."""
+
+from __future__ import annotations
+
+import torch
+
+from recforge.data.interactions import Interactions
+from recforge.models.base import Recommender
+
+
+class Popularity(Recommender):
+    """Scores every item by the number of training users who interacted with it.
+
+    Not personalised: every user gets the same ranking (minus the items they have seen).
+    It sets the floor for every other model, and a wrong evaluator shows up here first.
+    """
+
+    name = "pop"
+    personalized = False
+
+    def __init__(self) -> None:
+        pass
+
+    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
+        self.scores_ = torch.from_numpy(self.item_popularity_.copy())
+
+    def _score(self, users: torch.Tensor) -> torch.Tensor:
+        return self.scores_.unsqueeze(0).repeat(len(users), 1)
+
+    def _state(self):
+        return {"scores": self.scores_}
+
+    def _restore(self, state, extra):
+        self.scores_ = state["scores"]

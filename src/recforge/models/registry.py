@@ -1,0 +1,57 @@
+"""Model name -> class, used by the CLI, experiment configs and :meth:`Recommender.load`.
+
+Built-in models are imported lazily (so ``recforge --help`` stays fast). Third-party
+packages can add models through the ``recforge.models`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import importlib
+from difflib import get_close_matches
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from recforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from recforge.models.base import Recommender
+
+#: Built-in models: registry name -> "module:Class".
+BUILTIN: dict[str, str] = {
+    "pop": "recforge.models.popularity:Popularity",
+    "itemknn": "recforge.models.knn:ItemKNN",
+    "ease": "recforge.models.ease:EASE",
+}
+
+
+def _plugins() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group="recforge.models")}
+
+
+def available_models() -> list[str]:
+    """Names of every model that can be trained."""
+    return sorted({**_plugins(), **BUILTIN})
+
+
+def get_model_class(name: str) -> type[Recommender]:
+    """The class registered under ``name``; :class:`ConfigError` naming close matches."""
+    table = {**_plugins(), **BUILTIN}
+    if name not in table:
+        hint = get_close_matches(name, list(table), n=1)
+        raise ConfigError(f"unknown model {name!r}" + (f"; did you mean {hint[0]!r}?" if hint
+                                                        else "")
+                          + f" (available: {', '.join(sorted(table))})")
+    module, _, attr = table[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def create_model(name: str, **params: Any) -> Recommender:
+    """Instantiate model ``name`` with hyperparameters, checking their names."""
+    from recforge.models.base import _unknown_param_message
+
+    cls = get_model_class(name)
+    valid = cls._param_names()
+    for key in params:
+        if key not in valid:
+            raise ConfigError(_unknown_param_message(cls, key))
+    return cls(**params)

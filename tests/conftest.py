@@ -1,0 +1,76 @@
+"""Shared fixtures: small generated data, and the real MovieLens files in ../shared/data.
+
+Real-data tests find the files through ``RECFORGE_TEST_DATA`` or ``../shared/data`` beside
+the repository, and are skipped (with the reason) when neither holds them. The files are
+never copied into the repository: the MovieLens licence forbids redistribution.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recforge import Interactions
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    env = os.environ.get("RECFORGE_TEST_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "data")
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+def shared_path(*parts: str) -> Path:
+    """Path of a file under the shared data directory, or skip the test."""
+    base = shared_data_dir()
+    if base is None:
+        pytest.skip("shared test data not found: set RECFORGE_TEST_DATA or place ../shared/data")
+    p = base.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} not found (MovieLens data is not redistributed with recforge)")
+    return p
+
+
+@pytest.fixture
+def small_frame() -> pd.DataFrame:
+    return pd.DataFrame({
+        "user": ["u1", "u1", "u2", "u2", "u3", "u3", "u3"],
+        "item": ["a", "b", "a", "c", "b", "c", "d"],
+        "rating": [5.0, 3.0, 4.0, 2.0, 1.0, 5.0, 4.0],
+        "timestamp": [10, 20, 15, 30, 5, 25, 40],
+    })
+
+
+@pytest.fixture
+def small(small_frame) -> Interactions:
+    return Interactions.from_frame(small_frame)
+
+
+def random_interactions(n_users: int = 60, n_items: int = 40, density: float = 0.15,
+                        seed: int = 0, with_time: bool = True) -> Interactions:
+    """Random implicit data with a popularity skew, every user and item present."""
+    rng = np.random.default_rng(seed)
+    pop = rng.pareto(1.5, n_items) + 0.1
+    prob = np.clip(density * pop / pop.mean(), 0, 0.9)
+    mask = rng.random((n_users, n_items)) < prob[None, :]
+    mask[np.arange(n_users), rng.integers(0, n_items, n_users)] = True
+    mask[rng.integers(0, n_users, n_items), np.arange(n_items)] = True
+    u, i = np.nonzero(mask)
+    frame = pd.DataFrame({"user": u, "item": i})
+    if with_time:
+        frame["timestamp"] = rng.integers(0, 10_000, len(u))
+    return Interactions.from_frame(frame)
+
+
+@pytest.fixture
+def random_data() -> Interactions:
+    return random_interactions()
