@@ -163,8 +163,14 @@ def _numbers(series: pd.Series, name: str, where: np.ndarray, source: str | None
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         val = raw.iloc[i]
-        what = ("missing value" if val is pd.NA or str(val).strip() == ""
-                else f"{str(val)!r} is not a number")
+        if val is pd.NA or str(val).strip() == "":
+            what = "missing value"
+        else:
+            try:
+                float(str(val))
+                what = f"{str(val).strip()!r} is not a finite number"
+            except ValueError:
+                what = f"{str(val)!r} is not a number"
         raise DataError(what, source=source, column=name, **{unit: int(where[i])})
     return num
 
@@ -180,7 +186,10 @@ def _timestamps(series: pd.Series, name: str, where: np.ndarray, source: str | N
         num = pd.to_numeric(raw, errors="coerce")
         if num.notna().all():
             return _numbers(num, name, where, source, unit).astype(np.int64)
-        ts = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
+        # Dates as text; numbers among them are seconds since the epoch.
+        ts = pd.to_datetime(raw.where(num.isna()), errors="coerce", utc=True, format="mixed")
+        from_num = pd.to_datetime(num, unit="s", utc=True, errors="coerce")
+        ts = ts.where(num.isna(), from_num)
     bad = ts.isna().to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])

@@ -1,0 +1,363 @@
+"""The ``recforge`` command line. Each command is a thin call into the library.
+
+Errors a user can cause (bad data, bad parameter, bad model directory) print one line on
+stderr and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from recforge import __version__
+from recforge._fs import atomic_path, atomic_write_text
+from recforge.errors import ConfigError, DataError, RecforgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="recforge: build, evaluate and serve recommender systems.")
+datasets_app = typer.Typer(no_args_is_help=True, help="List, describe and download datasets.")
+app.add_typer(datasets_app, name="datasets")
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+log = logging.getLogger("recforge")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"recforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Show the version and exit.")) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    root = logging.getLogger("recforge")
+    root.handlers[:] = [RichHandler(console=err_console, show_path=False, show_time=False)]
+    root.setLevel(level)
+    root.propagate = False
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+def _parse_params(items: list[str] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--param {item!r} must look like key=value")
+        key, _, raw = item.partition("=")
+        try:
+            params[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            params[key.strip()] = raw
+    return params
+
+
+def _read_specs(specs: list[str], *, columns: str | None, fmt: str | None, duplicates: str,
+                data_dir: Path | None, min_rating: float | None):
+    from recforge.data.datasets import load_many
+    from recforge.data.filters import to_implicit
+
+    parts = load_many(specs, format=fmt, columns=columns, duplicates=duplicates,  # type: ignore[arg-type]
+                      data_dir=data_dir)
+    if min_rating is not None:
+        parts = [to_implicit(p, min_rating) for p in parts]
+    return parts
+
+
+def _write_frame(frame: pd.DataFrame, out: Path) -> None:
+    suffix = out.suffix.lower()
+    with atomic_path(out) as tmp:
+        if suffix in (".parquet", ".pq"):
+            frame.to_parquet(tmp, index=False)
+        elif suffix in (".tsv", ".txt"):
+            frame.to_csv(tmp, sep="\t", index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+
+
+def _load_model(path: Path):
+    from recforge.models.base import Recommender
+
+    return Recommender.load(path)
+
+
+def _read_user_list(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError("file not found", source=str(path))
+    frame = pd.read_csv(path, sep=None, engine="python", dtype=str, header=None,
+                        skip_blank_lines=True)
+    first = str(frame.iloc[0, 0]).strip().lower() if len(frame) else ""
+    if first in ("user", "user_id", "userid"):
+        frame = frame.iloc[1:]
+    if frame.empty:
+        raise DataError("no user ids in the file", source=str(path))
+    return frame.iloc[:, 0].str.strip().to_numpy(dtype=object)
+
+
+def _metrics_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="left" if c in ("model", "metric") else "right")
+    for row in rows:
+        table.add_row(*[f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, ""))
+                        for c in columns])
+    return table
+
+
+# ---------------------------------------------------------------------------------------
+# datasets
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """List the datasets recforge knows by name."""
+    from recforge.data.movielens import find_local, list_datasets
+
+    table = Table(title="Datasets")
+    for c in ("name", "ratings", "users", "items", "metadata", "local copy"):
+        table.add_column(c)
+    for spec in list_datasets():
+        meta = ["titles", "genres"]
+        if spec.has_tags:
+            meta.append("tags")
+        if spec.has_user_features:
+            meta.append("user features")
+        local = find_local(spec.name)
+        table.add_row(spec.name, f"{spec.n_ratings:,}", f"{spec.n_users:,}", f"{spec.n_items:,}",
+                      ", ".join(meta), str(local) if local else "-")
+    table.add_row("synthetic", "~50,000", "1,000", "800", "titles, genres", "(generated)")
+    console.print(table)
+
+
+@datasets_app.command("info")
+def datasets_info(name: str) -> None:
+    """Describe one dataset: source, size, checksum, where a local copy was found."""
+    from recforge.data.movielens import find_local, get_spec
+
+    spec = get_spec(name)
+    local = find_local(spec.name)
+    console.print(f"[bold]{spec.name}[/bold]: {spec.description}")
+    console.print(f"  url:      {spec.url}")
+    console.print(f"  md5:      {spec.md5 or '(not published; files verified by sha256)'}")
+    console.print(f"  ratings:  {spec.n_ratings:,} by {spec.n_users:,} users on "
+                  f"{spec.n_items:,} items")
+    console.print(f"  local:    {local or 'not found (recforge datasets download ' + spec.name + ')'}")
+
+
+@datasets_app.command("download")
+def datasets_download(name: str,
+                      force: bool = typer.Option(False, help="Download again even if cached."),
+                      ) -> None:
+    """Download a dataset into the cache (RECFORGE_CACHE_DIR, default ~/.cache/recforge)."""
+    from recforge.data.movielens import download_movielens
+
+    path = download_movielens(name, force=force)
+    console.print(f"{name} is in {path}")
+
+
+# ---------------------------------------------------------------------------------------
+# train / recommend / predict / evaluate
+@app.command()
+def train(
+    model: str = typer.Argument(..., help="Model name (see `recforge models`)."),
+    data: list[str] = typer.Option(..., "--data", help="Dataset name or file; repeat to "
+                                   "concatenate files (e.g. train.txt and valid.txt)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write the trained model to."),
+    valid: Optional[str] = typer.Option(None, "--valid", help="Validation data (early stopping)."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p",
+                                              help="Hyperparameter key=value (repeatable)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (models that use one)."),
+    columns: Optional[str] = typer.Option(None, "--columns",
+                                          help="Column mapping, e.g. user=userId,item=movieId."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="csv, tsv, parquet or adjacency."),
+    duplicates: str = typer.Option("error", "--duplicates",
+                                   help="Repeated (user, item) pairs: error, first, last, sum, "
+                                        "max or mean."),
+    min_rating: Optional[float] = typer.Option(None, "--min-rating",
+                                               help="Keep ratings >= this as implicit positives."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir",
+                                            help="Directory holding extracted datasets."),
+) -> None:
+    """Train MODEL on --data and save it to --out."""
+    from recforge.models.registry import create_model
+
+    params = _parse_params(param)
+    if seed is not None:
+        from recforge.models.registry import get_model_class
+
+        if "seed" in get_model_class(model)._param_names():
+            params["seed"] = seed
+        else:
+            log.info("%s is deterministic; --seed has no effect", model)
+    estimator = create_model(model, **params)
+    parts = _read_specs(list(data) + ([valid] if valid else []), columns=columns, fmt=fmt,
+                        duplicates=duplicates, data_dir=data_dir, min_rating=min_rating)
+    valid_data = parts.pop() if valid else None
+    train_data = parts[0].concat(*parts[1:]) if len(parts) > 1 else parts[0]
+    log.info("training %s on %s", model, train_data)
+    start = time.perf_counter()
+    estimator.fit(train_data, valid_data)
+    seconds = time.perf_counter() - start
+    estimator.save(out)
+    console.print(f"trained {model} on {len(train_data):,} events in {seconds:.2f}s; "
+                  f"saved to {out}")
+
+
+@app.command()
+def recommend(
+    model: Path = typer.Option(..., "--model", help="Directory of a trained model."),
+    k: int = typer.Option(10, "--k", help="Recommendations per user."),
+    users: str = typer.Option("all", "--users", help="File of user ids (one per line), or "
+                              "'all' for every user the model knows."),
+    include_seen: bool = typer.Option(False, "--include-seen",
+                                      help="Allow items the user already interacted with."),
+    unknown: str = typer.Option("error", "--unknown", help="Unknown users: error, skip or "
+                                "popular."),
+    out: Path = typer.Option(..., "--out", help="Output .csv / .tsv / .parquet file."),
+) -> None:
+    """Top-K recommendations: columns user,item,rank,score (external ids)."""
+    est = _load_model(model)
+    if k < 1:
+        raise ConfigError(f"--k must be >= 1, got {k}")
+    user_ids = est.users_.ids if users == "all" else _read_user_list(Path(users))
+    recs = est.recommend(user_ids, k=k, include_seen=include_seen, unknown=unknown)  # type: ignore[arg-type]
+    _write_frame(recs, out)
+    console.print(f"wrote {len(recs):,} recommendations for {recs['user'].nunique():,} users "
+                  f"to {out}")
+
+
+@app.command()
+def predict(
+    model: Path = typer.Option(..., "--model", help="Directory of a trained rating model."),
+    pairs: Path = typer.Option(..., "--pairs", help="File with user,item columns."),
+    out: Path = typer.Option(..., "--out", help="Output file: user,item,prediction."),
+) -> None:
+    """Predict ratings for (user, item) pairs (rating models only)."""
+    from recforge.data.io import read_interactions
+
+    est = _load_model(model)
+    if not est.predicts_ratings:
+        raise ConfigError(f"model {est.name!r} ranks items but does not predict ratings; "
+                          "train a rating model (e.g. mf) to use `recforge predict`")
+    frame = read_interactions(pairs, duplicates="first").to_frame()
+    pred = est.predict(frame["user"].to_numpy(), frame["item"].to_numpy())
+    result = pd.DataFrame({"user": frame["user"], "item": frame["item"], "prediction": pred})
+    _write_frame(result, out)
+    console.print(f"wrote {len(result):,} predictions to {out}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Path = typer.Option(..., "--model", help="Directory of a trained model."),
+    train: list[str] = typer.Option(..., "--train", help="Training data (its items are "
+                                    "excluded from rankings); repeatable."),
+    test: str = typer.Option(..., "--test", help="Held-out data."),
+    metrics: str = typer.Option("recall@20,ndcg@20", "--metrics",
+                                help="Comma-separated, e.g. ndcg@10,recall@20,rmse."),
+    protocol: str = typer.Option("full", "--protocol", help="full (default) or sampled."),
+    n_negatives: int = typer.Option(100, "--negatives",
+                                    help="Negatives per positive (sampled protocol)."),
+    min_rating: Optional[float] = typer.Option(None, "--min-rating",
+                                               help="Test ratings >= this are the relevant "
+                                                    "items."),
+    columns: Optional[str] = typer.Option(None, "--columns", help="Column mapping."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Input format."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the results as JSON."),
+) -> None:
+    """Evaluate a trained model on held-out data (full ranking by default)."""
+    from recforge.data.filters import to_implicit
+    from recforge.evaluation import evaluate
+
+    est = _load_model(model)
+    parts = _read_specs(list(train) + [test], columns=columns, fmt=fmt, duplicates="error",
+                        data_dir=data_dir, min_rating=None)
+    test_data = parts.pop()
+    train_data = parts[0].concat(*parts[1:]) if len(parts) > 1 else parts[0]
+    rating_only = all(m.strip().lower() in ("rmse", "mae") for m in metrics.split(","))
+    if min_rating is not None and not rating_only:
+        test_data = to_implicit(test_data, min_rating)
+    result = evaluate(est, train_data, test_data, metrics=metrics, protocol=protocol,  # type: ignore[arg-type]
+                      n_negatives=n_negatives)
+    rows = [{"metric": k, "value": v} for k, v in result.summary.items()]
+    console.print(_metrics_table(f"{est.name} on {test} ({result.protocol} protocol, "
+                                 f"{result.n_users:,} users, {result.seconds:.2f}s)",
+                                 rows, ["metric", "value"]))
+    for note in result.notes:
+        console.print(f"note: {note}")
+    if out is not None:
+        payload = {"model": est.name, "params": est.get_params(), "test": test,
+                   "protocol": result.protocol, "n_users": result.n_users,
+                   "metrics": result.summary, "seconds": result.seconds, "notes": result.notes}
+        atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the models that can be trained, with their hyperparameters."""
+    import inspect
+
+    from recforge.models.registry import available_models, get_model_class
+
+    table = Table(title="Models")
+    table.add_column("name")
+    table.add_column("class")
+    table.add_column("hyperparameters (defaults)")
+    for name in available_models():
+        cls = get_model_class(name)
+        sig = inspect.signature(cls.__init__)
+        params = ", ".join(f"{p.name}={p.default!r}" for p in sig.parameters.values()
+                           if p.name != "self")
+        table.add_row(name, cls.__name__, params or "-")
+    console.print(table)
+
+
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("quickstart-output"), "--out",
+                             help="Where to write the trained models."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir",
+                                            help="Directory holding extracted datasets."),
+    k: int = typer.Option(10, "--k", help="Cutoff of the ranking metrics."),
+) -> None:
+    """Fit and compare the baselines on ml-100k (when found locally) or generated data."""
+    from recforge.experiment.quickstart import run_quickstart
+
+    run_quickstart(out=out, data_dir=data_dir, k=k, console=console)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning recforge errors into one line and exit status 2.
+
+    Usage errors (unknown option, missing argument) are reported by Typer, also with
+    status 2.
+    """
+    try:
+        app(args=argv, prog_name="recforge")
+    except RecforgeError as exc:
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True,
+                          markup=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Resolve a data SPEC (the CLI's ``--data``) into :class:`Interactions`.
+
+A SPEC is a MovieLens name (``ml-100k``, ``ml-latest-small``...), ``synthetic``, or a path
+to a CSV / TSV / Parquet / adjacency-list file. Several specs read together share one pair
+of vocabularies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from recforge.data.interactions import DuplicatePolicy, Interactions
+from recforge.data.io import read_interactions, read_many
+from recforge.errors import DataError
+
+__all__ = ["is_named_dataset", "load_dataset", "load_many"]
+
+
+def is_named_dataset(spec: str) -> bool:
+    """Whether ``spec`` names a built-in dataset rather than a file."""
+    if spec == "synthetic":
+        return True
+    from recforge.data.movielens import get_spec
+
+    if os.path.exists(spec):
+        return False
+    try:
+        get_spec(spec)
+        return True
+    except Exception:
+        return False
+
+
+def _load_named(spec: str, data_dir: str | os.PathLike | None, download: bool) -> Any:
+    if spec == "synthetic":
+        from recforge.data.synthetic import make_synthetic
+
+        return make_synthetic()
+    from recforge.data.movielens import load_movielens
+
+    return load_movielens(spec, data_dir=data_dir, download=download)
+
+
+def load_dataset(spec: str | os.PathLike, *, format: str | None = None,
+                 columns: Mapping[str, str] | str | None = None,
+                 duplicates: DuplicatePolicy = "error", data_dir: str | os.PathLike | None = None,
+                 download: bool = True) -> Interactions:
+    """Interactions named by ``spec`` (a dataset name or a file path)."""
+    spec_s = os.fspath(spec)
+    if is_named_dataset(spec_s):
+        return _load_named(spec_s, data_dir, download).interactions
+    if not Path(spec_s).exists():
+        raise DataError(f"no such file, and not a dataset name (try `recforge datasets list`)",
+                        source=spec_s)
+    return read_interactions(spec_s, format=format, columns=columns, duplicates=duplicates)
+
+
+def load_bundle(spec: str, *, data_dir: str | os.PathLike | None = None,
+                download: bool = True) -> Any:
+    """A named dataset with its metadata (``.interactions``, ``.items``, ``.users``)."""
+    if not is_named_dataset(spec):
+        raise DataError("not a dataset name (try `recforge datasets list`)", source=spec)
+    return _load_named(spec, data_dir, download)
+
+
+def load_many(specs: Sequence[str | os.PathLike], *, format: str | None = None,
+              columns: Mapping[str, str] | str | None = None,
+              duplicates: DuplicatePolicy = "error", data_dir: str | os.PathLike | None = None,
+              download: bool = True) -> list[Interactions]:
+    """Several specs read into shared vocabularies (``train.txt`` + ``valid.txt``...)."""
+    specs = [os.fspath(s) for s in specs]
+    if len(specs) == 1:
+        return [load_dataset(specs[0], format=format, columns=columns, duplicates=duplicates,
+                             data_dir=data_dir, download=download)]
+    named = [s for s in specs if is_named_dataset(s)]
+    if named:
+        raise DataError(f"a dataset name ({named[0]!r}) cannot be combined with other inputs")
+    return read_many(specs, format=format, columns=columns, duplicates=duplicates)

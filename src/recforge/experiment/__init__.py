@@ -1,0 +1,1 @@
+"""Experiments: run several models on one split and compare them."""

@@ -1,0 +1,191 @@
+"""Readers: formats, column mapping, and every kind of bad input named precisely."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recforge import DataError, Interactions
+from recforge.data.io import parse_columns, read_adjacency, read_csv, read_interactions, read_many
+
+
+def write(tmp_path, name: str, text: str):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_csv_with_header_and_aliases(tmp_path):
+    p = write(tmp_path, "r.csv", "userId,movieId,rating,timestamp\n1,10,4.0,100\n2,10,3.5,50\n1,20,5,70\n")
+    data = read_csv(p)
+    assert len(data) == 3 and data.n_users == 2 and data.n_items == 2
+    assert data.users.ids.tolist() == [1, 2] and data.items.ids.tolist() == [10, 20]
+    assert data.value.tolist() == [4.0, 3.5, 5.0]
+    assert data.timestamp.tolist() == [100, 50, 70]
+    frame = data.to_frame()
+    assert frame["user"].tolist() == [1, 2, 1] and frame["item"].tolist() == [10, 10, 20]
+
+
+def test_tsv_without_header_is_positional(tmp_path):
+    p = write(tmp_path, "u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
+    data = read_interactions(p)
+    assert data.users.ids.tolist() == [186, 196] and data.has_values and data.has_timestamps
+
+
+def test_double_colon_separator(tmp_path):
+    p = write(tmp_path, "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n")
+    data = read_interactions(p)
+    assert len(data) == 2 and data.value.tolist() == [5.0, 3.0]
+
+
+def test_string_ids_keep_leading_zeros(tmp_path):
+    p = write(tmp_path, "r.csv", "user,item\n007,0012\n7,12\n")
+    data = read_csv(p)
+    assert sorted(data.users.ids.tolist()) == ["007", "7"]
+    assert sorted(data.items.ids.tolist()) == ["0012", "12"]
+
+
+def test_column_mapping(tmp_path):
+    p = write(tmp_path, "r.csv", "who,what,stars\na,x,1\nb,y,2\n")
+    data = read_csv(p, columns="user=who,item=what,rating=stars")
+    assert data.value.tolist() == [1.0, 2.0]
+    assert parse_columns("user=who, item=what") == {"user": "who", "item": "what"}
+
+
+def test_datetime_timestamps(tmp_path):
+    p = write(tmp_path, "r.csv", "user,item,timestamp\na,x,2020-01-01T00:00:00Z\nb,y,2020-01-02\n"
+              "c,z,1577836800\n")
+    data = read_csv(p)
+    assert data.timestamp.tolist() == [1577836800, 1577923200, 1577836800]
+
+
+def test_parquet_roundtrip(tmp_path):
+    frame = pd.DataFrame({"user_id": ["a", "b", "a"], "item_id": [1, 2, 3],
+                          "rating": [1.0, 2.0, 3.0]})
+    p = tmp_path / "d.parquet"
+    frame.to_parquet(p)
+    data = read_interactions(p)
+    assert len(data) == 3 and data.items.ids.tolist() == [1, 2, 3]
+
+
+def test_adjacency_list(tmp_path):
+    p = write(tmp_path, "train.txt", "0 1 2 3\n1 2\n\n2\n3 0 1\n")
+    data = read_adjacency(p)
+    assert len(data) == 6
+    assert data.to_frame()["user"].tolist() == [0, 0, 0, 1, 3, 3]
+    assert read_interactions(p).n_users == data.n_users  # detected as adjacency
+
+
+def test_read_many_shares_vocabularies(tmp_path):
+    a = write(tmp_path, "a.txt", "0 1 2 3\n1 2\n")
+    b = write(tmp_path, "b.txt", "0 5\n7 1\n")
+    ra, rb = read_many([a, b])
+    assert ra.users is rb.users and ra.items is rb.items
+    assert ra.users.ids.tolist() == [0, 1, 7] and ra.items.ids.tolist() == [1, 2, 3, 5]
+
+
+# -- bad input -------------------------------------------------------------------------
+@pytest.mark.parametrize("text, line, column, message", [
+    ("user,item,rating\n1,2,3\n1,3,abc\n", 3, "rating", "'abc' is not a number"),
+    ("user,item,rating\n1,2,3\n1,3,\n", 3, "rating", "missing value"),
+    ("user,item,rating\n1,2,3\n1,3,nan\n", 3, "rating", "'nan' is not a finite number"),
+    ("user,item,rating\n1,2,3\n1,3,inf\n", 3, "rating", "'inf' is not a finite number"),
+    ("user,item,rating\n1,2,3\n,3,4\n", 3, "user", "missing user id"),
+    ("user,item,rating\n1,2,3\n4,5,6,7\n", 3, None, "expected 3 fields, saw 4"),
+    ("user,item,timestamp\n1,2,100\n1,3,yesterday\n", 3, "timestamp", "not a timestamp"),
+])
+def test_bad_values_name_line_and_column(tmp_path, text, line, column, message):
+    p = write(tmp_path, "bad.csv", text)
+    with pytest.raises(DataError) as info:
+        read_csv(p)
+    err = info.value
+    assert err.line == line and err.column == column and message in str(err)
+    assert str(p) in str(err)
+
+
+def test_blank_lines_keep_line_numbers(tmp_path):
+    p = write(tmp_path, "bad.csv", "user,item,rating\n1,2,3\n\n1,3,x\n")
+    with pytest.raises(DataError) as info:
+        read_csv(p)
+    assert info.value.line == 4
+
+
+def test_missing_column_suggests(tmp_path):
+    p = write(tmp_path, "r.csv", "usr,item\n1,2\n")
+    with pytest.raises(DataError, match=r"no user column.*'usr'"):
+        read_csv(p)
+    with pytest.raises(DataError, match="column 'userid' .*not found.*did you mean 'usr'"):
+        read_csv(p, columns={"user": "userid"})
+
+
+def test_empty_and_unreadable(tmp_path):
+    with pytest.raises(DataError, match="file is empty"):
+        read_csv(write(tmp_path, "e.csv", ""))
+    with pytest.raises(DataError, match="header but no data"):
+        read_csv(write(tmp_path, "h.csv", "user,item\n"))
+    with pytest.raises(DataError, match="file not found"):
+        read_interactions(tmp_path / "nope.csv")
+    with pytest.raises(DataError, match="is a directory"):
+        read_interactions(tmp_path)
+    with pytest.raises(DataError, match="not a readable Parquet"):
+        read_interactions(write(tmp_path, "x.parquet", "not parquet"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
+def test_permission_denied(tmp_path):
+    p = write(tmp_path, "r.csv", "user,item\n1,2\n")
+    p.chmod(0)
+    with pytest.raises(DataError, match="permission denied"):
+        read_csv(p)
+
+
+def test_not_utf8(tmp_path):
+    p = tmp_path / "latin.csv"
+    p.write_bytes("user,item\nJosé,1\n".encode("latin-1"))
+    with pytest.raises(DataError, match="encoding='latin-1'"):
+        read_csv(p)
+    assert read_csv(p, encoding="latin-1").users.ids.tolist() == ["José"]
+
+
+def test_adjacency_bad_token(tmp_path):
+    p = write(tmp_path, "t.txt", "0 1 2\n1 2 x3\n")
+    with pytest.raises(DataError) as info:
+        read_adjacency(p)
+    assert info.value.line == 2 and "'x3'" in str(info.value)
+
+
+def test_duplicates_policy(tmp_path):
+    p = write(tmp_path, "d.csv", "user,item,rating,timestamp\n1,2,3,10\n1,3,4,11\n1,2,5,9\n")
+    with pytest.raises(DataError) as info:
+        read_csv(p)
+    assert info.value.line == 4 and "first seen at line 2" in str(info.value)
+    last = read_csv(p, duplicates="last").to_frame()
+    assert last.set_index("item").loc[2, "rating"] == 3.0  # latest by timestamp (10 > 9)
+    first = read_csv(p, duplicates="first").to_frame()
+    assert first.set_index("item").loc[2, "rating"] == 5.0
+    total = read_csv(p, duplicates="sum").to_frame()
+    assert total.set_index("item").loc[2, "rating"] == 8.0 and len(total) == 2
+    assert read_csv(p, duplicates="max").to_frame().set_index("item").loc[2, "rating"] == 5.0
+    with pytest.raises(DataError, match="duplicates must be one of"):
+        read_csv(p, duplicates="bogus")
+
+
+def test_unknown_ids_against_vocabulary(tmp_path, small):
+    p = write(tmp_path, "t.csv", "user,item\nu1,a\nzz,b\n")
+    with pytest.raises(DataError, match="user 'zz' is not in the user vocabulary") as info:
+        read_csv(p, users=small.users, items=small.items)
+    assert info.value.line == 3
+    dropped = read_csv(p, users=small.users, items=small.items, unknown="drop")
+    assert len(dropped) == 1 and dropped.users is small.users
+
+
+def test_from_frame_rows_named(small_frame):
+    bad = small_frame.copy()
+    bad.loc[3, "rating"] = np.nan
+    with pytest.raises(DataError, match="row 4"):
+        Interactions.from_frame(bad)
+    with pytest.raises(DataError, match="expected a pandas DataFrame"):
+        Interactions.from_frame([1, 2])

@@ -1,0 +1,169 @@
+"""Splits: Hypothesis property tests (no leakage) and exact behaviour on small cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recforge import ConfigError, DataError, Interactions
+from recforge.data import split as S
+from recforge.data.filters import k_core, to_implicit
+
+
+@st.composite
+def interactions(draw, min_events: int = 1):
+    n_users = draw(st.integers(1, 12))
+    n_items = draw(st.integers(min_events if n_users == 1 else 1, 12))
+    pairs = draw(st.sets(st.tuples(st.integers(0, n_users - 1), st.integers(0, n_items - 1)),
+                         min_size=min_events, max_size=n_users * n_items))
+    pairs = sorted(pairs)
+    ts = draw(st.lists(st.integers(0, 50), min_size=len(pairs), max_size=len(pairs)))
+    frame = pd.DataFrame({"user": [f"u{u}" for u, _ in pairs], "item": [i for _, i in pairs],
+                          "rating": np.arange(len(pairs)) % 5 + 1.0, "timestamp": ts})
+    return Interactions.from_frame(frame)
+
+
+def pairs(data: Interactions) -> set[tuple[int, int]]:
+    return set(zip(data.user.tolist(), data.item.tolist()))
+
+
+def check_common(data: Interactions, split: S.Split, *, allow_cold_items: bool = False):
+    parts = [split.train, split.test] + ([split.valid] if split.valid is not None else [])
+    for p in parts:
+        assert p.users is data.users and p.items is data.items
+    # Disjoint, and nothing invented: every part is a subset of the data.
+    assert not pairs(split.train) & pairs(split.test)
+    if split.valid is not None:
+        assert not pairs(split.valid) & (pairs(split.train) | pairs(split.test))
+    assert sum(len(p) for p in parts) <= len(data)
+    assert set().union(*map(pairs, parts)) <= pairs(data)
+    # Every held-out user was seen in training; items too unless cold start is the point.
+    train_users = set(split.train.user.tolist())
+    train_items = set(split.train.item.tolist())
+    for p in parts[1:]:
+        assert set(p.user.tolist()) <= train_users
+        if not allow_cold_items:
+            assert set(p.item.tolist()) <= train_items
+
+
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(interactions(), st.floats(0.0, 0.6), st.booleans(), st.integers(0, 5))
+def test_random_split_properties(data, test_size, by_user, seed):
+    split = S.random_split(data, test_size=test_size, by_user=by_user, seed=seed)
+    check_common(data, split)
+    assert len(split.train) + len(split.test) == len(data)  # nothing dropped
+
+
+@FAST
+@given(interactions(), st.floats(0.05, 0.6))
+def test_temporal_split_respects_time(data, test_size):
+    split = S.temporal_split(data, test_size=test_size)
+    check_common(data, split)
+    if len(split.test):
+        assert split.train.timestamp.max() < split.test.timestamp.min()
+
+
+@FAST
+@given(interactions(), st.integers(1, 3), st.integers(0, 2))
+def test_user_temporal_split_holds_out_latest(data, n_test, n_valid):
+    split = S.user_temporal_split(data, n_test=n_test, n_valid=n_valid)
+    check_common(data, split)
+    train = split.train.to_frame(external=False)
+    held = split.test.to_frame(external=False)
+    for u, grp in held.groupby("user"):
+        assert len(grp) <= n_test
+        assert grp["timestamp"].min() >= train.loc[train.user == u, "timestamp"].max()
+    if split.valid is not None:
+        valid = split.valid.to_frame(external=False)
+        for u, grp in valid.groupby("user"):
+            assert grp["timestamp"].min() >= train.loc[train.user == u, "timestamp"].max()
+
+
+@FAST
+@given(interactions(), st.floats(0.1, 0.5), st.integers(0, 3))
+def test_cold_start_items_properties(data, test_size, seed):
+    split = S.cold_start_items(data, test_size=test_size, seed=seed)
+    check_common(data, split, allow_cold_items=True)
+    # The held-out items have no training event at all.
+    assert not set(split.test.item.tolist()) & set(split.train.item.tolist())
+
+
+@FAST
+@given(interactions(min_events=2), st.integers(2, 4), st.booleans())
+def test_kfold_properties(data, k, by_user):
+    folds = list(S.kfold(data, k=k, by_user=by_user, seed=1))
+    assert len(folds) == k
+    seen_in_test: list[tuple[int, int]] = []
+    for f in folds:
+        check_common(data, f)
+        assert len(f.train) + len(f.test) == len(data)
+        seen_in_test.extend(pairs(f.test))
+    assert len(seen_in_test) == len(set(seen_in_test))  # each event tested at most once
+
+
+def test_random_split_is_seeded(random_data):
+    a = S.random_split(random_data, seed=3)
+    b = S.random_split(random_data, seed=3)
+    c = S.random_split(random_data, seed=4)
+    assert pairs(a.test) == pairs(b.test) and pairs(a.test) != pairs(c.test)
+    assert abs(len(a.test) / len(random_data) - 0.2) < 0.05
+
+
+def test_random_split_by_user_fraction(random_data):
+    split = S.random_split(random_data, test_size=0.25, valid_size=0.25, by_user=True)
+    n = random_data.user_counts()
+    t = split.test.user_counts()
+    assert split.valid is not None and len(split.valid) > 0
+    big = n >= 8
+    assert np.all(np.abs(t[big] - np.rint(n[big] * 0.25)) <= 1)
+
+
+def test_leave_last_out_exact():
+    frame = pd.DataFrame({"user": [1, 1, 1, 2, 2, 3], "item": ["a", "b", "c", "c", "a", "a"],
+                          "timestamp": [3, 1, 2, 0, 5, 1]})
+    data = Interactions.from_frame(frame)
+    split = S.leave_last_out(data, valid=True)
+    assert split.test.to_frame()[["user", "item"]].values.tolist() == [[1, "a"]]
+    assert split.valid.to_frame()[["user", "item"]].values.tolist() == [[1, "c"]]
+    # Users 2 and 3 have too few events to give up two; they stay in training.
+    assert len(split.train) == 4
+    # A held-out item nobody has in training is dropped (it would need the future).
+    cold = Interactions.from_frame(pd.DataFrame({"user": [1, 1, 2], "item": ["a", "z", "a"],
+                                                 "timestamp": [1, 2, 0]}))
+    assert len(S.leave_last_out(cold).test) == 0
+
+
+def test_leave_one_out_random(random_data):
+    split = S.leave_one_out(random_data, strategy="random", seed=0)
+    assert split.test.user_counts().max() == 1
+    with pytest.raises(ConfigError):
+        S.leave_one_out(random_data, strategy="bogus")
+
+
+def test_temporal_cutoff_and_errors(random_data):
+    split = S.temporal_split(random_data, cutoff=5000)
+    assert split.train.timestamp.max() < 5000 <= split.test.timestamp.min()
+    no_time = random_data.subset(np.arange(len(random_data)))
+    no_time = Interactions(no_time.user, no_time.item, users=no_time.users, items=no_time.items)
+    with pytest.raises(DataError, match="needs timestamps"):
+        S.temporal_split(no_time)
+    with pytest.raises(ConfigError, match="test_size"):
+        S.random_split(random_data, test_size=1.5)
+
+
+def test_k_core_and_threshold():
+    frame = pd.DataFrame({"user": [1, 1, 1, 2, 2, 3], "item": ["a", "b", "c", "a", "b", "a"],
+                          "rating": [5, 4, 1, 3, 5, 2.0]})
+    data = Interactions.from_frame(frame)
+    core = k_core(data, min_user=2, min_item=2)
+    # c has 1 user -> dropped; then user 3 (1 event) dropped; a, b keep 2 users each.
+    assert sorted(core.items.ids.tolist()) == ["a", "b"] and sorted(core.users.ids.tolist()) == [1, 2]
+    assert len(core) == 4
+    pos = to_implicit(data, 4.0)
+    assert len(pos) == 3 and pos.value is None
