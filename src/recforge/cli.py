@@ -99,16 +99,19 @@ def _load_model(path: Path):
 
 
 def _read_user_list(path: Path) -> np.ndarray:
+    """User ids from a file: one per line (first field of a CSV / TSV), optional header."""
     if not path.is_file():
         raise DataError("file not found", source=str(path))
-    frame = pd.read_csv(path, sep=None, engine="python", dtype=str, header=None,
-                        skip_blank_lines=True)
-    first = str(frame.iloc[0, 0]).strip().lower() if len(frame) else ""
-    if first in ("user", "user_id", "userid"):
-        frame = frame.iloc[1:]
-    if frame.empty:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read: {exc}", source=str(path)) from None
+    ids = [line.replace("\t", ",").split(",")[0].strip() for line in lines if line.strip()]
+    if ids and ids[0].lower() in ("user", "user_id", "userid"):
+        ids = ids[1:]
+    if not ids:
         raise DataError("no user ids in the file", source=str(path))
-    return frame.iloc[:, 0].str.strip().to_numpy(dtype=object)
+    return np.asarray(ids, dtype=object)
 
 
 def _metrics_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:

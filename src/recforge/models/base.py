@@ -290,6 +290,9 @@ class Recommender:
                 raise ModelError(f"unknown candidate item id(s): {bad[:5].tolist()}")
         exclude = None if include_seen else self.seen_
         known = idx >= 0
+        # Output ids in the vocabulary's own type (a CLI passes "42" for user 42).
+        ext = ext.astype(object)
+        ext[known] = self.users_.ids[idx[known]]
         frames = []
         pos = np.flatnonzero(known)
         for ub, items, scores in self.iter_top_k(idx[known], int(k), exclude=exclude,

@@ -1,0 +1,137 @@
+"""The command line: the contract in DESIGN.md, and errors as one line with status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recforge.cli import main
+
+
+def run(args, capsys):
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # Typer exits with the command's status
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def csv_files(tmp_path, random_data):
+    from recforge.data.split import random_split
+
+    split = random_split(random_data, seed=0)
+    train = tmp_path / "train.csv"
+    test = tmp_path / "test.csv"
+    split.train.to_frame().to_csv(train, index=False)
+    split.test.to_frame().to_csv(test, index=False)
+    return train, test
+
+
+def test_train_recommend_evaluate(tmp_path, csv_files, capsys):
+    train, test = csv_files
+    model_dir = tmp_path / "model"
+    code, out, err = run(["train", "ease", "--data", train, "--out", model_dir,
+                          "--param", "reg=20"], capsys)
+    assert code == 0, err
+    meta = json.loads((model_dir / "meta.json").read_text())
+    assert meta["model"] == "ease" and meta["params"]["reg"] == 20
+
+    recs_path = tmp_path / "recs.csv"
+    code, out, err = run(["recommend", "--model", model_dir, "--k", 5, "--out", recs_path], capsys)
+    assert code == 0, err
+    recs = pd.read_csv(recs_path)
+    assert list(recs.columns) == ["user", "item", "rank", "score"]
+    assert recs.groupby("user").size().max() == 5 and recs["rank"].min() == 1
+    train_pairs = set(map(tuple, pd.read_csv(train)[["user", "item"]].values.tolist()))
+    assert not train_pairs & set(map(tuple, recs[["user", "item"]].values.tolist()))
+
+    users = tmp_path / "users.txt"
+    users.write_text("user\n1\n2\n")
+    pq = tmp_path / "recs.parquet"
+    code, _, err = run(["recommend", "--model", model_dir, "--k", 3, "--users", users,
+                        "--out", pq], capsys)
+    assert code == 0, err
+    assert sorted(pd.read_parquet(pq)["user"].unique().tolist()) == [1, 2]
+
+    res = tmp_path / "eval.json"
+    code, out, err = run(["evaluate", "--model", model_dir, "--train", train, "--test", test,
+                          "--metrics", "ndcg@10,recall@10", "--out", res], capsys)
+    assert code == 0, err
+    payload = json.loads(res.read_text())
+    assert set(payload["metrics"]) == {"NDCG@10", "Recall@10"}
+    assert 0 < payload["metrics"]["NDCG@10"] <= 1
+
+    # The CLI gives the same numbers as the library on the saved model.
+    from recforge.data.io import read_many
+    from recforge.evaluation import evaluate
+    from recforge.models import Recommender
+
+    tr, te = read_many([train, test])
+    lib = evaluate(Recommender.load(model_dir), tr, te, metrics="ndcg@10,recall@10")
+    assert lib.summary == pytest.approx(payload["metrics"], abs=1e-9)
+
+
+def test_predict_refused_for_ranking_model(tmp_path, csv_files, capsys):
+    train, _ = csv_files
+    run(["train", "pop", "--data", train, "--out", tmp_path / "pop"], capsys)
+    code, out, err = run(["predict", "--model", tmp_path / "pop", "--pairs", train, "--out",
+                          tmp_path / "p.csv"], capsys)
+    assert code == 2
+    assert "does not predict ratings" in err and "Traceback" not in err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_bad_data_one_line_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item,rating\n1,2,3\n1,3,oops\n")
+    code, out, err = run(["train", "pop", "--data", bad, "--out", tmp_path / "m"], capsys)
+    assert code == 2
+    assert "line 3" in err and "'oops' is not a number" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 2  # one message (may wrap once on narrow terminals)
+    assert not (tmp_path / "m").exists()
+
+
+def test_unknown_model_and_param(tmp_path, csv_files, capsys):
+    train, _ = csv_files
+    code, _, err = run(["train", "eas", "--data", train, "--out", tmp_path / "m"], capsys)
+    assert code == 2 and "did you mean 'ease'" in err
+    code, _, err = run(["train", "ease", "--data", train, "--out", tmp_path / "m",
+                        "--param", "lambda=3"], capsys)
+    assert code == 2 and "no parameter 'lambda'" in err
+
+
+def test_bad_model_dir(tmp_path, capsys):
+    code, _, err = run(["recommend", "--model", tmp_path, "--k", 3, "--out",
+                        tmp_path / "r.csv"], capsys)
+    assert code == 2 and "not a saved recforge model" in err
+
+
+def test_models_listing(capsys):
+    code, out, _ = run(["models"], capsys)
+    assert code == 0 and "ease" in out and "itemknn" in out and "reg=500.0" in out
+
+
+def test_console_script_exit_code(tmp_path):
+    bad = tmp_path / "empty.csv"
+    bad.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "recforge", "train", "pop", "--data", str(bad),
+                           "--out", str(tmp_path / "m")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "file is empty" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_quickstart_on_synthetic(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RECFORGE_DATA_DIR", str(tmp_path / "nothing-here"))
+    monkeypatch.setenv("RECFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    code, out, err = run(["quickstart", "--out", tmp_path / "qs"], capsys)
+    assert code == 0, err
+    assert "generated dataset" in out and "NDCG@10" in out
+    assert (tmp_path / "qs" / "ease" / "meta.json").exists()
+    assert np.isfinite(len(out))
