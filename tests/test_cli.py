@@ -135,3 +135,25 @@ def test_quickstart_on_synthetic(tmp_path, capsys, monkeypatch):
     assert "generated dataset" in out and "NDCG@10" in out
     assert (tmp_path / "qs" / "ease" / "meta.json").exists()
     assert np.isfinite(len(out))
+
+
+def test_datasets_commands(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("RECFORGE_CACHE_DIR", str(tmp_path))
+    code, out, _ = run(["datasets", "list"], capsys)
+    assert code == 0 and "ml-100k" in out and "ml-32m" in out
+    code, out, _ = run(["datasets", "info", "ml-1m"], capsys)
+    assert code == 0 and "c4d9eecfca2ab87c1945afe126590906" in out
+    code, _, err = run(["datasets", "info", "ml-100"], capsys)
+    assert code == 2 and "did you mean" in err
+
+
+def test_train_on_named_dataset(tmp_path, capsys, monkeypatch):
+    from conftest import shared_path
+
+    folder = shared_path("ml-100k")
+    monkeypatch.setenv("RECFORGE_DATA_DIR", str(folder.parent))
+    code, out, err = run(["train", "pop", "--data", "ml-100k", "--min-rating", 4, "--out",
+                          tmp_path / "pop"], capsys)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "pop" / "meta.json").read_text())
+    assert meta["n_users"] == 943

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conformance import ModelConformance
+
 from recforge import ConfigError, Interactions
 from recforge.models import create_model
 from recforge.models.registry import available_models, get_model_class

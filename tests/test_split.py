@@ -27,7 +27,7 @@ def interactions(draw, min_events: int = 1):
 
 
 def pairs(data: Interactions) -> set[tuple[int, int]]:
-    return set(zip(data.user.tolist(), data.item.tolist()))
+    return set(zip(data.user.tolist(), data.item.tolist(), strict=False))
 
 
 def check_common(data: Interactions, split: S.Split, *, allow_cold_items: bool = False):

@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -181,19 +181,19 @@ def train(
     data: list[str] = typer.Option(..., "--data", help="Dataset name or file; repeat to "
                                    "concatenate files (e.g. train.txt and valid.txt)."),
     out: Path = typer.Option(..., "--out", help="Directory to write the trained model to."),
-    valid: Optional[str] = typer.Option(None, "--valid", help="Validation data (early stopping)."),
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p",
+    valid: str | None = typer.Option(None, "--valid", help="Validation data (early stopping)."),
+    param: list[str] | None = typer.Option(None, "--param", "-p",
                                               help="Hyperparameter key=value (repeatable)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (models that use one)."),
-    columns: Optional[str] = typer.Option(None, "--columns",
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (models that use one)."),
+    columns: str | None = typer.Option(None, "--columns",
                                           help="Column mapping, e.g. user=userId,item=movieId."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="csv, tsv, parquet or adjacency."),
+    fmt: str | None = typer.Option(None, "--format", help="csv, tsv, parquet or adjacency."),
     duplicates: str = typer.Option("error", "--duplicates",
                                    help="Repeated (user, item) pairs: error, first, last, sum, "
                                         "max or mean."),
-    min_rating: Optional[float] = typer.Option(None, "--min-rating",
+    min_rating: float | None = typer.Option(None, "--min-rating",
                                                help="Keep ratings >= this as implicit positives."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir",
+    data_dir: Path | None = typer.Option(None, "--data-dir",
                                             help="Directory holding extracted datasets."),
 ) -> None:
     """Train MODEL on --data and save it to --out."""
@@ -275,13 +275,13 @@ def evaluate_cmd(
     protocol: str = typer.Option("full", "--protocol", help="full (default) or sampled."),
     n_negatives: int = typer.Option(100, "--negatives",
                                     help="Negatives per positive (sampled protocol)."),
-    min_rating: Optional[float] = typer.Option(None, "--min-rating",
+    min_rating: float | None = typer.Option(None, "--min-rating",
                                                help="Test ratings >= this are the relevant "
                                                     "items."),
-    columns: Optional[str] = typer.Option(None, "--columns", help="Column mapping."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="Input format."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the results as JSON."),
+    columns: str | None = typer.Option(None, "--columns", help="Column mapping."),
+    fmt: str | None = typer.Option(None, "--format", help="Input format."),
+    data_dir: Path | None = typer.Option(None, "--data-dir"),
+    out: Path | None = typer.Option(None, "--out", help="Write the results as JSON."),
 ) -> None:
     """Evaluate a trained model on held-out data (full ranking by default)."""
     from recforge.data.filters import to_implicit
@@ -334,7 +334,7 @@ def models_cmd() -> None:
 def quickstart(
     out: Path = typer.Option(Path("quickstart-output"), "--out",
                              help="Where to write the trained models."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir",
+    data_dir: Path | None = typer.Option(None, "--data-dir",
                                             help="Directory holding extracted datasets."),
     k: int = typer.Option(10, "--k", help="Cutoff of the ranking metrics."),
 ) -> None:

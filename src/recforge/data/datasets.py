@@ -53,7 +53,7 @@ def load_dataset(spec: str | os.PathLike, *, format: str | None = None,
     if is_named_dataset(spec_s):
         return _load_named(spec_s, data_dir, download).interactions
     if not Path(spec_s).exists():
-        raise DataError(f"no such file, and not a dataset name (try `recforge datasets list`)",
+        raise DataError("no such file, and not a dataset name (try `recforge datasets list`)",
                         source=spec_s)
     return read_interactions(spec_s, format=format, columns=columns, duplicates=duplicates)
 

@@ -118,7 +118,7 @@ def make_synthetic(n_users: int = 1000, n_items: int = 800, *, mean_per_user: fl
     years = np.clip(np.rint(rng.normal(1995, 15, n_items)), 1930, 2024).astype(np.int64)
     adj = rng.integers(0, len(_ADJECTIVES), n_items)
     noun = rng.integers(0, len(_NOUNS), n_items)
-    titles = [f"The {_ADJECTIVES[a]} {_NOUNS[b]}" for a, b in zip(adj, noun)]
+    titles = [f"The {_ADJECTIVES[a]} {_NOUNS[b]}" for a, b in zip(adj, noun, strict=False)]
     genre_names = np.asarray(GENRES, dtype=object)
     item_frame = pd.DataFrame({
         "title": titles,

@@ -1,0 +1,364 @@
+"""Downloads without the internet: tiny fake archives served from file:// URLs and from a
+local HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import http.server
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recforge.data.download import cache_dir, extract_zip, fetch, file_digest
+from recforge.data.movielens import (
+    MovieLensSpec,
+    download_movielens,
+    get_spec,
+    load_movielens,
+    movielens_cache_dir,
+)
+from recforge.errors import DataError
+
+FLAGS = ["0"] * 19
+
+
+def _flags(*genres: int) -> str:
+    f = list(FLAGS)
+    for g in genres:
+        f[g] = "1"
+    return "|".join(f)
+
+
+FAKE_100K = {
+    "u.data": "1\t10\t5\t881250949\n1\t20\t3\t881250950\n2\t10\t4\t881250951\n"
+              "3\t30\t1\t881250952\n",
+    "u.item": f"10|Fake Story (1995)|01-Jan-1995||http://x|{_flags(3, 5)}\n"
+              f"20|Another One (1997) |01-Jan-1997||http://x|{_flags(1)}\n"
+              f"30|No Year|||http://x|{_flags(0)}\n",
+    "u.user": "1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|32067\n",
+    "u.genre": "unknown|0\nAction|1\nAdventure|2\nAnimation|3\nChildren's|4\nComedy|5\n"
+               "Crime|6\nDocumentary|7\nDrama|8\nFantasy|9\nFilm-Noir|10\nHorror|11\n"
+               "Musical|12\nMystery|13\nRomance|14\nSci-Fi|15\nThriller|16\nWar|17\n"
+               "Western|18\n\n",
+}
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def _files(root: Path) -> list[Path]:
+    """Every regular file under ``root`` (none when it does not exist)."""
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    monkeypatch.delenv("RECFORGE_DATA_DIR", raising=False)
+    monkeypatch.setenv("RECFORGE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def served(tmp_path) -> Path:
+    """The directory whose files the tests download."""
+    d = tmp_path / "served"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def fake_zip(served) -> Path:
+    """``served/ml-100k.zip`` holding a three-user ``ml-100k/`` folder."""
+    path = served / "ml-100k.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, text in FAKE_100K.items():
+            zf.writestr(f"ml-100k/{name}", text.encode("latin-1"))
+    return path
+
+
+@pytest.fixture
+def spec(fake_zip) -> MovieLensSpec:
+    """The ml-100k spec with the fake archive's checksums (the registry is left as is)."""
+    return dataclasses.replace(
+        get_spec("ml-100k"), md5=file_digest(fake_zip, "md5"),
+        file_sha256={"u.data": hashlib.sha256(FAKE_100K["u.data"].encode()).hexdigest()})
+
+
+class _Server:
+    def __init__(self, directory: Path):
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                server.requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        handler = functools.partial(Handler, directory=str(directory))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs={"poll_interval": 0.02}, daemon=True)
+
+    def count(self, name: str) -> int:
+        return sum(r.endswith(name) for r in self.requests)
+
+
+@pytest.fixture
+def server(served) -> Iterator[_Server]:
+    srv = _Server(served)
+    srv.thread.start()
+    try:
+        yield srv
+    finally:
+        srv.httpd.shutdown()
+        srv.httpd.server_close()
+        srv.thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------
+# cache_dir
+def test_cache_dir_order(monkeypatch, tmp_path):
+    monkeypatch.setenv("RECFORGE_CACHE_DIR", str(tmp_path / "rc"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "rc"
+    monkeypatch.delenv("RECFORGE_CACHE_DIR")
+    assert cache_dir() == tmp_path / "xdg" / "recforge"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "recforge"
+    assert not (tmp_path / "home").exists()  # not created
+
+
+# ---------------------------------------------------------------------------------------
+# fetch
+def test_fetch_file_url(fake_zip, tmp_path):
+    dest = tmp_path / "dest"
+    md5 = file_digest(fake_zip, "md5")
+    out = fetch(fake_zip.as_uri(), dest, md5=md5, progress=False)
+    assert out == dest / "ml-100k.zip"
+    assert out.read_bytes() == fake_zip.read_bytes()
+    assert _files(dest) == [out]  # no temporary file left
+
+
+def test_fetch_http_with_sha256_and_filename(fake_zip, server, tmp_path):
+    sha = file_digest(fake_zip, "sha256")
+    out = fetch(f"{server.url}/ml-100k.zip", tmp_path / "d", filename="x.zip",
+                sha256=sha.upper(), progress=False)
+    assert out.name == "x.zip" and file_digest(out) == sha
+    assert server.count("ml-100k.zip") == 1
+
+
+@pytest.mark.parametrize("scheme", ["file", "http"])
+def test_fetch_checksum_mismatch_leaves_nothing(fake_zip, server, tmp_path, scheme):
+    url = fake_zip.as_uri() if scheme == "file" else f"{server.url}/ml-100k.zip"
+    dest = tmp_path / "dest"
+    actual = file_digest(fake_zip, "md5")
+    with pytest.raises(DataError) as info:
+        fetch(url, dest, md5="0" * 32, progress=False)
+    msg = str(info.value)
+    assert url in msg and "0" * 32 in msg and actual in msg and "md5" in msg
+    assert _files(dest) == []
+
+
+def test_fetch_replaces_an_existing_file_only_when_correct(fake_zip, tmp_path):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "ml-100k.zip").write_bytes(b"old")
+    with pytest.raises(DataError):
+        fetch(fake_zip.as_uri(), dest, sha256="f" * 64, progress=False)
+    assert (dest / "ml-100k.zip").read_bytes() == b"old"
+    fetch(fake_zip.as_uri(), dest, progress=False)
+    assert (dest / "ml-100k.zip").read_bytes() == fake_zip.read_bytes()
+
+
+def test_fetch_http_404(server, tmp_path):
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError) as info:
+        fetch(f"{server.url}/missing.zip", dest, progress=False)
+    msg = str(info.value)
+    assert "HTTP 404" in msg and f"{server.url}/missing.zip" in msg
+    assert "RECFORGE_DATA_DIR" in msg and "data_dir=" in msg
+    assert _files(dest) == []
+
+
+def test_fetch_unreachable_and_missing(tmp_path):
+    with pytest.raises(DataError, match="RECFORGE_DATA_DIR"):
+        fetch((tmp_path / "absent.zip").as_uri(), tmp_path / "d", progress=False)
+    # a port nobody listens on: connection refused, not a hang
+    with pytest.raises(DataError, match="failed.*RECFORGE_DATA_DIR"):
+        fetch("http://127.0.0.1:9/x.zip", tmp_path / "d", progress=False, timeout=5)
+    with pytest.raises(DataError, match="unsupported URL scheme 'ftp'"):
+        fetch("ftp://example.org/x.zip", tmp_path / "d")
+    with pytest.raises(DataError, match="pass filename="):
+        fetch("http://127.0.0.1:9/", tmp_path / "d")
+    with pytest.raises(DataError, match="plain file name"):
+        fetch("http://127.0.0.1:9/x.zip", tmp_path / "d", filename="../x.zip")
+    assert _files(tmp_path / "d") == []
+
+
+# ---------------------------------------------------------------------------------------
+# extract_zip
+def _zip(path: Path, members: dict[str, str]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in members.items():
+            zf.writestr(zipfile.ZipInfo(name), text)
+    return path
+
+
+@pytest.mark.parametrize("evil", ["../evil.txt", "data/../../evil.txt", "/tmp/evil.txt",
+                                  "C:/evil.txt", "..\\evil.txt"])
+def test_extract_zip_refuses_zip_slip(tmp_path, evil):
+    archive = _zip(tmp_path / "evil.zip", {"data/ok.txt": "ok", evil: "pwned"})
+    dest = tmp_path / "out" / "dest"
+    with pytest.raises(DataError, match="refusing to extract member"):
+        extract_zip(archive, dest)
+    assert _files(tmp_path / "out") == []
+    assert not (tmp_path / "out" / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+
+
+def test_extract_zip_atomic(tmp_path, fake_zip):
+    dest = tmp_path / "dest"
+    assert extract_zip(fake_zip, dest) == dest
+    assert sorted(p.name for p in dest.iterdir()) == ["ml-100k"]
+    assert (dest / "ml-100k" / "u.data").read_text() == FAKE_100K["u.data"]
+
+    # a verify hook that rejects the content leaves the old copy in place
+    (dest / "ml-100k" / "marker").write_text("old copy")
+
+    def reject(tmp: Path) -> None:
+        assert (tmp / "ml-100k" / "u.item").is_file()
+        raise DataError("rejected")
+
+    with pytest.raises(DataError, match="rejected"):
+        extract_zip(fake_zip, dest, verify=reject)
+    assert (dest / "ml-100k" / "marker").read_text() == "old copy"
+    assert sorted(p.name for p in dest.iterdir()) == ["ml-100k"]  # no temporary dirs
+
+    # success replaces the old folder as a whole
+    extract_zip(fake_zip, dest)
+    assert not (dest / "ml-100k" / "marker").exists()
+    assert sorted(p.name for p in dest.iterdir()) == ["ml-100k"]
+
+
+def test_extract_zip_bad_archive(tmp_path):
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"this is not a zip")
+    with pytest.raises(DataError, match="not a valid zip archive"):
+        extract_zip(bad, tmp_path / "dest")
+    with pytest.raises(DataError, match="archive not found"):
+        extract_zip(tmp_path / "none.zip", tmp_path / "dest")
+
+
+# ---------------------------------------------------------------------------------------
+# download_movielens
+def test_download_over_http(spec, server, tmp_path):
+    cache = tmp_path / "c"
+    folder = download_movielens(spec, cache=cache, url=f"{server.url}/ml-100k.zip",
+                                progress=False)
+    assert folder == cache / "ml-100k"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(FAKE_100K)
+    assert sorted(p.name for p in cache.iterdir()) == ["ml-100k", "ml-100k.zip"]
+    data = load_movielens(spec, data_dir=cache, download=False)
+    assert len(data.interactions) == 4 and data.interactions.n_users == 3
+    assert data.items.loc[10].tolist() == ["Fake Story", 1995, ["Animation", "Comedy"]]
+    assert data.items.loc[20, "title"] == "Another One"
+    assert data.users.loc[3, "occupation"] == "writer"
+
+
+def test_download_from_file_url(spec, fake_zip, tmp_path):
+    folder = download_movielens(spec, cache=tmp_path / "c", url=fake_zip.as_uri(),
+                                progress=False)
+    assert (folder / "u.user").read_text() == FAKE_100K["u.user"]
+
+
+def test_download_checksum_mismatch_leaves_nothing(spec, server, tmp_path):
+    cache = tmp_path / "c"
+    wrong = dataclasses.replace(spec, md5="0" * 32)
+    with pytest.raises(DataError, match=r"checksum mismatch .* expected md5 0{32}, got "):
+        download_movielens(wrong, cache=cache, url=f"{server.url}/ml-100k.zip",
+                           progress=False)
+    assert _files(cache) == []
+
+
+def test_download_file_sha256_mismatch_leaves_nothing(spec, server, tmp_path):
+    cache = tmp_path / "c"
+    wrong = dataclasses.replace(spec, file_sha256={"u.data": "0" * 64})
+    with pytest.raises(DataError, match=r"u\.data: sha256 mismatch"):
+        download_movielens(wrong, cache=cache, url=f"{server.url}/ml-100k.zip",
+                           progress=False)
+    assert _files(cache) == []
+    # the real registry entry still pins the real files' checksums
+    assert get_spec("ml-100k").file_sha256["u.data"].startswith("06416e59")
+
+
+def test_download_archive_without_the_folder(served, server, tmp_path):
+    _zip(served / "ml-100k.zip", {"other/u.data": "1\t1\t5\t1\n"})
+    spec = dataclasses.replace(get_spec("ml-100k"), md5=None, file_sha256={})
+    with pytest.raises(DataError, match=r"expected ml-100k/u\.data, found \['other'\]"):
+        download_movielens(spec, cache=tmp_path / "c", url=f"{server.url}/ml-100k.zip",
+                           progress=False)
+    assert _files(tmp_path / "c") == []
+
+
+def test_download_http_404(spec, server, tmp_path):
+    with pytest.raises(DataError, match=r"HTTP 404.*RECFORGE_DATA_DIR"):
+        download_movielens(spec, cache=tmp_path / "c", url=f"{server.url}/nope.zip",
+                           progress=False)
+    assert _files(tmp_path / "c") == []
+
+
+def test_cache_reuse_and_force(spec, server, tmp_path):
+    cache = tmp_path / "c"
+    url = f"{server.url}/ml-100k.zip"
+    first = download_movielens(spec, cache=cache, url=url, progress=False)
+    assert server.count("ml-100k.zip") == 1
+    assert download_movielens(spec, cache=cache, url=url, progress=False) == first
+    assert server.count("ml-100k.zip") == 1  # the folder is reused
+
+    # without the folder, the cached zip (right md5) is extracted again, not downloaded
+    (first / "u.data").unlink()
+    assert download_movielens(spec, cache=cache, url=url, progress=False) == first
+    assert (first / "u.data").is_file()
+    assert server.count("ml-100k.zip") == 1
+
+    assert download_movielens(spec, cache=cache, url=url, force=True, progress=False) == first
+    assert server.count("ml-100k.zip") == 2
+
+
+def test_corrupt_cached_zip_is_downloaded_again(spec, server, tmp_path):
+    cache = tmp_path / "c"
+    cache.mkdir()
+    (cache / "ml-100k.zip").write_bytes(b"truncated")
+    folder = download_movielens(spec, cache=cache, url=f"{server.url}/ml-100k.zip",
+                                progress=False)
+    assert server.count("ml-100k.zip") == 1 and (folder / "u.data").is_file()
+
+
+def test_recforge_cache_dir_is_honoured(spec, server, monkeypatch, tmp_path):
+    monkeypatch.setenv("RECFORGE_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert movielens_cache_dir() == tmp_path / "elsewhere" / "movielens"
+    folder = download_movielens(spec, url=f"{server.url}/ml-100k.zip", progress=False)
+    assert folder == tmp_path / "elsewhere" / "movielens" / "ml-100k"
+    assert (folder / "u.data").is_file()
+
+
+def test_load_downloads_into_the_cache(spec, server, monkeypatch, tmp_path):
+    monkeypatch.setenv("RECFORGE_CACHE_DIR", str(tmp_path / "rc"))
+    mirrored = dataclasses.replace(spec, url=f"{server.url}/ml-100k.zip")
+    with pytest.raises(DataError, match="not found locally"):
+        load_movielens(mirrored, download=False)
+    assert server.count("ml-100k.zip") == 0
+    data = load_movielens(mirrored, progress=False)
+    assert data.path == tmp_path / "rc" / "movielens" / "ml-100k"
+    assert len(data.interactions) == 4
+    load_movielens(mirrored, progress=False)  # found in the cache now
+    assert server.count("ml-100k.zip") == 1
