@@ -134,10 +134,12 @@ def test_empty_and_unreadable(tmp_path):
         read_interactions(write(tmp_path, "x.parquet", "not parquet"))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
-def test_permission_denied(tmp_path):
+def test_permission_denied(tmp_path, monkeypatch):
     p = write(tmp_path, "r.csv", "user,item\n1,2\n")
-    p.chmod(0)
+    if os.geteuid() == 0:  # root reads any file: simulate the denial instead
+        monkeypatch.setattr(os, "access", lambda path, mode: False)
+    else:
+        p.chmod(0)
     with pytest.raises(DataError, match="permission denied"):
         read_csv(p)
 
