@@ -43,31 +43,39 @@ def run_quickstart(*, out: Path, data_dir: Path | None = None, k: int = 10,
     """Run the quickstart and return one result row per model."""
     console = console or Console()
     name, bundle = _pick_dataset(data_dir, console)
-    data = to_implicit(bundle.interactions, 4.0)
-    split = random_split(data, test_size=0.2, by_user=True, seed=0)
-    console.print(f"{name}: ratings >= 4 as positives; per-user random 80/20 split: "
-                  f"{len(split.train):,} train / {len(split.test):,} test events, "
-                  f"{data.n_users:,} users, {data.n_items:,} items")
+    ratings = bundle.interactions
+    split = random_split(ratings, test_size=0.2, by_user=True, seed=0)
+    train_pos = to_implicit(split.train, 4.0)
+    test_pos = to_implicit(split.test, 4.0)
+    console.print(f"{name}: per-user random 80/20 split of {len(ratings):,} ratings "
+                  f"({ratings.n_users:,} users, {ratings.n_items:,} items); ranking models "
+                  f"learn from ratings >= 4, rating models from all ratings; relevant test "
+                  f"items are those rated >= 4")
     metrics = [f"ndcg@{k}", f"recall@{k}", f"precision@{k}", f"mrr@{k}", f"coverage@{k}"]
     rows = []
     for model_name in models or available_models():
         model = create_model(model_name)
+        fit_data = split.train if model.predicts_ratings else train_pos
         start = time.perf_counter()
-        model.fit(split.train)
+        model.fit(fit_data)
         fit_s = time.perf_counter() - start
-        result = evaluate(model, split.train, split.test, metrics=metrics)
+        # Everything the user rated in training is excluded from their ranking.
+        result = evaluate(model, split.train, test_pos, metrics=metrics)
+        row = {"model": model_name, **result.summary, "RMSE": float("nan"), "fit s": fit_s,
+               "eval s": result.seconds}
+        if model.predicts_ratings:
+            row["RMSE"] = evaluate(model, split.train, split.test, metrics="rmse")["RMSE"]
         model.save(out / model_name)
-        rows.append({"model": model_name, **result.summary, "fit s": fit_s,
-                     "eval s": result.seconds})
+        rows.append(row)
     rows.sort(key=lambda r: -r[f"NDCG@{k}"])
     table = Table(title=f"{name}: full-ranking evaluation, training items excluded")
     cols = ["model", f"NDCG@{k}", f"Recall@{k}", f"Precision@{k}", f"MRR@{k}", f"Coverage@{k}",
-            "fit s", "eval s"]
+            "RMSE", "fit s", "eval s"]
     for c in cols:
         table.add_column(c, justify="left" if c == "model" else "right")
     for r in rows:
-        table.add_row(*[r[c] if c == "model" else f"{r[c]:.4f}" if "s" not in c.split()[-1:]
-                        else f"{r[c]:.2f}" for c in cols])
+        table.add_row(*[r[c] if c == "model" else "-" if r[c] != r[c]
+                        else f"{r[c]:.2f}" if c.endswith(" s") else f"{r[c]:.4f}" for c in cols])
     console.print(table)
     best = rows[0]["model"]
     console.print(f"Best: [bold]{best}[/bold]. Models saved under {out}/. Recommend with:\n"

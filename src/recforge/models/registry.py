@@ -21,6 +21,8 @@ BUILTIN: dict[str, str] = {
     "pop": "recforge.models.popularity:Popularity",
     "itemknn": "recforge.models.knn:ItemKNN",
     "ease": "recforge.models.ease:EASE",
+    "mf": "recforge.models.mf:MF",
+    "bpr": "recforge.models.mf:BPR",
 }
 
 

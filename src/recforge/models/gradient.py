@@ -1,0 +1,204 @@
+"""Base class of the models trained by gradient descent on the shared :class:`Trainer`.
+
+A subclass declares its hyperparameters in ``__init__`` (the common ones are listed in
+:data:`COMMON_PARAMS`) and implements:
+
+* ``_build()`` -> ``torch.nn.Module`` (may read ``self.seen_``, ``self.n_users``,
+  ``self.n_items`` and data statistics set in ``_setup``);
+* ``_loss(batch)`` -> scalar tensor, for a batch from :class:`EpochSampler`;
+* ``_score_users(users)`` -> ``[B, n_items]`` on the model's device;
+* optionally ``_setup(train)`` (statistics such as the global mean rating, saved through
+  ``_extra``), ``_prepare_scoring()`` (e.g. cache propagated embeddings) and
+  ``_item_embeddings()``.
+
+The trainer, the sampler, persistence and scoring on CPU are handled here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recforge.data.interactions import Interactions
+from recforge.errors import ConfigError
+from recforge.models.base import Recommender
+from recforge.training.batches import EpochSampler
+from recforge.training.trainer import OPTIMIZERS, SCHEDULES, Trainer, resolve_device
+
+#: Hyperparameters shared by gradient models (names fixed by docs/conventions.md).
+COMMON_PARAMS = ("embedding_dim", "epochs", "batch_size", "learning_rate", "reg", "optimizer",
+                 "weight_decay", "lr_schedule", "n_negatives", "valid_metric", "patience",
+                 "eval_every", "device", "seed")
+
+
+class GradientRecommender(Recommender):
+    """A recommender whose parameters are learned by the shared :class:`Trainer`."""
+
+    #: Training objective, for documentation and the sampler: "rating" (pointwise values)
+    #: or "ranking" (positives with sampled negatives).
+    objective: str = "ranking"
+
+    # ----------------------------------------------------------------------------------
+    def fit(self, train: Interactions, valid: Interactions | None = None, *,
+            checkpoint_dir: str | Path | None = None, resume: bool = False,
+            progress: bool | None = None,
+            distributed: tuple[int, int] = (0, 1)) -> GradientRecommender:
+        """Train on ``train``; ``valid`` enables early stopping on ``valid_metric``.
+
+        ``checkpoint_dir`` keeps a checkpoint and a per-epoch JSON log there after every
+        epoch; ``resume=True`` continues a killed run from its last checkpoint.
+        """
+        self._fit_options = {"checkpoint_dir": checkpoint_dir, "resume": resume,
+                             "progress": progress, "distributed": distributed}
+        try:
+            return super().fit(train, valid)  # type: ignore[return-value]
+        finally:
+            del self._fit_options
+
+    def _validate_common(self) -> None:
+        def positive_int(name: str) -> None:
+            v = getattr(self, name, None)
+            if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool)
+                                  or v < 1):
+                raise ConfigError(f"{self.name}: {name} must be a positive integer, got {v!r}")
+
+        def non_negative(name: str) -> None:
+            v = getattr(self, name, None)
+            if v is not None and (not isinstance(v, (int, float)) or v < 0):
+                raise ConfigError(f"{self.name}: {name} must be >= 0, got {v!r}")
+
+        for name in ("embedding_dim", "epochs", "batch_size", "eval_every"):
+            positive_int(name)
+        for name in ("reg", "weight_decay"):
+            non_negative(name)
+        lr = getattr(self, "learning_rate", None)
+        if lr is not None and (not isinstance(lr, (int, float)) or lr <= 0):
+            raise ConfigError(f"{self.name}: learning_rate must be > 0, got {lr!r}")
+        if getattr(self, "optimizer", "adam") not in OPTIMIZERS:
+            raise ConfigError(f"{self.name}: optimizer must be one of {OPTIMIZERS}, "
+                              f"got {self.optimizer!r}")
+        if getattr(self, "lr_schedule", None) not in SCHEDULES:
+            raise ConfigError(f"{self.name}: lr_schedule must be one of {SCHEDULES}, "
+                              f"got {self.lr_schedule!r}")
+        n_neg = getattr(self, "n_negatives", 0)
+        if not isinstance(n_neg, (int, np.integer)) or n_neg < 0:
+            raise ConfigError(f"{self.name}: n_negatives must be >= 0, got {n_neg!r}")
+        patience = getattr(self, "patience", None)
+        if patience is not None and (not isinstance(patience, int) or patience < 1):
+            raise ConfigError(f"{self.name}: patience must be a positive integer or None")
+        resolve_device(getattr(self, "device", "auto"))
+        metric = getattr(self, "valid_metric", None)
+        if metric is not None:
+            from recforge.evaluation.metrics import Metric
+
+            Metric.parse(metric)
+
+    def _validate_params(self) -> None:
+        self._validate_common()
+
+    # ----------------------------------------------------------------------------------
+    def _setup(self, train: Interactions) -> None:
+        """Record data statistics the module needs (override)."""
+
+    def _build(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _score_users(self, users: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _after_backward(self) -> None:
+        """Hook between ``backward`` and the optimizer step (e.g. gradient surgery)."""
+
+    def _prepare_scoring(self) -> None:
+        """Called before validation and after training (e.g. cache propagated embeddings)."""
+
+    def _to_train_mode(self) -> None:
+        self.module_.train()
+
+    def _sampler(self, train: Interactions, shard: tuple[int, int] = (0, 1)) -> EpochSampler:
+        n_neg = int(getattr(self, "n_negatives", 0)) if self.objective == "ranking" else 0
+        return EpochSampler(train, int(self.batch_size), n_neg, shard=shard)
+
+    def _generator(self) -> torch.Generator:
+        gen = torch.Generator()
+        gen.manual_seed(int(getattr(self, "seed", 0) or 0))
+        return gen
+
+    def _checkpoint_signature(self) -> str:
+        payload = json.dumps({"model": self.name, "params": _plain(self.get_params()),
+                              "data": self.train_fingerprint_}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
+        self.device_ = resolve_device(getattr(self, "device", "auto"))
+        self._setup(train)
+        self.module_ = self._build().to(self.device_)
+        options = getattr(self, "_fit_options", {})
+        trainer = Trainer(
+            epochs=int(self.epochs), learning_rate=float(self.learning_rate),
+            optimizer=getattr(self, "optimizer", "adam"),
+            weight_decay=float(getattr(self, "weight_decay", 0.0)),
+            lr_schedule=getattr(self, "lr_schedule", None),
+            valid_metric=getattr(self, "valid_metric", "ndcg@20"),
+            patience=getattr(self, "patience", None),
+            eval_every=int(getattr(self, "eval_every", 1)),
+            device=self.device_, seed=int(getattr(self, "seed", 0) or 0),
+            checkpoint_dir=options.get("checkpoint_dir"), resume=options.get("resume", False),
+            progress=options.get("progress"), distributed=options.get("distributed", (0, 1)))
+        state = trainer.fit(self, train, valid)
+        self.history_ = state.history
+        self.best_epoch_ = state.best_epoch
+        self.module_.eval()
+        self._prepare_scoring()
+
+    # ----------------------------------------------------------------------------------
+    def _score(self, users: torch.Tensor) -> torch.Tensor:
+        self.module_.eval()
+        with torch.no_grad():
+            return self._score_users(users.to(self.device_)).float().cpu()
+
+    # ----------------------------------------------------------------------------------
+    def _extra_scalars(self) -> dict[str, Any]:
+        """Data statistics to save (override together with ``_setup``)."""
+        return {}
+
+    def _set_extra_scalars(self, extra: dict[str, Any]) -> None:
+        """Restore what :meth:`_extra_scalars` saved."""
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.module_.state_dict().items()}
+
+    def _extra(self) -> dict[str, Any]:
+        return {"history": getattr(self, "history_", []),
+                "best_epoch": getattr(self, "best_epoch_", -1),
+                **self._extra_scalars()}
+
+    def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        self.device_ = resolve_device(getattr(self, "device", "auto"))
+        self._set_extra_scalars(extra)
+        self.history_ = extra.get("history", [])
+        self.best_epoch_ = extra.get("best_epoch", -1)
+        module = self._build()
+        module.load_state_dict(state)
+        self.module_ = module.to(self.device_).eval()
+        self._prepare_scoring()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    return value

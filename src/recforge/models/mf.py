@@ -1,0 +1,201 @@
+"""Matrix factorization: biased MF for ratings (``mf``) and BPR-MF for implicit feedback
+(``bpr``), both trained on the shared :class:`~recforge.training.trainer.Trainer`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from recforge.data.interactions import Interactions
+from recforge.errors import ConfigError, DataError
+from recforge.models.gradient import GradientRecommender
+from recforge.training import losses
+
+
+class _BiasedMF(nn.Module):
+    def __init__(self, n_users: int, n_items: int, dim: int, mean: float,
+                 generator: torch.Generator, init_std: float):
+        super().__init__()
+        self.user = nn.Embedding(n_users, dim)
+        self.item = nn.Embedding(n_items, dim)
+        self.user_bias = nn.Embedding(n_users, 1)
+        self.item_bias = nn.Embedding(n_items, 1)
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        with torch.no_grad():
+            self.user.weight.normal_(0.0, init_std, generator=generator)
+            self.item.weight.normal_(0.0, init_std, generator=generator)
+            self.user_bias.weight.zero_()
+            self.item_bias.weight.zero_()
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        dot = (self.user(users) * self.item(items)).sum(-1)
+        return self.mean + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1) + dot
+
+    def all_items(self, users: torch.Tensor) -> torch.Tensor:
+        return (self.mean + self.user_bias(users) + self.item_bias.weight.T
+                + self.user(users) @ self.item.weight.T)
+
+
+class MF(GradientRecommender):
+    """Biased matrix factorization for explicit ratings (Koren, Bell & Volinsky 2009).
+
+    ``r_ui ~ mu + b_u + b_i + p_u . q_i``, trained with mean squared error and L2 on the
+    batch's factors and biases. :meth:`predict` clips to the training rating range.
+
+    Parameters (typical ranges in brackets)
+    ----------
+    embedding_dim: factors per user / item [16, 256].
+    epochs: passes over the ratings [10, 200].
+    batch_size: ratings per step [256, 8192].
+    learning_rate: optimizer step size [1e-4, 1e-1].
+    reg: L2 weight on the batch's factors and biases [0, 0.5].
+    optimizer, weight_decay, lr_schedule: see :class:`~recforge.training.trainer.Trainer`.
+    valid_metric, patience, eval_every: early stopping on validation data (``rmse``).
+    init_std: standard deviation of the initial factors.
+    device, seed.
+    """
+
+    name = "mf"
+    objective = "rating"
+    predicts_ratings = True
+
+    def __init__(self, embedding_dim: int = 64, epochs: int = 50, batch_size: int = 1024,
+                 learning_rate: float = 0.005, reg: float = 0.25, optimizer: str = "adam",
+                 weight_decay: float = 0.0, lr_schedule: str | None = "cosine",
+                 valid_metric: str = "rmse", patience: int | None = None, eval_every: int = 1,
+                 init_std: float = 0.1, device: str = "auto", seed: int = 0) -> None:
+        self.embedding_dim = embedding_dim
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.reg = reg
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.valid_metric = valid_metric
+        self.patience = patience
+        self.eval_every = eval_every
+        self.init_std = init_std
+        self.device = device
+        self.seed = seed
+
+    def _setup(self, train: Interactions) -> None:
+        if train.value is None:
+            raise DataError("mf predicts ratings and needs rating values; for implicit feedback "
+                            "use 'bpr', 'als' or another ranking model", source=train.source)
+        self.mean_ = float(train.value.mean())
+        self.rating_range_ = (float(train.value.min()), float(train.value.max()))
+
+    def _build(self) -> nn.Module:
+        return _BiasedMF(self.n_users, self.n_items, int(self.embedding_dim), self.mean_,
+                         self._generator(), float(self.init_std))
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        m: _BiasedMF = self.module_
+        u, i = batch["users"], batch["items"]
+        pred = m(u, i)
+        reg = losses.l2(m.user(u), m.item(i), m.user_bias(u), m.item_bias(i))
+        return losses.mse(pred, batch["values"]) + float(self.reg) * reg
+
+    def _score_users(self, users: torch.Tensor) -> torch.Tensor:
+        return self.module_.all_items(users)
+
+    def _predict_index(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        self.module_.eval()
+        with torch.no_grad():
+            u = torch.as_tensor(users, dtype=torch.long, device=self.device_)
+            i = torch.as_tensor(items, dtype=torch.long, device=self.device_)
+            pred = self.module_(u, i).clamp(*self.rating_range_)
+        return pred.float().cpu().numpy()
+
+    def _item_embeddings(self) -> torch.Tensor:
+        return self.module_.item.weight.detach().cpu()
+
+    def _extra_scalars(self) -> dict[str, Any]:
+        return {"mean": self.mean_, "rating_range": list(self.rating_range_)}
+
+    def _set_extra_scalars(self, extra: dict[str, Any]) -> None:
+        self.mean_ = float(extra["mean"])
+        self.rating_range_ = tuple(extra["rating_range"])
+
+
+class _DotMF(nn.Module):
+    def __init__(self, n_users: int, n_items: int, dim: int, generator: torch.Generator,
+                 init_std: float):
+        super().__init__()
+        self.user = nn.Embedding(n_users, dim)
+        self.item = nn.Embedding(n_items, dim)
+        with torch.no_grad():
+            self.user.weight.normal_(0.0, init_std, generator=generator)
+            self.item.weight.normal_(0.0, init_std, generator=generator)
+
+
+class BPR(GradientRecommender):
+    """BPR-MF (Rendle et al. 2009): dot-product factors trained to rank each observed item
+    above sampled unobserved ones, ``-log sigmoid(s_ui - s_uj)`` plus L2 on the batch's
+    factors.
+
+    Parameters (typical ranges in brackets)
+    ----------
+    embedding_dim: factors [32, 512].
+    epochs: passes over the positives [20, 500].
+    batch_size: positives per step [512, 65536].
+    learning_rate: [1e-4, 1e-1].
+    reg: L2 weight on the batch's factors [0, 1e-2].
+    n_negatives: negatives per positive; each is a separate BPR pair [1, 16].
+    optimizer, weight_decay, lr_schedule, valid_metric, patience, eval_every,
+    init_std, device, seed: as for :class:`MF`.
+    """
+
+    name = "bpr"
+
+    def __init__(self, embedding_dim: int = 64, epochs: int = 60, batch_size: int = 4096,
+                 learning_rate: float = 0.005, reg: float = 1e-4, n_negatives: int = 1,
+                 optimizer: str = "adam", weight_decay: float = 0.0,
+                 lr_schedule: str | None = None, valid_metric: str = "ndcg@20",
+                 patience: int | None = None, eval_every: int = 1, init_std: float = 0.1,
+                 device: str = "auto", seed: int = 0) -> None:
+        self.embedding_dim = embedding_dim
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.reg = reg
+        self.n_negatives = n_negatives
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.valid_metric = valid_metric
+        self.patience = patience
+        self.eval_every = eval_every
+        self.init_std = init_std
+        self.device = device
+        self.seed = seed
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        if self.n_negatives < 1:
+            raise ConfigError("bpr: n_negatives must be >= 1")
+
+    def _build(self) -> nn.Module:
+        return _DotMF(self.n_users, self.n_items, int(self.embedding_dim), self._generator(),
+                      float(self.init_std))
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        m: _DotMF = self.module_
+        u = m.user(batch["users"])
+        pos = m.item(batch["items"])
+        neg = m.item(batch["negatives"])  # [B, N, d]
+        pos_s = (u * pos).sum(-1)
+        neg_s = (u.unsqueeze(1) * neg).sum(-1)
+        return losses.bpr(pos_s, neg_s) + float(self.reg) * losses.l2(u, pos, neg.flatten(0, 1))
+
+    def _score_users(self, users: torch.Tensor) -> torch.Tensor:
+        m: _DotMF = self.module_
+        return m.user(users) @ m.item.weight.T
+
+    def _item_embeddings(self) -> torch.Tensor:
+        return self.module_.item.weight.detach().cpu()

@@ -1,0 +1,80 @@
+"""Mini-batches for one epoch, built with vectorized numpy / torch operations.
+
+Each generator draws everything an epoch needs at once (a permutation of the events, all
+negatives for the epoch with one rejection-sampling pass) and then slices it; there is no
+Python loop over interactions. ``shard=(rank, world_size)`` gives each distributed process
+its own disjoint slice of the epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recforge.data.interactions import Interactions
+from recforge.data.sampling import positive_keys, sample_negatives
+
+__all__ = ["EpochSampler"]
+
+Batch = dict[str, torch.Tensor]
+
+
+class EpochSampler:
+    """Draws the batches of each epoch from a training set.
+
+    Parameters
+    ----------
+    data:
+        The training interactions.
+    batch_size:
+        Events per batch.
+    n_negatives:
+        Negatives drawn per event (0 for pointwise rating batches).
+    negative_sampling:
+        ``"uniform"`` over items, or ``"popularity"`` (proportional to item counts).
+    """
+
+    def __init__(self, data: Interactions, batch_size: int, n_negatives: int = 0, *,
+                 negative_sampling: str = "uniform", shard: tuple[int, int] = (0, 1)):
+        self.batch_size = int(batch_size)
+        self.n_negatives = int(n_negatives)
+        self.negative_sampling = negative_sampling
+        self.rank, self.world = shard
+        self.n_items = data.n_items
+        self.users = torch.from_numpy(data.user.astype(np.int64))
+        self.items = torch.from_numpy(data.item.astype(np.int64))
+        self.values = torch.from_numpy(data.values_or_ones().astype(np.float32))
+        self.n_events = len(data)
+        self._positives: sp.csr_matrix | None = None
+        self._keys: np.ndarray | None = None
+        self._popularity: np.ndarray | None = None
+        if self.n_negatives > 0:
+            self._positives = data.binary_csr
+            self._keys = positive_keys(self._positives)
+            if negative_sampling == "popularity":
+                self._popularity = data.item_counts().astype(np.float64) + 1.0
+
+    def steps_per_epoch(self) -> int:
+        n = len(range(self.rank, self.n_events, self.world))
+        return max(1, -(-n // self.batch_size))
+
+    def epoch(self, rng: np.random.Generator) -> Iterator[Batch]:
+        perm = rng.permutation(self.n_events)[self.rank::self.world]
+        perm_t = torch.from_numpy(perm)
+        users = self.users[perm_t]
+        items = self.items[perm_t]
+        values = self.values[perm_t]
+        negatives = None
+        if self.n_negatives > 0:
+            neg = sample_negatives(self._positives, users.numpy(), self.n_negatives, rng=rng,
+                                   keys=self._keys, popularity=self._popularity)
+            negatives = torch.from_numpy(neg)
+        for start in range(0, len(perm), self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            batch: Batch = {"users": users[sl], "items": items[sl], "values": values[sl]}
+            if negatives is not None:
+                batch["negatives"] = negatives[sl]
+            yield batch

@@ -1,0 +1,295 @@
+"""The one training loop for every gradient-trained model.
+
+A model (a :class:`~recforge.models.gradient.GradientRecommender`) supplies its
+``torch.nn.Module``, an :class:`~recforge.training.batches.EpochSampler` and a loss for a
+batch; the :class:`Trainer` does the rest: device placement, optimizer and learning-rate
+schedule, epochs of mini-batches, validation with the evaluator and early stopping, a
+checkpoint after every epoch (atomic), resuming after a kill, a progress bar and a
+per-epoch JSON log.
+
+Randomness is derived per epoch from ``(seed, epoch)`` (numpy generator for sampling, a
+forked torch generator for dropout), so an interrupted and resumed run draws exactly the
+batches an uninterrupted run would have drawn, and two runs with one seed give the same
+numbers on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from recforge._fs import atomic_path, atomic_write_text
+from recforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from recforge.data.interactions import Interactions
+    from recforge.models.gradient import GradientRecommender
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad")
+SCHEDULES = (None, "cosine", "step")
+CHECKPOINT = "checkpoint.pt"
+LOG = "train_log.jsonl"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; otherwise the named device."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {device!r} is not a valid torch device ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+@dataclass
+class TrainingState:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs the epochs of a gradient model.
+
+    Parameters
+    ----------
+    epochs:
+        Maximum number of passes over the training events.
+    learning_rate, optimizer, weight_decay:
+        ``optimizer`` is one of ``adam``, ``adamw``, ``sgd`` (momentum 0.9), ``adagrad``;
+        ``weight_decay`` is the optimizer's own (decoupled for ``adamw``).
+    lr_schedule:
+        ``None`` (constant), ``"cosine"`` (cosine decay to 0 over ``epochs``) or ``"step"``
+        (halve every quarter of ``epochs``).
+    valid_metric, patience, eval_every:
+        With validation data, the metric computed by the evaluator every ``eval_every``
+        epochs; training stops after ``patience`` evaluations without improvement and the
+        best epoch's weights are restored. ``patience=None`` never stops early.
+    device, seed:
+        Device ("auto" = CUDA when present) and the seed of every random draw.
+    checkpoint_dir, resume:
+        Write ``checkpoint.pt`` and ``train_log.jsonl`` there after every epoch; with
+        ``resume=True`` continue from an existing checkpoint.
+    progress:
+        Show a progress bar (``None``: only on a terminal).
+    distributed:
+        ``(rank, world_size)`` when running under DDP; only rank 0 writes files.
+    """
+
+    def __init__(self, *, epochs: int, learning_rate: float, optimizer: str = "adam",
+                 weight_decay: float = 0.0, lr_schedule: str | None = None,
+                 valid_metric: str = "ndcg@20", patience: int | None = None,
+                 eval_every: int = 1, device: str | torch.device = "auto", seed: int = 0,
+                 checkpoint_dir: str | Path | None = None, resume: bool = False,
+                 progress: bool | None = None, max_grad_norm: float | None = None,
+                 distributed: tuple[int, int] = (0, 1)) -> None:
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, not {optimizer!r}")
+        if lr_schedule not in SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {SCHEDULES}, not {lr_schedule!r}")
+        if epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {epochs}")
+        if patience is not None and patience < 1:
+            raise ConfigError(f"patience must be >= 1 or None, got {patience}")
+        if eval_every < 1:
+            raise ConfigError(f"eval_every must be >= 1, got {eval_every}")
+        self.epochs = int(epochs)
+        self.learning_rate = float(learning_rate)
+        self.optimizer_name = optimizer
+        self.weight_decay = float(weight_decay)
+        self.lr_schedule = lr_schedule
+        self.valid_metric = valid_metric
+        self.patience = patience
+        self.eval_every = int(eval_every)
+        self.device = resolve_device(device)
+        self.seed = int(seed)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.resume = resume
+        self.progress = progress
+        self.max_grad_norm = max_grad_norm
+        self.rank, self.world = distributed
+
+    # ----------------------------------------------------------------------------------
+    def _optimizer(self, params) -> torch.optim.Optimizer:
+        lr, wd = self.learning_rate, self.weight_decay
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        if self.optimizer_name == "adamw":
+            return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+
+    def _scheduler(self, opt) -> torch.optim.lr_scheduler.LRScheduler | None:
+        if self.lr_schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
+        if self.lr_schedule == "step":
+            return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, self.epochs // 4),
+                                                   gamma=0.5)
+        return None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ----------------------------------------------------------------------------------
+    def fit(self, model: GradientRecommender, train: Interactions,
+            valid: Interactions | None = None) -> TrainingState:
+        """Train ``model.module_`` in place; return the final :class:`TrainingState`."""
+        module = model.module_
+        opt = self._optimizer([p for p in module.parameters() if p.requires_grad])
+        sched = self._scheduler(opt)
+        sampler = model._sampler(train, shard=(self.rank, self.world))
+        state = TrainingState()
+        best_weights: dict[str, torch.Tensor] | None = None
+        signature = model._checkpoint_signature()
+
+        if self.resume and self.checkpoint_dir is not None:
+            loaded = self._load_checkpoint(signature)
+            if loaded is not None:
+                module.load_state_dict(loaded["module"])
+                opt.load_state_dict(loaded["optimizer"])
+                if sched is not None and loaded.get("scheduler") is not None:
+                    sched.load_state_dict(loaded["scheduler"])
+                state = TrainingState(**json.loads(loaded["state"]))
+                best_weights = loaded.get("best")
+                log.info("resumed from %s after epoch %d", self.checkpoint_dir, state.epoch)
+
+        steps = sampler.steps_per_epoch()
+        bar = None
+        if self.is_main:
+            from tqdm.auto import tqdm
+
+            disable = (not sys.stderr.isatty()) if self.progress is None else not self.progress
+            bar = tqdm(total=self.epochs * steps, initial=state.epoch * steps,
+                       desc=f"{model.name}", unit="batch", disable=disable, leave=False,
+                       dynamic_ncols=True)
+        try:
+            while state.epoch < self.epochs and not state.stopped_early:
+                epoch = state.epoch
+                t0 = time.perf_counter()
+                module.train()
+                rng = np.random.default_rng([self.seed, epoch])
+                total, count = 0.0, 0
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.seed * 100_003 + epoch)
+                    for batch in sampler.epoch(rng):
+                        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                        loss = model._loss(batch)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        model._after_backward()
+                        if self.max_grad_norm is not None:
+                            torch.nn.utils.clip_grad_norm_(module.parameters(), self.max_grad_norm)
+                        opt.step()
+                        total += float(loss.detach())
+                        count += 1
+                        if bar is not None:
+                            bar.update(1)
+                if sched is not None:
+                    sched.step()
+                record: dict[str, Any] = {
+                    "epoch": epoch + 1, "loss": total / max(1, count),
+                    "seconds": round(time.perf_counter() - t0, 4),
+                    "lr": opt.param_groups[0]["lr"]}
+                if valid is not None and (epoch + 1) % self.eval_every == 0:
+                    metric = self._validate(model, train, valid)
+                    record[self.valid_metric] = abs(metric) if metric < 0 else metric
+                    if metric > state.best_metric:
+                        state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch + 1, 0
+                        best_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                    else:
+                        state.bad_epochs += 1
+                        if self.patience is not None and state.bad_epochs >= self.patience:
+                            state.stopped_early = True
+                    model._to_train_mode()
+                state.history.append(record)
+                state.epoch = epoch + 1
+                self._log_epoch(record, bar)
+                if self.checkpoint_dir is not None and self.is_main:
+                    self._save_checkpoint(signature, module, opt, sched, state, best_weights)
+        finally:
+            if bar is not None:
+                bar.close()
+        if best_weights is not None:
+            module.load_state_dict(best_weights)
+            log.info("restored the weights of epoch %d (%s %.4f)", state.best_epoch,
+                     self.valid_metric, state.best_metric)
+        return state
+
+    def _validate(self, model: GradientRecommender, train: Interactions,
+                  valid: Interactions) -> float:
+        """The validation metric, signed so that higher is better (RMSE/MAE negated)."""
+        from recforge.evaluation import evaluate
+        from recforge.evaluation.metrics import Metric
+
+        model.module_.eval()
+        model._prepare_scoring()
+        result = evaluate(model, train, valid, metrics=self.valid_metric)
+        value = float(next(iter(result.summary.values())))
+        return -value if Metric.parse(self.valid_metric).kind == "rating" else value
+
+    def _log_epoch(self, record: dict[str, Any], bar: Any) -> None:
+        parts = [f"epoch {record['epoch']}/{self.epochs}", f"loss {record['loss']:.4f}"]
+        if self.valid_metric in record:
+            parts.append(f"{self.valid_metric} {record[self.valid_metric]:.4f}")
+        parts.append(f"{record['seconds']:.2f}s")
+        if self.is_main:
+            log.info("  ".join(parts))
+            if bar is not None:
+                bar.set_postfix_str("  ".join(parts[1:]))
+
+    # ----------------------------------------------------------------------------------
+    def _save_checkpoint(self, signature: str, module, opt, sched, state: TrainingState,
+                         best: dict[str, torch.Tensor] | None) -> None:
+        assert self.checkpoint_dir is not None
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "signature": signature,
+            "module": module.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "state": json.dumps(asdict(state)),
+            "best": best,
+        }
+        with atomic_path(self.checkpoint_dir / CHECKPOINT) as tmp:
+            torch.save(payload, tmp)
+        lines = "".join(json.dumps(r) + "\n" for r in state.history)
+        atomic_write_text(self.checkpoint_dir / LOG, lines)
+
+    def _load_checkpoint(self, signature: str) -> dict[str, Any] | None:
+        assert self.checkpoint_dir is not None
+        path = self.checkpoint_dir / CHECKPOINT
+        if not path.is_file():
+            log.info("no checkpoint in %s: starting from scratch", self.checkpoint_dir)
+            return None
+        try:
+            payload = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # torch raises several types for a damaged file
+            raise ConfigError(f"{path}: cannot read checkpoint ({exc})") from None
+        if payload.get("signature") != signature:
+            raise ConfigError(f"{path}: checkpoint was written for other hyperparameters or "
+                              "other training data; remove it or train without --resume")
+        return payload
+

@@ -1,0 +1,105 @@
+"""Biased MF (ratings) and BPR-MF (implicit): conformance plus model checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conformance import ModelConformance
+from recforge import ConfigError, DataError, Interactions
+from recforge.evaluation import evaluate
+from recforge.models import create_model
+
+
+def rated(random_data):
+    rng = np.random.default_rng(0)
+    return random_data.with_values(rng.integers(1, 6, len(random_data)).astype(np.float32))
+
+
+class TestMF(ModelConformance):
+    model_name = "mf"
+    params = {"embedding_dim": 8, "epochs": 20, "batch_size": 64, "learning_rate": 0.02,
+              "reg": 0.01, "device": "cpu"}
+
+    @pytest.fixture
+    def fitted(self, random_data):
+        return self.make().fit(rated(random_data))
+
+    def test_checkerboard_oracle(self):
+        pytest.skip("mf fits ratings; the oracle needs a ranking objective (tested for bpr)")
+
+    def test_save_load_identical(self, random_data, tmp_path):
+        data = rated(random_data)
+        model = self.make().fit(data)
+        from recforge.models import Recommender
+
+        loaded = Recommender.load(model.save(tmp_path / "m"))
+        users = data.users.ids[:10]
+        items = data.items.ids[:10]
+        assert np.array_equal(loaded.predict(users, items), model.predict(users, items))
+
+    def test_deterministic_with_seed(self, random_data):
+        data = rated(random_data)
+        a = self.make(seed=5).fit(data).predict(data.users.ids[:20], data.items.ids[:20])
+        b = self.make(seed=5).fit(data).predict(data.users.ids[:20], data.items.ids[:20])
+        assert np.array_equal(a, b)
+
+    def test_empty_input(self, random_data):
+        with pytest.raises(DataError):
+            self.make().fit(random_data.subset(np.zeros(len(random_data), bool)))
+
+    def test_learns_a_rating_structure(self):
+        # Ratings = user offset + item offset: MF must beat the global mean by far.
+        rng = np.random.default_rng(1)
+        u, i = np.meshgrid(np.arange(40), np.arange(30), indexing="ij")
+        keep = rng.random(u.shape) < 0.6
+        ub, ib = rng.normal(0, 1, 40), rng.normal(0, 1, 30)
+        r = np.clip(3 + ub[u] + ib[i], 1, 5)
+        frame = pd.DataFrame({"user": u[keep], "item": i[keep], "rating": r[keep]})
+        data = Interactions.from_frame(frame)
+        from recforge.data.split import random_split
+
+        split = random_split(data, 0.2, seed=0)
+        model = create_model("mf", embedding_dim=4, epochs=40, batch_size=64, reg=0.01,
+                             learning_rate=0.03).fit(split.train)
+        rmse = evaluate(model, split.train, split.test, metrics="rmse")["RMSE"]
+        baseline = np.sqrt(np.mean((split.test.value - split.train.value.mean()) ** 2))
+        assert rmse < 0.5 * baseline
+
+    def test_predict_clips_and_unknowns(self, random_data):
+        data = rated(random_data)
+        model = self.make().fit(data)
+        pred = model.predict(data.users.ids[:30], data.items.ids[:30])
+        assert pred.min() >= 1.0 and pred.max() <= 5.0
+        out = model.predict([data.users.ids[0], "nobody"], [data.items.ids[0], data.items.ids[1]])
+        assert np.isfinite(out[0]) and np.isnan(out[1])
+
+    def test_needs_ratings(self, random_data):
+        with pytest.raises(DataError, match="needs rating values"):
+            self.make().fit(random_data)
+
+
+class TestBPR(ModelConformance):
+    model_name = "bpr"
+    params = {"embedding_dim": 16, "epochs": 40, "batch_size": 64, "learning_rate": 0.05,
+              "reg": 1e-4, "device": "cpu"}
+
+    def test_beats_popularity(self):
+        from recforge.data.split import random_split
+        from recforge.data.synthetic import make_synthetic
+
+        data = make_synthetic(300, 150, mean_per_user=20, seed=0).interactions
+        split = random_split(data.with_values(None), 0.2, by_user=True, seed=0)
+        bpr = create_model("bpr", **{**self.params, "epochs": 30, "batch_size": 256,
+                                     "learning_rate": 0.02}).fit(split.train)
+        pop = create_model("pop").fit(split.train)
+        ours = evaluate(bpr, split.train, split.test, metrics="ndcg@10")["NDCG@10"]
+        base = evaluate(pop, split.train, split.test, metrics="ndcg@10")["NDCG@10"]
+        assert ours > 1.2 * base
+
+    def test_bad_params(self, random_data):
+        for bad in ({"embedding_dim": 0}, {"learning_rate": -1.0}, {"optimizer": "rmsprop"},
+                    {"n_negatives": 0}, {"device": "tpu:7"}):
+            with pytest.raises(ConfigError):
+                create_model("bpr", **bad).fit(random_data)

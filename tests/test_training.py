@@ -1,0 +1,155 @@
+"""The shared training engine: losses, sampler, early stopping, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from recforge import ConfigError
+from recforge.models import create_model
+from recforge.training import losses
+from recforge.training.batches import EpochSampler
+from recforge.training.trainer import Trainer, resolve_device
+
+
+def test_losses_by_hand():
+    pos = torch.tensor([2.0, 0.0])
+    neg = torch.tensor([0.0, 0.0])
+    expected = -(math.log(1 / (1 + math.exp(-2))) + math.log(0.5)) / 2
+    assert losses.bpr(pos, neg).item() == pytest.approx(expected)
+    assert losses.bpr(pos, neg.unsqueeze(1)).item() == pytest.approx(expected)
+    # BCE: two positives, two negatives, logits 0 -> log 2 each.
+    assert losses.bce(torch.zeros(2), torch.zeros(2)).item() == pytest.approx(math.log(2))
+    # Softmax of [0, 0, 0]: -log(1/3).
+    assert losses.sampled_softmax(torch.zeros(1), torch.zeros(1, 2)).item() == pytest.approx(
+        math.log(3))
+    assert losses.mse(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 3.0])).item() == 0.5
+    assert losses.l2(torch.ones(2, 3)).item() == pytest.approx(0.5 * 6 / 2)
+
+
+def test_sampler_negatives_exclude_positives(random_data):
+    sampler = EpochSampler(random_data, batch_size=64, n_negatives=3)
+    csr = random_data.binary_csr
+    seen = 0
+    for batch in sampler.epoch(np.random.default_rng(0)):
+        u = batch["users"].numpy()
+        neg = batch["negatives"].numpy()
+        assert neg.shape == (len(u), 3)
+        assert not np.asarray(csr[np.repeat(u, 3), neg.ravel()]).any()
+        seen += len(u)
+    assert seen == len(random_data)
+    assert sampler.steps_per_epoch() == -(-len(random_data) // 64)
+
+
+def test_sampler_shards_are_disjoint(random_data):
+    a = EpochSampler(random_data, 50, shard=(0, 2))
+    b = EpochSampler(random_data, 50, shard=(1, 2))
+    ka = {(int(u), int(i)) for bt in a.epoch(np.random.default_rng(3))
+          for u, i in zip(bt["users"], bt["items"], strict=True)}
+    kb = {(int(u), int(i)) for bt in b.epoch(np.random.default_rng(3))
+          for u, i in zip(bt["users"], bt["items"], strict=True)}
+    assert not ka & kb and len(ka | kb) == len(random_data)
+
+
+def test_trainer_rejects_bad_settings():
+    with pytest.raises(ConfigError, match="optimizer"):
+        Trainer(epochs=1, learning_rate=0.1, optimizer="lbfgs")
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        Trainer(epochs=1, learning_rate=0.1, lr_schedule="wild")
+    with pytest.raises(ConfigError, match="epochs"):
+        Trainer(epochs=0, learning_rate=0.1)
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_training_reduces_loss_and_logs(random_data, tmp_path):
+    model = create_model("bpr", embedding_dim=8, epochs=5, batch_size=128, learning_rate=0.05,
+                         seed=1)
+    model.fit(random_data, checkpoint_dir=tmp_path / "ckpt")
+    losses_ = [h["loss"] for h in model.history_]
+    assert len(losses_) == 5 and losses_[-1] < losses_[0]
+    lines = (tmp_path / "ckpt" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4, 5]
+    assert (tmp_path / "ckpt" / "checkpoint.pt").is_file()
+
+
+def test_early_stopping_restores_best(random_data):
+    from recforge.data.split import random_split
+
+    split = random_split(random_data, seed=0)
+    model = create_model("bpr", embedding_dim=8, epochs=30, batch_size=64, learning_rate=0.3,
+                         patience=2, seed=0)
+    model.fit(split.train, split.test)
+    hist = model.history_
+    scores = [h["ndcg@20"] for h in hist]
+    assert len(hist) < 30  # stopped early
+    assert model.best_epoch_ == int(np.argmax(scores)) + 1
+    from recforge.evaluation import evaluate
+
+    now = evaluate(model, split.train, split.test, metrics="ndcg@20")["NDCG@20"]
+    assert now == pytest.approx(max(scores), abs=1e-6)
+
+
+def test_resume_after_kill_matches_uninterrupted(random_data, tmp_path):
+    """A run killed after some epochs and resumed ends with the same weights as a run that
+    was never interrupted."""
+    train_csv = tmp_path / "train.csv"
+    random_data.to_frame().to_csv(train_csv, index=False)
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        from recforge.data.io import read_csv
+        from recforge.models import create_model
+        from recforge.models.gradient import GradientRecommender
+        data = read_csv({str(train_csv)!r})
+        slow = len(sys.argv) > 2
+        model = create_model("bpr", embedding_dim=8, epochs=6, batch_size=256, seed=3,
+                             learning_rate=0.05)
+        if slow:  # give the test time to kill us between epochs
+            orig = model._after_backward
+            model._after_backward = lambda: (time.sleep(0.02), orig())
+        model.fit(data, checkpoint_dir=sys.argv[1], resume=True)
+        model.save(sys.argv[1] + "-model")
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    ckpt = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(ckpt), "slow"], env=env)
+    log = ckpt / "train_log.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(log.read_text().splitlines())
+    assert 2 <= done < 6, "the run should have been killed part-way"
+    subprocess.run([sys.executable, str(script), str(ckpt)], env=env, check=True)
+    clean = tmp_path / "clean"
+    subprocess.run([sys.executable, str(script), str(clean)], env=env, check=True)
+
+    from recforge.models import Recommender
+
+    a = Recommender.load(str(ckpt) + "-model")
+    b = Recommender.load(str(clean) + "-model")
+    users = np.arange(random_data.n_users)
+    assert torch.equal(a.score(users), b.score(users))
+    assert len(a.history_) == 6
+
+
+def test_resume_refuses_other_settings(random_data, tmp_path):
+    create_model("bpr", embedding_dim=4, epochs=1, seed=0).fit(random_data,
+                                                               checkpoint_dir=tmp_path)
+    other = create_model("bpr", embedding_dim=8, epochs=2, seed=0)
+    with pytest.raises(ConfigError, match="other hyperparameters"):
+        other.fit(random_data, checkpoint_dir=tmp_path, resume=True)
