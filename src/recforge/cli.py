@@ -337,11 +337,14 @@ def quickstart(
     data_dir: Path | None = typer.Option(None, "--data-dir",
                                             help="Directory holding extracted datasets."),
     k: int = typer.Option(10, "--k", help="Cutoff of the ranking metrics."),
+    models: Optional[str] = typer.Option(None, "--models",
+                                         help="Comma-separated model names (default: all)."),
 ) -> None:
-    """Fit and compare the baselines on ml-100k (when found locally) or generated data."""
+    """Fit and compare every model on ml-100k (when found locally) or generated data."""
     from recforge.experiment.quickstart import run_quickstart
 
-    run_quickstart(out=out, data_dir=data_dir, k=k, console=console)
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    run_quickstart(out=out, data_dir=data_dir, k=k, console=console, models=names)
 
 
 def main(argv: list[str] | None = None) -> int:
