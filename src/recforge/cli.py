@@ -337,7 +337,7 @@ def quickstart(
     data_dir: Path | None = typer.Option(None, "--data-dir",
                                             help="Directory holding extracted datasets."),
     k: int = typer.Option(10, "--k", help="Cutoff of the ranking metrics."),
-    models: Optional[str] = typer.Option(None, "--models",
+    models: str | None = typer.Option(None, "--models",
                                          help="Comma-separated model names (default: all)."),
 ) -> None:
     """Fit and compare every model on ml-100k (when found locally) or generated data."""
