@@ -44,9 +44,9 @@ class ModelConformance:
     def make(self, **extra: Any) -> Recommender:
         return create_model(self.model_name, **{**self.params, **extra})
 
-    @pytest.fixture
-    def fitted(self, random_data) -> Recommender:
-        return self.make().fit(random_data)
+    def training_data(self, data: Interactions) -> Interactions:
+        """The data the shared ``fitted`` fixture trains on (override, e.g. add ratings)."""
+        return data
 
     # -- the oracle -----------------------------------------------------------------------
     def test_checkerboard_oracle(self):

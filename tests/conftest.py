@@ -71,6 +71,14 @@ def random_interactions(n_users: int = 60, n_items: int = 40, density: float = 0
     return Interactions.from_frame(frame)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def random_data() -> Interactions:
+    """Shared across the session: Interactions are immutable."""
     return random_interactions()
+
+
+@pytest.fixture(scope="class")
+def fitted(request, random_data):
+    """The model of a ModelConformance test class, fitted once per class (do not modify)."""
+    suite = request.cls()
+    return suite.make().fit(suite.training_data(random_data))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from conformance import ModelConformance
+
 from recforge import ConfigError, DataError, Interactions
 from recforge.evaluation import evaluate
 from recforge.models import create_model
@@ -22,9 +22,8 @@ class TestMF(ModelConformance):
     params = {"embedding_dim": 8, "epochs": 20, "batch_size": 64, "learning_rate": 0.02,
               "reg": 0.01, "device": "cpu"}
 
-    @pytest.fixture
-    def fitted(self, random_data):
-        return self.make().fit(rated(random_data))
+    def training_data(self, data):
+        return rated(data)
 
     def test_checkerboard_oracle(self):
         pytest.skip("mf fits ratings; the oracle needs a ranking objective (tested for bpr)")

@@ -66,13 +66,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def torch_csr(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
+              shape: tuple[int, int]) -> torch.Tensor:
+    """A torch sparse CSR tensor (float32) from CSR arrays, without torch's beta warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(np.asarray(indptr, dtype=np.int64)),
+            torch.from_numpy(np.asarray(indices, dtype=np.int64)),
+            torch.from_numpy(np.asarray(data, dtype=np.float32)), size=shape,
+            check_invariants=False)
+
+
 def csr_to_torch(mat: sp.csr_matrix) -> torch.Tensor:
     """A scipy CSR matrix as a torch sparse CSR tensor (float32), sharing no memory."""
     mat = mat.tocsr()
-    return torch.sparse_csr_tensor(
-        torch.from_numpy(mat.indptr.astype(np.int64)),
-        torch.from_numpy(mat.indices.astype(np.int64)),
-        torch.from_numpy(mat.data.astype(np.float32)), size=mat.shape)
+    return torch_csr(mat.indptr, mat.indices, mat.data, mat.shape)
 
 
 def rows_to_dense(mat: sp.csr_matrix, rows: np.ndarray) -> torch.Tensor:
@@ -489,8 +500,14 @@ class Recommender:
         model_cls = get_model_class(meta["model"])
         if cls is not Recommender and not issubclass(model_cls, cls):
             raise ModelError(f"{path} holds a {meta['model']!r} model, not {cls.__name__}")
+        params = dict(meta["params"])
+        defaults = {p.name: p.default for p in inspect.signature(model_cls.__init__)
+                    .parameters.values()}
+        for key, val in params.items():  # JSON has no tuples
+            if isinstance(defaults.get(key), tuple) and isinstance(val, list):
+                params[key] = tuple(val)
         try:
-            model = model_cls(**meta["params"])
+            model = model_cls(**params)
         except TypeError as exc:
             raise ModelError(f"{meta_path}: parameters do not fit {model_cls.__name__}: {exc}"
                              ) from None

@@ -21,8 +21,13 @@ BUILTIN: dict[str, str] = {
     "pop": "recforge.models.popularity:Popularity",
     "itemknn": "recforge.models.knn:ItemKNN",
     "ease": "recforge.models.ease:EASE",
+    "als": "recforge.models.als:ALS",
     "mf": "recforge.models.mf:MF",
     "bpr": "recforge.models.mf:BPR",
+    "gmf": "recforge.models.ncf:GMF",
+    "mlp": "recforge.models.ncf:MLP",
+    "neumf": "recforge.models.ncf:NeuMF",
+    "lightgcn": "recforge.models.lightgcn:LightGCN",
 }
 
 

@@ -1,0 +1,404 @@
+"""Implicit-feedback alternating least squares (Hu, Koren & Volinsky, ICDM 2008).
+
+Every (user, item) cell is a preference ``p_ui = 1`` if the user interacted with the item
+and ``0`` otherwise, weighted by a confidence ``c_ui = 1 + alpha * r_ui`` (``r_ui`` the
+event value, 1 with ``binary=True``; unobserved cells have ``c_ui = 1``). The model
+minimises, over user factors ``x_u`` and item factors ``y_i`` (``embedding_dim`` each)::
+
+    L = sum_{u,i} c_ui (p_ui - x_u . y_i)^2 + sum_u lam_u |x_u|^2 + sum_i lam_i |y_i|^2
+
+over *all* cells, observed or not. With the item factors ``Y`` fixed, the loss is a
+quadratic in each ``x_u`` whose minimiser solves the normal equations::
+
+    A_u x_u = b_u,   A_u = Y^T Y + Y^T (C_u - I) Y + lam_u I,   b_u = Y^T C_u p_u
+
+``Y^T Y`` is shared by all users, and ``C_u - I`` is non-zero only on the user's items, so
+``A_u x`` costs ``O(n_u d)`` on top of the shared ``d x d`` product; the item step is the
+same with the roles swapped. ALS alternates the two steps for ``epochs`` iterations.
+
+**Conjugate gradient** (``solver="cg"``, the default; Takács, Pilászy & Tikk, RecSys
+2011, as in the ``implicit`` library): each half-step runs ``cg_steps`` CG iterations for
+all users at once, warm-started from the previous factors, with per-row step sizes. The
+product ``A X`` for every user at once is::
+
+    A X = X (Y^T Y) + lam * X + W Y,    W = (C - 1) o (X Y^T)    (o: at R's non-zeros)
+
+``W`` is an SDDMM (``torch.sparse.sampled_addmm``: ``x_u . y_i`` only at the stored cells,
+scaled by ``c_ui - 1``), and ``W Y`` a CSR x dense product, computed with
+``torch.nn.functional.embedding_bag`` (per row, the weighted sum of the item rows: twice
+as fast as ``torch.sparse.mm`` on CPU). The initial residual ``b - A X`` is one such
+product with weights ``c_ui - (c_ui - 1) x_u . y_i`` (it folds ``b = C Y`` in). So a
+half-step costs ``cg_steps + 1`` SDDMM / SpMM pairs, ``O(nnz d + n d^2)``, and no Python
+loop runs over users or items. Each CG step lowers every user's quadratic, so the loss
+decreases monotonically even with few steps.
+
+**Cholesky** (``solver="cholesky"``): the exact solve. Users are sorted by history length
+and processed in memory-bounded blocks; each block builds ``A_u`` with one batched matmul
+over zero-padded item lists and solves with ``torch.linalg.cholesky`` /
+``cholesky_solve``. It costs ``O(n_u d^2 + d^3)`` per user: slower, for checks and small
+data.
+
+**Frequency-scaled regularisation** (Rendle et al., RecSys 2022, "Revisiting the
+performance of iALS on item recommendation benchmarks"): ``lam_u = reg * w_u^nu`` with
+``w_u = sum_i c_ui = n_items + alpha * sum_i r_ui`` the total confidence weight of the
+user's row (``nu = reg_exponent``; the same for items over their column). With ``nu = 0``
+every row gets ``reg``; with ``nu = 1`` the penalty grows with the amount of data behind a
+vector, as the loss term does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recforge.data.interactions import Interactions
+from recforge.errors import ConfigError, DataError, ModelError
+from recforge.models.base import Recommender
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ALS"]
+
+#: Floats of padded item vectors built at once by the Cholesky solver (bounds memory).
+CHOLESKY_BLOCK_ELEMENTS = 1 << 24
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, bool) and math.isfinite(float(value))
+
+
+class _Side:
+    """One orientation of the training matrix (rows = the side being solved), on device.
+
+    ``crow`` / ``col`` are the CSR indices (int64), ``conf`` the confidences
+    ``c = 1 + alpha r`` and ``conf1`` the ``c - 1 = alpha r`` values in CSR order;
+    ``conf1_scalar`` is ``alpha`` when every ``r`` is 1 (then the SDDMM scales for free);
+    ``reg`` is a float, or a per-row tensor under frequency scaling.
+    """
+
+    def __init__(self, mat: sp.csr_matrix, alpha: float, binary: bool, reg: float,
+                 reg_exponent: float, device: torch.device) -> None:
+        mat = mat.tocsr()
+        mat.sort_indices()
+        self.n_rows, self.n_cols = mat.shape
+        values = np.ones(mat.nnz, np.float32) if binary else mat.data.astype(np.float32)
+        self.crow = torch.from_numpy(mat.indptr.astype(np.int64)).to(device)
+        self.col = torch.from_numpy(mat.indices.astype(np.int64)).to(device)
+        r = torch.from_numpy(values).to(device)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta" (torch warns once)
+            warnings.simplefilter("ignore", UserWarning)
+            # Scratch CSR that every SDDMM writes its values into (out=itself: no copy of
+            # the indices and values per call, as the out-of-place form makes).
+            self._sddmm = torch.sparse_csr_tensor(self.crow, self.col, torch.ones_like(r),
+                                                  size=mat.shape, check_invariants=False)
+        self.conf = 1.0 + alpha * r
+        self.conf1 = alpha * r
+        self.conf1_scalar: float | None = float(alpha) if binary else None
+        # Per-row regularisation: reg * (sum of the row's confidences)^nu.
+        if reg_exponent == 0:
+            self.reg: torch.Tensor | float = float(reg)
+        else:
+            row_of_cell = np.repeat(np.arange(self.n_rows), np.diff(mat.indptr))
+            weight = self.n_cols + alpha * np.bincount(row_of_cell, weights=values,
+                                                       minlength=self.n_rows)
+            self.reg = torch.from_numpy((reg * weight ** reg_exponent).astype(np.float32)
+                                        ).to(device)
+
+    def dots(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """``scale * x_u . y_i`` at every stored cell, in CSR order (an SDDMM).
+
+        The result is scratch memory, overwritten by the next call: use it at once.
+        """
+        torch.sparse.sampled_addmm(self._sddmm, x, y.T, beta=0.0, alpha=scale,
+                                   out=self._sddmm)
+        return self._sddmm.values()
+
+    def spmm(self, weights: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``W Y`` for the CSR matrix ``W`` with this pattern and values ``weights``.
+
+        ``embedding_bag`` (a weighted sum of the rows ``y_i`` per CSR row) computes the
+        same product as ``torch.sparse.mm`` in half the time on CPU (9 ms against 18 ms on
+        ml-1m at 128 dimensions, one thread).
+        """
+        return torch.nn.functional.embedding_bag(
+            self.col, y, self.crow, mode="sum", per_sample_weights=weights,
+            include_last_offset=True)
+
+    def gram_weights(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``(c - 1) x_u . y_i`` per stored cell: ``A X = X G + lam X + W Y`` with these."""
+        if self.conf1_scalar is not None:
+            return self.dots(x, y, self.conf1_scalar)
+        return self.dots(x, y).mul_(self.conf1)
+
+    def residual_weights(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``c - (c - 1) x_u . y_i`` per stored cell: ``b - A X = W Y - X G - lam X``."""
+        if self.conf1_scalar is not None:
+            return self.dots(x, y, -self.conf1_scalar).add_(self.conf)
+        return torch.addcmul(self.conf, self.conf1, self.dots(x, y), value=-1.0)
+
+    def gram_plus_reg(self, y: torch.Tensor) -> torch.Tensor:
+        """``Y^T Y``, plus ``reg I`` when the regularisation is the same for every row."""
+        gram = y.T @ y
+        if not isinstance(self.reg, torch.Tensor):
+            gram.diagonal().add_(self.reg)
+        return gram
+
+    def add_dense_part(self, out: torch.Tensor, x: torch.Tensor, gram: torch.Tensor,
+                       sign: float = 1.0) -> torch.Tensor:
+        """``out += sign (X (Y^T Y) + lam X)`` in place (``gram`` from :meth:`gram_plus_reg`):
+        the part of ``A X`` shared by every row."""
+        torch.addmm(out, x, gram, alpha=sign, out=out)
+        if isinstance(self.reg, torch.Tensor):
+            out.addcmul_(self.reg.unsqueeze(1), x, value=sign)
+        return out
+
+
+def _cg_step(side: _Side, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
+    """``steps`` conjugate-gradient iterations on ``A_u x_u = b_u`` for every row at once,
+    warm-started from ``x`` (updated in place).
+
+    Written with few, fused, in-place operations: each torch call is one parallel region,
+    and on a loaded machine every region can wait for a descheduled thread.
+    """
+    gram = side.gram_plus_reg(y)
+    # r = b - A x = (C - (C - I) o XY^T) Y - (G + lam) X
+    r = side.add_dense_part(side.spmm(side.residual_weights(x, y), y), x, gram, -1.0)
+    p = r.clone()
+    rs = torch.linalg.vecdot(r, r)
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    for step in range(steps):
+        ap = side.add_dense_part(side.spmm(side.gram_weights(p, y), y), p, gram)
+        pap = torch.linalg.vecdot(p, ap)
+        a = torch.where(pap > 0, rs / pap.clamp_min(1e-30), zero).unsqueeze(1)
+        x.addcmul_(a, p)
+        if step == steps - 1:
+            break
+        r.addcmul_(a, ap, value=-1.0)
+        rs_new = torch.linalg.vecdot(r, r)
+        beta = torch.where(rs > 0, rs_new / rs.clamp_min(1e-30), zero).unsqueeze(1)
+        torch.addcmul(r, beta, p, out=p)  # p = r + beta p
+        rs = rs_new
+
+
+def _cholesky_step(side: _Side, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Exact solve of ``A_u x_u = b_u`` for every row (written into ``x``), in blocks of
+    rows of similar history length (padded item lists, one batched matmul per block)."""
+    d = y.shape[1]
+    dev = x.device
+    gram = side.gram_plus_reg(y)
+    crow = side.crow.cpu().numpy()
+    lengths = np.diff(crow)
+    order = np.argsort(lengths, kind="stable")
+    b_all = side.spmm(side.conf, y)  # b_u = sum_i c_ui y_i (p_ui = 1 where stored)
+    n = len(order)
+    # Rows sorted by length, so a block's padded width is its last row's length. A block
+    # holds [B, width, d] item vectors and [B, d, d] matrices, both within the budget.
+    cost_per_row = np.maximum(lengths[order], d) * d
+    max_rows = max(1, CHOLESKY_BLOCK_ELEMENTS // (d * d))
+    start = 0
+    while start < n:
+        end = min(n, start + max_rows)
+        cost = np.arange(1, end - start + 1) * cost_per_row[start:end]
+        stop = start + max(1, int(np.searchsorted(cost, CHOLESKY_BLOCK_ELEMENTS, "right")))
+        rows = order[start:stop]
+        rows_t = torch.from_numpy(rows).to(dev)
+        lens = lengths[rows]
+        width = int(lens.max())
+        a = gram.expand(len(rows), d, d).clone()
+        if width:
+            # Cell k of row b is crow[rows[b]] + k; cells past the row's end get weight 0.
+            k = np.arange(width)
+            valid = torch.from_numpy(k[None, :] < lens[:, None]).to(dev)
+            cell = torch.from_numpy(np.minimum(crow[rows][:, None] + k[None, :],
+                                               len(side.col) - 1)).to(dev)
+            yb = y[side.col[cell]]  # [B, width, d]
+            w = torch.where(valid, side.conf1[cell], torch.zeros((), device=dev))
+            a.baddbmm_((yb * w.unsqueeze(2)).transpose(1, 2), yb)
+        if isinstance(side.reg, torch.Tensor):
+            a.diagonal(dim1=1, dim2=2).add_(side.reg[rows_t].unsqueeze(1))
+        chol, info = torch.linalg.cholesky_ex(a)
+        if bool((info != 0).any()):
+            raise ModelError("als: the normal equations are not positive definite; "
+                             "increase reg")
+        x[rows_t] = torch.cholesky_solve(b_all[rows_t].unsqueeze(2), chol).squeeze(2)
+        start = stop
+
+
+class ALS(Recommender):
+    """Implicit-feedback matrix factorisation by alternating least squares.
+
+    Scores are ``x_u . y_i``; :meth:`similar_items` uses the cosine of item factors.
+    The defaults were chosen on ml-1m-implicit's validation split (train.txt -> valid.txt):
+    Recall@20 0.267, against 0.224 with ``implicit``'s defaults (unscaled ``reg=0.01``),
+    0.265 with the best unscaled ``reg`` (100) and 0.254 for EASE; on ml-100k they give
+    Recall@20 0.370 (EASE 0.361), where the best unscaled ``reg`` (30) is another.
+
+    Parameters
+    ----------
+    embedding_dim:
+        Number of latent factors ``d`` (typical 32 to 512). Time grows about linearly in
+        ``d`` with CG, cubically with Cholesky. Beyond 128 gains are small on MovieLens.
+    epochs:
+        ALS iterations; each solves users then items (typical 5 to 30).
+    reg:
+        L2 penalty. With the default ``reg_exponent=1`` it multiplies each row's total
+        confidence weight (typical 0.005 to 0.03; too large a value collapses the scores to
+        popularity, too small overfits). With ``reg_exponent=0`` it is the plain
+        ``lambda`` of every factor vector (typical 0.01 to 200, growing with the data).
+    alpha:
+        Confidence slope: ``c_ui = 1 + alpha * r_ui`` for observed cells, 1 elsewhere
+        (typical 1 to 50). Larger values trust the observed events more than the zeros.
+    solver:
+        ``"cg"`` (conjugate gradient, warm-started; fast, the default) or ``"cholesky"``
+        (exact per-row solve; about 25 times slower at 128 factors, for checks and small
+        data).
+    cg_steps:
+        Conjugate-gradient iterations per half-step (typical 2 to 6; ignored by
+        ``"cholesky"``). Each costs one SDDMM and one sparse x dense product.
+    binary:
+        Use 1 for every event (implicit feedback); with ``False`` the event values (play
+        counts, ratings, which must be >= 0) enter the confidence.
+    reg_exponent:
+        ``nu`` of frequency-scaled regularisation (Rendle et al. 2022; typical 0 to 1, at
+        most 2): ``lam_u = reg * w_u^nu`` with ``w_u = n_items + alpha * sum_i r_ui``
+        (items alike over their column). 0 gives every row the same ``reg``; 1 keeps the
+        best ``reg`` nearly the same across dataset sizes.
+    seed:
+        Seed of the factor initialisation (normal, std ``0.1 / sqrt(d)``); with the same
+        seed two fits on CPU give identical factors.
+    device:
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    """
+
+    name = "als"
+
+    def __init__(self, embedding_dim: int = 128, epochs: int = 15, reg: float = 0.015,
+                 alpha: float = 10.0, solver: str = "cg", cg_steps: int = 3,
+                 binary: bool = True, reg_exponent: float = 1.0, seed: int = 0,
+                 device: str = "auto") -> None:
+        self.embedding_dim = embedding_dim
+        self.epochs = epochs
+        self.reg = reg
+        self.alpha = alpha
+        self.solver = solver
+        self.cg_steps = cg_steps
+        self.binary = binary
+        self.reg_exponent = reg_exponent
+        self.seed = seed
+        self.device = device
+
+    # ----------------------------------------------------------------------------------
+    def _validate_params(self) -> None:
+        if not _is_int(self.embedding_dim) or self.embedding_dim < 1:
+            raise ConfigError(f"als: embedding_dim must be a positive integer, got "
+                              f"{self.embedding_dim!r}")
+        if not _is_int(self.epochs) or self.epochs < 1:
+            raise ConfigError(f"als: epochs must be a positive integer, got {self.epochs!r}")
+        if not _is_number(self.reg) or self.reg < 0:
+            raise ConfigError(f"als: reg must be a number >= 0, got {self.reg!r}")
+        if not _is_number(self.alpha) or self.alpha < 0:
+            raise ConfigError(f"als: alpha must be a number >= 0, got {self.alpha!r}")
+        if self.solver not in ("cg", "cholesky"):
+            raise ConfigError(f"als: solver must be 'cg' or 'cholesky', got {self.solver!r}")
+        if not _is_int(self.cg_steps) or self.cg_steps < 1:
+            raise ConfigError(f"als: cg_steps must be a positive integer, got "
+                              f"{self.cg_steps!r}")
+        if not isinstance(self.binary, (bool, np.bool_)):
+            raise ConfigError(f"als: binary must be True or False, got {self.binary!r}")
+        if not _is_number(self.reg_exponent) or not 0 <= self.reg_exponent <= 2:
+            raise ConfigError(f"als: reg_exponent must be a number in [0, 2], got "
+                              f"{self.reg_exponent!r}")
+        if not _is_int(self.seed):
+            raise ConfigError(f"als: seed must be an integer, got {self.seed!r}")
+        self._resolve_device()
+
+    def _resolve_device(self) -> torch.device:
+        dev = self.device
+        if dev == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not isinstance(dev, str) or not (dev == "cpu" or dev == "cuda"
+                                            or (dev.startswith("cuda:")
+                                                and dev[5:].isdigit())):
+            raise ConfigError(f"als: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got "
+                              f"{dev!r}")
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"als: device {dev!r} requested but CUDA is not available")
+        return torch.device(dev)
+
+    # ----------------------------------------------------------------------------------
+    def _sides(self, device: torch.device) -> tuple[_Side, _Side]:
+        mat = self.seen_.tocsr().astype(np.float32)
+        if not self.binary and mat.nnz and float(mat.data.min()) < 0:
+            raise DataError("als: event values must be >= 0 to act as confidences "
+                            "(or use binary=True)")
+        args = (float(self.alpha), bool(self.binary), float(self.reg),
+                float(self.reg_exponent), device)
+        return _Side(mat, *args), _Side(mat.T.tocsr(), *args)
+
+    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
+        self.device_ = self._resolve_device()
+        dev = self.device_
+        users, items = self._sides(dev)
+        d = int(self.embedding_dim)
+        gen = torch.Generator().manual_seed(int(self.seed))
+        std = 0.1 / math.sqrt(d)
+        x = (torch.randn(users.n_rows, d, generator=gen) * std).to(dev)
+        y = (torch.randn(items.n_rows, d, generator=gen) * std).to(dev)
+        for epoch in range(int(self.epochs)):
+            if self.solver == "cg":
+                _cg_step(users, x, y, int(self.cg_steps))
+                _cg_step(items, y, x, int(self.cg_steps))
+            else:
+                _cholesky_step(users, x, y)
+                _cholesky_step(items, y, x)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("als epoch %d: loss %.6g", epoch + 1, self._loss(users, items, x, y))
+        self.user_factors_ = x
+        self.item_factors_ = y
+
+    def _loss(self, users: _Side, items: _Side, x: torch.Tensor, y: torch.Tensor) -> float:
+        """The objective ``L`` of the module docstring for factors ``x``, ``y``."""
+        # sum over all cells of s^2 = tr(X^T X Y^T Y); observed cells are corrected.
+        total = torch.sum((x.T @ x) * (y.T @ y), dtype=torch.float64)
+        s = users.dots(x, y).double()
+        conf = users.conf.double()
+        total = total - (s * s).sum() + (conf * (1.0 - s) ** 2).sum()
+        for side, f in ((users, x), (items, y)):
+            sq = (f.double() ** 2).sum(1)
+            total = total + (side.reg.double() * sq).sum() if isinstance(
+                side.reg, torch.Tensor) else total + side.reg * sq.sum()
+        return float(total)
+
+    def loss(self) -> float:
+        """The training objective (weighted squared error + regularisation) of the fitted
+        factors on the training matrix."""
+        self._check_fitted()
+        users, items = self._sides(self.device_)
+        return self._loss(users, items, self.user_factors_, self.item_factors_)
+
+    # ----------------------------------------------------------------------------------
+    def _score(self, users: torch.Tensor) -> torch.Tensor:
+        u = self.user_factors_[users.to(self.device_)]
+        return (u @ self.item_factors_.T).cpu()
+
+    def _item_embeddings(self) -> torch.Tensor:
+        return self.item_factors_.cpu()
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {"user_factors": self.user_factors_, "item_factors": self.item_factors_}
+
+    def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        self.device_ = self._resolve_device()
+        self.user_factors_ = state["user_factors"].to(self.device_)
+        self.item_factors_ = state["item_factors"].to(self.device_)

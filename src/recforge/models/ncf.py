@@ -1,0 +1,384 @@
+"""Neural collaborative filtering (He et al., WWW 2017): GMF, MLP and NeuMF.
+
+* ``gmf``: ``logit(u, i) = h . (p_u * q_i)``, a generalised matrix factorization;
+* ``mlp``: ``[p_u; q_i]`` through ReLU layers (default 128 then 64 units) and a linear output;
+* ``neumf``: both towers with separate embeddings, their last layers concatenated into one
+  output; optionally initialised from a trained GMF and a trained MLP (the paper's
+  pre-training), output weights mixed with ``alpha`` = 0.5.
+
+Ranking objective (default): binary cross-entropy on each positive and ``n_negatives``
+sampled negatives (4 in the paper). ``mlp`` and ``neumf`` also take ``loss="mse"`` to fit
+explicit ratings (no sigmoid; :meth:`predict` returns ratings clipped to the training range).
+
+Scoring all items for a user costs one MLP pass per item; the first layer is split into a
+user part and an item part computed once per batch (``W [p; q] = W_u p + W_i q``), so full
+ranking evaluation stays practical on a CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from recforge.data.interactions import Interactions
+from recforge.errors import ConfigError, DataError
+from recforge.models.gradient import GradientRecommender
+from recforge.training import losses
+
+#: Pairs (users x items) scored at once when ranking with an MLP tower: bounds memory.
+_PAIR_BLOCK = 1 << 18
+
+
+def _init_embedding(emb: nn.Embedding, gen: torch.Generator, std: float) -> None:
+    with torch.no_grad():
+        emb.weight.normal_(0.0, std, generator=gen)
+
+
+def _init_linear(layer: nn.Linear, gen: torch.Generator) -> None:
+    with torch.no_grad():
+        bound = (6.0 / (layer.in_features + layer.out_features)) ** 0.5  # Xavier uniform
+        layer.weight.uniform_(-bound, bound, generator=gen)
+        layer.bias.zero_()
+
+
+class _GMFTower(nn.Module):
+    def __init__(self, n_users: int, n_items: int, dim: int, gen: torch.Generator, std: float):
+        super().__init__()
+        self.user = nn.Embedding(n_users, dim)
+        self.item = nn.Embedding(n_items, dim)
+        _init_embedding(self.user, gen, std)
+        _init_embedding(self.item, gen, std)
+        self.out_dim = dim
+
+    def pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.user(users) * self.item(items)
+
+    def grid(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, n, dim]`` features of every (user, item) combination."""
+        q = self.item.weight if items is None else self.item(items)
+        return self.user(users).unsqueeze(1) * q.unsqueeze(0)
+
+
+class _MLPTower(nn.Module):
+    def __init__(self, n_users: int, n_items: int, dim: int, layers: tuple[int, ...],
+                 dropout: float, gen: torch.Generator, std: float):
+        super().__init__()
+        self.user = nn.Embedding(n_users, dim)
+        self.item = nn.Embedding(n_items, dim)
+        _init_embedding(self.user, gen, std)
+        _init_embedding(self.item, gen, std)
+        sizes = [2 * dim, *layers]
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:],
+                                                                     strict=True))
+        for lin in self.linears:
+            _init_linear(lin, gen)
+        self.dropout = nn.Dropout(dropout)
+        self.dim = dim
+        self.out_dim = sizes[-1]
+
+    def _rest(self, h: torch.Tensor) -> torch.Tensor:
+        for lin in self.linears[1:]:
+            h = torch.relu(lin(self.dropout(h)))
+        return h
+
+    def pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        first = self.linears[0]
+        h = torch.relu(first(torch.cat([self.user(users), self.item(items)], dim=-1)))
+        return self._rest(h)
+
+    def grid(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        first = self.linears[0]
+        w_u, w_i = first.weight[:, : self.dim], first.weight[:, self.dim:]
+        q = self.item.weight if items is None else self.item(items)
+        hu = self.user(users) @ w_u.T + first.bias  # [B, h1]
+        hi = q @ w_i.T  # [n, h1]
+        h = torch.relu(hu.unsqueeze(1) + hi.unsqueeze(0))
+        return self._rest(h)
+
+
+class _NCF(nn.Module):
+    """One or two towers and a linear output layer."""
+
+    def __init__(self, towers: list[nn.Module], gen: torch.Generator):
+        super().__init__()
+        self.towers = nn.ModuleList(towers)
+        self.out = nn.Linear(sum(t.out_dim for t in towers), 1)
+        _init_linear(self.out, gen)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        feats = [t.pairs(users, items) for t in self.towers]
+        return self.out(torch.cat(feats, dim=-1)).squeeze(-1)
+
+    def grid(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        feats = [t.grid(users, items) for t in self.towers]
+        return self.out(torch.cat(feats, dim=-1)).squeeze(-1)
+
+
+class _NCFBase(GradientRecommender):
+    """Shared training and scoring of the three NCF models."""
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        loss = getattr(self, "loss", "bce")
+        if loss not in ("bce", "mse"):
+            raise ConfigError(f"{self.name}: loss must be 'bce' or 'mse', got {loss!r}")
+        if loss == "bce" and self.n_negatives < 1:
+            raise ConfigError(f"{self.name}: n_negatives must be >= 1 with loss='bce'")
+        layers = getattr(self, "layers", (1,))
+        if not layers or any(not isinstance(x, (int, np.integer)) or x < 1 for x in layers):
+            raise ConfigError(f"{self.name}: layers must be a non-empty list of positive ints")
+        dropout = getattr(self, "dropout", 0.0)
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"{self.name}: dropout must be in [0, 1)")
+
+    @property
+    def objective(self) -> str:  # type: ignore[override]
+        return "rating" if getattr(self, "loss", "bce") == "mse" else "ranking"
+
+    @property
+    def predicts_ratings(self) -> bool:  # type: ignore[override]
+        return getattr(self, "loss", "bce") == "mse"
+
+    def _setup(self, train: Interactions) -> None:
+        if self.objective == "rating":
+            if train.value is None:
+                raise DataError(f"{self.name} with loss='mse' needs rating values",
+                                source=train.source)
+            self.rating_range_ = (float(train.value.min()), float(train.value.max()))
+            self.mean_ = float(train.value.mean())
+        else:
+            self.rating_range_ = (0.0, 1.0)
+            self.mean_ = 0.0
+
+    def _towers(self, gen: torch.Generator) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def _build(self) -> nn.Module:
+        gen = self._generator()
+        model = _NCF(self._towers(gen), gen)
+        if self.objective == "rating":
+            with torch.no_grad():
+                model.out.bias.fill_(self.mean_)
+        return model
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        m: _NCF = self.module_
+        u, i = batch["users"], batch["items"]
+        if self.objective == "rating":
+            return losses.mse(m(u, i), batch["values"]) + self._reg(u, i)
+        neg = batch["negatives"]
+        pos_logit = m(u, i)
+        n = neg.shape[1]
+        neg_logit = m(u.unsqueeze(1).expand(-1, n).reshape(-1), neg.reshape(-1)).view(-1, n)
+        return losses.bce(pos_logit, neg_logit) + self._reg(u, i, neg.reshape(-1))
+
+    def _reg(self, users: torch.Tensor, *items: torch.Tensor) -> torch.Tensor:
+        if not self.reg:
+            return torch.zeros((), device=users.device)
+        tensors = []
+        for tower in self.module_.towers:
+            tensors.append(tower.user(users))
+            tensors.extend(tower.item(it) for it in items)
+        return float(self.reg) * sum(losses.l2(t) for t in tensors)
+
+    def _score_users(self, users: torch.Tensor) -> torch.Tensor:
+        m: _NCF = self.module_
+        n_items = self.n_items
+        per_user = max(1, _PAIR_BLOCK // n_items)
+        outs = [m.grid(users[s:s + per_user]) for s in range(0, len(users), per_user)]
+        return torch.cat(outs, dim=0) if outs else torch.empty(0, n_items)
+
+    def _predict_index(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        if not self.predicts_ratings:
+            return super()._predict_index(users, items)
+        self.module_.eval()
+        with torch.no_grad():
+            u = torch.as_tensor(users, dtype=torch.long, device=self.device_)
+            i = torch.as_tensor(items, dtype=torch.long, device=self.device_)
+            pred = self.module_(u, i).clamp(*self.rating_range_)
+        return pred.float().cpu().numpy()
+
+    def _item_embeddings(self) -> torch.Tensor:
+        return torch.cat([t.item.weight.detach() for t in self.module_.towers], dim=1).cpu()
+
+    def _extra_scalars(self) -> dict[str, Any]:
+        return {"mean": self.mean_, "rating_range": list(self.rating_range_)}
+
+    def _set_extra_scalars(self, extra: dict[str, Any]) -> None:
+        self.mean_ = float(extra.get("mean", 0.0))
+        self.rating_range_ = tuple(extra.get("rating_range", (0.0, 1.0)))
+
+
+class GMF(_NCFBase):
+    """Generalised matrix factorization (the GMF tower of NCF).
+
+    Parameters: ``embedding_dim`` [8, 128], ``epochs``, ``batch_size``, ``learning_rate``,
+    ``reg`` (L2 on the batch's embeddings), ``n_negatives`` (per positive, [1, 10]),
+    ``optimizer``, ``weight_decay``, ``lr_schedule``, ``valid_metric``, ``patience``,
+    ``eval_every``, ``init_std``, ``device``, ``seed``.
+    """
+
+    name = "gmf"
+
+    def __init__(self, embedding_dim: int = 64, epochs: int = 30, batch_size: int = 4096,
+                 learning_rate: float = 0.002, reg: float = 0.0, n_negatives: int = 4,
+                 optimizer: str = "adam", weight_decay: float = 0.0,
+                 lr_schedule: str | None = None, valid_metric: str = "ndcg@20",
+                 patience: int | None = None, eval_every: int = 1, init_std: float = 0.01,
+                 device: str = "auto", seed: int = 0) -> None:
+        self.embedding_dim = embedding_dim
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.reg = reg
+        self.n_negatives = n_negatives
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.valid_metric = valid_metric
+        self.patience = patience
+        self.eval_every = eval_every
+        self.init_std = init_std
+        self.device = device
+        self.seed = seed
+
+    def _towers(self, gen: torch.Generator) -> list[nn.Module]:
+        return [_GMFTower(self.n_users, self.n_items, int(self.embedding_dim), gen,
+                          float(self.init_std))]
+
+
+class MLP(_NCFBase):
+    """The MLP tower of NCF: user and item embeddings concatenated, then ReLU layers.
+
+    Parameters: as :class:`GMF`, plus ``layers`` (hidden sizes, default ``(128, 64)``),
+    ``dropout`` and ``loss`` (``"bce"`` ranking, or ``"mse"`` for ratings).
+    """
+
+    name = "mlp"
+
+    def __init__(self, embedding_dim: int = 64, layers: tuple[int, ...] = (128, 64),
+                 dropout: float = 0.0, loss: str = "bce", epochs: int = 30,
+                 batch_size: int = 4096, learning_rate: float = 0.002, reg: float = 0.0,
+                 n_negatives: int = 4, optimizer: str = "adam", weight_decay: float = 0.0,
+                 lr_schedule: str | None = None, valid_metric: str = "ndcg@20",
+                 patience: int | None = None, eval_every: int = 1, init_std: float = 0.01,
+                 device: str = "auto", seed: int = 0) -> None:
+        self.embedding_dim = embedding_dim
+        self.layers = layers
+        self.dropout = dropout
+        self.loss = loss
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.reg = reg
+        self.n_negatives = n_negatives
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.valid_metric = valid_metric
+        self.patience = patience
+        self.eval_every = eval_every
+        self.init_std = init_std
+        self.device = device
+        self.seed = seed
+
+    def _towers(self, gen: torch.Generator) -> list[nn.Module]:
+        return [_MLPTower(self.n_users, self.n_items, int(self.embedding_dim),
+                          tuple(int(x) for x in self.layers), float(self.dropout), gen,
+                          float(self.init_std))]
+
+
+class NeuMF(_NCFBase):
+    """NeuMF: a GMF tower and an MLP tower with separate embeddings, fused by one output.
+
+    Parameters: as :class:`MLP`, with ``embedding_dim`` for the GMF tower and
+    ``mlp_embedding_dim`` for the MLP tower, plus ``pretrain`` (train a GMF and an MLP with
+    the same settings first and start from their weights, the output layer mixing them with
+    ``alpha``; the paper then fine-tunes with plain SGD, here with ``pretrain_optimizer``
+    at ``pretrain_learning_rate``).
+    """
+
+    name = "neumf"
+
+    def __init__(self, embedding_dim: int = 64, mlp_embedding_dim: int = 64,
+                 layers: tuple[int, ...] = (128, 64), dropout: float = 0.0, loss: str = "bce",
+                 pretrain: bool = False, alpha: float = 0.5, pretrain_optimizer: str = "sgd",
+                 pretrain_learning_rate: float = 0.01, epochs: int = 30,
+                 batch_size: int = 4096, learning_rate: float = 0.002, reg: float = 0.0,
+                 n_negatives: int = 4, optimizer: str = "adam", weight_decay: float = 0.0,
+                 lr_schedule: str | None = None, valid_metric: str = "ndcg@20",
+                 patience: int | None = None, eval_every: int = 1, init_std: float = 0.01,
+                 device: str = "auto", seed: int = 0) -> None:
+        self.embedding_dim = embedding_dim
+        self.mlp_embedding_dim = mlp_embedding_dim
+        self.layers = layers
+        self.dropout = dropout
+        self.loss = loss
+        self.pretrain = pretrain
+        self.alpha = alpha
+        self.pretrain_optimizer = pretrain_optimizer
+        self.pretrain_learning_rate = pretrain_learning_rate
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.reg = reg
+        self.n_negatives = n_negatives
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.valid_metric = valid_metric
+        self.patience = patience
+        self.eval_every = eval_every
+        self.init_std = init_std
+        self.device = device
+        self.seed = seed
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise ConfigError("neumf: alpha must be in [0, 1]")
+
+    def _towers(self, gen: torch.Generator) -> list[nn.Module]:
+        return [
+            _GMFTower(self.n_users, self.n_items, int(self.embedding_dim), gen,
+                      float(self.init_std)),
+            _MLPTower(self.n_users, self.n_items, int(self.mlp_embedding_dim),
+                      tuple(int(x) for x in self.layers), float(self.dropout), gen,
+                      float(self.init_std)),
+        ]
+
+    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
+        if not self.pretrain:
+            return super()._fit(train, valid)
+        shared = {k: getattr(self, k) for k in ("epochs", "batch_size", "learning_rate", "reg",
+                                                 "n_negatives", "optimizer", "weight_decay",
+                                                 "lr_schedule", "valid_metric", "patience",
+                                                 "eval_every", "init_std", "device", "seed")}
+        gmf = GMF(embedding_dim=self.embedding_dim, **shared).fit(train, valid)
+        mlp = MLP(embedding_dim=self.mlp_embedding_dim, layers=self.layers,
+                  dropout=self.dropout, loss=self.loss, **shared).fit(train, valid)
+        self._pretrained = (gmf.module_, mlp.module_)
+        saved = (self.optimizer, self.learning_rate)
+        self.optimizer, self.learning_rate = self.pretrain_optimizer, self.pretrain_learning_rate
+        try:
+            super()._fit(train, valid)
+        finally:
+            self.optimizer, self.learning_rate = saved
+            del self._pretrained
+
+    def _build(self) -> nn.Module:
+        model = super()._build()
+        pre = getattr(self, "_pretrained", None)
+        if pre is not None:
+            gmf, mlp = pre
+            a = float(self.alpha)
+            with torch.no_grad():
+                model.towers[0].load_state_dict(gmf.towers[0].state_dict())
+                model.towers[1].load_state_dict(mlp.towers[0].state_dict())
+                model.out.weight.copy_(torch.cat([a * gmf.out.weight, (1 - a) * mlp.out.weight],
+                                                 dim=1))
+                model.out.bias.copy_(a * gmf.out.bias + (1 - a) * mlp.out.bias)
+        return model
