@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from recforge.errors import DataError
 
-__all__ = ["positive_keys", "is_positive", "sample_negatives"]
+__all__ = ["positive_keys", "is_positive", "PositiveLookup", "sample_negatives"]
 
 
 def positive_keys(positives: sp.csr_matrix) -> np.ndarray:
@@ -35,19 +35,57 @@ def is_positive(keys: np.ndarray, n_items: int, users: np.ndarray, items: np.nda
     return keys[pos] == q
 
 
+#: Below this many (user, item) cells, membership is checked in a dense bitmap (one byte per
+#: cell) instead of by binary search over the positive keys.
+DENSE_LOOKUP_CELLS = 1 << 26
+
+
+class PositiveLookup:
+    """Vectorized membership test for the stored entries of a users x items CSR matrix.
+
+    Uses a dense boolean table when the matrix has at most :data:`DENSE_LOOKUP_CELLS`
+    cells (one indexing operation per query batch), else binary search over sorted keys.
+    """
+
+    def __init__(self, positives: sp.csr_matrix):
+        mat = positives.tocsr()
+        self.n_items = mat.shape[1]
+        self.dense: np.ndarray | None = None
+        self.keys: np.ndarray | None = None
+        if mat.shape[0] * mat.shape[1] <= DENSE_LOOKUP_CELLS:
+            table = np.zeros(mat.shape, dtype=bool)
+            rows = np.repeat(np.arange(mat.shape[0]), np.diff(mat.indptr))
+            table[rows, mat.indices] = True
+            self.dense = table
+        else:
+            self.keys = positive_keys(mat)
+
+    def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        if self.dense is not None:
+            return self.dense[users, items]
+        assert self.keys is not None
+        return is_positive(self.keys, self.n_items, users, items)
+
+
 def sample_negatives(positives: sp.csr_matrix, users: np.ndarray, n: int, *,
                      rng: np.random.Generator, popularity: np.ndarray | None = None,
-                     keys: np.ndarray | None = None, max_rounds: int = 50) -> np.ndarray:
+                     keys: np.ndarray | None = None, lookup: PositiveLookup | None = None,
+                     max_rounds: int = 50) -> np.ndarray:
     """``[len(users), n]`` item indices that are not positives of the matching user.
 
     Sampling is uniform over items, or proportional to ``popularity`` when given. Draws
     are with replacement across a row. Raises :class:`DataError` when a user has (almost)
-    no negative items left.
+    no negative items left. Pass a prebuilt ``lookup`` (or ``keys``) when sampling
+    repeatedly from the same positives.
     """
     users = np.asarray(users, dtype=np.int64)
     n_items = positives.shape[1]
-    if keys is None:
-        keys = positive_keys(positives)
+    if lookup is None:
+        if keys is not None:
+            def lookup(u, i):  # type: ignore[misc]
+                return is_positive(keys, n_items, u, i)
+        else:
+            lookup = PositiveLookup(positives)
     if popularity is not None:
         p = np.asarray(popularity, dtype=np.float64)
         cdf = np.cumsum(p / p.sum())
@@ -60,12 +98,12 @@ def sample_negatives(positives: sp.csr_matrix, users: np.ndarray, n: int, *,
 
     out = draw((len(users), n)).astype(np.int64)
     u = np.broadcast_to(users[:, None], out.shape)
-    bad = is_positive(keys, n_items, u, out)
+    bad = lookup(u, out)
     for _ in range(max_rounds):
         if not bad.any():
             return out
         out[bad] = draw(int(bad.sum()))
-        bad[bad] = is_positive(keys, n_items, u[bad], out[bad])
+        bad[bad] = lookup(u[bad], out[bad])
     if bad.any():
         counts = np.diff(positives.indptr)[users[bad.any(axis=1)]]
         raise DataError(f"cannot sample negatives: a user has {int(counts.max())} positives of "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recforge.errors import ConfigError
@@ -103,10 +104,10 @@ class LightGCN(GradientRecommender):
 
     name = "lightgcn"
 
-    def __init__(self, embedding_dim: int = 64, n_layers: int = 3, epochs: int = 100,
-                 batch_size: int = 16384, learning_rate: float = 0.01, reg: float = 1e-4,
-                 n_negatives: int = 1, optimizer: str = "adam", weight_decay: float = 0.0,
-                 lr_schedule: str | None = None, valid_metric: str = "ndcg@20",
+    def __init__(self, embedding_dim: int = 64, n_layers: int = 3, epochs: int = 50,
+                 batch_size: int = 16384, learning_rate: float = 0.02, reg: float = 3e-4,
+                 n_negatives: int = 4, optimizer: str = "adam", weight_decay: float = 0.0,
+                 lr_schedule: str | None = "cosine", valid_metric: str = "ndcg@20",
                  patience: int | None = None, eval_every: int = 1, init_std: float = 0.1,
                  device: str = "auto", seed: int = 0) -> None:
         self.embedding_dim = embedding_dim
@@ -140,13 +141,16 @@ class LightGCN(GradientRecommender):
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         m: _LightGCN = self.module_
-        users_emb, items_emb = m.split(m.propagate())
-        u, i, j = batch["users"], batch["items"], batch["negatives"]
-        eu = users_emb[u]
-        pos = (eu * items_emb[i]).sum(-1)
-        neg = (eu.unsqueeze(1) * items_emb[j]).sum(-1)
+        final = m.propagate()
         ego = m.embedding.weight
-        reg = losses.l2(ego[u], ego[m.n_users + i], ego[m.n_users + j.reshape(-1)])
+        u = batch["users"]
+        i = batch["items"] + m.n_users
+        j = batch["negatives"] + m.n_users  # [B, N]
+        # F.embedding's backward is a fast dense scatter; tensor indexing's is not.
+        eu = F.embedding(u, final)
+        pos = (eu * F.embedding(i, final)).sum(-1)
+        neg = (eu.unsqueeze(1) * F.embedding(j, final)).sum(-1)
+        reg = losses.l2(F.embedding(u, ego), F.embedding(i, ego), F.embedding(j.reshape(-1), ego))
         return losses.bpr(pos, neg) + float(self.reg) * reg
 
     def _prepare_scoring(self) -> None:

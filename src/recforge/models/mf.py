@@ -153,10 +153,10 @@ class BPR(GradientRecommender):
 
     name = "bpr"
 
-    def __init__(self, embedding_dim: int = 64, epochs: int = 60, batch_size: int = 4096,
-                 learning_rate: float = 0.005, reg: float = 1e-4, n_negatives: int = 1,
+    def __init__(self, embedding_dim: int = 64, epochs: int = 40, batch_size: int = 4096,
+                 learning_rate: float = 0.005, reg: float = 0.01, n_negatives: int = 4,
                  optimizer: str = "adam", weight_decay: float = 0.0,
-                 lr_schedule: str | None = None, valid_metric: str = "ndcg@20",
+                 lr_schedule: str | None = "cosine", valid_metric: str = "ndcg@20",
                  patience: int | None = None, eval_every: int = 1, init_std: float = 0.1,
                  device: str = "auto", seed: int = 0) -> None:
         self.embedding_dim = embedding_dim

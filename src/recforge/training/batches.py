@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 
 from recforge.data.interactions import Interactions
-from recforge.data.sampling import positive_keys, sample_negatives
+from recforge.data.sampling import PositiveLookup, sample_negatives
 
 __all__ = ["EpochSampler"]
 
@@ -49,11 +49,11 @@ class EpochSampler:
         self.values = torch.from_numpy(data.values_or_ones().astype(np.float32))
         self.n_events = len(data)
         self._positives: sp.csr_matrix | None = None
-        self._keys: np.ndarray | None = None
+        self._lookup: PositiveLookup | None = None
         self._popularity: np.ndarray | None = None
         if self.n_negatives > 0:
             self._positives = data.binary_csr
-            self._keys = positive_keys(self._positives)
+            self._lookup = PositiveLookup(self._positives)
             if negative_sampling == "popularity":
                 self._popularity = data.item_counts().astype(np.float64) + 1.0
 
@@ -70,7 +70,7 @@ class EpochSampler:
         negatives = None
         if self.n_negatives > 0:
             neg = sample_negatives(self._positives, users.numpy(), self.n_negatives, rng=rng,
-                                   keys=self._keys, popularity=self._popularity)
+                                   lookup=self._lookup, popularity=self._popularity)
             negatives = torch.from_numpy(neg)
         for start in range(0, len(perm), self.batch_size):
             sl = slice(start, start + self.batch_size)
