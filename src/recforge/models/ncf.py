@@ -257,10 +257,10 @@ class GMF(_NCFBase):
 
     name = "gmf"
 
-    def __init__(self, embedding_dim: int = 64, epochs: int = 30, batch_size: int = 4096,
+    def __init__(self, embedding_dim: int = 64, epochs: int = 10, batch_size: int = 4096,
                  learning_rate: float = 0.002, reg: float = 0.0, n_negatives: int = 4,
                  optimizer: str = "adam", weight_decay: float = 0.0,
-                 lr_schedule: str | None = None, valid_metric: str = "ndcg@20",
+                 lr_schedule: str | None = "cosine", valid_metric: str = "ndcg@20",
                  patience: int | None = None, eval_every: int = 1, init_std: float = 0.01,
                  device: str = "auto", seed: int = 0) -> None:
         self.embedding_dim = embedding_dim
@@ -294,10 +294,10 @@ class MLP(_NCFBase):
     name = "mlp"
 
     def __init__(self, embedding_dim: int = 64, layers: tuple[int, ...] = (128, 64),
-                 dropout: float = 0.0, loss: str = "bce", epochs: int = 30,
+                 dropout: float = 0.0, loss: str = "bce", epochs: int = 10,
                  batch_size: int = 4096, learning_rate: float = 0.002, reg: float = 0.0,
                  n_negatives: int = 4, optimizer: str = "adam", weight_decay: float = 0.0,
-                 lr_schedule: str | None = None, valid_metric: str = "ndcg@20",
+                 lr_schedule: str | None = "cosine", valid_metric: str = "ndcg@20",
                  patience: int | None = None, eval_every: int = 1, init_std: float = 0.01,
                  device: str = "auto", seed: int = 0) -> None:
         self.embedding_dim = embedding_dim
@@ -340,10 +340,10 @@ class NeuMF(_NCFBase):
     def __init__(self, embedding_dim: int = 64, mlp_embedding_dim: int = 64,
                  layers: tuple[int, ...] = (128, 64), dropout: float = 0.0, loss: str = "bce",
                  pretrain: bool = False, alpha: float = 0.5, pretrain_optimizer: str = "sgd",
-                 pretrain_learning_rate: float = 0.01, epochs: int = 30,
+                 pretrain_learning_rate: float = 0.01, epochs: int = 10,
                  batch_size: int = 4096, learning_rate: float = 0.002, reg: float = 0.0,
                  n_negatives: int = 4, optimizer: str = "adam", weight_decay: float = 0.0,
-                 lr_schedule: str | None = None, valid_metric: str = "ndcg@20",
+                 lr_schedule: str | None = "cosine", valid_metric: str = "ndcg@20",
                  patience: int | None = None, eval_every: int = 1, init_std: float = 0.01,
                  device: str = "auto", seed: int = 0) -> None:
         self.embedding_dim = embedding_dim
