@@ -67,7 +67,8 @@ class MF(GradientRecommender):
                  learning_rate: float = 0.005, reg: float = 0.25, optimizer: str = "adam",
                  weight_decay: float = 0.0, lr_schedule: str | None = "cosine",
                  valid_metric: str = "rmse", patience: int | None = None, eval_every: int = 1,
-                 init_std: float = 0.1, device: str = "auto", seed: int = 0) -> None:
+                 init_std: float = 0.1, bias_reg: float | None = None,
+                 reg_exponent: float = 1.0, device: str = "auto", seed: int = 0) -> None:
         self.embedding_dim = embedding_dim
         self.epochs = epochs
         self.batch_size = batch_size
@@ -80,6 +81,8 @@ class MF(GradientRecommender):
         self.patience = patience
         self.eval_every = eval_every
         self.init_std = init_std
+        self.bias_reg = bias_reg
+        self.reg_exponent = reg_exponent
         self.device = device
         self.seed = seed
 
@@ -89,6 +92,14 @@ class MF(GradientRecommender):
                             "use 'bpr', 'als' or another ranking model", source=train.source)
         self.mean_ = float(train.value.mean())
         self.rating_range_ = (float(train.value.min()), float(train.value.max()))
+        # Each occurrence of a user in a batch carries weight n_u^(e-1), so that over an
+        # epoch the user's L2 weight is reg * n_u^e (e = 1: the usual per-rating weight;
+        # e = 0: one weight per user, the MAP estimate under a Gaussian prior).
+        e = float(self.reg_exponent) - 1.0
+        uc = np.maximum(train.user_counts(), 1).astype(np.float64)
+        ic = np.maximum(train.item_counts(), 1).astype(np.float64)
+        self._user_reg_w = torch.from_numpy((uc ** e).astype(np.float32))
+        self._item_reg_w = torch.from_numpy((ic ** e).astype(np.float32))
 
     def _build(self) -> nn.Module:
         return _BiasedMF(self.n_users, self.n_items, int(self.embedding_dim), self.mean_,
@@ -98,8 +109,14 @@ class MF(GradientRecommender):
         m: _BiasedMF = self.module_
         u, i = batch["users"], batch["items"]
         pred = m(u, i)
-        reg = losses.l2(m.user(u), m.item(i), m.user_bias(u), m.item_bias(i))
-        return losses.mse(pred, batch["values"]) + float(self.reg) * reg
+        bias_reg = float(self.reg if self.bias_reg is None else self.bias_reg)
+        wu = self._user_reg_w.to(u.device)[u]
+        wi = self._item_reg_w.to(i.device)[i]
+        factors = (wu * m.user(u).pow(2).sum(-1) + wi * m.item(i).pow(2).sum(-1)).sum()
+        biases = (wu * m.user_bias(u).squeeze(-1).pow(2)
+                  + wi * m.item_bias(i).squeeze(-1).pow(2)).sum()
+        return (losses.mse(pred, batch["values"])
+                + (0.5 / len(u)) * (float(self.reg) * factors + bias_reg * biases))
 
     def _score_users(self, users: torch.Tensor) -> torch.Tensor:
         return self.module_.all_items(users)
