@@ -158,3 +158,48 @@ def test_train_on_named_dataset(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     meta = json.loads((tmp_path / "pop" / "meta.json").read_text())
     assert meta["n_users"] == 943
+
+
+def test_train_checkpoints_and_resume(tmp_path, csv_files, capsys):
+    """Gradient models checkpoint each epoch; --resume continues from the checkpoint and
+    ends with the same model as an uninterrupted run."""
+    train, _ = csv_files
+    args = ["train", "bpr", "--data", train, "-p", "embedding_dim=8", "-p", "epochs=3",
+            "-p", "batch_size=256", "--seed", 1]
+    code, _, err = run(args + ["--out", tmp_path / "a", "--keep-checkpoint"], capsys)
+    assert code == 0, err
+    ckpt = tmp_path / "a.checkpoint"
+    log = [json.loads(line) for line in (ckpt / "train_log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in log] == [1, 2, 3]
+
+    # A checkpoint written under other settings (here epochs=2; the cosine schedule depends
+    # on it) is refused rather than silently continued. Kill-and-resume itself is tested in
+    # test_training.py with a real SIGKILL.
+    args2 = [a if a != "epochs=3" else "epochs=2" for a in args]
+    half = tmp_path / "half"
+    code, _, err = run(args2 + ["--out", tmp_path / "b", "--checkpoint-dir", half,
+                                "--keep-checkpoint"], capsys)
+    assert code == 0, err
+    code, _, err = run(args + ["--out", tmp_path / "c", "--checkpoint-dir", half, "--resume"],
+                       capsys)
+    assert code == 2 and "resume" in err
+
+    code, _, err = run(args + ["--out", tmp_path / "d", "--checkpoint-dir", ckpt, "--resume"],
+                       capsys)
+    assert code == 0, err
+    assert not ckpt.exists(), "the checkpoint is removed after a successful run"
+    from recforge.models import Recommender
+
+    a = Recommender.load(tmp_path / "a")
+    d = Recommender.load(tmp_path / "d")
+    np.testing.assert_array_equal(a.score(np.arange(5)), d.score(np.arange(5)))
+
+
+def test_resume_errors(tmp_path, csv_files, capsys):
+    train, _ = csv_files
+    code, _, err = run(["train", "ease", "--data", train, "--out", tmp_path / "m", "--resume"],
+                       capsys)
+    assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(["train", "bpr", "--data", train, "--out", tmp_path / "m", "--resume"],
+                       capsys)
+    assert code == 2 and "no checkpoint" in err

@@ -195,8 +195,22 @@ def train(
                                                help="Keep ratings >= this as implicit positives."),
     data_dir: Path | None = typer.Option(None, "--data-dir",
                                             help="Directory holding extracted datasets."),
+    checkpoint_dir: Path | None = typer.Option(
+        None, "--checkpoint-dir", help="Where gradient models keep a checkpoint and a "
+        "per-epoch JSON log (default: OUT.checkpoint next to --out)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last "
+                                "checkpoint (same model, settings and data)."),
+    keep_checkpoint: bool = typer.Option(False, "--keep-checkpoint",
+                                         help="Keep the checkpoint directory after success."),
 ) -> None:
-    """Train MODEL on --data and save it to --out."""
+    """Train MODEL on --data and save it to --out.
+
+    Gradient models (mf, bpr, gmf, mlp, neumf, lightgcn) write a checkpoint after every
+    epoch; if the run is killed, the same command with --resume continues where it stopped.
+    """
+    import shutil
+
+    from recforge.models.gradient import GradientRecommender
     from recforge.models.registry import create_model
 
     params = _parse_params(param)
@@ -208,15 +222,27 @@ def train(
         else:
             log.info("%s is deterministic; --seed has no effect", model)
     estimator = create_model(model, **params)
+    gradient = isinstance(estimator, GradientRecommender)
+    if (resume or checkpoint_dir is not None) and not gradient:
+        raise ConfigError(f"{model} is not trained by epochs of gradient steps; --resume and "
+                          "--checkpoint-dir apply to mf, bpr, gmf, mlp, neumf and lightgcn")
+    ckpt = checkpoint_dir or out.with_name(out.name + ".checkpoint")
+    if resume and not (ckpt / "checkpoint.pt").exists():
+        raise ConfigError(f"--resume: no checkpoint in {ckpt}; run without --resume to start")
     parts = _read_specs(list(data) + ([valid] if valid else []), columns=columns, fmt=fmt,
                         duplicates=duplicates, data_dir=data_dir, min_rating=min_rating)
     valid_data = parts.pop() if valid else None
     train_data = parts[0].concat(*parts[1:]) if len(parts) > 1 else parts[0]
     log.info("training %s on %s", model, train_data)
     start = time.perf_counter()
-    estimator.fit(train_data, valid_data)
+    if gradient:
+        estimator.fit(train_data, valid_data, checkpoint_dir=ckpt, resume=resume)
+    else:
+        estimator.fit(train_data, valid_data)
     seconds = time.perf_counter() - start
     estimator.save(out)
+    if gradient and not keep_checkpoint:
+        shutil.rmtree(ckpt, ignore_errors=True)
     console.print(f"trained {model} on {len(train_data):,} events in {seconds:.2f}s; "
                   f"saved to {out}")
 
