@@ -134,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     if names == ["all"]:
         from recforge.models.registry import available_models
 
+        # Every model that can run on this data: rating models need ratings, and models
+        # that need item features are benchmarked by bench_content.py.
         names = [n for n in available_models()
-                 if not (get_model_class(n).predicts_ratings and "ranking_train" not in data)]
+                 if not (create_model(n).predicts_ratings and "ranking_train" not in data)
+                 and not getattr(get_model_class(n), "requires_item_features", False)]
     for name in names:
         cls = get_model_class(name)
         model = create_model(name, **params.get(name, {}))
@@ -152,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             if cls.predicts_ratings:
                 rating = evaluate(model, train, data["test"], metrics="rmse,mae")
                 result.summary.update(rating.summary)
-        history = getattr(model, "history_", None)
+        history = getattr(model, "history_", None)  # per-epoch log of gradient models
+        if not isinstance(history, list):
+            history = None
         epochs = len(history) if history else model.get_params().get("epochs")
         if history:
             s_per_epoch = sum(h["seconds"] for h in history) / len(history)
@@ -171,10 +176,16 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"{name}: fit {fit_s:.2f}s, eval {result.seconds:.2f}s, "
                       + ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items()))
 
+    out = args.out or REPO / "benchmarks" / "results" / f"{args.dataset}.json"
+    if args.models != "all" and out.is_file():
+        # A run of some models updates their rows and keeps the others' earlier figures.
+        ran = {r["model"] for r in rows}
+        earlier = [r for r in json.loads(out.read_text())["results"] if r["model"] not in ran]
+        rows = sorted(earlier + rows, key=lambda r: r["model"])
     table = Table(title=f"{args.dataset} ({data['desc']}), full ranking, training items excluded")
-    cost_cols = ("fit_s", "epochs", "s_per_epoch", "eval_s", "peak_rss_mb")
+    cost_cols = ("fit_s", "epochs", "s_per_epoch", "eval_s", "peak_delta_mb")
     metric_cols = list(dict.fromkeys(c for r in rows for c in r if c not in (
-        "model", "params", "eval_users", "peak_delta_mb", *cost_cols)))
+        "model", "params", "eval_users", "peak_rss_mb", *cost_cols)))
     for c in ["model", *metric_cols, *cost_cols]:
         table.add_column(c, justify="left" if c == "model" else "right")
     for r in rows:
@@ -184,7 +195,6 @@ def main(argv: list[str] | None = None) -> int:
         _write_markdown(args.markdown, args.dataset, data["desc"], rows, metric_cols, cost_cols)
         console.print(f"updated {args.markdown}")
 
-    out = args.out or REPO / "benchmarks" / "results" / f"{args.dataset}.json"
     payload = {
         "dataset": args.dataset,
         "protocol": data["desc"],
@@ -208,7 +218,7 @@ def _fmt(value: Any, col: str) -> str:
         return str(value)
     if col in ("fit_s", "s_per_epoch", "eval_s"):
         return f"{value:.2f}"
-    if col == "peak_rss_mb":
+    if col in ("peak_rss_mb", "peak_delta_mb"):
         return f"{value:.0f}"
     return f"{value:.4f}"
 

@@ -48,10 +48,14 @@ class ModelConformance:
         """The data the shared ``fitted`` fixture trains on (override, e.g. add ratings)."""
         return data
 
+    def fit_model(self, model: Recommender, data: Interactions) -> Recommender:
+        """How the suite fits (override, e.g. to pass item features)."""
+        return model.fit(data)
+
     # -- the oracle -----------------------------------------------------------------------
     def test_checkerboard_oracle(self):
         train, test = checkerboard(20)
-        model = self.make().fit(train)
+        model = self.fit_model(self.make(), train)
         recs = model.recommend([f"user{u}" for u in range(20)], k=1)
         if not model.personalized:
             # A non-personalised model can only return the most popular unseen item.
@@ -106,7 +110,7 @@ class ModelConformance:
         assert fitted.recommend([], k=3).empty
         empty = random_data.subset(np.zeros(len(random_data), dtype=bool))
         with pytest.raises(DataError):
-            self.make().fit(empty)
+            self.fit_model(self.make(), empty)
 
     def test_score_shapes(self, fitted, random_data):
         s = fitted.score([0, 1, 2])
@@ -146,8 +150,8 @@ class ModelConformance:
             Recommender.load(path)
 
     def test_deterministic_with_seed(self, random_data):
-        a = self.make(**self._seed_kw(7)).fit(random_data)
-        b = self.make(**self._seed_kw(7)).fit(random_data)
+        a = self.fit_model(self.make(**self._seed_kw(7)), random_data)
+        b = self.fit_model(self.make(**self._seed_kw(7)), random_data)
         users = np.arange(random_data.n_users)
         assert torch.equal(a.score(users), b.score(users))
 
@@ -170,3 +174,36 @@ class ModelConformance:
         assert list(sims.columns) == ["item", "similar", "rank", "score"]
         assert not (sims["item"] == sims["similar"]).any()
         assert sims.groupby("item").size().max() <= 4
+
+    # -- users the model never saw ---------------------------------------------------------
+    def test_recommend_for_history(self, fitted, random_data):
+        if not fitted.supports_history:
+            with pytest.raises(ModelError, match="cannot score a history"):
+                fitted.recommend_for_history(random_data.items.ids[:3], k=3)
+            return
+        hist = random_data.items.ids[random_data.csr[0].indices[:5]]
+        recs = fitted.recommend_for_history(hist, k=5)
+        assert list(recs.columns) == ["item", "rank", "score"]
+        assert recs["rank"].tolist() == [1, 2, 3, 4, 5]
+        assert np.isfinite(recs["score"]).all()
+        assert not set(hist.tolist()) & set(recs["item"].tolist())
+        with pytest.raises(ModelError, match="unknown to the model"):
+            fitted.recommend_for_history([*hist.tolist(), "no-such-item"], k=5)
+        skipped = fitted.recommend_for_history([*hist.tolist(), "no-such-item"], k=5,
+                                               unknown="skip")
+        assert skipped.attrs["unknown_items"] == ["no-such-item"]
+        pd.testing.assert_frame_equal(skipped, recs)
+        cands = random_data.items.ids[:8]
+        some = fitted.recommend_for_history(hist, k=20, candidates=cands)
+        assert set(some["item"]) <= set(cands.tolist())
+
+    def test_history_oracle(self):
+        """A new user whose history is user 0's checkerboard row gets user 0's held-out
+        item first."""
+        model = self.make()
+        if not model.supports_history or not model.personalized:
+            pytest.skip(f"{self.model_name} does not score histories")
+        train, _ = checkerboard(20)
+        model = self.fit_model(model, train)
+        hist = [f"item{j}" for j in range(2, 20, 2)]
+        assert model.recommend_for_history(hist, k=1)["item"].tolist() == ["item0"]

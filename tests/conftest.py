@@ -81,4 +81,4 @@ def random_data() -> Interactions:
 def fitted(request, random_data):
     """The model of a ModelConformance test class, fitted once per class (do not modify)."""
     suite = request.cls()
-    return suite.make().fit(suite.training_data(random_data))
+    return suite.fit_model(suite.make(), suite.training_data(random_data))

@@ -203,3 +203,34 @@ def test_resume_errors(tmp_path, csv_files, capsys):
     code, _, err = run(["train", "bpr", "--data", train, "--out", tmp_path / "m", "--resume"],
                        capsys)
     assert code == 2 and "no checkpoint" in err
+
+
+def test_content_model_with_item_features_and_history(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    items = pd.DataFrame({"item": np.arange(40), "genres": [f"g{i % 4}|h{i % 3}"
+                                                             for i in range(40)],
+                          "year": 1950 + np.arange(40)})
+    items_path = tmp_path / "items.csv"
+    items.to_csv(items_path, index=False)
+    rows = {(u, int(i)) for u in range(30) for i in rng.choice(np.arange(u % 4, 36, 4), 5)}
+    inter = tmp_path / "inter.csv"
+    pd.DataFrame(sorted(rows), columns=["user", "item"]).to_csv(inter, index=False)
+    out = tmp_path / "content"
+    code, _, err = run(["train", "content", "--data", inter, "--item-features", items_path,
+                        "--out", out], capsys)
+    assert code == 0, err
+    # Items 36..39 have no events but features: they are in the catalogue.
+    recs_path = tmp_path / "hist.csv"
+    code, out_text, err = run(["recommend", "--model", out, "--history", "0,4,8,999", "--k", 3,
+                               "--out", recs_path], capsys)
+    assert code == 0, err
+    assert "999" in out_text  # the unknown id is reported
+    recs = pd.read_csv(recs_path)
+    assert list(recs.columns) == ["item", "rank", "score"]
+    assert set(recs["item"]) <= set(range(0, 40, 4))  # same genre g0 as the history
+
+    code, _, err = run(["train", "content", "--data", inter, "--out", tmp_path / "x"], capsys)
+    assert code == 2 and "--item-features" in err
+    code, _, err = run(["train", "ease", "--data", inter, "--item-features", items_path,
+                        "--out", tmp_path / "y"], capsys)
+    assert code == 2 and "does not use item features" in err

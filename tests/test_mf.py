@@ -28,6 +28,20 @@ class TestMF(ModelConformance):
     def test_checkerboard_oracle(self):
         pytest.skip("mf fits ratings; the oracle needs a ranking objective (tested for bpr)")
 
+    def test_history_oracle(self, random_data):
+        """Folding in a trained user's own ratings gives nearly that user's scores."""
+        data = rated(random_data)
+        model = self.make(epochs=40).fit(data)
+        corr = []
+        for u in range(5):
+            row = data.csr[u]
+            recs = model.recommend_for_history(data.items.ids[row.indices], values=row.data,
+                                               k=data.n_items, exclude_history=False)
+            folded = recs.set_index("item")["score"].reindex(data.items.ids).to_numpy()
+            trained = model.score([u])[0].numpy()
+            corr.append(np.corrcoef(folded, trained)[0, 1])
+        assert np.mean(corr) > 0.5, corr
+
     def test_save_load_identical(self, random_data, tmp_path):
         data = rated(random_data)
         model = self.make().fit(data)

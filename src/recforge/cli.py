@@ -81,6 +81,27 @@ def _read_specs(specs: list[str], *, columns: str | None, fmt: str | None, dupli
     return parts
 
 
+def _item_features(model: str, estimator: Any, data: list[str], path: Path | None,
+                   id_column: str | None, data_dir: Path | None) -> Any:
+    """Item features for models that use them: --item-features, or a named dataset's
+    metadata; a clear error when a model needs them and there are none."""
+    from recforge.data.datasets import is_named_dataset, load_bundle
+    from recforge.data.features import movielens_item_features, read_features
+
+    uses = getattr(estimator, "uses_item_features", False)
+    if path is not None:
+        if not uses:
+            raise ConfigError(f"{model} does not use item features; --item-features applies "
+                              "to content and hybrid")
+        return read_features(path, id_column)
+    if uses and len(data) == 1 and is_named_dataset(data[0]):
+        return movielens_item_features(load_bundle(data[0], data_dir=data_dir))
+    if getattr(estimator, "requires_item_features", False):
+        raise ConfigError(f"{model} needs item features: pass --item-features FILE (an item "
+                          "table with an id column) or train on a MovieLens dataset name")
+    return None
+
+
 def _write_frame(frame: pd.DataFrame, out: Path) -> None:
     suffix = out.suffix.lower()
     with atomic_path(out) as tmp:
@@ -202,6 +223,13 @@ def train(
                                 "checkpoint (same model, settings and data)."),
     keep_checkpoint: bool = typer.Option(False, "--keep-checkpoint",
                                          help="Keep the checkpoint directory after success."),
+    item_features: Path | None = typer.Option(
+        None, "--item-features", help="Item table (CSV / TSV / Parquet) for content and "
+        "hybrid models: an id column and feature columns (kinds inferred: numbers, "
+        "categories such as 'Comedy|Drama', free text). MovieLens names use their metadata."),
+    item_id_column: str | None = typer.Option(None, "--item-id-column",
+                                              help="Id column of --item-features "
+                                                   "(default: item, id or the first)."),
 ) -> None:
     """Train MODEL on --data and save it to --out.
 
@@ -233,12 +261,17 @@ def train(
                         duplicates=duplicates, data_dir=data_dir, min_rating=min_rating)
     valid_data = parts.pop() if valid else None
     train_data = parts[0].concat(*parts[1:]) if len(parts) > 1 else parts[0]
+    fit_kw: dict[str, Any] = {}
+    feats = _item_features(model, estimator, data, item_features, item_id_column, data_dir)
+    if feats is not None:
+        fit_kw["item_features"] = feats
+        log.info("item features: %s", feats)
     log.info("training %s on %s", model, train_data)
     start = time.perf_counter()
     if gradient:
-        estimator.fit(train_data, valid_data, checkpoint_dir=ckpt, resume=resume)
+        estimator.fit(train_data, valid_data, checkpoint_dir=ckpt, resume=resume, **fit_kw)
     else:
-        estimator.fit(train_data, valid_data)
+        estimator.fit(train_data, valid_data, **fit_kw)
     seconds = time.perf_counter() - start
     estimator.save(out)
     if gradient and not keep_checkpoint:
@@ -258,11 +291,25 @@ def recommend(
     unknown: str = typer.Option("error", "--unknown", help="Unknown users: error, skip or "
                                 "popular."),
     out: Path = typer.Option(..., "--out", help="Output .csv / .tsv / .parquet file."),
+    history: str | None = typer.Option(
+        None, "--history", help="Recommend for a user the model never saw from these item "
+        "ids (comma-separated, e.g. a session) instead of --users; columns item,rank,score."),
 ) -> None:
     """Top-K recommendations: columns user,item,rank,score (external ids)."""
     est = _load_model(model)
     if k < 1:
         raise ConfigError(f"--k must be >= 1, got {k}")
+    if history is not None:
+        items = [x.strip() for x in history.split(",") if x.strip()]
+        if not items:
+            raise ConfigError("--history needs at least one item id")
+        recs = est.recommend_for_history(items, k=k, unknown="skip")
+        if recs.attrs.get("unknown_items"):
+            console.print(f"[yellow]left out item ids unknown to the model: "
+                          f"{recs.attrs['unknown_items']}[/yellow]")
+        _write_frame(recs, out)
+        console.print(f"wrote {len(recs):,} recommendations for the history to {out}")
+        return
     user_ids = est.users_.ids if users == "all" else _read_user_list(Path(users))
     recs = est.recommend(user_ids, k=k, include_seen=include_seen, unknown=unknown)  # type: ignore[arg-type]
     _write_frame(recs, out)

@@ -97,7 +97,7 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
              metrics: str | Sequence[str | Metric] = ("recall@20", "ndcg@20"),
              protocol: Literal["full", "sampled"] = "full", n_negatives: int = 100,
              exclude_seen: bool = True, batch_size: int | None = None,
-             seed: int = 0) -> EvaluationResult:
+             candidates: Any = None, seed: int = 0) -> EvaluationResult:
     """Evaluate ``model`` on ``test``.
 
     Parameters
@@ -117,6 +117,9 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
         ``"gini@10"``, ``"novelty@10"``, ``"rmse"``, ``"mae"``.
     protocol:
         ``"full"`` (default) or ``"sampled"`` (1 held-out item vs ``n_negatives``).
+    candidates:
+        External item ids to rank among (full protocol), e.g. the held-out items of a
+        cold-start split; test events of other items are left out (counted in ``notes``).
     """
     model._check_fitted()
     start = time.perf_counter()
@@ -130,6 +133,24 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
     n_users, n_items = model.n_users, model.n_items
 
     tu, ti, tv = _to_model_space(model, test, "test")
+    cand_idx = None
+    if candidates is not None:
+        if protocol != "full":
+            raise ConfigError("candidates work with the full protocol")
+        cand_idx = model.items_.index(candidates)
+        if (cand_idx < 0).any():
+            bad = np.atleast_1d(np.asarray(candidates, dtype=object))[cand_idx < 0]
+            raise ConfigError(f"{len(bad)} candidate item id(s) unknown to the model, e.g. "
+                              f"{bad[:5].tolist()}")
+        cand_idx = np.unique(cand_idx)
+        inside = np.isin(ti, cand_idx)
+        if not inside.all():
+            notes.append(f"{int((~inside).sum())} test events of items outside the "
+                         "candidates were left out")
+            tu, ti = tu[inside], ti[inside]
+            tv = tv[inside] if tv is not None else None
+        if len(tu) == 0:
+            raise DataError("no test event is of a candidate item", source=test.source)
     unknown_user = tu < 0
     if unknown_user.any():
         notes.append(f"{int(unknown_user.sum())} test events of "
@@ -166,7 +187,8 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
         relevant.sum_duplicates()
         eval_users = np.flatnonzero(n_rel > 0)
         kmax = max(m.k for m in ranking)
-        hits, recs = _full_ranking(model, eval_users, relevant, exclude, kmax, batch_size)
+        hits, recs = _full_ranking(model, eval_users, relevant, exclude, kmax, batch_size,
+                                   cand_idx)
         users_out = eval_users
         nr = n_rel[eval_users]
         pop_share = model.item_popularity_ / max(1, n_users)
@@ -227,14 +249,15 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
 
 
 def _full_ranking(model: Recommender, users: np.ndarray, relevant: sp.csr_matrix,
-                  exclude: sp.csr_matrix | None, k: int, batch_size: int | None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  exclude: sp.csr_matrix | None, k: int, batch_size: int | None,
+                  candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Hit matrix ``[n, k]`` and recommended item indices ``[n, k]`` (-1 for empty slots)."""
     hits = np.zeros((len(users), k), dtype=bool)
     recs = np.full((len(users), k), -1, dtype=np.int64)
     pos = 0
     rel = relevant.tocsr()
-    for ub, items, scores in model.iter_top_k(users, k, exclude=exclude, batch_size=batch_size):
+    for ub, items, scores in model.iter_top_k(users, k, exclude=exclude, batch_size=batch_size,
+                                              candidates=candidates):
         b, kk = items.shape
         it = items.numpy()
         valid = torch.isfinite(scores).numpy()

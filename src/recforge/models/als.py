@@ -59,7 +59,7 @@ import torch
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError, ModelError
-from recforge.models.base import Recommender
+from recforge.models.base import Recommender, fold_in_implicit
 
 log = logging.getLogger(__name__)
 
@@ -391,6 +391,20 @@ class ALS(Recommender):
     def _score(self, users: torch.Tensor) -> torch.Tensor:
         u = self.user_factors_[users.to(self.device_)]
         return (u @ self.item_factors_.T).cpu()
+
+    supports_history = True
+
+    def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
+        """Fold-in: the user half-step of ALS for this history against the item factors."""
+        w = (np.ones(len(items), np.float32) if self.binary or values is None
+             else values.astype(np.float32))
+        if self.binary is False and (w < 0).any():
+            raise DataError("als with binary=False needs history values >= 0")
+        reg = float(self.reg)
+        if float(self.reg_exponent) != 0:
+            reg *= (self.n_items + float(self.alpha) * float(w.sum())) ** float(self.reg_exponent)
+        x = fold_in_implicit(self.item_factors_, items, w, float(self.alpha), reg)
+        return (self.item_factors_.float() @ x).cpu()
 
     def _item_embeddings(self) -> torch.Tensor:
         return self.item_factors_.cpu()

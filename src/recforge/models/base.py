@@ -324,6 +324,88 @@ class Recommender:
             out = out.reset_index(drop=True)
         return out
 
+    # ----------------------------------------------------------------------------------
+    # users the model never saw
+    #: Whether :meth:`recommend_for_history` works (the model overrides ``_score_history``).
+    supports_history: ClassVar[bool] = False
+
+    def recommend_for_history(self, items: Any, k: int = 10, *, values: Any = None,
+                              exclude_history: bool = True, candidates: Any = None,
+                              unknown: Literal["error", "skip"] = "error") -> pd.DataFrame:
+        """Top-``k`` items for a user the model never saw, from a list of item ids (a
+        session, an anonymous cart, a new sign-up's first ratings).
+
+        ``values`` gives a rating or weight per item (default: 1 each, or for rating models
+        the top of the training rating range). Returns columns ``item, rank, score``; the
+        history's own items are left out unless ``exclude_history=False``. Item ids the
+        model does not know raise :class:`ModelError` (``unknown="error"``) or are left
+        out (``"skip"``) and listed in ``frame.attrs["unknown_items"]``, never dropped
+        silently.
+        """
+        self._check_fitted()
+        if not self.supports_history:
+            supported = ", ".join(sorted(_history_models()))
+            raise ModelError(f"{self.name!r} cannot score a history it was not trained on; "
+                             f"models that can: {supported}")
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        if unknown not in ("error", "skip"):
+            raise ConfigError(f"unknown must be 'error' or 'skip', got {unknown!r}")
+        ext = np.atleast_1d(np.asarray(items, dtype=object if not isinstance(items, np.ndarray)
+                                       else None))
+        vals = (None if values is None
+                else np.atleast_1d(np.asarray(values, dtype=np.float32)).ravel())
+        if vals is not None and len(vals) != len(ext):
+            raise ConfigError(f"{len(vals)} values for {len(ext)} items")
+        if vals is not None and not np.isfinite(vals).all():
+            raise DataError("history values must be finite numbers")
+        idx = self.items_.index(ext) if len(ext) else np.empty(0, np.int64)
+        bad = ext[idx < 0]
+        if len(bad) and unknown == "error":
+            raise ModelError(f"{len(bad)} item id(s) unknown to the model: {bad[:10].tolist()}"
+                             " (pass unknown='skip' to leave them out)")
+        keep = idx >= 0
+        idx = idx[keep].astype(np.int64)
+        vals = vals[keep] if vals is not None else None
+        if not len(idx):
+            raise ModelError("none of the history's items is known to the model"
+                             + (f": {bad[:10].tolist()}" if len(bad) else " (empty history)"))
+        if len(idx):  # one entry per item: a repeated item keeps its last value
+            _, last = np.unique(idx[::-1], return_index=True)
+            pick = np.sort(len(idx) - 1 - last)
+            idx = idx[pick]
+            vals = vals[pick] if vals is not None else None
+        with torch.no_grad():
+            scores = self._score_history(idx, vals).float().reshape(1, -1).clone()
+        if exclude_history and len(idx):
+            scores[0, torch.from_numpy(idx)] = -math.inf
+        if candidates is not None:
+            cand = self.items_.index(candidates)
+            if (cand < 0).any():
+                badc = np.atleast_1d(np.asarray(candidates, dtype=object))[cand < 0]
+                raise ModelError(f"unknown candidate item id(s): {badc[:5].tolist()}")
+            mask = torch.ones(scores.shape[1], dtype=torch.bool)
+            mask[torch.from_numpy(cand)] = False
+            scores[0, mask] = -math.inf
+        top = torch.topk(scores, min(int(k), scores.shape[1]), dim=1)
+        frame = self._frame(np.zeros(1, dtype=object), top.indices, top.values).drop(
+            columns="user")
+        frame.attrs["unknown_items"] = bad.tolist()
+        return frame
+
+    def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
+        """Scores ``[n_items]`` for an unseen user with these item indices (override and
+        set ``supports_history = True``)."""
+        raise NotImplementedError
+
+    def _history_row(self, items: np.ndarray, values: np.ndarray | None,
+                     binary: bool = True) -> sp.csr_matrix:
+        """The history as a ``1 x n_items`` CSR row (ones when ``binary`` or no values)."""
+        data = (np.ones(len(items), np.float32) if binary or values is None
+                else values.astype(np.float32))
+        return sp.csr_matrix((data, (np.zeros(len(items), np.int64), items)),
+                             shape=(1, self.n_items))
+
     def _frame(self, ext_users: np.ndarray, items: torch.Tensor, scores: torch.Tensor
                ) -> pd.DataFrame:
         b, k = items.shape
@@ -528,6 +610,30 @@ class Recommender:
         state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         model._restore(state, meta.get("extra", {}))
         return model
+
+
+def _history_models() -> list[str]:
+    from recforge.models.registry import available_models, get_model_class
+
+    return [n for n in available_models() if getattr(get_model_class(n), "supports_history",
+                                                      False)]
+
+
+def fold_in_implicit(item_factors: torch.Tensor, items: np.ndarray, weights: np.ndarray | None,
+                     alpha: float, reg: float) -> torch.Tensor:
+    """A user vector for an unseen history against fixed item factors ``Y`` (Hu et al.
+    2008): ``(Y'Y + alpha Y_h' R Y_h + reg I) x = Y_h' (1 + alpha r)`` with ``r`` the
+    history's weights (ones by default): the weighted least-squares solve ALS makes for
+    every user, here for one."""
+    y = item_factors.float()
+    d = y.shape[1]
+    w = torch.ones(len(items)) if weights is None else torch.from_numpy(
+        np.asarray(weights, np.float32))
+    w = w.to(y.device)
+    yh = y[torch.from_numpy(items).to(y.device)]
+    a = y.T @ y + alpha * (yh.T * w) @ yh + reg * torch.eye(d, device=y.device)
+    b = yh.T @ (1.0 + alpha * w)
+    return torch.linalg.solve(a.double(), b.double()).float()
 
 
 def _write_vocab(path: Path, vocab: Vocabulary) -> None:

@@ -59,6 +59,14 @@ class EASE(Recommender):
         # fastest option on CPU (it does nnz * n_items work, not n_users * n_items^2).
         return torch.from_numpy(self.history_[users.numpy()] @ self.weights_.numpy())
 
+    supports_history = True
+
+    def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
+        w = self.weights_[torch.from_numpy(items)]
+        if self.binary or values is None:
+            return w.sum(0)
+        return torch.from_numpy(values.astype(np.float32)) @ w
+
     def _item_similarity(self, items: torch.Tensor) -> torch.Tensor:
         # Row i of B: how much having i predicts each other item.
         return self.weights_[items]

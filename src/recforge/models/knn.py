@@ -90,6 +90,12 @@ class ItemKNN(Recommender):
         block = self.history_[users.numpy()] @ self.similarity_
         return torch.from_numpy(np.asarray(block.toarray(), dtype=np.float32))
 
+    supports_history = True
+
+    def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
+        row = self._history_row(items, values, binary=bool(self.binary)) @ self.similarity_
+        return torch.from_numpy(np.asarray(row.toarray(), dtype=np.float32)).ravel()
+
     def _item_similarity(self, items: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.similarity_[items.numpy()].toarray())
 

@@ -137,6 +137,28 @@ class MF(GradientRecommender):
             pred = self.module_(u, i).clamp(*self.rating_range_)
         return pred.float().cpu().numpy()
 
+    supports_history = True
+
+    def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
+        """Fold-in: a ridge solve for the new user's factors and bias against the item
+        factors, with the L2 weights training gave a user with this many ratings.
+        Without ``values`` every item counts as rated at the top of the rating range."""
+        m: _BiasedMF = self.module_
+        q = m.item.weight.detach().double().cpu()
+        bi = m.item_bias.weight.detach().double().cpu().ravel()
+        r = (np.full(len(items), self.rating_range_[1]) if values is None
+             else values.astype(np.float64))
+        idx = torch.from_numpy(items)
+        target = torch.from_numpy(r) - self.mean_ - bi[idx]
+        x = torch.cat([q[idx], torch.ones(len(items), 1, dtype=torch.float64)], dim=1)
+        n = max(len(items), 1) ** float(self.reg_exponent)
+        bias_reg = float(self.reg if self.bias_reg is None else self.bias_reg)
+        lam = torch.full((x.shape[1],), 0.5 * float(self.reg) * n, dtype=torch.float64)
+        lam[-1] = max(0.5 * bias_reg * n, 1e-6)
+        theta = torch.linalg.solve(x.T @ x + torch.diag(lam), x.T @ target)
+        scores = self.mean_ + bi + q @ theta[:-1] + theta[-1]
+        return scores.float()
+
     def _item_embeddings(self) -> torch.Tensor:
         return self.module_.item.weight.detach().cpu()
 

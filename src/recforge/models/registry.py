@@ -28,6 +28,9 @@ BUILTIN: dict[str, str] = {
     "mlp": "recforge.models.ncf:MLP",
     "neumf": "recforge.models.ncf:NeuMF",
     "lightgcn": "recforge.models.lightgcn:LightGCN",
+    "content": "recforge.models.content:ContentBased",
+    "hybrid": "recforge.models.hybrid:Hybrid",
+    "hybrid_bpr": "recforge.models.hybrid:HybridBPR",
 }
 
 

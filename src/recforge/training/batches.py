@@ -34,7 +34,9 @@ class EpochSampler:
     n_negatives:
         Negatives drawn per event (0 for pointwise rating batches).
     negative_sampling:
-        ``"uniform"`` over items, or ``"popularity"`` (proportional to item counts).
+        ``"uniform"`` over items, ``"popularity"`` (proportional to item counts), or
+        ``"observed"`` (uniform over the items with at least one event: items held out
+        whole, such as cold-start items, are never drawn).
     """
 
     def __init__(self, data: Interactions, batch_size: int, n_negatives: int = 0, *,
@@ -56,6 +58,11 @@ class EpochSampler:
             self._lookup = PositiveLookup(self._positives)
             if negative_sampling == "popularity":
                 self._popularity = data.item_counts().astype(np.float64) + 1.0
+            elif negative_sampling == "observed":
+                self._popularity = (data.item_counts() > 0).astype(np.float64)
+            elif negative_sampling != "uniform":
+                raise ValueError(f"negative_sampling must be uniform, popularity or observed, "
+                                 f"not {negative_sampling!r}")
 
     def steps_per_epoch(self) -> int:
         n = len(range(self.rank, self.n_events, self.world))
