@@ -30,7 +30,7 @@ test: install-dev
 
 bench: install-dev
 	$(PY) benchmarks/bench_models.py --dataset ml-1m-implicit --models all --markdown docs/benchmarks.md
-	$(PY) benchmarks/bench_models.py --dataset ml-100k --models mf --metrics rmse,mae --markdown docs/benchmarks.md
+	$(PY) benchmarks/bench_models.py --dataset ml-100k --models mf --markdown docs/benchmarks.md
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -140,11 +140,10 @@ def main(argv: list[str] | None = None) -> int:
                  if not (create_model(n).predicts_ratings and "ranking_train" not in data)
                  and not getattr(get_model_class(n), "requires_item_features", False)]
     for name in names:
-        cls = get_model_class(name)
         model = create_model(name, **params.get(name, {}))
         train = data["train"]
         metrics = args.metrics
-        if not cls.predicts_ratings and "ranking_train" in data:
+        if not model.predicts_ratings and "ranking_train" in data:
             train = data["ranking_train"]
         with PeakMemory() as mem:
             t0 = time.perf_counter()
@@ -152,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             fit_s = time.perf_counter() - t0
             test = data["ranking_test"]
             result = evaluate(model, train, test, metrics=metrics)
-            if cls.predicts_ratings:
+            if model.predicts_ratings:
                 rating = evaluate(model, train, data["test"], metrics="rmse,mae")
                 result.summary.update(rating.summary)
         history = getattr(model, "history_", None)  # per-epoch log of gradient models

@@ -130,7 +130,8 @@ def test_console_script_exit_code(tmp_path):
 def test_quickstart_on_synthetic(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RECFORGE_DATA_DIR", str(tmp_path / "nothing-here"))
     monkeypatch.setenv("RECFORGE_CACHE_DIR", str(tmp_path / "cache"))
-    code, out, err = run(["quickstart", "--out", tmp_path / "qs", "--models", "pop,ease"], capsys)
+    code, out, err = run(["quickstart", "--out", tmp_path / "qs", "--models", "pop,ease,content"],
+                         capsys)
     assert code == 0, err
     flat = " ".join(out.split())
     assert "generated dataset" in flat and "NDCG@10" in flat
@@ -234,3 +235,19 @@ def test_content_model_with_item_features_and_history(tmp_path, capsys):
     code, _, err = run(["train", "ease", "--data", inter, "--item-features", items_path,
                         "--out", tmp_path / "y"], capsys)
     assert code == 2 and "does not use item features" in err
+
+
+def test_train_content_on_movielens_name_uses_its_metadata(tmp_path, capsys):
+    from conftest import shared_path
+
+    base = shared_path("ml-latest-small").parent
+    out = tmp_path / "m"
+    code, _, err = run(["train", "content", "--data", "ml-latest-small", "--data-dir", base,
+                        "--min-rating", 3.5, "--out", out], capsys)
+    assert code == 0, err
+    from recforge.models import Recommender
+
+    model = Recommender.load(out)
+    assert {"genres", "tags", "title", "year"} <= set(model.item_features_.groups)
+    # 9,742 movies in movies.csv; the ratings cover fewer: every movie is recommendable.
+    assert model.n_items == 9742

@@ -52,12 +52,18 @@ def run_quickstart(*, out: Path, data_dir: Path | None = None, k: int = 10,
                   f"learn from ratings >= 4, rating models from all ratings; relevant test "
                   f"items are those rated >= 4")
     metrics = [f"ndcg@{k}", f"recall@{k}", f"precision@{k}", f"mrr@{k}", f"coverage@{k}"]
+    from recforge.data.features import movielens_item_features
+
+    item_features = movielens_item_features(bundle)
     rows = []
     for model_name in models or available_models():
         model = create_model(model_name)
         fit_data = split.train if model.predicts_ratings else train_pos
         start = time.perf_counter()
-        model.fit(fit_data)
+        if getattr(model, "uses_item_features", False):
+            model.fit(fit_data, item_features=item_features)
+        else:
+            model.fit(fit_data)
         fit_s = time.perf_counter() - start
         # Everything the user rated in training is excluded from their ranking.
         result = evaluate(model, split.train, test_pos, metrics=metrics)
@@ -72,11 +78,14 @@ def run_quickstart(*, out: Path, data_dir: Path | None = None, k: int = 10,
     cols = ["model", f"NDCG@{k}", f"Recall@{k}", f"Precision@{k}", f"MRR@{k}", f"Coverage@{k}",
             "RMSE", "fit s", "eval s"]
     for c in cols:
-        table.add_column(c, justify="left" if c == "model" else "right")
+        table.add_column(c, justify="left" if c == "model" else "right", no_wrap=True,
+                         min_width=len(c) if c != "model" else max(len(r["model"]) for r in rows))
     for r in rows:
         table.add_row(*[r[c] if c == "model" else "-" if r[c] != r[c]
                         else f"{r[c]:.2f}" if c.endswith(" s") else f"{r[c]:.4f}" for c in cols])
-    console.print(table)
+    # Piped output has no terminal width: do not crop the leaderboard to 80 columns.
+    console.print(table, width=None if console.is_terminal else max(console.width, 120),
+                  crop=False)
     best = rows[0]["model"]
     console.print(f"Best: [bold]{best}[/bold]. Models saved under {out}/. Recommend with:\n"
                   f"  recforge recommend --model {out / best} --k 10 --out recommendations.csv")
