@@ -281,6 +281,20 @@ def train(
 
 
 @app.command()
+def run(
+    experiment: Path = typer.Argument(..., help="Experiment YAML file (see docs/experiments.md)."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default: "
+                                    "runs/NAME)."),
+) -> None:
+    """Run an experiment: every model of the config on its split; leaderboard and results."""
+    from recforge.experiment.config import load_config
+    from recforge.experiment.runner import run_experiment
+
+    cfg = load_config(experiment)
+    run_experiment(cfg, out or Path("runs") / cfg.name, console=console)
+
+
+@app.command()
 def recommend(
     model: Path = typer.Option(..., "--model", help="Directory of a trained model."),
     k: int = typer.Option(10, "--k", help="Recommendations per user."),

@@ -1,0 +1,390 @@
+"""Run an experiment: data -> split -> every model (and seed) -> evaluation -> leaderboard.
+
+:func:`run_experiment` writes into its output directory:
+
+- ``results.json``: the resolved config, the data and split used, library versions, one
+  leaderboard row per model (mean, 95% bootstrap interval per metric, fit and evaluation
+  seconds, paired test against the best model) and one entry per (model, seed) run;
+- ``results.csv``: the leaderboard as a table;
+- ``per_user.parquet``: every user's metric values per model and seed;
+- ``config.yaml``: the resolved config (re-runnable as is);
+- ``models/LABEL/`` (``models/LABEL/seed-N/`` with several seeds): the trained artefacts.
+
+Everything is written atomically; a re-run with the same config and seeds gives the same
+numbers on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from recforge._fs import atomic_path, atomic_write_text
+from recforge.data.interactions import Interactions
+from recforge.errors import ConfigError
+from recforge.experiment.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PreparedData", "ExperimentResult", "prepare_data", "run_experiment",
+           "leaderboard_table"]
+
+
+@dataclass
+class PreparedData:
+    """The split an experiment runs on.
+
+    ``train`` keeps ratings (rating models learn from it, and every item in it is excluded
+    from rankings); ``train_pos`` / ``valid_pos`` / ``test_pos`` hold the positives
+    (``min_rating``) that ranking models learn from and are judged on.
+    """
+
+    train: Interactions
+    test: Interactions
+    valid: Interactions | None
+    train_pos: Interactions
+    test_pos: Interactions
+    valid_pos: Interactions | None
+    item_features: Any = None
+    candidates: np.ndarray | None = None
+    description: str = ""
+
+
+@dataclass
+class ExperimentResult:
+    rows: list[dict[str, Any]]
+    runs: list[dict[str, Any]]
+    per_user: pd.DataFrame
+    out: Path
+    primary: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _load_features(cfg: ExperimentConfig, bundle: Any) -> Any:
+    from recforge.data.features import movielens_item_features, read_features
+
+    src = cfg.data.item_features
+    if src is None:
+        return None
+    if src == "auto":
+        if bundle is not None and getattr(bundle, "items", None) is not None:
+            return movielens_item_features(bundle)
+        return None
+    return read_features(src)
+
+
+def prepare_data(cfg: ExperimentConfig) -> PreparedData:
+    """Load, filter and split the data as the config says."""
+    from recforge.data import split as S
+    from recforge.data.datasets import is_named_dataset, load_bundle, load_many
+    from recforge.data.filters import k_core, to_implicit
+
+    d, sp_cfg = cfg.data, cfg.split
+    bundle = None
+    read_kw = {"format": d.format, "columns": d.columns, "duplicates": d.duplicates,
+               "data_dir": d.data_dir}
+    candidates = None
+    if sp_cfg.method == "files":
+        train_files = [d.train] if isinstance(d.train, str) else list(d.train)  # type: ignore[arg-type]
+        specs = [*train_files, *([d.valid] if d.valid else []), d.test]
+        parts = load_many(specs, **read_kw)  # type: ignore[arg-type]
+        n = len(train_files)
+        train = parts[0].concat(*parts[1:n]) if n > 1 else parts[0]
+        test = parts[-1]
+        valid = parts[n] if d.valid else None
+        desc = (f"files: train {' + '.join(Path(f).name for f in train_files)}, "
+                f"test {Path(d.test).name}"  # type: ignore[arg-type]
+                + (f", valid {Path(d.valid).name}" if d.valid else ""))
+    else:
+        if is_named_dataset(d.source):  # type: ignore[arg-type]
+            bundle = load_bundle(d.source, data_dir=d.data_dir)  # type: ignore[arg-type]
+            data = bundle.interactions
+        else:
+            data = load_many([d.source], **read_kw)[0]  # type: ignore[list-item, arg-type]
+        if d.k_core:
+            data = k_core(data, d.k_core, d.k_core, compact=False)
+        m, seed = sp_cfg.method, sp_cfg.seed
+        if m == "random":
+            split = S.random_split(data, sp_cfg.test_size, sp_cfg.valid_size,
+                                   by_user=sp_cfg.by_user, seed=seed)
+        elif m == "temporal":
+            split = S.temporal_split(data, sp_cfg.test_size, valid_size=sp_cfg.valid_size)
+        elif m == "user_temporal":
+            split = S.user_temporal_split(data, n_test=sp_cfg.n_test,
+                                          n_valid=1 if sp_cfg.valid_size > 0 else 0)
+        elif m == "leave_one_out":
+            split = S.leave_one_out(data, strategy=sp_cfg.strategy,  # type: ignore[arg-type]
+                                    valid=sp_cfg.valid_size > 0, seed=seed)
+        else:  # cold_start_items
+            split = S.cold_start_items(data, sp_cfg.test_size, sp_cfg.valid_size, seed=seed)
+            candidates = data.items.ids[np.unique(split.test.item)]
+        train, test, valid = split.train, split.test, split.valid
+        desc = f"{d.source}: {m} split ({split!r})"
+    thr = d.min_rating
+
+    def pos(x: Interactions | None) -> Interactions | None:
+        if x is None:
+            return None
+        return to_implicit(x, thr) if thr is not None and x.value is not None else x
+
+    return PreparedData(train=train, test=test, valid=valid, train_pos=pos(train),  # type: ignore[arg-type]
+                        test_pos=pos(test), valid_pos=pos(valid),  # type: ignore[arg-type]
+                        item_features=_load_features(cfg, bundle), candidates=candidates,
+                        description=desc)
+
+
+def _versions() -> dict[str, str]:
+    import scipy
+    import torch
+
+    from recforge import __version__
+
+    return {"recforge": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "pandas": pd.__version__, "platform": platform.platform()}
+
+
+def _paired_pvalue(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided paired t-test over users (``nan`` when undefined)."""
+    from scipy import stats
+
+    if len(a) < 2 or np.allclose(a, b):
+        return float("nan") if len(a) < 2 else 1.0
+    return float(stats.ttest_rel(a, b).pvalue)
+
+
+def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console | None = None,
+                   data: PreparedData | None = None) -> ExperimentResult:
+    """Run every model of ``cfg`` (once per seed for seeded models) and write the results."""
+    from recforge.evaluation import evaluate
+    from recforge.evaluation.metrics import Metric
+    from recforge.models.registry import create_model
+
+    console = console or Console()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = data or prepare_data(cfg)
+    console.print(f"[bold]{cfg.name}[/bold]: {data.description}", highlight=False)
+    rating_metrics = [m for m in cfg.metrics if Metric.parse(m).kind == "rating"]
+    rank_metrics = [m for m in cfg.metrics if m not in rating_metrics]
+
+    # Fail before any training when a model cannot run on this data.
+    models = []
+    for i, mc in enumerate(cfg.models):
+        model = create_model(mc.name, **mc.params)
+        if model.predicts_ratings and getattr(model, "objective", "") == "rating" \
+                and data.train.value is None:
+            raise ConfigError(f"models[{i}] ({mc.display}) predicts ratings, but the data has "
+                              "no rating column")
+        if getattr(model, "requires_item_features", False) and data.item_features is None:
+            raise ConfigError(f"models[{i}] ({mc.display}) needs item features: set "
+                              "data.item_features to a file (or 'auto' with a MovieLens name)")
+        models.append((mc, model))
+    if rating_metrics and not any(m.predicts_ratings for _, m in models):
+        raise ConfigError(f"metrics {rating_metrics} need a rating model (e.g. mf)")
+
+    runs: list[dict[str, Any]] = []
+    per_user_frames: list[pd.DataFrame] = []
+    n_runs = sum(len(cfg.seeds) if "seed" in m._param_names() else 1 for _, m in models)
+    done = 0
+    for mc, template in models:
+        seeded = "seed" in template._param_names()
+        for seed in (cfg.seeds if seeded else [None]):
+            done += 1
+            model = template.clone()
+            if seed is not None:
+                model.set_params(seed=seed)
+            rating = model.predicts_ratings
+            train = data.train if rating else data.train_pos
+            valid = data.valid if rating else data.valid_pos
+            kw: dict[str, Any] = {}
+            if getattr(model, "uses_item_features", False) and data.item_features is not None:
+                kw["item_features"] = data.item_features
+            start = time.perf_counter()
+            model.fit(train, valid, **kw)
+            fit_s = time.perf_counter() - start
+            summary: dict[str, float] = {}
+            per_user = None
+            eval_s = 0.0
+            if rank_metrics:
+                res = evaluate(model, data.train, data.test_pos, metrics=rank_metrics,
+                               protocol=cfg.protocol,  # type: ignore[arg-type]
+                               candidates=data.candidates, seed=seed or 0)
+                summary.update(res.summary)
+                per_user = res.per_user
+                eval_s += res.seconds
+            if rating_metrics and rating:
+                res = evaluate(model, data.train, data.test, metrics=rating_metrics)
+                summary.update(res.summary)
+                eval_s += res.seconds
+            run = {"label": mc.display, "model": mc.name, "seed": seed,
+                   "params": model.get_params(), "fit_s": fit_s, "eval_s": eval_s, **summary}
+            if cfg.save_models:
+                target = out / "models" / mc.display
+                if seeded and len(cfg.seeds) > 1:
+                    target = target / f"seed-{seed}"
+                model.save(target)
+                run["artifact"] = str(target.relative_to(out))
+            runs.append(run)
+            if per_user is not None:
+                frame = per_user.copy()
+                frame.insert(0, "seed", -1 if seed is None else seed)
+                frame.insert(0, "model", mc.display)
+                frame["user"] = frame["user"].astype(str)
+                per_user_frames.append(frame)
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
+            console.print(f"[{done}/{n_runs}] {mc.display}"
+                          + (f" (seed {seed})" if seed is not None and len(cfg.seeds) > 1
+                             else "") + f": fit {fit_s:.2f}s, {shown}", highlight=False)
+
+    per_user_all = (pd.concat(per_user_frames, ignore_index=True) if per_user_frames
+                    else pd.DataFrame(columns=["model", "seed", "user"]))
+    # The first configured metric ranks the models (its label as the evaluator wrote it,
+    # e.g. "NDCG@10 (sampled 1+100)" under the sampled protocol).
+    first = Metric.parse(cfg.metrics[0]).label
+    keys = [k for r in runs for k in r]
+    primary = next((k for k in keys if k == first or k.startswith(first + " (")), first)
+    rows = _leaderboard(cfg, runs, per_user_all, primary)
+    _write(cfg, out, data, rows, runs, per_user_all)
+    print_wide(console, leaderboard_table(rows, cfg.metrics, primary, title=cfg.name))
+    console.print(f"results in {out}/ (results.json, results.csv, per_user.parquet, "
+                  "config.yaml" + (", models/" if cfg.save_models else "") + ")",
+                  highlight=False)
+    return ExperimentResult(rows=rows, runs=runs, per_user=per_user_all, out=out,
+                            primary=primary)
+
+
+def _leaderboard(cfg: ExperimentConfig, runs: list[dict[str, Any]], per_user: pd.DataFrame,
+                 primary: str) -> list[dict[str, Any]]:
+    from recforge.evaluation import bootstrap_ci
+
+    labels = list(dict.fromkeys(r["label"] for r in runs))
+    metric_labels = [k for k in runs[0] if k not in (
+        "label", "model", "seed", "params", "fit_s", "eval_s", "artifact")] if runs else []
+    for r in runs[1:]:
+        metric_labels += [k for k in r if k not in metric_labels and k not in (
+            "label", "model", "seed", "params", "fit_s", "eval_s", "artifact")]
+    # Per-user values averaged over seeds: one vector per model, users aligned.
+    user_means: dict[str, pd.DataFrame] = {}
+    if len(per_user):
+        cols = [c for c in per_user.columns if c not in ("model", "seed", "user")]
+        for label, grp in per_user.groupby("model", sort=False):
+            user_means[str(label)] = grp.groupby("user")[cols].mean().sort_index()
+    rows = []
+    for label in labels:
+        mine = [r for r in runs if r["label"] == label]
+        row: dict[str, Any] = {"model": label, "name": mine[0]["model"],
+                               "seeds": [r["seed"] for r in mine if r["seed"] is not None],
+                               "params": mine[0]["params"]}
+        for m in metric_labels:
+            vals = [r[m] for r in mine if m in r]
+            if not vals:
+                continue
+            row[m] = float(np.mean(vals))
+            um = user_means.get(label)
+            if um is not None and m in um.columns:
+                lo, hi = bootstrap_ci(um[m].to_numpy(), n_boot=cfg.n_bootstrap)
+                row[f"{m} ci"] = [lo, hi]
+        row["fit_s"] = float(np.mean([r["fit_s"] for r in mine]))
+        row["eval_s"] = float(np.mean([r["eval_s"] for r in mine]))
+        rows.append(row)
+    lower_better = primary.startswith(("RMSE", "MAE"))
+    rows.sort(key=lambda r: (r.get(primary, np.nan) if not lower_better
+                             else -r.get(primary, np.nan)), reverse=True)
+    rows.sort(key=lambda r: np.isnan(r.get(primary, np.nan)))  # models without it last
+    best = rows[0]["model"] if rows else None
+    for row in rows:
+        row["rank"] = rows.index(row) + 1
+        a, b = user_means.get(row["model"]), user_means.get(best)  # type: ignore[arg-type]
+        if row["model"] == best or a is None or b is None or primary not in a.columns:
+            row["p_vs_best"] = None
+            continue
+        common = a.index.intersection(b.index)
+        row["p_vs_best"] = _paired_pvalue(a.loc[common, primary].to_numpy(),
+                                          b.loc[common, primary].to_numpy())
+    return rows
+
+
+def print_wide(console: Console, renderable: Any) -> None:
+    """Print a table uncropped: on a terminal at its width, into a pipe or file at up to
+    200 columns (Rich would otherwise squeeze it to 80)."""
+    if console.is_terminal or console.file not in (None, __import__("sys").stdout):
+        console.print(renderable)
+    else:
+        Console(width=max(console.width, 200), highlight=False).print(renderable)
+
+
+def leaderboard_table(rows: list[dict[str, Any]], metrics: list[str], primary: str,
+                      title: str = "leaderboard") -> Table:
+    """A Rich table: mean ± CI half-width per metric, fit seconds, paired p-value against
+    the best model (the exact interval bounds are in ``results.json``)."""
+    from recforge.evaluation.metrics import Metric
+
+    labels = []
+    for m in metrics:
+        lab = Metric.parse(m).label
+        labels.append(next((k for k in rows[0] if k == lab or k.startswith(lab + " (")), lab)
+                      if rows else lab)
+    table = Table(title=f"{title}: mean ± half-width of the 95% bootstrap CI over users")
+    table.add_column("#", justify="right")
+    table.add_column("model", no_wrap=True)
+    for lab in labels:
+        table.add_column(lab, justify="right", no_wrap=True)
+    table.add_column("fit s", justify="right")
+    table.add_column(f"p vs best ({primary})", justify="right", no_wrap=True)
+    for r in rows:
+        cells = [str(r["rank"]), r["model"]]
+        for lab in labels:
+            if lab not in r:
+                cells.append("-")
+                continue
+            ci = r.get(f"{lab} ci")
+            cells.append(f"{r[lab]:.4f}" + (f" ±{(ci[1] - ci[0]) / 2:.4f}" if ci else ""))
+        cells.append(f"{r['fit_s']:.2f}")
+        p = r.get("p_vs_best")
+        cells.append("best" if r["rank"] == 1 else "-" if p is None or p != p
+                     else "<1e-300" if p == 0 else f"{p:.2g}")
+        table.add_row(*cells)
+    return table
+
+
+def _write(cfg: ExperimentConfig, out: Path, data: PreparedData, rows: list[dict[str, Any]],
+           runs: list[dict[str, Any]], per_user: pd.DataFrame) -> None:
+    payload = {"name": cfg.name, "config": cfg.to_dict(), "data": data.description,
+               "versions": _versions(), "leaderboard": rows, "runs": runs}
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=2, default=_json) + "\n")
+    flat = []
+    for r in rows:
+        f = {k: v for k, v in r.items() if k not in ("params", "seeds") and not k.endswith(" ci")}
+        for k, v in r.items():
+            if k.endswith(" ci"):
+                f[f"{k[:-3]} ci_low"], f[f"{k[:-3]} ci_high"] = v
+        f["params"] = json.dumps(r["params"], default=_json, sort_keys=True)
+        flat.append(f)
+    atomic_write_text(out / "results.csv", pd.DataFrame(flat).to_csv(index=False))
+    with atomic_path(out / "per_user.parquet") as tmp:
+        per_user.to_parquet(tmp, index=False)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)

@@ -1,0 +1,161 @@
+"""recforge run: the typed config, the runner's outputs, reproducibility, and agreement
+with `recforge evaluate` on the saved artefacts."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recforge import ConfigError
+from recforge.cli import main
+from recforge.experiment.config import load_config, parse_config
+from recforge.experiment.runner import run_experiment
+
+
+def cli(args):
+    try:
+        return main([str(a) for a in args]) or 0
+    except SystemExit as exc:  # Typer exits with the command's status
+        return exc.code or 0
+
+
+def write(tmp_path, text, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def files(tmp_path, random_data):
+    from recforge.data.split import random_split
+
+    split = random_split(random_data, test_size=0.2, seed=0)
+    rng = np.random.default_rng(0)
+    frames = []
+    for part in (split.train, split.test):
+        f = part.to_frame()
+        f["rating"] = rng.integers(1, 6, len(f)).astype(float)
+        frames.append(f)
+    paths = tmp_path / "train.csv", tmp_path / "test.csv"
+    for f, p in zip(frames, paths, strict=True):
+        f.to_csv(p, index=False)
+    return paths
+
+
+@pytest.mark.parametrize("text,match", [
+    ("name: x\nmodels: [ease]\n", "data.source: missing"),
+    ("data: {source: synthetic}\nmodels: [easee]\n", "models\\[0\\].name: unknown model 'easee'.*'ease'"),
+    ("data: {source: synthetic}\nmodels: [{name: ease, params: {regg: 1}}]\n",
+     "models\\[0\\].params.regg: ease has no parameter 'regg' \\(did you mean 'reg'\\?\\)"),
+    ("data: {source: synthetic, min_rating: high}\nmodels: [ease]\n",
+     "data.min_rating: expected a number"),
+    ("data: {source: synthetic}\nsplit: {metod: random}\nmodels: [ease]\n",
+     "split.metod: unknown key \\(did you mean 'method'\\?\\)"),
+    ("data: {source: synthetic}\nmodels: [ease]\nmetrics: [ndcg@0]\n", "metrics\\[0\\]"),
+    ("data: {source: synthetic}\nmodels: [ease, ease]\n", "two models are labelled 'ease'"),
+    ("data: {source: synthetic}\nsplit: {method: files}\nmodels: [ease]\n",
+     "needs data.train and data.test"),
+])
+def test_config_errors_name_the_key(tmp_path, text, match):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=match) as err:
+        load_config(path)
+    assert "exp.yaml" in str(err.value)
+
+
+def test_bad_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, "name: x\nmodels: [ease\n")
+    with pytest.raises(ConfigError, match="exp.yaml: line"):
+        load_config(path)
+
+
+def test_run_writes_results_and_is_reproducible(tmp_path, files):
+    train, test = files
+    cfg_text = f"""
+        name: small
+        data:
+          train: {train}
+          test: {test}
+          min_rating: 3
+        split: {{method: files}}
+        models:
+          - pop
+          - name: ease
+            params: {{reg: 50}}
+          - name: bpr
+            params: {{embedding_dim: 8, epochs: 3, batch_size: 256}}
+          - name: mf
+            params: {{embedding_dim: 8, epochs: 3}}
+        metrics: [ndcg@10, recall@10, rmse]
+        seeds: [0, 1]
+        n_bootstrap: 200
+    """
+    cfg = load_config(write(tmp_path, cfg_text))
+    a = run_experiment(cfg, tmp_path / "a")
+    b = run_experiment(load_config(write(tmp_path, cfg_text)), tmp_path / "b")
+    assert [r["model"] for r in a.rows] == [r["model"] for r in b.rows]
+    for ra, rb in zip(a.rows, b.rows, strict=True):
+        assert ra["NDCG@10"] == rb["NDCG@10"]
+    out = tmp_path / "a"
+    payload = json.loads((out / "results.json").read_text())
+    assert {r["model"] for r in payload["leaderboard"]} == {"pop", "ease", "bpr", "mf"}
+    assert payload["versions"]["torch"] and payload["config"]["seeds"] == [0, 1]
+    runs = [(r["label"], r["seed"]) for r in payload["runs"]]
+    assert ("bpr", 0) in runs and ("bpr", 1) in runs and ("ease", None) in runs
+    best = payload["leaderboard"][0]
+    assert best["rank"] == 1 and best["p_vs_best"] is None
+    lo, hi = best["NDCG@10 ci"]
+    assert lo <= best["NDCG@10"] <= hi
+    others = [r for r in payload["leaderboard"][1:] if r["p_vs_best"] is not None]
+    assert others and all(0 <= r["p_vs_best"] <= 1 for r in others)
+    mf = next(r for r in payload["leaderboard"] if r["model"] == "mf")
+    assert mf["RMSE"] > 0
+    csv = pd.read_csv(out / "results.csv")
+    assert {"model", "NDCG@10", "NDCG@10 ci_low", "p_vs_best"} <= set(csv.columns)
+    per_user = pd.read_parquet(out / "per_user.parquet")
+    assert set(per_user["model"]) == {"pop", "ease", "bpr", "mf"}
+    assert (out / "models" / "bpr" / "seed-1" / "meta.json").exists()
+    assert (out / "models" / "ease" / "meta.json").exists()
+    # The resolved config runs again as is.
+    assert load_config(out / "config.yaml").models[1].params == {"reg": 50}
+
+
+def test_leaderboard_matches_recforge_evaluate(tmp_path, files, capsys):
+    train, test = files
+    path = write(tmp_path, f"""
+        name: agree
+        data: {{train: {train}, test: {test}, min_rating: 3}}
+        split: {{method: files}}
+        models: [itemknn, {{name: als, params: {{embedding_dim: 8}}}}]
+        metrics: [ndcg@10, recall@20]
+    """)
+    assert cli(["run", path, "--out", tmp_path / "r"]) == 0
+    payload = json.loads((tmp_path / "r" / "results.json").read_text())
+    for row in payload["leaderboard"]:
+        res = tmp_path / f"{row['model']}.json"
+        code = cli(["evaluate", "--model", tmp_path / "r" / "models" / row["model"],
+                    "--train", train, "--test", test, "--min-rating", "3",
+                    "--metrics", "ndcg@10,recall@20", "--out", res])
+        assert code == 0
+        evaluated = json.loads(res.read_text())["metrics"]
+        assert evaluated["NDCG@10"] == pytest.approx(row["NDCG@10"], abs=1e-6)
+        assert evaluated["Recall@20"] == pytest.approx(row["Recall@20"], abs=1e-6)
+    assert "p vs best" in capsys.readouterr().out
+
+
+def test_cold_start_experiment_with_features(tmp_path):
+    cfg = parse_config({
+        "name": "cold", "data": {"source": "synthetic", "min_rating": 4},
+        "split": {"method": "cold_start_items", "test_size": 0.2},
+        "models": ["content", {"name": "hybrid", "params": {"embedding_dim": 16}}],
+        "metrics": ["recall@20"], "save_models": False})
+    result = run_experiment(cfg, tmp_path / "cold")
+    assert {r["model"] for r in result.rows} == {"content", "hybrid"}
+    assert all(r["Recall@20"] > 0 for r in result.rows)
+    with pytest.raises(ConfigError, match="needs item features"):
+        run_experiment(parse_config({"data": {"source": "synthetic", "item_features": None},
+                                     "models": ["content"]}), tmp_path / "x")
