@@ -159,3 +159,19 @@ def test_cold_start_experiment_with_features(tmp_path):
     with pytest.raises(ConfigError, match="needs item features"):
         run_experiment(parse_config({"data": {"source": "synthetic", "item_features": None},
                                      "models": ["content"]}), tmp_path / "x")
+
+
+EXAMPLES = sorted((__import__("pathlib").Path(__file__).parents[1] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_run_as_written(path, tmp_path):
+    """Every example runs unchanged (they read ../shared beside the repository)."""
+    from conftest import shared_data_dir
+
+    if shared_data_dir() is None:
+        pytest.skip("shared data not found: the examples read ../shared/data")
+    cfg = load_config(path)
+    cfg.save_models = False
+    result = run_experiment(cfg, tmp_path / "out")
+    assert result.rows and all(np.isfinite(r[result.primary]) for r in result.rows)
