@@ -175,3 +175,64 @@ def test_examples_run_as_written(path, tmp_path):
     cfg.save_models = False
     result = run_experiment(cfg, tmp_path / "out")
     assert result.rows and all(np.isfinite(r[result.primary]) for r in result.rows)
+
+
+def test_report_has_every_plot_embedded(tmp_path, files):
+    import base64
+    import re
+
+    train, test = files
+    path = write(tmp_path, f"""
+        name: rep
+        data: {{train: {train}, test: {test}, min_rating: 3}}
+        split: {{method: files}}
+        models: [pop, {{name: bpr, params: {{embedding_dim: 8, epochs: 2, batch_size: 256}}}}]
+        metrics: [ndcg@10, coverage@10]
+        save_models: false
+    """)
+    run_experiment(load_config(path), tmp_path / "r")
+    out = tmp_path / "r"
+    for name in ("metrics.png", "learning_curves.png", "popularity.png", "coverage.png",
+                 "per_user.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"]({name})" in (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 5 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    assert 'src="http' not in page and 'href="http' not in page  # nothing fetched online
+    assert oct((out / "report.html").stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_report_opens_in_headless_chromium(tmp_path, files):
+    """The HTML report renders offline with every image decoded (when Chromium exists)."""
+    import shutil
+    import subprocess
+
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")
+                    if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("Chromium not installed (apt-get install chromium)")
+    train, test = files
+    path = write(tmp_path, f"""
+        name: rep
+        data: {{train: {train}, test: {test}, min_rating: 3}}
+        split: {{method: files}}
+        models: [pop, ease]
+        metrics: [ndcg@10, coverage@10]
+        save_models: false
+    """)
+    run_experiment(load_config(path), tmp_path / "r")
+    page = tmp_path / "r" / "report.html"
+    # Append a script that lists images that failed to decode, then dump the DOM.
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace(
+        "</body>", "<script>window.onload = () => { const bad = [...document.images]"
+        ".filter(i => !i.complete || i.naturalWidth === 0).length; "
+        "document.body.setAttribute('data-broken', String(bad)); "
+        "document.body.setAttribute('data-images', String(document.images.length)); };"
+        "</script></body>"))
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert 'data-broken="0"' in proc.stdout, proc.stderr[-2000:]
+    assert 'data-images="4"' in proc.stdout or 'data-images="5"' in proc.stdout

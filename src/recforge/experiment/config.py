@@ -119,6 +119,7 @@ class ExperimentConfig:
     protocol: str = "full"
     n_bootstrap: int = 1000
     save_models: bool = True
+    report: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -270,9 +271,13 @@ def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
     save = raw.get("save_models", True)
     if not isinstance(save, bool):
         raise _err(source, "save_models", "expected true or false")
+    report = raw.get("report", True)
+    if not isinstance(report, bool):
+        raise _err(source, "report", "expected true or false")
     return ExperimentConfig(name=name, data=data, split=split, models=models,
                             metrics=[str(m) for m in metrics], seeds=list(seeds),
-                            protocol=protocol, n_bootstrap=n_boot, save_models=save)
+                            protocol=protocol, n_bootstrap=n_boot, save_models=save,
+                            report=report)
 
 
 def load_config(path: str | os.PathLike) -> ExperimentConfig:

@@ -230,6 +230,11 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
                 eval_s += res.seconds
             run = {"label": mc.display, "model": mc.name, "seed": seed,
                    "params": model.get_params(), "fit_s": fit_s, "eval_s": eval_s, **summary}
+            history = getattr(model, "history_", None)
+            if isinstance(history, list) and history:
+                run["history"] = history
+            if rank_metrics and seed in (None, cfg.seeds[0]):
+                run["popularity"] = _popularity_profile(model, data, rank_metrics)
             if cfg.save_models:
                 target = out / "models" / mc.display
                 if seeded and len(cfg.seeds) > 1:
@@ -258,11 +263,45 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
     rows = _leaderboard(cfg, runs, per_user_all, primary)
     _write(cfg, out, data, rows, runs, per_user_all)
     print_wide(console, leaderboard_table(rows, cfg.metrics, primary, title=cfg.name))
+    if cfg.report:
+        from recforge.experiment.report import write_report
+
+        write_report(out)
     console.print(f"results in {out}/ (results.json, results.csv, per_user.parquet, "
-                  "config.yaml" + (", models/" if cfg.save_models else "") + ")",
-                  highlight=False)
+                  "config.yaml" + (", report.html, report.md" if cfg.report else "")
+                  + (", models/" if cfg.save_models else "") + ")", highlight=False)
     return ExperimentResult(rows=rows, runs=runs, per_user=per_user_all, out=out,
                             primary=primary)
+
+
+def _popularity_profile(model: Any, data: PreparedData, metrics: list[str],
+                        max_users: int = 2000) -> dict[str, Any]:
+    """Where the recommended items sit in the catalogue's popularity: the share of top-K
+    slots (K of the first ranking metric) that fall in each popularity decile of the
+    catalogue (decile 1 = the 10% most popular items), for up to ``max_users`` test users;
+    beside it, each decile's share of the training interactions."""
+    from recforge.evaluation.metrics import Metric
+
+    k = next((Metric.parse(m).k for m in metrics if Metric.parse(m).k), 10)
+    counts = data.train_pos.item_counts().astype(np.float64)
+    order = np.argsort(-counts, kind="stable")
+    decile = np.empty(len(counts), np.int64)
+    decile[order] = np.minimum(np.arange(len(counts)) * 10 // max(len(counts), 1), 9)
+    users = np.unique(data.test_pos.user)
+    if len(users) > max_users:
+        users = np.random.default_rng(0).choice(users, max_users, replace=False)
+    known = model.users_.index(data.test_pos.users.ids[users])
+    known = known[known >= 0]
+    slots = np.zeros(10)
+    for _, items, scores in model.iter_top_k(known, k, exclude=model.seen_,
+                                             candidates=None):
+        it = items.numpy()[np.isfinite(scores.numpy())]
+        it = it[it < len(decile)]
+        slots += np.bincount(decile[it], minlength=10)
+    inter = np.bincount(decile, weights=counts, minlength=10)
+    return {"k": int(k), "users": int(len(known)),
+            "recommended_share": (slots / max(slots.sum(), 1)).tolist(),
+            "interaction_share": (inter / max(inter.sum(), 1)).tolist()}
 
 
 def _leaderboard(cfg: ExperimentConfig, runs: list[dict[str, Any]], per_user: pd.DataFrame,
@@ -270,11 +309,11 @@ def _leaderboard(cfg: ExperimentConfig, runs: list[dict[str, Any]], per_user: pd
     from recforge.evaluation import bootstrap_ci
 
     labels = list(dict.fromkeys(r["label"] for r in runs))
-    metric_labels = [k for k in runs[0] if k not in (
-        "label", "model", "seed", "params", "fit_s", "eval_s", "artifact")] if runs else []
-    for r in runs[1:]:
-        metric_labels += [k for k in r if k not in metric_labels and k not in (
-            "label", "model", "seed", "params", "fit_s", "eval_s", "artifact")]
+    skip = ("label", "model", "seed", "params", "fit_s", "eval_s", "artifact", "history",
+            "popularity")
+    metric_labels: list[str] = []
+    for r in runs:
+        metric_labels += [k for k in r if k not in metric_labels and k not in skip]
     # Per-user values averaged over seeds: one vector per model, users aligned.
     user_means: dict[str, pd.DataFrame] = {}
     if len(per_user):
