@@ -236,3 +236,43 @@ def test_report_opens_in_headless_chromium(tmp_path, files):
                           capture_output=True, text=True, timeout=120)
     assert 'data-broken="0"' in proc.stdout, proc.stderr[-2000:]
     assert 'data-images="4"' in proc.stdout or 'data-images="5"' in proc.stdout
+
+
+def test_tune_writes_best_params_and_a_runnable_config(tmp_path, files):
+    import yaml
+
+    from recforge.experiment.tune import tune
+
+    train, test = files
+    path = write(tmp_path, f"""
+        name: t
+        data: {{train: {train}, test: {test}, min_rating: 3}}
+        split: {{method: files}}
+        models: [ease, {{name: bpr, params: {{embedding_dim: 8, epochs: 4, batch_size: 256}}}}]
+        metrics: [ndcg@10]
+    """)
+    cfg = load_config(path)
+    summary = tune(cfg, "ease", n_trials=3, out=tmp_path / "t1", config_path=path)
+    best = yaml.safe_load((tmp_path / "t1" / "best_params.yaml").read_text())
+    assert best["model"] == "ease" and 10 <= best["params"]["reg"] <= 5000
+    assert best["trials"] == 3 and best["value"] == pytest.approx(summary["value"])
+    tuned = load_config(tmp_path / "t1" / "exp.tuned.yaml")
+    assert tuned.models[0].params == best["params"]
+    # Gradient models report every epoch; the fixed params of the experiment stay fixed.
+    summary = tune(cfg, "bpr", n_trials=4, out=tmp_path / "t2", space={
+        "learning_rate": ("log", 1e-3, 5e-2)})
+    assert summary["params"]["embedding_dim"] == 8 and summary["complete"] >= 1
+    with pytest.raises(ConfigError, match="no hyperparameters to search"):
+        tune(cfg, "pop", n_trials=2, out=tmp_path / "t3")
+
+
+def test_tune_cli(tmp_path, files):
+    train, test = files
+    path = write(tmp_path, f"""
+        name: t
+        data: {{train: {train}, test: {test}, min_rating: 3}}
+        split: {{method: files}}
+        models: [itemknn]
+    """)
+    assert cli(["tune", path, "--model", "itemknn", "--trials", 2, "--out", tmp_path / "o"]) == 0
+    assert (tmp_path / "o" / "best_params.yaml").exists()

@@ -295,6 +295,29 @@ def run(
 
 
 @app.command()
+def tune(
+    experiment: Path = typer.Argument(..., help="Experiment YAML file."),
+    model: str = typer.Option(..., "--model", help="Model (label or name) to tune."),
+    trials: int = typer.Option(20, "--trials", help="Number of Optuna trials."),
+    metric: str | None = typer.Option(None, "--metric", help="Validation metric (default: "
+                                      "the experiment's first)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Stop after this many "
+                                         "seconds."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampler."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default: "
+                                    "runs/NAME-tune-MODEL)."),
+) -> None:
+    """Tune a model's hyperparameters with Optuna on a validation split (never the test)."""
+    from recforge.experiment.config import load_config
+    from recforge.experiment.tune import tune as run_tune
+
+    cfg = load_config(experiment)
+    run_tune(cfg, model, n_trials=trials, metric=metric, timeout=timeout, seed=seed,
+             out=out or Path("runs") / f"{cfg.name}-tune-{model}", config_path=experiment,
+             console=console)
+
+
+@app.command()
 def recommend(
     model: Path = typer.Option(..., "--model", help="Directory of a trained model."),
     k: int = typer.Option(10, "--k", help="Recommendations per user."),

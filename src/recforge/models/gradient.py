@@ -47,14 +47,19 @@ class GradientRecommender(Recommender):
     def fit(self, train: Interactions, valid: Interactions | None = None, *,
             checkpoint_dir: str | Path | None = None, resume: bool = False,
             progress: bool | None = None,
-            distributed: tuple[int, int] = (0, 1)) -> GradientRecommender:
+            distributed: tuple[int, int] = (0, 1),
+            epoch_callback: Any = None) -> GradientRecommender:
         """Train on ``train``; ``valid`` enables early stopping on ``valid_metric``.
 
         ``checkpoint_dir`` keeps a checkpoint and a per-epoch JSON log there after every
         epoch; ``resume=True`` continues a killed run from its last checkpoint.
+        ``epoch_callback(record)`` is called after every epoch with that epoch's log record
+        (loss, seconds, validation metric); an exception it raises stops training (used to
+        prune hyperparameter trials).
         """
         self._fit_options = {"checkpoint_dir": checkpoint_dir, "resume": resume,
-                             "progress": progress, "distributed": distributed}
+                             "progress": progress, "distributed": distributed,
+                             "epoch_callback": epoch_callback}
         try:
             return super().fit(train, valid)  # type: ignore[return-value]
         finally:
@@ -152,7 +157,8 @@ class GradientRecommender(Recommender):
             eval_every=int(getattr(self, "eval_every", 1)),
             device=self.device_, seed=int(getattr(self, "seed", 0) or 0),
             checkpoint_dir=options.get("checkpoint_dir"), resume=options.get("resume", False),
-            progress=options.get("progress"), distributed=options.get("distributed", (0, 1)))
+            progress=options.get("progress"), distributed=options.get("distributed", (0, 1)),
+            epoch_callback=options.get("epoch_callback"))
         state = trainer.fit(self, train, valid)
         self.history_ = state.history
         self.best_epoch_ = state.best_epoch

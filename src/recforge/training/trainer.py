@@ -20,6 +20,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,7 +104,8 @@ class Trainer:
                  eval_every: int = 1, device: str | torch.device = "auto", seed: int = 0,
                  checkpoint_dir: str | Path | None = None, resume: bool = False,
                  progress: bool | None = None, max_grad_norm: float | None = None,
-                 distributed: tuple[int, int] = (0, 1)) -> None:
+                 distributed: tuple[int, int] = (0, 1),
+                 epoch_callback: Callable[[dict[str, Any]], None] | None = None) -> None:
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, not {optimizer!r}")
         if lr_schedule not in SCHEDULES:
@@ -129,6 +131,7 @@ class Trainer:
         self.progress = progress
         self.max_grad_norm = max_grad_norm
         self.rank, self.world = distributed
+        self.epoch_callback = epoch_callback
 
     # ----------------------------------------------------------------------------------
     def _optimizer(self, params) -> torch.optim.Optimizer:
@@ -229,6 +232,8 @@ class Trainer:
                 self._log_epoch(record, bar)
                 if self.checkpoint_dir is not None and self.is_main:
                     self._save_checkpoint(signature, module, opt, sched, state, best_weights)
+                if self.epoch_callback is not None:  # may raise to stop (e.g. a pruned trial)
+                    self.epoch_callback(record)
         finally:
             if bar is not None:
                 bar.close()

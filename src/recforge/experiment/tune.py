@@ -1,0 +1,196 @@
+"""Hyperparameter search with Optuna on a validation split, never on the test set.
+
+``recforge tune EXPERIMENT.yaml --model NAME --trials N``: the experiment's data and split
+give the training part; its validation part (``data.valid`` / ``split.valid_size``) or, when
+there is none, a seeded per-user random 20% of the training events, scores each trial.
+Gradient models report the validation metric every epoch, so Optuna's median pruner stops
+hopeless trials early. The best parameters are written as YAML (``best_params.yaml``) and
+into a copy of the experiment file with the model's ``params`` replaced
+(``EXPERIMENT.tuned.yaml``), ready for ``recforge run``.
+
+Search spaces are per model (:data:`SPACES`, documented in ``docs/experiments.md``); the
+model's ``params`` in the experiment file fix the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from recforge._fs import atomic_write_text
+from recforge.errors import ConfigError
+from recforge.experiment.config import ExperimentConfig, ModelConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SPACES", "tune"]
+
+# name -> {param: ("float"|"int"|"log"|"logint"|"cat", low, high) or ("cat", [choices])}
+SPACES: dict[str, dict[str, tuple[Any, ...]]] = {
+    "itemknn": {"neighbors": ("logint", 5, 500), "shrink": ("float", 0.0, 100.0)},
+    "ease": {"reg": ("log", 10.0, 5000.0)},
+    "als": {"embedding_dim": ("cat", [32, 64, 128, 256]), "reg": ("log", 1e-3, 0.1),
+            "alpha": ("log", 1.0, 50.0), "epochs": ("int", 5, 30)},
+    "mf": {"embedding_dim": ("cat", [16, 32, 64, 128]), "reg": ("log", 0.1, 10.0),
+           "learning_rate": ("log", 0.005, 0.2), "reg_exponent": ("float", 0.0, 1.0)},
+    "bpr": {"embedding_dim": ("cat", [32, 64, 128]), "learning_rate": ("log", 1e-3, 3e-2),
+            "reg": ("log", 1e-4, 0.1), "n_negatives": ("int", 1, 8)},
+    "lightgcn": {"n_layers": ("int", 1, 4), "learning_rate": ("log", 1e-3, 5e-2),
+                 "reg": ("log", 1e-5, 1e-2)},
+    "gmf": {"embedding_dim": ("cat", [16, 32, 64]), "learning_rate": ("log", 1e-4, 1e-2),
+            "n_negatives": ("int", 1, 8)},
+    "mlp": {"embedding_dim": ("cat", [16, 32, 64]), "learning_rate": ("log", 1e-4, 1e-2),
+            "n_negatives": ("int", 1, 8)},
+    "neumf": {"embedding_dim": ("cat", [16, 32, 64]), "learning_rate": ("log", 1e-4, 1e-2),
+              "n_negatives": ("int", 1, 8)},
+    "content": {"popularity_weight": ("float", 0.0, 1.0)},
+    "hybrid": {"reg": ("log", 1e-3, 0.1), "alpha": ("log", 1.0, 50.0),
+               "feature_reg": ("log", 0.1, 100.0)},
+    "hybrid_bpr": {"learning_rate": ("log", 1e-3, 3e-2), "reg": ("log", 1e-5, 1e-2),
+                   "id_dropout": ("float", 0.0, 0.8)},
+}
+
+
+def _suggest(trial: Any, name: str, spec: tuple[Any, ...]) -> Any:
+    kind = spec[0]
+    if kind == "cat":
+        return trial.suggest_categorical(name, list(spec[1]))
+    if kind == "int":
+        return trial.suggest_int(name, int(spec[1]), int(spec[2]))
+    if kind == "logint":
+        return trial.suggest_int(name, int(spec[1]), int(spec[2]), log=True)
+    if kind == "log":
+        return trial.suggest_float(name, float(spec[1]), float(spec[2]), log=True)
+    return trial.suggest_float(name, float(spec[1]), float(spec[2]))
+
+
+def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Path,
+         metric: str | None = None, timeout: float | None = None, seed: int = 0,
+         space: dict[str, tuple[Any, ...]] | None = None, config_path: str | Path | None = None,
+         console: Console | None = None) -> dict[str, Any]:
+    """Search ``model``'s hyperparameters (a label or name from ``cfg.models``, or any
+    registered model) and write the best as YAML into ``out``. Returns the summary."""
+    import optuna
+
+    from recforge.data.split import random_split
+    from recforge.evaluation import evaluate
+    from recforge.evaluation.metrics import Metric
+    from recforge.experiment.runner import prepare_data
+    from recforge.models.gradient import GradientRecommender
+    from recforge.models.registry import available_models, create_model
+
+    console = console or Console()
+    out = Path(out)
+    if n_trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {n_trials}")
+    entry = next((m for m in cfg.models if model in (m.display, m.name)), None)
+    if entry is None:
+        if model not in available_models():
+            raise ConfigError(f"model {model!r} is neither in the experiment nor registered")
+        entry = ModelConfig(name=model)
+    space = dict(space if space is not None else SPACES.get(entry.name, {}))
+    space = {k: v for k, v in space.items() if k not in entry.params}
+    if not space:
+        raise ConfigError(f"no hyperparameters to search for {entry.name!r} (no default "
+                          "search space, or the experiment fixes them all)")
+    metric = metric or cfg.metrics[0]
+    parsed = Metric.parse(metric)
+    lower_is_better = parsed.kind == "rating"
+
+    data = prepare_data(cfg)
+    template = create_model(entry.name, **entry.params)
+    rating = template.predicts_ratings and parsed.kind == "rating"
+    train_all = data.train
+    if data.valid is not None:
+        train, valid = data.train, data.valid
+        where = "the experiment's validation part"
+    else:
+        split = random_split(train_all, test_size=0.2, by_user=True, seed=cfg.split.seed + 1)
+        train, valid = split.train, split.test
+        where = "a per-user random 20% of the training events (the test set is not used)"
+    if not rating and cfg.data.min_rating is not None:
+        from recforge.data.filters import to_implicit
+
+        fit_train = to_implicit(train, cfg.data.min_rating) if train.value is not None else train
+        valid_eval = to_implicit(valid, cfg.data.min_rating) if valid.value is not None else valid
+    else:
+        fit_train, valid_eval = (train, valid)
+    kw: dict[str, Any] = {}
+    if getattr(template, "uses_item_features", False) and data.item_features is not None:
+        kw["item_features"] = data.item_features
+    gradient = isinstance(template, GradientRecommender)
+    console.print(f"tuning {entry.display} on {where}: {n_trials} trials, {parsed.label} "
+                  f"({'lower' if lower_is_better else 'higher'} is better); search space: "
+                  f"{', '.join(space)}", highlight=False)
+
+    def objective(trial: Any) -> float:
+        params = {**entry.params, **{k: _suggest(trial, k, v) for k, v in space.items()}}
+        model_ = create_model(entry.name, **params)
+        fit_kw = dict(kw)
+        if gradient:
+            model_.set_params(valid_metric=metric.lower())
+
+            def report(record: dict[str, Any]) -> None:
+                value = record.get(metric.lower())
+                if value is None:
+                    return
+                trial.report(float(value), record["epoch"])
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+
+            fit_kw["epoch_callback"] = report
+            model_.fit(fit_train, valid_eval, **fit_kw)
+        else:
+            model_.fit(fit_train, **fit_kw)
+        res = evaluate(model_, train if not rating else None, valid_eval if not rating else valid,
+                       metrics=metric)
+        value = res[parsed.label]
+        if not math.isfinite(value):
+            raise optuna.TrialPruned()
+        return float(value)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize" if lower_is_better else "maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3,
+                                                                   n_warmup_steps=2))
+    start = time.perf_counter()
+
+    def show(study_: Any, trial: Any) -> None:
+        state = trial.state.name.lower()
+        value = "" if trial.value is None else f"{parsed.label} {trial.value:.4f}"
+        console.print(f"trial {trial.number + 1}/{n_trials} {state} {value} {trial.params}",
+                      highlight=False)
+
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[show],
+                   catch=())
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if not complete:
+        raise ConfigError("every trial was pruned or failed; widen the search space")
+    best = {**entry.params, **study.best_params}
+    summary = {"model": entry.name, "label": entry.display, "metric": parsed.label,
+               "value": float(study.best_value), "params": best,
+               "trials": len(study.trials), "complete": len(complete),
+               "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+               "validation": where, "seconds": round(time.perf_counter() - start, 2)}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "best_params.yaml", yaml.safe_dump(summary, sort_keys=False))
+    tuned = cfg.to_dict()
+    for m in tuned["models"]:
+        if (m["label"] or m["name"]) == entry.display:
+            m["params"] = best
+    if not any((m["label"] or m["name"]) == entry.display for m in tuned["models"]):
+        tuned["models"].append({"name": entry.name, "params": best, "label": None})
+    stem = Path(config_path).stem if config_path else cfg.name
+    atomic_write_text(out / f"{stem}.tuned.yaml", yaml.safe_dump(tuned, sort_keys=False))
+    console.print(f"best {parsed.label} {study.best_value:.4f} with {best} "
+                  f"({summary['complete']} complete, {summary['pruned']} pruned); wrote "
+                  f"{out / 'best_params.yaml'} and {out / (stem + '.tuned.yaml')}",
+                  highlight=False)
+    return summary
