@@ -130,12 +130,13 @@ def test_console_script_exit_code(tmp_path):
 def test_quickstart_on_synthetic(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RECFORGE_DATA_DIR", str(tmp_path / "nothing-here"))
     monkeypatch.setenv("RECFORGE_CACHE_DIR", str(tmp_path / "cache"))
-    code, out, err = run(["quickstart", "--out", tmp_path / "qs", "--models", "pop,ease,content"],
-                         capsys)
+    code, out, err = run(["quickstart", "--out", tmp_path / "qs", "--models", "pop,ease,content",
+                          "--no-download"], capsys)
     assert code == 0, err
     flat = " ".join(out.split())
     assert "generated dataset" in flat and "NDCG@10" in flat
-    assert (tmp_path / "qs" / "ease" / "meta.json").exists()
+    assert (tmp_path / "qs" / "models" / "ease" / "meta.json").exists()
+    assert (tmp_path / "qs" / "report.html").exists()
     assert np.isfinite(len(out))
 
 

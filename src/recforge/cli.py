@@ -443,18 +443,22 @@ def models_cmd() -> None:
 @app.command()
 def quickstart(
     out: Path = typer.Option(Path("quickstart-output"), "--out",
-                             help="Where to write the trained models."),
+                             help="Where to write results, report and trained models."),
     data_dir: Path | None = typer.Option(None, "--data-dir",
                                             help="Directory holding extracted datasets."),
     k: int = typer.Option(10, "--k", help="Cutoff of the ranking metrics."),
     models: str | None = typer.Option(None, "--models",
                                          help="Comma-separated model names (default: all)."),
+    download: bool = typer.Option(True, "--download/--no-download",
+                                  help="Try to download ml-100k when no local copy exists."),
 ) -> None:
-    """Fit and compare every model on ml-100k (when found locally) or generated data."""
+    """Fit and compare every model on ml-100k (local or downloaded) or generated data;
+    leaderboard, report.html and the trained models in --out."""
     from recforge.experiment.quickstart import run_quickstart
 
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    run_quickstart(out=out, data_dir=data_dir, k=k, console=console, models=names)
+    run_quickstart(out=out, data_dir=data_dir, k=k, console=console, models=names,
+                   download=download)
 
 
 def main(argv: list[str] | None = None) -> int:
