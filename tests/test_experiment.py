@@ -276,3 +276,19 @@ def test_tune_cli(tmp_path, files):
     """)
     assert cli(["tune", path, "--model", "itemknn", "--trials", 2, "--out", tmp_path / "o"]) == 0
     assert (tmp_path / "o" / "best_params.yaml").exists()
+
+
+def test_config_reference_documents_every_key():
+    """docs/experiments.md's reference table names every field of the typed config."""
+    import dataclasses
+    import pathlib
+
+    from recforge.experiment import config as C
+
+    doc = (pathlib.Path(__file__).parents[1] / "docs" / "experiments.md").read_text()
+    for cls, prefix in ((C.DataConfig, "data."), (C.SplitConfig, "split."),
+                        (C.ExperimentConfig, "")):
+        for f in dataclasses.fields(cls):
+            if f.name in ("data", "split"):
+                continue
+            assert f"`{prefix}{f.name}" in doc, f"{prefix}{f.name} is not documented"
