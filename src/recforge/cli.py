@@ -318,6 +318,26 @@ def tune(
 
 
 @app.command()
+def serve(
+    model: Path = typer.Option(..., "--model", help="Directory of a trained model."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="RECFORGE_API_KEY",
+                                       help="Require this X-API-Key header (all endpoints "
+                                            "but /health)."),
+) -> None:
+    """Serve recommendations over HTTP (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from recforge.serving.app import create_app
+
+    application = create_app(model, api_key=api_key)
+    console.print(f"serving {application.state.service.model.name} from {model} on "
+                  f"http://{host}:{port} (docs: /docs)", highlight=False)
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@app.command()
 def recommend(
     model: Path = typer.Option(..., "--model", help="Directory of a trained model."),
     k: int = typer.Option(10, "--k", help="Recommendations per user."),

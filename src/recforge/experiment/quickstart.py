@@ -86,7 +86,6 @@ def run_quickstart(*, out: Path, data_dir: Path | None = None, k: int = 10,
     result = run_experiment(cfg, out, console=console)
     best = result.rows[0]["model"]
     console.print(f"Best by {result.primary}: [bold]{best}[/bold]. Report: "
-                  f"{out / 'report.html'}. Recommend with the best model:\n"
-                  f"  recforge recommend --model {out / 'models' / best} --k 10 "
-                  f"--out recommendations.csv", highlight=False)
+                  f"{out / 'report.html'}. Serve the best model:\n"
+                  f"  recforge serve --model {out / 'models' / best}", highlight=False)
     return result.rows

@@ -1,0 +1,116 @@
+"""The HTTP API: ``create_app(model)`` returns a FastAPI app; ``recforge serve`` runs it.
+
+Endpoints (OpenAPI docs at ``/docs``):
+
+- ``GET /health``, ``GET /model``;
+- ``GET /users/{user_id}/recommendations?k=10&include_seen=false``: unknown users get the
+  most popular items, marked ``"fallback": "popular"``;
+- ``POST /recommendations``: ``{"users": [...], "k": 10}`` for a batch of users, or
+  ``{"history": [...], "k": 10}`` for an anonymous session (fold-in, models that support
+  it); unknown history items are listed in ``unknown_items``;
+- ``GET /items/{item_id}/similar?k=10``.
+
+Bad input answers 4xx with a JSON ``{"detail": ...}``: 422 for invalid parameters or bodies
+(k outside 1..1000, malformed JSON, wrong types), 404 for unknown items, 400 for requests
+the model cannot answer. With an API key (``api_key=`` or ``RECFORGE_API_KEY``), every
+endpoint but ``/health`` needs the ``X-API-Key`` header (401 otherwise).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, model_validator
+from starlette.concurrency import run_in_threadpool
+
+from recforge import __version__
+from recforge.errors import ConfigError, DataError, ModelError, RecforgeError
+from recforge.models.base import Recommender
+from recforge.serving.service import MAX_K, NotFound, RecommendationService
+
+__all__ = ["create_app"]
+
+Id = int | str
+
+
+class RecommendationsRequest(BaseModel):
+    """Either ``users`` (known or not) or ``history`` (item ids of an anonymous session)."""
+
+    users: list[Id] | None = Field(default=None, max_length=10_000)
+    history: list[Id] | None = Field(default=None, max_length=10_000)
+    values: list[float] | None = Field(default=None, description="Ratings / weights of the "
+                                       "history items (same length).")
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    include_seen: bool = False
+
+    @model_validator(mode="after")
+    def one_of(self) -> RecommendationsRequest:
+        if (self.users is None) == (self.history is None):
+            raise ValueError("give exactly one of 'users' and 'history'")
+        if self.values is not None and (self.history is None
+                                        or len(self.values) != len(self.history)):
+            raise ValueError("'values' needs 'history' of the same length")
+        return self
+
+
+def create_app(model: Recommender | str | Path, *, api_key: str | None = None) -> FastAPI:
+    """A FastAPI app answering for ``model`` (a fitted model or a saved model directory)."""
+    service = RecommendationService(model)
+    key = api_key if api_key is not None else os.environ.get("RECFORGE_API_KEY") or None
+    app = FastAPI(title="recforge", version=__version__,
+                  description=f"Recommendations from a trained {service.model.name!r} model.")
+    app.state.service = service
+
+    def check_key(x_api_key: str | None = Header(default=None)) -> None:
+        if key is not None and (x_api_key is None
+                                or not hmac.compare_digest(x_api_key.encode(), key.encode())):
+            raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
+
+    guarded = [Depends(check_key)]
+
+    @app.exception_handler(RecforgeError)
+    async def recforge_error(_: Any, exc: RecforgeError) -> JSONResponse:
+        if isinstance(exc, NotFound):
+            status = 404
+        elif isinstance(exc, (ConfigError, DataError)):
+            status = 422
+        else:
+            status = 400
+        return JSONResponse(status_code=status, content={"detail": str(exc)})
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/model", dependencies=guarded)
+    async def model_info() -> dict[str, Any]:
+        return app.state.service.info()
+
+    @app.get("/users/{user_id}/recommendations", dependencies=guarded)
+    async def user_recommendations(user_id: str, k: int = Query(10, ge=1, le=MAX_K),
+                                   include_seen: bool = False) -> dict[str, Any]:
+        return await run_in_threadpool(app.state.service.recommend_user, user_id, k,
+                                       include_seen)
+
+    @app.post("/recommendations", dependencies=guarded)
+    async def recommendations(req: RecommendationsRequest) -> dict[str, Any]:
+        svc: RecommendationService = app.state.service
+        if req.users is not None:
+            results = await run_in_threadpool(svc.recommend_users, list(req.users), req.k,
+                                              req.include_seen)
+            return {"results": results}
+        if not svc.model.supports_history:
+            raise ModelError(f"model {svc.model.name!r} cannot score an anonymous history")
+        return await run_in_threadpool(svc.recommend_history, list(req.history or []), req.k,
+                                       req.values)
+
+    @app.get("/items/{item_id}/similar", dependencies=guarded)
+    async def similar(item_id: str, k: int = Query(10, ge=1, le=MAX_K)) -> dict[str, Any]:
+        return await run_in_threadpool(app.state.service.similar, item_id, k)
+
+    return app

@@ -1,0 +1,130 @@
+"""The recommendation service behind the HTTP app: a loaded model plus fast per-request
+paths that return plain lists (no DataFrame per request)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recforge.errors import ConfigError, ModelError
+from recforge.models.base import Recommender
+
+__all__ = ["RecommendationService", "NotFound"]
+
+
+class NotFound(ModelError):
+    """An id the model does not know, where no fallback applies."""
+
+MAX_K = 1000
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class RecommendationService:
+    """Answers recommendation requests for one trained model.
+
+    ``model`` is a fitted :class:`Recommender` or the directory of a saved one.
+    """
+
+    def __init__(self, model: Recommender | str | Path) -> None:
+        if isinstance(model, Recommender):
+            self.model = model
+            self.path: Path | None = None
+            self.meta: dict[str, Any] = {"model": model.name, "params": model.get_params()}
+        else:
+            self.path = Path(model)
+            self.model = Recommender.load(self.path)
+            self.meta = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
+        self.model._check_fitted()
+        pop = torch.from_numpy(self.model.item_popularity_.astype(np.float32))
+        self._popular = torch.argsort(pop, descending=True, stable=True)
+
+    # ----------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        m = self.model
+        return {"model": m.name, "params": self.meta.get("params", m.get_params()),
+                "n_users": m.n_users, "n_items": m.n_items,
+                "recforge_version": self.meta.get("recforge_version"),
+                "created": self.meta.get("created"),
+                "train_fingerprint": self.meta.get("train_fingerprint"),
+                "supports_history": bool(m.supports_history), "path": str(self.path or "")}
+
+    @staticmethod
+    def _check_k(k: int) -> int:
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise ConfigError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+        return int(k)
+
+    def _items(self, idx: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+        ids = self.model.items_.ids
+        return [{"item": _plain(ids[i]), "rank": r + 1, "score": float(s)}
+                for r, (i, s) in enumerate(zip(idx.tolist(), scores.tolist(), strict=True))
+                if math.isfinite(s)]
+
+    def user_index(self, user: Any) -> int:
+        return int(self.model.users_.index(np.asarray([user], dtype=object))[0])
+
+    def recommend_user(self, user: Any, k: int = 10, include_seen: bool = False
+                       ) -> dict[str, Any]:
+        """Top-``k`` for one user (external id); unknown users get the most popular items,
+        marked ``"fallback": "popular"``."""
+        k = self._check_k(k)
+        u = self.user_index(user)
+        m = self.model
+        if u < 0:
+            top = self._popular[:min(k, m.n_items)].numpy()
+            scores = m.item_popularity_[top]
+            return {"user": user, "items": self._items(top, scores), "fallback": "popular"}
+        exclude = None if include_seen else m.seen_
+        for _, items, scores in m.iter_top_k(np.array([u]), k, exclude=exclude):
+            return {"user": _plain(m.users_.ids[u]),
+                    "items": self._items(items[0].numpy(), scores[0].numpy()),
+                    "fallback": None}
+        raise ModelError("no recommendations produced")  # pragma: no cover
+
+    def recommend_users(self, users: list[Any], k: int = 10, include_seen: bool = False
+                        ) -> list[dict[str, Any]]:
+        k = self._check_k(k)
+        m = self.model
+        idx = m.users_.index(np.asarray(users, dtype=object)) if users else np.empty(0, int)
+        out: list[dict[str, Any] | None] = [None] * len(users)
+        known = np.flatnonzero(idx >= 0)
+        exclude = None if include_seen else m.seen_
+        pos = 0
+        for ub, items, scores in m.iter_top_k(idx[known], k, exclude=exclude):
+            for row in range(len(ub)):
+                j = known[pos + row]
+                out[j] = {"user": _plain(m.users_.ids[idx[j]]),
+                          "items": self._items(items[row].numpy(), scores[row].numpy()),
+                          "fallback": None}
+            pos += len(ub)
+        for j in np.flatnonzero(idx < 0):
+            out[j] = self.recommend_user(users[j], k)
+        return out  # type: ignore[return-value]
+
+    def recommend_history(self, items: list[Any], k: int = 10,
+                          values: list[float] | None = None) -> dict[str, Any]:
+        """Top-``k`` for an anonymous history (fold-in); unknown items are listed."""
+        k = self._check_k(k)
+        frame = self.model.recommend_for_history(items, k=k, values=values, unknown="skip")
+        return {"items": [{"item": _plain(i), "rank": int(r), "score": float(s)}
+                          for i, r, s in zip(frame["item"], frame["rank"], frame["score"],
+                                             strict=True)],
+                "unknown_items": [_plain(x) for x in frame.attrs.get("unknown_items", [])]}
+
+    def similar(self, item: Any, k: int = 10) -> dict[str, Any]:
+        k = self._check_k(k)
+        if self.model.items_.index(np.asarray([item], dtype=object))[0] < 0:
+            raise NotFound(f"unknown item id {item!r}")
+        frame = self.model.similar_items([item], k=min(k, self.model.n_items - 1))
+        return {"item": _plain(frame["item"].iloc[0]) if len(frame) else item,
+                "similar": [{"item": _plain(i), "rank": int(r), "score": float(s)}
+                            for i, r, s in zip(frame["similar"], frame["rank"], frame["score"],
+                                               strict=True)]}

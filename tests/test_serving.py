@@ -1,0 +1,139 @@
+"""The HTTP app: every endpoint, fallbacks, and bad input answered with 4xx, never 5xx."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from recforge.models import create_model
+from recforge.serving.app import create_app
+
+
+@pytest.fixture(scope="module")
+def saved(random_data, tmp_path_factory):
+    model = create_model("ease", reg=20.0).fit(random_data)
+    return model, model.save(tmp_path_factory.mktemp("m") / "ease")
+
+
+@pytest.fixture(scope="module")
+def client(saved):
+    return TestClient(create_app(saved[1]))
+
+
+def test_health_and_model(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/model").json()
+    assert info["model"] == "ease" and info["params"]["reg"] == 20.0 and info["n_items"] > 0
+
+
+def test_user_recommendations_match_the_library(client, saved, random_data):
+    model, _ = saved
+    user = random_data.users.ids[3]
+    body = client.get(f"/users/{user}/recommendations", params={"k": 5}).json()
+    expected = model.recommend([user], k=5)
+    assert [x["item"] for x in body["items"]] == expected["item"].tolist()
+    assert body["fallback"] is None and [x["rank"] for x in body["items"]] == [1, 2, 3, 4, 5]
+    seen = set(random_data.items.ids[random_data.csr[3].indices].tolist())
+    assert not seen & {x["item"] for x in body["items"]}
+    with_seen = client.get(f"/users/{user}/recommendations",
+                           params={"k": 5, "include_seen": True}).json()
+    assert len(with_seen["items"]) == 5
+
+
+def test_unknown_user_gets_popular_fallback(client, random_data):
+    body = client.get("/users/nobody/recommendations", params={"k": 3}).json()
+    assert body["fallback"] == "popular" and len(body["items"]) == 3
+    top = random_data.items.ids[np.argmax(random_data.item_counts())]
+    assert body["items"][0]["item"] == top
+
+
+def test_batch_and_history(client, saved, random_data):
+    users = [random_data.users.ids[0], "nobody", random_data.users.ids[1]]
+    res = client.post("/recommendations", json={"users": [int(u) if isinstance(u, np.integer)
+                                                          else u for u in users], "k": 4})
+    assert res.status_code == 200, res.text
+    results = res.json()["results"]
+    assert [r["fallback"] for r in results] == [None, "popular", None]
+    hist = [int(i) for i in random_data.items.ids[:3]]
+    res = client.post("/recommendations", json={"history": hist + ["zzz"], "k": 5}).json()
+    assert res["unknown_items"] == ["zzz"] and len(res["items"]) == 5
+    expected = saved[0].recommend_for_history(hist, k=5)
+    assert [x["item"] for x in res["items"]] == expected["item"].tolist()
+
+
+def test_similar_items(client, random_data):
+    item = random_data.items.ids[2]
+    body = client.get(f"/items/{item}/similar", params={"k": 4}).json()
+    assert len(body["similar"]) == 4 and item not in [x["item"] for x in body["similar"]]
+    assert client.get("/items/no-such-item/similar").status_code == 404
+
+
+@pytest.mark.parametrize("method,url,kwargs", [
+    ("get", "/users/1/recommendations?k=0", {}),
+    ("get", "/users/1/recommendations?k=1001", {}),
+    ("get", "/users/1/recommendations?k=abc", {}),
+    ("get", "/users/1/recommendations?include_seen=maybe", {}),
+    ("post", "/recommendations", {"content": b"{not json", "headers": {"content-type": "application/json"}}),
+    ("post", "/recommendations", {"json": {"k": 5}}),
+    ("post", "/recommendations", {"json": {"users": [1], "history": [1]}}),
+    ("post", "/recommendations", {"json": {"users": "1"}}),
+    ("post", "/recommendations", {"json": {"history": [], "k": 3}}),
+    ("post", "/recommendations", {"json": {"history": [1, 2], "values": [1.0]}}),
+    ("post", "/recommendations", {"json": {"users": [[1]]}}),
+    ("get", "/items/1/similar?k=-1", {}),
+])
+def test_bad_input_is_4xx(client, method, url, kwargs):
+    res = getattr(client, method)(url, **kwargs)
+    assert 400 <= res.status_code < 500, (res.status_code, res.text)
+    assert "detail" in res.json()
+
+
+def test_api_key(saved):
+    c = TestClient(create_app(saved[1], api_key="s3cret"))
+    assert c.get("/health").status_code == 200
+    assert c.get("/model").status_code == 401
+    assert c.get("/model", headers={"X-API-Key": "wrong"}).status_code == 401
+    assert c.get("/model", headers={"X-API-Key": "s3cret"}).status_code == 200
+
+
+def test_model_without_history_support(random_data, tmp_path):
+    c = TestClient(create_app(create_model("pop").fit(random_data)))
+    res = c.post("/recommendations", json={"history": [1, 2]})
+    assert res.status_code == 400 and "history" in res.json()["detail"]
+    assert c.get(f"/items/{random_data.items.ids[0]}/similar").status_code == 400
+
+
+def test_recforge_serve_end_to_end(saved):
+    """`recforge serve` in a real process answers over HTTP."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "recforge", "serve", "--model", str(saved[1]),
+                             "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise AssertionError(proc.stdout.read().decode() if proc.stdout else "") from None
+                time.sleep(0.2)
+        assert r.json() == {"status": "ok"}
+        r = httpx.get(f"http://127.0.0.1:{port}/users/nobody/recommendations?k=2")
+        assert r.json()["fallback"] == "popular" and len(r.json()["items"]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
