@@ -327,14 +327,22 @@ def serve(
                                             "but /health)."),
 ) -> None:
     """Serve recommendations over HTTP (OpenAPI docs at /docs)."""
+    import torch
     import uvicorn
 
     from recforge.serving.app import create_app
 
+    # One request's scoring is a small product: extra torch threads only contend with the
+    # event loop (OpenMP spin-waits), so the server scores on one thread.
+    torch.set_num_threads(1)
     application = create_app(model, api_key=api_key)
     console.print(f"serving {application.state.service.model.name} from {model} on "
                   f"http://{host}:{port} (docs: /docs)", highlight=False)
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    import gc
+
+    gc.collect()
+    gc.freeze()  # the loaded model's objects need no further GC scans: fewer latency spikes
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
 
 
 @app.command()

@@ -45,6 +45,11 @@ class RecommendationService:
         self.model._check_fitted()
         pop = torch.from_numpy(self.model.item_popularity_.astype(np.float32))
         self._popular = torch.argsort(pop, descending=True, stable=True)
+        # Ids arrive as text (URL paths) or JSON values: one hash lookup on their string
+        # form (Vocabulary.index's type coercion costs ~0.3 ms per call).
+        import pandas as pd
+
+        self._user_ids = pd.Index(self.model.users_.ids.astype(str))
 
     # ----------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -69,7 +74,11 @@ class RecommendationService:
                 if math.isfinite(s)]
 
     def user_index(self, user: Any) -> int:
-        return int(self.model.users_.index(np.asarray([user], dtype=object))[0])
+        try:
+            loc = self._user_ids.get_loc(str(user))
+        except KeyError:
+            return -1
+        return int(loc) if isinstance(loc, (int, np.integer)) else -1
 
     def recommend_user(self, user: Any, k: int = 10, include_seen: bool = False
                        ) -> dict[str, Any]:
@@ -82,12 +91,18 @@ class RecommendationService:
             top = self._popular[:min(k, m.n_items)].numpy()
             scores = m.item_popularity_[top]
             return {"user": user, "items": self._items(top, scores), "fallback": "popular"}
-        exclude = None if include_seen else m.seen_
-        for _, items, scores in m.iter_top_k(np.array([u]), k, exclude=exclude):
-            return {"user": _plain(m.users_.ids[u]),
-                    "items": self._items(items[0].numpy(), scores[0].numpy()),
-                    "fallback": None}
-        raise ModelError("no recommendations produced")  # pragma: no cover
+        # One user: score, mask the seen items by their CSR slice, top-k. (The batched
+        # iter_top_k path does the same for many users; this skips its block set-up.)
+        with torch.no_grad():
+            scores = m._score(torch.tensor([u])).reshape(-1).float().clone()
+        if not include_seen:
+            seen = m.seen_.indices[m.seen_.indptr[u]:m.seen_.indptr[u + 1]]
+            if len(seen):
+                scores[torch.from_numpy(seen.astype(np.int64))] = -math.inf
+        top = torch.topk(scores, min(k, scores.shape[0]))
+        return {"user": _plain(m.users_.ids[u]),
+                "items": self._items(top.indices.numpy(), top.values.numpy()),
+                "fallback": None}
 
     def recommend_users(self, users: list[Any], k: int = 10, include_seen: bool = False
                         ) -> list[dict[str, Any]]:
