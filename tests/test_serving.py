@@ -137,3 +137,89 @@ def test_recforge_serve_end_to_end(saved):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# -- the event store ------------------------------------------------------------------------
+def test_events_count_as_seen_and_users_can_be_forgotten(saved, random_data, tmp_path):
+    c = TestClient(create_app(saved[1], events=tmp_path / "ev.sqlite"))
+    user = random_data.users.ids[0]
+    first = c.get(f"/users/{user}/recommendations", params={"k": 3}).json()["items"][0]["item"]
+    res = c.post("/interactions", json={"events": [{"user": int(user), "item": first,
+                                                    "value": 1.0, "timestamp": 5}]})
+    assert res.status_code == 200 and res.json() == {"stored": 1}
+    after = [x["item"] for x in c.get(f"/users/{user}/recommendations").json()["items"]]
+    assert first not in after  # the posted item is now a seen item
+    # A user the model never saw, with posted events: recommendations from that history.
+    hist = [int(i) for i in random_data.items.ids[:3]]
+    c.post("/interactions", json={"events": [{"user": "newbie", "item": i} for i in hist]})
+    body = c.get("/users/newbie/recommendations", params={"k": 4}).json()
+    assert body["fallback"] == "history" and not set(hist) & {x["item"] for x in body["items"]}
+    # The right to be forgotten: events gone, the user is answered as unknown.
+    res = c.delete(f"/users/{user}").json()
+    assert res["deleted_events"] == 1
+    body = c.get(f"/users/{user}/recommendations", params={"k": 3}).json()
+    assert body["fallback"] == "popular"
+    assert c.post("/interactions", json={"events": []}).status_code == 422
+    assert c.post("/interactions", json={"events": [{"user": 1}]}).status_code == 422
+
+
+def test_train_from_the_event_store(tmp_path, capsys):
+    from recforge.cli import main
+    from recforge.models import Recommender
+    from recforge.serving.events import EventStore
+
+    store = EventStore(tmp_path / "ev.sqlite")
+    rng = np.random.default_rng(0)
+    store.append([(int(u), int(i), None, None) for u, i in rng.integers(0, 30, (400, 2))])
+    try:
+        main(["train", "ease", "--data", f"events:{tmp_path / 'ev.sqlite'}", "--out",
+              str(tmp_path / "m"), "--duplicates", "last"])
+    except SystemExit as exc:
+        assert not exc.code
+    model = Recommender.load(tmp_path / "m")
+    assert model.users_.is_integer and model.n_users <= 30
+
+
+def test_acknowledged_events_survive_kill_9(saved, tmp_path):
+    """10,000 events posted to a real server, then SIGKILL: all are in the store."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from recforge.serving.events import EventStore
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = tmp_path / "ev.sqlite"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "recforge", "serve", "--model", str(saved[1]),
+                             "--port", str(port), "--events", str(db)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    acked = 0
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.time() < deadline and proc.poll() is None
+                time.sleep(0.2)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            for b in range(100):
+                batch = [{"user": f"u{b}", "item": j, "timestamp": b * 100 + j}
+                         for j in range(100)]
+                r = client.post("/interactions", json={"events": batch})
+                assert r.status_code == 200
+                acked += r.json()["stored"]
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert acked == 10_000
+    assert EventStore(db).count() == acked

@@ -325,6 +325,10 @@ def serve(
     api_key: str | None = typer.Option(None, "--api-key", envvar="RECFORGE_API_KEY",
                                        help="Require this X-API-Key header (all endpoints "
                                             "but /health)."),
+    events: Path | None = typer.Option(None, "--events", help="SQLite event store for POST "
+                                       "/interactions (default: MODEL.events.sqlite beside "
+                                       "the model directory)."),
+    no_events: bool = typer.Option(False, "--no-events", help="Serve without an event store."),
 ) -> None:
     """Serve recommendations over HTTP (OpenAPI docs at /docs)."""
     import torch
@@ -335,7 +339,8 @@ def serve(
     # One request's scoring is a small product: extra torch threads only contend with the
     # event loop (OpenMP spin-waits), so the server scores on one thread.
     torch.set_num_threads(1)
-    application = create_app(model, api_key=api_key)
+    store = None if no_events else (events or model.with_name(model.name + ".events.sqlite"))
+    application = create_app(model, api_key=api_key, events=store)
     console.print(f"serving {application.state.service.model.name} from {model} on "
                   f"http://{host}:{port} (docs: /docs)", highlight=False)
     import gc

@@ -59,9 +59,30 @@ class RecommendationsRequest(BaseModel):
         return self
 
 
-def create_app(model: Recommender | str | Path, *, api_key: str | None = None) -> FastAPI:
-    """A FastAPI app answering for ``model`` (a fitted model or a saved model directory)."""
-    service = RecommendationService(model)
+class Event(BaseModel):
+    user: Id
+    item: Id
+    value: float | None = None
+    timestamp: int | None = None
+
+
+class EventsRequest(BaseModel):
+    events: list[Event] = Field(min_length=1, max_length=10_000)
+
+
+def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
+               events: str | Path | None = None) -> FastAPI:
+    """A FastAPI app answering for ``model`` (a fitted model or a saved model directory).
+
+    ``events``: path of the SQLite event store (``POST /interactions``,
+    ``DELETE /users/{id}``); ``None`` serves without one.
+    """
+    store = None
+    if events is not None:
+        from recforge.serving.events import EventStore
+
+        store = EventStore(events)
+    service = RecommendationService(model, events=store)
     key = api_key if api_key is not None else os.environ.get("RECFORGE_API_KEY") or None
     app = FastAPI(title="recforge", version=__version__,
                   description=f"Recommendations from a trained {service.model.name!r} model.")
@@ -112,6 +133,20 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None) -
             raise ModelError(f"model {svc.model.name!r} cannot score an anonymous history")
         return await run_in_threadpool(svc.recommend_history, list(req.history or []), req.k,
                                        req.values)
+
+    @app.post("/interactions", dependencies=guarded)
+    async def post_interactions(req: EventsRequest) -> dict[str, Any]:
+        """Append events; they count as seen items for their users at once. The answer
+        comes after the events are durably stored."""
+        rows = [(e.user, e.item, e.value, e.timestamp) for e in req.events]
+        n = await run_in_threadpool(app.state.service.add_events, rows)
+        return {"stored": n}
+
+    @app.delete("/users/{user_id}", dependencies=guarded)
+    async def forget_user(user_id: str) -> dict[str, Any]:
+        """Remove the user's events; from now on the user is answered as unknown."""
+        n = await run_in_threadpool(app.state.service.forget_user, user_id)
+        return {"user": user_id, "deleted_events": n}
 
     @app.get("/items/{item_id}/similar", dependencies=guarded)
     async def similar(item_id: str, k: int = Query(10, ge=1, le=MAX_K)) -> dict[str, Any]:

@@ -33,7 +33,7 @@ class RecommendationService:
     ``model`` is a fitted :class:`Recommender` or the directory of a saved one.
     """
 
-    def __init__(self, model: Recommender | str | Path) -> None:
+    def __init__(self, model: Recommender | str | Path, events: Any = None) -> None:
         if isinstance(model, Recommender):
             self.model = model
             self.path: Path | None = None
@@ -43,6 +43,10 @@ class RecommendationService:
             self.model = Recommender.load(self.path)
             self.meta = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
         self.model._check_fitted()
+        #: Optional :class:`~recforge.serving.events.EventStore`: posted events count as
+        #: seen items at once; forgotten users are answered as unknown ones.
+        self.events = events
+        self._forgotten: set[str] = events.forgotten() if events is not None else set()
         pop = torch.from_numpy(self.model.item_popularity_.astype(np.float32))
         self._popular = torch.argsort(pop, descending=True, stable=True)
         # Ids arrive as text (URL paths) or JSON values: one hash lookup on their string
@@ -85,8 +89,13 @@ class RecommendationService:
         """Top-``k`` for one user (external id); unknown users get the most popular items,
         marked ``"fallback": "popular"``."""
         k = self._check_k(k)
-        u = self.user_index(user)
         m = self.model
+        key = str(user)
+        u = -1 if key in self._forgotten else self.user_index(user)
+        posted = self._posted_items(key)
+        if u < 0 and len(posted) and m.supports_history:
+            res = self.recommend_history(m.items_.ids[posted].tolist(), k)
+            return {"user": user, "items": res["items"], "fallback": "history"}
         if u < 0:
             top = self._popular[:min(k, m.n_items)].numpy()
             scores = m.item_popularity_[top]
@@ -97,6 +106,8 @@ class RecommendationService:
             scores = m._score(torch.tensor([u])).reshape(-1).float().clone()
         if not include_seen:
             seen = m.seen_.indices[m.seen_.indptr[u]:m.seen_.indptr[u + 1]]
+            if len(posted):
+                seen = np.concatenate([seen, posted])
             if len(seen):
                 scores[torch.from_numpy(seen.astype(np.int64))] = -math.inf
         top = torch.topk(scores, min(k, scores.shape[0]))
@@ -104,10 +115,36 @@ class RecommendationService:
                 "items": self._items(top.indices.numpy(), top.values.numpy()),
                 "fallback": None}
 
+    def _posted_items(self, user_key: str) -> np.ndarray:
+        """Model indices of the items this user posted to the event store."""
+        if self.events is None:
+            return np.empty(0, np.int64)
+        items = self.events.user_items(user_key)
+        if not items:
+            return np.empty(0, np.int64)
+        idx = self.model.items_.index(np.asarray(items, dtype=object))
+        return idx[idx >= 0].astype(np.int64)
+
+    def add_events(self, events: list[tuple[Any, Any, float | None, int | None]]) -> int:
+        if self.events is None:
+            raise ModelError("this server has no event store (start it without --no-events)")
+        n = self.events.append(events)
+        self._forgotten.difference_update(str(e[0]) for e in events)
+        return n
+
+    def forget_user(self, user: Any) -> int:
+        if self.events is None:
+            raise ModelError("this server has no event store (start it without --no-events)")
+        n = self.events.delete_user(user)
+        self._forgotten.add(str(user))
+        return n
+
     def recommend_users(self, users: list[Any], k: int = 10, include_seen: bool = False
                         ) -> list[dict[str, Any]]:
         k = self._check_k(k)
         m = self.model
+        if self.events is not None:  # posted events and forgotten users: one at a time
+            return [self.recommend_user(u, k, include_seen) for u in users]
         idx = m.users_.index(np.asarray(users, dtype=object)) if users else np.empty(0, int)
         out: list[dict[str, Any] | None] = [None] * len(users)
         known = np.flatnonzero(idx >= 0)
