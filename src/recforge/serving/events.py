@@ -82,6 +82,14 @@ class EventStore:
                                    (str(user),))
             return [r[0] for r in cur.fetchall()]
 
+    def all_user_items(self) -> dict[str, list[str]]:
+        """Every user's posted items (for an in-memory index at server start)."""
+        out: dict[str, list[str]] = {}
+        with self._lock:
+            for user, item in self._db.execute("SELECT DISTINCT user, item FROM events"):
+                out.setdefault(user, []).append(item)
+        return out
+
     def delete_user(self, user: Any) -> int:
         """Remove every event of ``user`` and remember them as forgotten."""
         with self._lock:
