@@ -223,3 +223,60 @@ def test_acknowledged_events_survive_kill_9(saved, tmp_path):
         proc.wait(timeout=10)
     assert acked == 10_000
     assert EventStore(db).count() == acked
+
+
+def test_fuzzed_requests_never_5xx(saved, tmp_path):
+    """1,000 malformed or hostile requests (Hypothesis): no 5xx answer."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    c = TestClient(create_app(saved[1], events=tmp_path / "fuzz.sqlite"),
+                   raise_server_exceptions=False)
+    ident = st.one_of(st.integers(-2**70, 2**70), st.text(max_size=30), st.none(),
+                      st.floats(allow_nan=False, allow_infinity=False), st.booleans())
+    json_value = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(),
+                                        st.floats(allow_nan=False, allow_infinity=False),
+                                        st.text(max_size=20)),
+                              lambda inner: st.one_of(st.lists(inner, max_size=5),
+                                                      st.dictionaries(st.text(max_size=8),
+                                                                      inner, max_size=5)),
+                              max_leaves=20)
+    body = st.one_of(
+        json_value,
+        st.fixed_dictionaries({"users": st.lists(ident, max_size=5)},
+                              optional={"k": ident, "include_seen": ident}),
+        st.fixed_dictionaries({"history": st.lists(ident, max_size=5)},
+                              optional={"k": ident, "values": st.lists(ident, max_size=5)}),
+        st.fixed_dictionaries({"events": st.lists(st.fixed_dictionaries(
+            {"user": ident, "item": ident}, optional={"value": ident, "timestamp": ident}),
+            max_size=4)}),
+    )
+    segment = st.text(alphabet=st.characters(blacklist_categories=("Cs",),
+                                             blacklist_characters="/?#%"), max_size=20)
+    query = st.dictionaries(st.sampled_from(["k", "include_seen", "x"]),
+                            st.text(max_size=12), max_size=3)
+
+    @settings(max_examples=1000, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(kind=st.integers(0, 4), seg=segment, q=query, payload=body,
+           raw=st.one_of(st.binary(max_size=50), st.sampled_from(
+               [b"NaN", b"{\"history\": [1], \"values\": [NaN]}", b"{\"k\": Infinity}",
+                b"{\"users\": [1e999]}"])))
+    def probe(kind, seg, q, payload, raw):
+        from urllib.parse import quote
+
+        seg = quote(seg, safe="") or "x"
+        if kind == 0:
+            r = c.get(f"/users/{seg}/recommendations", params=q)
+        elif kind == 1:
+            r = c.get(f"/items/{seg}/similar", params=q)
+        elif kind == 2:
+            r = c.post("/recommendations", json=payload)
+        elif kind == 3:
+            r = c.post("/interactions", json=payload)
+        else:
+            r = c.post("/recommendations", content=raw,
+                       headers={"content-type": "application/json"})
+        assert r.status_code < 500, (kind, seg, q, payload, r.status_code, r.text[:300])
+
+    probe()

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
@@ -44,8 +47,8 @@ class RecommendationsRequest(BaseModel):
 
     users: list[Id] | None = Field(default=None, max_length=10_000)
     history: list[Id] | None = Field(default=None, max_length=10_000)
-    values: list[float] | None = Field(default=None, description="Ratings / weights of the "
-                                       "history items (same length).")
+    values: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        default=None, description="Ratings / weights of the history items (same length).")
     k: int = Field(default=10, ge=1, le=MAX_K)
     include_seen: bool = False
 
@@ -62,12 +65,23 @@ class RecommendationsRequest(BaseModel):
 class Event(BaseModel):
     user: Id
     item: Id
-    value: float | None = None
-    timestamp: int | None = None
+    value: float | None = Field(default=None, allow_inf_nan=False)
+    timestamp: int | None = Field(default=None, ge=-(2**62), le=2**62)
 
 
 class EventsRequest(BaseModel):
     events: list[Event] = Field(min_length=1, max_length=10_000)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with non-finite floats replaced by their text (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
@@ -95,6 +109,13 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
 
     # Without a key, no dependency at all: it would cost every request a resolution step.
     guarded = [Depends(check_key)] if key is not None else []
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Any, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes the input, and a NaN / Infinity in it (valid for
+        # Python's JSON parser, not for its encoder) would turn a 422 into a 500.
+        return JSONResponse(status_code=422,
+                            content={"detail": _finite(jsonable_encoder(exc.errors()))})
 
     @app.exception_handler(RecforgeError)
     async def recforge_error(_: Any, exc: RecforgeError) -> JSONResponse:
