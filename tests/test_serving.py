@@ -280,3 +280,56 @@ def test_fuzzed_requests_never_5xx(saved, tmp_path):
         assert r.status_code < 500, (kind, seg, q, payload, r.status_code, r.text[:300])
 
     probe()
+
+
+def test_admin_reload_swaps_the_model(random_data, tmp_path):
+    path = create_model("ease", reg=20.0).fit(random_data).save(tmp_path / "m")
+    c = TestClient(create_app(path))
+    assert c.get("/model").json()["params"]["reg"] == 20.0
+    create_model("ease", reg=300.0).fit(random_data).save(path)  # replaced atomically
+    res = c.post("/admin/reload")
+    assert res.status_code == 200 and res.json()["model"]["params"]["reg"] == 300.0
+    assert c.get("/model").json()["params"]["reg"] == 300.0
+    other = create_model("pop").fit(random_data).save(tmp_path / "pop")
+    assert c.post("/admin/reload", json={"model": str(other)}).json()["model"]["model"] == "pop"
+    bad = c.post("/admin/reload", json={"model": str(tmp_path / "nothing")})
+    assert bad.status_code == 400 and c.get("/model").json()["model"] == "pop"
+
+
+def test_sighup_reloads_a_running_server(random_data, tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    path = create_model("ease", reg=20.0).fit(random_data).save(tmp_path / "m")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "recforge", "serve", "--model", str(path),
+                             "--port", str(port), "--no-events"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/model"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                assert httpx.get(url, timeout=1).json()["params"]["reg"] == 20.0
+                break
+            except httpx.TransportError:
+                assert time.time() < deadline and proc.poll() is None
+                time.sleep(0.2)
+        create_model("ease", reg=300.0).fit(random_data).save(path)
+        os.kill(proc.pid, signal.SIGHUP)
+        deadline = time.time() + 30
+        while httpx.get(url, timeout=2).json()["params"]["reg"] != 300.0:
+            assert time.time() < deadline, "the model was not reloaded"
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

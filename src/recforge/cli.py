@@ -344,7 +344,21 @@ def serve(
     console.print(f"serving {application.state.service.model.name} from {model} on "
                   f"http://{host}:{port} (docs: /docs)", highlight=False)
     import gc
+    import signal
+    import threading
 
+    def on_sighup(*_: object) -> None:  # reload in a thread, off the signal handler
+        def work() -> None:
+            try:
+                application.state.reload()
+                log.warning("reloaded %s", model)
+            except Exception as exc:  # keep serving the old model
+                log.error("reload failed, still serving the previous model: %s", exc)
+
+        threading.Thread(target=work, daemon=True).start()
+
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_sighup)
     gc.collect()
     gc.freeze()  # the loaded model's objects need no further GC scans: fewer latency spikes
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Query
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -60,6 +60,10 @@ class RecommendationsRequest(BaseModel):
                                         or len(self.values) != len(self.history)):
             raise ValueError("'values' needs 'history' of the same length")
         return self
+
+
+class ReloadRequest(BaseModel):
+    model: str | None = None
 
 
 class Event(BaseModel):
@@ -154,6 +158,25 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
             raise ModelError(f"model {svc.model.name!r} cannot score an anonymous history")
         return await run_in_threadpool(svc.recommend_history, list(req.history or []), req.k,
                                        req.values)
+
+    def reload(path: str | Path | None = None) -> dict[str, Any]:
+        """Load the model again (from ``path``, or where the current one came from) and
+        swap it in. Requests in flight keep the service they started with."""
+        old: RecommendationService = app.state.service
+        target = Path(path) if path is not None else old.path
+        if target is None:
+            raise ModelError("this app was built from an in-memory model; give a path")
+        app.state.service = RecommendationService(target, events=store)
+        return app.state.service.info()
+
+    app.state.reload = reload
+
+    @app.post("/admin/reload", dependencies=guarded)
+    async def admin_reload(req: ReloadRequest | None = Body(default=None)) -> dict[str, Any]:
+        """Swap in the model saved at ``model`` (default: the current model's directory,
+        e.g. after ``recforge train ... --out`` replaced it atomically)."""
+        info = await run_in_threadpool(reload, req.model if req else None)
+        return {"reloaded": True, "model": info}
 
     @app.post("/interactions", dependencies=guarded)
     async def post_interactions(req: EventsRequest) -> dict[str, Any]:
