@@ -333,3 +333,26 @@ def test_sighup_reloads_a_running_server(random_data, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_titles_travel_with_the_model(random_data, tmp_path):
+    import pandas as pd
+
+    from recforge.models import Recommender
+
+    model = create_model("ease", reg=20.0).fit(random_data)
+    ids = random_data.items.ids
+    meta = pd.DataFrame({"title": [f"Film {i}" for i in ids[:-1]],
+                         "genres": [["Drama", "War"]] * (len(ids) - 1)}, index=ids[:-1])
+    path = model.attach_item_metadata(meta).save(tmp_path / "m")
+    loaded = Recommender.load(path)
+    assert loaded.item_metadata_["title"].iloc[0] == f"Film {ids[0]}"
+    assert pd.isna(loaded.item_metadata_["title"].iloc[-1])  # no metadata for the last item
+    c = TestClient(create_app(path))
+    user = random_data.users.ids[0]
+    items = c.get(f"/users/{user}/recommendations", params={"k": 3}).json()["items"]
+    last = c.get(f"/items/{ids[0]}/similar", params={"k": len(ids) - 1}).json()["similar"]
+    assert next(x["title"] for x in last if x["item"] == ids[-1]) is None
+    assert all(x["title"] in (f"Film {x['item']}", None) for x in items)
+    sims = c.get(f"/items/{ids[0]}/similar", params={"k": 2}).json()["similar"]
+    assert all("title" in x for x in sims)

@@ -102,6 +102,27 @@ def _item_features(model: str, estimator: Any, data: list[str], path: Path | Non
     return None
 
 
+def _item_metadata(data: list[str], path: Path | None, id_column: str | None,
+                   data_dir: Path | None) -> pd.DataFrame | None:
+    """Display metadata (titles...) to keep with a trained model: a named dataset's movie
+    table, or the item table given with --item-features when it has a ``title`` column."""
+    from recforge.data.datasets import is_named_dataset, load_bundle
+
+    if path is not None:
+        frame = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else \
+            pd.read_csv(path, sep="\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
+        col = id_column or next((c for c in ("item", "id") if c in frame.columns),
+                                frame.columns[0])
+        if "title" in frame.columns:
+            return frame.set_index(col)[["title"]]
+        return None
+    if len(data) == 1 and is_named_dataset(data[0]):
+        items = getattr(load_bundle(data[0], data_dir=data_dir), "items", None)
+        if items is not None:
+            return items[[c for c in ("title", "year", "genres") if c in items.columns]]
+    return None
+
+
 def _write_frame(frame: pd.DataFrame, out: Path) -> None:
     suffix = out.suffix.lower()
     with atomic_path(out) as tmp:
@@ -273,6 +294,9 @@ def train(
     else:
         estimator.fit(train_data, valid_data, **fit_kw)
     seconds = time.perf_counter() - start
+    meta = _item_metadata(data, item_features, item_id_column, data_dir)
+    if meta is not None:
+        estimator.attach_item_metadata(meta)
     estimator.save(out)
     if gradient and not keep_checkpoint:
         shutil.rmtree(ckpt, ignore_errors=True)

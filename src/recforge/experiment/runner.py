@@ -59,6 +59,7 @@ class PreparedData:
     item_features: Any = None
     candidates: np.ndarray | None = None
     description: str = ""
+    item_metadata: pd.DataFrame | None = None
 
 
 @dataclass
@@ -82,6 +83,14 @@ def _load_features(cfg: ExperimentConfig, bundle: Any) -> Any:
             return movielens_item_features(bundle)
         return None
     return read_features(src)
+
+
+def _display_metadata(bundle: Any) -> pd.DataFrame | None:
+    items = getattr(bundle, "items", None) if bundle is not None else None
+    if items is None:
+        return None
+    cols = [c for c in ("title", "year", "genres") if c in items.columns]
+    return items[cols] if cols else None
 
 
 def prepare_data(cfg: ExperimentConfig) -> PreparedData:
@@ -141,7 +150,7 @@ def prepare_data(cfg: ExperimentConfig) -> PreparedData:
     return PreparedData(train=train, test=test, valid=valid, train_pos=pos(train),  # type: ignore[arg-type]
                         test_pos=pos(test), valid_pos=pos(valid),  # type: ignore[arg-type]
                         item_features=_load_features(cfg, bundle), candidates=candidates,
-                        description=desc)
+                        description=desc, item_metadata=_display_metadata(bundle))
 
 
 def _versions() -> dict[str, str]:
@@ -239,6 +248,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
                 target = out / "models" / mc.display
                 if seeded and len(cfg.seeds) > 1:
                     target = target / f"seed-{seed}"
+                if data.item_metadata is not None:
+                    model.attach_item_metadata(data.item_metadata)
                 model.save(target)
                 run["artifact"] = str(target.relative_to(out))
             runs.append(run)

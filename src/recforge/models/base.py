@@ -499,6 +499,23 @@ class Recommender:
                          "predict ratings; use a rating model such as 'mf'")
 
     # ----------------------------------------------------------------------------------
+    # item metadata (titles, genres) kept with the model for serving
+    def attach_item_metadata(self, frame: pd.DataFrame) -> Recommender:
+        """Keep display metadata (``title``, ``genres``, ...) of the model's items, saved
+        with the model and shown by the server. ``frame`` is indexed by item id; rows are
+        aligned with the model's items (missing ones empty)."""
+        self._check_fitted()
+        if not isinstance(frame, pd.DataFrame):
+            raise ConfigError("item metadata must be a DataFrame indexed by item id")
+        src = Vocabulary(np.asarray(frame.index))
+        pos = src.index(self.items_.ids)
+        aligned = frame.iloc[np.where(pos >= 0, pos, 0)].reset_index(drop=True).astype(object)
+        aligned.loc[pos < 0, :] = None
+        aligned.insert(0, "item", self.items_.ids)
+        self.item_metadata_ = aligned
+        return self
+
+    # ----------------------------------------------------------------------------------
     # persistence
     def _state(self) -> dict[str, torch.Tensor | np.ndarray]:
         """Learned arrays to save (override)."""
@@ -532,8 +549,12 @@ class Recommender:
             save_file(tensors, str(tmp / "weights.safetensors"))
             _write_vocab(tmp / "users.parquet", self.users_)
             _write_vocab(tmp / "items.parquet", self.items_)
-            files = {f: _sha256(tmp / f) for f in ("weights.safetensors", "users.parquet",
-                                                   "items.parquet")}
+            names = ["weights.safetensors", "users.parquet", "items.parquet"]
+            meta_frame = getattr(self, "item_metadata_", None)
+            if meta_frame is not None:
+                _write_item_metadata(tmp / "item_metadata.parquet", meta_frame)
+                names.append("item_metadata.parquet")
+            files = {f: _sha256(tmp / f) for f in names}
             meta = {
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
@@ -607,6 +628,8 @@ class Recommender:
         model.seen_ = sp.csr_matrix((data, indices, indptr), shape=(n_users, n_items))
         model.item_popularity_ = tensors["base.item_popularity"].numpy().copy()
         model.train_fingerprint_ = meta.get("train_fingerprint", "")
+        if (path / "item_metadata.parquet").is_file():
+            model.item_metadata_ = pd.read_parquet(path / "item_metadata.parquet")
         state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         model._restore(state, meta.get("extra", {}))
         return model
@@ -634,6 +657,16 @@ def fold_in_implicit(item_factors: torch.Tensor, items: np.ndarray, weights: np.
     a = y.T @ y + alpha * (yh.T * w) @ yh + reg * torch.eye(d, device=y.device)
     b = yh.T @ (1.0 + alpha * w)
     return torch.linalg.solve(a.double(), b.double()).float()
+
+
+def _write_item_metadata(path: Path, frame: pd.DataFrame) -> None:
+    out = frame.copy()
+    for col in out.columns:  # lists (genres) and mixed objects as text: Parquet-safe
+        if out[col].dtype == object:
+            out[col] = out[col].map(lambda v: "|".join(map(str, v))
+                                    if isinstance(v, (list, tuple, np.ndarray))
+                                    else (None if v is None else str(v)))
+    out.to_parquet(path, index=False)
 
 
 def _write_vocab(path: Path, vocab: Vocabulary) -> None:

@@ -60,6 +60,11 @@ class RecommendationService:
         import pandas as pd
 
         self._user_ids = pd.Index(self.model.users_.ids.astype(str))
+        meta = getattr(self.model, "item_metadata_", None)
+        self._titles: list[Any] | None = None
+        if meta is not None and "title" in meta.columns:  # missing titles -> null, not NaN
+            self._titles = [None if t is None or (isinstance(t, float) and math.isnan(t))
+                            else str(t) for t in meta["title"].tolist()]
 
     # ----------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -78,10 +83,18 @@ class RecommendationService:
         return int(k)
 
     def _items(self, idx: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
-        ids = self.model.items_.ids
-        return [{"item": _plain(ids[i]), "rank": r + 1, "score": float(s)}
-                for r, (i, s) in enumerate(zip(idx.tolist(), scores.tolist(), strict=True))
-                if math.isfinite(s)]
+        ids, titles = self.model.items_.ids, self._titles
+        out = [{"item": _plain(ids[i]), "rank": r + 1, "score": float(s)}
+               for r, (i, s) in enumerate(zip(idx.tolist(), scores.tolist(), strict=True))
+               if math.isfinite(s)]
+        if titles is not None:
+            for entry, i in zip(out, idx.tolist(), strict=False):
+                entry["title"] = titles[i]
+        return out
+
+    def _by_ids(self, frame_items: Any, ranks: Any, scores: Any) -> list[dict[str, Any]]:
+        idx = self.model.items_.index(np.asarray(list(frame_items), dtype=object))
+        return self._items(idx, np.asarray(scores, dtype=np.float64))
 
     def user_index(self, user: Any) -> int:
         try:
@@ -180,9 +193,7 @@ class RecommendationService:
         """Top-``k`` for an anonymous history (fold-in); unknown items are listed."""
         k = self._check_k(k)
         frame = self.model.recommend_for_history(items, k=k, values=values, unknown="skip")
-        return {"items": [{"item": _plain(i), "rank": int(r), "score": float(s)}
-                          for i, r, s in zip(frame["item"], frame["rank"], frame["score"],
-                                             strict=True)],
+        return {"items": self._by_ids(frame["item"], frame["rank"], frame["score"]),
                 "unknown_items": [_plain(x) for x in frame.attrs.get("unknown_items", [])]}
 
     def similar(self, item: Any, k: int = 10) -> dict[str, Any]:
@@ -191,6 +202,4 @@ class RecommendationService:
             raise NotFound(f"unknown item id {item!r}")
         frame = self.model.similar_items([item], k=min(k, self.model.n_items - 1))
         return {"item": _plain(frame["item"].iloc[0]) if len(frame) else item,
-                "similar": [{"item": _plain(i), "rank": int(r), "score": float(s)}
-                            for i, r, s in zip(frame["similar"], frame["rank"], frame["score"],
-                                               strict=True)]}
+                "similar": self._by_ids(frame["similar"], frame["rank"], frame["score"])}
