@@ -159,22 +159,10 @@ def _plot_per_user(per_user: pd.DataFrame, metric: str, path: Path) -> bool:
 
 
 def _table_rows(rows: list[dict[str, Any]], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
-    head = ["#", "model", *metrics, "fit s", "p vs best"]
-    body = []
-    for r in rows:
-        cells = [str(r.get("rank", "")), r["model"]]
-        for m in metrics:
-            if m not in r:
-                cells.append("-")
-                continue
-            ci = r.get(f"{m} ci")
-            cells.append(f"{r[m]:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
-        cells.append(f"{r['fit_s']:.2f}")
-        p = r.get("p_vs_best")
-        cells.append("best" if r.get("rank") == 1 else "-" if p is None
-                     else "<1e-300" if p == 0 else f"{p:.2g}")
-        body.append(cells)
-    return head, body
+    from recforge.experiment.runner import leaderboard_cells
+
+    return (["#", "model", *metrics, "fit s", "p vs best"],
+            leaderboard_cells(rows, metrics, interval=True))
 
 
 def write_report(out: str | Path) -> dict[str, Path]:

@@ -375,6 +375,29 @@ def print_wide(console: Console, renderable: Any) -> None:
         Console(width=max(console.width, 200), highlight=False).print(renderable)
 
 
+def leaderboard_cells(rows: list[dict[str, Any]], labels: list[str], *,
+                      interval: bool) -> list[list[str]]:
+    """Text cells of the leaderboard: rank, model, each metric (with ``±`` the CI
+    half-width, or ``[low, high]`` with ``interval=True``), fit seconds, p vs best."""
+    body = []
+    for r in rows:
+        cells = [str(r.get("rank", "")), r["model"]]
+        for lab in labels:
+            if lab not in r:
+                cells.append("-")
+                continue
+            ci = r.get(f"{lab} ci")
+            extra = ("" if not ci else f" [{ci[0]:.4f}, {ci[1]:.4f}]" if interval
+                     else f" ±{(ci[1] - ci[0]) / 2:.4f}")
+            cells.append(f"{r[lab]:.4f}{extra}")
+        cells.append(f"{r['fit_s']:.2f}")
+        p = r.get("p_vs_best")
+        cells.append("best" if r.get("rank") == 1 else "-" if p is None or p != p
+                     else "<1e-300" if p == 0 else f"{p:.2g}")
+        body.append(cells)
+    return body
+
+
 def leaderboard_table(rows: list[dict[str, Any]], metrics: list[str], primary: str,
                       title: str = "leaderboard") -> Table:
     """A Rich table: mean ± CI half-width per metric, fit seconds, paired p-value against
@@ -393,18 +416,7 @@ def leaderboard_table(rows: list[dict[str, Any]], metrics: list[str], primary: s
         table.add_column(lab, justify="right", no_wrap=True)
     table.add_column("fit s", justify="right")
     table.add_column(f"p vs best ({primary})", justify="right", no_wrap=True)
-    for r in rows:
-        cells = [str(r["rank"]), r["model"]]
-        for lab in labels:
-            if lab not in r:
-                cells.append("-")
-                continue
-            ci = r.get(f"{lab} ci")
-            cells.append(f"{r[lab]:.4f}" + (f" ±{(ci[1] - ci[0]) / 2:.4f}" if ci else ""))
-        cells.append(f"{r['fit_s']:.2f}")
-        p = r.get("p_vs_best")
-        cells.append("best" if r["rank"] == 1 else "-" if p is None or p != p
-                     else "<1e-300" if p == 0 else f"{p:.2g}")
+    for cells in leaderboard_cells(rows, labels, interval=False):
         table.add_row(*cells)
     return table
 
