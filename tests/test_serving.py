@@ -356,3 +356,17 @@ def test_titles_travel_with_the_model(random_data, tmp_path):
     assert all(x["title"] in (f"Film {x['item']}", None) for x in items)
     sims = c.get(f"/items/{ids[0]}/similar", params={"k": 2}).json()["similar"]
     assert all("title" in x for x in sims)
+
+
+def test_ivf_index_agrees_with_exact_retrieval(random_data):
+    pytest.importorskip("faiss", reason="the 'ann' extra (faiss-cpu) is not installed")
+    model = create_model("als", embedding_dim=16, seed=0).fit(random_data)
+    exact = TestClient(create_app(model))
+    # Probing every list is exact search: the answers must match the model's ranking.
+    approx = TestClient(create_app(model, index="ivf", n_probe=10_000))
+    for user in random_data.users.ids[:20]:
+        a = [x["item"] for x in exact.get(f"/users/{user}/recommendations?k=5").json()["items"]]
+        b = [x["item"] for x in approx.get(f"/users/{user}/recommendations?k=5").json()["items"]]
+        assert a == b
+    with pytest.raises(Exception, match="dot products"):
+        create_app(create_model("ease").fit(random_data), index="ivf")

@@ -353,6 +353,10 @@ def serve(
                                        "/interactions (default: MODEL.events.sqlite beside "
                                        "the model directory)."),
     no_events: bool = typer.Option(False, "--no-events", help="Serve without an event store."),
+    index: str = typer.Option("exact", "--index", help="exact, or ivf: an approximate faiss "
+                              "index for large catalogues (dot-product models; "
+                              "pip install 'recforge[ann]')."),
+    n_probe: int = typer.Option(8, "--n-probe", help="Lists the ivf index scans per query."),
 ) -> None:
     """Serve recommendations over HTTP (OpenAPI docs at /docs)."""
     import torch
@@ -364,7 +368,8 @@ def serve(
     # event loop (OpenMP spin-waits), so the server scores on one thread.
     torch.set_num_threads(1)
     store = None if no_events else (events or model.with_name(model.name + ".events.sqlite"))
-    application = create_app(model, api_key=api_key, events=store)
+    application = create_app(model, api_key=api_key, events=store, index=index,
+                             n_probe=n_probe)
     console.print(f"serving {application.state.service.model.name} from {model} on "
                   f"http://{host}:{port} (docs: /docs)", highlight=False)
     import gc

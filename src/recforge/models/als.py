@@ -394,6 +394,9 @@ class ALS(Recommender):
 
     supports_history = True
 
+    def dot_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.user_factors_.cpu(), self.item_factors_.cpu()
+
     def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
         """Fold-in: the user half-step of ALS for this history against the item factors."""
         w = (np.ones(len(items), np.float32) if self.binary or values is None

@@ -498,6 +498,11 @@ class Recommender:
         raise ModelError(f"{type(self).__name__} ({self.name!r}) ranks items but does not "
                          "predict ratings; use a rating model such as 'mf'")
 
+    def dot_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(user_vectors, item_vectors)`` when the model's scores are exactly their dot
+        products (what an approximate nearest-neighbour index needs), else ``None``."""
+        return None
+
     # ----------------------------------------------------------------------------------
     # item metadata (titles, genres) kept with the model for serving
     def attach_item_metadata(self, frame: pd.DataFrame) -> Recommender:

@@ -162,5 +162,8 @@ class LightGCN(GradientRecommender):
     def _score_users(self, users: torch.Tensor) -> torch.Tensor:
         return self.user_embeddings_[users] @ self.item_embeddings_.T
 
+    def dot_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.user_embeddings_.detach().cpu(), self.item_embeddings_.detach().cpu()
+
     def _item_embeddings(self) -> torch.Tensor:
         return self.item_embeddings_.cpu()

@@ -244,5 +244,9 @@ class BPR(GradientRecommender):
         m: _DotMF = self.module_
         return m.user(users) @ m.item.weight.T
 
+    def dot_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        m: _DotMF = self.module_
+        return m.user.weight.detach().cpu(), m.item.weight.detach().cpu()
+
     def _item_embeddings(self) -> torch.Tensor:
         return self.module_.item.weight.detach().cpu()

@@ -89,18 +89,20 @@ def _finite(value: Any) -> Any:
 
 
 def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
-               events: str | Path | None = None) -> FastAPI:
+               events: str | Path | None = None, index: str = "exact",
+               n_probe: int = 8) -> FastAPI:
     """A FastAPI app answering for ``model`` (a fitted model or a saved model directory).
 
     ``events``: path of the SQLite event store (``POST /interactions``,
-    ``DELETE /users/{id}``); ``None`` serves without one.
+    ``DELETE /users/{id}``); ``None`` serves without one. ``index="ivf"`` answers per-user
+    requests from an approximate faiss index (dot-product models; ``n_probe`` lists).
     """
     store = None
     if events is not None:
         from recforge.serving.events import EventStore
 
         store = EventStore(events)
-    service = RecommendationService(model, events=store)
+    service = RecommendationService(model, events=store, index=index, n_probe=n_probe)
     key = api_key if api_key is not None else os.environ.get("RECFORGE_API_KEY") or None
     app = FastAPI(title="recforge", version=__version__,
                   description=f"Recommendations from a trained {service.model.name!r} model.")
@@ -166,7 +168,8 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
         target = Path(path) if path is not None else old.path
         if target is None:
             raise ModelError("this app was built from an in-memory model; give a path")
-        app.state.service = RecommendationService(target, events=store)
+        app.state.service = RecommendationService(target, events=store, index=index,
+                                                  n_probe=n_probe)
         return app.state.service.info()
 
     app.state.reload = reload

@@ -33,7 +33,8 @@ class RecommendationService:
     ``model`` is a fitted :class:`Recommender` or the directory of a saved one.
     """
 
-    def __init__(self, model: Recommender | str | Path, events: Any = None) -> None:
+    def __init__(self, model: Recommender | str | Path, events: Any = None, *,
+                 index: str = "exact", n_probe: int = 8) -> None:
         if isinstance(model, Recommender):
             self.model = model
             self.path: Path | None = None
@@ -43,6 +44,13 @@ class RecommendationService:
             self.model = Recommender.load(self.path)
             self.meta = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
         self.model._check_fitted()
+        if index not in ("exact", "ivf"):
+            raise ConfigError(f"index must be 'exact' or 'ivf', got {index!r}")
+        self._ann = None
+        if index == "ivf":
+            from recforge.serving.index import IVFIndex
+
+            self._ann, self._ann_users = IVFIndex.for_model(self.model, n_probe=n_probe)
         #: Optional :class:`~recforge.serving.events.EventStore`: posted events count as
         #: seen items at once; forgotten users are answered as unknown ones.
         self.events = events
@@ -119,6 +127,14 @@ class RecommendationService:
             top = self._popular[:min(k, m.n_items)].numpy()
             scores = m.item_popularity_[top]
             return {"user": user, "items": self._items(top, scores), "fallback": "popular"}
+        if self._ann is not None:
+            seen = (np.concatenate([m.seen_.indices[m.seen_.indptr[u]:m.seen_.indptr[u + 1]],
+                                    posted]) if not include_seen else posted[:0])
+            idx, sc = self._ann.search(self._ann_users[u].numpy(), k + len(seen))
+            keep = (idx[0] >= 0) & ~np.isin(idx[0], seen)
+            return {"user": _plain(m.users_.ids[u]),
+                    "items": self._items(idx[0][keep][:k], sc[0][keep][:k]),
+                    "fallback": None}
         # One user: score, mask the seen items by their CSR slice, top-k. (The batched
         # iter_top_k path does the same for many users; this skips its block set-up.)
         with torch.no_grad():
@@ -170,7 +186,7 @@ class RecommendationService:
                         ) -> list[dict[str, Any]]:
         k = self._check_k(k)
         m = self.model
-        if self.events is not None:  # posted events and forgotten users: one at a time
+        if self.events is not None or self._ann is not None:  # the per-user path
             return [self.recommend_user(u, k, include_seen) for u in users]
         idx = m.users_.index(np.asarray(users, dtype=object)) if users else np.empty(0, int)
         out: list[dict[str, Any] | None] = [None] * len(users)
