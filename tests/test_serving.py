@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -19,6 +27,36 @@ def saved(random_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(saved):
     return TestClient(create_app(saved[1]))
+
+
+@contextlib.contextmanager
+def running_server(*args):
+    """`recforge serve ARGS` on a free loopback port; yields ``(process, base_url)`` once
+    /health answers, and stops the process afterwards (unless the test killed it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "recforge", "serve", *map(str, args),
+                             "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                httpx.get(url + "/health", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise AssertionError(proc.stdout.read().decode() if proc.stdout
+                                         else "the server did not start") from None
+                time.sleep(0.2)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_health_and_model(client):
@@ -106,37 +144,10 @@ def test_model_without_history_support(random_data, tmp_path):
 
 def test_recforge_serve_end_to_end(saved):
     """`recforge serve` in a real process answers over HTTP."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "recforge", "serve", "--model", str(saved[1]),
-                             "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise AssertionError(proc.stdout.read().decode() if proc.stdout else "") from None
-                time.sleep(0.2)
-        assert r.json() == {"status": "ok"}
-        r = httpx.get(f"http://127.0.0.1:{port}/users/nobody/recommendations?k=2")
+    with running_server("--model", saved[1]) as (_, url):
+        assert httpx.get(url + "/health").json() == {"status": "ok"}
+        r = httpx.get(url + "/users/nobody/recommendations?k=2")
         assert r.json()["fallback"] == "popular" and len(r.json()["items"]) == 2
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 # -- the event store ------------------------------------------------------------------------
@@ -182,43 +193,20 @@ def test_train_from_the_event_store(tmp_path, capsys):
 
 def test_acknowledged_events_survive_kill_9(saved, tmp_path):
     """10,000 events posted to a real server, then SIGKILL: all are in the store."""
-    import os
     import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    import httpx
 
     from recforge.serving.events import EventStore
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     db = tmp_path / "ev.sqlite"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "recforge", "serve", "--model", str(saved[1]),
-                             "--port", str(port), "--events", str(db)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     acked = 0
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.time() < deadline and proc.poll() is None
-                time.sleep(0.2)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+    with running_server("--model", saved[1], "--events", db) as (proc, url):
+        with httpx.Client(base_url=url) as client:
             for b in range(100):
                 batch = [{"user": f"u{b}", "item": j, "timestamp": b * 100 + j}
                          for j in range(100)]
                 r = client.post("/interactions", json={"events": batch})
                 assert r.status_code == 200
                 acked += r.json()["stored"]
-    finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     assert acked == 10_000
@@ -297,43 +285,17 @@ def test_admin_reload_swaps_the_model(random_data, tmp_path):
 
 
 def test_sighup_reloads_a_running_server(random_data, tmp_path):
-    import os
     import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    import httpx
 
     path = create_model("ease", reg=20.0).fit(random_data).save(tmp_path / "m")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "recforge", "serve", "--model", str(path),
-                             "--port", str(port), "--no-events"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/model"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                assert httpx.get(url, timeout=1).json()["params"]["reg"] == 20.0
-                break
-            except httpx.TransportError:
-                assert time.time() < deadline and proc.poll() is None
-                time.sleep(0.2)
+    with running_server("--model", path, "--no-events") as (proc, url):
+        assert httpx.get(url + "/model").json()["params"]["reg"] == 20.0
         create_model("ease", reg=300.0).fit(random_data).save(path)
         os.kill(proc.pid, signal.SIGHUP)
         deadline = time.time() + 30
-        while httpx.get(url, timeout=2).json()["params"]["reg"] != 300.0:
+        while httpx.get(url + "/model", timeout=2).json()["params"]["reg"] != 300.0:
             assert time.time() < deadline, "the model was not reloaded"
             time.sleep(0.2)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
 
 def test_titles_travel_with_the_model(random_data, tmp_path):
     import pandas as pd

@@ -16,7 +16,6 @@ numbers on CPU.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import time
@@ -31,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from recforge._fs import atomic_path, atomic_write_text
+from recforge._json import dumps
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError
 from recforge.experiment.config import ExperimentConfig
@@ -425,28 +425,16 @@ def _write(cfg: ExperimentConfig, out: Path, data: PreparedData, rows: list[dict
            runs: list[dict[str, Any]], per_user: pd.DataFrame) -> None:
     payload = {"name": cfg.name, "config": cfg.to_dict(), "data": data.description,
                "versions": _versions(), "leaderboard": rows, "runs": runs}
-    atomic_write_text(out / "results.json", json.dumps(payload, indent=2, default=_json) + "\n")
+    atomic_write_text(out / "results.json", dumps(payload, indent=2) + "\n")
     flat = []
     for r in rows:
         f = {k: v for k, v in r.items() if k not in ("params", "seeds") and not k.endswith(" ci")}
         for k, v in r.items():
             if k.endswith(" ci"):
                 f[f"{k[:-3]} ci_low"], f[f"{k[:-3]} ci_high"] = v
-        f["params"] = json.dumps(r["params"], default=_json, sort_keys=True)
+        f["params"] = dumps(r["params"], sort_keys=True)
         flat.append(f)
     atomic_write_text(out / "results.csv", pd.DataFrame(flat).to_csv(index=False))
     with atomic_path(out / "per_user.parquet") as tmp:
         per_user.to_parquet(tmp, index=False)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def _json(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (tuple, set)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)

@@ -32,6 +32,7 @@ import scipy.sparse as sp
 import torch
 
 from recforge._fs import atomic_dir
+from recforge._json import json_safe
 from recforge.data.interactions import Interactions
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import ConfigError, DataError, ModelError
@@ -44,18 +45,6 @@ FORMAT_VERSION = 1
 SCORE_BLOCK_ELEMENTS = 1 << 24
 
 UnknownUsers = Literal["error", "skip", "popular"]
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    return value
 
 
 def _sha256(path: Path) -> str:
@@ -566,12 +555,12 @@ class Recommender:
                 "recforge_version": __version__,
                 "model": self.name,
                 "class": f"{type(self).__module__}.{type(self).__qualname__}",
-                "params": _json_safe(self.get_params()),
+                "params": json_safe(self.get_params()),
                 "n_users": self.n_users,
                 "n_items": self.n_items,
                 "train_fingerprint": self.train_fingerprint_,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "extra": _json_safe(self._extra()),
+                "extra": json_safe(self._extra()),
                 "files": files,
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
