@@ -120,6 +120,16 @@ def test_similar_items(client, random_data):
     ("post", "/recommendations", {"json": {"history": [1, 2], "values": [1.0]}}),
     ("post", "/recommendations", {"json": {"users": [[1]]}}),
     ("get", "/items/1/similar?k=-1", {}),
+    ("get", "/items", {}),
+    ("get", "/items?query=", {}),
+    ("get", "/items?query=%20%20", {}),
+    ("get", "/items?query=a&limit=0", {}),
+    ("get", "/items?query=a&limit=1001", {}),
+    ("get", "/items?query=a&limit=abc", {}),
+    ("get", "/items?query=" + "a" * 201, {}),
+    ("get", "/users/1/history?limit=0", {}),
+    ("get", "/users/1/history?limit=x", {}),
+    ("get", "/users/1/recommendations?explain=maybe", {}),
 ])
 def test_bad_input_is_4xx(client, method, url, kwargs):
     res = getattr(client, method)(url, **kwargs)
@@ -130,6 +140,15 @@ def test_bad_input_is_4xx(client, method, url, kwargs):
 def test_api_key(saved):
     c = TestClient(create_app(saved[1], api_key="s3cret"))
     assert c.get("/health").status_code == 200
+    # The page and its files load without the key; the page asks for it.
+    page = c.get("/")
+    assert page.status_code == 200 and '<meta name="recforge-api-key" content="required">' \
+        in page.text
+    assert c.get("/static/app.js").status_code == 200
+    for url in ("/model", "/items?query=1", "/users/1/history",
+                "/users/1/recommendations?explain=true"):
+        assert c.get(url).status_code == 401, url
+        assert c.get(url, headers={"X-API-Key": "s3cret"}).status_code == 200, url
     assert c.get("/model").status_code == 401
     assert c.get("/model", headers={"X-API-Key": "wrong"}).status_code == 401
     assert c.get("/model", headers={"X-API-Key": "s3cret"}).status_code == 200
@@ -213,13 +232,14 @@ def test_acknowledged_events_survive_kill_9(saved, tmp_path):
     assert EventStore(db).count() == acked
 
 
-def test_fuzzed_requests_never_5xx(saved, tmp_path):
+def test_fuzzed_requests_never_5xx(saved, random_data, tmp_path):
     """1,000 malformed or hostile requests (Hypothesis): no 5xx answer."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
     c = TestClient(create_app(saved[1], events=tmp_path / "fuzz.sqlite"),
                    raise_server_exceptions=False)
+    titled = TestClient(create_app(_titled_model(random_data)), raise_server_exceptions=False)
     ident = st.one_of(st.integers(-2**70, 2**70), st.text(max_size=30), st.none(),
                       st.floats(allow_nan=False, allow_infinity=False), st.booleans())
     json_value = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(),
@@ -241,19 +261,19 @@ def test_fuzzed_requests_never_5xx(saved, tmp_path):
     )
     segment = st.text(alphabet=st.characters(blacklist_categories=("Cs",),
                                              blacklist_characters="/?#%"), max_size=20)
-    query = st.dictionaries(st.sampled_from(["k", "include_seen", "x"]),
+    query = st.dictionaries(st.sampled_from(["k", "include_seen", "explain", "limit", "x"]),
                             st.text(max_size=12), max_size=3)
 
     @settings(max_examples=1000, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(kind=st.integers(0, 4), seg=segment, q=query, payload=body,
+    @given(kind=st.integers(0, 7), seg=segment, q=query, payload=body,
            raw=st.one_of(st.binary(max_size=50), st.sampled_from(
                [b"NaN", b"{\"history\": [1], \"values\": [NaN]}", b"{\"k\": Infinity}",
                 b"{\"users\": [1e999]}"])))
     def probe(kind, seg, q, payload, raw):
         from urllib.parse import quote
 
-        seg = quote(seg, safe="") or "x"
+        text, seg = seg, quote(seg, safe="") or "x"
         if kind == 0:
             r = c.get(f"/users/{seg}/recommendations", params=q)
         elif kind == 1:
@@ -262,6 +282,12 @@ def test_fuzzed_requests_never_5xx(saved, tmp_path):
             r = c.post("/recommendations", json=payload)
         elif kind == 3:
             r = c.post("/interactions", json=payload)
+        elif kind == 4:
+            r = c.get("/items", params={**q, "query": text})
+        elif kind == 5:
+            r = titled.get("/items", params={**q, "query": text})
+        elif kind == 6:
+            r = c.get(f"/users/{seg}/history", params=q)
         else:
             r = c.post("/recommendations", content=raw,
                        headers={"content-type": "application/json"})
@@ -332,3 +358,142 @@ def test_ivf_index_agrees_with_exact_retrieval(random_data):
         assert a == b
     with pytest.raises(Exception, match="dot products"):
         create_app(create_model("ease").fit(random_data), index="ivf")
+
+
+# -- the web page and the endpoints it uses --------------------------------------------------
+TITLES = {0: "Star", 1: "Star Wars", 2: "Starman", 3: "Lone Star", 4: "Mustard"}
+
+
+def _titled_model(data):
+    """EASE on ``data`` with titles: TITLES for the first items, ``Film <id>`` for the
+    others, none for the last item."""
+    import pandas as pd
+
+    model = create_model("ease", reg=20.0).fit(data)
+    ids = data.items.ids[:-1]
+    titles = [TITLES.get(n, f"Film {i}") for n, i in enumerate(ids)]
+    return model.attach_item_metadata(pd.DataFrame({"title": titles}, index=ids))
+
+
+@pytest.fixture(scope="module")
+def titled(random_data):
+    model = _titled_model(random_data)
+    return model, TestClient(create_app(model))
+
+
+def test_item_search_ranks_title_matches(titled, random_data):
+    model, c = titled
+    ids, pop = random_data.items.ids, model.item_popularity_
+    body = c.get("/items", params={"query": "  STAR ", "limit": 10}).json()
+    assert body["total"] == 5
+    prefix = sorted([1, 2], key=lambda n: (-pop[n], n))  # ties go to the more popular
+    assert [x["item"] for x in body["items"]] == [ids[n] for n in [0, *prefix, 3, 4]]
+    assert [x["title"] for x in body["items"]][0] == "Star"
+    top2 = c.get("/items", params={"query": "star", "limit": 2}).json()
+    assert top2["total"] == 5 and len(top2["items"]) == 2
+    assert c.get("/items", params={"query": "no such film"}).json() == {
+        "query": "no such film", "total": 0, "items": []}
+    # An item id comes first; the last item, without a title, is found by its id only.
+    last = str(ids[-1])
+    hit = c.get("/items", params={"query": last}).json()["items"][0]
+    assert hit == {"item": ids[-1], "title": None}
+
+
+def test_item_search_without_titles_matches_ids(client, random_data):
+    body = client.get("/items", params={"query": "1", "limit": 1000}).json()
+    expected = [i for i in random_data.items.ids if "1" in str(i)]
+    assert body["total"] == len(expected) and body["items"][0] == {"item": 1}
+    assert sorted(x["item"] for x in body["items"]) == sorted(expected)
+
+
+def test_user_history(client, random_data, saved, tmp_path):
+    model = saved[0]
+    user = random_data.users.ids[5]
+    row = random_data.csr[5]
+    body = client.get(f"/users/{user}/history").json()
+    assert body["user"] == user and body["known"] is True and body["total"] == row.nnz
+    items = [x["item"] for x in body["items"]]
+    assert sorted(items) == sorted(random_data.items.ids[row.indices].tolist())
+    pops = [model.item_popularity_[model.items_.index([i])[0]] for i in items]
+    assert pops == sorted(pops, reverse=True)  # equal values: the most popular first
+    assert all(x["source"] == "training" and x["value"] == 1.0 for x in body["items"])
+    assert len(client.get(f"/users/{user}/history?limit=2").json()["items"]) == 2
+    assert client.get("/users/nobody/history").json() == {
+        "user": "nobody", "known": False, "total": 0, "items": []}
+    # Posted events come first; a forgotten user has no history left.
+    c = TestClient(create_app(saved[1], events=tmp_path / "ev.sqlite"))
+    new = next(i for i in random_data.items.ids.tolist() if i not in items)
+    c.post("/interactions", json={"events": [{"user": int(user), "item": new}]})
+    body = c.get(f"/users/{user}/history").json()
+    assert body["total"] == row.nnz + 1
+    assert body["items"][0] == {"item": new, "value": None, "source": "events"}
+    c.delete(f"/users/{user}")
+    assert c.get(f"/users/{user}/history").json()["known"] is False
+
+
+def test_explanations_name_the_most_similar_history_item(titled, random_data):
+    model, c = titled
+    user = random_data.users.ids[7]
+    history = set(random_data.items.ids[random_data.csr[7].indices].tolist())
+    plain = c.get(f"/users/{user}/recommendations", params={"k": 5}).json()
+    assert all("because" not in x for x in plain["items"])
+    body = c.get(f"/users/{user}/recommendations", params={"k": 5, "explain": True}).json()
+    assert [x["item"] for x in body["items"]] == [x["item"] for x in plain["items"]]
+    explained = [x for x in body["items"] if x["because"] is not None]
+    assert explained
+    for rec in explained:
+        ranking = model.similar_items([rec["item"]], k=model.n_items - 1)["similar"].tolist()
+        best = next(i for i in ranking if i in history)
+        because = rec["because"]
+        assert because["item"] == best != rec["item"] and because["similarity"] > 0
+        assert because["title"] == (TITLES.get(int(best)) or f"Film {best}")
+    unknown = c.get("/users/nobody/recommendations", params={"explain": True}).json()
+    assert unknown["fallback"] == "popular"
+    assert all(x["because"] is None for x in unknown["items"])
+    # A model without item similarities answers, with no explanations.
+    pop = TestClient(create_app(create_model("pop").fit(random_data)))
+    res = pop.get(f"/users/{user}/recommendations", params={"explain": True})
+    assert res.status_code == 200 and all(x["because"] is None for x in res.json()["items"])
+
+
+def test_page_is_served_with_its_own_files_only(client):
+    import re
+
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert "connect-src 'self'" in page.headers["content-security-policy"]
+    assert '<meta name="recforge-api-key" content="optional">' in page.text
+    refs = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert {"/static/app.js", "/static/style.css"} <= set(refs)
+    for ref in refs:  # nothing from another host
+        assert ref.startswith("/"), ref
+        assert client.get(ref).status_code == 200, ref
+    css = client.get("/static/style.css").text
+    assert "url(" not in css and "@import" not in css
+    assert client.get("/static/nothing.js").status_code == 404
+    assert "/" not in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_web_page(tmp_path):
+    """A regular (non-editable) install has the page: the wheel holds static/."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    pytest.importorskip("setuptools", reason="building a wheel needs setuptools")
+    repo = Path(__file__).resolve().parents[1]
+    project = tmp_path / "project"
+    shutil.copytree(repo / "src", project / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(repo / "pyproject.toml", project)
+    shutil.copy(repo / "README.md", project)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(project), "--no-deps",
+                    "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")],
+                   check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("recforge-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    static = repo / "src" / "recforge" / "serving" / "static"
+    for f in static.iterdir():
+        assert f"recforge/serving/static/{f.name}" in names, f.name

@@ -3,17 +3,22 @@
 Endpoints (OpenAPI docs at ``/docs``):
 
 - ``GET /health``, ``GET /model``;
-- ``GET /users/{user_id}/recommendations?k=10&include_seen=false``: unknown users get the
-  most popular items, marked ``"fallback": "popular"``;
+- ``GET /users/{user_id}/recommendations?k=10&include_seen=false&explain=false``: unknown
+  users get the most popular items, marked ``"fallback": "popular"``; ``explain=true`` adds
+  to each item the history item most similar to it (``"because"``);
+- ``GET /users/{user_id}/history?limit=50``: the items the model knows the user by;
 - ``POST /recommendations``: ``{"users": [...], "k": 10}`` for a batch of users, or
   ``{"history": [...], "k": 10}`` for an anonymous session (fold-in, models that support
   it); unknown history items are listed in ``unknown_items``;
-- ``GET /items/{item_id}/similar?k=10``.
+- ``GET /items/{item_id}/similar?k=10``;
+- ``GET /items?query=...&limit=10``: items by title (or id, for models without titles);
+- ``GET /``: a web page to explore all this (files under ``static/``, served at ``/static``).
 
 Bad input answers 4xx with a JSON ``{"detail": ...}``: 422 for invalid parameters or bodies
 (k outside 1..1000, malformed JSON, wrong types), 404 for unknown items, 400 for requests
 the model cannot answer. With an API key (``api_key=`` or ``RECFORGE_API_KEY``), every
-endpoint but ``/health`` needs the ``X-API-Key`` header (401 otherwise).
+endpoint but ``/health`` and the page (``/``, ``/static``) needs the ``X-API-Key`` header
+(401 otherwise); the page asks for the key and sends it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from typing import Annotated, Any
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Query
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -38,6 +44,19 @@ from recforge.models.base import Recommender
 from recforge.serving.service import MAX_K, NotFound, RecommendationService
 
 __all__ = ["create_app"]
+
+#: The web page's files (package data: HTML, JS, CSS; no external resources).
+STATIC = Path(__file__).resolve().parent / "static"
+#: In index.html, replaced by ``required`` when the server has an API key.
+_KEY_MARKER = '<meta name="recforge-api-key" content="optional">'
+#: The page loads nothing but its own files and talks to nothing but this server.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self'; connect-src 'self'; base-uri 'none'; "
+                               "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
 
 Id = int | str
 
@@ -137,17 +156,40 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    # The page needs no key (like /health): it asks for one when the server wants it.
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    if _KEY_MARKER not in page:  # pragma: no cover - guards edits of index.html
+        raise RuntimeError(f"{STATIC / 'index.html'} lacks {_KEY_MARKER}")
+    if key is not None:
+        page = page.replace(_KEY_MARKER, _KEY_MARKER.replace("optional", "required"))
+
+    @app.get("/", include_in_schema=False)
+    async def index_page() -> HTMLResponse:
+        return HTMLResponse(page, headers=_PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
     @app.get("/model", dependencies=guarded)
     async def model_info() -> dict[str, Any]:
         return app.state.service.info()
 
     @app.get("/users/{user_id}/recommendations", dependencies=guarded)
     async def user_recommendations(user_id: str, k: int = Query(10, ge=1, le=MAX_K),
-                                   include_seen: bool = False) -> Response:
+                                   include_seen: bool = False,
+                                   explain: bool = False) -> Response:
         # The hot path: about a millisecond of scoring, run inline (a thread hop would
         # cost more than it frees), serialized once with json.dumps.
-        body = app.state.service.recommend_user(user_id, k, include_seen)
+        svc: RecommendationService = app.state.service
+        body = svc.recommend_user(user_id, k, include_seen)
+        if explain:  # one item-similarity block (k x n_items): off the event loop
+            body = await run_in_threadpool(svc.explain, user_id, body)
         return Response(json.dumps(body).encode(), media_type="application/json")
+
+    @app.get("/users/{user_id}/history", dependencies=guarded)
+    async def user_history(user_id: str,
+                           limit: int = Query(50, ge=1, le=MAX_K)) -> dict[str, Any]:
+        """Items posted since training, then training items (highest value first)."""
+        return await run_in_threadpool(app.state.service.history, user_id, limit)
 
     @app.post("/recommendations", dependencies=guarded)
     async def recommendations(req: RecommendationsRequest) -> dict[str, Any]:
@@ -198,5 +240,11 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
     @app.get("/items/{item_id}/similar", dependencies=guarded)
     async def similar(item_id: str, k: int = Query(10, ge=1, le=MAX_K)) -> dict[str, Any]:
         return await run_in_threadpool(app.state.service.similar, item_id, k)
+
+    @app.get("/items", dependencies=guarded)
+    async def search_items(query: str = Query(..., min_length=1, max_length=200),
+                           limit: int = Query(10, ge=1, le=MAX_K)) -> dict[str, Any]:
+        """Items whose title contains ``query`` (case-insensitive; ids without titles)."""
+        return await run_in_threadpool(app.state.service.search_items, query, limit)
 
     return app

@@ -73,6 +73,8 @@ class RecommendationService:
         if meta is not None and "title" in meta.columns:  # missing titles -> null, not NaN
             self._titles = [None if t is None or (isinstance(t, float) and math.isnan(t))
                             else str(t) for t in meta["title"].tolist()]
+        # The title search index, built on the first search (``_search_index``).
+        self._search: tuple[Any, Any, Any] | None = None
 
     # ----------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -219,3 +221,116 @@ class RecommendationService:
         frame = self.model.similar_items([item], k=min(k, self.model.n_items - 1))
         return {"item": _plain(frame["item"].iloc[0]) if len(frame) else item,
                 "similar": self._by_ids(frame["similar"], frame["rank"], frame["score"])}
+
+    # ----------------------------------------------------------------------------------
+    # for the web page: title search, a user's history, explanations
+    def _search_index(self) -> tuple[Any, Any, Any]:
+        """``(titles, padded_titles, ids)``: case-folded text Series to match queries on
+        (titles empty where missing; ids as text). Built once, on the first search."""
+        if self._search is None:
+            import pandas as pd
+
+            titles = [(t or "").casefold() for t in (self._titles or [])]
+            ids = [str(i).casefold() for i in self.model.items_.ids.tolist()]
+            frame = pd.Series(titles if self._titles is not None else [""] * len(ids),
+                              dtype=str)
+            self._search = (frame, " " + frame, pd.Series(ids, dtype=str))
+        return self._search
+
+    def search_items(self, query: str, limit: int = 10) -> dict[str, Any]:
+        """Items whose title contains ``query`` (case-insensitive), best matches first: the
+        item with that id, then titles equal to the query, starting with it, with a word
+        starting with it, containing it; ties go to the more popular item. A model saved
+        without titles is searched by item id (ids containing the query)."""
+        limit = self._check_k(limit)
+        q = str(query).strip().casefold()
+        if not q:
+            raise ConfigError("query must contain a non-blank character")
+        titles, padded, ids = self._search_index()
+        tier = np.full(self.model.n_items, 9, dtype=np.int8)
+        if self._titles is not None:
+            # Assigned from the loosest match to the strictest: the strictest one wins.
+            tier[titles.str.contains(q, regex=False).to_numpy(bool)] = 4
+            tier[padded.str.contains(" " + q, regex=False).to_numpy(bool)] = 3
+            tier[titles.str.startswith(q).to_numpy(bool)] = 2
+            tier[(titles == q).to_numpy(bool)] = 1
+        else:
+            tier[ids.str.contains(q, regex=False).to_numpy(bool)] = 4
+        tier[(ids == q).to_numpy(bool)] = 0
+        hits = np.flatnonzero(tier < 9)
+        order = np.lexsort((hits, -self.model.item_popularity_[hits], tier[hits]))
+        top = hits[order[:limit]]
+        out: list[dict[str, Any]] = [{"item": _plain(self.model.items_.ids[i])}
+                                     for i in top.tolist()]
+        if self._titles is not None:
+            for entry, i in zip(out, top.tolist(), strict=True):
+                entry["title"] = self._titles[i]
+        return {"query": query, "total": len(hits), "items": out}
+
+    def _history_indices(self, user: Any) -> tuple[int, np.ndarray, np.ndarray]:
+        """``(u, training, posted)``: the user's model index (-1: unknown or forgotten), the
+        model indices of its training items and of the items it posted since."""
+        key = str(user)
+        u = -1 if key in self._forgotten else self.user_index(user)
+        seen = self.model.seen_
+        training = (seen.indices[seen.indptr[u]:seen.indptr[u + 1]].astype(np.int64)
+                    if u >= 0 else self._EMPTY)
+        return u, training, self._posted_items(key)
+
+    def history(self, user: Any, limit: int = 50) -> dict[str, Any]:
+        """What the model knows of ``user``: items posted to the event store since training
+        (``"source": "events"``) first, then the training items, highest value (rating)
+        first. An unknown (or forgotten) user has ``"known": false`` and no training items."""
+        limit = self._check_k(limit)
+        m = self.model
+        u, training, posted = self._history_indices(user)
+        values = (m.seen_.data[m.seen_.indptr[u]:m.seen_.indptr[u + 1]] if u >= 0
+                  else np.empty(0, np.float32))
+        fresh = posted[~np.isin(posted, training)]
+        order = np.lexsort((training, -m.item_popularity_[training], -values))
+        rows = ([(int(i), None, "events") for i in fresh.tolist()]
+                + [(int(training[j]), float(values[j]), "training") for j in order.tolist()])
+        out: list[dict[str, Any]] = []
+        for i, value, source in rows[:limit]:
+            entry: dict[str, Any] = {"item": _plain(m.items_.ids[i]), "value": value,
+                                     "source": source}
+            if self._titles is not None:
+                entry["title"] = self._titles[i]
+            out.append(entry)
+        return {"user": _plain(m.users_.ids[u]) if u >= 0 else user, "known": u >= 0,
+                "total": len(rows), "items": out}
+
+    def explain(self, user: Any, result: dict[str, Any]) -> dict[str, Any]:
+        """Add ``"because"`` to each item of a :meth:`recommend_user` answer: the item of
+        the user's history most similar to it by the model's item-item similarity (the one
+        ``similar`` ranks by), as ``{"item", "title"?, "similarity"}``. ``None`` where there
+        is no such item with a positive similarity, for popularity fallbacks, and for models
+        without item similarities (``pop``...)."""
+        items = result["items"]
+        for entry in items:
+            entry["because"] = None
+        _, training, posted = self._history_indices(user)
+        hist = np.unique(np.concatenate([training, posted]))
+        if not items or not len(hist) or result.get("fallback") == "popular":
+            return result
+        m = self.model
+        rec = m.items_.index(np.asarray([x["item"] for x in items], dtype=object))
+        rec = rec.astype(np.int64)
+        try:
+            with torch.no_grad():
+                sims = m._item_similarity(torch.from_numpy(rec)).float()
+        except ModelError:  # no item-item similarity for this model
+            return result
+        sub = sims[:, torch.from_numpy(hist)]  # a copy (advanced indexing)
+        sub[torch.from_numpy(rec[:, None] == hist[None, :])] = -math.inf  # never itself
+        best = sub.max(dim=1)
+        for entry, score, j in zip(items, best.values.tolist(), best.indices.tolist(),
+                                   strict=True):
+            if math.isfinite(score) and score > 0:
+                i = int(hist[j])
+                because: dict[str, Any] = {"item": _plain(m.items_.ids[i]),
+                                           "similarity": float(score)}
+                if self._titles is not None:
+                    because["title"] = self._titles[i]
+                entry["because"] = because
+        return result

@@ -1,0 +1,261 @@
+// recforge explorer: search items, see similar ones, and a user's history beside their
+// recommendations. Plain JavaScript, no dependencies; talks only to the server that
+// served the page (the page's Content-Security-Policy allows nothing else).
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const keyRequired =
+    document.querySelector('meta[name="recforge-api-key"]').content === "required";
+  let apiKey = "";
+
+  /** An HTTP error answered by the API, with its JSON `detail` as text. */
+  class ApiError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  function detailText(body, status) {
+    const detail = body && body.detail;
+    if (typeof detail === "string") return detail;
+    if (Array.isArray(detail)) {
+      return detail.map((d) => (d && d.msg ? d.msg : JSON.stringify(d))).join("; ");
+    }
+    return "the server answered " + status;
+  }
+
+  /** GET a JSON endpoint of this server, with the API key when there is one. */
+  async function api(path) {
+    if (keyRequired && !apiKey) {
+      $("api-key").focus();
+      throw new ApiError(401, "This server needs an API key: enter it above first.");
+    }
+    const headers = { Accept: "application/json" };
+    if (apiKey) headers["X-API-Key"] = apiKey;
+    const res = await fetch(path, { headers: headers });
+    let body = null;
+    try {
+      body = await res.json();
+    } catch (e) {
+      body = null;
+    }
+    if (!res.ok) {
+      if (res.status === 401) $("api-key").focus();
+      throw new ApiError(res.status, detailText(body, res.status));
+    }
+    return body;
+  }
+
+  function showError(err) {
+    $("error").textContent = err instanceof Error ? err.message : String(err);
+  }
+
+  function clearError() {
+    $("error").textContent = "";
+  }
+
+  function itemLabel(entry) {
+    return entry.title ? entry.title : "Item " + entry.item;
+  }
+
+  /** A list entry: a button showing the item's similar items, plus optional notes. */
+  function itemEntry(entry, notes) {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "item";
+    button.textContent = itemLabel(entry);
+    if (entry.title) {
+      const id = document.createElement("span");
+      id.className = "id";
+      id.textContent = " #" + entry.item;
+      button.appendChild(id);
+    }
+    button.addEventListener("click", () => showSimilar(entry));
+    li.appendChild(button);
+    for (const note of notes || []) {
+      const span = document.createElement("span");
+      span.className = note.className;
+      span.textContent = note.text;
+      li.appendChild(span);
+    }
+    return li;
+  }
+
+  function fill(list, nodes) {
+    list.replaceChildren(...nodes);
+  }
+
+  // The arrow keys move between the buttons of a result list; from the search box, down
+  // goes to the first result.
+  function buttonsOf(list) {
+    return Array.from(list.querySelectorAll("button.item"));
+  }
+
+  function onListKeys(event) {
+    const list = event.currentTarget;
+    const buttons = buttonsOf(list);
+    const at = buttons.indexOf(document.activeElement);
+    if (at < 0) return;
+    let to = -1;
+    if (event.key === "ArrowDown") to = Math.min(at + 1, buttons.length - 1);
+    else if (event.key === "ArrowUp") to = at - 1;
+    else if (event.key === "Home") to = 0;
+    else if (event.key === "End") to = buttons.length - 1;
+    else return;
+    event.preventDefault();
+    if (to < 0 && list.id === "search-results") $("search-query").focus();
+    else buttons[Math.max(to, 0)].focus();
+  }
+
+  for (const id of ["search-results", "similar-results", "history", "recommendations"]) {
+    $(id).addEventListener("keydown", onListKeys);
+  }
+
+  $("search-query").addEventListener("keydown", (event) => {
+    const first = buttonsOf($("search-results"))[0];
+    if (event.key === "ArrowDown" && first) {
+      event.preventDefault();
+      first.focus();
+    }
+  });
+
+  // Answers can arrive out of order: each panel keeps only its latest request's answer.
+  const latest = { search: 0, similar: 0, user: 0 };
+
+  async function search(query) {
+    const ticket = ++latest.search;
+    $("search-status").textContent = "Searching…";
+    $("search-results").setAttribute("aria-busy", "true");
+    try {
+      const body = await api("/items?limit=20&query=" + encodeURIComponent(query));
+      if (ticket !== latest.search) return;
+      clearError();
+      fill($("search-results"), body.items.map((entry) => itemEntry(entry)));
+      $("search-status").textContent = body.total === 0
+        ? "No item matches “" + query + "”."
+        : body.total + (body.total === 1 ? " item matches" : " items match") + " “" +
+          query + "”" + (body.total > body.items.length
+            ? ", showing the first " + body.items.length + "." : ".");
+    } catch (err) {
+      if (ticket !== latest.search) return;
+      $("search-status").textContent = "";
+      showError(err);
+    } finally {
+      if (ticket === latest.search) $("search-results").removeAttribute("aria-busy");
+    }
+  }
+
+  async function showSimilar(entry) {
+    const ticket = ++latest.similar;
+    const heading = $("similar-heading");
+    heading.hidden = false;
+    heading.textContent = "Similar to " + itemLabel(entry);
+    $("search-status").textContent = "Finding items similar to " + itemLabel(entry) + "…";
+    try {
+      const body = await api("/items/" + encodeURIComponent(entry.item) + "/similar?k=10");
+      if (ticket !== latest.similar) return;
+      clearError();
+      fill($("similar-results"), body.similar.map((sim) => itemEntry(sim)));
+      $("search-status").textContent = body.similar.length + " items similar to " +
+        itemLabel(entry) + ".";
+      heading.focus();
+    } catch (err) {
+      if (ticket !== latest.similar) return;
+      fill($("similar-results"), []);
+      $("search-status").textContent = "";
+      showError(err);
+    }
+  }
+
+  function because(item, fallback) {
+    if (fallback === "popular") return "Popular with all users (no history to go on)";
+    if (item.because) {
+      return "Similar to “" + itemLabel(item.because) + "”, in the history";
+    }
+    return "Scored by the model; no similar item in the history";
+  }
+
+  async function showUser(user, k) {
+    const ticket = ++latest.user;
+    const path = "/users/" + encodeURIComponent(user);
+    $("user-status").textContent = "Loading user " + user + "…";
+    try {
+      const [history, recs] = await Promise.all([
+        api(path + "/history?limit=50"),
+        api(path + "/recommendations?explain=true&k=" + encodeURIComponent(k)),
+      ]);
+      if (ticket !== latest.user) return;
+      clearError();
+      const rated = history.items.some((h) => h.value !== null && h.value !== 1);
+      fill($("history"), history.items.map((h) => itemEntry(h, [{
+        className: "meta",
+        text: h.source === "events" ? " (posted since training)"
+          : rated ? " (rated " + h.value + ")" : "",
+      }])));
+      fill($("recommendations"), recs.items.map((r) => itemEntry(r, [{
+        className: "why", text: because(r, recs.fallback),
+      }])));
+      $("history-heading").textContent = history.total > history.items.length
+        ? "History (" + history.items.length + " of " + history.total + ")"
+        : "History (" + history.total + ")";
+      let summary = "User " + user + ": " + history.total + " items in the history, " +
+        recs.items.length + " recommendations.";
+      if (!history.known && recs.fallback === "popular") {
+        summary = "User " + user + " is unknown to the model: the most popular items.";
+      } else if (recs.fallback === "history") {
+        summary += " (From the items posted since training.)";
+      }
+      $("user-status").textContent = summary;
+    } catch (err) {
+      if (ticket !== latest.user) return;
+      $("user-status").textContent = "";
+      showError(err);
+    }
+  }
+
+  async function showModel() {
+    try {
+      const info = await api("/model");
+      $("model-info").textContent = "Model " + info.model + ": " +
+        info.n_users.toLocaleString("en") + " users, " +
+        info.n_items.toLocaleString("en") + " items.";
+      return true;
+    } catch (err) {
+      showError(err);
+      return false;
+    }
+  }
+
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const query = $("search-query").value.trim();
+    if (query) search(query);
+  });
+
+  $("user-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const user = $("user-id").value.trim();
+    if (user) showUser(user, $("user-k").value || "10");
+  });
+
+  $("key-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    apiKey = $("api-key").value;
+    if (await showModel()) {
+      clearError();
+      $("search-query").focus();
+    }
+  });
+
+  if (keyRequired) {
+    $("key-form").hidden = false;
+    $("model-info").textContent = "Enter the API key to start.";
+    $("api-key").focus();
+  } else {
+    showModel();
+    $("search-query").focus();
+  }
+})();
