@@ -50,13 +50,11 @@ def load_dataset(spec: str | os.PathLike, *, format: str | None = None,
                  download: bool = True) -> Interactions:
     """Interactions named by ``spec`` (a dataset name or a file path)."""
     spec_s = os.fspath(spec)
-    if spec_s.startswith("events:"):  # the server's event store
+    if spec_s.startswith("events:"):  # the server's event store: a SQLite path or a URL
         from recforge.serving.events import EventStore
 
-        path = spec_s[len("events:"):]
-        if not Path(path).is_file():
-            raise DataError("event store not found", source=path)
-        return EventStore(path).to_interactions()
+        with EventStore(spec_s[len("events:"):], create=False) as store:
+            return store.to_interactions()
     if is_named_dataset(spec_s):
         return _load_named(spec_s, data_dir, download).interactions
     if not Path(spec_s).exists():

@@ -1,143 +1,378 @@
-"""The event store: interactions posted to the server, kept in SQLite.
+"""The event store: interactions posted to the server, kept in a SQL database.
 
-One file (default: beside the model directory, ``MODEL.events.sqlite``) in WAL mode with
-``synchronous=FULL``: an append returns only after its transaction is on disk, so every
-acknowledged event survives a ``kill -9`` of the server. Events count as seen items for
-their user at once; ``delete_user`` removes a user's events and remembers the user as
-forgotten (the server then answers for them as for an unknown user). ``recforge train
---data events:PATH`` trains from the store.
+By default one SQLite file (``MODEL.events.sqlite`` beside the model directory) in WAL mode
+with ``synchronous=FULL``; any SQLAlchemy URL instead (``postgresql+psycopg://user@host/db``,
+``sqlite:///path``) when configured. The store is written with SQLAlchemy Core, so one code
+path serves every database. An append returns only after its transaction is committed
+(SQLite: on disk; PostgreSQL: with its default ``synchronous_commit=on``, flushed to its
+WAL), so every acknowledged event survives a ``kill -9`` of the server. Events count as
+seen items for their user at once; ``delete_user`` removes a user's events and remembers
+the user as forgotten (the server then answers for them as for an unknown user).
+``recforge train --data events:PATH_OR_URL`` trains from the store.
+
+Passwords never leave this module: errors and ``repr`` name the database by its URL with
+the password replaced by ``***``.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import os
+import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from recforge.errors import DataError
 
-__all__ = ["EventStore"]
+__all__ = ["EventStore", "mask_url"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user TEXT NOT NULL,
-    item TEXT NOT NULL,
-    value REAL,
-    timestamp INTEGER,
-    received REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_user ON events(user);
-CREATE TABLE IF NOT EXISTS forgotten (user TEXT PRIMARY KEY, at REAL NOT NULL);
-"""
+_metadata = sa.MetaData()
+
+#: One row per posted event. The names and layout are those of the earlier raw-SQLite
+#: store, so its files open unchanged. ``timestamp`` is 64-bit (millisecond epochs fit).
+_events = sa.Table(
+    "events", _metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("user", sa.Text(), nullable=False),
+    sa.Column("item", sa.Text(), nullable=False),
+    sa.Column("value", sa.Double()),
+    sa.Column("timestamp", sa.BigInteger()),
+    sa.Column("received", sa.Double(), nullable=False),
+    sa.Index("events_user", "user"),
+    sqlite_autoincrement=True,
+)
+
+#: Users who asked to be forgotten (until they post events again).
+_forgotten = sa.Table(
+    "forgotten", _metadata,
+    sa.Column("user", sa.Text(), primary_key=True),
+    sa.Column("at", sa.Double(), nullable=False),
+)
+
+#: Bound parameters per ``IN (...)`` list: far below every database's limit.
+_CHUNK = 500
+
+#: ``scheme://user:SECRET@``: everything up to the last ``@`` is masked, so a password
+#: with a stray ``@`` or ``/`` in it never shows in part.
+_PASSWORD_IN_TEXT = re.compile(r"(://[^:/@\s]*:)\S*@")
+_PASSWORD_IN_QUERY = re.compile(r"(?i)([?&]password=)[^&\s]*")
+
+
+def mask_url(target: str | URL) -> str:
+    """``target`` as text with any password (in the authority or a ``password=`` query
+    parameter) replaced by ``***``; works on strings that do not parse as a URL too."""
+    text = (target.render_as_string(hide_password=False) if isinstance(target, URL)
+            else str(target))
+    return _PASSWORD_IN_QUERY.sub(r"\1***", _PASSWORD_IN_TEXT.sub(r"\1***@", text))
+
+
+def _is_url(target: str | os.PathLike[str]) -> bool:
+    return not isinstance(target, os.PathLike) and "://" in str(target)
+
+
+def _secrets(url: URL) -> list[str]:
+    """The literal passwords in ``url`` (to scrub from driver error messages)."""
+    found = [url.password] if url.password else []
+    query = url.query.get("password")
+    found += [query] if isinstance(query, str) else list(query or ())
+    return [str(s) for s in found if s]
+
+
+def _scrub(message: str, secrets: Iterable[str]) -> str:
+    """``message`` with every password in it replaced by ``***`` (a password of under four
+    characters only where it stands alone, so that ``p`` does not garble ``password``)."""
+    for secret in secrets:
+        if len(secret) >= 4:
+            message = message.replace(secret, "***")
+        else:
+            message = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***",
+                             message)
+    return message
+
+
+def _reason(exc: BaseException) -> str:
+    """A driver error's own message, first line, without SQLAlchemy's background link."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    text = text.split("\n(Background on this error")[0].strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Every SQLite connection: WAL (readers never block the writer) and ``synchronous=FULL``
+    (a commit returns once the WAL is synced to disk)."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+    finally:
+        cursor.close()
 
 
 class EventStore:
-    """Append-only interaction log in a SQLite file (thread-safe within a process)."""
+    """Append-only interaction log in SQLite or any database SQLAlchemy reaches.
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    Parameters
+    ----------
+    target:
+        A filesystem path (a SQLite file; its directory is created) or a SQLAlchemy URL:
+        ``sqlite:///relative.db``, ``sqlite:////absolute.db``,
+        ``postgresql+psycopg://user:password@host:5432/db`` (a bare ``postgresql://`` or
+        ``postgres://`` uses psycopg 3, the driver of ``pip install 'recforge[postgres]'``).
+    create:
+        Create the tables when they are missing (the server). ``False`` opens an existing
+        store only and raises :class:`~recforge.errors.DataError` otherwise (training
+        from a store must not create an empty one).
+
+    Thread-safe: calls from any thread share a connection pool; on SQLite they take turns
+    (one writer at a time is SQLite's rule), on a server database they run concurrently.
+    Every failure to reach the database is a :class:`~recforge.errors.DataError` naming
+    the URL with its password masked.
+    """
+
+    def __init__(self, target: str | os.PathLike[str], *, create: bool = True) -> None:
+        #: The SQLite file when the store is one, else ``None``.
+        self.path: Path | None = None
+        if _is_url(target):
+            url = self._parse(str(target))
+        else:
+            self.path = Path(target)
+            url = URL.create("sqlite", database=str(self.path))
+        #: The database URL, password masked: safe to print and log.
+        self.url = mask_url(url)
+        #: Where the store is, for messages: the path given, else :attr:`url`.
+        self.name = str(self.path) if self.path is not None else self.url
+        self._secrets = _secrets(url)
+        if url.get_backend_name() == "sqlite":
+            database = url.database or ""
+            in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+            if not in_memory and not url.query.get("uri"):
+                file = Path(database)
+                if self.path is None:
+                    self.path = file
+                if not create and not file.is_file():
+                    raise DataError("event store not found", source=self.name)
+                file.parent.mkdir(parents=True, exist_ok=True)
+        self._sqlite = url.get_backend_name() == "sqlite"
+        #: Serialises SQLite calls; server databases need no lock of ours.
+        self._lock: threading.Lock | None = threading.Lock() if self._sqlite else None
+        #: The SQLAlchemy engine (for callers that need the database directly).
+        self.engine: Engine = self._engine(url)
         try:
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False,
-                                       isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise DataError(f"cannot open the event store: {exc}", source=str(self.path)
+            with self.engine.begin() as conn:
+                if create:
+                    _metadata.create_all(conn, checkfirst=True)
+                else:
+                    missing = [t.name for t in _metadata.sorted_tables
+                               if not sa.inspect(conn).has_table(t.name)]
+                    if missing:
+                        raise DataError(f"no event store here (missing table "
+                                        f"{', '.join(missing)})", source=self.name)
+        except sa.exc.SQLAlchemyError as exc:
+            self.engine.dispose()
+            raise self._error("cannot open the event store", exc) from None
+        except DataError:
+            self.engine.dispose()
+            raise
+
+    # -- construction ----------------------------------------------------------------------
+    def _parse(self, text: str) -> URL:
+        try:
+            url = make_url(text)
+        except (sa.exc.ArgumentError, ValueError):
+            raise DataError("not a valid database URL (the form is dialect+driver://user:"
+                            "password@host:port/database, the port a number, special "
+                            "characters in the password %-encoded)", source=mask_url(text)
                             ) from None
-        self._lock = threading.Lock()
+        if url.drivername in ("postgresql", "postgres"):  # psycopg 3, not SQLAlchemy 2.0's
+            url = url.set(drivername="postgresql+psycopg")  # psycopg2 default
+        return url
+
+    def _engine(self, url: URL) -> Engine:
+        kwargs: dict[str, Any] = {}
+        if self._sqlite:
+            # Wait for another process's write instead of failing with "database is locked".
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            database = url.database or ""
+            if database in ("", ":memory:"):  # one shared in-memory database, not one per
+                kwargs["poolclass"] = sa.pool.StaticPool  # thread
+        else:
+            kwargs["pool_pre_ping"] = True  # survive a database restart under a long server
+            if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+                kwargs["connect_args"] = {"connect_timeout": 10}  # fail, not hang, when the
+                # host does not answer
+        try:
+            engine = sa.create_engine(url, **kwargs)
+        except sa.exc.NoSuchModuleError:
+            raise DataError(f"unknown database type {url.drivername!r} (a SQLAlchemy URL "
+                            "such as sqlite:///events.db or postgresql+psycopg://user@host/db"
+                            ")", source=self.name) from None
+        except ImportError as exc:
+            hint = (" (pip install 'recforge[postgres]')"
+                    if url.get_backend_name() == "postgresql" else "")
+            raise DataError(f"the database driver for {url.drivername} is not installed: "
+                            f"{exc}{hint}", source=self.name) from None
+        except (sa.exc.ArgumentError, TypeError) as exc:
+            raise DataError(f"bad database URL: {_scrub(str(exc), self._secrets)}",
+                            source=self.name) from None
+        if self._sqlite:
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+
+    def _error(self, what: str, exc: BaseException) -> DataError:
+        return DataError(f"{what}: {_scrub(_reason(exc), self._secrets)}", source=self.name)
+
+    @contextmanager
+    def _connect(self, write: bool) -> Iterator[Connection]:
+        """A connection (in a transaction, committed on exit, when ``write``)."""
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            with (self.engine.begin() if write else self.engine.connect()) as conn:
+                yield conn
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     def close(self) -> None:
-        self._db.close()
+        """Close every pooled connection."""
+        self.engine.dispose()
 
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EventStore({self.name!r})"
+
+    # -- writes ----------------------------------------------------------------------------
     def append(self, events: Sequence[tuple[Any, Any, float | None, int | None]]) -> int:
-        """Store ``(user, item, value, timestamp)`` tuples in one durable transaction."""
+        """Store ``(user, item, value, timestamp)`` tuples in one transaction; returns
+        their number once the transaction is committed."""
         now = time.time()
-        rows = [(str(u), str(i), None if v is None else float(v),
-                 None if t is None else int(t), now) for u, i, v, t in events]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("INSERT INTO events (user, item, value, timestamp, "
-                                     "received) VALUES (?, ?, ?, ?, ?)", rows)
-                self._db.executemany("DELETE FROM forgotten WHERE user = ?",
-                                     {(r[0],) for r in rows})
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        rows = [{"user": str(u), "item": str(i), "value": None if v is None else float(v),
+                 "timestamp": None if t is None else int(t), "received": now}
+                for u, i, v, t in events]
+        if not rows:
+            return 0
+        users = sorted({r["user"] for r in rows})
+        with self._connect(write=True) as conn:
+            conn.execute(_events.insert(), rows)  # one executemany
+            for start in range(0, len(users), _CHUNK):  # posting again un-forgets a user
+                conn.execute(_forgotten.delete().where(
+                    _forgotten.c.user.in_(users[start:start + _CHUNK])))
         return len(rows)
 
+    def delete_user(self, user: Any) -> int:
+        """Remove every event of ``user`` and remember them as forgotten; returns the
+        number of events removed."""
+        user_s, now = str(user), time.time()
+        with self._connect(write=True) as conn:
+            n = conn.execute(_events.delete().where(_events.c.user == user_s)).rowcount
+            conn.execute(self._upsert_forgotten(conn, user_s, now))
+        return int(n)
+
+    def _upsert_forgotten(self, conn: Connection, user: str, at: float) -> sa.Executable:
+        dialect = conn.dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            if dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert
+            stmt = insert(_forgotten).values(user=user, at=at)
+            return stmt.on_conflict_do_update(index_elements=[_forgotten.c.user],
+                                              set_={"at": stmt.excluded.at})
+        # Other databases: delete, then insert, in the caller's transaction.
+        conn.execute(_forgotten.delete().where(_forgotten.c.user == user))
+        return _forgotten.insert().values(user=user, at=at)
+
+    # -- reads -----------------------------------------------------------------------------
     def user_items(self, user: Any) -> list[str]:
-        with self._lock:
-            cur = self._db.execute("SELECT DISTINCT item FROM events WHERE user = ?",
-                                   (str(user),))
-            return [r[0] for r in cur.fetchall()]
+        """The distinct items ``user`` posted."""
+        query = sa.select(_events.c.item).where(_events.c.user == str(user)).distinct()
+        with self._connect(write=False) as conn:
+            return list(conn.execute(query).scalars())
 
     def all_user_items(self) -> dict[str, list[str]]:
         """Every user's posted items (for an in-memory index at server start)."""
         out: dict[str, list[str]] = {}
-        with self._lock:
-            for user, item in self._db.execute("SELECT DISTINCT user, item FROM events"):
+        query = sa.select(_events.c.user, _events.c.item).distinct()
+        with self._connect(write=False) as conn:
+            for user, item in conn.execute(query):
                 out.setdefault(user, []).append(item)
         return out
 
-    def delete_user(self, user: Any) -> int:
-        """Remove every event of ``user`` and remember them as forgotten."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            n = self._db.execute("DELETE FROM events WHERE user = ?", (str(user),)).rowcount
-            self._db.execute("INSERT OR REPLACE INTO forgotten (user, at) VALUES (?, ?)",
-                             (str(user), time.time()))
-            self._db.execute("COMMIT")
-        return int(n)
-
     def is_forgotten(self, user: Any) -> bool:
-        with self._lock:
-            cur = self._db.execute("SELECT 1 FROM forgotten WHERE user = ?", (str(user),))
-            return cur.fetchone() is not None
+        query = sa.select(sa.literal(1)).where(_forgotten.c.user == str(user))
+        with self._connect(write=False) as conn:
+            return conn.execute(query).first() is not None
 
     def forgotten(self) -> set[str]:
-        with self._lock:
-            return {r[0] for r in self._db.execute("SELECT user FROM forgotten")}
+        with self._connect(write=False) as conn:
+            return set(conn.execute(sa.select(_forgotten.c.user)).scalars())
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        with self._connect(write=False) as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(_events))
+                       .scalar_one())
 
     def to_frame(self) -> pd.DataFrame:
-        """All events: ``user, item, rating, timestamp`` (ids back as integers when every
-        id of a column is an integer)."""
-        with self._lock:
-            frame = pd.read_sql_query("SELECT user, item, value AS rating, timestamp "
-                                      "FROM events ORDER BY id", self._db)
+        """All events in arrival order: ``user, item, rating, timestamp`` (``rating`` only
+        when some event has a value, ``timestamp`` only when every event has one). An id
+        column comes back as integers when every id in it is the decimal text of an
+        int64 (``"7"``, not ``"007"`` or ``"+7"``)."""
+        query = (sa.select(_events.c.user, _events.c.item, _events.c.value.label("rating"),
+                           _events.c.timestamp).order_by(_events.c.id))
+        with self._connect(write=False) as conn:
+            result = conn.execute(query)
+            frame = pd.DataFrame.from_records(result.fetchall(), columns=list(result.keys()))
         for col in ("user", "item"):
-            as_int = pd.to_numeric(frame[col], errors="coerce")
-            if len(frame) and as_int.notna().all() and (as_int % 1 == 0).all():
-                frame[col] = as_int.astype(np.int64)
+            frame[col] = _ids(frame[col].to_numpy(dtype=object))
         if frame["rating"].isna().all():
             frame = frame.drop(columns="rating")
-        if frame["timestamp"].isna().any():
+        else:
+            frame["rating"] = frame["rating"].astype(np.float64)
+        if frame.empty or frame["timestamp"].isna().any():
             frame = frame.drop(columns="timestamp")
+        else:  # no NULL: integers as stored (never through float64)
+            frame["timestamp"] = frame["timestamp"].astype(np.int64)
         return frame
 
     def to_interactions(self, duplicates: str = "last") -> Any:
+        """The store as :class:`~recforge.data.interactions.Interactions` (training data)."""
         from recforge.data.interactions import Interactions
 
-        frame = self.to_frame()
+        try:
+            frame = self.to_frame()
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("cannot read the event store", exc) from None
         if frame.empty:
-            raise DataError("the event store holds no events", source=str(self.path))
+            raise DataError("the event store holds no events", source=self.name)
         return Interactions.from_frame(frame, duplicates=duplicates,  # type: ignore[arg-type]
-                                       source=str(self.path))
+                                       source=self.name)
 
     @staticmethod
     def ids(values: Iterable[Any]) -> list[str]:
         return [str(v) for v in values]
+
+
+def _ids(text: np.ndarray) -> np.ndarray:
+    """Ids as stored (text), or as int64 when every one is the canonical text of one."""
+    if len(text) == 0:
+        return text
+    as_int = pd.to_numeric(pd.Series(text), errors="coerce")
+    if as_int.dtype.kind not in "iu" or as_int.dtype.kind == "u" and as_int.max() > 2**63 - 1:
+        return text
+    ints = as_int.to_numpy(dtype=np.int64)
+    return ints if (ints.astype(str).astype(object) == text).all() else text

@@ -1,0 +1,377 @@
+"""The event store on SQLAlchemy: a SQLite path, a sqlite:/// URL and a real PostgreSQL.
+
+The PostgreSQL tests start a throwaway cluster (initdb + pg_ctl, a free port, the socket in
+a temporary directory) once per module and stop it at teardown; they are skipped, with the
+reason, when the server binaries or psycopg are missing.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recforge.data.datasets import load_dataset
+from recforge.errors import DataError
+from recforge.serving.events import EventStore, mask_url
+
+PG_PASSWORD = "s3cret-Pw!x"  # the throwaway cluster's; must never appear in a message
+
+
+# -- a throwaway PostgreSQL cluster ---------------------------------------------------------
+def _pg_program(name: str) -> str | None:
+    """``name`` from PATH, else from the newest /usr/lib/postgresql/*/bin (Debian keeps the
+    server programs off PATH)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit()
+                        else 0)
+    return candidates[-1] if candidates else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pg_cluster() -> Iterator[dict[str, object]]:
+    """A PostgreSQL server for this module: user ``recforge`` with :data:`PG_PASSWORD` over
+    TCP on 127.0.0.1 (scram-sha-256), trusted over the unix socket in its directory."""
+    if importlib.util.find_spec("psycopg") is None:
+        pytest.skip("psycopg is not installed (pip install 'recforge[postgres]')")
+    initdb, pg_ctl = _pg_program("initdb"), _pg_program("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL server programs (initdb, pg_ctl) not found; "
+                    "apt-get install postgresql")
+    runas: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="recforge-pg-"))
+    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+        runuser = shutil.which("runuser")
+        account = next((a for a in ("postgres", "nobody") if _has_account(a)), None)
+        if runuser is None or account is None:
+            shutil.rmtree(root, ignore_errors=True)
+            pytest.skip("running as root, and no runuser or no postgres/nobody account to "
+                        "run PostgreSQL as")
+        entry = pwd.getpwnam(account)
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        runas = [runuser, "-u", account, "--"]
+    pwfile = root / "pw"
+    pwfile.write_text(PG_PASSWORD + "\n")
+    if runas:
+        os.chown(pwfile, pwd.getpwnam(runas[2]).pw_uid, -1)
+    data, log = root / "data", root / "log"
+    made = subprocess.run([*runas, initdb, "-D", str(data), "-U", "recforge",
+                           f"--pwfile={pwfile}", "--auth-local=trust",
+                           "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"],
+                          capture_output=True, text=True, timeout=120)
+    if made.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        raise RuntimeError(f"initdb failed:\n{made.stdout}{made.stderr}")
+    port = _free_port()
+    started = subprocess.run(
+        [*runas, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
+         f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
+        capture_output=True, text=True, timeout=90)
+    try:
+        if started.returncode != 0:
+            detail = log.read_text() if log.exists() else started.stderr
+            raise RuntimeError(f"pg_ctl start failed:\n{detail}")
+        yield {"port": port, "socket_dir": root,
+               "url": f"postgresql+psycopg://recforge:{PG_PASSWORD}@127.0.0.1:{port}"}
+    finally:
+        subprocess.run([*runas, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _has_account(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+_databases = iter(range(1_000_000))
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """A fresh, empty database in the module's cluster (one per test)."""
+    import psycopg
+
+    name = f"events_{next(_databases)}"
+    with psycopg.connect(host=str(pg_cluster["socket_dir"]), port=pg_cluster["port"],
+                         user="recforge", dbname="postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{pg_cluster['url']}/{name}"
+
+
+@pytest.fixture(params=["path", "sqlite-url", "postgresql"])
+def target(request, tmp_path) -> str | Path:
+    """Where a store lives: a SQLite path, a sqlite:/// URL, a PostgreSQL URL."""
+    if request.param == "path":
+        return tmp_path / "sub" / "ev.sqlite"
+    if request.param == "sqlite-url":
+        return f"sqlite:///{tmp_path / 'ev.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+# -- the same behaviour on every backend ----------------------------------------------------
+def test_append_seen_items_and_forgetting(target):
+    with EventStore(target) as store:
+        assert store.count() == 0 and store.all_user_items() == {}
+        assert store.append([]) == 0
+        n = store.append([(1, "a", 1.0, 10), (1, "b", None, 11), ("u2", "a", 5, None),
+                          (1, "a", 2.0, 12)])
+        assert n == 4 and store.count() == 4
+        assert sorted(store.user_items(1)) == ["a", "b"]  # distinct, ids as text
+        assert sorted(store.user_items("1")) == ["a", "b"]
+        assert {u: sorted(i) for u, i in store.all_user_items().items()} == {
+            "1": ["a", "b"], "u2": ["a"]}
+        assert store.delete_user(1) == 3 and store.count() == 1
+        assert store.user_items(1) == [] and store.is_forgotten(1)
+        assert store.forgotten() == {"1"} and not store.is_forgotten("u2")
+        assert store.delete_user(1) == 0  # forgetting twice is no error
+        assert store.forgotten() == {"1"}
+        store.append([(1, "c", None, None)])  # posting again un-forgets
+        assert not store.is_forgotten(1) and store.user_items(1) == ["c"]
+    with EventStore(target) as again:  # committed, so there after reopening
+        assert again.count() == 2 and again.forgotten() == set()
+
+
+def test_to_frame_types(target):
+    with EventStore(target) as store:
+        store.append([(3, 30, 4.5, 1_700_000_000_000), (1, 10, None, 1_700_000_000_001),
+                      (3, 10, 2.0, 5)])
+        frame = store.to_frame()
+        assert list(frame.columns) == ["user", "item", "rating", "timestamp"]
+        assert frame["user"].tolist() == [3, 1, 3] and frame["user"].dtype == np.int64
+        assert frame["item"].dtype == np.int64
+        assert frame["timestamp"].tolist() == [1_700_000_000_000, 1_700_000_000_001, 5]
+        assert np.isnan(frame["rating"][1]) and frame["rating"][0] == 4.5
+        # Ids that only look numeric stay text: "007" is not 7, 2**70 is no int64.
+        store.append([("007", str(2**70), None, None)])
+        frame = store.to_frame()
+        assert frame["user"].tolist() == ["3", "1", "3", "007"]
+        assert frame["item"].tolist() == ["30", "10", "10", str(2**70)]
+        assert "timestamp" not in frame.columns  # one event has none
+
+
+def test_to_interactions_and_training_from_the_store(target, tmp_path):
+    from recforge.cli import main
+    from recforge.models import Recommender
+
+    with EventStore(target) as store:
+        with pytest.raises(DataError, match="holds no events"):
+            store.to_interactions()
+        rng = np.random.default_rng(0)
+        store.append([(int(u), int(i), None, None) for u, i in rng.integers(0, 30, (400, 2))])
+        data = store.to_interactions()
+        assert data.users.is_integer and data.n_users <= 30 and len(data) <= 400
+    loaded = load_dataset(f"events:{target}")
+    assert len(loaded) == len(data)
+    try:
+        main(["train", "ease", "--data", f"events:{target}", "--out", str(tmp_path / "m")])
+    except SystemExit as exc:
+        assert not exc.code
+    assert Recommender.load(tmp_path / "m").n_users == data.n_users
+
+
+def test_appends_from_many_threads(target):
+    with EventStore(target) as store:
+        def post(t: int) -> None:
+            for b in range(25):
+                store.append([(f"t{t}", f"{b}-{j}", None, None) for j in range(20)])
+
+        threads = [threading.Thread(target=post, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert store.count() == 8 * 25 * 20
+        assert len(store.user_items("t3")) == 25 * 20
+
+
+def test_training_does_not_create_a_store(target, tmp_path):
+    with pytest.raises(DataError) as err:
+        load_dataset(f"events:{target}")
+    assert "event store" in str(err.value) and PG_PASSWORD not in str(err.value)
+    if isinstance(target, Path):
+        assert not target.exists()
+    with EventStore(target):  # and it really was not created: now it opens empty
+        pass
+    with pytest.raises(DataError, match="holds no events"):
+        load_dataset(f"events:{target}")
+
+
+# -- SQLite ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("as_url", [False, True])
+def test_sqlite_is_wal_with_synchronous_full(tmp_path, as_url):
+    db = tmp_path / "ev.sqlite"
+    with EventStore(f"sqlite:///{db}" if as_url else db) as store:
+        assert store.path == db
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        store.append([("u", "i", None, None)])
+    assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_store_written_by_the_raw_sqlite_version_opens(tmp_path):
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript("""
+        CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, user TEXT NOT NULL,
+            item TEXT NOT NULL, value REAL, timestamp INTEGER, received REAL NOT NULL);
+        CREATE INDEX events_user ON events(user);
+        CREATE TABLE forgotten (user TEXT PRIMARY KEY, at REAL NOT NULL);
+        INSERT INTO events (user, item, value, timestamp, received) VALUES
+            ('1', '7', 1.0, 3, 0), ('2', '8', 2.0, 4, 0);
+        INSERT INTO forgotten VALUES ('9', 0);
+    """)
+    con.commit()
+    con.close()
+    with EventStore(db) as store:
+        assert store.count() == 2 and store.forgotten() == {"9"}
+        store.append([(3, 9, 3.0, 5)])
+        assert store.to_frame()["item"].tolist() == [7, 8, 9]
+
+
+def test_in_memory_sqlite_is_one_database_across_threads():
+    with EventStore("sqlite://") as store:
+        worker = threading.Thread(target=store.append, args=([("u", "i", None, None)],))
+        worker.start()
+        worker.join()
+        assert store.count() == 1 and store.path is None
+
+
+def test_a_file_that_is_no_database_is_a_data_error(tmp_path):
+    bad = tmp_path / "junk.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(DataError, match="cannot open the event store") as err:
+        EventStore(bad)
+    assert str(bad) in str(err.value)
+
+
+# -- bad URLs, and passwords never shown ----------------------------------------------------
+def test_mask_url():
+    assert mask_url("postgresql+psycopg://me:hunter22@db:5432/ev") == \
+        "postgresql+psycopg://me:***@db:5432/ev"
+    # A stray @ or / in a password, an unparseable port, a password= parameter.
+    assert "ss" not in mask_url("postgresql://me:p@ss@db/ev").split("@", 1)[0]
+    assert mask_url("postgresql://me:pa/ss@db/ev") == "postgresql://me:***@db/ev"
+    assert mask_url("postgresql://me:pw1@db:port/ev") == "postgresql://me:***@db:port/ev"
+    assert mask_url("postgresql://me@db/ev?password=pw1&x=1") == \
+        "postgresql://me@db/ev?password=***&x=1"
+    assert mask_url("sqlite:////tmp/ev.db") == "sqlite:////tmp/ev.db"
+
+
+@pytest.mark.parametrize("url, message", [
+    ("nosuchdb://me:hunter22@host/ev", "unknown database type 'nosuchdb'"),
+    ("postgresql+nodriver://me:hunter22@host/ev", "unknown database type"),
+    ("postgresql+psycopg://me:hunter22@host:notaport/ev", "not a valid database URL"),
+    ("mysql+nosuchdriver://me:hunter22@host/ev", "unknown database type"),
+])
+def test_bad_urls_are_data_errors_without_the_password(url, message):
+    with pytest.raises(DataError, match=message) as err:
+        EventStore(url)
+    text = str(err.value)
+    assert "hunter22" not in text and "me:***@host" in text
+
+
+def test_a_missing_driver_is_named(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # an import of it now fails
+    with pytest.raises(DataError, match="driver for postgresql\\+psycopg2 is not installed"
+                       ) as err:
+        EventStore("postgresql+psycopg2://me:hunter22@localhost/ev")
+    assert "hunter22" not in str(err.value) and "recforge[postgres]" in str(err.value)
+
+
+def test_an_unreachable_database_is_a_data_error_without_the_password():
+    pytest.importorskip("psycopg")
+    url = f"postgresql+psycopg://me:hunter22@127.0.0.1:{_free_port()}/ev"  # nothing listens
+    start = time.perf_counter()
+    with pytest.raises(DataError, match="cannot open the event store") as err:
+        EventStore(url)
+    assert time.perf_counter() - start < 15
+    assert "hunter22" not in str(err.value) and "me:***@127.0.0.1" in str(err.value)
+    assert "hunter22" not in repr(err.value)
+
+
+def test_training_from_a_bad_url_is_one_line_without_the_password(capsys):
+    from recforge.cli import main
+
+    try:
+        code = main(["train", "ease", "--data", "events:nosuchdb://me:hunter22@h/ev",
+                     "--out", "unused"])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown database type" in err and "hunter22" not in err
+
+
+# -- PostgreSQL only ------------------------------------------------------------------------
+def test_postgres_wrong_password_is_masked(pg_url):
+    wrong = pg_url.replace(PG_PASSWORD, "not-the-Pw-9")
+    with pytest.raises(DataError, match="password authentication failed") as err:
+        EventStore(wrong)
+    assert "not-the-Pw-9" not in str(err.value) and "recforge:***@" in str(err.value)
+    with EventStore(pg_url) as store:
+        assert PG_PASSWORD not in repr(store) and PG_PASSWORD not in store.url
+        assert store.path is None
+
+
+def test_postgres_store_behind_a_real_server_survives_kill_9(pg_url, random_data,
+                                                             tmp_path):
+    """`recforge serve --events URL`: acknowledged events are in PostgreSQL after SIGKILL,
+    they count as seen items, and DELETE /users/{id} removes them."""
+    import httpx
+    from test_serving import running_server
+
+    from recforge.models import create_model
+
+    model = create_model("ease", reg=20.0).fit(random_data).save(tmp_path / "ease")
+    user = str(random_data.users.ids[0])
+    acked = 0
+    with running_server("--model", model, "--events", pg_url) as (proc, url):
+        with httpx.Client(base_url=url) as client:
+            first = client.get(f"/users/{user}/recommendations",
+                               params={"k": 1}).json()["items"][0]["item"]
+            r = client.post("/interactions", json={"events": [{"user": user, "item": first}]})
+            acked += r.json()["stored"]
+            after = client.get(f"/users/{user}/recommendations", params={"k": 5}).json()
+            assert first not in [x["item"] for x in after["items"]]
+            for b in range(20):
+                r = client.post("/interactions", json={"events": [
+                    {"user": f"u{b}", "item": j, "timestamp": j} for j in range(100)]})
+                assert r.status_code == 200
+                acked += r.json()["stored"]
+            gone = client.delete("/users/u0").json()
+            assert gone["deleted_events"] == 100
+            acked -= 100
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    with EventStore(pg_url) as store:
+        assert store.count() == acked == 1 + 19 * 100
+        assert store.forgotten() == {"u0"} and store.user_items(user) == [str(first)]
