@@ -349,9 +349,11 @@ def serve(
     api_key: str | None = typer.Option(None, "--api-key", envvar="RECFORGE_API_KEY",
                                        help="Require this X-API-Key header (all endpoints "
                                             "but /health)."),
-    events: Path | None = typer.Option(None, "--events", help="SQLite event store for POST "
-                                       "/interactions (default: MODEL.events.sqlite beside "
-                                       "the model directory)."),
+    events: str | None = typer.Option(None, "--events", help="Event store for POST "
+                                      "/interactions: a SQLite file path or a SQLAlchemy URL "
+                                      "(postgresql+psycopg://user@host/db; pip install "
+                                      "'recforge[postgres]'). Default: MODEL.events.sqlite "
+                                      "beside the model directory."),
     no_events: bool = typer.Option(False, "--no-events", help="Serve without an event store."),
     index: str = typer.Option("exact", "--index", help="exact, or ivf: an approximate faiss "
                               "index for large catalogues (dot-product models; "
