@@ -150,6 +150,7 @@
 
   async function showSimilar(entry) {
     const ticket = ++latest.similar;
+    const from = document.activeElement;
     const heading = $("similar-heading");
     heading.hidden = false;
     heading.textContent = "Similar to " + itemLabel(entry);
@@ -161,7 +162,10 @@
       fill($("similar-results"), body.similar.map((sim) => itemEntry(sim)));
       $("search-status").textContent = body.similar.length + " items similar to " +
         itemLabel(entry) + ".";
-      heading.focus();
+      // Move to the answer, unless the user went elsewhere in the meantime.
+      if (document.activeElement === from || document.activeElement === document.body) {
+        heading.focus();
+      }
     } catch (err) {
       if (ticket !== latest.similar) return;
       fill($("similar-results"), []);
