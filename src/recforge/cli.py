@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -219,6 +220,7 @@ def datasets_download(name: str,
 # train / recommend / predict / evaluate
 @app.command()
 def train(
+    ctx: typer.Context,
     model: str = typer.Argument(..., help="Model name (see `recforge models`)."),
     data: list[str] = typer.Option(..., "--data", help="Dataset name or file; repeat to "
                                    "concatenate files (e.g. train.txt and valid.txt)."),
@@ -251,18 +253,70 @@ def train(
     item_id_column: str | None = typer.Option(None, "--item-id-column",
                                               help="Id column of --item-features "
                                                    "(default: item, id or the first)."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Train a gradient model with PyTorch "
+                              "DDP in this many processes on this machine (torchrun; gloo on "
+                              "CPUs, NCCL on GPUs). For several machines run torchrun yourself "
+                              "(docs/scaling.md)."),
 ) -> None:
     """Train MODEL on --data and save it to --out.
 
     Gradient models (mf, bpr, gmf, mlp, neumf, lightgcn) write a checkpoint after every
     epoch; if the run is killed, the same command with --resume continues where it stopped.
     """
+    from recforge.models.gradient import GradientRecommender
+    from recforge.training import distributed
+
+    params = _parse_params(param)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from recforge.models.registry import get_model_class
+
+        if not issubclass(get_model_class(model), GradientRecommender):
+            raise ConfigError(f"--nproc: {model} is not trained by gradient steps; DDP "
+                              "applies to mf, bpr, gmf, mlp, neumf, lightgcn and hybrid_bpr")
+        argv = _without_option((ctx.find_root().obj or {}).get("argv", sys.argv[1:]),
+                               "--nproc")
+        status = distributed.launch(argv, nproc)
+        if status != 0:
+            raise ConfigError(f"distributed training failed (torchrun exit status {status}); "
+                              "the failing rank's error is printed above")
+        return
+    dist_ctx = distributed.init_from_environment(device=str(params.get("device", "auto")))
+    try:
+        _train(model, params, data=data, out=out, valid=valid, seed=seed, columns=columns,
+               fmt=fmt, duplicates=duplicates, min_rating=min_rating, data_dir=data_dir,
+               checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoint=keep_checkpoint,
+               item_features=item_features, item_id_column=item_id_column, dist_ctx=dist_ctx)
+    finally:
+        distributed.shutdown()
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE``."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
+
+
+def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
+           valid: str | None, seed: int | None, columns: str | None, fmt: str | None,
+           duplicates: str, min_rating: float | None, data_dir: Path | None,
+           checkpoint_dir: Path | None, resume: bool, keep_checkpoint: bool,
+           item_features: Path | None, item_id_column: str | None, dist_ctx: Any) -> None:
     import shutil
 
     from recforge.models.gradient import GradientRecommender
     from recforge.models.registry import create_model
 
-    params = _parse_params(param)
+    main_rank = dist_ctx is None or dist_ctx.is_main
+    if not main_rank:  # one voice: rank 0 reports, the others only warn
+        logging.getLogger("recforge").setLevel(logging.WARNING)
     if seed is not None:
         from recforge.models.registry import get_model_class
 
@@ -272,6 +326,9 @@ def train(
             log.info("%s is deterministic; --seed has no effect", model)
     estimator = create_model(model, **params)
     gradient = isinstance(estimator, GradientRecommender)
+    if dist_ctx is not None and not gradient:
+        raise ConfigError(f"{model} is not trained by gradient steps; distributed training "
+                          "applies to mf, bpr, gmf, mlp, neumf, lightgcn and hybrid_bpr")
     if (resume or checkpoint_dir is not None) and not gradient:
         raise ConfigError(f"{model} is not trained by epochs of gradient steps; --resume and "
                           "--checkpoint-dir apply to mf, bpr, gmf, mlp, neumf and lightgcn")
@@ -290,17 +347,23 @@ def train(
     log.info("training %s on %s", model, train_data)
     start = time.perf_counter()
     if gradient:
+        if dist_ctx is not None:
+            fit_kw["distributed"] = dist_ctx.shard
         estimator.fit(train_data, valid_data, checkpoint_dir=ckpt, resume=resume, **fit_kw)
     else:
         estimator.fit(train_data, valid_data, **fit_kw)
     seconds = time.perf_counter() - start
+    if not main_rank:  # rank 0 writes the model
+        return
     meta = _item_metadata(data, item_features, item_id_column, data_dir)
     if meta is not None:
         estimator.attach_item_metadata(meta)
     estimator.save(out)
     if gradient and not keep_checkpoint:
         shutil.rmtree(ckpt, ignore_errors=True)
-    console.print(f"trained {model} on {len(train_data):,} events in {seconds:.2f}s; "
+    where = (f" in {dist_ctx.world_size} processes ({dist_ctx.backend})"
+             if dist_ctx is not None else "")
+    console.print(f"trained {model} on {len(train_data):,} events{where} in {seconds:.2f}s; "
                   f"saved to {out}")
 
 
@@ -546,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     status 2.
     """
     try:
-        app(args=argv, prog_name="recforge")
+        args = list(sys.argv[1:] if argv is None else argv)
+        app(args=args, prog_name="recforge", obj={"argv": args})
     except RecforgeError as exc:
         err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True,
                           markup=True)

@@ -53,6 +53,8 @@ class GradientRecommender(Recommender):
 
         ``checkpoint_dir`` keeps a checkpoint and a per-epoch JSON log there after every
         epoch; ``resume=True`` continues a killed run from its last checkpoint.
+        ``distributed=(rank, world_size)`` trains this process's part of a DDP job (the
+        process group must be initialised, see :mod:`recforge.training.distributed`).
         ``epoch_callback(record)`` is called after every epoch with that epoch's log record
         (loss, seconds, validation metric); an exception it raises stops training (used to
         prune hyperparameter trials).
@@ -144,9 +146,13 @@ class GradientRecommender(Recommender):
 
     def _fit(self, train: Interactions, valid: Interactions | None) -> None:
         self.device_ = resolve_device(getattr(self, "device", "auto"))
+        options = getattr(self, "_fit_options", {})
+        rank, world = options.get("distributed", (0, 1))
+        if world > 1 and self.device_.type == "cuda" and self.device_.index is None:
+            # One GPU per process: the one the launcher's LOCAL_RANK selected.
+            self.device_ = torch.device("cuda", torch.cuda.current_device())
         self._setup(train)
         self.module_ = self._build().to(self.device_)
-        options = getattr(self, "_fit_options", {})
         trainer = Trainer(
             epochs=int(self.epochs), learning_rate=float(self.learning_rate),
             optimizer=getattr(self, "optimizer", "adam"),

@@ -30,7 +30,8 @@ class EpochSampler:
     data:
         The training interactions.
     batch_size:
-        Events per batch.
+        Events per batch (over all ranks together: each of ``world`` ranks draws
+        ``batch_size // world``).
     n_negatives:
         Negatives drawn per event (0 for pointwise rating batches).
     negative_sampling:
@@ -41,10 +42,13 @@ class EpochSampler:
 
     def __init__(self, data: Interactions, batch_size: int, n_negatives: int = 0, *,
                  negative_sampling: str = "uniform", shard: tuple[int, int] = (0, 1)):
-        self.batch_size = int(batch_size)
+        self.rank, self.world = shard
+        # ``batch_size`` is the global batch: under DDP each of the ``world`` ranks takes its
+        # share, and the averaged gradient is the one a single process would compute on the
+        # whole batch, so the same hyperparameters train the same model at any world size.
+        self.batch_size = max(1, int(batch_size) // self.world)
         self.n_negatives = int(n_negatives)
         self.negative_sampling = negative_sampling
-        self.rank, self.world = shard
         self.n_items = data.n_items
         self.users = torch.from_numpy(data.user.astype(np.int64))
         self.items = torch.from_numpy(data.item.astype(np.int64))
@@ -64,12 +68,21 @@ class EpochSampler:
                 raise ValueError(f"negative_sampling must be uniform, popularity or observed, "
                                  f"not {negative_sampling!r}")
 
+    def _shard_size(self) -> int:
+        # Every rank gets the same number of events (the epoch's last n mod world events
+        # are left out, a different few each epoch), so every rank takes the same number of
+        # steps: DDP needs each gradient all-reduce to be joined by all ranks.
+        return self.n_events if self.world == 1 else self.n_events // self.world
+
     def steps_per_epoch(self) -> int:
-        n = len(range(self.rank, self.n_events, self.world))
-        return max(1, -(-n // self.batch_size))
+        return max(1, -(-self._shard_size() // self.batch_size))
 
     def epoch(self, rng: np.random.Generator) -> Iterator[Batch]:
-        perm = rng.permutation(self.n_events)[self.rank::self.world]
+        perm = rng.permutation(self.n_events)
+        if self.world > 1:
+            perm = perm[self.rank::self.world][:self._shard_size()]
+            # The permutation is shared; the negatives must not be.
+            rng = np.random.default_rng([int(rng.integers(2**62)), self.rank])
         perm_t = torch.from_numpy(perm)
         users = self.users[perm_t]
         items = self.items[perm_t]

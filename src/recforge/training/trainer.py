@@ -161,6 +161,12 @@ class Trainer:
             valid: Interactions | None = None) -> TrainingState:
         """Train ``model.module_`` in place; return the final :class:`TrainingState`."""
         module = model.module_
+        if self.world > 1:
+            from recforge.training import distributed
+
+            if not distributed.active():
+                raise ConfigError("distributed training needs an initialised process group: "
+                                  "launch with `recforge train --nproc N` or torchrun")
         opt = self._optimizer([p for p in module.parameters() if p.requires_grad])
         sched = self._scheduler(opt)
         sampler = model._sampler(train, shard=(self.rank, self.world))
@@ -178,6 +184,12 @@ class Trainer:
                 state = TrainingState(**json.loads(loaded["state"]))
                 best_weights = loaded.get("best")
                 log.info("resumed from %s after epoch %d", self.checkpoint_dir, state.epoch)
+
+        # Under DDP the loss is computed through the wrapper, whose backward pass averages
+        # the gradients over all ranks (and whose construction copies rank 0's weights).
+        compute_loss = model._loss
+        if self.world > 1:
+            compute_loss = _ddp_loss(model, self.device)
 
         steps = sampler.steps_per_epoch()
         bar = None
@@ -199,7 +211,7 @@ class Trainer:
                     torch.manual_seed(self.seed * 100_003 + epoch)
                     for batch in sampler.epoch(rng):
                         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                        loss = model._loss(batch)
+                        loss = compute_loss(batch)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         model._after_backward()
@@ -212,12 +224,24 @@ class Trainer:
                             bar.update(1)
                 if sched is not None:
                     sched.step()
+                if self.world > 1:  # the epoch's mean loss over all ranks
+                    from recforge.training.distributed import all_reduce_sum
+
+                    total, count = all_reduce_sum([total, count], self.device)
                 record: dict[str, Any] = {
                     "epoch": epoch + 1, "loss": total / max(1, count),
                     "seconds": round(time.perf_counter() - t0, 4),
                     "lr": opt.param_groups[0]["lr"]}
                 if valid is not None and (epoch + 1) % self.eval_every == 0:
-                    metric = self._validate(model, train, valid)
+                    if self.world > 1:
+                        # Rank 0 evaluates; every rank takes its figure, so every rank makes
+                        # the same early-stopping decision and they stop together.
+                        from recforge.training.distributed import broadcast_float
+
+                        local = self._validate(model, train, valid) if self.is_main else 0.0
+                        metric = broadcast_float(local, device=self.device)
+                    else:
+                        metric = self._validate(model, train, valid)
                     record[self.valid_metric] = abs(metric) if metric < 0 else metric
                     if metric > state.best_metric:
                         state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch + 1, 0
@@ -298,3 +322,27 @@ class Trainer:
                               "other training data; remove it or train without --resume")
         return payload
 
+
+
+class _LossModule(torch.nn.Module):
+    """The model's parameters, with the model's batch loss as ``forward`` (what DDP wraps)."""
+
+    def __init__(self, model: GradientRecommender) -> None:
+        super().__init__()
+        self.net = model.module_
+        self._loss = model._loss
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._loss(batch)
+
+
+def _ddp_loss(model: GradientRecommender,
+              device: torch.device) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapper = _LossModule(model)
+    ddp = DistributedDataParallel(
+        wrapper, device_ids=[device.index if device.index is not None
+                             else torch.cuda.current_device()] if device.type == "cuda" else None,
+        find_unused_parameters=bool(getattr(model, "ddp_find_unused_parameters", False)))
+    return ddp

@@ -1,0 +1,147 @@
+"""Distributed (DDP) training: sharding, quality against one process, failure of a rank.
+
+The end-to-end tests start real ``torchrun`` jobs of 2 processes on gloo through
+``recforge train --nproc 2`` on MovieLens 100K.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import random_interactions, shared_data_dir, shared_path
+
+from recforge.cli import _without_option, main
+from recforge.data.datasets import load_dataset
+from recforge.data.filters import to_implicit
+from recforge.data.io import read_many
+from recforge.data.split import random_split
+from recforge.evaluation import evaluate
+from recforge.models.base import Recommender
+from recforge.training.batches import EpochSampler
+
+RECFORGE = [sys.executable, "-m", "recforge"]
+
+
+# ---------------------------------------------------------------------------------------
+# sharding
+@pytest.mark.parametrize("world", [2, 3])
+def test_shards_are_disjoint_equal_and_cover_the_epoch(world):
+    data = random_interactions(n_users=50, n_items=30, density=0.3, seed=1)
+    samplers = [EpochSampler(data, batch_size=64, n_negatives=2, shard=(r, world))
+                for r in range(world)]
+    seen = []
+    steps = {s.steps_per_epoch() for s in samplers}
+    assert len(steps) == 1  # DDP needs every rank to take the same number of steps
+    for s in samplers:
+        batches = list(s.epoch(np.random.default_rng([7, 0])))
+        assert len(batches) == s.steps_per_epoch()
+        assert all(len(b["users"]) <= 64 // world for b in batches)
+        pairs = np.concatenate([b["users"].numpy() * 1000 + b["items"].numpy()
+                                for b in batches])
+        assert len(pairs) == len(data) // world
+        seen.append(pairs)
+        # negatives exclude the user's positives on every rank
+        csr = data.binary_csr
+        for b in batches[:3]:
+            neg = b["negatives"].numpy()
+            rows = np.repeat(b["users"].numpy(), neg.shape[1])
+            assert not np.asarray(csr[rows, neg.ravel().copy()]).any()
+    allpairs = np.concatenate(seen)
+    assert len(np.unique(allpairs)) == len(allpairs)  # disjoint
+    assert len(data) - len(allpairs) < world  # at most world-1 events left out per epoch
+
+
+def test_without_option():
+    argv = ["train", "bpr", "--nproc", "2", "--out", "x", "--nproc=3", "-p", "epochs=1"]
+    assert _without_option(argv, "--nproc") == ["train", "bpr", "--out", "x", "-p", "epochs=1"]
+
+
+def test_nproc_refuses_models_without_gradient_steps(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("user,item\n1,1\n1,2\n2,1\n")
+    status = main(["train", "ease", "--data", str(data), "--out", str(tmp_path / "m"),
+                   "--nproc", "2"])
+    assert status == 2
+    assert "not trained by gradient steps" in capsys.readouterr().err.replace("\n", "")
+    assert not (tmp_path / "m").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# end to end on MovieLens 100K
+@pytest.fixture(scope="module")
+def ml100k_split(tmp_path_factory) -> tuple[Path, Path]:
+    shared_path("ml-100k", "u.data")
+    data = to_implicit(load_dataset("ml-100k", data_dir=shared_data_dir()), 4.0)
+    split = random_split(data, test_size=0.2, seed=0)
+    out = tmp_path_factory.mktemp("ml100k")
+    train, test = out / "train.csv", out / "test.csv"
+    split.train.to_frame().to_csv(train, index=False)
+    split.test.to_frame().to_csv(test, index=False)
+    return train, test
+
+
+def _ndcg(model: Path, train: Path, test: Path) -> float:
+    tr, te = read_many([train, test])
+    result = evaluate(Recommender.load(model), tr, te, metrics="ndcg@20")
+    return float(next(iter(result.summary.values())))
+
+
+@pytest.mark.slow
+def test_two_processes_reach_single_process_quality(ml100k_split, tmp_path):
+    train, test = ml100k_split
+    params = ["-p", "epochs=15", "-p", "batch_size=1024", "--seed", "3"]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    env = dict(os.environ, RECFORGE_DIST_TIMEOUT="120", OMP_NUM_THREADS="1")
+    subprocess.run([*RECFORGE, "train", "bpr", "--data", str(train), "--out", str(single),
+                    *params], check=True, capture_output=True, timeout=300, env=env)
+    proc = subprocess.run([*RECFORGE, "train", "bpr", "--data", str(train), "--out", str(ddp),
+                           "--nproc", "2", *params], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "in 2 processes (gloo)" in proc.stdout
+    a, b = _ndcg(single, train, test), _ndcg(ddp, train, test)
+    assert a > 0.15  # a trained model, not noise (popularity scores about 0.12 here)
+    assert b >= 0.98 * a, (a, b)
+    meta = json.loads((ddp / "meta.json").read_text())
+    assert meta["params"]["epochs"] == 15
+
+
+@pytest.mark.slow
+def test_a_killed_rank_fails_the_whole_job(ml100k_split, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    train, _ = ml100k_split
+    ckpt = tmp_path / "ckpt"
+    env = dict(os.environ, RECFORGE_DIST_TIMEOUT="30")
+    job = subprocess.Popen([*RECFORGE, "train", "bpr", "--data", str(train), "--out",
+                            str(tmp_path / "m"), "--nproc", "2", "--checkpoint-dir", str(ckpt),
+                            "-p", "epochs=100000", "-p", "batch_size=256"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while not (ckpt / "train_log.jsonl").exists():  # training is under way
+            assert job.poll() is None, job.stdout.read()
+            assert time.time() < deadline, "training did not start"
+            time.sleep(0.2)
+        workers = [p for p in psutil.Process(job.pid).children(recursive=True)
+                   if p.environ().get("LOCAL_RANK") == "1"]
+        assert len(workers) == 1
+        workers[0].send_signal(signal.SIGKILL)
+        output, _ = job.communicate(timeout=90)  # no hang: the launcher stops the job
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0
+    assert "distributed training failed" in output
+    alive = [p for p in psutil.process_iter(["environ"])
+             if (p.info.get("environ") or {}).get("TORCHELASTIC_RUN_ID")
+             and str(tmp_path) in " ".join(p.cmdline())]
+    assert not alive
+    assert not (tmp_path / "m").exists()  # no half-written model
