@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch keeps installs small; set TORCH_SPEC=torch for a CUDA machine.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install install-dev bench lint clean
+.PHONY: demo test e2e install install-dev bench lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: install
 
 test: install-dev
 	$(PY) -m pytest -q
+
+# The web page in headless Chromium (Playwright); skipped without /usr/bin/chromium
+# (or RECFORGE_CHROMIUM). Also part of `make test`.
+e2e: install-dev
+	$(PY) -m pytest -q -m e2e
 
 bench: install-dev
 	$(PY) benchmarks/bench_models.py --dataset ml-1m-implicit --models all --markdown docs/benchmarks.md
