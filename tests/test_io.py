@@ -191,3 +191,70 @@ def test_from_frame_rows_named(small_frame):
         Interactions.from_frame(bad)
     with pytest.raises(DataError, match="expected a pandas DataFrame"):
         Interactions.from_frame([1, 2])
+
+
+# ---------------------------------------------------------------------------------------
+# streaming Parquet reads
+def _events(n: int = 5000, seed: int = 0, string_ids: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    key = rng.choice(300 * 200, size=n, replace=False)  # distinct (user, item) pairs
+    user, item = key // 200 + 1, key % 200 + 1
+    frame = pd.DataFrame({"user": user, "item": item,
+                          "rating": rng.integers(1, 6, n).astype(float),
+                          "timestamp": rng.integers(0, 10**9, n)})
+    if string_ids:
+        frame["user"] = "u" + frame["user"].astype(str)
+    return frame
+
+
+@pytest.mark.parametrize("string_ids", [False, True])
+def test_streaming_parquet_equals_an_in_memory_read(tmp_path, string_ids):
+    frame = _events(string_ids=string_ids)
+    p = tmp_path / "e.parquet"
+    frame.to_parquet(p, row_group_size=700)
+    from recforge.data.io import read_parquet
+
+    streamed = read_parquet(p, batch_rows=333)  # 16 batches, ids first seen out of order
+    whole = Interactions.from_frame(frame)
+    assert streamed.users == whole.users and streamed.items == whole.items
+    np.testing.assert_array_equal(streamed.user, whole.user)
+    np.testing.assert_array_equal(streamed.item, whole.item)
+    np.testing.assert_array_equal(streamed.value, whole.value)
+    np.testing.assert_array_equal(streamed.timestamp, whole.timestamp)
+    assert streamed.user.dtype == np.int32 and streamed.value.dtype == np.float32
+
+
+def test_streaming_parquet_errors_name_the_row_in_a_later_batch(tmp_path):
+    from recforge.data.io import read_parquet
+
+    frame = _events(1000)
+    frame["rating"] = frame["rating"].astype(object)
+    frame.loc[876, "rating"] = "five"
+    p = tmp_path / "bad.parquet"
+    frame.astype({"rating": str}).to_parquet(p)
+    with pytest.raises(DataError, match="row 877") as err:
+        read_parquet(p, batch_rows=100)
+    assert "'five' is not a number" in str(err.value) and "bad.parquet" in str(err.value)
+
+    dup = pd.concat([_events(1000), _events(1000).iloc[[10]]], ignore_index=True)
+    dup.to_parquet(p)
+    with pytest.raises(DataError, match=r"duplicate .* first seen at row 11") as err:
+        read_parquet(p, batch_rows=64)
+    assert "row 1001" in str(err.value)
+    assert len(read_parquet(p, batch_rows=64, duplicates="last")) == 1000
+
+
+def test_streaming_parquet_with_a_given_vocabulary(tmp_path):
+    from recforge.data.io import read_parquet
+
+    frame = _events(2000)
+    p = tmp_path / "e.parquet"
+    frame.to_parquet(p)
+    base = read_parquet(p)
+    kept_users = base.users.take(np.arange(0, base.n_users, 2))
+    part = read_parquet(p, users=kept_users, items=base.items, unknown="drop", batch_rows=128)
+    assert set(part.to_frame()["user"]) <= set(kept_users.ids.tolist())
+    assert len(part) == int(frame["user"].isin(kept_users.ids).sum())
+    with pytest.raises(DataError, match="not in the user vocabulary") as err:
+        read_parquet(p, users=kept_users, items=base.items, batch_rows=128)
+    assert "row" in str(err.value)
