@@ -176,6 +176,19 @@ def test_to_frame_types(target):
         assert "timestamp" not in frame.columns  # one event has none
 
 
+def test_awkward_ids_round_trip_and_unstorable_ids_are_refused(target):
+    awkward = ["tab\there", "new\nline", "back\\slash", "quote'\"", "\\N", "", " 7",
+               "ünïcødé 🎬", "user"]
+    with EventStore(target) as store:
+        store.append([(u, f"i-{u}", None, None) for u in awkward])
+        assert store.to_frame()["user"].tolist() == awkward
+        assert store.user_items("\\N") == ["i-\\N"]
+        for bad in ("nul\x00byte", "lone\ud800surrogate"):
+            with pytest.raises(DataError):
+                store.append([("ok", "fine", None, None), ("ok", bad, None, None)])
+        assert store.count() == len(awkward)  # nothing of a refused batch was stored
+
+
 def test_to_interactions_and_training_from_the_store(target, tmp_path):
     from recforge.cli import main
     from recforge.models import Recommender

@@ -266,6 +266,7 @@ class EventStore:
                 for u, i, v, t in events]
         if not rows:
             return 0
+        _check_ids([r["user"] for r in rows] + [r["item"] for r in rows])
         users = sorted({r["user"] for r in rows})
         with self._connect(write=True) as conn:
             if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
@@ -375,6 +376,18 @@ class EventStore:
     @staticmethod
     def ids(values: Iterable[Any]) -> list[str]:
         return [str(v) for v in values]
+
+
+def _check_ids(ids: list[str]) -> None:
+    """Ids every database stores alike: no NUL character (PostgreSQL's text refuses it)
+    and valid Unicode (no unpaired surrogate, which has no UTF-8 form)."""
+    joined = "\n".join(ids)
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError("an id is not valid Unicode (an unpaired surrogate)") from None
+    if "\x00" in joined:
+        raise DataError("an id contains a NUL character")
 
 
 def _copy_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
