@@ -258,3 +258,24 @@ def test_streaming_parquet_with_a_given_vocabulary(tmp_path):
     with pytest.raises(DataError, match="not in the user vocabulary") as err:
         read_parquet(p, users=kept_users, items=base.items, batch_rows=128)
     assert "row" in str(err.value)
+
+
+def test_generated_scale_data_has_the_requested_shape(tmp_path):
+    from recforge.data.io import read_parquet
+    from recforge.data.synthetic import write_synthetic_parquet
+
+    p = tmp_path / "s.parquet"
+    info = write_synthetic_parquet(p, n_users=3000, n_items=2000, n_interactions=150_000,
+                                   block_users=512, seed=4)
+    data = read_parquet(p)  # duplicates="error": every (user, item) pair is distinct
+    assert len(data) == info["events"] and 0.99 * 150_000 <= len(data) <= 150_000
+    assert data.n_users == 3000 and data.n_items <= 2000
+    assert data.user_counts().min() >= 20  # the floor of every user's activity
+    counts = np.sort(data.item_counts())[::-1]
+    assert counts[:20].sum() > 0.1 * len(data)  # the top 1 % of items: a long tail
+    assert data.value.min() >= 0.5 and data.value.max() <= 5.0
+    assert [f.name for f in tmp_path.iterdir()] == ["s.parquet"]  # no temporary left
+    again = write_synthetic_parquet(tmp_path / "t.parquet", n_users=3000, n_items=2000,
+                                    n_interactions=150_000, block_users=512, seed=4)
+    assert again["events"] == info["events"]
+    assert (tmp_path / "t.parquet").read_bytes() == p.read_bytes()

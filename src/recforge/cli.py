@@ -216,6 +216,28 @@ def datasets_download(name: str,
     console.print(f"{name} is in {path}")
 
 
+@datasets_app.command("generate")
+def datasets_generate(
+    out: Path = typer.Argument(..., help="Parquet file to write."),
+    users: int = typer.Option(138_000, "--users", help="Number of users."),
+    items: int = typer.Option(27_000, "--items", help="Number of items."),
+    interactions: int = typer.Option(20_000_000, "--interactions",
+                                     help="Number of (distinct user-item) events."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+) -> None:
+    """Generate interactions at scale (default: the size of MovieLens 20M) to Parquet.
+
+    Zipf item popularity, log-normal user activity and genre tastes; columns user, item,
+    rating, timestamp. Memory stays bounded whatever the size (written user block by block).
+    """
+    from recforge.data.synthetic import write_synthetic_parquet
+
+    summary = write_synthetic_parquet(out, n_users=users, n_items=items,
+                                      n_interactions=interactions, seed=seed)
+    console.print(f"wrote {summary['events']:,} events ({users:,} users x {items:,} items) to "
+                  f"{out} in {summary['seconds']:.1f}s ({summary['bytes'] / 1e6:,.1f} MB)")
+
+
 # ---------------------------------------------------------------------------------------
 # train / recommend / predict / evaluate
 @app.command()
