@@ -153,3 +153,17 @@ def test_resume_refuses_other_settings(random_data, tmp_path):
     other = create_model("bpr", embedding_dim=8, epochs=2, seed=0)
     with pytest.raises(ConfigError, match="other hyperparameters"):
         other.fit(random_data, checkpoint_dir=tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("n_queries", [1000, 300_000])  # random order, then sorted order
+def test_positive_lookup_agrees_with_set_membership(n_queries):
+    from recforge.data.sampling import is_positive
+
+    rng = np.random.default_rng(n_queries)
+    keys = np.sort(rng.choice(2000 * 700, 150_000, replace=False)).astype(np.int64)
+    users = rng.integers(0, 2000, (n_queries // 2, 2))
+    items = rng.integers(0, 700, (n_queries // 2, 2))
+    got = is_positive(keys, 700, users, items)
+    assert got.shape == users.shape
+    np.testing.assert_array_equal(got, np.isin(users * 700 + items, keys))
+    assert 0.05 < got.mean() < 0.3

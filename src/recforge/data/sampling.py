@@ -30,10 +30,30 @@ def is_positive(keys: np.ndarray, n_items: int, users: np.ndarray, items: np.nda
     q = np.asarray(users, dtype=np.int64) * n_items + np.asarray(items, dtype=np.int64)
     if len(keys) == 0:
         return np.zeros(q.shape, dtype=bool)
-    pos = np.searchsorted(keys, q)
-    pos = np.minimum(pos, len(keys) - 1)
-    return keys[pos] == q
+    if q.size < SORTED_QUERY_MIN:
+        pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
+        return keys[pos] == q
+    # Many queries: search them in sorted order. Binary searches of increasing needles walk
+    # the keys front to back and stay in cache (about 10x faster than random order at 20M
+    # keys). The sort carries each query's position in the low bits of one int64, which
+    # np.sort handles several times faster than an argsort.
+    flat = q.ravel()
+    bits = max(1, (flat.size - 1).bit_length())
+    if int(flat.max()) < (1 << (63 - bits)):
+        packed = np.sort((flat << bits) | np.arange(flat.size, dtype=np.int64))
+        order = packed & ((1 << bits) - 1)
+        qs = packed >> bits
+    else:
+        order = np.argsort(flat)
+        qs = flat[order]
+    pos = np.minimum(np.searchsorted(keys, qs), len(keys) - 1)
+    out = np.empty(flat.size, dtype=bool)
+    out[order] = keys[pos] == qs
+    return out.reshape(q.shape)
 
+
+#: From this many queries on, :func:`is_positive` sorts them before searching.
+SORTED_QUERY_MIN = 1 << 16
 
 #: Below this many (user, item) cells, membership is checked in a dense bitmap (one byte per
 #: cell) instead of by binary search over the positive keys.
