@@ -155,10 +155,13 @@ def test_resume_refuses_other_settings(random_data, tmp_path):
         other.fit(random_data, checkpoint_dir=tmp_path, resume=True)
 
 
-@pytest.mark.parametrize("n_queries", [1000, 300_000])  # random order, then sorted order
-def test_positive_lookup_agrees_with_set_membership(n_queries):
+@pytest.mark.parametrize("n_queries,chunk", [(1000, 1 << 22), (300_000, 1 << 22),
+                                             (300_000, 70_000)])
+def test_positive_lookup_agrees_with_set_membership(n_queries, chunk, monkeypatch):
+    from recforge.data import sampling
     from recforge.data.sampling import is_positive
 
+    monkeypatch.setattr(sampling, "SORTED_QUERY_CHUNK", chunk)
     rng = np.random.default_rng(n_queries)
     keys = np.sort(rng.choice(2000 * 700, 150_000, replace=False)).astype(np.int64)
     users = rng.integers(0, 2000, (n_queries // 2, 2))

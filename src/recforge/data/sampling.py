@@ -33,6 +33,13 @@ def is_positive(keys: np.ndarray, n_items: int, users: np.ndarray, items: np.nda
     if q.size < SORTED_QUERY_MIN:
         pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
         return keys[pos] == q
+    if q.size > SORTED_QUERY_CHUNK:  # bound the temporaries: 5 int64 arrays per chunk
+        flat = q.ravel()
+        out = np.empty(flat.size, dtype=bool)
+        for lo in range(0, flat.size, SORTED_QUERY_CHUNK):
+            part = flat[lo:lo + SORTED_QUERY_CHUNK]
+            out[lo:lo + len(part)] = is_positive(keys, 1, part, np.zeros(1, dtype=np.int64))
+        return out.reshape(q.shape)
     # Many queries: search them in sorted order. Binary searches of increasing needles walk
     # the keys front to back and stay in cache (about 10x faster than random order at 20M
     # keys). The sort carries each query's position in the low bits of one int64, which
@@ -54,6 +61,8 @@ def is_positive(keys: np.ndarray, n_items: int, users: np.ndarray, items: np.nda
 
 #: From this many queries on, :func:`is_positive` sorts them before searching.
 SORTED_QUERY_MIN = 1 << 16
+#: ... and searches them this many at a time.
+SORTED_QUERY_CHUNK = 1 << 22
 
 #: Below this many (user, item) cells, membership is checked in a dense bitmap (one byte per
 #: cell) instead of by binary search over the positive keys.

@@ -50,8 +50,9 @@ class EpochSampler:
         self.n_negatives = int(n_negatives)
         self.negative_sampling = negative_sampling
         self.n_items = data.n_items
-        self.users = torch.from_numpy(data.user.astype(np.int64))
-        self.items = torch.from_numpy(data.item.astype(np.int64))
+        # Indices are kept as int32 (half the memory at scale) and widened per batch.
+        self.users = torch.from_numpy(data.user.astype(np.int32))
+        self.items = torch.from_numpy(data.item.astype(np.int32))
         self.values = torch.from_numpy(data.values_or_ones().astype(np.float32))
         self.n_events = len(data)
         self._positives: sp.csr_matrix | None = None
@@ -91,10 +92,11 @@ class EpochSampler:
         if self.n_negatives > 0:
             neg = sample_negatives(self._positives, users.numpy(), self.n_negatives, rng=rng,
                                    lookup=self._lookup, popularity=self._popularity)
-            negatives = torch.from_numpy(neg)
+            negatives = torch.from_numpy(neg.astype(np.int32))
         for start in range(0, len(perm), self.batch_size):
             sl = slice(start, start + self.batch_size)
-            batch: Batch = {"users": users[sl], "items": items[sl], "values": values[sl]}
+            batch: Batch = {"users": users[sl].long(), "items": items[sl].long(),
+                            "values": values[sl]}
             if negatives is not None:
-                batch["negatives"] = negatives[sl]
+                batch["negatives"] = negatives[sl].long()
             yield batch
