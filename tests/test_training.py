@@ -170,3 +170,14 @@ def test_positive_lookup_agrees_with_set_membership(n_queries, chunk, monkeypatc
     assert got.shape == users.shape
     np.testing.assert_array_equal(got, np.isin(users * 700 + items, keys))
     assert 0.05 < got.mean() < 0.3
+
+
+def test_max_steps_per_epoch_cuts_every_epoch_short(random_data):
+    from recforge.models.mf import BPR
+
+    model = BPR(embedding_dim=8, epochs=2, batch_size=16, seed=0)
+    model.fit(random_data, max_steps_per_epoch=3)
+    assert [h["steps"] for h in model.history_] == [3, 3]
+    assert all(0 <= h["sampling_seconds"] <= h["seconds"] for h in model.history_)
+    full = BPR(embedding_dim=8, epochs=1, batch_size=16, seed=0).fit(random_data)
+    assert full.history_[0]["steps"] == -(-len(random_data) // 16) > 3

@@ -48,7 +48,8 @@ class GradientRecommender(Recommender):
             checkpoint_dir: str | Path | None = None, resume: bool = False,
             progress: bool | None = None,
             distributed: tuple[int, int] = (0, 1),
-            epoch_callback: Any = None) -> GradientRecommender:
+            epoch_callback: Any = None,
+            max_steps_per_epoch: int | None = None) -> GradientRecommender:
         """Train on ``train``; ``valid`` enables early stopping on ``valid_metric``.
 
         ``checkpoint_dir`` keeps a checkpoint and a per-epoch JSON log there after every
@@ -57,11 +58,13 @@ class GradientRecommender(Recommender):
         process group must be initialised, see :mod:`recforge.training.distributed`).
         ``epoch_callback(record)`` is called after every epoch with that epoch's log record
         (loss, seconds, validation metric); an exception it raises stops training (used to
-        prune hyperparameter trials).
+        prune hyperparameter trials). ``max_steps_per_epoch`` cuts every epoch short after
+        that many batches (timing runs at scale).
         """
         self._fit_options = {"checkpoint_dir": checkpoint_dir, "resume": resume,
                              "progress": progress, "distributed": distributed,
-                             "epoch_callback": epoch_callback}
+                             "epoch_callback": epoch_callback,
+                             "max_steps_per_epoch": max_steps_per_epoch}
         try:
             return super().fit(train, valid)  # type: ignore[return-value]
         finally:
@@ -164,7 +167,8 @@ class GradientRecommender(Recommender):
             device=self.device_, seed=int(getattr(self, "seed", 0) or 0),
             checkpoint_dir=options.get("checkpoint_dir"), resume=options.get("resume", False),
             progress=options.get("progress"), distributed=options.get("distributed", (0, 1)),
-            epoch_callback=options.get("epoch_callback"))
+            epoch_callback=options.get("epoch_callback"),
+            max_steps_per_epoch=options.get("max_steps_per_epoch"))
         state = trainer.fit(self, train, valid)
         self.history_ = state.history
         self.best_epoch_ = state.best_epoch

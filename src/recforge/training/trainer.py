@@ -96,6 +96,9 @@ class Trainer:
         Show a progress bar (``None``: only on a terminal).
     distributed:
         ``(rank, world_size)`` when running under DDP; only rank 0 writes files.
+    max_steps_per_epoch:
+        Stop each epoch after this many batches (a partial pass: for timing runs on data
+        too large to sweep, and for quick checks). ``None``: the whole epoch.
     """
 
     def __init__(self, *, epochs: int, learning_rate: float, optimizer: str = "adam",
@@ -105,7 +108,8 @@ class Trainer:
                  checkpoint_dir: str | Path | None = None, resume: bool = False,
                  progress: bool | None = None, max_grad_norm: float | None = None,
                  distributed: tuple[int, int] = (0, 1),
-                 epoch_callback: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 epoch_callback: Callable[[dict[str, Any]], None] | None = None,
+                 max_steps_per_epoch: int | None = None) -> None:
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, not {optimizer!r}")
         if lr_schedule not in SCHEDULES:
@@ -132,6 +136,9 @@ class Trainer:
         self.max_grad_norm = max_grad_norm
         self.rank, self.world = distributed
         self.epoch_callback = epoch_callback
+        if max_steps_per_epoch is not None and max_steps_per_epoch < 1:
+            raise ConfigError(f"max_steps_per_epoch must be >= 1, got {max_steps_per_epoch}")
+        self.max_steps_per_epoch = max_steps_per_epoch
 
     # ----------------------------------------------------------------------------------
     def _optimizer(self, params) -> torch.optim.Optimizer:
@@ -199,6 +206,8 @@ class Trainer:
             compute_loss = _ddp_loss(model, self.device)
 
         steps = sampler.steps_per_epoch()
+        if self.max_steps_per_epoch is not None:
+            steps = min(steps, self.max_steps_per_epoch)
         bar = None
         if self.is_main:
             from tqdm.auto import tqdm
@@ -214,9 +223,14 @@ class Trainer:
                 module.train()
                 rng = np.random.default_rng([self.seed, epoch])
                 total, count = 0.0, 0
+                first_batch = None
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(self.seed * 100_003 + epoch)
                     for batch in sampler.epoch(rng):
+                        if first_batch is None:  # the epoch's sampling is done up front
+                            first_batch = time.perf_counter() - t0
+                        if count >= steps:
+                            break
                         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                         loss = compute_loss(batch)
                         opt.zero_grad(set_to_none=True)
@@ -238,7 +252,8 @@ class Trainer:
                 record: dict[str, Any] = {
                     "epoch": epoch + 1, "loss": total / max(1, count),
                     "seconds": round(time.perf_counter() - t0, 4),
-                    "lr": opt.param_groups[0]["lr"]}
+                    "sampling_seconds": round(first_batch or 0.0, 4),
+                    "steps": int(count), "lr": opt.param_groups[0]["lr"]}
                 if valid is not None and (epoch + 1) % self.eval_every == 0:
                     if self.world > 1:
                         # Rank 0 evaluates; every rank takes its figure, so every rank makes
