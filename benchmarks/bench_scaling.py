@@ -1,0 +1,286 @@
+"""How time and memory grow with data: loading and one epoch of training at 1M-20M events.
+
+    .venv/bin/python benchmarks/bench_scaling.py [--sizes 1M,5M,20M]
+        [--models mf,bpr,als,lightgcn] [--nproc 1,2] [--cache DIR] [--out FILE]
+
+For each size, a synthetic log (``write_synthetic_parquet``: 27K items, users in
+proportion, ML-20M at 20M) is generated once into ``--cache`` (default
+``$TMPDIR/recforge-scale``). Every measurement runs in a fresh process, so each peak memory
+(``ru_maxrss``) is that of one job alone:
+
+* ``load``: ``read_parquet`` of the whole file (streaming, into compact arrays);
+* ``MODEL`` with 1 process, and with ``N`` processes under ``torchrun`` (DDP on gloo, one
+  thread each, the same global batch): one epoch with the settings in :data:`SCALE_PARAMS`.
+  LightGCN's epoch at the larger sizes is timed on its first :data:`MAX_STEPS` batches and
+  projected to the whole epoch (up-front sampling + seconds per batch x batches); such rows
+  say ``projected``.
+
+Then it fits ``seconds = a * events ** b`` per row kind over the sizes (the exponent ``b``)
+and extrapolates time and memory to 1B events. Prints a table, writes JSON (default
+``benchmarks/results/scaling.json``). docs/scaling.md discusses the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+#: Settings for data at scale: larger batches than the ML-1M defaults (a step's fixed cost
+#: is the optimizer's pass over the embedding tables and, under DDP, the all-reduce of their
+#: dense gradients), one negative per positive for bpr.
+SCALE_PARAMS: dict[str, dict[str, Any]] = {
+    "mf": {"batch_size": 65536, "embedding_dim": 64},
+    "bpr": {"batch_size": 65536, "n_negatives": 1, "embedding_dim": 64},
+    "lightgcn": {"batch_size": 16384, "embedding_dim": 64, "n_layers": 3},
+    "als": {"embedding_dim": 64},
+}
+#: LightGCN propagates the whole graph every step; its epochs are timed on this many steps.
+MAX_STEPS = {"lightgcn": 30}
+GENERATED_ITEMS = 27_000
+ML20M_USERS = 138_000
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper()
+    mult = {"K": 1_000, "M": 1_000_000, "B": 1_000_000_000}.get(text[-1:], 1)
+    return int(float(text.rstrip("KMB")) * mult)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---------------------------------------------------------------------------------------
+# workers (one fresh process per measurement)
+def worker_load(path: str) -> dict[str, Any]:
+    from recforge.data.io import read_parquet
+
+    start = time.perf_counter()
+    data = read_parquet(path)
+    seconds = time.perf_counter() - start
+    return {"events": len(data), "users": data.n_users, "items": data.n_items,
+            "seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def worker_train(path: str, model_name: str) -> dict[str, Any] | None:
+    import torch
+
+    from recforge.data.io import read_parquet
+    from recforge.models.registry import create_model
+    from recforge.training import distributed
+
+    if os.environ.get("RECFORGE_BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["RECFORGE_BENCH_THREADS"]))
+    ctx = distributed.init_from_environment(device="cpu")
+    rank, world = ctx.shard if ctx is not None else (0, 1)
+    data = read_parquet(path)
+    if model_name != "mf":
+        data = data.with_values(None)
+    params = dict(SCALE_PARAMS.get(model_name, {}), epochs=1,
+                  **json.loads(os.environ.get("RECFORGE_BENCH_PARAMS", "{}")).get(model_name, {}))
+    model = create_model(model_name, **params)
+    cap = MAX_STEPS.get(model_name)
+    start = time.perf_counter()
+    if model_name == "als":
+        model.fit(data)
+        history: dict[str, Any] = {"seconds": time.perf_counter() - start, "steps": 1,
+                                   "sampling_seconds": 0.0}
+        full_steps = 1
+    else:
+        batch = int(params["batch_size"])
+        shard = len(data) if world == 1 else len(data) // world
+        full_steps = -(-shard // max(1, batch // world))
+        model.fit(data, distributed=(rank, world), progress=False,
+                  max_steps_per_epoch=cap if cap and cap < full_steps else None)
+        history = model.history_[0]
+    fit_seconds = time.perf_counter() - start
+    epoch = float(history["seconds"])
+    steps = int(history["steps"])
+    sampling = float(history.get("sampling_seconds", 0.0))
+    projected = steps < full_steps
+    if projected:
+        epoch = sampling + (epoch - sampling) / steps * full_steps
+    rss = peak_rss_mb()
+    if ctx is not None:
+        t = torch.tensor([rss], dtype=torch.float64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        rss = float(t.item())
+        distributed.shutdown()
+        if rank != 0:
+            return None
+    return {"events": len(data), "epoch_seconds": round(epoch, 2), "projected": projected,
+            "steps_timed": steps, "steps_per_epoch": full_steps,
+            "fit_seconds": round(fit_seconds, 2),
+            "samples_per_s": round(len(data) / epoch) if epoch > 0 else None,
+            "samples_per_s_per_process": round(len(data) / epoch / world) if epoch > 0 else None,
+            "peak_rss_mb": round(rss, 1), "threads_per_process": torch.get_num_threads(),
+            "params": params}
+
+
+# ---------------------------------------------------------------------------------------
+# driver
+def run_worker(args: list[str], nproc: int = 1, threads: int | None = None) -> dict[str, Any]:
+    script = str(Path(__file__).resolve())
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", script, *args]
+    else:
+        cmd = [sys.executable, script, *args]
+    env = dict(os.environ, RECFORGE_SET_THREADS="1")
+    if threads is not None:
+        env["RECFORGE_BENCH_THREADS"] = str(threads)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+def fit_power(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least-squares ``y = a * x**b`` on log-log axes; ``(a, b)`` or None."""
+    pts = [(math.log(x), math.log(y)) for x, y in points if x > 0 and y and y > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    if sxx == 0:
+        return None
+    b = sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
+    return math.exp(my - b * mx), b
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        kind, path = sys.argv[2], sys.argv[3]
+        result = worker_load(path) if kind == "load" else worker_train(path, sys.argv[4])
+        if result is not None:
+            print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1M,5M,20M")
+    parser.add_argument("--models", default="mf,bpr,als,lightgcn")
+    parser.add_argument("--nproc", default="1,2")
+    parser.add_argument("--cache", type=Path,
+                        default=Path(tempfile.gettempdir()) / "recforge-scale")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/scaling.json")
+    args = parser.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from recforge import __version__
+    from recforge._fs import atomic_write_text
+    from recforge.data.synthetic import write_synthetic_parquet
+
+    console = Console()
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    nprocs = [int(n) for n in args.nproc.split(",")]
+    rows: list[dict[str, Any]] = []
+    args.cache.mkdir(parents=True, exist_ok=True)
+    for size in sizes:
+        users = max(1000, round(ML20M_USERS * size / 20_000_000))
+        path = args.cache / f"synthetic-{size}.parquet"
+        if not path.exists():
+            info = write_synthetic_parquet(path, n_users=users, n_items=GENERATED_ITEMS,
+                                           n_interactions=size, seed=0)
+            rows.append({"size": size, "task": "generate", "nproc": 1,
+                         "seconds": info["seconds"], "events": info["events"],
+                         "file_mb": round(info["bytes"] / 1e6, 1)})
+            console.print(f"generated {info['events']:,} events in {info['seconds']}s")
+        res = run_worker(["--worker", "load", str(path)])
+        rows.append({"size": size, "task": "load", "nproc": 1, **res})
+        console.print(f"{size:,}: load {res['seconds']}s, peak {res['peak_rss_mb']:.0f} MB")
+        for model in models:
+            # 1 process with all cores; 1 process with one thread (the resources of one
+            # DDP rank here); then N processes.
+            configs = [(1, None)] + ([(1, 1)] if max(nprocs) > 1 and model != "als" else [])
+            configs += [(n, None) for n in nprocs if n > 1 and model != "als"]
+            for nproc, threads in configs:
+                res = run_worker(["--worker", "train", str(path), model], nproc=nproc,
+                                 threads=threads)
+                rows.append({"size": size, "task": model, "nproc": nproc,
+                             "one_thread": threads == 1, **res})
+                console.print(f"{size:,}: {model} x{nproc}{' (1 thread)' if threads else ''} "
+                              f"epoch {res['epoch_seconds']}s"
+                              f"{' (projected)' if res['projected'] else ''}, "
+                              f"{res['samples_per_s_per_process']:,} samples/s/process, "
+                              f"peak {res['peak_rss_mb']:.0f} MB")
+
+    # Scaling efficiency of DDP and the growth exponents.
+    by = {(r["size"], r["task"], r["nproc"], r.get("one_thread", False)): r for r in rows}
+    for r in rows:
+        if r["nproc"] == 1:
+            continue
+        for key, one_thread in (("efficiency", False), ("efficiency_vs_one_thread", True)):
+            single = by.get((r["size"], r["task"], 1, one_thread))
+            if single and single.get("samples_per_s_per_process"):
+                r[key] = round(r["samples_per_s_per_process"]
+                               / single["samples_per_s_per_process"], 3)
+    fits: list[dict[str, Any]] = []
+    for task, nproc in sorted({(r["task"], r["nproc"]) for r in rows if r["task"] != "generate"}):
+        group = [r for r in rows if r["task"] == task and r["nproc"] == nproc
+                 and not r.get("one_thread")]
+        key = "seconds" if task == "load" else "epoch_seconds"
+        t_fit = fit_power([(r["events"], r[key]) for r in group])
+        m_fit = fit_power([(r["events"], r["peak_rss_mb"]) for r in group])
+        if t_fit is None:
+            continue
+        entry = {"task": task, "nproc": nproc, "time_exponent": round(t_fit[1], 3),
+                 "seconds_at_1B": round(t_fit[0] * 1e9 ** t_fit[1]),
+                 "memory_exponent": round(m_fit[1], 3) if m_fit else None,
+                 "peak_gb_at_1B": round(m_fit[0] * 1e9 ** m_fit[1] / 1024, 1) if m_fit
+                 else None}
+        fits.append(entry)
+
+    table = Table(title="Scaling on synthetic data (one epoch; 2 CPU cores)")
+    for c in ("events", "task", "procs", "seconds", "samples/s/proc", "efficiency",
+              "eff. vs 1 thread", "peak MB"):
+        table.add_column(c, justify="right")
+    for r in rows:
+        if r["task"] == "generate":
+            continue
+        secs = r.get("epoch_seconds", r.get("seconds"))
+        table.add_row(f"{r['events']:,}", r["task"],
+                      str(r["nproc"]) + (" (1 thread)" if r.get("one_thread") else ""),
+                      f"{secs:.1f}" + (" (proj.)" if r.get("projected") else ""),
+                      f"{r['samples_per_s_per_process']:,}" if "samples_per_s_per_process" in r
+                      else "", f"{r['efficiency']:.2f}" if "efficiency" in r else "",
+                      f"{r['efficiency_vs_one_thread']:.2f}" if "efficiency_vs_one_thread" in r
+                      else "", f"{r['peak_rss_mb']:,.0f}")
+    console.print(table)
+    ftable = Table(title="Growth: seconds ~ events^b, extrapolated to 1B events")
+    for c in ("task", "procs", "time exponent b", "hours at 1B", "memory exponent",
+              "peak GB at 1B"):
+        ftable.add_column(c, justify="right")
+    for f in fits:
+        ftable.add_row(f["task"], str(f["nproc"]), f"{f['time_exponent']:.2f}",
+                       f"{f['seconds_at_1B'] / 3600:.1f}", str(f["memory_exponent"]),
+                       str(f["peak_gb_at_1B"]))
+    console.print(ftable)
+    payload = {"recforge": __version__, "python": platform.python_version(),
+               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+               "date": time.strftime("%Y-%m-%d"), "rows": rows, "fits": fits,
+               "scale_params": SCALE_PARAMS, "max_steps": MAX_STEPS}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
