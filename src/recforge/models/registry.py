@@ -31,6 +31,7 @@ BUILTIN: dict[str, str] = {
     "content": "recforge.models.content:ContentBased",
     "hybrid": "recforge.models.hybrid:Hybrid",
     "hybrid_bpr": "recforge.models.hybrid:HybridBPR",
+    "blend": "recforge.models.blend:Blend",
 }
 
 

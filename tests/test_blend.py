@@ -1,0 +1,70 @@
+"""blend: the conformance suite, the arithmetic of the blend, and bad parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conformance import ModelConformance
+
+from recforge import ConfigError, ModelError
+from recforge.models import Recommender, create_model
+
+SMALL = {"models": {"ease": {"reg": 10.0},
+                    "als": {"embedding_dim": 8, "epochs": 6, "reg": 0.01, "device": "cpu"}},
+         "weights": {"ease": 1.0, "als": 2.0}}
+
+
+class TestBlend(ModelConformance):
+    model_name = "blend"
+    params = SMALL
+
+
+def _z(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True)
+
+
+def test_scores_are_the_weighted_sum_of_standardized_component_scores(random_data):
+    blend = create_model("blend", **SMALL).fit(random_data)
+    ease = create_model("ease", reg=10.0).fit(random_data)
+    als = create_model("als", **SMALL["models"]["als"]).fit(random_data)
+    users = np.arange(random_data.n_users)
+    expected = _z(ease.score(users)) + 2.0 * _z(als.score(users))
+    torch.testing.assert_close(blend.score(users), expected, atol=1e-4, rtol=1e-4)
+    only_ease = create_model("blend", models=SMALL["models"],
+                             weights={"ease": 1.0, "als": 0.0}).fit(random_data)
+    assert (only_ease.recommend(users[:5], k=5)["item"].to_numpy()
+            == ease.recommend(users[:5], k=5)["item"].to_numpy()).all()
+
+
+def test_history_and_similar_items_blend_their_components(random_data):
+    blend = create_model("blend", **SMALL).fit(random_data)
+    history = random_data.items.ids[[1, 4, 7]]
+    recs = blend.recommend_for_history(history, k=5)
+    assert len(recs) == 5 and not set(recs["item"]) & set(history)
+    assert len(blend.similar_items(random_data.items.ids[:2], k=3)) == 6
+    with_pop = create_model("blend", models={"ease": {"reg": 10.0}, "pop": {}}).fit(random_data)
+    with pytest.raises(ModelError, match="pop"):
+        with_pop.similar_items(random_data.items.ids[:1], k=3)
+
+
+def test_save_load_keeps_every_component(random_data, tmp_path):
+    blend = create_model("blend", **SMALL).fit(random_data)
+    loaded = Recommender.load(blend.save(tmp_path / "b"))
+    assert set(loaded.components_) == {"ease", "als"}
+    users = np.arange(random_data.n_users)
+    torch.testing.assert_close(loaded.score(users), blend.score(users))
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"models": {}}, "non-empty"),
+    ({"models": {"eas": {}}}, "did you mean 'ease'"),
+    ({"models": {"blend": {}}}, "cannot contain a blend"),
+    ({"models": {"ease": {}}, "weights": {"als": 1.0}}, "not in the blend"),
+    ({"models": {"ease": {}}, "weights": {"ease": "high"}}, "must be a number"),
+    ({"models": {"ease": {}}, "normalize": "minmax"}, "normalize"),
+    ({"models": {"ease": {"regg": 1.0}}}, "regg"),
+])
+def test_bad_parameters_are_named(random_data, params, message):
+    with pytest.raises(ConfigError, match=message):
+        create_model("blend", **params).fit(random_data)
