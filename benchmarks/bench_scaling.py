@@ -163,6 +163,20 @@ def fit_power(points: list[tuple[float, float]]) -> tuple[float, float] | None:
     return math.exp(my - b * mx), b
 
 
+def fit_line(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least-squares ``y = a + b * x``; ``(a, b)`` or None. Memory is a fixed part (the
+    interpreter, torch) plus a part per event, so a line extrapolates it, not a power law."""
+    if len(points) < 2:
+        return None
+    mx = sum(p[0] for p in points) / len(points)
+    my = sum(p[1] for p in points) / len(points)
+    sxx = sum((p[0] - mx) ** 2 for p in points)
+    if sxx == 0:
+        return None
+    b = sum((p[0] - mx) * (p[1] - my) for p in points) / sxx
+    return my - b * mx, b
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         kind, path = sys.argv[2], sys.argv[3]
@@ -178,6 +192,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path,
                         default=Path(tempfile.gettempdir()) / "recforge-scale")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/scaling.json")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="Recompute efficiencies, fits and tables from an earlier run's "
+                             "JSON instead of measuring.")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -192,7 +209,12 @@ def main() -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     nprocs = [int(n) for n in args.nproc.split(",")]
     rows: list[dict[str, Any]] = []
-    args.cache.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads(args.from_json.read_text()) if args.from_json else None
+    if earlier is not None:
+        rows = earlier["rows"]
+        sizes = []
+    else:
+        args.cache.mkdir(parents=True, exist_ok=True)
     for size in sizes:
         users = max(1000, round(ML20M_USERS * size / 20_000_000))
         path = args.cache / f"synthetic-{size}.parquet"
@@ -238,13 +260,14 @@ def main() -> None:
                  and not r.get("one_thread")]
         key = "seconds" if task == "load" else "epoch_seconds"
         t_fit = fit_power([(r["events"], r[key]) for r in group])
-        m_fit = fit_power([(r["events"], r["peak_rss_mb"]) for r in group])
+        m_fit = fit_line([(r["events"], r["peak_rss_mb"]) for r in group])
         if t_fit is None:
             continue
         entry = {"task": task, "nproc": nproc, "time_exponent": round(t_fit[1], 3),
                  "seconds_at_1B": round(t_fit[0] * 1e9 ** t_fit[1]),
-                 "memory_exponent": round(m_fit[1], 3) if m_fit else None,
-                 "peak_gb_at_1B": round(m_fit[0] * 1e9 ** m_fit[1] / 1024, 1) if m_fit
+                 "bytes_per_event": round(m_fit[1] * 2**20, 1) if m_fit else None,
+                 "fixed_mb": round(m_fit[0]) if m_fit else None,
+                 "peak_gb_at_1B": round((m_fit[0] + m_fit[1] * 1e9) / 1024, 1) if m_fit
                  else None}
         fits.append(entry)
 
@@ -264,19 +287,22 @@ def main() -> None:
                       f"{r['efficiency_vs_one_thread']:.2f}" if "efficiency_vs_one_thread" in r
                       else "", f"{r['peak_rss_mb']:,.0f}")
     console.print(table)
-    ftable = Table(title="Growth: seconds ~ events^b, extrapolated to 1B events")
-    for c in ("task", "procs", "time exponent b", "hours at 1B", "memory exponent",
+    ftable = Table(title="Growth: seconds ~ events^b; memory = fixed + bytes/event; at 1B")
+    for c in ("task", "procs", "time exponent b", "hours at 1B", "bytes/event", "fixed MB",
               "peak GB at 1B"):
         ftable.add_column(c, justify="right")
     for f in fits:
         ftable.add_row(f["task"], str(f["nproc"]), f"{f['time_exponent']:.2f}",
-                       f"{f['seconds_at_1B'] / 3600:.1f}", str(f["memory_exponent"]),
-                       str(f["peak_gb_at_1B"]))
+                       f"{f['seconds_at_1B'] / 3600:,.1f}", str(f["bytes_per_event"]),
+                       str(f["fixed_mb"]), str(f["peak_gb_at_1B"]))
     console.print(ftable)
     payload = {"recforge": __version__, "python": platform.python_version(),
                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "date": time.strftime("%Y-%m-%d"), "rows": rows, "fits": fits,
                "scale_params": SCALE_PARAMS, "max_steps": MAX_STEPS}
+    if earlier is not None:  # keep when and where the figures were measured
+        payload.update({k: earlier[k] for k in ("recforge", "python", "machine", "date",
+                                                "scale_params", "max_steps") if k in earlier})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
     console.print(f"wrote {args.out}")
