@@ -79,14 +79,22 @@ def worker_train(path: str, model_name: str) -> dict[str, Any] | None:
     import torch
 
     from recforge.data.io import read_parquet
-    from recforge.models.registry import create_model
+    from recforge.models.registry import create_model, get_model_class
     from recforge.training import distributed
 
     if os.environ.get("RECFORGE_BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["RECFORGE_BENCH_THREADS"]))
     ctx = distributed.init_from_environment(device="cpu")
     rank, world = ctx.shard if ctx is not None else (0, 1)
-    data = read_parquet(path)
+    # Under DDP each rank keeps only its users' events, as `recforge train --nproc` does
+    # (not LightGCN, which propagates over the whole graph).
+    sharded = world > 1 and get_model_class(model_name).supports_sharded_data
+    data = read_parquet(path, shard=(rank, world) if sharded else None)
+    events = len(data)
+    if sharded:
+        n = torch.tensor([events], dtype=torch.int64)
+        torch.distributed.all_reduce(n)
+        events = int(n.item())
     if model_name != "mf":
         data = data.with_values(None)
     params = dict(SCALE_PARAMS.get(model_name, {}), epochs=1,
@@ -101,9 +109,13 @@ def worker_train(path: str, model_name: str) -> dict[str, Any] | None:
         full_steps = 1
     else:
         batch = int(params["batch_size"])
-        shard = len(data) if world == 1 else len(data) // world
+        shard = len(data) if world == 1 or sharded else len(data) // world
+        if sharded:  # every rank takes the smallest shard's number of events
+            n = torch.tensor([shard], dtype=torch.int64)
+            torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MIN)
+            shard = int(n.item())
         full_steps = -(-shard // max(1, batch // world))
-        model.fit(data, distributed=(rank, world), progress=False,
+        model.fit(data, distributed=(rank, world), sharded=sharded, progress=False,
                   max_steps_per_epoch=cap if cap and cap < full_steps else None)
         history = model.history_[0]
     fit_seconds = time.perf_counter() - start
@@ -121,11 +133,11 @@ def worker_train(path: str, model_name: str) -> dict[str, Any] | None:
         distributed.shutdown()
         if rank != 0:
             return None
-    return {"events": len(data), "epoch_seconds": round(epoch, 2), "projected": projected,
+    return {"events": events, "epoch_seconds": round(epoch, 2), "projected": projected,
             "steps_timed": steps, "steps_per_epoch": full_steps,
-            "fit_seconds": round(fit_seconds, 2),
-            "samples_per_s": round(len(data) / epoch) if epoch > 0 else None,
-            "samples_per_s_per_process": round(len(data) / epoch / world) if epoch > 0 else None,
+            "fit_seconds": round(fit_seconds, 2), "sharded_data": sharded,
+            "samples_per_s": round(events / epoch) if epoch > 0 else None,
+            "samples_per_s_per_process": round(events / epoch / world) if epoch > 0 else None,
             "peak_rss_mb": round(rss, 1), "threads_per_process": torch.get_num_threads(),
             "params": params}
 

@@ -112,6 +112,41 @@ def test_two_processes_reach_single_process_quality(ml100k_split, tmp_path):
     assert b >= 0.98 * a, (a, b)
     meta = json.loads((ddp / "meta.json").read_text())
     assert meta["params"]["epochs"] == 15
+    # each rank read only its users' events; rank 0 collected all of them for the model
+    assert "rank 0 of 2" in proc.stderr and "the users it owns" in proc.stderr
+    (tr,) = read_many([train])
+    saved = Recommender.load(ddp)
+    assert saved.seen_.nnz == len(tr) == int(Recommender.load(single).seen_.nnz)
+    np.testing.assert_allclose(saved.item_popularity_, tr.item_counts())
+
+
+@pytest.mark.slow
+def test_sharded_ratings_validate_over_all_ranks(tmp_path):
+    """mf on ratings: the global mean and rating range come from every rank's shard, and
+    early stopping sees the validation RMSE of all users, not only rank 0's."""
+    shared_path("ml-100k", "u.data")
+    data = load_dataset("ml-100k", data_dir=shared_data_dir())
+    split = random_split(data, test_size=0.1, seed=1)
+    train, valid = tmp_path / "train.csv", tmp_path / "valid.csv"
+    split.train.to_frame().to_csv(train, index=False)
+    split.test.to_frame().to_csv(valid, index=False)
+    out = tmp_path / "mf"
+    env = dict(os.environ, RECFORGE_DIST_TIMEOUT="120", OMP_NUM_THREADS="1")
+    proc = subprocess.run([*RECFORGE, "train", "mf", "--data", str(train), "--valid",
+                           str(valid), "--out", str(out), "--nproc", "2", "-p", "epochs=4",
+                           "--seed", "0"], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = Recommender.load(out)
+    values = split.train.value
+    assert model.mean_ == pytest.approx(float(values.astype(np.float64).mean()), rel=1e-6)
+    assert tuple(model.rating_range_) == (float(values.min()), float(values.max()))
+    assert model.seen_.nnz == len(split.train)
+    # the logged validation RMSE is the one of the whole validation set
+    tr, va = read_many([train, valid])
+    whole = evaluate(model, tr, va, metrics="rmse")["RMSE"]
+    best = model.history_[model.best_epoch_ - 1]
+    assert best["rmse"] == pytest.approx(whole, rel=1e-4)
 
 
 @pytest.mark.slow

@@ -71,12 +71,13 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
 
 
 def _read_specs(specs: list[str], *, columns: str | None, fmt: str | None, duplicates: str,
-                data_dir: Path | None, min_rating: float | None):
+                data_dir: Path | None, min_rating: float | None,
+                shard: tuple[int, int] | None = None):
     from recforge.data.datasets import load_many
     from recforge.data.filters import to_implicit
 
     parts = load_many(specs, format=fmt, columns=columns, duplicates=duplicates,  # type: ignore[arg-type]
-                      data_dir=data_dir)
+                      data_dir=data_dir, shard=shard)
     if min_rating is not None:
         parts = [to_implicit(p, min_rating) for p in parts]
     return parts
@@ -357,10 +358,20 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
     ckpt = checkpoint_dir or out.with_name(out.name + ".checkpoint")
     if resume and not (ckpt / "checkpoint.pt").exists():
         raise ConfigError(f"--resume: no checkpoint in {ckpt}; run without --resume to start")
+    # Under DDP each rank reads only the events of the users it owns (Parquet is filtered
+    # while it streams), except for models that propagate over the whole graph.
+    shard = (dist_ctx.shard if dist_ctx is not None
+             and getattr(estimator, "supports_sharded_data", False) else None)
     parts = _read_specs(list(data) + ([valid] if valid else []), columns=columns, fmt=fmt,
-                        duplicates=duplicates, data_dir=data_dir, min_rating=min_rating)
+                        duplicates=duplicates, data_dir=data_dir, min_rating=min_rating,
+                        shard=shard)
     valid_data = parts.pop() if valid else None
     train_data = parts[0].concat(*parts[1:]) if len(parts) > 1 else parts[0]
+    if dist_ctx is not None:
+        log.info("rank %d of %d: %s events (%s)", dist_ctx.rank, dist_ctx.world_size,
+                 f"{len(train_data):,}",
+                 "the users it owns" if shard is not None else "all: the model needs the "
+                 "whole graph")
     fit_kw: dict[str, Any] = {}
     feats = _item_features(model, estimator, data, item_features, item_id_column, data_dir)
     if feats is not None:
@@ -371,6 +382,7 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
     if gradient:
         if dist_ctx is not None:
             fit_kw["distributed"] = dist_ctx.shard
+            fit_kw["sharded"] = shard is not None
         estimator.fit(train_data, valid_data, checkpoint_dir=ckpt, resume=resume, **fit_kw)
     else:
         estimator.fit(train_data, valid_data, **fit_kw)
@@ -385,7 +397,8 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
         shutil.rmtree(ckpt, ignore_errors=True)
     where = (f" in {dist_ctx.world_size} processes ({dist_ctx.backend})"
              if dist_ctx is not None else "")
-    console.print(f"trained {model} on {len(train_data):,} events{where} in {seconds:.2f}s; "
+    n_events = estimator._stats.n_events if shard is not None else len(train_data)
+    console.print(f"trained {model} on {n_events:,} events{where} in {seconds:.2f}s; "
                   f"saved to {out}")
 
 

@@ -47,20 +47,30 @@ def _load_named(spec: str, data_dir: str | os.PathLike | None, download: bool) -
 def load_dataset(spec: str | os.PathLike, *, format: str | None = None,
                  columns: Mapping[str, str] | str | None = None,
                  duplicates: DuplicatePolicy = "error", data_dir: str | os.PathLike | None = None,
-                 download: bool = True) -> Interactions:
-    """Interactions named by ``spec`` (a dataset name or a file path)."""
+                 download: bool = True,
+                 shard: tuple[int, int] | None = None) -> Interactions:
+    """Interactions named by ``spec`` (a dataset name or a file path).
+
+    ``shard=(rank, world_size)``: only the events of the users that rank owns
+    (:mod:`recforge.data.sharding`; Parquet files are filtered while they stream).
+    """
+    from recforge.data.sharding import user_shard
+
     spec_s = os.fspath(spec)
     if spec_s.startswith("events:"):  # the server's event store: a SQLite path or a URL
         from recforge.serving.events import EventStore
 
         with EventStore(spec_s[len("events:"):], create=False) as store:
-            return store.to_interactions()
-    if is_named_dataset(spec_s):
-        return _load_named(spec_s, data_dir, download).interactions
-    if not Path(spec_s).exists():
+            data = store.to_interactions()
+    elif is_named_dataset(spec_s):
+        data = _load_named(spec_s, data_dir, download).interactions
+    elif not Path(spec_s).exists():
         raise DataError("no such file, and not a dataset name (try `recforge datasets list`)",
                         source=spec_s)
-    return read_interactions(spec_s, format=format, columns=columns, duplicates=duplicates)
+    else:
+        return read_interactions(spec_s, format=format, columns=columns,
+                                 duplicates=duplicates, shard=shard)
+    return data if shard is None else user_shard(data, *shard)
 
 
 def load_bundle(spec: str, *, data_dir: str | os.PathLike | None = None,
@@ -74,13 +84,14 @@ def load_bundle(spec: str, *, data_dir: str | os.PathLike | None = None,
 def load_many(specs: Sequence[str | os.PathLike], *, format: str | None = None,
               columns: Mapping[str, str] | str | None = None,
               duplicates: DuplicatePolicy = "error", data_dir: str | os.PathLike | None = None,
-              download: bool = True) -> list[Interactions]:
+              download: bool = True,
+              shard: tuple[int, int] | None = None) -> list[Interactions]:
     """Several specs read into shared vocabularies (``train.txt`` + ``valid.txt``...)."""
     specs = [os.fspath(s) for s in specs]
     if len(specs) == 1:
         return [load_dataset(specs[0], format=format, columns=columns, duplicates=duplicates,
-                             data_dir=data_dir, download=download)]
+                             data_dir=data_dir, download=download, shard=shard)]
     named = [s for s in specs if is_named_dataset(s)]
     if named:
         raise DataError(f"a dataset name ({named[0]!r}) cannot be combined with other inputs")
-    return read_many(specs, format=format, columns=columns, duplicates=duplicates)
+    return read_many(specs, format=format, columns=columns, duplicates=duplicates, shard=shard)

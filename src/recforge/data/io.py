@@ -27,6 +27,7 @@ from recforge.data.interactions import (
     Interactions,
     UnknownPolicy,
 )
+from recforge.data.sharding import check_shard, owner_of_ids, user_shard
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import DataError
 
@@ -476,7 +477,8 @@ def _read_csv_columns(path: Path, *, sep: str | None, header: bool | None,
 def read_parquet(path: str | os.PathLike, *, columns: Mapping[str, str] | str | None = None,
                  users: Vocabulary | None = None, items: Vocabulary | None = None,
                  unknown: UnknownPolicy = "error", duplicates: DuplicatePolicy = "error",
-                 batch_rows: int = 1 << 20) -> Interactions:
+                 batch_rows: int = 1 << 20,
+                 shard: tuple[int, int] | None = None) -> Interactions:
     """Read a Parquet file in a streaming pass; errors name the row (1-based).
 
     Only the needed columns are read, ``batch_rows`` rows at a time (pyarrow record
@@ -484,6 +486,10 @@ def read_parquet(path: str | os.PathLike, *, columns: Mapping[str, str] | str | 
     preallocated compact arrays (int32 indices, float32 values, int64 timestamps; 12-20
     bytes per event). No DataFrame of the whole file is built, so peak memory stays near the
     size of the result: 20M events take about 0.4 GB (docs/scaling.md).
+
+    ``shard=(rank, world_size)`` keeps only the events of the users that rank owns
+    (:mod:`recforge.data.sharding`): the vocabularies still hold every id of the file, so
+    all ranks index users and items alike, but a rank stores only its share of the events.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -507,25 +513,48 @@ def read_parquet(path: str | os.PathLike, *, columns: Mapping[str, str] | str | 
     timestamp = np.empty(n, dtype=np.int64) if "timestamp" in resolved else None
     user_ids = None if users is not None else _StreamingIds()
     item_ids = None if items is not None else _StreamingIds()
-    offset = 0
+    rank, world = check_shard(shard) if shard is not None else (0, 1)
+    # With a shard, the arrays are filled only up to the kept events: np.empty does not
+    # touch the pages past them, so they never take memory. ``rows`` keeps the file's row
+    # number of each kept event for error messages.
+    rows = np.empty(n, dtype=np.int64) if world > 1 else None
+    offset = row = 0
     try:
         for batch in pf.iter_batches(batch_size=int(batch_rows),
                                      columns=[resolved[k] for k in resolved]):
             frame = batch.to_pandas()
-            end = offset + len(frame)
-            cols = _extract(frame, mapping, src, np.arange(offset + 1, end + 1), "row")
+            cols = _extract(frame, mapping, src, np.arange(row + 1, row + len(frame) + 1),
+                            "row")
+            row += len(frame)
             del frame
-            u[offset:end] = (user_ids.codes(cols.user) if user_ids is not None
-                             else _map_ids(cols.user, users, cols, "user", unknown))
-            i[offset:end] = (item_ids.codes(cols.item) if item_ids is not None
-                             else _map_ids(cols.item, items, cols, "item", unknown))
+            bu = (user_ids.codes(cols.user) if user_ids is not None
+                  else _map_ids(cols.user, users, cols, "user", unknown))
+            bi = (item_ids.codes(cols.item) if item_ids is not None
+                  else _map_ids(cols.item, items, cols, "item", unknown))
+            bv, bt = cols.value, cols.timestamp
+            if rows is not None:  # every id enters the vocabularies; only owned rows stay
+                mine = owner_of_ids(cols.user, world) == rank
+                bu, bi = bu[mine], bi[mine]
+                bv = None if bv is None else bv[mine]
+                bt = None if bt is None else bt[mine]
+                rows[offset:offset + len(bu)] = np.asarray(cols.where)[mine]
+            end = offset + len(bu)
+            u[offset:end] = bu
+            i[offset:end] = bi
             if value is not None:
-                value[offset:end] = cols.value
+                value[offset:end] = bv
             if timestamp is not None:
-                timestamp[offset:end] = cols.timestamp
+                timestamp[offset:end] = bt
             offset = end
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"cannot read Parquet data: {exc}", source=src) from None
+    if rows is not None:  # copy the kept part out; the untouched tails are never resident
+        if offset == 0:
+            raise DataError(f"no interactions for shard {rank} of {world} (the file's users "
+                            "all belong to other ranks)", source=src)
+        u, i, rows = u[:offset].copy(), i[:offset].copy(), rows[:offset].copy()
+        value = None if value is None else value[:offset].copy()
+        timestamp = None if timestamp is None else timestamp[:offset].copy()
     if user_ids is not None:
         users, remap = user_ids.finish()
         np.take(remap, u, out=u)
@@ -533,10 +562,10 @@ def read_parquet(path: str | os.PathLike, *, columns: Mapping[str, str] | str | 
         items, remap = item_ids.finish()
         np.take(remap, i, out=i)
     assert users is not None and items is not None
-    where = None
+    where = rows
     keep = (u >= 0) & (i >= 0)
     if not keep.all():  # unknown="drop"
-        where = np.flatnonzero(keep) + 1
+        where = (np.flatnonzero(keep) + 1) if rows is None else rows[keep]
         u, i = u[keep], i[keep]
         value = None if value is None else value[keep]
         timestamp = None if timestamp is None else timestamp[keep]
@@ -708,32 +737,39 @@ def read_interactions(path: str | os.PathLike, *, format: str | None = None,
                       sep: str | None = None, header: bool | None = None,
                       users: Vocabulary | None = None, items: Vocabulary | None = None,
                       unknown: UnknownPolicy = "error",
-                      duplicates: DuplicatePolicy = "error") -> Interactions:
+                      duplicates: DuplicatePolicy = "error",
+                      shard: tuple[int, int] | None = None) -> Interactions:
     """Read any supported file, detecting the format from the extension and content.
 
-    ``format`` is one of ``csv``, ``tsv``, ``parquet``, ``adjacency``.
+    ``format`` is one of ``csv``, ``tsv``, ``parquet``, ``adjacency``. ``shard=(rank,
+    world_size)`` keeps only the events of the users that rank owns (the vocabularies keep
+    every id): Parquet is filtered while it streams, other formats after reading.
     """
     fmt = format or _detect_format(Path(path), encoding)
     if fmt == "parquet":
         return read_parquet(path, columns=columns, users=users, items=items, unknown=unknown,
-                            duplicates=duplicates)
+                            duplicates=duplicates, shard=shard)
     cols = _read_columns(Path(path), fmt, parse_columns(columns), encoding, sep, header)
-    return _build(cols, users, items, unknown, duplicates)
+    data = _build(cols, users, items, unknown, duplicates)
+    return data if shard is None else user_shard(data, *shard)
 
 
 def read_many(paths: Sequence[str | os.PathLike], *, format: str | None = None,
               columns: Mapping[str, str] | str | None = None, encoding: str = "utf-8",
-              duplicates: DuplicatePolicy = "error") -> list[Interactions]:
+              duplicates: DuplicatePolicy = "error",
+              shard: tuple[int, int] | None = None) -> list[Interactions]:
     """Read several files (e.g. train / valid / test) into one shared pair of vocabularies.
 
     The vocabularies hold the sorted union of the ids of all files, so the same id has the
-    same index in every returned :class:`Interactions`.
+    same index in every returned :class:`Interactions`. ``shard=(rank, world_size)`` keeps
+    only the events of the users that rank owns, in every file alike.
     """
     mapping = parse_columns(columns)
     parts = [_read_columns(Path(p), format, mapping, encoding, None, None) for p in paths]
     users, _ = Vocabulary.from_values(_concat_ids([c.user for c in parts]))
     items, _ = Vocabulary.from_values(_concat_ids([c.item for c in parts]))
-    return [_build(c, users, items, "error", duplicates) for c in parts]
+    out = [_build(c, users, items, "error", duplicates) for c in parts]
+    return out if shard is None else [user_shard(d, *shard) for d in out]
 
 
 def _concat_ids(arrays: list[np.ndarray]) -> np.ndarray:

@@ -8,7 +8,8 @@ A subclass declares its hyperparameters in ``__init__`` (the common ones are lis
 * ``_loss(batch)`` -> scalar tensor, for a batch from :class:`EpochSampler`;
 * ``_score_users(users)`` -> ``[B, n_items]`` on the model's device;
 * optionally ``_setup(train)`` (statistics such as the global mean rating, saved through
-  ``_extra``), ``_prepare_scoring()`` (e.g. cache propagated embeddings) and
+  ``_extra``; read them from ``self._stats``, a :class:`DataStats` that covers every rank's
+  events when each DDP rank holds only its users' shard), ``_prepare_scoring()`` (e.g. cache propagated embeddings) and
   ``_item_embeddings()``.
 
 The trainer, the sampler, persistence and scoring on CPU are handled here.
@@ -18,8 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,18 +38,73 @@ COMMON_PARAMS = ("embedding_dim", "epochs", "batch_size", "learning_rate", "reg"
                  "eval_every", "device", "seed")
 
 
+@dataclass
+class DataStats:
+    """Counts and value statistics of the training events: of this process's data, or of
+    every rank's shard together when each rank holds only the events of its users."""
+
+    n_events: int
+    user_counts: np.ndarray
+    item_counts: np.ndarray
+    value_sum: float = 0.0
+    value_min: float = float("nan")
+    value_max: float = float("nan")
+
+    @property
+    def value_mean(self) -> float:
+        return self.value_sum / max(1, self.n_events)
+
+    @classmethod
+    def of(cls, train: Interactions, *, sharded: bool = False,
+           device: torch.device | None = None) -> DataStats:
+        stats = cls(n_events=len(train), user_counts=train.user_counts(),
+                    item_counts=train.item_counts())
+        if train.value is not None and len(train):
+            v = train.value.astype(np.float64)
+            stats.value_sum, stats.value_min, stats.value_max = (
+                float(v.sum()), float(v.min()), float(v.max()))
+        if not sharded:
+            return stats
+        import torch.distributed as dist
+
+        dev = device or torch.device("cpu")
+        counts = torch.from_numpy(np.concatenate(
+            [stats.user_counts, stats.item_counts, [stats.n_events]]).astype(np.int64)).to(dev)
+        dist.all_reduce(counts)
+        counts = counts.cpu().numpy()
+        total = torch.tensor([stats.value_sum], dtype=torch.float64, device=dev)
+        dist.all_reduce(total)
+        inf = float("inf")
+        lo = torch.tensor([stats.value_min if stats.value_min == stats.value_min else inf],
+                          dtype=torch.float64, device=dev)
+        hi = torch.tensor([stats.value_max if stats.value_max == stats.value_max else -inf],
+                          dtype=torch.float64, device=dev)
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        nu = len(stats.user_counts)
+        return cls(n_events=int(counts[-1]), user_counts=counts[:nu],
+                   item_counts=counts[nu:-1], value_sum=float(total.item()),
+                   value_min=float(lo.item()) if train.value is not None else float("nan"),
+                   value_max=float(hi.item()) if train.value is not None else float("nan"))
+
+
 class GradientRecommender(Recommender):
     """A recommender whose parameters are learned by the shared :class:`Trainer`."""
 
     #: Training objective, for documentation and the sampler: "rating" (pointwise values)
     #: or "ranking" (positives with sampled negatives).
     objective: str = "ranking"
+    #: Whether each DDP rank may hold only the events of its own users (``sharded=True``):
+    #: true for models whose loss reads only a batch's events; false for models that read
+    #: the whole interaction graph (LightGCN).
+    supports_sharded_data: ClassVar[bool] = True
 
     # ----------------------------------------------------------------------------------
     def fit(self, train: Interactions, valid: Interactions | None = None, *,
             checkpoint_dir: str | Path | None = None, resume: bool = False,
             progress: bool | None = None,
             distributed: tuple[int, int] = (0, 1),
+            sharded: bool = False,
             epoch_callback: Any = None,
             max_steps_per_epoch: int | None = None) -> GradientRecommender:
         """Train on ``train``; ``valid`` enables early stopping on ``valid_metric``.
@@ -56,6 +113,11 @@ class GradientRecommender(Recommender):
         epoch; ``resume=True`` continues a killed run from its last checkpoint.
         ``distributed=(rank, world_size)`` trains this process's part of a DDP job (the
         process group must be initialised, see :mod:`recforge.training.distributed`).
+        ``sharded=True`` says that ``train`` (and ``valid``) hold only the events of the
+        users this rank owns (:func:`recforge.data.sharding.user_shard`, or a reader's
+        ``shard=``): counts and statistics are then summed over the ranks, each rank
+        validates its own users, and rank 0 collects every rank's events at the end so the
+        saved model knows every user's seen items.
         ``epoch_callback(record)`` is called after every epoch with that epoch's log record
         (loss, seconds, validation metric); an exception it raises stops training (used to
         prune hyperparameter trials). ``max_steps_per_epoch`` cuts every epoch short after
@@ -63,6 +125,7 @@ class GradientRecommender(Recommender):
         """
         self._fit_options = {"checkpoint_dir": checkpoint_dir, "resume": resume,
                              "progress": progress, "distributed": distributed,
+                             "sharded": bool(sharded and distributed[1] > 1),
                              "epoch_callback": epoch_callback,
                              "max_steps_per_epoch": max_steps_per_epoch}
         try:
@@ -127,6 +190,14 @@ class GradientRecommender(Recommender):
     def _after_backward(self) -> None:
         """Hook between ``backward`` and the optimizer step (e.g. gradient surgery)."""
 
+    def _user_parameter_names(self) -> list[str]:
+        """Names (in ``module_``) of the tables with one row per user that a batch reads
+        only at its own users' rows: with data sharded by user, each DDP rank keeps them to
+        itself instead of all-reducing them. Default: embeddings named ``user`` or
+        ``user_bias`` anywhere in the module."""
+        return [name for name, _ in self.module_.named_parameters()
+                if name.rsplit(".", 2)[-2:-1] in (["user"], ["user_bias"])]
+
     def _prepare_scoring(self) -> None:
         """Called before validation and after training (e.g. cache propagated embeddings)."""
 
@@ -154,6 +225,13 @@ class GradientRecommender(Recommender):
         if world > 1 and self.device_.type == "cuda" and self.device_.index is None:
             # One GPU per process: the one the launcher's LOCAL_RANK selected.
             self.device_ = torch.device("cuda", torch.cuda.current_device())
+        sharded = bool(options.get("sharded", False))
+        if sharded:
+            if not self.supports_sharded_data:
+                raise ConfigError(f"{self.name} reads the whole interaction graph in every "
+                                  "step: every rank needs all events (do not shard its data)")
+            self._share_data_facts(train)
+        self._stats = DataStats.of(train, sharded=sharded, device=self._collective_device())
         self._setup(train)
         self.module_ = self._build().to(self.device_)
         trainer = Trainer(
@@ -167,13 +245,59 @@ class GradientRecommender(Recommender):
             device=self.device_, seed=int(getattr(self, "seed", 0) or 0),
             checkpoint_dir=options.get("checkpoint_dir"), resume=options.get("resume", False),
             progress=options.get("progress"), distributed=options.get("distributed", (0, 1)),
-            epoch_callback=options.get("epoch_callback"),
+            sharded_data=sharded, epoch_callback=options.get("epoch_callback"),
             max_steps_per_epoch=options.get("max_steps_per_epoch"))
         state = trainer.fit(self, train, valid)
         self.history_ = state.history
         self.best_epoch_ = state.best_epoch
+        if sharded:
+            self._collect_seen(rank)
         self.module_.eval()
         self._prepare_scoring()
+
+    # ----------------------------------------------------------------------------------
+    # data sharded by user across DDP ranks
+    def _collective_device(self) -> torch.device:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+            return self.device_
+        return torch.device("cpu")
+
+    def _share_data_facts(self, train: Interactions) -> None:
+        """Make the attributes :meth:`Recommender.fit` took from ``train`` describe the
+        events of all ranks: item popularity summed, one fingerprint of every shard."""
+        import torch.distributed as dist
+
+        pop = torch.from_numpy(self.item_popularity_.astype(np.float64)).to(
+            self._collective_device())
+        dist.all_reduce(pop)
+        self.item_popularity_ = pop.cpu().numpy().astype(np.float32)
+        prints: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(prints, self.train_fingerprint_)
+        self.train_fingerprint_ = hashlib.sha256("|".join(prints).encode()).hexdigest()[:16]
+
+    def _collect_seen(self, rank: int) -> None:
+        """Rank 0 gathers every rank's training events (the seen items a saved model keeps
+        for every user); the other ranks keep their own."""
+        import scipy.sparse as sp
+        import torch.distributed as dist
+
+        coo = self.seen_.tocoo()
+        mine = (coo.row.astype(np.int32), coo.col.astype(np.int32),
+                coo.data.astype(np.float32))
+        if dist.get_backend() == "nccl":  # gather_object is not implemented for NCCL
+            parts: list[Any] | None = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, mine)
+        else:
+            parts = [None] * dist.get_world_size() if rank == 0 else None
+            dist.gather_object(mine, parts, dst=0)
+        if rank == 0:
+            assert parts is not None
+            rows = np.concatenate([p[0] for p in parts])
+            cols = np.concatenate([p[1] for p in parts])
+            vals = np.concatenate([p[2] for p in parts])
+            self.seen_ = sp.csr_matrix((vals, (rows, cols)), shape=self.seen_.shape)
 
     # ----------------------------------------------------------------------------------
     def _score(self, users: torch.Tensor) -> torch.Tensor:

@@ -227,8 +227,12 @@ class HybridBPR(FeatureModelMixin, GradientRecommender):
         item_features, user_features = getattr(self, "_fit_features", (None, None))
         self.item_features_ = item_features
         self.user_features_ = user_features
-        self.warm_items_ = train.item_counts() > 0
-        self.warm_users_ = train.user_counts() > 0
+        self.warm_items_ = self._stats.item_counts > 0  # over all ranks when sharded
+        self.warm_users_ = self._stats.user_counts > 0
+
+    def _user_parameter_names(self) -> list[str]:
+        # the users' id rows; user feature embeddings are shared by many users
+        return ["users.ids.weight", "users.id_bias.weight"]
 
     def _sampler(self, train: Interactions, shard: tuple[int, int] = (0, 1)) -> EpochSampler:
         # Negatives among items with interactions: cold items have nothing to learn from.

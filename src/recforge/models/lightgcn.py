@@ -103,6 +103,8 @@ class LightGCN(GradientRecommender):
     """
 
     name = "lightgcn"
+    #: Every step propagates over the whole user-item graph: each rank needs all events.
+    supports_sharded_data = False
 
     def __init__(self, embedding_dim: int = 64, n_layers: int = 3, epochs: int = 50,
                  batch_size: int = 16384, learning_rate: float = 0.02, reg: float = 3e-4,

@@ -98,14 +98,15 @@ class MF(GradientRecommender):
         if train.value is None:
             raise DataError("mf predicts ratings and needs rating values; for implicit feedback "
                             "use 'bpr', 'als' or another ranking model", source=train.source)
-        self.mean_ = float(train.value.mean())
-        self.rating_range_ = (float(train.value.min()), float(train.value.max()))
+        stats = self._stats  # over every rank's events when the data is sharded
+        self.mean_ = stats.value_mean
+        self.rating_range_ = (stats.value_min, stats.value_max)
         # Each occurrence of a user in a batch carries weight n_u^(e-1), so that over an
         # epoch the user's L2 weight is reg * n_u^e (e = 1: the usual per-rating weight;
         # e = 0: one weight per user, the MAP estimate under a Gaussian prior).
         e = float(self.reg_exponent) - 1.0
-        uc = np.maximum(train.user_counts(), 1).astype(np.float64)
-        ic = np.maximum(train.item_counts(), 1).astype(np.float64)
+        uc = np.maximum(stats.user_counts, 1).astype(np.float64)
+        ic = np.maximum(stats.item_counts, 1).astype(np.float64)
         self._user_reg_w = torch.from_numpy((uc ** e).astype(np.float32))
         self._item_reg_w = torch.from_numpy((ic ** e).astype(np.float32))
 

@@ -180,8 +180,8 @@ class _NCFBase(GradientRecommender):
             if train.value is None:
                 raise DataError(f"{self.name} with loss='mse' needs rating values",
                                 source=train.source)
-            self.rating_range_ = (float(train.value.min()), float(train.value.max()))
-            self.mean_ = float(train.value.mean())
+            self.rating_range_ = (self._stats.value_min, self._stats.value_max)
+            self.mean_ = self._stats.value_mean
         else:
             self.rating_range_ = (0.0, 1.0)
             self.mean_ = 0.0

@@ -3,7 +3,8 @@
 Each generator draws everything an epoch needs at once (a permutation of the events, all
 negatives for the epoch with one rejection-sampling pass) and then slices it; there is no
 Python loop over interactions. ``shard=(rank, world_size)`` gives each distributed process
-its own disjoint slice of the epoch.
+its own disjoint slice of the epoch; :meth:`EpochSampler.use_local_shard` instead draws
+from a rank's own data when each rank holds only its users' events.
 """
 
 from __future__ import annotations
@@ -69,7 +70,23 @@ class EpochSampler:
                 raise ValueError(f"negative_sampling must be uniform, popularity or observed, "
                                  f"not {negative_sampling!r}")
 
+    def use_local_shard(self, events_per_rank: int,
+                        item_counts: np.ndarray | None = None) -> None:
+        """This rank's data is already its own shard (the events of the users it owns):
+        each epoch draws from all of it, ``events_per_rank`` events (the smallest shard's
+        size, so that every rank takes the same number of steps; a larger shard leaves out
+        a different few events each epoch). ``item_counts`` (summed over the ranks) sets
+        the popularity of popularity-based negative sampling."""
+        self._local = True
+        self._local_size = max(1, min(int(events_per_rank), self.n_events))
+        if item_counts is not None and self._popularity is not None:
+            counts = np.asarray(item_counts, dtype=np.float64)
+            self._popularity = (counts + 1.0 if self.negative_sampling == "popularity"
+                                else (counts > 0).astype(np.float64))
+
     def _shard_size(self) -> int:
+        if getattr(self, "_local", False):
+            return self._local_size
         # Every rank gets the same number of events (the epoch's last n mod world events
         # are left out, a different few each epoch), so every rank takes the same number of
         # steps: DDP needs each gradient all-reduce to be joined by all ranks.
@@ -79,8 +96,12 @@ class EpochSampler:
         return max(1, -(-self._shard_size() // self.batch_size))
 
     def epoch(self, rng: np.random.Generator) -> Iterator[Batch]:
-        perm = rng.permutation(self.n_events)
-        if self.world > 1:
+        if getattr(self, "_local", False):  # this rank's own events; its own draws
+            rng = np.random.default_rng([int(rng.integers(2**62)), self.rank])
+            perm = rng.permutation(self.n_events)[:self._local_size]
+        else:
+            perm = rng.permutation(self.n_events)
+        if self.world > 1 and not getattr(self, "_local", False):
             perm = perm[self.rank::self.world][:self._shard_size()]
             # The permutation is shared; the negatives must not be.
             rng = np.random.default_rng([int(rng.integers(2**62)), self.rank])

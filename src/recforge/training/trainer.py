@@ -20,7 +20,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,6 +96,10 @@ class Trainer:
         Show a progress bar (``None``: only on a terminal).
     distributed:
         ``(rank, world_size)`` when running under DDP; only rank 0 writes files.
+    sharded_data:
+        Under DDP, each rank's ``train`` and ``valid`` hold only the events of the users it
+        owns: every rank draws its batches from its own events (the same number of steps
+        on every rank) and validates its own users; the figures are combined over ranks.
     max_steps_per_epoch:
         Stop each epoch after this many batches (a partial pass: for timing runs on data
         too large to sweep, and for quick checks). ``None``: the whole epoch.
@@ -107,7 +111,7 @@ class Trainer:
                  eval_every: int = 1, device: str | torch.device = "auto", seed: int = 0,
                  checkpoint_dir: str | Path | None = None, resume: bool = False,
                  progress: bool | None = None, max_grad_norm: float | None = None,
-                 distributed: tuple[int, int] = (0, 1),
+                 distributed: tuple[int, int] = (0, 1), sharded_data: bool = False,
                  epoch_callback: Callable[[dict[str, Any]], None] | None = None,
                  max_steps_per_epoch: int | None = None) -> None:
         if optimizer not in OPTIMIZERS:
@@ -135,6 +139,7 @@ class Trainer:
         self.progress = progress
         self.max_grad_norm = max_grad_norm
         self.rank, self.world = distributed
+        self.sharded_data = bool(sharded_data and self.world > 1)
         self.epoch_callback = epoch_callback
         if max_steps_per_epoch is not None and max_steps_per_epoch < 1:
             raise ConfigError(f"max_steps_per_epoch must be >= 1, got {max_steps_per_epoch}")
@@ -184,6 +189,14 @@ class Trainer:
         opt = self._optimizer([p for p in module.parameters() if p.requires_grad])
         sched = self._scheduler(opt)
         sampler = model._sampler(train, shard=(self.rank, self.world))
+        if self.sharded_data:
+            import torch.distributed as dist
+
+            n = torch.tensor([len(train)], dtype=torch.int64, device=self._collective_device())
+            dist.all_reduce(n, op=dist.ReduceOp.MIN)
+            stats = getattr(model, "_stats", None)
+            sampler.use_local_shard(int(n.item()),
+                                    None if stats is None else stats.item_counts)
         state = TrainingState()
         best_weights: dict[str, torch.Tensor] | None = None
         signature = model._checkpoint_signature()
@@ -199,11 +212,17 @@ class Trainer:
                 best_weights = loaded.get("best")
                 log.info("resumed from %s after epoch %d", self.checkpoint_dir, state.epoch)
 
+        # With data sharded by user, a rank's batches touch only the rows of the users it
+        # owns: those tables stay local (DDP neither broadcasts nor all-reduces them, which
+        # removes most of the bytes each step sends), and are gathered when a checkpoint
+        # or the final model needs every row.
+        local = _LocalUserTables(model, self.rank, self.world) if self.sharded_data else None
         # Under DDP the loss is computed through the wrapper, whose backward pass averages
         # the gradients over all ranks (and whose construction copies rank 0's weights).
         compute_loss = model._loss
         if self.world > 1:
-            compute_loss = _ddp_loss(model, self.device)
+            compute_loss = _ddp_loss(model, self.device,
+                                     ignore=local.names if local is not None else ())
 
         steps = sampler.steps_per_epoch()
         if self.max_steps_per_epoch is not None:
@@ -235,6 +254,8 @@ class Trainer:
                         loss = compute_loss(batch)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
+                        if local is not None:
+                            local.scale_gradients()
                         model._after_backward()
                         if self.max_grad_norm is not None:
                             torch.nn.utils.clip_grad_norm_(module.parameters(), self.max_grad_norm)
@@ -255,7 +276,9 @@ class Trainer:
                     "sampling_seconds": round(first_batch or 0.0, 4),
                     "steps": int(count), "lr": opt.param_groups[0]["lr"]}
                 if valid is not None and (epoch + 1) % self.eval_every == 0:
-                    if self.world > 1:
+                    if self.sharded_data:  # each rank its own users, combined
+                        metric = self._validate_sharded(model, train, valid)
+                    elif self.world > 1:
                         # Rank 0 evaluates; every rank takes its figure, so every rank makes
                         # the same early-stopping decision and they stop together.
                         from recforge.training.distributed import broadcast_float
@@ -276,8 +299,12 @@ class Trainer:
                 state.history.append(record)
                 state.epoch = epoch + 1
                 self._log_epoch(record, bar)
-                if self.checkpoint_dir is not None and self.is_main:
-                    self._save_checkpoint(signature, module, opt, sched, state, best_weights)
+                if self.checkpoint_dir is not None:
+                    if local is not None:  # every rank's rows into the checkpoint
+                        local.gather(opt)
+                    if self.is_main:
+                        self._save_checkpoint(signature, module, opt, sched, state,
+                                              best_weights)
                 if self.epoch_callback is not None:  # may raise to stop (e.g. a pruned trial)
                     self.epoch_callback(record)
         finally:
@@ -287,6 +314,8 @@ class Trainer:
             module.load_state_dict(best_weights)
             log.info("restored the weights of epoch %d (%s %.4f)", state.best_epoch,
                      self.valid_metric, state.best_metric)
+        if local is not None:  # the trained model has every user's row on every rank
+            local.gather()
         return state
 
     def _validate(self, model: GradientRecommender, train: Interactions,
@@ -300,6 +329,35 @@ class Trainer:
         result = evaluate(model, train, valid, metrics=self.valid_metric)
         value = float(next(iter(result.summary.values())))
         return -value if Metric.parse(self.valid_metric).kind == "rating" else value
+
+    def _collective_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def _validate_sharded(self, model: GradientRecommender, train: Interactions,
+                          valid: Interactions) -> float:
+        """The validation metric over every rank's users: each rank evaluates the users it
+        owns (it holds their whole history, so their seen items are excluded exactly);
+        per-user metrics are averaged over all users, RMSE / MAE over all events."""
+        from recforge.evaluation import evaluate
+        from recforge.evaluation.metrics import Metric
+        from recforge.training.distributed import all_reduce_sum
+
+        model.module_.eval()
+        model._prepare_scoring()
+        kind = Metric.parse(self.valid_metric).kind
+        value, weight = 0.0, 0.0
+        if len(valid):
+            result = evaluate(model, train, valid, metrics=self.valid_metric)
+            value = float(next(iter(result.summary.values())))
+            weight = float(len(valid) if kind == "rating" else result.n_users)
+        name = Metric.parse(self.valid_metric).name if kind == "rating" else ""
+        if name == "rmse":  # combine mean squared errors
+            value = value * value
+        total, weights = all_reduce_sum([value * weight, weight], self._collective_device())
+        combined = total / max(weights, 1e-12)
+        if name == "rmse":
+            combined = math.sqrt(combined)
+        return -combined if kind == "rating" else combined
 
     def _log_epoch(self, record: dict[str, Any], bar: Any) -> None:
         parts = [f"epoch {record['epoch']}/{self.epochs}", f"loss {record['loss']:.4f}"]
@@ -358,11 +416,64 @@ class _LossModule(torch.nn.Module):
         return self._loss(batch)
 
 
-def _ddp_loss(model: GradientRecommender,
-              device: torch.device) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+class _LocalUserTables:
+    """The user-indexed parameter tables of a model trained on data sharded by user.
+
+    Rank ``r`` trains only the rows of the users it owns. Its gradient for such a row comes
+    from its local batch alone, whose loss is a mean over ``batch_size / world`` events; the
+    gradient one process would compute on the whole batch is ``1/world`` of it, so
+    :meth:`scale_gradients` divides by ``world``. :meth:`gather` writes every owner's rows
+    (and the optimizer's per-row state) into every rank's copy with one all-reduce of
+    the masked tables.
+    """
+
+    def __init__(self, model: GradientRecommender, rank: int, world: int) -> None:
+        from recforge.data.sharding import owner_of_ids
+
+        module = model.module_
+        params = dict(module.named_parameters())
+        self.names = [n for n in model._user_parameter_names()
+                      if n in params and params[n].shape[0] == model.n_users]
+        self.params = [params[n] for n in self.names]
+        self.world = world
+        owned = owner_of_ids(model.users_.ids, world) == rank
+        self._others = {p.device: torch.from_numpy(~owned).to(p.device) for p in self.params}
+
+    def scale_gradients(self) -> None:
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.div_(self.world)
+
+    def _gather_tensor(self, t: torch.Tensor) -> None:
+        import torch.distributed as dist
+
+        mask = self._others[t.device]
+        with torch.no_grad():
+            t[mask] = 0
+            if t.device.type == "cpu" or dist.get_backend() == "nccl":
+                dist.all_reduce(t)
+            else:
+                cpu = t.cpu()
+                dist.all_reduce(cpu)
+                t.copy_(cpu)
+
+    def gather(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        for p in self.params:
+            self._gather_tensor(p.data)
+            if optimizer is not None:
+                for value in optimizer.state.get(p, {}).values():
+                    if torch.is_tensor(value) and value.shape == p.shape:
+                        self._gather_tensor(value)
+
+
+def _ddp_loss(model: GradientRecommender, device: torch.device, ignore: Sequence[str] = ()
+              ) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     from torch.nn.parallel import DistributedDataParallel
 
     wrapper = _LossModule(model)
+    if ignore:  # tables each rank keeps to itself (rows of the users it owns)
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            wrapper, [f"net.{n}" for n in ignore])
     ddp = DistributedDataParallel(
         wrapper, device_ids=[device.index if device.index is not None
                              else torch.cuda.current_device()] if device.type == "cuda" else None,

@@ -1,0 +1,121 @@
+"""Partitioning events by user for distributed training (each rank reads its shard)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import random_interactions
+
+from recforge.data.io import read_interactions, read_many, read_parquet
+from recforge.data.sharding import owner_of_ids, user_shard
+from recforge.errors import ConfigError, DataError
+from recforge.training.batches import EpochSampler
+
+
+def _frame(n: int = 3000, seed: int = 0, string_ids: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    key = rng.choice(400 * 150, size=n, replace=False)
+    frame = pd.DataFrame({"user": key // 150 + 1, "item": key % 150 + 1,
+                          "rating": rng.integers(1, 6, n).astype(float),
+                          "timestamp": rng.integers(0, 10**9, n)})
+    if string_ids:
+        frame["user"] = "u" + frame["user"].astype(str)
+    return frame
+
+
+@pytest.mark.parametrize("string_ids", [False, True])
+def test_owners_depend_only_on_the_id(string_ids):
+    ids = np.arange(1, 5001)
+    if string_ids:
+        ids = np.asarray([f"user-{i}" for i in ids], dtype=object)
+    owners = owner_of_ids(ids, 4)
+    assert owners.min() == 0 and owners.max() == 3
+    counts = np.bincount(owners, minlength=4)
+    assert counts.min() > 0.2 * len(ids)  # balanced, not by parity or by prefix
+    shuffled = np.random.default_rng(0).permutation(len(ids))
+    np.testing.assert_array_equal(owner_of_ids(ids[shuffled], 4), owners[shuffled])
+    if not string_ids:  # the integer width does not matter
+        np.testing.assert_array_equal(owner_of_ids(ids.astype(np.int32), 4), owners)
+    assert not owner_of_ids(ids, 1).any()
+
+
+def test_user_shards_partition_the_events_by_user():
+    data = random_interactions(n_users=80, n_items=30, density=0.3, seed=2)
+    shards = [user_shard(data, r, 3) for r in range(3)]
+    assert sum(len(s) for s in shards) == len(data)
+    users = [set(np.unique(s.user).tolist()) for s in shards]
+    assert not (users[0] & users[1]) and not (users[1] & users[2]) and not (users[0] & users[2])
+    for s in shards:  # a user's whole history is on one rank
+        assert s.users == data.users and s.items == data.items
+        for u in np.unique(s.user)[:10]:
+            assert (s.user == u).sum() == (data.user == u).sum()
+    with pytest.raises(ConfigError, match="rank"):
+        user_shard(data, 3, 3)
+
+
+@pytest.mark.parametrize("string_ids", [False, True])
+def test_streamed_parquet_shards_equal_shards_of_the_whole_file(tmp_path, string_ids):
+    frame = _frame(string_ids=string_ids)
+    p = tmp_path / "e.parquet"
+    frame.to_parquet(p, row_group_size=500)
+    whole = read_parquet(p)
+    for rank in range(2):
+        streamed = read_parquet(p, batch_rows=311, shard=(rank, 2))
+        expected = user_shard(whole, rank, 2)
+        # every rank knows every id, so indices mean the same on all ranks
+        assert streamed.users == whole.users and streamed.items == whole.items
+        np.testing.assert_array_equal(streamed.user, expected.user)
+        np.testing.assert_array_equal(streamed.item, expected.item)
+        np.testing.assert_array_equal(streamed.value, expected.value)
+        np.testing.assert_array_equal(streamed.timestamp, expected.timestamp)
+    # CSV through the same entry point (read, then filtered) agrees with Parquet
+    c = tmp_path / "e.csv"
+    frame.to_csv(c, index=False)
+    from_csv = read_interactions(c, shard=(1, 2))
+    np.testing.assert_array_equal(from_csv.user, user_shard(whole, 1, 2).user)
+
+
+def test_sharded_parquet_errors_still_name_the_file_row(tmp_path):
+    frame = pd.concat([_frame(1000), _frame(1000).iloc[[10]]], ignore_index=True)
+    p = tmp_path / "dup.parquet"
+    frame.to_parquet(p)
+    owner = owner_of_ids(frame["user"].to_numpy()[[10]], 2)[0]
+    with pytest.raises(DataError, match=r"first seen at row 11") as err:
+        read_parquet(p, batch_rows=64, shard=(int(owner), 2))
+    assert "row 1001" in str(err.value)
+
+
+def test_train_and_valid_files_are_sharded_alike(tmp_path):
+    frame = _frame(2000)
+    a, b = tmp_path / "train.csv", tmp_path / "valid.csv"
+    frame.iloc[:1500].to_csv(a, index=False)
+    frame.iloc[1500:].to_csv(b, index=False)
+    full = read_many([a, b])
+    for rank in range(2):
+        train, valid = read_many([a, b], shard=(rank, 2))
+        assert train.users == full[0].users
+        mine = set(np.unique(train.users.ids[train.user]).tolist())
+        theirs = set(np.unique(user_shard(full[0], 1 - rank, 2).users.ids[
+            user_shard(full[0], 1 - rank, 2).user]).tolist())
+        valid_users = set(np.unique(valid.users.ids[valid.user]).tolist())
+        assert not valid_users & theirs and not mine & theirs
+        assert len(valid) == len(user_shard(full[1], rank, 2))
+
+
+def test_a_local_shard_sampler_draws_only_its_own_events_with_equal_steps():
+    data = random_interactions(n_users=90, n_items=40, density=0.25, seed=4)
+    shards = [user_shard(data, r, 2) for r in range(2)]
+    smallest = min(len(s) for s in shards)
+    for rank, shard in enumerate(shards):
+        s = EpochSampler(shard, batch_size=64, n_negatives=2, shard=(rank, 2))
+        s.use_local_shard(smallest, item_counts=data.item_counts())
+        assert s.steps_per_epoch() == -(-smallest // 32)
+        batches = list(s.epoch(np.random.default_rng([5, 0])))
+        users = np.concatenate([b["users"].numpy() for b in batches])
+        assert len(users) == smallest
+        assert set(users.tolist()) <= set(np.unique(shard.user).tolist())
+        csr = shard.binary_csr  # the rank holds its users' whole history: exact exclusion
+        neg = np.concatenate([b["negatives"].numpy() for b in batches])
+        assert not np.asarray(csr[np.repeat(users, 2), neg.ravel()]).any()
+
