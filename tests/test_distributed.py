@@ -102,9 +102,10 @@ def test_two_processes_reach_single_process_quality(ml100k_split, tmp_path):
     env = dict(os.environ, RECFORGE_DIST_TIMEOUT="120", OMP_NUM_THREADS="1")
     subprocess.run([*RECFORGE, "train", "bpr", "--data", str(train), "--out", str(single),
                     *params], check=True, capture_output=True, timeout=300, env=env)
+    ckpt = tmp_path / "ckpt"
     proc = subprocess.run([*RECFORGE, "train", "bpr", "--data", str(train), "--out", str(ddp),
-                           "--nproc", "2", *params], capture_output=True, text=True,
-                          timeout=300, env=env)
+                           "--nproc", "2", "--checkpoint-dir", str(ckpt), "--keep-checkpoint",
+                           *params], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "in 2 processes (gloo)" in proc.stdout
     a, b = _ndcg(single, train, test), _ndcg(ddp, train, test)
@@ -118,6 +119,23 @@ def test_two_processes_reach_single_process_quality(ml100k_split, tmp_path):
     saved = Recommender.load(ddp)
     assert saved.seen_.nnz == len(tr) == int(Recommender.load(single).seen_.nnz)
     np.testing.assert_allclose(saved.item_popularity_, tr.item_counts())
+    # the user table stays on each rank during training; the checkpoint rank 0 wrote and the
+    # saved model both hold every owner's rows (no validation: the last epoch is the model)
+    import torch
+
+    checkpoint = torch.load(ckpt / "checkpoint.pt", weights_only=True)
+    users = saved.module_.state_dict()["user.weight"]
+    torch.testing.assert_close(checkpoint["module"]["user.weight"], users)
+    from recforge.data.sharding import owner_of_ids
+
+    # Adam's second moments of the user rows (parameter 0): rank 0 never saw a gradient
+    # for rank 1's users, so non-zero moments there came from rank 1 through the gather
+    rank1 = torch.from_numpy(owner_of_ids(saved.users_.ids, 2) == 1)
+    active = torch.from_numpy(tr.user_counts() > 0)
+    moments = checkpoint["optimizer"]["state"][0]["exp_avg_sq"]
+    assert moments.shape == users.shape
+    assert (moments[rank1 & active].sum(1) > 0).all()
+    assert (moments[~rank1 & active].sum(1) > 0).all()
 
 
 @pytest.mark.slow
