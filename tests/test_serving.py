@@ -154,6 +154,51 @@ def test_api_key(saved):
     assert c.get("/model", headers={"X-API-Key": "s3cret"}).status_code == 200
 
 
+def test_fast_path_answers_like_the_documented_route(saved, random_data):
+    """Well-formed per-user requests are answered before routing; the same request in a
+    form only FastAPI accepts (``include_seen=TRUE``, ``k=+5``) takes the route. Both must
+    give the same body, and the key is enforced on both."""
+    from recforge.serving import app as app_module
+
+    user = random_data.users.ids[4]
+    c = TestClient(create_app(saved[1], api_key="k3y"))
+    calls = []
+    original = app_module._FastRecommendations._params
+
+    def spy(self, scope):
+        found = original(self, scope)
+        calls.append(found is not None)
+        return found
+
+    key = {"X-API-Key": "k3y"}
+    app_module._FastRecommendations._params = spy
+    try:
+        for fast, slow in [(f"/users/{user}/recommendations?k=5&include_seen=true",
+                            f"/users/{user}/recommendations?k=5&include_seen=TRUE"),
+                           (f"/users/{user}/recommendations?k=7",
+                            f"/users/{user}/recommendations?k=+7"),
+                           ("/users/nobody/recommendations?explain=false",
+                            "/users/nobody/recommendations?explain=no")]:
+            calls.clear()
+            a = c.get(fast, headers=key)
+            b = c.get(slow, headers=key)
+            assert calls == [True, False], (fast, slow, calls)
+            assert a.status_code == b.status_code == 200
+            assert a.json() == b.json()
+            assert a.headers["content-type"] == "application/json"
+        calls.clear()
+        assert c.get(f"/users/{user}/recommendations?k=5").status_code == 401
+        assert c.get(f"/users/{user}/recommendations?k=5",
+                     headers={"X-API-Key": "k3z"}).status_code == 401
+        assert calls == [False, False]
+        assert c.get(f"/users/{user}/recommendations?k=5&k=6", headers=key).status_code == 200
+        assert calls[-1] is False  # repeated parameter: FastAPI decides
+    finally:
+        app_module._FastRecommendations._params = original
+    assert "/users/{user_id}/recommendations" in c.get("/openapi.json",
+                                                       headers=key).json()["paths"]
+
+
 def test_model_without_history_support(random_data, tmp_path):
     c = TestClient(create_app(create_model("pop").fit(random_data)))
     res = c.post("/recommendations", json={"history": [1, 2]})
