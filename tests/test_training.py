@@ -181,3 +181,24 @@ def test_max_steps_per_epoch_cuts_every_epoch_short(random_data):
     assert all(0 <= h["sampling_seconds"] <= h["seconds"] for h in model.history_)
     full = BPR(embedding_dim=8, epochs=1, batch_size=16, seed=0).fit(random_data)
     assert full.history_[0]["steps"] == -(-len(random_data) // 16) > 3
+
+
+def test_trainer_keeps_freed_memory_for_reuse_on_glibc():
+    """The allocator setting the trainer applies on CPU (large blocks reused instead of
+    unmapped and page-faulted again every step), and its opt-out; each in a fresh process
+    since it is process-wide."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    code = ("from recforge.training.trainer import retain_freed_memory as r; "
+            "print(r(), r())")
+
+    def run(**env):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, env={**os.environ, **env}).stdout.split()
+
+    assert run(RECFORGE_RETAIN_FREED_MEMORY="0") == ["False", "False"]
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert run() == ["True", "True"]
