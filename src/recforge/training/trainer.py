@@ -515,5 +515,7 @@ def _ddp_loss(model: GradientRecommender, device: torch.device, ignore: Sequence
     ddp = DistributedDataParallel(
         wrapper, device_ids=[device.index if device.index is not None
                              else torch.cuda.current_device()] if device.type == "cuda" else None,
-        find_unused_parameters=bool(getattr(model, "ddp_find_unused_parameters", False)))
+        find_unused_parameters=bool(getattr(model, "ddp_find_unused_parameters", False)),
+        # gradients live in DDP's communication buckets: no copy in and out every step
+        gradient_as_bucket_view=True)
     return ddp
