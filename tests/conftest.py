@@ -82,3 +82,17 @@ def fitted(request, random_data):
     """The model of a ModelConformance test class, fitted once per class (do not modify)."""
     suite = request.cls()
     return suite.fit_model(suite.make(), suite.training_data(random_data))
+
+
+def event_frame(n: int = 5000, seed: int = 0, string_ids: bool = False,
+                n_users: int = 300, n_items: int = 200) -> pd.DataFrame:
+    """A raw event table (user, item, rating, timestamp) of distinct (user, item) pairs,
+    ids from 1; ``string_ids`` makes user ids text."""
+    rng = np.random.default_rng(seed)
+    key = rng.choice(n_users * n_items, size=n, replace=False)
+    frame = pd.DataFrame({"user": key // n_items + 1, "item": key % n_items + 1,
+                          "rating": rng.integers(1, 6, n).astype(float),
+                          "timestamp": rng.integers(0, 10**9, n)})
+    if string_ids:
+        frame["user"] = "u" + frame["user"].astype(str)
+    return frame

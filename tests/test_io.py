@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import event_frame
 
 from recforge import DataError, Interactions
 from recforge.data.io import parse_columns, read_adjacency, read_csv, read_interactions, read_many
@@ -195,21 +196,9 @@ def test_from_frame_rows_named(small_frame):
 
 # ---------------------------------------------------------------------------------------
 # streaming Parquet reads
-def _events(n: int = 5000, seed: int = 0, string_ids: bool = False) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    key = rng.choice(300 * 200, size=n, replace=False)  # distinct (user, item) pairs
-    user, item = key // 200 + 1, key % 200 + 1
-    frame = pd.DataFrame({"user": user, "item": item,
-                          "rating": rng.integers(1, 6, n).astype(float),
-                          "timestamp": rng.integers(0, 10**9, n)})
-    if string_ids:
-        frame["user"] = "u" + frame["user"].astype(str)
-    return frame
-
-
 @pytest.mark.parametrize("string_ids", [False, True])
 def test_streaming_parquet_equals_an_in_memory_read(tmp_path, string_ids):
-    frame = _events(string_ids=string_ids)
+    frame = event_frame(string_ids=string_ids)
     p = tmp_path / "e.parquet"
     frame.to_parquet(p, row_group_size=700)
     from recforge.data.io import read_parquet
@@ -227,7 +216,7 @@ def test_streaming_parquet_equals_an_in_memory_read(tmp_path, string_ids):
 def test_streaming_parquet_errors_name_the_row_in_a_later_batch(tmp_path):
     from recforge.data.io import read_parquet
 
-    frame = _events(1000)
+    frame = event_frame(1000)
     frame["rating"] = frame["rating"].astype(object)
     frame.loc[876, "rating"] = "five"
     p = tmp_path / "bad.parquet"
@@ -236,7 +225,7 @@ def test_streaming_parquet_errors_name_the_row_in_a_later_batch(tmp_path):
         read_parquet(p, batch_rows=100)
     assert "'five' is not a number" in str(err.value) and "bad.parquet" in str(err.value)
 
-    dup = pd.concat([_events(1000), _events(1000).iloc[[10]]], ignore_index=True)
+    dup = pd.concat([event_frame(1000), event_frame(1000).iloc[[10]]], ignore_index=True)
     dup.to_parquet(p)
     with pytest.raises(DataError, match=r"duplicate .* first seen at row 11") as err:
         read_parquet(p, batch_rows=64)
@@ -247,7 +236,7 @@ def test_streaming_parquet_errors_name_the_row_in_a_later_batch(tmp_path):
 def test_streaming_parquet_with_a_given_vocabulary(tmp_path):
     from recforge.data.io import read_parquet
 
-    frame = _events(2000)
+    frame = event_frame(2000)
     p = tmp_path / "e.parquet"
     frame.to_parquet(p)
     base = read_parquet(p)

@@ -5,23 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import random_interactions
+from conftest import event_frame, random_interactions
 
 from recforge.data.io import read_interactions, read_many, read_parquet
 from recforge.data.sharding import owner_of_ids, user_shard
 from recforge.errors import ConfigError, DataError
 from recforge.training.batches import EpochSampler
-
-
-def _frame(n: int = 3000, seed: int = 0, string_ids: bool = False) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    key = rng.choice(400 * 150, size=n, replace=False)
-    frame = pd.DataFrame({"user": key // 150 + 1, "item": key % 150 + 1,
-                          "rating": rng.integers(1, 6, n).astype(float),
-                          "timestamp": rng.integers(0, 10**9, n)})
-    if string_ids:
-        frame["user"] = "u" + frame["user"].astype(str)
-    return frame
 
 
 @pytest.mark.parametrize("string_ids", [False, True])
@@ -56,7 +45,7 @@ def test_user_shards_partition_the_events_by_user():
 
 @pytest.mark.parametrize("string_ids", [False, True])
 def test_streamed_parquet_shards_equal_shards_of_the_whole_file(tmp_path, string_ids):
-    frame = _frame(string_ids=string_ids)
+    frame = event_frame(3000, string_ids=string_ids, n_users=400, n_items=150)
     p = tmp_path / "e.parquet"
     frame.to_parquet(p, row_group_size=500)
     whole = read_parquet(p)
@@ -77,7 +66,8 @@ def test_streamed_parquet_shards_equal_shards_of_the_whole_file(tmp_path, string
 
 
 def test_sharded_parquet_errors_still_name_the_file_row(tmp_path):
-    frame = pd.concat([_frame(1000), _frame(1000).iloc[[10]]], ignore_index=True)
+    events = event_frame(1000, n_users=400, n_items=150)
+    frame = pd.concat([events, events.iloc[[10]]], ignore_index=True)
     p = tmp_path / "dup.parquet"
     frame.to_parquet(p)
     owner = owner_of_ids(frame["user"].to_numpy()[[10]], 2)[0]
@@ -87,7 +77,7 @@ def test_sharded_parquet_errors_still_name_the_file_row(tmp_path):
 
 
 def test_train_and_valid_files_are_sharded_alike(tmp_path):
-    frame = _frame(2000)
+    frame = event_frame(2000, n_users=400, n_items=150)
     a, b = tmp_path / "train.csv", tmp_path / "valid.csv"
     frame.iloc[:1500].to_csv(a, index=False)
     frame.iloc[1500:].to_csv(b, index=False)

@@ -8,9 +8,9 @@ A subclass declares its hyperparameters in ``__init__`` (the common ones are lis
 * ``_loss(batch)`` -> scalar tensor, for a batch from :class:`EpochSampler`;
 * ``_score_users(users)`` -> ``[B, n_items]`` on the model's device;
 * optionally ``_setup(train)`` (statistics such as the global mean rating, saved through
-  ``_extra``; read them from ``self._stats``, a :class:`DataStats` that covers every rank's
-  events when each DDP rank holds only its users' shard), ``_prepare_scoring()`` (e.g. cache propagated embeddings) and
-  ``_item_embeddings()``.
+  ``_extra``; read counts and value statistics from ``self._stats``, a :class:`DataStats`
+  that covers every rank's events when each DDP rank holds only its users' shard),
+  ``_prepare_scoring()`` (e.g. cache propagated embeddings) and ``_item_embeddings()``.
 
 The trainer, the sampler, persistence and scoring on CPU are handled here.
 """
@@ -226,12 +226,13 @@ class GradientRecommender(Recommender):
             # One GPU per process: the one the launcher's LOCAL_RANK selected.
             self.device_ = torch.device("cuda", torch.cuda.current_device())
         sharded = bool(options.get("sharded", False))
-        if sharded:
-            if not self.supports_sharded_data:
-                raise ConfigError(f"{self.name} reads the whole interaction graph in every "
-                                  "step: every rank needs all events (do not shard its data)")
-            self._share_data_facts(train)
+        if sharded and not self.supports_sharded_data:
+            raise ConfigError(f"{self.name} reads the whole interaction graph in every "
+                              "step: every rank needs all events (do not shard its data)")
         self._stats = DataStats.of(train, sharded=sharded, device=self._collective_device())
+        if sharded:  # what Recommender.fit took from this rank's events, for all ranks
+            self.item_popularity_ = self._stats.item_counts.astype(np.float32)
+            self._combine_fingerprints()
         self._setup(train)
         self.module_ = self._build().to(self.device_)
         trainer = Trainer(
@@ -264,15 +265,10 @@ class GradientRecommender(Recommender):
             return self.device_
         return torch.device("cpu")
 
-    def _share_data_facts(self, train: Interactions) -> None:
-        """Make the attributes :meth:`Recommender.fit` took from ``train`` describe the
-        events of all ranks: item popularity summed, one fingerprint of every shard."""
+    def _combine_fingerprints(self) -> None:
+        """One training-data fingerprint of every rank's shard (checkpoints, meta.json)."""
         import torch.distributed as dist
 
-        pop = torch.from_numpy(self.item_popularity_.astype(np.float64)).to(
-            self._collective_device())
-        dist.all_reduce(pop)
-        self.item_popularity_ = pop.cpu().numpy().astype(np.float32)
         prints: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(prints, self.train_fingerprint_)
         self.train_fingerprint_ = hashlib.sha256("|".join(prints).encode()).hexdigest()[:16]
