@@ -148,12 +148,12 @@ def test_sharded_ratings_validate_over_all_ranks(tmp_path):
     train, valid = tmp_path / "train.csv", tmp_path / "valid.csv"
     split.train.to_frame().to_csv(train, index=False)
     split.test.to_frame().to_csv(valid, index=False)
-    out = tmp_path / "mf"
+    out, ckpt = tmp_path / "mf", tmp_path / "ckpt"
     env = dict(os.environ, RECFORGE_DIST_TIMEOUT="120", OMP_NUM_THREADS="1")
     proc = subprocess.run([*RECFORGE, "train", "mf", "--data", str(train), "--valid",
                            str(valid), "--out", str(out), "--nproc", "2", "-p", "epochs=4",
-                           "--seed", "0"], capture_output=True, text=True, timeout=300,
-                          env=env)
+                           "--seed", "0", "--checkpoint-dir", str(ckpt), "--keep-checkpoint"],
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = Recommender.load(out)
     values = split.train.value
@@ -165,6 +165,13 @@ def test_sharded_ratings_validate_over_all_ranks(tmp_path):
     whole = evaluate(model, tr, va, metrics="rmse")["RMSE"]
     best = model.history_[model.best_epoch_ - 1]
     assert best["rmse"] == pytest.approx(whole, rel=1e-4)
+    # the checkpoint's best-epoch weights (what a resumed run restores) hold every rank's
+    # users, equal to the model's own
+    import torch
+
+    saved_best = torch.load(ckpt / "checkpoint.pt", weights_only=True)["best"]
+    for name in ("user.weight", "user_bias.weight"):
+        torch.testing.assert_close(saved_best[name], model.module_.state_dict()[name])
 
 
 @pytest.mark.slow

@@ -339,7 +339,7 @@ class Trainer:
                 self._log_epoch(record, bar)
                 if self.checkpoint_dir is not None:
                     if local is not None:  # every rank's rows into the checkpoint
-                        local.gather(opt)
+                        local.gather(opt, best_weights)
                     if self.is_main:
                         self._save_checkpoint(signature, module, opt, sched, state,
                                               best_weights)
@@ -495,13 +495,19 @@ class _LocalUserTables:
                 dist.all_reduce(cpu)
                 t.copy_(cpu)
 
-    def gather(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        for p in self.params:
+    def gather(self, optimizer: torch.optim.Optimizer | None = None,
+               best: dict[str, torch.Tensor] | None = None) -> None:
+        """Every owner's rows into every rank's copy: the tables, and, when given, the
+        optimizer's per-row state and the best epoch's saved weights (which a resumed run
+        restores at its end)."""
+        for name, p in zip(self.names, self.params, strict=True):
             self._gather_tensor(p.data)
             if optimizer is not None:
                 for value in optimizer.state.get(p, {}).values():
                     if torch.is_tensor(value) and value.shape == p.shape:
                         self._gather_tensor(value)
+            if best is not None and name in best:
+                self._gather_tensor(best[name])
 
 
 def _ddp_loss(model: GradientRecommender, device: torch.device, ignore: Sequence[str] = ()
