@@ -268,3 +268,17 @@ def test_generated_scale_data_has_the_requested_shape(tmp_path):
                                     n_interactions=150_000, block_users=512, seed=4)
     assert again["events"] == info["events"]
     assert (tmp_path / "t.parquet").read_bytes() == p.read_bytes()
+
+
+def test_integer_vocabulary_treats_huge_numbers_as_unknown_ids():
+    import warnings
+
+    from recforge.data.vocabulary import Vocabulary
+
+    vocab, _ = Vocabulary.from_values(np.asarray([2, 5, -(2**63)], dtype=np.int64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow in a cast
+        idx = vocab.index(np.asarray(["5", "1e30", str(2**70), "-1e19", "2.0", "x"],
+                                     dtype=object))
+    # 1e30 and 2**70 do not fit in int64: unknown, never wrapped onto another id
+    assert idx.tolist() == [2, -1, -1, -1, 1, -1]

@@ -99,7 +99,9 @@ class Vocabulary:
                 return arr.astype(np.int64, copy=False), None
             num = pd.to_numeric(pd.Series(arr, dtype=object), errors="coerce").to_numpy(
                 dtype=np.float64, na_value=np.nan)
-            ok = np.isfinite(num) & (num == np.round(num))
+            # integral and within int64 (a larger number can only be an unknown id; casting
+            # it would wrap around to some other id)
+            ok = np.isfinite(num) & (num == np.round(num)) & (np.abs(num) < 2.0**63)
             out = np.zeros(arr.size, dtype=np.int64)
             out[ok] = num[ok].astype(np.int64)
             return out, ok
