@@ -282,3 +282,7 @@ def test_integer_vocabulary_treats_huge_numbers_as_unknown_ids():
                                      dtype=object))
     # 1e30 and 2**70 do not fit in int64: unknown, never wrapped onto another id
     assert idx.tolist() == [2, -1, -1, -1, 1, -1]
+    # ids beyond 2**53 given as text are matched exactly (float64 would round them)
+    big, _ = Vocabulary.from_values(np.asarray([9007199254740993, 2**62 + 1], dtype=np.int64))
+    assert big.index(np.asarray(["9007199254740993", str(2**62 + 1), "9007199254740992"],
+                                dtype=object)).tolist() == [0, 1, -1]

@@ -103,7 +103,20 @@ class Vocabulary:
             # it would wrap around to some other id)
             ok = np.isfinite(num) & (num == np.round(num)) & (np.abs(num) < 2.0**63)
             out = np.zeros(arr.size, dtype=np.int64)
-            out[ok] = num[ok].astype(np.int64)
+            # float64 holds integers exactly only up to 2**53: larger ones (e.g. 64-bit
+            # snowflake ids sent as text) are parsed again, exactly, one by one
+            big = ok & (np.abs(num) >= 2.0**53)
+            small = ok & ~big
+            out[small] = num[small].astype(np.int64)
+            for j in np.flatnonzero(big):
+                try:
+                    value = int(str(arr[j]).strip())
+                except ValueError:  # integral but written as a float ("1e17")
+                    value = int(num[j])
+                if -(2**63) <= value < 2**63:
+                    out[j] = value
+                else:
+                    ok[j] = False
             return out, ok
         if arr.dtype == object and all(isinstance(v, str) for v in arr[:1]):
             return arr, None
