@@ -229,7 +229,10 @@ class GradientRecommender(Recommender):
         if sharded and not self.supports_sharded_data:
             raise ConfigError(f"{self.name} reads the whole interaction graph in every "
                               "step: every rank needs all events (do not shard its data)")
-        self._stats = DataStats.of(train, sharded=sharded, device=self._collective_device())
+        from recforge.training.distributed import collective_device
+
+        self._stats = DataStats.of(train, sharded=sharded,
+                                   device=collective_device(self.device_))
         if sharded:  # what Recommender.fit took from this rank's events, for all ranks
             self.item_popularity_ = self._stats.item_counts.astype(np.float32)
             self._combine_fingerprints()
@@ -258,13 +261,6 @@ class GradientRecommender(Recommender):
 
     # ----------------------------------------------------------------------------------
     # data sharded by user across DDP ranks
-    def _collective_device(self) -> torch.device:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
-            return self.device_
-        return torch.device("cpu")
-
     def _combine_fingerprints(self) -> None:
         """One training-data fingerprint of every rank's shard (checkpoints, meta.json)."""
         import torch.distributed as dist

@@ -56,6 +56,8 @@ class EpochSampler:
         self.items = torch.from_numpy(data.item.astype(np.int32))
         self.values = torch.from_numpy(data.values_or_ones().astype(np.float32))
         self.n_events = len(data)
+        #: Set by :meth:`use_local_shard`: the number of this rank's own events per epoch.
+        self._local_size: int | None = None
         self._positives: sp.csr_matrix | None = None
         self._lookup: PositiveLookup | None = None
         self._popularity: np.ndarray | None = None
@@ -77,7 +79,6 @@ class EpochSampler:
         size, so that every rank takes the same number of steps; a larger shard leaves out
         a different few events each epoch). ``item_counts`` (summed over the ranks) sets
         the popularity of popularity-based negative sampling."""
-        self._local = True
         self._local_size = max(1, min(int(events_per_rank), self.n_events))
         if item_counts is not None and self._popularity is not None:
             counts = np.asarray(item_counts, dtype=np.float64)
@@ -85,7 +86,7 @@ class EpochSampler:
                                 else (counts > 0).astype(np.float64))
 
     def _shard_size(self) -> int:
-        if getattr(self, "_local", False):
+        if self._local_size is not None:
             return self._local_size
         # Every rank gets the same number of events (the epoch's last n mod world events
         # are left out, a different few each epoch), so every rank takes the same number of
@@ -96,15 +97,15 @@ class EpochSampler:
         return max(1, -(-self._shard_size() // self.batch_size))
 
     def epoch(self, rng: np.random.Generator) -> Iterator[Batch]:
-        if getattr(self, "_local", False):  # this rank's own events; its own draws
+        if self._local_size is not None:  # this rank's own events, its own draws
             rng = np.random.default_rng([int(rng.integers(2**62)), self.rank])
             perm = rng.permutation(self.n_events)[:self._local_size]
         else:
             perm = rng.permutation(self.n_events)
-        if self.world > 1 and not getattr(self, "_local", False):
-            perm = perm[self.rank::self.world][:self._shard_size()]
-            # The permutation is shared; the negatives must not be.
-            rng = np.random.default_rng([int(rng.integers(2**62)), self.rank])
+            if self.world > 1:
+                perm = perm[self.rank::self.world][:self._shard_size()]
+                # The permutation is shared; the negatives must not be.
+                rng = np.random.default_rng([int(rng.integers(2**62)), self.rank])
         perm_t = torch.from_numpy(perm)
         users = self.users[perm_t]
         items = self.items[perm_t]

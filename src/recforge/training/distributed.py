@@ -32,7 +32,7 @@ import torch.distributed as dist
 from recforge.errors import ConfigError
 
 __all__ = ["DistributedContext", "init_from_environment", "shutdown", "launch",
-           "broadcast_float", "all_reduce_sum", "DEFAULT_TIMEOUT_S"]
+           "broadcast_float", "all_reduce_sum", "collective_device", "DEFAULT_TIMEOUT_S"]
 
 #: Seconds a collective may wait for a peer before the job fails (``RECFORGE_DIST_TIMEOUT``).
 DEFAULT_TIMEOUT_S = 600
@@ -116,6 +116,13 @@ def shutdown() -> None:
 def active() -> bool:
     """True inside an initialised process group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def collective_device(device: torch.device) -> torch.device:
+    """Where tensors for a collective must live: the GPU under NCCL, else the CPU (gloo)."""
+    if active() and dist.get_backend() == "nccl":
+        return device
+    return torch.device("cpu")
 
 
 def broadcast_float(value: float, src: int = 0, device: torch.device | None = None) -> float:

@@ -230,7 +230,10 @@ class Trainer:
         if self.sharded_data:
             import torch.distributed as dist
 
-            n = torch.tensor([len(train)], dtype=torch.int64, device=self._collective_device())
+            from recforge.training.distributed import collective_device
+
+            n = torch.tensor([len(train)], dtype=torch.int64,
+                             device=collective_device(self.device))
             dist.all_reduce(n, op=dist.ReduceOp.MIN)
             stats = getattr(model, "_stats", None)
             sampler.use_local_shard(int(n.item()),
@@ -305,7 +308,7 @@ class Trainer:
                 if sched is not None:
                     sched.step()
                 if self.world > 1:  # the epoch's mean loss over all ranks
-                    from recforge.training.distributed import all_reduce_sum
+                    from recforge.training.distributed import all_reduce_sum, collective_device
 
                     total, count = all_reduce_sum([total, count], self.device)
                 record: dict[str, Any] = {
@@ -368,9 +371,6 @@ class Trainer:
         value = float(next(iter(result.summary.values())))
         return -value if Metric.parse(self.valid_metric).kind == "rating" else value
 
-    def _collective_device(self) -> torch.device:
-        return self.device if self.device.type == "cuda" else torch.device("cpu")
-
     def _validate_sharded(self, model: GradientRecommender, train: Interactions,
                           valid: Interactions) -> float:
         """The validation metric over every rank's users: each rank evaluates the users it
@@ -378,7 +378,7 @@ class Trainer:
         per-user metrics are averaged over all users, RMSE / MAE over all events."""
         from recforge.evaluation import evaluate
         from recforge.evaluation.metrics import Metric
-        from recforge.training.distributed import all_reduce_sum
+        from recforge.training.distributed import all_reduce_sum, collective_device
 
         model.module_.eval()
         model._prepare_scoring()
@@ -391,7 +391,8 @@ class Trainer:
         name = Metric.parse(self.valid_metric).name if kind == "rating" else ""
         if name == "rmse":  # combine mean squared errors
             value = value * value
-        total, weights = all_reduce_sum([value * weight, weight], self._collective_device())
+        total, weights = all_reduce_sum([value * weight, weight],
+                                        collective_device(self.device))
         combined = total / max(weights, 1e-12)
         if name == "rmse":
             combined = math.sqrt(combined)
