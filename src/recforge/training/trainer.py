@@ -310,7 +310,8 @@ class Trainer:
                 if self.world > 1:  # the epoch's mean loss over all ranks
                     from recforge.training.distributed import all_reduce_sum, collective_device
 
-                    total, count = all_reduce_sum([total, count], self.device)
+                    total, count = all_reduce_sum([total, count],
+                                                  collective_device(self.device))
                 record: dict[str, Any] = {
                     "epoch": epoch + 1, "loss": total / max(1, count),
                     "seconds": round(time.perf_counter() - t0, 4),
@@ -322,10 +323,13 @@ class Trainer:
                     elif self.world > 1:
                         # Rank 0 evaluates; every rank takes its figure, so every rank makes
                         # the same early-stopping decision and they stop together.
-                        from recforge.training.distributed import broadcast_float
+                        from recforge.training.distributed import (
+                            broadcast_float,
+                            collective_device,
+                        )
 
                         local = self._validate(model, train, valid) if self.is_main else 0.0
-                        metric = broadcast_float(local, device=self.device)
+                        metric = broadcast_float(local, device=collective_device(self.device))
                     else:
                         metric = self._validate(model, train, valid)
                     record[self.valid_metric] = abs(metric) if metric < 0 else metric
