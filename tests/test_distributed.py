@@ -175,6 +175,26 @@ def test_sharded_ratings_validate_over_all_ranks(tmp_path):
 
 
 @pytest.mark.slow
+def test_unsharded_model_validates_and_checkpoints_under_ddp(ml100k_split, tmp_path):
+    """lightgcn reads all events on every rank: rank 0 validates and broadcasts its figure,
+    and every epoch writes a checkpoint (this path once crashed after the first epoch)."""
+    train, test = ml100k_split
+    out, ckpt = tmp_path / "lightgcn", tmp_path / "ckpt"
+    env = dict(os.environ, RECFORGE_DIST_TIMEOUT="120", OMP_NUM_THREADS="1")
+    proc = subprocess.run([*RECFORGE, "train", "lightgcn", "--data", str(train), "--valid",
+                           str(test), "--out", str(out), "--nproc", "2", "-p", "epochs=2",
+                           "-p", "n_layers=1", "--seed", "0", "--checkpoint-dir", str(ckpt),
+                           "--keep-checkpoint"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = Recommender.load(out)
+    assert [r["epoch"] for r in model.history_] == [1, 2]
+    assert all(r["ndcg@20"] > 0 for r in model.history_)
+    log = [json.loads(line) for line in (ckpt / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+
+
+@pytest.mark.slow
 def test_a_killed_rank_fails_the_whole_job(ml100k_split, tmp_path):
     psutil = pytest.importorskip("psutil")
     train, _ = ml100k_split

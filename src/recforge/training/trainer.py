@@ -257,13 +257,13 @@ class Trainer:
         # owns: those tables stay local (DDP neither broadcasts nor all-reduces them, which
         # removes most of the bytes each step sends), and are gathered when a checkpoint
         # or the final model needs every row.
-        local = _LocalUserTables(model, self.rank, self.world) if self.sharded_data else None
+        user_tables = _LocalUserTables(model, self.rank, self.world) if self.sharded_data else None
         # Under DDP the loss is computed through the wrapper, whose backward pass averages
         # the gradients over all ranks (and whose construction copies rank 0's weights).
         compute_loss = model._loss
         if self.world > 1:
             compute_loss = _ddp_loss(model, self.device,
-                                     ignore=local.names if local is not None else ())
+                                     ignore=user_tables.names if user_tables is not None else ())
 
         steps = sampler.steps_per_epoch()
         if self.max_steps_per_epoch is not None:
@@ -295,8 +295,8 @@ class Trainer:
                         loss = compute_loss(batch)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
-                        if local is not None:
-                            local.scale_gradients()
+                        if user_tables is not None:
+                            user_tables.scale_gradients()
                         model._after_backward()
                         if self.max_grad_norm is not None:
                             torch.nn.utils.clip_grad_norm_(module.parameters(), self.max_grad_norm)
@@ -328,8 +328,8 @@ class Trainer:
                             collective_device,
                         )
 
-                        local = self._validate(model, train, valid) if self.is_main else 0.0
-                        metric = broadcast_float(local, device=collective_device(self.device))
+                        mine = self._validate(model, train, valid) if self.is_main else 0.0
+                        metric = broadcast_float(mine, device=collective_device(self.device))
                     else:
                         metric = self._validate(model, train, valid)
                     record[self.valid_metric] = abs(metric) if metric < 0 else metric
@@ -345,8 +345,8 @@ class Trainer:
                 state.epoch = epoch + 1
                 self._log_epoch(record, bar)
                 if self.checkpoint_dir is not None:
-                    if local is not None:  # every rank's rows into the checkpoint
-                        local.gather(opt, best_weights)
+                    if user_tables is not None:  # every rank's rows into the checkpoint
+                        user_tables.gather(opt, best_weights)
                     if self.is_main:
                         self._save_checkpoint(signature, module, opt, sched, state,
                                               best_weights)
@@ -359,8 +359,8 @@ class Trainer:
             module.load_state_dict(best_weights)
             log.info("restored the weights of epoch %d (%s %.4f)", state.best_epoch,
                      self.valid_metric, state.best_metric)
-        if local is not None:  # the trained model has every user's row on every rank
-            local.gather()
+        if user_tables is not None:  # the trained model has every user's row on every rank
+            user_tables.gather()
         return state
 
     def _validate(self, model: GradientRecommender, train: Interactions,
