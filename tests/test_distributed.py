@@ -190,6 +190,11 @@ def test_unsharded_model_validates_and_checkpoints_under_ddp(ml100k_split, tmp_p
     model = Recommender.load(out)
     assert [r["epoch"] for r in model.history_] == [1, 2]
     assert all(r["ndcg@20"] > 0 for r in model.history_)
+    # "steps" counts one rank's optimizer steps (each rank takes half of the global batch
+    # and half of the events), not their sum over the ranks
+    (tr,) = read_many([train])
+    per_rank = -(-(len(tr) // 2) // (model.batch_size // 2))
+    assert [r["steps"] for r in model.history_] == [per_rank, per_rank]
     log = [json.loads(line) for line in (ckpt / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
 

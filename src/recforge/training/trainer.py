@@ -307,6 +307,7 @@ class Trainer:
                             bar.update(1)
                 if sched is not None:
                     sched.step()
+                steps_taken = count  # optimizer steps (every rank takes as many)
                 if self.world > 1:  # the epoch's mean loss over all ranks
                     from recforge.training.distributed import all_reduce_sum, collective_device
 
@@ -316,7 +317,7 @@ class Trainer:
                     "epoch": epoch + 1, "loss": total / max(1, count),
                     "seconds": round(time.perf_counter() - t0, 4),
                     "sampling_seconds": round(first_batch or 0.0, 4),
-                    "steps": int(count), "lr": opt.param_groups[0]["lr"]}
+                    "steps": int(steps_taken), "lr": opt.param_groups[0]["lr"]}
                 if valid is not None and (epoch + 1) % self.eval_every == 0:
                     if self.sharded_data:  # each rank its own users, combined
                         metric = self._validate_sharded(model, train, valid)
