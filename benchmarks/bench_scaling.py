@@ -1,7 +1,7 @@
 """How time and memory grow with data: loading and one epoch of training at 1M-20M events.
 
     .venv/bin/python benchmarks/bench_scaling.py [--sizes 1M,5M,20M]
-        [--models mf,bpr,als,lightgcn] [--nproc 1,2] [--cache DIR] [--out FILE]
+        [--models mf,bpr,als,lightgcn] [--nproc 1,2] [--only RUNS] [--merge] [--cache DIR] [--out FILE]
 
 For each size, a synthetic log (``write_synthetic_parquet``: 27K items, users in
 proportion, ML-20M at 20M) is generated once into ``--cache`` (default
@@ -201,6 +201,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="1M,5M,20M")
     parser.add_argument("--models", default="mf,bpr,als,lightgcn")
     parser.add_argument("--nproc", default="1,2")
+    parser.add_argument("--only", default=None,
+                        help="Measure only these runs, e.g. '2' or 'load,1,1t' (load: reading "
+                             "the file; 1: one process; 1t: one process with one thread; N: "
+                             "N processes); default: all.")
+    parser.add_argument("--merge", action="store_true",
+                        help="Add the new rows to --out's earlier rows (replacing rows of "
+                             "the same size, task and run) instead of starting afresh.")
     parser.add_argument("--cache", type=Path,
                         default=Path(tempfile.gettempdir()) / "recforge-scale")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/scaling.json")
@@ -237,14 +244,18 @@ def main() -> None:
                          "seconds": info["seconds"], "events": info["events"],
                          "file_mb": round(info["bytes"] / 1e6, 1)})
             console.print(f"generated {info['events']:,} events in {info['seconds']}s")
-        res = run_worker(["--worker", "load", str(path)])
-        rows.append({"size": size, "task": "load", "nproc": 1, **res})
-        console.print(f"{size:,}: load {res['seconds']}s, peak {res['peak_rss_mb']:.0f} MB")
+        if args.only is None or "load" in args.only.split(","):
+            res = run_worker(["--worker", "load", str(path)])
+            rows.append({"size": size, "task": "load", "nproc": 1, **res})
+            console.print(f"{size:,}: load {res['seconds']}s, peak {res['peak_rss_mb']:.0f} MB")
         for model in models:
             # 1 process with all cores; 1 process with one thread (the resources of one
             # DDP rank here); then N processes.
             configs = [(1, None)] + ([(1, 1)] if max(nprocs) > 1 and model != "als" else [])
             configs += [(n, None) for n in nprocs if n > 1 and model != "als"]
+            if args.only is not None:
+                wanted = {c.strip() for c in args.only.split(",")}
+                configs = [(n, t) for n, t in configs if f"{n}{'t' if t else ''}" in wanted]
             for nproc, threads in configs:
                 res = run_worker(["--worker", "train", str(path), model], nproc=nproc,
                                  threads=threads)
@@ -255,6 +266,17 @@ def main() -> None:
                               f"{' (projected)' if res['projected'] else ''}, "
                               f"{res['samples_per_s_per_process']:,} samples/s/process, "
                               f"peak {res['peak_rss_mb']:.0f} MB")
+
+    if args.merge and earlier is None and args.out.exists():
+        def key(r: dict[str, Any]) -> tuple[Any, ...]:
+            return r["size"], r["task"], r["nproc"], r.get("one_thread", False)
+
+        today = time.strftime("%Y-%m-%d")
+        for r in rows:
+            r.setdefault("measured", today)
+        fresh = {key(r): r for r in rows}
+        merged = [fresh.pop(key(r), r) for r in json.loads(args.out.read_text())["rows"]]
+        rows = merged + list(fresh.values())  # replaced in place; new kinds at the end
 
     # Scaling efficiency of DDP and the growth exponents.
     by = {(r["size"], r["task"], r["nproc"], r.get("one_thread", False)): r for r in rows}

@@ -174,6 +174,78 @@ def test_sharded_ratings_validate_over_all_ranks(tmp_path):
         torch.testing.assert_close(saved_best[name], model.module_.state_dict()[name])
 
 
+_RESUME_SCRIPT = """
+import sys
+from recforge.data.io import read_many
+from recforge.models import create_model
+from recforge.training import distributed
+
+ctx = distributed.init_from_environment(device="cpu")
+ckpt, out, crash = sys.argv[1], sys.argv[2], sys.argv[3] == "crash"
+train, valid = read_many([sys.argv[4], sys.argv[5]], shard=ctx.shard)
+model = create_model(sys.argv[6], embedding_dim=8, epochs=5, batch_size=128, seed=2,
+                     learning_rate=0.02, valid_metric=sys.argv[7])
+tables = []
+
+def callback(record):
+    tables.append(model.module_.user.weight.shape[0])
+    if crash and record["epoch"] == 3:
+        raise SystemExit("crash after epoch 3")
+
+model.fit(train, valid, distributed=ctx.shard, sharded=True, checkpoint_dir=ckpt,
+          resume=True, epoch_callback=callback)
+print(f"rank {ctx.rank} user rows while training {set(tables)} of {model.n_users}")
+if ctx.is_main:
+    model.save(out)
+distributed.shutdown()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "metric"), [("bpr", "ndcg@10"), ("mf", "rmse")])
+def test_sharded_resume_matches_uninterrupted(tmp_path, model, metric):
+    """Each rank trains a compact table of its own users; a checkpoint holds every rank's
+    rows and optimizer moments, so a job stopped after epoch 3 and resumed ends with the
+    same model as a job never stopped (also its best epoch's weights, chosen on
+    validation)."""
+    import torch
+    from conftest import event_frame
+
+    frame = event_frame(4000, seed=5)
+    train, valid = tmp_path / "train.csv", tmp_path / "valid.csv"
+    frame.iloc[:3400].to_csv(train, index=False)
+    frame.iloc[3400:].to_csv(valid, index=False)
+    script = tmp_path / "job.py"
+    script.write_text(_RESUME_SCRIPT)
+    env = dict(os.environ, RECFORGE_DIST_TIMEOUT="60", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(sys.path))
+
+    def job(ckpt: Path, out: Path, crash: bool) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               "--nproc-per-node", "2", str(script), str(ckpt), str(out),
+                               "crash" if crash else "-", str(train), str(valid), model,
+                               metric], capture_output=True, text=True, timeout=300, env=env)
+
+    stopped = job(tmp_path / "a", tmp_path / "model-a", crash=True)
+    assert stopped.returncode != 0 and "crash after epoch 3" in stopped.stderr
+    resumed = job(tmp_path / "a", tmp_path / "model-a", crash=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    clean = job(tmp_path / "b", tmp_path / "model-b", crash=False)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    a, b = Recommender.load(tmp_path / "model-a"), Recommender.load(tmp_path / "model-b")
+    drop = ("seconds", "sampling_seconds")
+    assert ([{k: v for k, v in r.items() if k not in drop} for r in a.history_]
+            == [{k: v for k, v in r.items() if k not in drop} for r in b.history_])
+    for name, value in b.module_.state_dict().items():
+        torch.testing.assert_close(a.module_.state_dict()[name], value, rtol=0, atol=0)
+    # during training a rank's user table held only its own users' rows
+    n_users = a.n_users
+    rows = [line for line in clean.stdout.splitlines() if "user rows while training" in line]
+    assert len(rows) == 2 and all(f"of {n_users}" in line for line in rows)
+    sizes = sorted(int(line.split("{")[1].split("}")[0]) for line in rows)
+    assert sum(sizes) == n_users and 0 < sizes[0] < n_users
+
+
 @pytest.mark.slow
 def test_unsharded_model_validates_and_checkpoints_under_ddp(ml100k_split, tmp_path):
     """lightgcn reads all events on every rank: rank 0 validates and broadcasts its figure,

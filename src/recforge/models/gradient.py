@@ -98,6 +98,12 @@ class GradientRecommender(Recommender):
     #: true for models whose loss reads only a batch's events; false for models that read
     #: the whole interaction graph (LightGCN).
     supports_sharded_data: ClassVar[bool] = True
+    #: Whether the tables of :meth:`_user_parameter_names` are ``nn.Embedding`` weights that
+    #: training and scoring read only by calling the embedding with user indices (never
+    #: the ``.weight`` whole). Then, with data sharded by user, each DDP rank trains a
+    #: compact table of its own users' rows (the trainer maps user indices through the
+    #: embedding's input), so no rank passes over every user's row each step.
+    user_tables_read_by_lookup: ClassVar[bool] = True
 
     # ----------------------------------------------------------------------------------
     def fit(self, train: Interactions, valid: Interactions | None = None, *,

@@ -230,6 +230,9 @@ class HybridBPR(FeatureModelMixin, GradientRecommender):
         self.warm_items_ = self._stats.item_counts > 0  # over all ranks when sharded
         self.warm_users_ = self._stats.user_counts > 0
 
+    #: every step reads the whole user-id table (the user tower sums ids and features)
+    user_tables_read_by_lookup = False
+
     def _user_parameter_names(self) -> list[str]:
         # the users' id rows; user feature embeddings are shared by many users
         return ["users.ids.weight", "users.id_bias.weight"]

@@ -224,8 +224,6 @@ class Trainer:
             if not distributed.active():
                 raise ConfigError("distributed training needs an initialised process group: "
                                   "launch with `recforge train --nproc N` or torchrun")
-        opt = self._optimizer([p for p in module.parameters() if p.requires_grad])
-        sched = self._scheduler(opt)
         sampler = model._sampler(train, shard=(self.rank, self.world))
         if self.sharded_data:
             import torch.distributed as dist
@@ -242,22 +240,30 @@ class Trainer:
         best_weights: dict[str, torch.Tensor] | None = None
         signature = model._checkpoint_signature()
 
+        loaded = None
         if self.resume and self.checkpoint_dir is not None:
             loaded = self._load_checkpoint(signature)
             if loaded is not None:
                 module.load_state_dict(loaded["module"])
-                opt.load_state_dict(loaded["optimizer"])
-                if sched is not None and loaded.get("scheduler") is not None:
-                    sched.load_state_dict(loaded["scheduler"])
-                state = TrainingState(**json.loads(loaded["state"]))
-                best_weights = loaded.get("best")
-                log.info("resumed from %s after epoch %d", self.checkpoint_dir, state.epoch)
 
         # With data sharded by user, a rank's batches touch only the rows of the users it
         # owns: those tables stay local (DDP neither broadcasts nor all-reduces them, which
-        # removes most of the bytes each step sends), and are gathered when a checkpoint
-        # or the final model needs every row.
+        # removes most of the bytes each step sends; where the model allows, a rank holds
+        # only its users' rows), and are gathered when a checkpoint or the final model
+        # needs every row.
         user_tables = _LocalUserTables(model, self.rank, self.world) if self.sharded_data else None
+        opt = self._optimizer([p for p in module.parameters() if p.requires_grad])
+        sched = self._scheduler(opt)
+        if loaded is not None:
+            if user_tables is not None:
+                user_tables.load_optimizer_state(opt, loaded["optimizer"])
+            else:
+                opt.load_state_dict(loaded["optimizer"])
+            if sched is not None and loaded.get("scheduler") is not None:
+                sched.load_state_dict(loaded["scheduler"])
+            state = TrainingState(**json.loads(loaded["state"]))
+            best_weights = loaded.get("best")
+            log.info("resumed from %s after epoch %d", self.checkpoint_dir, state.epoch)
         # Under DDP the loss is computed through the wrapper, whose backward pass averages
         # the gradients over all ranks (and whose construction copies rank 0's weights).
         compute_loss = model._loss
@@ -299,7 +305,11 @@ class Trainer:
                             user_tables.scale_gradients()
                         model._after_backward()
                         if self.max_grad_norm is not None:
-                            torch.nn.utils.clip_grad_norm_(module.parameters(), self.max_grad_norm)
+                            if user_tables is not None:
+                                user_tables.clip_gradients(module, self.max_grad_norm)
+                            else:
+                                torch.nn.utils.clip_grad_norm_(module.parameters(),
+                                                               self.max_grad_norm)
                         opt.step()
                         total += float(loss.detach())
                         count += 1
@@ -336,7 +346,9 @@ class Trainer:
                     record[self.valid_metric] = abs(metric) if metric < 0 else metric
                     if metric > state.best_metric:
                         state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch + 1, 0
-                        best_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                        current = (module.state_dict() if user_tables is None
+                                   else user_tables.full_state(module))
+                        best_weights = {k: v.detach().clone() for k, v in current.items()}
                     else:
                         state.bad_epochs += 1
                         if self.patience is not None and state.bad_epochs >= self.patience:
@@ -347,15 +359,21 @@ class Trainer:
                 self._log_epoch(record, bar)
                 if self.checkpoint_dir is not None:
                     if user_tables is not None:  # every rank's rows into the checkpoint
-                        user_tables.gather(opt, best_weights)
+                        module_state = user_tables.full_state(module)
+                        opt_state = user_tables.full_optimizer_state(opt)
+                        user_tables.gather(module_state, opt_state, best_weights)
+                    else:
+                        module_state, opt_state = module.state_dict(), opt.state_dict()
                     if self.is_main:
-                        self._save_checkpoint(signature, module, opt, sched, state,
-                                              best_weights)
+                        self._save_checkpoint(signature, module_state, opt_state, sched,
+                                              state, best_weights)
                 if self.epoch_callback is not None:  # may raise to stop (e.g. a pruned trial)
                     self.epoch_callback(record)
         finally:
             if bar is not None:
                 bar.close()
+        if user_tables is not None:
+            user_tables.restore_whole_tables(module)
         if best_weights is not None:
             module.load_state_dict(best_weights)
             log.info("restored the weights of epoch %d (%s %.4f)", state.best_epoch,
@@ -414,14 +432,15 @@ class Trainer:
                 bar.set_postfix_str("  ".join(parts[1:]))
 
     # ----------------------------------------------------------------------------------
-    def _save_checkpoint(self, signature: str, module, opt, sched, state: TrainingState,
+    def _save_checkpoint(self, signature: str, module_state: dict[str, torch.Tensor],
+                         opt_state: dict[str, Any], sched, state: TrainingState,
                          best: dict[str, torch.Tensor] | None) -> None:
         assert self.checkpoint_dir is not None
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         payload = {
             "signature": signature,
-            "module": module.state_dict(),
-            "optimizer": opt.state_dict(),
+            "module": module_state,
+            "optimizer": opt_state,
             "scheduler": sched.state_dict() if sched is not None else None,
             "state": json.dumps(asdict(state)),
             "best": best,
@@ -466,9 +485,17 @@ class _LocalUserTables:
     Rank ``r`` trains only the rows of the users it owns. Its gradient for such a row comes
     from its local batch alone, whose loss is a mean over ``batch_size / world`` events; the
     gradient one process would compute on the whole batch is ``1/world`` of it, so
-    :meth:`scale_gradients` divides by ``world``. :meth:`gather` writes every owner's rows
-    (and the optimizer's per-row state) into every rank's copy with one all-reduce of
-    the masked tables.
+    :meth:`scale_gradients` divides by ``world``.
+
+    When the model reads these tables only through ``nn.Embedding`` lookups
+    (``user_tables_read_by_lookup``), each becomes *compact*: a parameter holding only
+    this rank's rows, looked up through a forward pre-hook that maps global user indices
+    to local rows. The optimizer, the gradient and every step's pass over the table then
+    cover ``1/world`` of the users. Otherwise each rank keeps whole tables and trains its
+    rows in them. Either way, :meth:`full_state` and :meth:`full_optimizer_state` give
+    whole tables (for checkpoints), in which :meth:`gather` writes every owner's rows with
+    one all-reduce of the masked tables; :meth:`restore_whole_tables` puts whole tables
+    back into the model at the end.
     """
 
     def __init__(self, model: GradientRecommender, rank: int, world: int) -> None:
@@ -478,20 +505,107 @@ class _LocalUserTables:
         params = dict(module.named_parameters())
         self.names = [n for n in model._user_parameter_names()
                       if n in params and params[n].shape[0] == model.n_users]
-        self.params = [params[n] for n in self.names]
         self.world = world
+        self.n_users = model.n_users
+        device = params[self.names[0]].device if self.names else torch.device("cpu")
         owned = owner_of_ids(model.users_.ids, world) == rank
-        self._others = {p.device: torch.from_numpy(~owned).to(p.device) for p in self.params}
+        self._others = torch.from_numpy(~owned).to(device)
+        self._embeddings = {n: _embedding_of(module, n) for n in self.names}
+        self.compact = bool(self.names and model.user_tables_read_by_lookup
+                            and all(e is not None for e in self._embeddings.values()))
+        self._full: dict[str, torch.Tensor] = {}
+        self._hooks: list[Any] = []
+        if self.compact:
+            self.rows = torch.from_numpy(np.flatnonzero(owned)).to(device)
+            remap = torch.full((self.n_users,), -1, dtype=torch.long, device=device)
+            remap[self.rows] = torch.arange(len(self.rows), device=device)
 
+            def to_local(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+                return (remap[args[0]], *args[1:])
+
+            for n, emb in self._embeddings.items():
+                assert emb is not None
+                self._full[n] = emb.weight.detach()  # the whole table, kept for checkpoints
+                emb.weight = torch.nn.Parameter(emb.weight.detach()[self.rows].clone())
+                self._hooks.append(emb.register_forward_pre_hook(to_local))
+        params = dict(module.named_parameters())
+        self.params = [params[n] for n in self.names]
+
+    # ----------------------------------------------------------------------------------
     def scale_gradients(self) -> None:
         for p in self.params:
             if p.grad is not None:
                 p.grad.div_(self.world)
 
+    def clip_gradients(self, module: torch.nn.Module, max_norm: float) -> None:
+        """Clip by the norm of the whole model's gradient: the shared parameters' (equal
+        on every rank after DDP's all-reduce) and every rank's user rows together, so every
+        rank scales by the same factor and the replicas stay equal."""
+        from recforge.training.distributed import all_reduce_sum, collective_device
+
+        mine = {id(p) for p in self.params}
+        grads = [(id(p) in mine, p.grad) for p in module.parameters() if p.grad is not None]
+        shared = sum(float(g.pow(2).sum()) for local, g in grads if not local)
+        local = sum(float(g.pow(2).sum()) for is_local, g in grads if is_local)
+        (users,) = all_reduce_sum([local], collective_device(self._others.device))
+        scale = max_norm / (math.sqrt(shared + users) + 1e-6)
+        if scale < 1.0:
+            for _, g in grads:
+                g.mul_(scale)
+
+    # ----------------------------------------------------------------------------------
+    def _expand(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """A whole-table tensor holding this rank's rows of the compact ``t``."""
+        full = torch.zeros((self.n_users, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        full[self.rows] = t
+        return full
+
+    def full_state(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """``module.state_dict()`` with whole user tables (this rank's rows up to date;
+        others' rows as they were: see :meth:`gather`)."""
+        state = module.state_dict()
+        for n in self._full:
+            self._full[n][self.rows] = state[n].detach()
+            state[n] = self._full[n]
+        return state
+
+    def _optimizer_index(self, opt: torch.optim.Optimizer) -> dict[int, str]:
+        names = {id(p): n for n, p in zip(self.names, self.params, strict=True)}
+        order = [p for group in opt.param_groups for p in group["params"]]
+        return {i: names[id(p)] for i, p in enumerate(order) if id(p) in names}
+
+    def full_optimizer_state(self, opt: torch.optim.Optimizer) -> dict[str, Any]:
+        """``opt.state_dict()`` with the per-row state of the user tables as whole tables
+        (zero at the rows of other ranks' users until :meth:`gather`)."""
+        state = opt.state_dict()
+        if not self.compact:
+            return state
+        per_param = dict(state["state"])
+        for i, name in self._optimizer_index(opt).items():
+            if i in per_param:
+                shape = self.params[self.names.index(name)].shape
+                per_param[i] = {k: self._expand(name, v) if torch.is_tensor(v)
+                                and v.shape == shape else v for k, v in per_param[i].items()}
+        return {**state, "state": per_param}
+
+    def load_optimizer_state(self, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Load a checkpoint's optimizer state (whole tables) into the optimizer of the
+        compact tables."""
+        if self.compact:
+            per_param = dict(state["state"])
+            for i in self._optimizer_index(opt):
+                if i in per_param:
+                    per_param[i] = {k: v[self.rows.to(v.device)] if torch.is_tensor(v)
+                                    and v.dim() > 0 and v.shape[0] == self.n_users else v
+                                    for k, v in per_param[i].items()}
+            state = {**state, "state": per_param}
+        opt.load_state_dict(state)
+
+    # ----------------------------------------------------------------------------------
     def _gather_tensor(self, t: torch.Tensor) -> None:
         import torch.distributed as dist
 
-        mask = self._others[t.device]
+        mask = self._others.to(t.device)
         with torch.no_grad():
             t[mask] = 0
             if t.device.type == "cpu" or dist.get_backend() == "nccl":
@@ -501,19 +615,50 @@ class _LocalUserTables:
                 dist.all_reduce(cpu)
                 t.copy_(cpu)
 
-    def gather(self, optimizer: torch.optim.Optimizer | None = None,
+    def gather(self, module_state: dict[str, torch.Tensor] | None = None,
+               optimizer_state: dict[str, Any] | None = None,
                best: dict[str, torch.Tensor] | None = None) -> None:
-        """Every owner's rows into every rank's copy: the tables, and, when given, the
-        optimizer's per-row state and the best epoch's saved weights (which a resumed run
-        restores at its end)."""
-        for name, p in zip(self.names, self.params, strict=True):
-            self._gather_tensor(p.data)
-            if optimizer is not None:
-                for value in optimizer.state.get(p, {}).values():
-                    if torch.is_tensor(value) and value.shape == p.shape:
-                        self._gather_tensor(value)
-            if best is not None and name in best:
-                self._gather_tensor(best[name])
+        """Every owner's rows into every rank's whole tables, in place: those of
+        ``module_state`` (:meth:`full_state`; default: the model's own tables, when they
+        are whole), of ``optimizer_state`` (:meth:`full_optimizer_state`) and of the best
+        epoch's saved weights (which a resumed run restores at its end)."""
+        tables = ([module_state[n] for n in self.names] if module_state is not None
+                  else [] if self.compact else [p.data for p in self.params])
+        for t in tables:
+            self._gather_tensor(t)
+        if optimizer_state is not None:
+            for per_param in optimizer_state["state"].values():
+                for v in per_param.values():
+                    if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == self.n_users:
+                        self._gather_tensor(v)
+        if best is not None:
+            for n in self.names:
+                if n in best:
+                    self._gather_tensor(best[n])
+
+    def restore_whole_tables(self, module: torch.nn.Module) -> None:
+        """Put whole tables back into the model, this rank's trained rows written into
+        them (the rows of other ranks' users: call :meth:`gather`)."""
+        if not self.compact:
+            return
+        state = self.full_state(module)
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        for n, emb in self._embeddings.items():
+            assert emb is not None
+            emb.weight = torch.nn.Parameter(state[n])
+        self.compact = False
+        self._full = {}
+        params = dict(module.named_parameters())
+        self.params = [params[n] for n in self.names]
+
+
+def _embedding_of(module: torch.nn.Module, name: str) -> torch.nn.Embedding | None:
+    """The ``nn.Embedding`` whose ``weight`` is the parameter ``name`` (else None)."""
+    owner, _, attr = name.rpartition(".")
+    sub = module.get_submodule(owner) if owner else module
+    return sub if isinstance(sub, torch.nn.Embedding) and attr == "weight" else None
 
 
 def _ddp_loss(model: GradientRecommender, device: torch.device, ignore: Sequence[str] = ()
