@@ -14,16 +14,17 @@ from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError
 from recforge.models.gradient import GradientRecommender
 from recforge.training import losses
+from recforge.training.embedding import Embedding
 
 
 class _BiasedMF(nn.Module):
     def __init__(self, n_users: int, n_items: int, dim: int, mean: float,
                  generator: torch.Generator, init_std: float):
         super().__init__()
-        self.user = nn.Embedding(n_users, dim)
-        self.item = nn.Embedding(n_items, dim)
-        self.user_bias = nn.Embedding(n_users, 1)
-        self.item_bias = nn.Embedding(n_items, 1)
+        self.user = Embedding(n_users, dim)
+        self.item = Embedding(n_items, dim)
+        self.user_bias = Embedding(n_users, 1)
+        self.item_bias = Embedding(n_items, 1)
         self.register_buffer("mean", torch.tensor(float(mean)))
         with torch.no_grad():
             self.user.weight.normal_(0.0, init_std, generator=generator)
@@ -32,8 +33,14 @@ class _BiasedMF(nn.Module):
             self.item_bias.weight.zero_()
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        dot = (self.user(users) * self.item(items)).sum(-1)
-        return self.mean + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1) + dot
+        return self.terms(users, items)[0]
+
+    def terms(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The prediction and the rows it read (each table is looked up once): ``(pred,
+        p_u, q_i, b_u, b_i)``."""
+        p, q = self.user(users), self.item(items)
+        bu, bi = self.user_bias(users).squeeze(-1), self.item_bias(items).squeeze(-1)
+        return self.mean + bu + bi + (p * q).sum(-1), p, q, bu, bi
 
     def all_items(self, users: torch.Tensor) -> torch.Tensor:
         return (self.mean + self.user_bias(users) + self.item_bias.weight.T
@@ -117,13 +124,12 @@ class MF(GradientRecommender):
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         m: _BiasedMF = self.module_
         u, i = batch["users"], batch["items"]
-        pred = m(u, i)
+        pred, p, q, bu, bi = m.terms(u, i)
         bias_reg = float(self.reg if self.bias_reg is None else self.bias_reg)
         wu = self._user_reg_w.to(u.device)[u]
         wi = self._item_reg_w.to(i.device)[i]
-        factors = (wu * m.user(u).pow(2).sum(-1) + wi * m.item(i).pow(2).sum(-1)).sum()
-        biases = (wu * m.user_bias(u).squeeze(-1).pow(2)
-                  + wi * m.item_bias(i).squeeze(-1).pow(2)).sum()
+        factors = (wu * (p * p).sum(-1) + wi * (q * q).sum(-1)).sum()
+        biases = (wu * bu * bu + wi * bi * bi).sum()
         return (losses.mse(pred, batch["values"])
                 + (0.5 / len(u)) * (float(self.reg) * factors + bias_reg * biases))
 
@@ -175,8 +181,8 @@ class _DotMF(nn.Module):
     def __init__(self, n_users: int, n_items: int, dim: int, generator: torch.Generator,
                  init_std: float):
         super().__init__()
-        self.user = nn.Embedding(n_users, dim)
-        self.item = nn.Embedding(n_items, dim)
+        self.user = Embedding(n_users, dim)
+        self.item = Embedding(n_items, dim)
         with torch.no_grad():
             self.user.weight.normal_(0.0, init_std, generator=generator)
             self.item.weight.normal_(0.0, init_std, generator=generator)

@@ -27,12 +27,13 @@ from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError
 from recforge.models.gradient import GradientRecommender
 from recforge.training import losses
+from recforge.training.embedding import Embedding
 
 #: Pairs (users x items) scored at once when ranking with an MLP tower: bounds memory.
 _PAIR_BLOCK = 1 << 17
 
 
-def _init_embedding(emb: nn.Embedding, gen: torch.Generator, std: float) -> None:
+def _init_embedding(emb: Embedding, gen: torch.Generator, std: float) -> None:
     with torch.no_grad():
         emb.weight.normal_(0.0, std, generator=gen)
 
@@ -47,8 +48,8 @@ def _init_linear(layer: nn.Linear, gen: torch.Generator) -> None:
 class _GMFTower(nn.Module):
     def __init__(self, n_users: int, n_items: int, dim: int, gen: torch.Generator, std: float):
         super().__init__()
-        self.user = nn.Embedding(n_users, dim)
-        self.item = nn.Embedding(n_items, dim)
+        self.user = Embedding(n_users, dim)
+        self.item = Embedding(n_items, dim)
         _init_embedding(self.user, gen, std)
         _init_embedding(self.item, gen, std)
         self.out_dim = dim
@@ -67,8 +68,8 @@ class _MLPTower(nn.Module):
     def __init__(self, n_users: int, n_items: int, dim: int, layers: tuple[int, ...],
                  dropout: float, gen: torch.Generator, std: float):
         super().__init__()
-        self.user = nn.Embedding(n_users, dim)
-        self.item = nn.Embedding(n_items, dim)
+        self.user = Embedding(n_users, dim)
+        self.item = Embedding(n_items, dim)
         _init_embedding(self.user, gen, std)
         _init_embedding(self.item, gen, std)
         sizes = [2 * dim, *layers]
