@@ -513,7 +513,6 @@ class _LocalUserTables:
         self._embeddings = {n: _embedding_of(module, n) for n in self.names}
         self.compact = bool(self.names and model.user_tables_read_by_lookup
                             and all(e is not None for e in self._embeddings.values()))
-        self._full: dict[str, torch.Tensor] = {}
         self._hooks: list[Any] = []
         if self.compact:
             self.rows = torch.from_numpy(np.flatnonzero(owned)).to(device)
@@ -523,10 +522,9 @@ class _LocalUserTables:
             def to_local(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
                 return (remap[args[0]], *args[1:])
 
-            for n, emb in self._embeddings.items():
+            for emb in self._embeddings.values():
                 assert emb is not None
-                self._full[n] = emb.weight.detach()  # the whole table, kept for checkpoints
-                emb.weight = torch.nn.Parameter(emb.weight.detach()[self.rows].clone())
+                emb.weight = torch.nn.Parameter(emb.weight.detach()[self.rows])
                 self._hooks.append(emb.register_forward_pre_hook(to_local))
         params = dict(module.named_parameters())
         self.params = [params[n] for n in self.names]
@@ -554,19 +552,22 @@ class _LocalUserTables:
                 g.mul_(scale)
 
     # ----------------------------------------------------------------------------------
-    def _expand(self, name: str, t: torch.Tensor) -> torch.Tensor:
+    def _expand(self, t: torch.Tensor) -> torch.Tensor:
         """A whole-table tensor holding this rank's rows of the compact ``t``."""
         full = torch.zeros((self.n_users, *t.shape[1:]), dtype=t.dtype, device=t.device)
         full[self.rows] = t
         return full
 
     def full_state(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """``module.state_dict()`` with whole user tables (this rank's rows up to date;
-        others' rows as they were: see :meth:`gather`)."""
+        """``module.state_dict()`` with whole user tables: this rank's rows, and zeros
+        (compact tables) or stale values (whole tables) at other ranks' rows until
+        :meth:`gather`. A compact table's whole form is built here, when a checkpoint or
+        the end of training needs it, not kept: between checkpoints a rank holds only its
+        own users' rows."""
         state = module.state_dict()
-        for n in self._full:
-            self._full[n][self.rows] = state[n].detach()
-            state[n] = self._full[n]
+        if self.compact:
+            for n in self.names:
+                state[n] = self._expand(state[n].detach())
         return state
 
     def _optimizer_index(self, opt: torch.optim.Optimizer) -> dict[int, str]:
@@ -584,7 +585,7 @@ class _LocalUserTables:
         for i, name in self._optimizer_index(opt).items():
             if i in per_param:
                 shape = self.params[self.names.index(name)].shape
-                per_param[i] = {k: self._expand(name, v) if torch.is_tensor(v)
+                per_param[i] = {k: self._expand(v) if torch.is_tensor(v)
                                 and v.shape == shape else v for k, v in per_param[i].items()}
         return {**state, "state": per_param}
 
@@ -649,7 +650,6 @@ class _LocalUserTables:
             assert emb is not None
             emb.weight = torch.nn.Parameter(state[n])
         self.compact = False
-        self._full = {}
         params = dict(module.named_parameters())
         self.params = [params[n] for n in self.names]
 
