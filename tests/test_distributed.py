@@ -302,3 +302,48 @@ def test_a_killed_rank_fails_the_whole_job(ml100k_split, tmp_path):
              and str(tmp_path) in " ".join(p.cmdline())]
     assert not alive
     assert not (tmp_path / "m").exists()  # no half-written model
+
+
+def test_local_user_tables_compact_clip_and_restore(random_data, tmp_path):
+    """In one gloo process: the compact table holds the rank's rows and is looked up by
+    global user index; clipping by the norm over all ranks equals torch's clipping; the
+    whole tables come back unchanged."""
+    import torch
+    import torch.distributed as dist
+
+    from recforge.models import create_model
+    from recforge.training.trainer import _LocalUserTables
+
+    model = create_model("bpr", embedding_dim=4, epochs=1, batch_size=64).fit(random_data)
+    assert all(p.grad is None for p in model.module_.parameters())  # freed after training
+    before = {k: v.clone() for k, v in model.module_.state_dict().items()}
+    batch = next(iter(model._sampler(random_data).epoch(np.random.default_rng(0))))
+    reference = model._loss(batch)
+    reference.backward()
+    ref_grads = [p.grad.clone() for p in model.module_.parameters()]
+    torch.nn.utils.clip_grad_norm_(model.module_.parameters(), 0.01)
+    clipped = [p.grad.clone() for p in model.module_.parameters()]
+    model.module_.zero_grad(set_to_none=True)
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        tables = _LocalUserTables(model, rank=0, world=1)
+        assert tables.compact and tables.names == ["user.weight"]
+        assert model.module_.user.weight.shape == (model.n_users, 4)
+        assert model.module_.user.weight is not before["user.weight"]
+        loss = model._loss(batch)  # global user indices, through the pre-hook
+        assert torch.equal(loss, reference)
+        loss.backward()
+        for p, g in zip(model.module_.parameters(), ref_grads, strict=True):
+            torch.testing.assert_close(p.grad, g)
+        tables.clip_gradients(model.module_, 0.01)
+        for p, g in zip(model.module_.parameters(), clipped, strict=True):
+            torch.testing.assert_close(p.grad, g)
+        tables.restore_whole_tables(model.module_)
+        tables.gather()
+        assert not model.module_.user._forward_pre_hooks
+        for k, v in model.module_.state_dict().items():
+            torch.testing.assert_close(v, before[k])
+    finally:
+        dist.destroy_process_group()

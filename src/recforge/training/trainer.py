@@ -372,6 +372,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        opt.zero_grad(set_to_none=True)  # the trained model does not keep the last gradients
         if user_tables is not None:
             user_tables.restore_whole_tables(module)
         if best_weights is not None:
@@ -543,10 +544,10 @@ class _LocalUserTables:
 
         mine = {id(p) for p in self.params}
         grads = [(id(p) in mine, p.grad) for p in module.parameters() if p.grad is not None]
-        shared = sum(float(g.pow(2).sum()) for local, g in grads if not local)
-        local = sum(float(g.pow(2).sum()) for is_local, g in grads if is_local)
-        (users,) = all_reduce_sum([local], collective_device(self._others.device))
-        scale = max_norm / (math.sqrt(shared + users) + 1e-6)
+        shared = sum(float(g.pow(2).sum()) for is_user, g in grads if not is_user)
+        own_users = sum(float(g.pow(2).sum()) for is_user, g in grads if is_user)
+        (all_users,) = all_reduce_sum([own_users], collective_device(self._others.device))
+        scale = max_norm / (math.sqrt(shared + all_users) + 1e-6)
         if scale < 1.0:
             for _, g in grads:
                 g.mul_(scale)
