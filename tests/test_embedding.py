@@ -51,3 +51,19 @@ def test_falls_back_to_nn_embedding_outside_the_fast_path():
     assert emb.weight.grad[0].abs().sum() == 0  # the padding row gets no gradient
     with torch.no_grad():  # no gradient wanted: plain nn.Embedding
         assert Embedding(5, 2)(torch.tensor([2])).shape == (1, 2)
+
+
+def test_lookup_of_a_computed_table_passes_gradients_through():
+    from recforge.training.embedding import lookup
+
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(12, 3, generator=gen, requires_grad=True)
+    idx = torch.randint(0, 12, (7, 2), generator=gen)
+    upstream = torch.randn(7, 2, 3, generator=gen)
+    (lookup(base * 2.0, idx) * upstream).sum().backward()
+    ours = base.grad.clone()
+    base.grad = None
+    (nn.functional.embedding(idx, base * 2.0) * upstream).sum().backward()
+    torch.testing.assert_close(ours, base.grad)
+    with torch.no_grad():
+        assert torch.equal(lookup(base, idx), base[idx])

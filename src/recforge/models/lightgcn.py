@@ -19,13 +19,13 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from recforge.errors import ConfigError
 from recforge.models.base import torch_csr
 from recforge.models.gradient import GradientRecommender
 from recforge.training import losses
+from recforge.training.embedding import lookup
 
 
 class _SymmetricSpMM(torch.autograd.Function):
@@ -148,11 +148,12 @@ class LightGCN(GradientRecommender):
         u = batch["users"]
         i = batch["items"] + m.n_users
         j = batch["negatives"] + m.n_users  # [B, N]
-        # F.embedding's backward is a fast dense scatter; tensor indexing's is not.
-        eu = F.embedding(u, final)
-        pos = (eu * F.embedding(i, final)).sum(-1)
-        neg = (eu.unsqueeze(1) * F.embedding(j, final)).sum(-1)
-        reg = losses.l2(F.embedding(u, ego), F.embedding(i, ego), F.embedding(j.reshape(-1), ego))
+        # lookup's backward is one vectorized index_add_ on a CPU (F.embedding's adds row
+        # by row; tensor indexing's is slower still)
+        eu = lookup(final, u)
+        pos = (eu * lookup(final, i)).sum(-1)
+        neg = (eu.unsqueeze(1) * lookup(final, j)).sum(-1)
+        reg = losses.l2(lookup(ego, u), lookup(ego, i), lookup(ego, j.reshape(-1)))
         return losses.bpr(pos, neg) + float(self.reg) * reg
 
     def _prepare_scoring(self) -> None:

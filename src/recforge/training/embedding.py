@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Embedding"]
+__all__ = ["Embedding", "lookup"]
 
 
 class _Lookup(torch.autograd.Function):
@@ -39,6 +39,15 @@ class _Lookup(torch.autograd.Function):
         out = grad.new_zeros((rows, dim))
         out.index_add_(0, flat, grad.reshape(-1, dim))
         return out, None
+
+
+def lookup(table: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Rows ``table[indices]`` (shape ``[*indices.shape, dim]``) of any 2-d tensor, also a
+    computed one (e.g. LightGCN's propagated embeddings): ``F.embedding`` with the fast CPU
+    backward pass when a gradient is needed."""
+    if table.device.type != "cpu" or not (torch.is_grad_enabled() and table.requires_grad):
+        return torch.nn.functional.embedding(indices, table)
+    return _Lookup.apply(table, indices)
 
 
 class Embedding(nn.Embedding):
