@@ -40,7 +40,7 @@ def test_out_of_range_index_is_an_error():
         emb(torch.tensor([5]))
     with pytest.raises((IndexError, RuntimeError)):
         emb(torch.tensor([-1]))
-    with pytest.raises(TypeError, match="integers"):
+    with pytest.raises((IndexError, RuntimeError)):
         emb(torch.tensor([1.0]))
 
 

@@ -54,10 +54,7 @@ class Embedding(nn.Embedding):
     """``torch.nn.Embedding`` with a fast CPU backward pass (see the module docstring)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if (self.weight.device.type != "cpu" or self.padding_idx is not None
-                or self.max_norm is not None or self.scale_grad_by_freq or self.sparse
-                or not (torch.is_grad_enabled() and self.weight.requires_grad)):
+        if (self.padding_idx is not None or self.max_norm is not None
+                or self.scale_grad_by_freq or self.sparse):
             return super().forward(input)
-        if input.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"embedding indices must be integers, not {input.dtype}")
-        return _Lookup.apply(self.weight, input)
+        return lookup(self.weight, input)
