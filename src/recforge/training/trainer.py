@@ -607,15 +607,14 @@ class _LocalUserTables:
     def _gather_tensor(self, t: torch.Tensor) -> None:
         import torch.distributed as dist
 
-        mask = self._others.to(t.device)
+        from recforge.training.distributed import collective_device
+
         with torch.no_grad():
-            t[mask] = 0
-            if t.device.type == "cpu" or dist.get_backend() == "nccl":
-                dist.all_reduce(t)
-            else:
-                cpu = t.cpu()
-                dist.all_reduce(cpu)
-                t.copy_(cpu)
+            t[self._others.to(t.device)] = 0
+            buf = t.to(collective_device(t.device))  # t itself when already there
+            dist.all_reduce(buf)
+            if buf is not t:
+                t.copy_(buf)
 
     def gather(self, module_state: dict[str, torch.Tensor] | None = None,
                optimizer_state: dict[str, Any] | None = None,
