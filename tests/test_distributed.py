@@ -347,3 +347,49 @@ def test_local_user_tables_compact_clip_and_restore(random_data, tmp_path):
             torch.testing.assert_close(v, before[k])
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_machines_join_through_the_rendezvous(tmp_path):
+    """The multi-node recipe of docs/scaling.md: one ``torchrun --nnodes 2`` per machine
+    (here two on this one, each launching one process), joined by the c10d rendezvous at
+    one endpoint. The job trains the same model as ``--nproc 2`` on one machine."""
+    import socket
+
+    import torch
+    from conftest import event_frame
+
+    data = tmp_path / "events.csv"
+    event_frame(3000, seed=2).to_csv(data, index=False)
+    params = ["-p", "epochs=3", "-p", "batch_size=256", "--seed", "1"]
+    env = dict(os.environ, RECFORGE_DIST_TIMEOUT="60", OMP_NUM_THREADS="1")
+    with socket.socket() as s:  # a free port for the rendezvous endpoint
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = tmp_path / "nodes"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "recforge-test",
+                "--max-restarts", "0", "-m", "recforge", "train", "bpr", "--data", str(data),
+                "--out", str(nodes), *params]
+    jobs = [subprocess.Popen(launcher, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env) for _ in range(2)]
+    try:
+        outputs = [job.communicate(timeout=240) for job in jobs]
+    finally:
+        for job in jobs:
+            if job.poll() is None:
+                job.kill()
+    for job, (_, err) in zip(jobs, outputs, strict=True):
+        assert job.returncode == 0, err[-3000:]
+    stdout = "".join(out for out, _ in outputs)
+    assert stdout.count("in 2 processes (gloo)") == 1  # global rank 0 reports and saves
+    one = tmp_path / "one-machine"
+    proc = subprocess.run([*RECFORGE, "train", "bpr", "--data", str(data), "--out", str(one),
+                           "--nproc", "2", *params], capture_output=True, text=True,
+                          timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = Recommender.load(nodes), Recommender.load(one)
+    assert a.history_[-1]["steps"] == b.history_[-1]["steps"]
+    for name, value in b.module_.state_dict().items():
+        torch.testing.assert_close(a.module_.state_dict()[name], value, rtol=0, atol=0)
