@@ -37,6 +37,24 @@ def test_losses_by_hand():
     assert losses.l2(torch.ones(2, 3)).item() == pytest.approx(0.5 * 6 / 2)
 
 
+def test_sum_of_squares_matches_autograd_of_pow():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(losses.sum_of_squares, (x,))
+    a, b = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    losses.sum_of_squares(a).mul(3.0).backward()
+    b.pow(2).sum().mul(3.0).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+    y = torch.randn(4096, 64, generator=g)  # float32: one dot product, close to pow's sum
+    assert losses.sum_of_squares(y).item() == pytest.approx(y.pow(2).sum().item(), rel=1e-4)
+    ints = torch.arange(4)
+    assert losses.sum_of_squares(ints).item() == 14  # other dtypes: the plain expression
+    # l2 over several tensors: half the sum of squares per row of the batch
+    t = [torch.randn(8, 3, generator=g) for _ in range(3)]
+    assert losses.l2(*t).item() == pytest.approx(
+        0.5 * sum(float(v.pow(2).sum()) for v in t) / 8, rel=1e-5)
+
+
 def test_sampler_negatives_exclude_positives(random_data):
     sampler = EpochSampler(random_data, batch_size=64, n_negatives=3)
     csr = random_data.binary_csr
