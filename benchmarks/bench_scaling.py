@@ -1,7 +1,7 @@
 """How time and memory grow with data: loading and one epoch of training at 1M-20M events.
 
     .venv/bin/python benchmarks/bench_scaling.py [--sizes 1M,5M,20M]
-        [--models mf,bpr,als,lightgcn] [--nproc 1,2] [--only RUNS] [--merge] [--cache DIR] [--out FILE]
+        [--models mf,bpr,als,lightgcn] [--nproc 1,2] [--only RUNS] [--repeat N] [--merge] [--cache DIR] [--out FILE]
 
 For each size, a synthetic log (``write_synthetic_parquet``: 27K items, users in
 proportion, ML-20M at 20M) is generated once into ``--cache`` (default
@@ -161,6 +161,17 @@ def run_worker(args: list[str], nproc: int = 1, threads: int | None = None) -> d
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
 
 
+def median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median epoch time (the lower middle of an even count), with every
+    run's epoch time in ``epoch_seconds_runs`` when there was more than one."""
+    ordered = sorted(results, key=lambda r: r["epoch_seconds"])
+    res = dict(ordered[(len(ordered) - 1) // 2])
+    if len(ordered) > 1:
+        res["epoch_seconds_runs"] = [r["epoch_seconds"] for r in ordered]
+        res["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ordered)
+    return res
+
+
 def fit_power(points: list[tuple[float, float]]) -> tuple[float, float] | None:
     """Least-squares ``y = a * x**b`` on log-log axes; ``(a, b)`` or None."""
     pts = [(math.log(x), math.log(y)) for x, y in points if x > 0 and y and y > 0]
@@ -205,6 +216,10 @@ def main() -> None:
                         help="Measure only these runs, e.g. '2' or 'load,1,1t' (load: reading "
                              "the file; 1: one process; 1t: one process with one thread; N: "
                              "N processes); default: all.")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="Run each training measurement this many times, in turns, and "
+                             "keep the median (the machine's run-to-run noise is about "
+                             "+-15%%).")
     parser.add_argument("--merge", action="store_true",
                         help="Add the new rows to --out's earlier rows (replacing rows of "
                              "the same size, task and run) instead of starting afresh.")
@@ -256,16 +271,24 @@ def main() -> None:
             if args.only is not None:
                 wanted = {c.strip() for c in args.only.split(",")}
                 configs = [(n, t) for n, t in configs if f"{n}{'t' if t else ''}" in wanted]
-            for nproc, threads in configs:
-                res = run_worker(["--worker", "train", str(path), model], nproc=nproc,
-                                 threads=threads)
+            # With --repeat the configurations take turns (a slow spell of the machine
+            # then falls on all of them alike) and each row keeps its median run.
+            runs: dict[tuple[int, int | None], list[dict[str, Any]]] = {c: [] for c in configs}
+            for _ in range(args.repeat):
+                for nproc, threads in configs:
+                    res = run_worker(["--worker", "train", str(path), model], nproc=nproc,
+                                     threads=threads)
+                    runs[(nproc, threads)].append(res)
+                    console.print(f"{size:,}: {model} x{nproc}"
+                                  f"{' (1 thread)' if threads else ''} "
+                                  f"epoch {res['epoch_seconds']}s"
+                                  f"{' (projected)' if res['projected'] else ''}, "
+                                  f"{res['samples_per_s_per_process']:,} samples/s/process, "
+                                  f"peak {res['peak_rss_mb']:.0f} MB")
+            for (nproc, threads), results in runs.items():
+                res = median_run(results)
                 rows.append({"size": size, "task": model, "nproc": nproc,
                              "one_thread": threads == 1, **res})
-                console.print(f"{size:,}: {model} x{nproc}{' (1 thread)' if threads else ''} "
-                              f"epoch {res['epoch_seconds']}s"
-                              f"{' (projected)' if res['projected'] else ''}, "
-                              f"{res['samples_per_s_per_process']:,} samples/s/process, "
-                              f"peak {res['peak_rss_mb']:.0f} MB")
 
     if args.merge and earlier is None and args.out.exists():
         def key(r: dict[str, Any]) -> tuple[Any, ...]:
