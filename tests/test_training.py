@@ -190,6 +190,32 @@ def test_positive_lookup_agrees_with_set_membership(n_queries, chunk, monkeypatc
     assert 0.05 < got.mean() < 0.3
 
 
+@pytest.mark.parametrize("popularity", [False, True])
+def test_negatives_in_parts_are_the_same_on_any_number_of_threads(random_data, monkeypatch,
+                                                                   popularity):
+    from recforge.data import sampling
+    from recforge.errors import DataError
+
+    monkeypatch.setattr(sampling, "NEGATIVE_CHUNK_ROWS", 97)
+    csr = random_data.binary_csr
+    users = np.repeat(random_data.user, 3)  # 3x the events: many parts
+    pop = random_data.item_counts() + 1.0 if popularity else None
+    draws = [sampling.sample_negatives(csr, users, 2, rng=np.random.default_rng(7),
+                                       popularity=pop, threads=t) for t in (1, 3)]
+    np.testing.assert_array_equal(draws[0], draws[1])
+    assert draws[0].shape == (len(users), 2)
+    assert not np.asarray(csr[np.repeat(users, 2), draws[0].ravel()]).any()
+    # parts of the same users differ: each part has its own random stream
+    same = np.tile(random_data.user[:97], 3)
+    parts = sampling.sample_negatives(csr, same, 2, rng=np.random.default_rng(7), threads=2)
+    assert not np.array_equal(parts[:97], parts[97:194])
+    # a part's error reaches the caller
+    full = sampling.sp.csr_matrix(np.ones((3, 4), dtype=bool))
+    with pytest.raises(DataError, match="cannot sample negatives"):
+        sampling.sample_negatives(full, np.zeros(300, dtype=np.int64), 1,
+                                  rng=np.random.default_rng(0), threads=2)
+
+
 def test_max_steps_per_epoch_cuts_every_epoch_short(random_data):
     from recforge.models.mf import BPR
 

@@ -96,19 +96,52 @@ class PositiveLookup:
         return is_positive(self.keys, self.n_items, users, items)
 
 
+#: :func:`sample_negatives` splits more rows than this into parts of this many rows, each
+#: drawn from its own random stream, so that the parts can run on several threads and the
+#: result does not depend on how many there are.
+NEGATIVE_CHUNK_ROWS = 1 << 21
+
+
 def sample_negatives(positives: sp.csr_matrix, users: np.ndarray, n: int, *,
                      rng: np.random.Generator, popularity: np.ndarray | None = None,
                      keys: np.ndarray | None = None, lookup: PositiveLookup | None = None,
-                     max_rounds: int = 50) -> np.ndarray:
+                     max_rounds: int = 50, threads: int = 1) -> np.ndarray:
     """``[len(users), n]`` item indices that are not positives of the matching user.
 
     Sampling is uniform over items, or proportional to ``popularity`` when given. Draws
     are with replacement across a row. Raises :class:`DataError` when a user has (almost)
     no negative items left. Pass a prebuilt ``lookup`` (or ``keys``) when sampling
-    repeatedly from the same positives.
+    repeatedly from the same positives. More than :data:`NEGATIVE_CHUNK_ROWS` rows are
+    drawn in parts, each from its own stream seeded from ``rng``, on up to ``threads``
+    threads (numpy releases the GIL in the draws, sorts and searches); the result is the
+    same for any number of threads.
     """
     users = np.asarray(users, dtype=np.int64)
     n_items = positives.shape[1]
+    if len(users) > NEGATIVE_CHUNK_ROWS:
+        if lookup is None and keys is None:
+            lookup = PositiveLookup(positives)
+        starts = range(0, len(users), NEGATIVE_CHUNK_ROWS)
+        seeds = rng.integers(0, 2**63 - 1, size=len(starts), dtype=np.int64)
+        out = np.empty((len(users), n), dtype=np.int64)
+
+        def part(j: int) -> None:
+            lo = starts[j]
+            hi = min(lo + NEGATIVE_CHUNK_ROWS, len(users))
+            out[lo:hi] = sample_negatives(
+                positives, users[lo:hi], n, rng=np.random.default_rng(int(seeds[j])),
+                popularity=popularity, keys=keys, lookup=lookup, max_rounds=max_rounds)
+
+        if threads <= 1:
+            for j in range(len(starts)):
+                part(j)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
+                for done in [pool.submit(part, j) for j in range(len(starts))]:
+                    done.result()  # re-raises a part's error
+        return out
     if lookup is None:
         if keys is not None:
             def lookup(u, i):  # type: ignore[misc]

@@ -113,7 +113,8 @@ class EpochSampler:
         negatives = None
         if self.n_negatives > 0:
             neg = sample_negatives(self._positives, users.numpy(), self.n_negatives, rng=rng,
-                                   lookup=self._lookup, popularity=self._popularity)
+                                   lookup=self._lookup, popularity=self._popularity,
+                                   threads=torch.get_num_threads())
             negatives = torch.from_numpy(neg.astype(np.int32))
         for start in range(0, len(perm), self.batch_size):
             sl = slice(start, start + self.batch_size)
