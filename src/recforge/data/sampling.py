@@ -139,8 +139,7 @@ def sample_negatives(positives: sp.csr_matrix, users: np.ndarray, n: int, *,
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
-                for done in [pool.submit(part, j) for j in range(len(starts))]:
-                    done.result()  # re-raises a part's error
+                list(pool.map(part, range(len(starts))))  # re-raises a part's error
         return out
     if lookup is None:
         if keys is not None:

@@ -67,7 +67,7 @@ class _SumOfSquares(torch.autograd.Function):
 
 def sum_of_squares(t: torch.Tensor) -> torch.Tensor:
     """``(t ** 2).sum()`` with a one-pass forward and backward (floating-point ``t``)."""
-    if t.dtype not in (torch.float32, torch.float64) or t.is_complex():
+    if t.dtype not in (torch.float32, torch.float64):
         return t.pow(2).sum()
     return _SumOfSquares.apply(t)
 
