@@ -304,6 +304,61 @@ def test_a_killed_rank_fails_the_whole_job(ml100k_split, tmp_path):
     assert not (tmp_path / "m").exists()  # no half-written model
 
 
+_HYBRID_SCRIPT = """
+import sys
+import numpy as np
+import torch
+from recforge.data.features import categorical, combine
+from recforge.data.interactions import Interactions
+from recforge.data.sharding import user_shard
+from recforge.models import create_model
+from recforge.training import distributed
+
+ctx = distributed.init_from_environment(device="cpu")
+rng = np.random.default_rng(0)
+key = rng.choice(300 * 80, size=4000, replace=False)
+import pandas as pd
+data = Interactions.from_frame(pd.DataFrame({"user": key // 80, "item": key % 80}))
+users, items = data.users.ids, data.items.ids
+user_features = combine(categorical(users, [f"g{u % 3}" for u in users], "group"),
+                        categorical(users, [f"a{u % 7}" for u in users], "age"))
+item_features = categorical(items, [f"k{i % 5}|k{i % 4 + 5}" for i in items], "genre")
+model = create_model("hybrid_bpr", embedding_dim=8, epochs=3, batch_size=256, seed=1)
+model.fit(user_shard(data, *ctx.shard), item_features=item_features,
+          user_features=user_features, distributed=ctx.shard, sharded=True)
+torch.save(model.module_.state_dict(), sys.argv[1] + f"/rank{ctx.rank}.pt")
+print("losses", [round(r["loss"], 4) for r in model.history_])
+distributed.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_hybrid_with_user_features_trains_on_sharded_ranks(tmp_path):
+    """``hybrid_bpr`` with user features under DDP: its user tower has bias tables that
+    no loss reads (a user's bias does not rank that user's items), which once made DDP
+    fail at the second step waiting for their gradients. They are frozen now; the job
+    trains, and every rank ends with the same whole model."""
+    import torch
+
+    script = tmp_path / "job.py"
+    script.write_text(_HYBRID_SCRIPT)
+    env = dict(os.environ, RECFORGE_DIST_TIMEOUT="60", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", str(script), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = json.loads(proc.stdout.split("losses", 1)[1].splitlines()[0].replace("'", '"'))
+    assert losses[-1] < losses[0]
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert a.keys() == b.keys() and "users.feat_bias.weight" in a
+    for name, value in a.items():
+        torch.testing.assert_close(b[name], value, rtol=0, atol=0)
+    assert not a["users.id_bias.weight"].any() and not a["users.feat_bias.weight"].any()
+    assert a["items.feat_bias.weight"].any()  # the item side's biases are trained
+
+
 def test_local_user_tables_compact_clip_and_restore(random_data, tmp_path):
     """In one gloo process: the compact table holds the rank's rows and is looked up by
     global user index; clipping by the norm over all ranks equals torch's clipping; the

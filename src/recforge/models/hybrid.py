@@ -117,11 +117,17 @@ class Hybrid(FeatureModelMixin, ALS):
 
 class _Bag(nn.Module):
     """Per-entity vectors: id embedding (masked for entities without training data) plus
-    a weighted sum of feature embeddings, computed for every entity at once."""
+    a weighted sum of feature embeddings, computed for every entity at once.
+
+    ``with_bias=False`` (the user side: a user's bias does not change how that user's items
+    rank) freezes the bias tables at zero and :meth:`forward` returns ``None`` for the
+    bias. The tables stay in the module so that saved models keep one layout; frozen, they
+    are neither optimized nor, under DDP, expected to receive a gradient."""
 
     def __init__(self, n: int, feats: sp.csr_matrix | None, dim: int, warm: np.ndarray,
-                 init_std: float, gen: torch.Generator):
+                 init_std: float, gen: torch.Generator, with_bias: bool = True):
         super().__init__()
+        self.with_bias = with_bias
         self.ids = nn.Embedding(n, dim)
         self.id_bias = nn.Embedding(n, 1)
         with torch.no_grad():
@@ -139,17 +145,23 @@ class _Bag(nn.Module):
             self.register_buffer("f_indices", torch.from_numpy(f.indices.astype(np.int64)))
             self.register_buffer("f_offsets", torch.from_numpy(f.indptr[:-1].astype(np.int64)))
             self.register_buffer("f_weights", torch.from_numpy(f.data.astype(np.float32)))
+        if not with_bias:
+            for table in (self.id_bias, getattr(self, "feat_bias", None)):
+                if table is not None:
+                    table.weight.requires_grad_(False)
 
-    def forward(self, id_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, id_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         keep = self.warm if id_mask is None else self.warm * id_mask
         vec = self.ids.weight * keep.unsqueeze(1)
-        bias = self.id_bias.weight.squeeze(1) * keep
+        bias = self.id_bias.weight.squeeze(1) * keep if self.with_bias else None
         if self.n_features:
             vec = vec + F.embedding_bag(self.f_indices, self.feat.weight, self.f_offsets,
                                         mode="sum", per_sample_weights=self.f_weights)
-            bias = bias + F.embedding_bag(self.f_indices, self.feat_bias.weight,
-                                          self.f_offsets, mode="sum",
-                                          per_sample_weights=self.f_weights).squeeze(1)
+            if bias is not None:
+                bias = bias + F.embedding_bag(self.f_indices, self.feat_bias.weight,
+                                              self.f_offsets, mode="sum",
+                                              per_sample_weights=self.f_weights).squeeze(1)
         return vec, bias
 
 
@@ -255,7 +267,7 @@ class HybridBPR(FeatureModelMixin, GradientRecommender):
         gen = self._generator()
         d = int(self.embedding_dim)
         users = _Bag(self.n_users, self._normalized(self.user_features_), d,
-                     np.asarray(self.warm_users_), float(self.init_std), gen)
+                     np.asarray(self.warm_users_), float(self.init_std), gen, with_bias=False)
         items = _Bag(self.n_items, self._normalized(self.item_features_), d,
                      np.asarray(self.warm_items_), float(self.init_std), gen)
         return _HybridModule(users, items)
