@@ -305,6 +305,7 @@ def test_a_killed_rank_fails_the_whole_job(ml100k_split, tmp_path):
 
 
 _HYBRID_SCRIPT = """
+import json
 import sys
 import numpy as np
 import torch
@@ -327,7 +328,8 @@ model = create_model("hybrid_bpr", embedding_dim=8, epochs=3, batch_size=256, se
 model.fit(user_shard(data, *ctx.shard), item_features=item_features,
           user_features=user_features, distributed=ctx.shard, sharded=True)
 torch.save(model.module_.state_dict(), sys.argv[1] + f"/rank{ctx.rank}.pt")
-print("losses", [round(r["loss"], 4) for r in model.history_])
+if ctx.is_main:
+    print("LOSSES " + json.dumps([r["loss"] for r in model.history_]), flush=True)
 distributed.shutdown()
 """
 
@@ -348,7 +350,8 @@ def test_hybrid_with_user_features_trains_on_sharded_ranks(tmp_path):
                            "--nproc-per-node", "2", str(script), str(tmp_path)],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    losses = json.loads(proc.stdout.split("losses", 1)[1].splitlines()[0].replace("'", '"'))
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("LOSSES ")]
+    losses = json.loads(line[len("LOSSES "):])
     assert losses[-1] < losses[0]
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)

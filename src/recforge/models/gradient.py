@@ -104,6 +104,12 @@ class GradientRecommender(Recommender):
     #: compact table of its own users' rows (the trainer maps user indices through the
     #: embedding's input), so no rank passes over every user's row each step.
     user_tables_read_by_lookup: ClassVar[bool] = True
+    #: Whether DDP copies rank 0's buffers to every rank before each step. recforge's
+    #: buffers are constants built from data statistics that every rank computes alike
+    #: (the mean rating, which items are warm, the feature matrices of ``hybrid_bpr``,
+    #: several MB at scale); set it for a module whose buffers change while it trains
+    #: (BatchNorm's running statistics).
+    ddp_broadcast_buffers: ClassVar[bool] = False
 
     # ----------------------------------------------------------------------------------
     def fit(self, train: Interactions, valid: Interactions | None = None, *,

@@ -674,5 +674,21 @@ def _ddp_loss(model: GradientRecommender, device: torch.device, ignore: Sequence
                              else torch.cuda.current_device()] if device.type == "cuda" else None,
         find_unused_parameters=bool(getattr(model, "ddp_find_unused_parameters", False)),
         # gradients live in DDP's communication buckets: no copy in and out every step
-        gradient_as_bucket_view=True)
+        gradient_as_bucket_view=True, **_buffer_sync(model))
     return ddp
+
+
+def _buffer_sync(model: GradientRecommender) -> dict[str, bool]:
+    """DDP's option that keeps it from broadcasting the module's buffers (a collective,
+    and their bytes) before every step, unless the model asks for it. Newer torch calls it
+    ``forward_sync_buffers`` (and still copies rank 0's buffers once, when it wraps the
+    model); before 2.13, ``broadcast_buffers``, which also skips that first copy: the
+    buffers are built alike on every rank from data statistics summed over the ranks."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    sync = bool(getattr(model, "ddp_broadcast_buffers", False))
+    names = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in names
+            else "broadcast_buffers": sync}
