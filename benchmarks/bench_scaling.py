@@ -130,7 +130,7 @@ def worker_train(path: str, model_name: str) -> dict[str, Any] | None:
         t = torch.tensor([rss], dtype=torch.float64)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         rss = float(t.item())
-        distributed.shutdown()
+        distributed.shutdown(wait_for_others=True)
         if rank != 0:
             return None
     return {"events": events, "epoch_seconds": round(epoch, 2), "projected": projected,

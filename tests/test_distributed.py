@@ -197,7 +197,7 @@ model.fit(train, valid, distributed=ctx.shard, sharded=True, checkpoint_dir=ckpt
 print(f"rank {ctx.rank} user rows while training {set(tables)} of {model.n_users}")
 if ctx.is_main:
     model.save(out)
-distributed.shutdown()
+distributed.shutdown(wait_for_others=True)
 """
 
 
@@ -330,7 +330,7 @@ model.fit(user_shard(data, *ctx.shard), item_features=item_features,
 torch.save(model.module_.state_dict(), sys.argv[1] + f"/rank{ctx.rank}.pt")
 if ctx.is_main:
     print("LOSSES " + json.dumps([r["loss"] for r in model.history_]), flush=True)
-distributed.shutdown()
+distributed.shutdown(wait_for_others=True)
 """
 
 

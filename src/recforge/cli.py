@@ -309,8 +309,11 @@ def train(
                fmt=fmt, duplicates=duplicates, min_rating=min_rating, data_dir=data_dir,
                checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoint=keep_checkpoint,
                item_features=item_features, item_id_column=item_id_column, dist_ctx=dist_ctx)
-    finally:
+    except BaseException:
         distributed.shutdown()
+        raise
+    # the other ranks wait for rank 0 to write the model, then all leave together
+    distributed.shutdown(wait_for_others=True)
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:
