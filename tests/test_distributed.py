@@ -308,6 +308,7 @@ _HYBRID_SCRIPT = """
 import json
 import sys
 import numpy as np
+import pandas as pd
 import torch
 from recforge.data.features import categorical, combine
 from recforge.data.interactions import Interactions
@@ -318,7 +319,6 @@ from recforge.training import distributed
 ctx = distributed.init_from_environment(device="cpu")
 rng = np.random.default_rng(0)
 key = rng.choice(300 * 80, size=4000, replace=False)
-import pandas as pd
 data = Interactions.from_frame(pd.DataFrame({"user": key // 80, "item": key % 80}))
 users, items = data.users.ids, data.items.ids
 user_features = combine(categorical(users, [f"g{u % 3}" for u in users], "group"),
