@@ -12,10 +12,12 @@ import textwrap
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from recforge import ConfigError
+from recforge.data.interactions import Interactions
 from recforge.models import create_model
 from recforge.training import losses
 from recforge.training.batches import EpochSampler
@@ -67,6 +69,31 @@ def test_sampler_negatives_exclude_positives(random_data):
         seen += len(u)
     assert seen == len(random_data)
     assert sampler.steps_per_epoch() == -(-len(random_data) // 64)
+
+
+def test_sampler_batches_carry_each_events_value():
+    """Each event comes once per epoch, its user, item and exact value together (the
+    sampler keeps them as one row and reorders the rows)."""
+    rng = np.random.default_rng(5)
+    n = 500
+    frame = pd.DataFrame({"user": rng.integers(0, 30, n), "item": rng.permutation(n),
+                          "rating": rng.normal(0, 3, n).astype(np.float32)})
+    frame.loc[0, "rating"] = -0.0
+    frame.loc[1, "rating"] = 1e-30
+    data = Interactions.from_frame(frame)
+    expected = {(int(u), int(i)): v for u, i, v in
+                zip(data.user, data.item, data.values_or_ones(), strict=True)}
+    got = {}
+    for batch in EpochSampler(data, batch_size=64).epoch(np.random.default_rng(0)):
+        assert batch["users"].dtype == batch["items"].dtype == torch.int64
+        assert batch["values"].dtype == torch.float32 and batch["values"].is_contiguous()
+        for u, i, v in zip(batch["users"].tolist(), batch["items"].tolist(),
+                           batch["values"].numpy(), strict=True):
+            assert (u, i) not in got
+            got[(u, i)] = v
+    assert got.keys() == expected.keys()
+    assert all(np.float32(got[k]).tobytes() == np.float32(v).tobytes()
+               for k, v in expected.items())
 
 
 def test_sampler_shards_are_disjoint(random_data):
