@@ -57,6 +57,33 @@ def test_sum_of_squares_matches_autograd_of_pow():
         0.5 * sum(float(v.pow(2).sum()) for v in t) / 8, rel=1e-5)
 
 
+@pytest.mark.parametrize("n_negatives,reg", [(1, 0.01), (3, 0.5), (2, 0.0)])
+def test_bpr_dot_matches_the_expression_it_fuses(n_negatives, reg):
+    g = torch.Generator().manual_seed(n_negatives)
+    users = torch.randn(7, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    table = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    # repeated rows: a row read by several events (and as positive and negative) sums them
+    items = torch.tensor([[0, 1] + [1] * (n_negatives - 1), [2, 0] + [4] * (n_negatives - 1),
+                          [2, 3] + [0] * (n_negatives - 1)] * 2 + [[4] * (1 + n_negatives)])
+
+    def reference(u, t):
+        pos, neg = t[items[:, 0]], t[items[:, 1:]]
+        return (losses.bpr((u * pos).sum(-1), (u.unsqueeze(1) * neg).sum(-1))
+                + reg * losses.l2(u, pos, neg.flatten(0, 1)))
+
+    fused = losses.bpr_dot(users, table, items, reg)
+    assert fused.item() == pytest.approx(reference(users, table).item(), rel=1e-12)
+    got = torch.autograd.grad(fused * 1.7, (users, table))
+    want = torch.autograd.grad(reference(users, table) * 1.7, (users, table))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert got[1][1].abs().sum() > 0 and got[1][3].abs().sum() > 0
+    assert torch.autograd.gradcheck(lambda u, t: losses.bpr_dot(u, t, items, reg),
+                                    (users, table))
+    with pytest.raises(ValueError, match="positive first"):
+        losses.bpr_dot(users, table, items[:, 0])
+
+
 def test_sampler_negatives_exclude_positives(random_data):
     sampler = EpochSampler(random_data, batch_size=64, n_negatives=3)
     csr = random_data.binary_csr

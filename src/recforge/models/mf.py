@@ -240,12 +240,10 @@ class BPR(GradientRecommender):
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         m: _DotMF = self.module_
-        u = m.user(batch["users"])
-        pos = m.item(batch["items"])
-        neg = m.item(batch["negatives"])  # [B, N, d]
-        pos_s = (u * pos).sum(-1)
-        neg_s = (u.unsqueeze(1) * neg).sum(-1)
-        return losses.bpr(pos_s, neg_s) + float(self.reg) * losses.l2(u, pos, neg.flatten(0, 1))
+        # BPR on the scores plus L2 on the rows read, the item side in one step (the same
+        # loss and gradients as lookups, products and losses.bpr + losses.l2, faster)
+        items = torch.cat([batch["items"].unsqueeze(1), batch["negatives"]], dim=1)
+        return losses.bpr_dot(m.user(batch["users"]), m.item.weight, items, float(self.reg))
 
     def _score_users(self, users: torch.Tensor) -> torch.Tensor:
         m: _DotMF = self.module_
