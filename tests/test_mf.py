@@ -116,3 +116,43 @@ class TestBPR(ModelConformance):
                     {"n_negatives": 0}, {"device": "tpu:7"}):
             with pytest.raises(ConfigError):
                 create_model("bpr", **bad).fit(random_data)
+
+
+@pytest.mark.parametrize("reg,bias_reg", [(2.5, 0.01), (0.0, 0.0)])
+def test_mf_loss_matches_the_expression_it_fuses(reg, bias_reg):
+    import torch
+
+    from recforge.models.mf import _BiasedMFLoss
+
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, dtype=torch.float64, generator=g)
+
+    p, bu = rand(6, 3).requires_grad_(), rand(6).requires_grad_()
+    q_table, bias_table = rand(4, 3).requires_grad_(), rand(4, 1).requires_grad_()
+    items = torch.tensor([0, 2, 2, 3, 0, 2])  # repeated items; item 1 never read
+    target = rand(6)
+    w_user, w_item = rand(6).abs(), rand(4).abs()
+    mean = torch.tensor(3.5, dtype=torch.float64)
+    inputs = (p, bu, q_table, bias_table)
+
+    def reference(p, bu, q_table, bias_table):
+        q, bi, wi = q_table[items], bias_table[items].squeeze(1), w_item[items]
+        pred = mean + bu + bi + (p * q).sum(-1)
+        factors = (w_user * (p * p).sum(-1) + wi * (q * q).sum(-1)).sum()
+        biases = (w_user * bu * bu + wi * bi * bi).sum()
+        return (((pred - target) ** 2).mean()
+                + (0.5 / len(items)) * (reg * factors + bias_reg * biases))
+
+    def fused(p, bu, q_table, bias_table):
+        return _BiasedMFLoss.apply(p, bu, q_table, bias_table, items, target, w_user, w_item,
+                                   mean, reg, bias_reg)
+
+    assert fused(*inputs).item() == pytest.approx(reference(*inputs).item(), rel=1e-12)
+    got = torch.autograd.grad(fused(*inputs) * 0.7, inputs)
+    want = torch.autograd.grad(reference(*inputs) * 0.7, inputs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert got[2][1].abs().sum() == 0 and got[2][2].abs().sum() > 0
+    assert torch.autograd.gradcheck(fused, inputs)

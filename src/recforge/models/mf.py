@@ -47,6 +47,64 @@ class _BiasedMF(nn.Module):
                 + self.user(users) @ self.item.weight.T)
 
 
+class _BiasedMFLoss(torch.autograd.Function):
+    """:class:`MF`'s loss with its gradient written out, the item side read from its
+    tables::
+
+        pred = mean + b_u + b_i + p_u . q_i
+        loss = mean((pred - y)^2)
+               + 0.5 / B * (reg * sum(w_u |p_u|^2 + w_i |q_i|^2)
+                            + bias_reg * sum(w_u b_u^2 + w_i b_i^2))
+
+    ``p`` and ``bu`` are the batch's user rows (looked up by the caller, so that a DDP
+    rank's compact user tables map them); ``q_table`` / ``bias_table`` are the item tables,
+    ``w_item`` the per-item L2 weights. The forward pass and backward pass take about half
+    the passes over the batch's rows of autograd's graph of the same expression, and each
+    item table's gradient starts from its L2 share, ``count_r * w_r * row_r`` times a
+    constant (one pass over the table, instead of zero-filling it) before the error terms
+    are added into it with one ``index_add_``.
+    """
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, bu: torch.Tensor, q_table: torch.Tensor,  # type: ignore[override]
+                bias_table: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
+                w_user: torch.Tensor, w_item: torch.Tensor, mean: torch.Tensor, reg: float,
+                bias_reg: float) -> torch.Tensor:
+        q = q_table.index_select(0, items)
+        bi = bias_table.index_select(0, items).squeeze(1)
+        wi = w_item.index_select(0, items)
+        err = (p * q).sum(-1) + bu + bi + mean - target
+        n = len(items)
+        factors = torch.dot(w_user, (p * p).sum(-1)) + torch.dot(wi, (q * q).sum(-1))
+        biases = torch.dot(w_user, bu * bu) + torch.dot(wi, bi * bi)
+        loss = torch.dot(err, err) / n + (0.5 / n) * (reg * factors + bias_reg * biases)
+        ctx.save_for_backward(p, bu, q, err, w_user, items, q_table, bias_table, w_item)
+        ctx.reg, ctx.bias_reg = reg, bias_reg
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        p, bu, q, err, w_user, items, q_table, bias_table, w_item = ctx.saved_tensors
+        n = len(items)
+        g_err = err * (2.0 * grad / n)
+        c, cb = grad * (ctx.reg / n), grad * (ctx.bias_reg / n)
+        g_p = g_bu = g_q = g_bias = None
+        if ctx.needs_input_grad[0]:
+            g_p = p * (w_user * c).unsqueeze(1)
+            g_p.addcmul_(q, g_err.unsqueeze(1))
+        if ctx.needs_input_grad[1]:
+            g_bu = g_err + (cb * w_user) * bu
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            weight = torch.bincount(items, minlength=len(w_item)).to(w_item.dtype).mul_(w_item)
+            if ctx.needs_input_grad[2]:
+                g_q = q_table * (weight * c).unsqueeze(1)
+                g_q.index_add_(0, items, p * g_err.unsqueeze(1))
+            if ctx.needs_input_grad[3]:
+                g_bias = bias_table * (weight * cb).unsqueeze(1)
+                g_bias.index_add_(0, items, g_err.unsqueeze(1))
+        return g_p, g_bu, g_q, g_bias, None, None, None, None, None, None, None
+
+
 class MF(GradientRecommender):
     """Biased matrix factorization for explicit ratings (Koren, Bell & Volinsky 2009).
 
@@ -123,15 +181,12 @@ class MF(GradientRecommender):
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         m: _BiasedMF = self.module_
-        u, i = batch["users"], batch["items"]
-        pred, p, q, bu, bi = m.terms(u, i)
+        u = batch["users"]
         bias_reg = float(self.reg if self.bias_reg is None else self.bias_reg)
-        wu = self._user_reg_w.to(u.device)[u]
-        wi = self._item_reg_w.to(i.device)[i]
-        factors = (wu * (p * p).sum(-1) + wi * (q * q).sum(-1)).sum()
-        biases = (wu * bu * bu + wi * bi * bi).sum()
-        return (losses.mse(pred, batch["values"])
-                + (0.5 / len(u)) * (float(self.reg) * factors + bias_reg * biases))
+        return _BiasedMFLoss.apply(
+            m.user(u), m.user_bias(u).squeeze(-1), m.item.weight, m.item_bias.weight,
+            batch["items"], batch["values"], self._user_reg_w.to(u.device)[u],
+            self._item_reg_w.to(u.device), m.mean, float(self.reg), bias_reg)
 
     def _score_users(self, users: torch.Tensor) -> torch.Tensor:
         return self.module_.all_items(users)
