@@ -185,7 +185,7 @@ class MF(GradientRecommender):
         bias_reg = float(self.reg if self.bias_reg is None else self.bias_reg)
         return _BiasedMFLoss.apply(
             m.user(u), m.user_bias(u).squeeze(-1), m.item.weight, m.item_bias.weight,
-            batch["items"], batch["values"], self._user_reg_w.to(u.device)[u],
+            batch["items"], batch["values"], self._user_reg_w.to(u.device).index_select(0, u),
             self._item_reg_w.to(u.device), m.mean, float(self.reg), bias_reg)
 
     def _score_users(self, users: torch.Tensor) -> torch.Tensor:
