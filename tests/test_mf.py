@@ -152,7 +152,7 @@ def test_mf_loss_matches_the_expression_it_fuses(reg, bias_reg):
     assert fused(*inputs).item() == pytest.approx(reference(*inputs).item(), rel=1e-12)
     got = torch.autograd.grad(fused(*inputs) * 0.7, inputs)
     want = torch.autograd.grad(reference(*inputs) * 0.7, inputs)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     assert got[2][1].abs().sum() == 0 and got[2][2].abs().sum() > 0
     assert torch.autograd.gradcheck(fused, inputs)

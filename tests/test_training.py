@@ -75,7 +75,7 @@ def test_bpr_dot_matches_the_expression_it_fuses(n_negatives, reg):
     assert fused.item() == pytest.approx(reference(users, table).item(), rel=1e-12)
     got = torch.autograd.grad(fused * 1.7, (users, table))
     want = torch.autograd.grad(reference(users, table) * 1.7, (users, table))
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     assert got[1][1].abs().sum() > 0 and got[1][3].abs().sum() > 0
     assert torch.autograd.gradcheck(lambda u, t: losses.bpr_dot(u, t, items, reg),

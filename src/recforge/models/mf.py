@@ -33,14 +33,9 @@ class _BiasedMF(nn.Module):
             self.item_bias.weight.zero_()
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.terms(users, items)[0]
-
-    def terms(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The prediction and the rows it read (each table is looked up once): ``(pred,
-        p_u, q_i, b_u, b_i)``."""
-        p, q = self.user(users), self.item(items)
+        """Predicted ratings of the pairs (training uses :class:`_BiasedMFLoss`)."""
         bu, bi = self.user_bias(users).squeeze(-1), self.item_bias(items).squeeze(-1)
-        return self.mean + bu + bi + (p * q).sum(-1), p, q, bu, bi
+        return self.mean + bu + bi + (self.user(users) * self.item(items)).sum(-1)
 
     def all_items(self, users: torch.Tensor) -> torch.Tensor:
         return (self.mean + self.user_bias(users) + self.item_bias.weight.T
