@@ -1,4 +1,6 @@
-"""Loss functions for recommendation, as small pure functions of score tensors.
+"""Loss functions for recommendation, as small pure functions of score tensors, plus
+:func:`bpr_dot`, which takes the user vectors and the item table and computes the scores
+itself (BPR-MF's loss with its gradient written out).
 
 Every function returns a scalar (mean over the batch).
 """
