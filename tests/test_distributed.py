@@ -183,8 +183,9 @@ from recforge.training import distributed
 ctx = distributed.init_from_environment(device="cpu")
 ckpt, out, crash = sys.argv[1], sys.argv[2], sys.argv[3] == "crash"
 train, valid = read_many([sys.argv[4], sys.argv[5]], shard=ctx.shard)
+params = {"optimizer": "adagrad", "learning_rate": 0.1} if sys.argv[8] == "on" else {}
 model = create_model(sys.argv[6], embedding_dim=8, epochs=5, batch_size=128, seed=2,
-                     learning_rate=0.02, valid_metric=sys.argv[7])
+                     **{"learning_rate": 0.02, **params}, valid_metric=sys.argv[7])
 tables = []
 
 def callback(record):
@@ -193,7 +194,7 @@ def callback(record):
         raise SystemExit("crash after epoch 3")
 
 model.fit(train, valid, distributed=ctx.shard, sharded=True, checkpoint_dir=ckpt,
-          resume=True, epoch_callback=callback)
+          resume=True, epoch_callback=callback, sparse_updates=sys.argv[8])
 print(f"rank {ctx.rank} user rows while training {set(tables)} of {model.n_users}")
 if ctx.is_main:
     model.save(out)
@@ -202,12 +203,14 @@ distributed.shutdown(wait_for_others=True)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "metric"), [("bpr", "ndcg@10"), ("mf", "rmse")])
-def test_sharded_resume_matches_uninterrupted(tmp_path, model, metric):
+@pytest.mark.parametrize(("model", "metric", "sparse"),
+                         [("bpr", "ndcg@10", "off"), ("mf", "rmse", "off"),
+                          ("mf", "rmse", "on")])
+def test_sharded_resume_matches_uninterrupted(tmp_path, model, metric, sparse):
     """Each rank trains a compact table of its own users; a checkpoint holds every rank's
     rows and optimizer moments, so a job stopped after epoch 3 and resumed ends with the
     same model as a job never stopped (also its best epoch's weights, chosen on
-    validation)."""
+    validation). Also with row-sparse updates of the user tables (Adagrad)."""
     import torch
     from conftest import event_frame
 
@@ -224,7 +227,8 @@ def test_sharded_resume_matches_uninterrupted(tmp_path, model, metric):
         return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                "--nproc-per-node", "2", str(script), str(ckpt), str(out),
                                "crash" if crash else "-", str(train), str(valid), model,
-                               metric], capture_output=True, text=True, timeout=300, env=env)
+                               metric, sparse], capture_output=True, text=True, timeout=300,
+                              env=env)
 
     stopped = job(tmp_path / "a", tmp_path / "model-a", crash=True)
     assert stopped.returncode != 0 and "crash after epoch 3" in stopped.stderr

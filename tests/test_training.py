@@ -300,3 +300,104 @@ def test_trainer_keeps_freed_memory_for_reuse_on_glibc():
     assert run(RECFORGE_RETAIN_FREED_MEMORY="0") == ["False", "False"]
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert run() == ["True", "True"]
+
+
+def _gradient_layouts(model, data, monkeypatch, **fit_options) -> dict[str, bool]:
+    """Whether each parameter's gradient was sparse at the optimizer steps of a fit."""
+    seen: dict[str, bool] = {}
+    step = torch.optim.Adagrad.step
+
+    def spy(self, *args, **kwargs):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    name = next(n for n, q in model.module_.named_parameters() if q is p)
+                    seen[name] = p.grad.is_sparse
+        return step(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.optim.Adagrad, "step", spy)
+        model.fit(data, **fit_options)
+    return seen
+
+
+@pytest.mark.parametrize("model_name", ["mf", "bpr"])
+def test_row_sparse_updates_train_the_same_model(random_data, monkeypatch, model_name):
+    """With Adagrad, row-sparse updates of the user tables (only the batch's users' rows
+    touched) give the model of dense updates, to float rounding; the other tables keep
+    dense gradients on the fused kernel, and the trained module is left as built."""
+    data = random_data
+    if model_name == "mf":  # ratings
+        rng = np.random.default_rng(3)
+        data = data.with_values(rng.integers(1, 6, len(data)).astype(np.float32))
+    fitted = {}
+    for mode in ("off", "on"):
+        model = create_model(model_name, embedding_dim=8, epochs=3, batch_size=64, seed=4,
+                             optimizer="adagrad", learning_rate=0.05)
+        fitted[mode] = (model, _gradient_layouts(model, data, monkeypatch, sparse_updates=mode))
+    (dense, dense_grads), (sparse, sparse_grads) = fitted["off"], fitted["on"]
+    assert not any(dense_grads.values())
+    assert {n for n, s in sparse_grads.items() if s} == set(sparse._user_parameter_names())
+    assert sparse_grads["item.weight"] is False
+    for name, value in dense.module_.state_dict().items():
+        torch.testing.assert_close(sparse.module_.state_dict()[name], value,
+                                   rtol=1e-5, atol=1e-6)
+    assert [h["loss"] for h in sparse.history_] == pytest.approx(
+        [h["loss"] for h in dense.history_], rel=1e-5)
+    assert not sparse.module_.user.sparse
+
+
+def test_row_sparse_updates_only_where_exact(random_data):
+    """"auto" turns row-sparse updates on for Adagrad from SPARSE_ROWS_PER_LOOKUP user rows
+    per lookup; "on" refuses settings where they would change the result."""
+    from recforge.training import trainer as trainer_mod
+
+    model = create_model("bpr", embedding_dim=8, epochs=1, batch_size=64, optimizer="adagrad")
+    model.fit(random_data)  # builds the module; its tables are what the trainer looks at
+    n = model.n_users
+
+    def decide(mode, optimizer="adagrad", batch_size=64, **kwargs):
+        model.batch_size = batch_size
+        trainer = Trainer(epochs=1, learning_rate=0.1, optimizer=optimizer,
+                          sparse_updates=mode, **kwargs)
+        return trainer.row_sparse_tables(model)
+
+    assert decide("on") == ["user.weight"]
+    assert decide("off") == []
+    assert decide("auto", batch_size=64) == []  # n users: far fewer than 16 per lookup
+    rows = trainer_mod.SPARSE_ROWS_PER_LOOKUP
+    assert decide("auto", batch_size=n // rows) == ["user.weight"]
+    assert decide("auto", batch_size=n // rows + 1) == []
+    assert decide("auto", optimizer="adam", batch_size=1) == []
+    for kwargs, match in (({"optimizer": "adam"}, "adagrad"),
+                          ({"weight_decay": 0.1}, "weight_decay"),
+                          ({"max_grad_norm": 1.0}, "max_grad_norm")):
+        with pytest.raises(ConfigError, match=match):
+            decide("on", **kwargs)
+    with pytest.raises(ConfigError, match="sparse_updates"):
+        Trainer(epochs=1, learning_rate=0.1, sparse_updates="sometimes")
+    hybrid = create_model("hybrid_bpr", embedding_dim=8, epochs=1, optimizer="adagrad")
+    hybrid.fit(random_data)
+    with pytest.raises(ConfigError, match="whole"):
+        Trainer(epochs=1, learning_rate=0.1, optimizer="adagrad",
+                sparse_updates="on").row_sparse_tables(hybrid)
+
+
+def test_resume_with_other_sparse_updates_is_refused(random_data, tmp_path):
+    """A checkpoint's optimizer state holds one parameter group per kind of update: a
+    resumed run that would update the user tables otherwise stops with a clear error."""
+    def run(mode, resume, stop_after=None):
+        def callback(record):
+            if record["epoch"] == stop_after:
+                raise KeyboardInterrupt
+
+        model = create_model("bpr", embedding_dim=8, epochs=2, batch_size=64, seed=0,
+                             optimizer="adagrad")
+        return model.fit(random_data, checkpoint_dir=tmp_path, resume=resume,
+                         sparse_updates=mode, epoch_callback=callback)
+
+    with pytest.raises(KeyboardInterrupt):
+        run("off", resume=False, stop_after=1)
+    with pytest.raises(ConfigError, match="optimizer state does not fit"):
+        run("on", resume=True)
+    assert len(run("off", resume=True).history_) == 2

@@ -118,7 +118,8 @@ class GradientRecommender(Recommender):
             distributed: tuple[int, int] = (0, 1),
             sharded: bool = False,
             epoch_callback: Any = None,
-            max_steps_per_epoch: int | None = None) -> GradientRecommender:
+            max_steps_per_epoch: int | None = None,
+            sparse_updates: str = "auto") -> GradientRecommender:
         """Train on ``train``; ``valid`` enables early stopping on ``valid_metric``.
 
         ``checkpoint_dir`` keeps a checkpoint and a per-epoch JSON log there after every
@@ -133,13 +134,17 @@ class GradientRecommender(Recommender):
         ``epoch_callback(record)`` is called after every epoch with that epoch's log record
         (loss, seconds, validation metric); an exception it raises stops training (used to
         prune hyperparameter trials). ``max_steps_per_epoch`` cuts every epoch short after
-        that many batches (timing runs at scale).
+        that many batches (timing runs at scale). ``sparse_updates`` (``"auto"``, ``"on"``,
+        ``"off"``) says whether the user tables take row-sparse updates, which touch only
+        the batch's users' rows each step (exact with ``adagrad``; see
+        :class:`~recforge.training.trainer.Trainer`).
         """
         self._fit_options = {"checkpoint_dir": checkpoint_dir, "resume": resume,
                              "progress": progress, "distributed": distributed,
                              "sharded": bool(sharded and distributed[1] > 1),
                              "epoch_callback": epoch_callback,
-                             "max_steps_per_epoch": max_steps_per_epoch}
+                             "max_steps_per_epoch": max_steps_per_epoch,
+                             "sparse_updates": sparse_updates}
         try:
             return super().fit(train, valid)  # type: ignore[return-value]
         finally:
@@ -262,7 +267,8 @@ class GradientRecommender(Recommender):
             checkpoint_dir=options.get("checkpoint_dir"), resume=options.get("resume", False),
             progress=options.get("progress"), distributed=options.get("distributed", (0, 1)),
             sharded_data=sharded, epoch_callback=options.get("epoch_callback"),
-            max_steps_per_epoch=options.get("max_steps_per_epoch"))
+            max_steps_per_epoch=options.get("max_steps_per_epoch"),
+            sparse_updates=options.get("sparse_updates", "auto"))
         state = trainer.fit(self, train, valid)
         self.history_ = state.history
         self.best_epoch_ = state.best_epoch
