@@ -371,7 +371,8 @@ def test_row_sparse_updates_only_where_exact(random_data):
     assert decide("auto", optimizer="adam", batch_size=1) == []
     for kwargs, match in (({"optimizer": "adam"}, "adagrad"),
                           ({"weight_decay": 0.1}, "weight_decay"),
-                          ({"max_grad_norm": 1.0}, "max_grad_norm")):
+                          ({"max_grad_norm": 1.0}, "max_grad_norm"),
+                          ({"distributed": (0, 2)}, "sharded")):
         with pytest.raises(ConfigError, match=match):
             decide("on", **kwargs)
     with pytest.raises(ConfigError, match="sparse_updates"):

@@ -157,7 +157,8 @@ class Trainer:
         A step's cost then follows the batch, not the user base: with 1.38M users the dense
         passes made an ``mf`` step about 3x as long as with 35K users. Only exact with
         ``adagrad`` (a row with no gradient does not move under Adagrad; under Adam or SGD
-        with momentum it does), without ``weight_decay`` or ``max_grad_norm``. ``"auto"``
+        with momentum it does), without ``weight_decay`` or ``max_grad_norm``, and under DDP
+        only with ``sharded_data`` (each rank's own user rows, never all-reduced). ``"auto"``
         (default): on when exact and the user base is at least
         :data:`SPARSE_ROWS_PER_LOOKUP` times a batch (below that the dense passes are the
         faster, measured on this project's machine); ``"on"``: whenever exact (else a
@@ -223,6 +224,8 @@ class Trainer:
                if self.optimizer_name != "adagrad"
                else "weight_decay applies to every row" if self.weight_decay
                else "max_grad_norm needs the whole gradient" if self.max_grad_norm is not None
+               else "under DDP without data sharded by user, DDP all-reduces the user tables "
+               "densely" if self.world > 1 and not self.sharded_data
                else None)
         if why is not None:
             if self.sparse_updates == "on":
@@ -310,9 +313,7 @@ class Trainer:
         user_tables = _LocalUserTables(model, self.rank, self.world) if self.sharded_data else None
         sparse_names = self.row_sparse_tables(model)
         sparse_embeddings = [_embedding_of(module, n) for n in sparse_names]
-        for emb in sparse_embeddings:
-            assert emb is not None
-            emb.sparse = True  # its backward pass gives the looked-up rows only
+        was_sparse = [bool(emb is not None and emb.sparse) for emb in sparse_embeddings]
         # torch builds the optimizer's sparse tensors from valid indices; its invariant
         # checks (off by default, with a warning unless chosen) stay off for the step
         step_context = (contextlib.nullcontext if not sparse_names else
@@ -351,6 +352,9 @@ class Trainer:
             bar = tqdm(total=self.epochs * steps, initial=state.epoch * steps,
                        desc=f"{model.name}", unit="batch", disable=disable, leave=False,
                        dynamic_ncols=True)
+        for emb in sparse_embeddings:
+            assert emb is not None
+            emb.sparse = True  # its backward pass gives the looked-up rows only
         try:
             while state.epoch < self.epochs and not state.stopped_early:
                 epoch = state.epoch
@@ -442,9 +446,9 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            for emb in sparse_embeddings:
+            for emb, sparse in zip(sparse_embeddings, was_sparse, strict=True):
                 assert emb is not None
-                emb.sparse = False
+                emb.sparse = sparse
         opt.zero_grad(set_to_none=True)  # the trained model does not keep the last gradients
         if user_tables is not None:
             user_tables.restore_whole_tables(module)
