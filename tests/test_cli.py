@@ -207,6 +207,30 @@ def test_resume_errors(tmp_path, csv_files, capsys):
     assert code == 2 and "no checkpoint" in err
 
 
+def test_train_sparse_updates_option(tmp_path, csv_files, capsys):
+    """--sparse-updates on trains the same model as off (Adagrad: exact); settings where
+    it would change the result, and models without gradient steps, are refused."""
+    train, _ = csv_files
+    args = ["train", "bpr", "--data", train, "-p", "embedding_dim=8", "-p", "epochs=2",
+            "-p", "batch_size=256", "-p", "optimizer=adagrad", "--seed", 1]
+    for mode in ("on", "off"):
+        code, _, err = run(args + ["--out", tmp_path / mode, "--sparse-updates", mode], capsys)
+        assert code == 0, err
+    from recforge.models import Recommender
+
+    on, off = Recommender.load(tmp_path / "on"), Recommender.load(tmp_path / "off")
+    np.testing.assert_allclose(on.score(np.arange(5)), off.score(np.arange(5)), rtol=1e-4,
+                               atol=1e-5)
+    adam = [a if a != "optimizer=adagrad" else "optimizer=adam" for a in args]
+    code, _, err = run(adam + ["--out", tmp_path / "x", "--sparse-updates", "on"], capsys)
+    assert code == 2 and "adagrad" in err
+    code, _, err = run(["train", "ease", "--data", train, "--out", tmp_path / "y",
+                        "--sparse-updates", "on"], capsys)
+    assert code == 2 and "--sparse-updates" in err
+    code, _, err = run(args + ["--out", tmp_path / "z", "--sparse-updates", "maybe"], capsys)
+    assert code == 2 and "sparse_updates" in err
+
+
 def test_content_model_with_item_features_and_history(tmp_path, capsys):
     rng = np.random.default_rng(0)
     items = pd.DataFrame({"item": np.arange(40), "genres": [f"g{i % 4}|h{i % 3}"

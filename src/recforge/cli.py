@@ -280,6 +280,10 @@ def train(
                               "DDP in this many processes on this machine (torchrun; gloo on "
                               "CPUs, NCCL on GPUs). For several machines run torchrun yourself "
                               "(docs/scaling.md)."),
+    sparse_updates: str = typer.Option(
+        "auto", "--sparse-updates", help="Row-sparse updates of the user tables (only the "
+        "batch's users' rows each step; exact with optimizer=adagrad): auto (when the user "
+        "base is at least 16x a batch), on, off."),
 ) -> None:
     """Train MODEL on --data and save it to --out.
 
@@ -308,7 +312,8 @@ def train(
         _train(model, params, data=data, out=out, valid=valid, seed=seed, columns=columns,
                fmt=fmt, duplicates=duplicates, min_rating=min_rating, data_dir=data_dir,
                checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoint=keep_checkpoint,
-               item_features=item_features, item_id_column=item_id_column, dist_ctx=dist_ctx)
+               item_features=item_features, item_id_column=item_id_column, dist_ctx=dist_ctx,
+               sparse_updates=sparse_updates)
     except BaseException:
         distributed.shutdown()
         raise
@@ -334,7 +339,8 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
            valid: str | None, seed: int | None, columns: str | None, fmt: str | None,
            duplicates: str, min_rating: float | None, data_dir: Path | None,
            checkpoint_dir: Path | None, resume: bool, keep_checkpoint: bool,
-           item_features: Path | None, item_id_column: str | None, dist_ctx: Any) -> None:
+           item_features: Path | None, item_id_column: str | None, dist_ctx: Any,
+           sparse_updates: str = "auto") -> None:
     import shutil
 
     from recforge.models.gradient import GradientRecommender
@@ -358,6 +364,9 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
     if (resume or checkpoint_dir is not None) and not gradient:
         raise ConfigError(f"{model} is not trained by epochs of gradient steps; --resume and "
                           "--checkpoint-dir apply to mf, bpr, gmf, mlp, neumf and lightgcn")
+    if sparse_updates != "auto" and not gradient:
+        raise ConfigError(f"{model} is not trained by gradient steps; --sparse-updates "
+                          "applies to mf, bpr, gmf, mlp and neumf")
     ckpt = checkpoint_dir or out.with_name(out.name + ".checkpoint")
     if resume and not (ckpt / "checkpoint.pt").exists():
         raise ConfigError(f"--resume: no checkpoint in {ckpt}; run without --resume to start")
@@ -386,7 +395,8 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
         if dist_ctx is not None:
             fit_kw["distributed"] = dist_ctx.shard
             fit_kw["sharded"] = shard is not None
-        estimator.fit(train_data, valid_data, checkpoint_dir=ckpt, resume=resume, **fit_kw)
+        estimator.fit(train_data, valid_data, checkpoint_dir=ckpt, resume=resume,
+                      sparse_updates=sparse_updates, **fit_kw)
     else:
         estimator.fit(train_data, valid_data, **fit_kw)
     seconds = time.perf_counter() - start
