@@ -29,18 +29,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SETTINGS: dict[str, dict[str, Any]] = {
-    "mf": {"batch_size": 65536, "embedding_dim": 64},
-    "bpr": {"batch_size": 65536, "n_negatives": 1, "embedding_dim": 64},
-}
-ITEMS = 27_000
+from bench_scaling import GENERATED_ITEMS as ITEMS  # noqa: E402  (the same settings)
+from bench_scaling import SCALE_PARAMS, parse_size  # noqa: E402
 
+SETTINGS = {m: SCALE_PARAMS[m] for m in ("mf", "bpr")}
 
-def parse_count(text: str) -> int:
-    text = text.strip().upper()
-    mult = {"K": 1_000, "M": 1_000_000, "B": 1_000_000_000}.get(text[-1:], 1)
-    return int(float(text.rstrip("KMB")) * mult)
 
 
 def worker(path: str, model_name: str, optimizer: str, mode: str, steps: int) -> dict[str, Any]:
@@ -86,12 +81,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/sparse_updates.json")
     args = ap.parse_args()
 
-    console = Console()
-    events = parse_count(args.events)
+    console = Console(width=160)
+    events = parse_size(args.events)
     configs = [tuple(c.split(":")) for c in args.configs.split(",") if c.strip()]
     rows: list[dict[str, Any]] = []
     args.cache.mkdir(parents=True, exist_ok=True)
-    for users in (parse_count(u) for u in args.users.split(",")):
+    for users in (parse_size(u) for u in args.users.split(",")):
         path = args.cache / f"users-{users}-events-{events}.parquet"
         if not path.exists():
             # a floor of 2 events per user lets a large user base share few events
