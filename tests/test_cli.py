@@ -228,7 +228,7 @@ def test_train_sparse_updates_option(tmp_path, csv_files, capsys):
                         "--sparse-updates", "on"], capsys)
     assert code == 2 and "--sparse-updates" in err
     code, _, err = run(args + ["--out", tmp_path / "z", "--sparse-updates", "maybe"], capsys)
-    assert code == 2 and "sparse_updates" in err
+    assert code == 2 and "--sparse-updates" in err
 
 
 def test_content_model_with_item_features_and_history(tmp_path, capsys):

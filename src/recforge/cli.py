@@ -294,6 +294,11 @@ def train(
     from recforge.training import distributed
 
     params = _parse_params(param)
+    from recforge.training.trainer import SPARSE_UPDATES
+
+    if sparse_updates not in SPARSE_UPDATES:  # before any data is read
+        raise ConfigError(f"--sparse-updates must be one of {', '.join(SPARSE_UPDATES)}, "
+                          f"not {sparse_updates!r}")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         from recforge.models.registry import get_model_class
 
