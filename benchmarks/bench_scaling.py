@@ -9,8 +9,13 @@ proportion, ML-20M at 20M) is generated once into ``--cache`` (default
 (``ru_maxrss``) is that of one job alone:
 
 * ``load``: ``read_parquet`` of the whole file (streaming, into compact arrays);
-* ``MODEL`` with 1 process, and with ``N`` processes under ``torchrun`` (DDP on gloo, one
-  thread each, the same global batch): one epoch with the settings in :data:`SCALE_PARAMS`.
+* ``MODEL`` with 1 process, and with ``N`` processes under ``torchrun`` (DDP on gloo, the
+  same global batch): one epoch with the settings in :data:`SCALE_PARAMS`. The job gets
+  ``--cores`` cores (default: all this process may use): one process runs that many
+  threads, each of ``N`` processes ``cores / N`` (one each on a 2-core machine), and the
+  ``1t`` run is one process with one rank's share, the resources of one rank.
+  ``--cores`` below the machine's count also pins the job to that many cores, so a
+  machine with many cores can measure how the efficiency grows with them.
   LightGCN's epoch at the larger sizes is timed on its first :data:`MAX_STEPS` batches and
   projected to the whole epoch (up-front sampling + seconds per batch x batches); such rows
   say ``projected``.
@@ -82,9 +87,9 @@ def worker_train(path: str, model_name: str) -> dict[str, Any] | None:
     from recforge.models.registry import create_model, get_model_class
     from recforge.training import distributed
 
-    if os.environ.get("RECFORGE_BENCH_THREADS"):
-        torch.set_num_threads(int(os.environ["RECFORGE_BENCH_THREADS"]))
     ctx = distributed.init_from_environment(device="cpu")
+    if os.environ.get("RECFORGE_BENCH_THREADS"):  # after the launcher's share of the cores
+        torch.set_num_threads(int(os.environ["RECFORGE_BENCH_THREADS"]))
     rank, world = ctx.shard if ctx is not None else (0, 1)
     # Under DDP each rank keeps only its users' events, as `recforge train --nproc` does
     # (not LightGCN, which propagates over the whole graph).
@@ -144,7 +149,15 @@ def worker_train(path: str, model_name: str) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------------------------------
 # driver
-def run_worker(args: list[str], nproc: int = 1, threads: int | None = None) -> dict[str, Any]:
+def available_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(
+        range(os.cpu_count() or 1))
+
+
+def run_worker(args: list[str], nproc: int = 1, threads: int | None = None,
+               cores: int | None = None) -> dict[str, Any]:
+    """Run one measurement in fresh processes: ``threads`` per process (default: the
+    process's share of ``cores``), pinned to the first ``cores`` cores when fewer than all."""
     script = str(Path(__file__).resolve())
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -152,13 +165,35 @@ def run_worker(args: list[str], nproc: int = 1, threads: int | None = None) -> d
     else:
         cmd = [sys.executable, script, *args]
     env = dict(os.environ, RECFORGE_SET_THREADS="1")
-    if threads is not None:
-        env["RECFORGE_BENCH_THREADS"] = str(threads)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    mine = available_cores()
+    cores = len(mine) if cores is None else cores
+    env["RECFORGE_BENCH_THREADS"] = str(threads or max(1, cores // nproc))
+    pin = None
+    if cores < len(mine) and hasattr(os, "sched_setaffinity"):
+        def pin() -> None:  # in the child before exec; inherited by torchrun's ranks
+            os.sched_setaffinity(0, mine[:cores])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=pin)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+def row_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    """What a row measured: size, task, processes, one-rank-share run, cores of the job."""
+    return r["size"], r["task"], r["nproc"], r.get("one_thread", False), r.get("cores")
+
+
+def with_cores(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """An earlier JSON's rows, each training row with the job's cores (rows written before
+    ``--cores`` existed ran on all of the machine's, which the JSON's ``machine`` names)."""
+    words = payload.get("machine", "").split(", ")[-1].split()
+    machine_cores = int(words[0]) if words and words[0].isdigit() else None
+    rows = payload["rows"]
+    for r in rows:
+        if r["task"] not in ("generate", "load"):
+            r.setdefault("cores", machine_cores)
+    return rows
 
 
 def median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -223,12 +258,15 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true",
                         help="Add the new rows to --out's earlier rows (replacing rows of "
                              "the same size, task and run) instead of starting afresh.")
+    parser.add_argument("--cores", type=int, default=None,
+                        help="Cores the job may use (default: all this process may use); "
+                             "fewer than the machine's pins the runs to that many.")
     parser.add_argument("--cache", type=Path,
                         default=Path(tempfile.gettempdir()) / "recforge-scale")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/scaling.json")
-    parser.add_argument("--from-json", type=Path, default=None,
-                        help="Recompute efficiencies, fits and tables from an earlier run's "
-                             "JSON instead of measuring.")
+    parser.add_argument("--from-json", type=Path, nargs="+", default=None,
+                        help="Recompute efficiencies, fits and tables from earlier runs' "
+                             "JSON (several: their rows together) instead of measuring.")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -242,10 +280,14 @@ def main() -> None:
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     nprocs = [int(n) for n in args.nproc.split(",")]
+    cores = args.cores or len(available_cores())
+    if not 1 <= cores <= len(available_cores()):
+        parser.error(f"--cores {cores}: this process may use {len(available_cores())} cores")
+    share = max(1, cores // max(nprocs))  # the threads of one rank
     rows: list[dict[str, Any]] = []
-    earlier = json.loads(args.from_json.read_text()) if args.from_json else None
+    earlier_runs = [json.loads(f.read_text()) for f in args.from_json or []]
+    earlier = earlier_runs[0] if earlier_runs else None
     if earlier is not None:
-        rows = earlier["rows"]
         sizes = []
     else:
         args.cache.mkdir(parents=True, exist_ok=True)
@@ -264,9 +306,9 @@ def main() -> None:
             rows.append({"size": size, "task": "load", "nproc": 1, **res})
             console.print(f"{size:,}: load {res['seconds']}s, peak {res['peak_rss_mb']:.0f} MB")
         for model in models:
-            # 1 process with all cores; 1 process with one thread (the resources of one
-            # DDP rank here); then N processes.
-            configs = [(1, None)] + ([(1, 1)] if max(nprocs) > 1 and model != "als" else [])
+            # 1 process with all the job's cores; 1 process with one rank's share of them
+            # (one thread on 2 cores); then N processes.
+            configs = [(1, None)] + ([(1, share)] if max(nprocs) > 1 and model != "als" else [])
             configs += [(n, None) for n in nprocs if n > 1 and model != "als"]
             if args.only is not None:
                 wanted = {c.strip() for c in args.only.split(",")}
@@ -277,50 +319,53 @@ def main() -> None:
             for _ in range(args.repeat):
                 for nproc, threads in configs:
                     res = run_worker(["--worker", "train", str(path), model], nproc=nproc,
-                                     threads=threads)
+                                     threads=threads, cores=cores)
                     runs[(nproc, threads)].append(res)
                     console.print(f"{size:,}: {model} x{nproc}"
-                                  f"{' (1 thread)' if threads else ''} "
+                                  f"{f' ({threads} thread(s))' if threads else ''} "
                                   f"epoch {res['epoch_seconds']}s"
                                   f"{' (projected)' if res['projected'] else ''}, "
                                   f"{res['samples_per_s_per_process']:,} samples/s/process, "
                                   f"peak {res['peak_rss_mb']:.0f} MB")
             for (nproc, threads), results in runs.items():
                 res = median_run(results)
+                # one_thread: one process with one rank's share of the cores
                 rows.append({"size": size, "task": model, "nproc": nproc,
-                             "one_thread": threads == 1, **res})
+                             "one_thread": threads is not None, "cores": cores, **res})
 
     if args.merge and earlier is None and args.out.exists():
-        def key(r: dict[str, Any]) -> tuple[Any, ...]:
-            return r["size"], r["task"], r["nproc"], r.get("one_thread", False)
-
         today = time.strftime("%Y-%m-%d")
         for r in rows:
             r.setdefault("measured", today)
-        fresh = {key(r): r for r in rows}
-        merged = [fresh.pop(key(r), r) for r in json.loads(args.out.read_text())["rows"]]
+        fresh = {row_key(r): r for r in rows}
+        before = json.loads(args.out.read_text())
+        merged = [fresh.pop(row_key(r), r) for r in with_cores(before)]
         rows = merged + list(fresh.values())  # replaced in place; new kinds at the end
+    elif earlier is not None:
+        rows = [r for run in earlier_runs for r in with_cores(run)]
 
-    # Scaling efficiency of DDP and the growth exponents.
-    by = {(r["size"], r["task"], r["nproc"], r.get("one_thread", False)): r for r in rows}
+    # Scaling efficiency of DDP and the growth exponents (among the runs of one job size).
+    by = {row_key(r): r for r in rows}
     for r in rows:
         if r["nproc"] == 1:
             continue
         for key, one_thread in (("efficiency", False), ("efficiency_vs_one_thread", True)):
-            single = by.get((r["size"], r["task"], 1, one_thread))
+            single = by.get((r["size"], r["task"], 1, one_thread, r.get("cores")))
             if single and single.get("samples_per_s_per_process"):
                 r[key] = round(r["samples_per_s_per_process"]
                                / single["samples_per_s_per_process"], 3)
     fits: list[dict[str, Any]] = []
-    for task, nproc in sorted({(r["task"], r["nproc"]) for r in rows if r["task"] != "generate"}):
+    for task, nproc, n_cores in sorted({(r["task"], r["nproc"], r.get("cores") or 0)
+                                        for r in rows if r["task"] != "generate"}):
         group = [r for r in rows if r["task"] == task and r["nproc"] == nproc
-                 and not r.get("one_thread")]
+                 and (r.get("cores") or 0) == n_cores and not r.get("one_thread")]
         key = "seconds" if task == "load" else "epoch_seconds"
         t_fit = fit_power([(r["events"], r[key]) for r in group])
         m_fit = fit_line([(r["events"], r["peak_rss_mb"]) for r in group])
         if t_fit is None:
             continue
-        entry = {"task": task, "nproc": nproc, "time_exponent": round(t_fit[1], 3),
+        entry = {"task": task, "nproc": nproc, **({"cores": n_cores} if n_cores else {}),
+                 "time_exponent": round(t_fit[1], 3),
                  "seconds_at_1B": round(t_fit[0] * 1e9 ** t_fit[1]),
                  "bytes_per_event": round(m_fit[1] * 2**20, 1) if m_fit else None,
                  "fixed_mb": round(m_fit[0]) if m_fit else None,
@@ -328,16 +373,19 @@ def main() -> None:
                  else None}
         fits.append(entry)
 
-    table = Table(title="Scaling on synthetic data (one epoch; 2 CPU cores)")
+    job_cores = sorted({r["cores"] for r in rows if r.get("cores")})
+    table = Table(title=f"Scaling on synthetic data (one epoch; "
+                        f"{'/'.join(map(str, job_cores)) or cores} CPU cores)")
     for c in ("events", "task", "procs", "seconds", "samples/s/proc", "efficiency",
-              "eff. vs 1 thread", "peak MB"):
+              "eff. vs 1 rank's threads", "peak MB"):
         table.add_column(c, justify="right")
     for r in rows:
         if r["task"] == "generate":
             continue
         secs = r.get("epoch_seconds", r.get("seconds"))
         table.add_row(f"{r['events']:,}", r["task"],
-                      str(r["nproc"]) + (" (1 thread)" if r.get("one_thread") else ""),
+                      str(r["nproc"]) + (f" ({r.get('threads_per_process', 1)} thr.)"
+                                         if r.get("one_thread") else ""),
                       f"{secs:.1f}" + (" (proj.)" if r.get("projected") else ""),
                       f"{r['samples_per_s_per_process']:,}" if "samples_per_s_per_process" in r
                       else "", f"{r['efficiency']:.2f}" if "efficiency" in r else "",
@@ -349,7 +397,9 @@ def main() -> None:
               "peak GB at 1B"):
         ftable.add_column(c, justify="right")
     for f in fits:
-        ftable.add_row(f["task"], str(f["nproc"]), f"{f['time_exponent']:.2f}",
+        ftable.add_row(f["task"], str(f["nproc"]) + (f" ({f['cores']} cores)"
+                                                     if len(job_cores) > 1 else ""),
+                       f"{f['time_exponent']:.2f}",
                        f"{f['seconds_at_1B'] / 3600:,.1f}", str(f["bytes_per_event"]),
                        str(f["fixed_mb"]), str(f["peak_gb_at_1B"]))
     console.print(ftable)
