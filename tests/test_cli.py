@@ -150,6 +150,20 @@ def test_datasets_commands(capsys, monkeypatch, tmp_path):
     assert code == 2 and "did you mean" in err
 
 
+def test_datasets_generate_chooses_users_in_proportion(tmp_path, capsys):
+    from recforge.data.io import read_parquet
+
+    out = tmp_path / "g.parquet"
+    code, text, _ = run(["datasets", "generate", out, "--interactions", 29_000, "--items", 500],
+                        capsys)
+    assert code == 0 and "200 users" in " ".join(text.split())  # 29,000 / (20M / 138K)
+    data = read_parquet(out)
+    assert len(data) == 29_000 and data.n_users == 200
+    code, _, err = run(["datasets", "generate", tmp_path / "h.parquet", "--users", 10,
+                        "--items", 20, "--interactions", 101], capsys)
+    assert code == 2 and "at most n_items // 2" in err and not (tmp_path / "h.parquet").exists()
+
+
 def test_train_on_named_dataset(tmp_path, capsys, monkeypatch):
     from conftest import shared_path
 

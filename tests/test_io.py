@@ -11,6 +11,7 @@ from conftest import event_frame
 
 from recforge import DataError, Interactions
 from recforge.data.io import parse_columns, read_adjacency, read_csv, read_interactions, read_many
+from recforge.errors import ConfigError
 
 
 def write(tmp_path, name: str, text: str):
@@ -257,7 +258,7 @@ def test_generated_scale_data_has_the_requested_shape(tmp_path):
     info = write_synthetic_parquet(p, n_users=3000, n_items=2000, n_interactions=150_000,
                                    block_users=512, seed=4)
     data = read_parquet(p)  # duplicates="error": every (user, item) pair is distinct
-    assert len(data) == info["events"] and 0.99 * 150_000 <= len(data) <= 150_000
+    assert len(data) == info["events"] == 150_000
     assert data.n_users == 3000 and data.n_items <= 2000
     assert data.user_counts().min() >= 20  # the floor of every user's activity
     counts = np.sort(data.item_counts())[::-1]
@@ -268,6 +269,25 @@ def test_generated_scale_data_has_the_requested_shape(tmp_path):
                                     n_interactions=150_000, block_users=512, seed=4)
     assert again["events"] == info["events"]
     assert (tmp_path / "t.parquet").read_bytes() == p.read_bytes()
+
+
+def test_generated_data_below_the_activity_floor_keeps_its_size(tmp_path):
+    """10 events per user cannot give every user the floor of 20: the floor drops to half
+    the mean, and the log keeps the requested size, every user and a skew."""
+    from recforge.data.io import read_parquet
+    from recforge.data.synthetic import write_synthetic_parquet
+
+    p = tmp_path / "s.parquet"
+    info = write_synthetic_parquet(p, n_users=3000, n_items=2000, n_interactions=30_000,
+                                   block_users=512, seed=4)
+    data = read_parquet(p)
+    assert info["events"] == len(data) == 30_000
+    counts = data.user_counts()
+    assert data.n_users == 3000 and counts.min() >= 5 and counts.max() > 50
+    with pytest.raises(ConfigError, match="at most n_items // 2"):
+        write_synthetic_parquet(tmp_path / "t.parquet", n_users=10, n_items=20,
+                                n_interactions=101)
+    assert not (tmp_path / "t.parquet").exists()
 
 
 def test_integer_vocabulary_treats_huge_numbers_as_unknown_ids():

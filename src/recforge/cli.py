@@ -220,7 +220,9 @@ def datasets_download(name: str,
 @datasets_app.command("generate")
 def datasets_generate(
     out: Path = typer.Argument(..., help="Parquet file to write."),
-    users: int = typer.Option(138_000, "--users", help="Number of users."),
+    users: int | None = typer.Option(
+        None, "--users", help="Number of users (default: in proportion to --interactions, "
+        "as in MovieLens 20M: 138,000 at 20M, 6,900 at 1M)."),
     items: int = typer.Option(27_000, "--items", help="Number of items."),
     interactions: int = typer.Option(20_000_000, "--interactions",
                                      help="Number of (distinct user-item) events."),
@@ -231,8 +233,10 @@ def datasets_generate(
     Zipf item popularity, log-normal user activity and genre tastes; columns user, item,
     rating, timestamp. Memory stays bounded whatever the size (written user block by block).
     """
-    from recforge.data.synthetic import write_synthetic_parquet
+    from recforge.data.synthetic import ML20M_EVENTS_PER_USER, write_synthetic_parquet
 
+    if users is None:
+        users = max(2, round(interactions / ML20M_EVENTS_PER_USER))
     summary = write_synthetic_parquet(out, n_users=users, n_items=items,
                                       n_interactions=interactions, seed=seed)
     console.print(f"wrote {summary['events']:,} events ({users:,} users x {items:,} items) to "

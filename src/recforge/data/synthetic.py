@@ -20,7 +20,12 @@ import pandas as pd
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError
 
-__all__ = ["SyntheticData", "make_synthetic", "write_synthetic_parquet", "GENRES"]
+__all__ = ["SyntheticData", "make_synthetic", "write_synthetic_parquet", "GENRES",
+           "ML20M_EVENTS_PER_USER"]
+
+#: MovieLens 20M's interactions per user (20M ratings by 138K users): the proportion in which
+#: ``recforge datasets generate`` chooses a number of users (as the scale benchmarks do).
+ML20M_EVENTS_PER_USER = 20_000_000 / 138_000
 
 GENRES = ("Action", "Adventure", "Animation", "Comedy", "Crime", "Documentary", "Drama",
           "Fantasy", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
@@ -144,7 +149,8 @@ def write_synthetic_parquet(path: str | os.PathLike, *, n_users: int = 138_000,
 
     The defaults match MovieLens 20M (138K users, 27K items, 20M ratings). The log has what
     makes real data hard: a Zipf item popularity (``popularity_exponent``), user activity
-    that is log-normal with a floor of ``min_per_user`` events, and tastes: each event comes
+    that is log-normal with a floor of ``min_per_user`` events (or half the mean activity,
+    where that is fewer), and tastes: each event comes
     with probability ``taste_strength`` from one of the user's favourite genres (popularity
     within the genre), else from the whole catalogue by popularity. Ratings (0.5-5 stars)
     are higher for taste events; timestamps spread over each user's active window. (user,
@@ -164,6 +170,10 @@ def write_synthetic_parquet(path: str | os.PathLike, *, n_users: int = 138_000,
     if n_users < 2 or n_items < 10 or n_interactions < n_users:
         raise ConfigError("write_synthetic_parquet needs n_users >= 2, n_items >= 10 and "
                           "n_interactions >= n_users")
+    if n_interactions > n_users * (n_items // 2):
+        raise ConfigError(f"{n_interactions:,} interactions cannot be drawn: a user has at most "
+                          f"n_items // 2 = {n_items // 2:,} distinct items, "
+                          f"{n_users * (n_items // 2):,} events for {n_users:,} users")
     if not 0.0 <= taste_strength <= 1.0:
         raise ConfigError(f"taste_strength must be in [0, 1], got {taste_strength}")
     start = time.perf_counter()
@@ -185,15 +195,24 @@ def write_synthetic_parquet(path: str | os.PathLike, *, n_users: int = 138_000,
     cdf_all = np.cumsum(pop) / pop.sum()
     nonempty = np.flatnonzero(counts)
 
-    # Users: log-normal activity scaled to the requested total.
+    # Users: log-normal activity scaled to the requested total, above a floor that leaves
+    # at least half of the total to the skew.
+    floor = max(1, min(int(min_per_user), n_interactions // n_users // 2))
     activity = rng.lognormal(0.0, 1.1, size=n_users)
-    activity = activity / activity.sum() * (n_interactions - min_per_user * n_users)
-    activity = np.minimum(np.floor(activity).astype(np.int64) + min_per_user, n_items // 2)
+    activity = activity / activity.sum() * (n_interactions - floor * n_users)
+    activity = np.minimum(np.floor(activity).astype(np.int64) + floor, n_items // 2)
     short = n_interactions - int(activity.sum())
     if short > 0:  # hand the rounding remainder to random users with room left
         room = np.flatnonzero(activity < n_items // 2)
         activity[rng.choice(room, size=short, replace=len(room) < short)] += 1
     activity = np.minimum(activity, n_items // 2)
+    # What the cap of n_items // 2 took from the heaviest users (a small catalogue) goes
+    # to the others, evenly, until the total is reached.
+    while (short := n_interactions - int(activity.sum())) > 0:
+        room = np.flatnonzero(activity < n_items // 2)
+        activity[room] = np.minimum(
+            activity[room] + rng.multinomial(short, np.full(len(room), 1.0 / len(room))),
+            n_items // 2)
 
     t0 = 1_000_000_000
     schema = pa.schema([("user", pa.int32()), ("item", pa.int32()),
@@ -235,13 +254,15 @@ def _draw_block(rng: np.random.Generator, quota: np.ndarray, favs: np.ndarray,
 
     Each round draws what every user still lacks (oversampled), drops pairs already drawn,
     and keeps a random subset up to the quota; heavy users need a few rounds because their
-    draws collide on popular items.
+    draws collide on popular items. After ``max_rounds`` what is still lacking (users whose
+    quota nears half of a small catalogue) is drawn uniformly from the catalogue, where at
+    least half of every draw is fresh, so each quota is met.
     """
     n_items = len(cdf_all)
     n_users = len(quota)
     have_key = np.empty(0, dtype=np.int64)
     have_taste = np.empty(0, dtype=bool)
-    for _ in range(max_rounds):
+    for round_ in range(max_rounds + 200):
         count = np.bincount(have_key // n_items, minlength=n_users)
         lack = quota - count
         if lack.max() <= 0:
@@ -249,16 +270,20 @@ def _draw_block(rng: np.random.Generator, quota: np.ndarray, favs: np.ndarray,
         draw = np.where(lack > 0, (lack * 1.3 + 8).astype(np.int64), 0)
         user = np.repeat(np.arange(n_users), draw)
         m = len(user)
-        taste = rng.random(m) < taste_strength
-        item = np.empty(m, dtype=np.int64)
-        nt = int(taste.sum())
-        if nt:
-            tu = user[taste]
-            g = favs[tu, (rng.random(nt) * n_fav[tu]).astype(np.int64)]
-            pos = np.searchsorted(cdf_genre, g + rng.random(nt), side="right")
-            item[taste] = by_genre[np.minimum(pos, n_items - 1)]
-        item[~taste] = np.minimum(np.searchsorted(cdf_all, rng.random(m - nt), side="right"),
-                                  n_items - 1)
+        if round_ >= max_rounds:  # the rest uniformly
+            taste = np.zeros(m, dtype=bool)
+            item = rng.integers(0, n_items, size=m)
+        else:
+            taste = rng.random(m) < taste_strength
+            item = np.empty(m, dtype=np.int64)
+            nt = int(taste.sum())
+            if nt:
+                tu = user[taste]
+                g = favs[tu, (rng.random(nt) * n_fav[tu]).astype(np.int64)]
+                pos = np.searchsorted(cdf_genre, g + rng.random(nt), side="right")
+                item[taste] = by_genre[np.minimum(pos, n_items - 1)]
+            item[~taste] = np.minimum(
+                np.searchsorted(cdf_all, rng.random(m - nt), side="right"), n_items - 1)
         key = user * n_items + item
         _, first = np.unique(key, return_index=True)  # distinct within the round
         key, taste = key[first], taste[first]
