@@ -150,6 +150,18 @@ def test_datasets_commands(capsys, monkeypatch, tmp_path):
     assert code == 2 and "did you mean" in err
 
 
+def test_a_pair_in_two_data_files_follows_duplicates(tmp_path, capsys):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("user,item,rating\n1,10,5\n1,11,3\n2,10,4\n")
+    b.write_text("user,item,rating\n1,10,2\n2,12,4\n")
+    code, _, err = run(["train", "pop", "--data", a, "--data", b, "--out", tmp_path / "m"], capsys)
+    assert code == 2 and "duplicate (user, item) pair (1, 10) in" in err
+    assert "a.csv and" in err and "b.csv" in err and not (tmp_path / "m").exists()
+    code, out, _ = run(["train", "pop", "--data", a, "--data", b, "--out", tmp_path / "m",
+                        "--duplicates", "last"], capsys)
+    assert code == 0 and "4 events" in " ".join(out.split())
+
+
 def test_datasets_generate_chooses_users_in_proportion(tmp_path, capsys):
     from recforge.data.io import read_parquet
 

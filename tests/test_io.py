@@ -306,3 +306,21 @@ def test_integer_vocabulary_treats_huge_numbers_as_unknown_ids():
     big, _ = Vocabulary.from_values(np.asarray([9007199254740993, 2**62 + 1], dtype=np.int64))
     assert big.index(np.asarray(["9007199254740993", str(2**62 + 1), "9007199254740992"],
                                 dtype=object)).tolist() == [0, 1, -1]
+
+
+def test_concat_applies_a_duplicates_policy_across_parts(tmp_path):
+    from recforge.data.io import read_many
+
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("user,item,rating,timestamp\n1,10,5,100\n1,11,3,100\n2,10,4,100\n")
+    b.write_text("user,item,rating,timestamp\n1,10,2,200\n2,12,4,200\n")
+    first, second = read_many([a, b])
+    assert len(first.concat(second)) == 5  # no policy: every event kept
+    with pytest.raises(DataError, match=r"pair \(1, 10\) in .*a\.csv and .*b\.csv"):
+        first.concat(second, duplicates="error")
+    for policy, rating in (("last", 2.0), ("first", 5.0), ("sum", 7.0), ("max", 5.0),
+                           ("mean", 3.5)):
+        both = first.concat(second, duplicates=policy)
+        frame = both.to_frame()
+        assert len(both) == 4, policy
+        assert frame.loc[(frame.user == 1) & (frame.item == 10), "rating"].tolist() == [rating]

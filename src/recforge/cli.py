@@ -387,7 +387,9 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
                         duplicates=duplicates, data_dir=data_dir, min_rating=min_rating,
                         shard=shard)
     valid_data = parts.pop() if valid else None
-    train_data = parts[0].concat(*parts[1:]) if len(parts) > 1 else parts[0]
+    # several --data files: a pair in two of them follows --duplicates like one in a file
+    train_data = (parts[0].concat(*parts[1:], duplicates=duplicates)  # type: ignore[arg-type]
+                  if len(parts) > 1 else parts[0])
     if dist_ctx is not None:
         log.info("rank %d of %d: %s events (%s)", dist_ctx.rank, dist_ctx.world_size,
                  f"{len(train_data):,}",

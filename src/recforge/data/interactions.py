@@ -214,8 +214,15 @@ class Interactions:
                             users=self._users, items=self._items, source=self.source,
                             check=False)
 
-    def concat(self, *others: Interactions) -> Interactions:
-        """These events followed by the events of ``others`` (same vocabularies required)."""
+    def concat(self, *others: Interactions,
+               duplicates: DuplicatePolicy | None = None) -> Interactions:
+        """These events followed by the events of ``others`` (same vocabularies required).
+
+        ``duplicates``: ``None`` keeps every event, so a (user, item) pair found in two parts
+        appears twice; a policy (``"error"``, ``"first"``, ``"last"``, ``"sum"``, ``"max"``,
+        ``"mean"``) treats pairs across the parts as the readers treat them within a file
+        (``"error"`` names the pair and the two parts' sources).
+        """
         parts = [self, *others]
         for o in others:
             if o.users != self.users or o.items != self.items:
@@ -228,8 +235,29 @@ class Interactions:
         timestamp = None
         if all(p.has_timestamps for p in parts):
             timestamp = np.concatenate([p.timestamp for p in parts])
-        return Interactions(np.concatenate([p.user for p in parts]),
-                            np.concatenate([p.item for p in parts]), value, timestamp,
+        user = np.concatenate([p.user for p in parts])
+        item = np.concatenate([p.item for p in parts])
+        if duplicates is not None:
+            key = user.astype(np.int64) * self.n_items + item
+            order = np.argsort(key, kind="stable")
+            dup = np.flatnonzero(key[order][1:] == key[order][:-1])
+            if len(dup) and duplicates == "error":
+                first, second = order[dup[0]], order[dup[0] + 1]
+                part = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+                names = [p.source or f"part {k + 1}" for k, p in enumerate(parts)]
+                pair = (self.users.ids[user[first]], self.items.ids[item[first]])
+                where = (f"in {names[part[first]]} and {names[part[second]]}"
+                         if part[first] != part[second] else f"twice in {names[part[first]]}")
+                raise DataError(
+                    f"duplicate (user, item) pair ({_plain(pair[0])!r}, {_plain(pair[1])!r}) "
+                    f"{where}; choose a policy for repeated pairs: last (re-ratings), sum "
+                    "(counts), first, max or mean")
+            if len(dup):
+                from recforge.data.io import _dedupe
+
+                user, item, value, timestamp = _dedupe(user, item, value, timestamp, key,
+                                                       duplicates)
+        return Interactions(user, item, value, timestamp,
                             users=self.users, items=self.items, source=self.source, check=False)
 
     def compact(self) -> Interactions:
@@ -353,3 +381,8 @@ class Interactions:
         from recforge.data.io import read_adjacency
 
         return read_adjacency(path, **kwargs)
+
+
+def _plain(x: Any) -> Any:
+    """A numpy scalar as the Python value it holds (for messages: 7, not np.int64(7))."""
+    return x.item() if isinstance(x, np.generic) else x

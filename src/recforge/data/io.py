@@ -26,6 +26,7 @@ from recforge.data.interactions import (
     DuplicatePolicy,
     Interactions,
     UnknownPolicy,
+    _plain,
 )
 from recforge.data.sharding import check_shard, owner_of_ids, user_shard
 from recforge.data.vocabulary import Vocabulary
@@ -235,7 +236,7 @@ def _map_ids(ids: np.ndarray, vocab: Vocabulary, cols: _Columns, name: str,
     if unknown == "error" and (idx < 0).any():
         i = int(np.flatnonzero(idx < 0)[0])
         n_bad = int((idx < 0).sum())
-        raise DataError(f"{name} {ids[i]!r} is not in the {name} vocabulary "
+        raise DataError(f"{name} {_plain(ids[i])!r} is not in the {name} vocabulary "
                         f"({n_bad} events with unknown {name}s; pass unknown='drop' to skip them)",
                         **cols.locate(i))
     return idx
@@ -285,9 +286,10 @@ def _finish(u: np.ndarray, i: np.ndarray, value: np.ndarray | None,
             j = int(np.flatnonzero(dup_next)[0])
             first, second = order[j], order[j + 1]
             raise DataError(
-                f"duplicate (user, item) pair ({users.ids[u[second]]!r}, {items.ids[i[second]]!r}),"
-                f" first seen at {unit} {at(first)}; choose a policy with "
-                "duplicates='last' (re-ratings), 'sum' (counts), 'first', 'max' or 'mean'",
+                f"duplicate (user, item) pair ({_plain(users.ids[u[second]])!r}, "
+                f"{_plain(items.ids[i[second]])!r}), first seen at {unit} {at(first)}; choose a "
+                "policy for repeated pairs (duplicates=, --duplicates): last (re-ratings), sum "
+                "(counts), first, max or mean",
                 source=source, **{unit: at(second)})
         u, i, value, timestamp = _dedupe(u, i, value, timestamp, key, duplicates)
     del key, order, dup_next
