@@ -324,3 +324,30 @@ def test_concat_applies_a_duplicates_policy_across_parts(tmp_path):
         frame = both.to_frame()
         assert len(both) == 4, policy
         assert frame.loc[(frame.user == 1) & (frame.item == 10), "rating"].tolist() == [rating]
+
+
+def test_dates_of_any_year_and_numbers_beyond_int64(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recforge.data.io import interactions_from_frame, read_parquet
+
+    p = write(tmp_path, "d.csv", "user,item,timestamp\n1,2,9999-12-31\n1,3,1500-01-01\n"
+              "2,3,2020-01-31 10:00:00+02:00\n2,4,100\n")
+    frame = read_csv(p).to_frame()
+    assert frame["timestamp"].tolist() == [253402214400, -14831769600, 1580457600, 100]
+    q = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"user": [1, 2], "item": [1, 1], "timestamp": pa.array(
+        [np.datetime64("3000-01-01", "ms"), np.datetime64("2020-01-01", "ms")],
+        pa.timestamp("ms"))}), q)
+    assert read_parquet(q).to_frame()["timestamp"].tolist() == [32503680000, 1577836800]
+    with pytest.raises(DataError, match=r"line 3, column 'timestamp': timestamp '1e30' is out"):
+        read_csv(write(tmp_path, "e.csv", "user,item,timestamp\n1,2,5\n1,3,1e30\n"))
+    # float ids: whole numbers that int64 holds, or a clear error (never wrapped)
+    for bad in (1e20, float("inf"), 2.5):
+        with pytest.raises(DataError, match=r"row 2, column 'user': user id .* not a whole"):
+            interactions_from_frame(pd.DataFrame({"user": [1.0, bad], "item": [1, 1]}))
+    # unsigned 64-bit ids above int64 stay exact (as text), never negative
+    big = interactions_from_frame(pd.DataFrame({
+        "user": np.asarray([2**64 - 1, 5], dtype=np.uint64), "item": [1, 1]}))
+    assert sorted(big.users.ids.tolist()) == ["18446744073709551615", "5"]

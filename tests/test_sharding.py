@@ -29,6 +29,31 @@ def test_owners_depend_only_on_the_id(string_ids):
     assert not owner_of_ids(ids, 1).any()
 
 
+def test_an_integer_id_written_as_text_has_the_integer_owner():
+    ids = np.asarray([1, 5, 6, 7, 123456789012345678, 2**62, -3], dtype=np.int64)
+    as_text = np.asarray([str(i) for i in ids], dtype=object)
+    np.testing.assert_array_equal(owner_of_ids(as_text, 4), owner_of_ids(ids, 4))
+    mixed = np.asarray(["abc", "5", "007", str(2**64 - 1), "5.0"], dtype=object)
+    owners = owner_of_ids(mixed, 4)  # text that is not an int64 integer hashes as text
+    assert owners[1] == owner_of_ids(np.asarray([5]), 4)[0]
+    assert owners.min() >= 0 and owners.max() < 4
+
+
+def test_parquet_ids_integer_in_one_batch_and_text_in_another_meet_on_one_rank(tmp_path):
+    """Read batch by batch, a text id column is integers in the first batches and mixed
+    with words in the last: a user's events must still be on one rank, under one id."""
+    users = [str(u) for u in range(1, 41)] * 5 + ["u-a", "u-b"] + [str(u) for u in range(1, 11)]
+    items = list(range(len(users)))
+    p = tmp_path / "m.parquet"
+    pd.DataFrame({"user": users, "item": items}).to_parquet(p, row_group_size=50)
+    whole = read_parquet(p)
+    parts = [read_parquet(p, batch_rows=50, shard=(r, 2)) for r in range(2)]
+    assert sum(len(x) for x in parts) == len(whole) == len(users)
+    owners = [set(x.users.ids[np.unique(x.user)].tolist()) for x in parts]
+    assert not owners[0] & owners[1]  # "7" from an integer batch and "7" from a text one
+    assert parts[0].users == whole.users and len(whole.users) == 42
+
+
 def test_user_shards_partition_the_events_by_user():
     data = random_interactions(n_users=80, n_items=30, density=0.3, seed=2)
     shards = [user_shard(data, r, 3) for r in range(3)]

@@ -44,6 +44,7 @@ __all__ = [
 
 _DUP_POLICIES = ("error", "first", "last", "sum", "max", "mean")
 _INT_RE = r"-?(?:0|[1-9][0-9]*)"
+_INT64_MAX = 2**63 - 1
 
 
 def parse_columns(spec: str | Mapping[str, str] | None) -> dict[str, str]:
@@ -132,13 +133,21 @@ def _ids(series: pd.Series, name: str, where: np.ndarray, source: str | None,
         raise DataError(f"missing {name} id", source=source, column=name,
                         **{unit: int(where[i])})
     kind = series.dtype.kind
+    if kind == "u" and len(series) and int(series.max()) > _INT64_MAX:
+        # 64-bit unsigned ids above int64 (snowflake-style): exact, as text
+        return series.astype(str).to_numpy(dtype=object)
     if kind in "iu":
         return series.to_numpy(dtype=np.int64)
     if kind == "f":
         arr = series.to_numpy(dtype=np.float64)
-        if np.all(arr == np.round(arr)):
-            return arr.astype(np.int64)
-        return series.astype(str).to_numpy(dtype=object)
+        # a float column of ids must hold whole numbers that int64 keeps exactly
+        bad = ~(np.isfinite(arr) & (arr == np.round(arr)) & (np.abs(arr) < 2.0**63))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{name} id {float(arr[i])!r} is not a whole number that an integer id "
+                            "can hold; store ids as integers or text", source=source,
+                            column=name, **{unit: int(where[i])})
+        return arr.astype(np.int64)
     s = series.astype("string").str.strip()
     if s.str.fullmatch(_INT_RE).all():
         try:
@@ -180,26 +189,71 @@ def _numbers(series: pd.Series, name: str, where: np.ndarray, source: str | None
 def _timestamps(series: pd.Series, name: str, where: np.ndarray, source: str | None,
                 unit: str) -> np.ndarray:
     if pd.api.types.is_datetime64_any_dtype(series):
-        ts = series
-    elif series.dtype.kind in "iuf":
-        return _numbers(series, name, where, source, unit).astype(np.int64)
-    else:
-        raw = series.astype("string").str.strip()
-        num = pd.to_numeric(raw, errors="coerce")
-        if num.notna().all():
-            return _numbers(num, name, where, source, unit).astype(np.int64)
-        # Dates as text; numbers among them are seconds since the epoch.
-        ts = pd.to_datetime(raw.where(num.isna()), errors="coerce", utc=True, format="mixed")
-        from_num = pd.to_datetime(num, unit="s", utc=True, errors="coerce")
-        ts = ts.where(num.isna(), from_num)
-    bad = ts.isna().to_numpy()
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{str(series.iloc[i])!r} is not a timestamp (seconds since the epoch "
-                        "or a date/time)", source=source, column=name, **{unit: int(where[i])})
-    if getattr(ts.dt, "tz", None) is None:
-        ts = ts.dt.tz_localize("UTC")
-    return (ts.astype("datetime64[ns, UTC]").astype("int64") // 1_000_000_000).to_numpy()
+        if series.isna().any():
+            i = int(np.flatnonzero(series.isna().to_numpy())[0])
+            raise DataError("missing timestamp", source=source, column=name,
+                            **{unit: int(where[i])})
+        if getattr(series.dt, "tz", None) is not None:
+            series = series.dt.tz_convert("UTC").dt.tz_localize(None)
+        # whole seconds from the column's own unit: no nanosecond range (years 1677-2262)
+        return series.to_numpy().astype("datetime64[s]").astype(np.int64)
+    if series.dtype.kind in "iuf":
+        return _seconds(_numbers(series, name, where, source, unit), series, name, where,
+                        source, unit)
+    raw = series.astype("string").str.strip()
+    num = pd.to_numeric(raw, errors="coerce")
+    if num.notna().all():
+        return _seconds(_numbers(num, name, where, source, unit), series, name, where,
+                        source, unit)
+    # Dates as text (any year: parsed at second resolution); numbers among them are
+    # seconds since the epoch.
+    out = np.zeros(len(raw), dtype=np.int64)
+    is_num = num.notna().to_numpy()
+    if is_num.any():
+        out[is_num] = _seconds(num.to_numpy(dtype=np.float64)[is_num], series[is_num], name,
+                               where[is_num], source, unit)
+    text = raw[~is_num]
+    try:
+        ts = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
+        bad = ts.isna().to_numpy()
+        # in the unit pandas chose (not always ns); NaT rows are replaced below
+        parsed = (ts.dt.tz_localize(None).to_numpy().astype("datetime64[s]")
+                  .astype(np.int64))
+    except (OverflowError, pd.errors.OutOfBoundsDatetime, ValueError):
+        ts, bad, parsed = None, np.ones(len(text), dtype=bool), np.zeros(len(text), np.int64)
+    if bad.any():  # outside pandas' nanosecond range (or not a date): one by one
+        for j in np.flatnonzero(bad):
+            sec = _date_seconds(str(text.iloc[j]))
+            if sec is None:
+                k = int(np.flatnonzero(~is_num)[j])
+                raise DataError(f"{str(series.iloc[k])!r} is not a timestamp (seconds since "
+                                "the epoch or a date/time)", source=source, column=name,
+                                **{unit: int(where[k])})
+            parsed[j] = sec
+    out[~is_num] = parsed
+    return out
+
+
+def _seconds(num: np.ndarray, series: pd.Series, name: str, where: np.ndarray,
+             source: str | None, unit: str) -> np.ndarray:
+    """Numeric timestamps (seconds since the epoch) as int64, refusing what int64 cannot
+    hold (instead of wrapping it to a large negative number)."""
+    too_big = np.abs(num) >= 2.0**63
+    if too_big.any():
+        i = int(np.flatnonzero(too_big)[0])
+        raise DataError(f"timestamp {series.iloc[i]!r} is out of range (seconds since the "
+                        "epoch)", source=source, column=name, **{unit: int(where[i])})
+    return num.astype(np.int64)
+
+
+def _date_seconds(text: str) -> int | None:
+    """Seconds since the epoch of one date/time of any year numpy's datetime64 holds
+    (``9999-12-31``, ``1500-01-01T12:00``), or None."""
+    try:
+        return int(np.datetime64(text.strip().rstrip("Zz").replace(" ", "T"), "s")
+                   .astype(np.int64))
+    except (ValueError, OverflowError):
+        return None
 
 
 def _extract(frame: pd.DataFrame, columns: Mapping[str, str] | None, source: str | None,

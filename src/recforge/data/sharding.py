@@ -7,7 +7,10 @@ negatives and exclude seen items when it evaluates its users, without asking the
 
 The hash depends only on the id's value (integers through a 64-bit mixer, text through
 pandas' stable SipHash), never on file order or the process, so every rank, every file
-(train, validation) and every run agrees on who owns whom.
+(train, validation) and every run agrees on who owns whom. An id written as an integer
+in text (``"42"``) hashes as the integer 42: a reader may see one file's ids as integers
+in one block and as text in another (Parquet read batch by batch), and a user's events
+must still meet on one rank.
 """
 
 from __future__ import annotations
@@ -48,8 +51,34 @@ def owner_of_ids(ids: np.ndarray, world: int) -> np.ndarray:
     if ids.dtype.kind in "iu":
         h = _mix64(ids)
     else:
-        h = pd.util.hash_array(ids.astype(str).astype(object), categorize=True)
+        text = pd.Series(ids.astype(str).astype(object))
+        h = pd.util.hash_array(text.to_numpy(dtype=object), categorize=True)
+        as_int = _integers_in_text(text)
+        if as_int is not None:
+            where, values = as_int
+            h[where] = _mix64(values)
     return (h % np.uint64(world)).astype(np.int32)
+
+
+_INT_RE = r"-?(?:0|[1-9][0-9]*)"  # what the readers turn into integer ids
+
+
+def _integers_in_text(text: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """Positions and int64 values of the entries that are integers int64 holds."""
+    looks = text.str.fullmatch(_INT_RE).to_numpy(dtype=bool)
+    if not looks.any():
+        return None
+    where = np.flatnonzero(looks)
+    digits = text.iloc[where]
+    short = (digits.str.len() <= 18).to_numpy()  # 18 digits always fit in int64
+    values = np.zeros(len(where), dtype=np.int64)
+    values[short] = digits[short].astype("int64").to_numpy()
+    fits = short.copy()
+    for k in np.flatnonzero(~short):  # 19+ characters: rare, checked one by one
+        v = int(digits.iloc[k])
+        if -(2**63) <= v < 2**63:
+            values[k], fits[k] = v, True
+    return where[fits], values[fits]
 
 
 def user_owners(data, world: int) -> np.ndarray:
