@@ -162,6 +162,23 @@ def test_a_pair_in_two_data_files_follows_duplicates(tmp_path, capsys):
     assert code == 0 and "4 events" in " ".join(out.split())
 
 
+def test_header_and_encoding_options(tmp_path, capsys):
+    words = tmp_path / "w.csv"
+    words.write_text("alice,matrix\nbob,dune\ncarol,matrix\n")
+    code, _, err = run(["train", "pop", "--data", words, "--out", tmp_path / "m"], capsys)
+    assert code == 2 and "--no-header" in err
+    code, out, _ = run(["train", "pop", "--data", words, "--out", tmp_path / "m",
+                        "--no-header"], capsys)
+    assert code == 0 and "3 events" in out
+    latin = tmp_path / "l.csv"
+    latin.write_bytes("user,item\n1,2\nJosé,3\n".encode("latin-1"))
+    code, _, err = run(["train", "pop", "--data", latin, "--out", tmp_path / "n"], capsys)
+    assert code == 2 and "line 3" in err and "--encoding latin-1" in err
+    code, out, _ = run(["train", "pop", "--data", latin, "--out", tmp_path / "n",
+                        "--encoding", "latin-1"], capsys)
+    assert code == 0 and "2 events" in out
+
+
 def test_datasets_generate_chooses_users_in_proportion(tmp_path, capsys):
     from recforge.data.io import read_parquet
 

@@ -154,6 +154,46 @@ def test_not_utf8(tmp_path):
     assert read_csv(p, encoding="latin-1").users.ids.tolist() == ["José"]
 
 
+def test_undecodable_text_names_the_line_and_the_offset_in_the_file(tmp_path):
+    rows = "".join(f"{i},{i % 7}\n" for i in range(1, 3000))
+    p = tmp_path / "deep.csv"
+    p.write_bytes(("user,item\n" + rows).encode() + "José,1\n".encode("latin-1"))
+    offset = len(("user,item\n" + rows).encode()) + 3  # the byte after "Jos"
+    with pytest.raises(DataError, match=rf"line 3001: not valid utf-8 text .* at byte {offset} "):
+        read_csv(p)
+    q = tmp_path / "latin.dat"  # the '::' layout goes through another reader
+    q.write_bytes("1::2::5::100\nJosé::3::4::200\n".encode("latin-1"))
+    with pytest.raises(DataError, match="line 2: not valid utf-8"):
+        read_interactions(q)
+
+
+@pytest.mark.parametrize("text, header, users", [
+    ("A1,item9,5\nA2,item3,4\n", False, ["A1", "A2"]),  # text ids, no header
+    ("1,10,5,2020-01-31\n2,10,3,2020-02-01\n", False, [1, 2]),  # dates, no header
+    ("\ufeff1\t2\t5\t100\n1\t3\t4\t101\n", False, [1]),  # a byte-order mark
+    ("\ufeffuser,item\n1,2\n", True, [1]),
+    ("\n\nuser,item\n1,2\n3,4\n", True, [1, 3]),  # blank lines before the header
+    ("customer,product,stars\nc1,p9,5\n", True, ["c1"]),  # names above a number
+    ("userId,movieId\nalice,matrix\n", True, ["alice"]),  # known column names
+])
+def test_header_or_not_is_read_from_the_first_lines(tmp_path, text, header, users):
+    p = write(tmp_path, "f.csv", text)
+    data = read_csv(p, columns="user=customer,item=product,rating=stars"
+                    if "customer" in text else None)
+    assert sorted(data.users.ids.tolist(), key=str) == users
+    assert len(data) == len([line for line in text.splitlines() if line.strip()]) - header
+
+
+def test_a_guessed_header_says_how_to_read_a_file_without_one(tmp_path):
+    p = write(tmp_path, "w.csv", "alice,matrix\nbob,dune\n")
+    with pytest.raises(DataError, match="first line was taken as a header.*header=False"):
+        read_csv(p)
+    assert len(read_csv(p, header=False)) == 2
+    q = write(tmp_path, "b.csv", "\nuser,item\n1,x\n2,\n")
+    with pytest.raises(DataError, match="line 4, column 'item': missing item id"):
+        read_csv(q)  # line numbers count the blank line before the header
+
+
 def test_adjacency_bad_token(tmp_path):
     p = write(tmp_path, "t.txt", "0 1 2\n1 2 x3\n")
     with pytest.raises(DataError) as info:

@@ -72,12 +72,13 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
 
 def _read_specs(specs: list[str], *, columns: str | None, fmt: str | None, duplicates: str,
                 data_dir: Path | None, min_rating: float | None,
-                shard: tuple[int, int] | None = None):
+                shard: tuple[int, int] | None = None, header: bool | None = None,
+                encoding: str = "utf-8"):
     from recforge.data.datasets import load_many
     from recforge.data.filters import to_implicit
 
     parts = load_many(specs, format=fmt, columns=columns, duplicates=duplicates,  # type: ignore[arg-type]
-                      data_dir=data_dir, shard=shard)
+                      data_dir=data_dir, shard=shard, header=header, encoding=encoding)
     if min_rating is not None:
         parts = [to_implicit(p, min_rating) for p in parts]
     return parts
@@ -259,6 +260,11 @@ def train(
     columns: str | None = typer.Option(None, "--columns",
                                           help="Column mapping, e.g. user=userId,item=movieId."),
     fmt: str | None = typer.Option(None, "--format", help="csv, tsv, parquet or adjacency."),
+    header: bool | None = typer.Option(
+        None, "--header/--no-header", help="Whether text files start with a line of column "
+        "names (default: guessed from the first lines)."),
+    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of delimited "
+                                 "files, e.g. latin-1."),
     duplicates: str = typer.Option("error", "--duplicates",
                                    help="Repeated (user, item) pairs: error, first, last, sum, "
                                         "max or mean."),
@@ -322,7 +328,7 @@ def train(
                fmt=fmt, duplicates=duplicates, min_rating=min_rating, data_dir=data_dir,
                checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoint=keep_checkpoint,
                item_features=item_features, item_id_column=item_id_column, dist_ctx=dist_ctx,
-               sparse_updates=sparse_updates)
+               sparse_updates=sparse_updates, header=header, encoding=encoding)
     except BaseException:
         distributed.shutdown()
         raise
@@ -349,7 +355,8 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
            duplicates: str, min_rating: float | None, data_dir: Path | None,
            checkpoint_dir: Path | None, resume: bool, keep_checkpoint: bool,
            item_features: Path | None, item_id_column: str | None, dist_ctx: Any,
-           sparse_updates: str = "auto") -> None:
+           sparse_updates: str = "auto", header: bool | None = None,
+           encoding: str = "utf-8") -> None:
     import shutil
 
     from recforge.models.gradient import GradientRecommender
@@ -385,7 +392,7 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
              and getattr(estimator, "supports_sharded_data", False) else None)
     parts = _read_specs(list(data) + ([valid] if valid else []), columns=columns, fmt=fmt,
                         duplicates=duplicates, data_dir=data_dir, min_rating=min_rating,
-                        shard=shard)
+                        shard=shard, header=header, encoding=encoding)
     valid_data = parts.pop() if valid else None
     # several --data files: a pair in two of them follows --duplicates like one in a file
     train_data = (parts[0].concat(*parts[1:], duplicates=duplicates)  # type: ignore[arg-type]
@@ -590,6 +597,11 @@ def evaluate_cmd(
                                                     "items."),
     columns: str | None = typer.Option(None, "--columns", help="Column mapping."),
     fmt: str | None = typer.Option(None, "--format", help="Input format."),
+    header: bool | None = typer.Option(
+        None, "--header/--no-header", help="Whether text files start with a line of column "
+        "names (default: guessed from the first lines)."),
+    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of delimited "
+                                 "files, e.g. latin-1."),
     data_dir: Path | None = typer.Option(None, "--data-dir"),
     out: Path | None = typer.Option(None, "--out", help="Write the results as JSON."),
 ) -> None:
@@ -599,7 +611,7 @@ def evaluate_cmd(
 
     est = _load_model(model)
     parts = _read_specs(list(train) + [test], columns=columns, fmt=fmt, duplicates="error",
-                        data_dir=data_dir, min_rating=None)
+                        data_dir=data_dir, min_rating=None, header=header, encoding=encoding)
     test_data = parts.pop()
     train_data = parts[0].concat(*parts[1:]) if len(parts) > 1 else parts[0]
     rating_only = all(m.strip().lower() in ("rmse", "mae") for m in metrics.split(","))

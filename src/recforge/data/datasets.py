@@ -47,12 +47,13 @@ def _load_named(spec: str, data_dir: str | os.PathLike | None, download: bool) -
 def load_dataset(spec: str | os.PathLike, *, format: str | None = None,
                  columns: Mapping[str, str] | str | None = None,
                  duplicates: DuplicatePolicy = "error", data_dir: str | os.PathLike | None = None,
-                 download: bool = True,
-                 shard: tuple[int, int] | None = None) -> Interactions:
+                 download: bool = True, shard: tuple[int, int] | None = None,
+                 header: bool | None = None, encoding: str = "utf-8") -> Interactions:
     """Interactions named by ``spec`` (a dataset name or a file path).
 
     ``shard=(rank, world_size)``: only the events of the users that rank owns
     (:mod:`recforge.data.sharding`; Parquet files are filtered while they stream).
+    ``header`` and ``encoding`` apply to delimited text files (:func:`~recforge.data.io.read_csv`).
     """
     from recforge.data.sharding import user_shard
 
@@ -69,7 +70,8 @@ def load_dataset(spec: str | os.PathLike, *, format: str | None = None,
                         source=spec_s)
     else:
         return read_interactions(spec_s, format=format, columns=columns,
-                                 duplicates=duplicates, shard=shard)
+                                 duplicates=duplicates, shard=shard, header=header,
+                                 encoding=encoding)
     return data if shard is None else user_shard(data, *shard)
 
 
@@ -84,14 +86,16 @@ def load_bundle(spec: str, *, data_dir: str | os.PathLike | None = None,
 def load_many(specs: Sequence[str | os.PathLike], *, format: str | None = None,
               columns: Mapping[str, str] | str | None = None,
               duplicates: DuplicatePolicy = "error", data_dir: str | os.PathLike | None = None,
-              download: bool = True,
-              shard: tuple[int, int] | None = None) -> list[Interactions]:
+              download: bool = True, shard: tuple[int, int] | None = None,
+              header: bool | None = None, encoding: str = "utf-8") -> list[Interactions]:
     """Several specs read into shared vocabularies (``train.txt`` + ``valid.txt``...)."""
     specs = [os.fspath(s) for s in specs]
     if len(specs) == 1:
         return [load_dataset(specs[0], format=format, columns=columns, duplicates=duplicates,
-                             data_dir=data_dir, download=download, shard=shard)]
+                             data_dir=data_dir, download=download, shard=shard, header=header,
+                             encoding=encoding)]
     named = [s for s in specs if is_named_dataset(s)]
     if named:
         raise DataError(f"a dataset name ({named[0]!r}) cannot be combined with other inputs")
-    return read_many(specs, format=format, columns=columns, duplicates=duplicates, shard=shard)
+    return read_many(specs, format=format, columns=columns, duplicates=duplicates, shard=shard,
+                     header=header, encoding=encoding)

@@ -411,12 +411,40 @@ def _check_readable(path: Path) -> None:
         raise DataError("file is empty", source=src)
 
 
-def _first_line(path: Path, encoding: str) -> str:
+def _undecodable(path: Path, shown: str, encoding: str) -> DataError:
+    """The error for a file that is not valid ``encoding`` text, naming the first bad line
+    and the byte's offset in the file (a decoder reading in chunks counts from the chunk)."""
+    offset = 0
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError as exc:
+                return DataError(f"not valid {shown} text ({exc.reason} at byte "
+                                 f"{offset + exc.start} of the file); pass encoding='latin-1' "
+                                 "(--encoding latin-1) if the file uses it",
+                                 source=_source(path), line=number)
+            offset += len(raw)
+    return DataError(f"not valid {shown} text; pass encoding='latin-1' (--encoding latin-1) "
+                     "if the file uses it", source=_source(path))
+
+
+def _first_lines(path: Path, encoding: str) -> tuple[list[str], int]:
+    """The first two non-blank lines (one if there is only one) and how many blank lines
+    come before the first."""
+    found: list[str] = []
+    leading = 0
     with open(path, encoding=encoding, errors="replace") as fh:
         for line in fh:
             if line.strip():
-                return line.rstrip("\r\n")
-    raise DataError("file has no data (only blank lines)", source=_source(path))
+                found.append(line.rstrip("\r\n"))
+                if len(found) == 2:
+                    break
+            elif not found:
+                leading += 1
+    if not found:
+        raise DataError("file has no data (only blank lines)", source=_source(path))
+    return found, leading
 
 
 def _sniff_sep(path: Path, line: str) -> str:
@@ -431,15 +459,33 @@ def _sniff_sep(path: Path, line: str) -> str:
     return r"\s+"
 
 
-def _looks_like_header(fields: list[str]) -> bool:
-    """A first line is a header when any of its fields is not a number."""
+def _looks_like_header(fields: list[str], second: list[str] | None = None) -> bool:
+    """Whether a first line names the columns rather than holding an event.
+
+    A header when a field is a known column name (``user``, ``movieId``...); not one when
+    any field is a number (a header holds names: ``A1,item9,5`` is an event with text ids);
+    otherwise a header when some column holds a name on the first line and a number on the
+    second (``customer,product,stars`` above ``c1,p9,5``). Lines of text alone (``alice,
+    matrix``) are taken as a header; ``header=False`` (``--no-header``) says otherwise.
+    """
     def numeric(x: str) -> bool:
         try:
             float(x)
             return True
         except ValueError:
             return False
-    return not all(numeric(f.strip().strip('"')) for f in fields if f.strip())
+
+    names = [f.strip().strip('"').strip() for f in fields]
+    known = {a.lower() for aliases in COLUMN_ALIASES.values() for a in aliases}
+    if any(n.lower() in known for n in names):
+        return True
+    if any(numeric(n) for n in names if n):
+        return False
+    if second is not None:
+        below = [f.strip().strip('"').strip() for f in second]
+        if any(numeric(b) for n, b in zip(names, below, strict=False) if n):
+            return True
+    return True
 
 
 _PARSER_RE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
@@ -477,15 +523,24 @@ def _read_csv_columns(path: Path, *, sep: str | None, header: bool | None,
                       encoding: str) -> _Columns:
     src = _source(path)
     _check_readable(path)
+    shown_encoding = encoding
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        encoding = "utf-8-sig"  # a byte-order mark (files saved by Excel or Notepad) is dropped
     try:
-        first = _first_line(path, encoding)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not valid {encoding} text ({exc.reason} at byte {exc.start}); "
-                        "pass encoding='latin-1' if the file uses it", source=src) from None
+        first_lines, leading = _first_lines(path, encoding)
+    except UnicodeDecodeError:
+        raise _undecodable(path, shown_encoding, encoding) from None
+    first = first_lines[0]
     sep = sep or _sniff_sep(path, first)
-    fields = re.split(sep if sep in (r"\s+",) else re.escape(sep), first.strip())
+
+    def split(line: str) -> list[str]:
+        return re.split(sep if sep in (r"\s+",) else re.escape(sep), line.strip())
+
+    fields = split(first)
+    guessed_header = header is None
     if header is None:
-        header = names is None and _looks_like_header(fields)
+        header = names is None and _looks_like_header(
+            fields, split(first_lines[1]) if len(first_lines) > 1 else None)
     if not header and names is None:
         names = ["user", "item", "rating", "timestamp"][: len(fields)]
         if len(fields) > 4:
@@ -499,13 +554,17 @@ def _read_csv_columns(path: Path, *, sep: str | None, header: bool | None,
         # MovieLens 1M/10M style; the C parser only takes one-character separators.
         import io as _io
 
-        text_source = _io.StringIO(path.read_text(encoding=encoding).replace("::", "\t"))
+        try:
+            text_source = _io.StringIO(path.read_text(encoding=encoding).replace("::", "\t"))
+        except UnicodeDecodeError:
+            raise _undecodable(path, shown_encoding, encoding) from None
         sep = "\t"
     try:
         frame = pd.read_csv(
             text_source, sep=sep, header=0 if header else None, names=names if not header else None,
             dtype=str, keep_default_na=False, na_values=[""], skip_blank_lines=False,
-            index_col=False, engine=engine, encoding=encoding, skipinitialspace=True)
+            index_col=False, engine=engine, encoding=encoding, skipinitialspace=True,
+            skiprows=leading)
     except pd.errors.EmptyDataError:
         raise DataError("file is empty", source=src) from None
     except pd.errors.ParserError as exc:
@@ -514,19 +573,25 @@ def _read_csv_columns(path: Path, *, sep: str | None, header: bool | None,
             raise DataError(f"expected {m.group(1)} fields, saw {m.group(3)}", source=src,
                             line=int(m.group(2))) from None
         raise DataError(f"cannot parse: {exc}", source=src) from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not valid {encoding} text ({exc.reason} at byte {exc.start}); "
-                        "pass encoding='latin-1' if the file uses it", source=src) from None
+    except UnicodeDecodeError:
+        raise _undecodable(path, shown_encoding, encoding) from None
     except OSError as exc:
         raise DataError(f"cannot read: {exc.strerror or exc}", source=src) from None
     frame.columns = [str(c).strip() for c in frame.columns]
-    lines = np.arange(len(frame)) + (2 if header else 1)
+    lines = np.arange(len(frame)) + (2 if header else 1) + leading
     blank = frame.isna().all(axis=1).to_numpy()
     if blank.any():
         frame = frame.loc[~blank].reset_index(drop=True)
         lines = lines[~blank]
     if len(frame) == 0:
         raise DataError("no interactions (the file has a header but no data rows)", source=src)
+    if guessed_header and header:
+        try:
+            _resolve(list(frame.columns), columns, src)
+        except DataError as exc:
+            raise DataError(f"{exc.detail} (the first line was taken as a header; if the "
+                            "file has none, pass header=False, --no-header on the command "
+                            "line)", source=src) from None
     return _extract(frame, columns, src, lines, "line")
 
 
@@ -717,9 +782,8 @@ def _read_adjacency_columns(path: Path, encoding: str) -> _Columns:
                 item_tok.extend(toks[1:])
                 lengths.append(len(toks) - 1)
                 line_no.append(n)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not valid {encoding} text ({exc.reason} at byte {exc.start})",
-                        source=src) from None
+    except UnicodeDecodeError:
+        raise _undecodable(path, encoding, encoding) from None
     except OSError as exc:
         raise DataError(f"cannot read: {exc.strerror or exc}", source=src) from None
     if not item_tok:
@@ -812,8 +876,8 @@ def read_interactions(path: str | os.PathLike, *, format: str | None = None,
 
 def read_many(paths: Sequence[str | os.PathLike], *, format: str | None = None,
               columns: Mapping[str, str] | str | None = None, encoding: str = "utf-8",
-              duplicates: DuplicatePolicy = "error",
-              shard: tuple[int, int] | None = None) -> list[Interactions]:
+              duplicates: DuplicatePolicy = "error", shard: tuple[int, int] | None = None,
+              header: bool | None = None) -> list[Interactions]:
     """Read several files (e.g. train / valid / test) into one shared pair of vocabularies.
 
     The vocabularies hold the sorted union of the ids of all files, so the same id has the
@@ -821,7 +885,7 @@ def read_many(paths: Sequence[str | os.PathLike], *, format: str | None = None,
     only the events of the users that rank owns, in every file alike.
     """
     mapping = parse_columns(columns)
-    parts = [_read_columns(Path(p), format, mapping, encoding, None, None) for p in paths]
+    parts = [_read_columns(Path(p), format, mapping, encoding, None, header) for p in paths]
     users, _ = Vocabulary.from_values(_concat_ids([c.user for c in parts]))
     items, _ = Vocabulary.from_values(_concat_ids([c.item for c in parts]))
     out = [_build(c, users, items, "error", duplicates) for c in parts]
