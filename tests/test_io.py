@@ -194,6 +194,22 @@ def test_a_guessed_header_says_how_to_read_a_file_without_one(tmp_path):
         read_csv(q)  # line numbers count the blank line before the header
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("1 10 11\n2 12 13\n", "adjacency"),  # leave-two-out: user item item
+    ("1 10 11 40\n2 12 13 41\n", "adjacency"),
+    ("1 10 5\n2 12 3\n", "csv"),  # user item rating
+    ("1 10 4.5 881250949\n2 12 3 881250950\n", "csv"),  # ... and a timestamp
+    ("1 10\n2 12 13\n", "adjacency"),  # lines of varying length
+])
+def test_whitespace_files_of_three_or_four_tokens(tmp_path, text, expected):
+    from recforge.data.io import _detect_format
+
+    p = write(tmp_path, "f.txt", text)
+    assert _detect_format(p) == expected
+    data = read_interactions(p)
+    assert data.has_values == (expected == "csv")
+
+
 def test_adjacency_bad_token(tmp_path):
     p = write(tmp_path, "t.txt", "0 1 2\n1 2 x3\n")
     with pytest.raises(DataError) as info:

@@ -826,8 +826,12 @@ def _detect_format(path: Path, encoding: str = "utf-8") -> str:
     with open(path, "rb") as fh:
         if fh.read(4) == b"PAR1":
             return "parquet"
-    # Whitespace-separated lines of varying length are an adjacency list.
+    # Whitespace-separated lines of varying length are an adjacency list. Lines of 3 or 4
+    # tokens each are either `user item rating [timestamp]` or `user item item [item]`
+    # (a leave-two-out test file): the third token tells, a rating being a small or
+    # fractional number and an item id an integer beyond the rating scale.
     counts = set()
+    third: list[str] = []
     with open(path, encoding=encoding, errors="replace") as fh:
         for n, line in enumerate(fh):
             if n >= 200:
@@ -835,8 +839,17 @@ def _detect_format(path: Path, encoding: str = "utf-8") -> str:
             if line.strip():
                 if any(c in line for c in ",\t;|") or "::" in line:
                     return "csv"
-                counts.add(len(line.split()))
-    return "adjacency" if len(counts) > 1 or (counts and max(counts) > 4) else "csv"
+                toks = line.split()
+                counts.add(len(toks))
+                if len(toks) >= 3:
+                    third.append(toks[2])
+    if len(counts) > 1 or (counts and max(counts) > 4):
+        return "adjacency"
+    if counts and min(counts) >= 3:
+        values = pd.to_numeric(pd.Series(third), errors="coerce").dropna().to_numpy()
+        if len(values) and np.all(values == np.round(values)) and values.max() > 10:
+            return "adjacency"
+    return "csv"
 
 
 def _read_columns(path: Path, format: str | None, columns: Mapping[str, str],
