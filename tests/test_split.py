@@ -63,7 +63,12 @@ def test_random_split_properties(data, test_size, by_user, seed):
 @FAST
 @given(interactions(), st.floats(0.05, 0.6))
 def test_temporal_split_respects_time(data, test_size):
-    split = S.temporal_split(data, test_size=test_size)
+    try:
+        split = S.temporal_split(data, test_size=test_size)
+    except DataError as exc:  # only when the cut leaves no event to train on
+        cut = np.quantile(data.timestamp, 1.0 - test_size, method="higher")
+        assert (data.timestamp >= cut).all() and "no training events" in str(exc)
+        return
     check_common(data, split)
     if len(split.test):
         assert split.train.timestamp.max() < split.test.timestamp.min()
@@ -155,6 +160,29 @@ def test_temporal_cutoff_and_errors(random_data):
         S.temporal_split(no_time)
     with pytest.raises(ConfigError, match="test_size"):
         S.random_split(random_data, test_size=1.5)
+
+
+def test_temporal_validation_part_is_its_share_of_all_events():
+    rng = np.random.default_rng(0)
+    n = 20_000
+    frame = pd.DataFrame({"user": rng.integers(0, 50, n), "item": rng.integers(0, 40, n),
+                          "timestamp": rng.permutation(n)})
+    data = Interactions.from_frame(frame, duplicates="first")
+    ts = np.sort(data.timestamp)
+    cutoff = int(ts[int(0.75 * len(ts))])  # an explicit cut holding out a quarter
+    for split in (S.temporal_split(data, cutoff=cutoff, valid_size=0.1),
+                  S.temporal_split(data, test_size=0.25, valid_size=0.1)):
+        assert abs(len(split.valid) / len(data) - 0.1) < 0.005
+        assert abs(len(split.test) / len(data) - 0.25) < 0.005
+        assert split.train.timestamp.max() < split.valid.timestamp.min()
+        assert split.valid.timestamp.max() < split.test.timestamp.min()
+    with pytest.raises(ConfigError, match="test_size \\+ valid_size must be < 1"):
+        S.temporal_split(data, test_size=0.5, valid_size=0.6)
+    with pytest.raises(ConfigError, match="leave no events for training"):
+        S.temporal_split(data, cutoff=int(ts[len(ts) // 2]), valid_size=0.5)
+    same = Interactions.from_frame(frame.assign(timestamp=7), duplicates="first")
+    with pytest.raises(DataError, match="same timestamp"):
+        S.temporal_split(same)
 
 
 def test_k_core_and_threshold():

@@ -163,16 +163,25 @@ def temporal_split(data: Interactions, test_size: float | None = 0.2, *,
         if test_size is None:
             raise ConfigError("give test_size or cutoff")
         test_size = _fraction("test_size", test_size)
+        if test_size + valid_size >= 1.0:
+            raise ConfigError("test_size + valid_size must be < 1")
         cutoff = int(np.quantile(ts, 1.0 - test_size, method="higher")) if test_size > 0 else (
             int(ts.max()) + 1)
     assign = np.where(ts >= cutoff, 2, 0).astype(np.int8)
+    held_out = float(np.mean(assign == 2))  # the test part's share, however the cut was given
     if valid_size > 0:
-        before = ts[ts < cutoff]
-        if len(before) == 0:
-            raise ConfigError("no events before the test cut to take a validation part from")
-        vcut = int(np.quantile(before, 1.0 - valid_size / max(1e-12, 1.0 - (test_size or 0)),
-                               method="higher"))
+        if held_out + valid_size >= 1.0:
+            raise ConfigError(f"the test part ({held_out:.0%} of the events) and valid_size="
+                              f"{valid_size} leave no events for training")
+        # the latest (held_out + valid_size) of all events are held out: the validation part
+        # is valid_size of all events, just before the test cut
+        vcut = int(np.quantile(ts, 1.0 - held_out - valid_size, method="higher"))
         assign[(ts >= vcut) & (ts < cutoff)] = 1
+    if not (assign == 0).any():
+        why = ("every event has the same timestamp" if ts.min() == ts.max()
+               else "every event is held out")
+        raise DataError(f"no training events before the time cut ({why}); a temporal split "
+                        "needs earlier events to train on", source=data.source)
     assign = _drop_unknown(data, assign)
     return _make(data, assign, valid_size > 0)
 
