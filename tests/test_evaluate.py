@@ -61,6 +61,25 @@ def test_full_ranking_by_hand(setup):
     assert res.per_user["Recall@2"].tolist() == pytest.approx([0.5, 0.0])
 
 
+def test_tied_scores_are_ranked_by_chance_not_by_item_index():
+    """A model that scores every item alike must get what chance gives, not whatever the
+    lowest item indices hold (here: every user's relevant items)."""
+    n_users, n_items = 300, 100  # users 200-299 only bring every item into the vocabulary
+    train = Interactions.from_frame(pd.DataFrame({
+        "user": np.arange(n_users),
+        "item": np.concatenate([50 + np.arange(200) % 50, np.arange(100)])}))
+    model = FixedScores(np.zeros((n_users, n_items)).tolist()).fit(train)
+    test = make([(u, i) for u in range(200) for i in range(5)], users=train.users,
+                items=train.items)  # items 0-4: the lowest indices
+    res = evaluate(model, train, test, metrics="recall@10")
+    assert 0.04 < res["Recall@10"] < 0.17  # chance: 10 of the 99 unseen items, about 0.10
+    again = evaluate(model, train, test, metrics="recall@10")
+    assert again["Recall@10"] == res["Recall@10"]  # the tie order is seeded
+    # distinct scores are ranked as before
+    ranked = FixedScores((-np.tile(np.arange(n_items), (n_users, 1))).tolist()).fit(train)
+    assert evaluate(ranked, train, test, metrics="recall@10")["Recall@10"] == 1.0
+
+
 def test_seen_items_excluded_and_included(setup):
     model, train = setup
     test = make([(1, 3)], users=train.users, items=train.items)  # a test item also in train

@@ -120,6 +120,10 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
     candidates:
         External item ids to rank among (full protocol), e.g. the held-out items of a
         cold-start split; test events of other items are left out (counted in ``notes``).
+    seed:
+        Draws the sampled protocol's negatives, and the full protocol's order among tied
+        scores (random, not by item index: a model that scores items alike gets what chance
+        gives, not the lowest ids).
     """
     model._check_fitted()
     start = time.perf_counter()
@@ -188,7 +192,7 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
         eval_users = np.flatnonzero(n_rel > 0)
         kmax = max(m.k for m in ranking)
         hits, recs = _full_ranking(model, eval_users, relevant, exclude, kmax, batch_size,
-                                   cand_idx)
+                                   cand_idx, seed)
         users_out = eval_users
         nr = n_rel[eval_users]
         pop_share = model.item_popularity_ / max(1, n_users)
@@ -250,14 +254,21 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
 
 def _full_ranking(model: Recommender, users: np.ndarray, relevant: sp.csr_matrix,
                   exclude: sp.csr_matrix | None, k: int, batch_size: int | None,
-                  candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Hit matrix ``[n, k]`` and recommended item indices ``[n, k]`` (-1 for empty slots)."""
+                  candidates: np.ndarray | None = None,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Hit matrix ``[n, k]`` and recommended item indices ``[n, k]`` (-1 for empty slots).
+
+    Tied scores are ordered by a random permutation of the items (``seed``): ordered by item
+    index, a model that scores many items alike (a constant, popularity on cold items) would
+    get whatever the lowest ids hold, often the oldest and most popular items.
+    """
     hits = np.zeros((len(users), k), dtype=bool)
     recs = np.full((len(users), k), -1, dtype=np.int64)
     pos = 0
     rel = relevant.tocsr()
+    order = np.random.default_rng([seed, 7]).permutation(model.n_items)
     for ub, items, scores in model.iter_top_k(users, k, exclude=exclude, batch_size=batch_size,
-                                              candidates=candidates):
+                                              candidates=candidates, item_order=order):
         b, kk = items.shape
         it = items.numpy()
         valid = torch.isfinite(scores).numpy()

@@ -225,13 +225,17 @@ class Recommender:
 
     def iter_top_k(self, users: np.ndarray, k: int, *, exclude: sp.csr_matrix | None = None,
                    candidates: np.ndarray | None = None, batch_size: int | None = None,
+                   item_order: np.ndarray | None = None,
                    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """Top-``k`` item indices and scores for internal user indices, in blocks.
 
         Yields ``(user_block, item_idx [B, k], scores [B, k])``. Items stored in
         ``exclude[user]`` get ``-inf`` before the top-k (so they come last, with score
         ``-inf``, only when fewer than ``k`` items remain). ``candidates`` restricts the
-        ranking to those item indices.
+        ranking to those item indices. Equal scores are ordered by item index, or by
+        position in ``item_order`` (a permutation of the item indices) when given: the
+        evaluation passes a random one, so that tied items are drawn at random instead of
+        favouring the lowest ids.
         """
         self._check_fitted()
         users = np.asarray(users, dtype=np.int64)
@@ -242,6 +246,11 @@ class Recommender:
             cand_mask[torch.as_tensor(np.asarray(candidates, dtype=np.int64))] = False
             k = min(k, n_items - int(cand_mask.sum()))
         k = min(k, n_items)
+        order = None
+        if item_order is not None:
+            order = torch.as_tensor(np.asarray(item_order, dtype=np.int64))
+            if order.shape != (n_items,):
+                raise ConfigError(f"item_order must be a permutation of the {n_items} items")
         block = self._block_size(batch_size)
         for start in range(0, len(users), block):
             ub = users[start:start + block]
@@ -250,8 +259,12 @@ class Recommender:
                 mask_rows(scores, exclude, ub)
             if cand_mask is not None:
                 scores[:, cand_mask] = -math.inf
-            top = torch.topk(scores, k, dim=1, sorted=True)
-            yield ub, top.indices, top.values
+            if order is None:
+                top = torch.topk(scores, k, dim=1, sorted=True)
+                yield ub, top.indices, top.values
+            else:  # the top-k of the permuted columns; ties fall by position in the order
+                top = torch.topk(scores[:, order], k, dim=1, sorted=True)
+                yield ub, order[top.indices], top.values
 
     def _user_index(self, users: Any, unknown: UnknownUsers) -> tuple[np.ndarray, np.ndarray]:
         ext = np.atleast_1d(np.asarray(users, dtype=object if not isinstance(users, np.ndarray)
