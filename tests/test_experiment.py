@@ -292,3 +292,40 @@ def test_config_reference_documents_every_key():
             if f.name in ("data", "split"):
                 continue
             assert f"`{prefix}{f.name}" in doc, f"{prefix}{f.name} is not documented"
+
+
+def test_leaderboard_order_with_models_missing_the_primary_metric():
+    """RMSE first: the rating models by RMSE (lower first), ranking-only models after them."""
+    from recforge.experiment.runner import _leaderboard
+
+    cfg = parse_config({"data": {"source": "synthetic"}, "models": [{"name": "pop"}],
+                        "metrics": ["rmse", "ndcg@10"], "n_bootstrap": 50})
+    runs = [{"label": label, "model": label, "seed": None, "params": {}, "fit_s": 0.0,
+             "eval_s": 0.0, **values}
+            for label, values in [("pop", {"NDCG@10": 0.30}), ("mf", {"RMSE": 0.9716,
+                                                                      "NDCG@10": 0.10}),
+                                  ("ease", {"NDCG@10": 0.35}), ("mlp", {"RMSE": 0.9609,
+                                                                        "NDCG@10": 0.12})]]
+    rows = _leaderboard(cfg, runs, pd.DataFrame(), "RMSE")
+    assert [r["model"] for r in rows][:2] == ["mlp", "mf"]
+    assert {r["model"] for r in rows[2:]} == {"pop", "ease"}
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_training_files_share_the_duplicates_policy(tmp_path):
+    a, b, t = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "t.csv"
+    a.write_text("user,item\n1,10\n1,11\n2,10\n3,12\n")
+    b.write_text("user,item\n1,10\n2,12\n3,10\n")
+    t.write_text("user,item\n1,12\n2,11\n3,11\n")
+    base = f"""
+        data: {{train: [{a}, {b}], test: {t}}}
+        split: {{method: files}}
+        models: [{{name: pop}}]
+        metrics: [recall@2]
+    """
+    from recforge.experiment.runner import prepare_data
+
+    with pytest.raises(Exception, match=r"duplicate \(user, item\) pair \(1, 10\)"):
+        prepare_data(load_config(write(tmp_path, base)))
+    first = base.replace("test: " + str(t) + "}", "test: " + str(t) + ", duplicates: first}")
+    assert len(prepare_data(load_config(write(tmp_path, first, "b.yaml"))).train) == 6

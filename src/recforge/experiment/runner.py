@@ -109,7 +109,8 @@ def prepare_data(cfg: ExperimentConfig) -> PreparedData:
         specs = [*train_files, *([d.valid] if d.valid else []), d.test]
         parts = load_many(specs, **read_kw)  # type: ignore[arg-type]
         n = len(train_files)
-        train = parts[0].concat(*parts[1:n]) if n > 1 else parts[0]
+        # a pair in two training files follows data.duplicates, as within one file
+        train = parts[0].concat(*parts[1:n], duplicates=d.duplicates) if n > 1 else parts[0]
         test = parts[-1]
         valid = parts[n] if d.valid else None
         desc = (f"files: train {' + '.join(Path(f).name for f in train_files)}, "
@@ -351,9 +352,12 @@ def _leaderboard(cfg: ExperimentConfig, runs: list[dict[str, Any]], per_user: pd
         row["eval_s"] = float(np.mean([r["eval_s"] for r in mine]))
         rows.append(row)
     lower_better = primary.startswith(("RMSE", "MAE"))
-    rows.sort(key=lambda r: (r.get(primary, np.nan) if not lower_better
-                             else -r.get(primary, np.nan)), reverse=True)
-    rows.sort(key=lambda r: np.isnan(r.get(primary, np.nan)))  # models without it last
+    def order(r: dict[str, Any]) -> tuple[bool, float]:
+        # models without the primary metric last (a NaN inside a sort key breaks the order)
+        v = float(r.get(primary, np.nan))
+        return (bool(np.isnan(v)), 0.0 if np.isnan(v) else (v if lower_better else -v))
+
+    rows.sort(key=order)
     best = rows[0]["model"] if rows else None
     for row in rows:
         row["rank"] = rows.index(row) + 1
