@@ -68,3 +68,30 @@ def test_save_load_keeps_every_component(random_data, tmp_path):
 def test_bad_parameters_are_named(random_data, params, message):
     with pytest.raises(ConfigError, match=message):
         create_model("blend", **params).fit(random_data)
+
+
+def test_a_model_saved_on_a_gpu_loads_on_a_machine_without_one(random_data, tmp_path,
+                                                                caplog):
+    """The saved device names CUDA (as on the machine that trained it): where there is no
+    GPU the model loads on the CPU, nested blend components included, with a warning."""
+    import json
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    blend = create_model("blend", **SMALL).fit(random_data)
+    path = blend.save(tmp_path / "b")
+    meta = json.loads((path / "meta.json").read_text())
+    meta["params"]["models"]["als"]["device"] = "cuda:0"
+    (path / "meta.json").write_text(json.dumps(meta))
+    mf = create_model("bpr", epochs=1, embedding_dim=4).fit(random_data)
+    mf_path = mf.save(tmp_path / "mf")
+    meta = json.loads((mf_path / "meta.json").read_text())
+    meta["params"]["device"] = "cuda"
+    (mf_path / "meta.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING"):
+        loaded = Recommender.load(path)
+        loaded_mf = Recommender.load(mf_path)
+    assert "trained on a GPU" in caplog.text
+    users = np.arange(random_data.n_users)
+    torch.testing.assert_close(loaded.score(users), blend.score(users))
+    torch.testing.assert_close(loaded_mf.score(users), mf.score(users))

@@ -616,6 +616,10 @@ class Recommender:
         for key, val in params.items():  # JSON has no tuples
             if isinstance(defaults.get(key), tuple) and isinstance(val, list):
                 params[key] = tuple(val)
+        if not torch.cuda.is_available() and _on_cuda(params):
+            log.warning("%s was trained on a GPU; this machine has none: loading it on the CPU",
+                        path)
+            params = _on_cpu(params)
         try:
             model = model_cls(**params)
         except TypeError as exc:
@@ -640,6 +644,22 @@ class Recommender:
         state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         model._restore(state, meta.get("extra", {}))
         return model
+
+
+def _on_cuda(params: Any) -> bool:
+    """Whether saved parameters (a blend's nested ones too) name a CUDA device."""
+    if isinstance(params, dict):
+        return any((k == "device" and isinstance(v, str) and v.startswith("cuda"))
+                   or _on_cuda(v) for k, v in params.items())
+    return False
+
+
+def _on_cpu(params: Any) -> Any:
+    """``params`` with every CUDA device replaced by the CPU."""
+    if isinstance(params, dict):
+        return {k: ("cpu" if k == "device" and isinstance(v, str) and v.startswith("cuda")
+                    else _on_cpu(v)) for k, v in params.items()}
+    return params
 
 
 def _history_models() -> list[str]:
