@@ -78,6 +78,36 @@ def test_train_recommend_evaluate(tmp_path, csv_files, capsys):
     assert lib.summary == pytest.approx(payload["metrics"], abs=1e-9)
 
 
+def test_evaluate_ranking_over_min_rating_and_errors_over_every_rating(tmp_path, capsys):
+    from recforge.data.filters import to_implicit
+    from recforge.data.io import read_many
+    from recforge.evaluation import evaluate
+    from recforge.models import Recommender
+
+    rng = np.random.default_rng(0)
+    pairs = rng.choice(60 * 40, size=900, replace=False)
+    frame = pd.DataFrame({"user": pairs // 40, "item": pairs % 40,
+                          "rating": rng.integers(1, 6, size=900)})
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    frame.iloc[:700].to_csv(train, index=False)
+    frame.iloc[700:].to_csv(test, index=False)
+    model_dir = tmp_path / "mf"
+    code, _, err = run(["train", "mf", "--data", train, "--out", model_dir, "-p", "epochs=2"],
+                       capsys)
+    assert code == 0, err
+    res = tmp_path / "eval.json"
+    code, _, err = run(["evaluate", "--model", model_dir, "--train", train, "--test", test,
+                        "--metrics", "ndcg@10,rmse", "--min-rating", 4, "--out", res], capsys)
+    assert code == 0, err
+    got = json.loads(res.read_text())["metrics"]
+    tr, te = read_many([train, test])
+    model = Recommender.load(model_dir)
+    assert got["NDCG@10"] == pytest.approx(
+        evaluate(model, tr, to_implicit(te, 4), metrics="ndcg@10")["NDCG@10"], abs=1e-9)
+    assert got["RMSE"] == pytest.approx(evaluate(model, tr, te, metrics="rmse")["RMSE"],
+                                        abs=1e-9)
+
+
 def test_predict_refused_for_ranking_model(tmp_path, csv_files, capsys):
     train, _ = csv_files
     run(["train", "pop", "--data", train, "--out", tmp_path / "pop"], capsys)

@@ -80,6 +80,15 @@ def test_tied_scores_are_ranked_by_chance_not_by_item_index():
     assert evaluate(ranked, train, test, metrics="recall@10")["Recall@10"] == 1.0
 
 
+def test_no_known_test_user_is_an_error_not_a_zero(setup):
+    from recforge import DataError
+
+    model, train = setup
+    test = Interactions.from_frame(pd.DataFrame({"user": [70, 71], "item": [1, 2]}))
+    with pytest.raises(DataError, match="none of the 2 test users is known to the model"):
+        evaluate(model, train, test, metrics="recall@5")
+
+
 def test_seen_items_excluded_and_included(setup):
     model, train = setup
     test = make([(1, 3)], users=train.users, items=train.items)  # a test item also in train

@@ -614,11 +614,22 @@ def evaluate_cmd(
                         data_dir=data_dir, min_rating=None, header=header, encoding=encoding)
     test_data = parts.pop()
     train_data = parts[0].concat(*parts[1:]) if len(parts) > 1 else parts[0]
-    rating_only = all(m.strip().lower() in ("rmse", "mae") for m in metrics.split(","))
-    if min_rating is not None and not rating_only:
-        test_data = to_implicit(test_data, min_rating)
-    result = evaluate(est, train_data, test_data, metrics=metrics, protocol=protocol,  # type: ignore[arg-type]
-                      n_negatives=n_negatives)
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    rating_metrics = [m for m in names if m.lower() in ("rmse", "mae")]
+    ranking_metrics = [m for m in names if m.lower() not in ("rmse", "mae")]
+    if min_rating is not None and ranking_metrics:
+        # ranking metrics count the test ratings >= --min-rating as relevant; RMSE / MAE
+        # are computed on every test rating (as `recforge run` does)
+        result = evaluate(est, train_data, to_implicit(test_data, min_rating),
+                          metrics=ranking_metrics, protocol=protocol,  # type: ignore[arg-type]
+                          n_negatives=n_negatives)
+        if rating_metrics:
+            errors = evaluate(est, train_data, test_data, metrics=rating_metrics)
+            result.summary.update(errors.summary)
+            result.notes.extend(n for n in errors.notes if n not in result.notes)
+    else:
+        result = evaluate(est, train_data, test_data, metrics=metrics,  # type: ignore[arg-type]
+                          protocol=protocol, n_negatives=n_negatives)  # type: ignore[arg-type]
     rows = [{"metric": k, "value": v} for k, v in result.summary.items()]
     console.print(_metrics_table(f"{est.name} on {test} ({result.protocol} protocol, "
                                  f"{result.n_users:,} users, {result.seconds:.2f}s)",

@@ -156,6 +156,10 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
         if len(tu) == 0:
             raise DataError("no test event is of a candidate item", source=test.source)
     unknown_user = tu < 0
+    if unknown_user.all():
+        raise DataError(f"none of the {len(np.unique(test.user))} test users is known to the "
+                        "model (a test file in another id space, or a split whose users are "
+                        "all new?); nothing can be evaluated", source=test.source)
     if unknown_user.any():
         notes.append(f"{int(unknown_user.sum())} test events of "
                      f"{len(np.unique(test.user[unknown_user]))} users unknown to the model "
