@@ -78,6 +78,30 @@ def test_train_recommend_evaluate(tmp_path, csv_files, capsys):
     assert lib.summary == pytest.approx(payload["metrics"], abs=1e-9)
 
 
+def test_train_never_replaces_a_directory_that_is_not_a_model(tmp_path, csv_files, capsys):
+    import stat
+
+    train, _ = csv_files
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "notes.txt").write_text("mine")
+    code, _, err = run(["train", "pop", "--data", train, "--out", data_dir], capsys)
+    assert code == 2 and "not a saved recforge model" in err
+    assert (data_dir / "notes.txt").read_text() == "mine"
+    a_file = tmp_path / "f.txt"
+    a_file.write_text("x")
+    code, _, err = run(["train", "pop", "--data", train, "--out", a_file], capsys)
+    assert code == 2 and "not a directory" in err and a_file.read_text() == "x"
+    code, _, err = run(["train", "pop", "--data", train, "--out", "."], capsys)
+    assert code == 2 and "own directory" in err
+    model = tmp_path / "m"
+    for _ in range(2):  # a model directory is replaced, an empty one taken
+        code, _, err = run(["train", "pop", "--data", train, "--out", model], capsys)
+        assert code == 0, err
+    files = {f.name: stat.S_IMODE(f.stat().st_mode) for f in model.iterdir()}
+    assert len(set(files.values())) == 1, files  # weights as readable as the rest
+
+
 def test_evaluate_ranking_over_min_rating_and_errors_over_every_rating(tmp_path, capsys):
     from recforge.data.filters import to_implicit
     from recforge.data.io import read_many

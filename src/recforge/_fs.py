@@ -68,6 +68,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     os.chmod(tmp, _default_mode(directory=True))
+    for f in tmp.iterdir():  # some writers (safetensors) create their files 0600
+        if f.is_file():
+            os.chmod(f, _default_mode())
     old = None
     if path.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))

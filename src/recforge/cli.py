@@ -383,6 +383,9 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
     if sparse_updates != "auto" and not gradient:
         raise ConfigError(f"{model} is not trained by gradient steps; --sparse-updates "
                           "applies to mf, bpr, gmf, mlp and neumf")
+    from recforge.models.base import check_model_target
+
+    check_model_target(out)  # before hours of training, not after
     ckpt = checkpoint_dir or out.with_name(out.name + ".checkpoint")
     if resume and not (ckpt / "checkpoint.pt").exists():
         raise ConfigError(f"--resume: no checkpoint in {ckpt}; run without --resume to start")

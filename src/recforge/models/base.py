@@ -543,6 +543,7 @@ class Recommender:
 
         self._check_fitted()
         path = Path(path)
+        check_model_target(path)
         tensors: dict[str, torch.Tensor] = {}
         for key, val in self._state().items():
             t = torch.as_tensor(val) if not isinstance(val, torch.Tensor) else val
@@ -644,6 +645,23 @@ class Recommender:
         state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         model._restore(state, meta.get("extra", {}))
         return model
+
+
+def check_model_target(path: str | os.PathLike) -> None:
+    """Refuse to save a model over anything but an earlier saved model or an empty
+    directory: saving replaces the whole directory, and other files there would be lost."""
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise ModelError(f"{path}: name the model's own directory (e.g. models/ease), not "
+                         "the current or parent directory")
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise ModelError(f"{path} exists and is not a directory; a model is saved as a "
+                         "directory of its own")
+    if not (path / "meta.json").is_file() and any(path.iterdir()):
+        raise ModelError(f"{path} exists and holds files that are not a saved recforge model; "
+                         "saving would replace the directory: choose a new or empty one")
 
 
 def _on_cuda(params: Any) -> bool:
