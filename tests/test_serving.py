@@ -542,3 +542,70 @@ def test_wheel_ships_the_web_page(tmp_path):
     static = repo / "src" / "recforge" / "serving" / "static"
     for f in static.iterdir():
         assert f"recforge/serving/static/{f.name}" in names, f.name
+
+
+def test_writes_during_a_reload_are_neither_lost_nor_undone(random_data, tmp_path,
+                                                             monkeypatch):
+    """A post and a delete that land while a reload is loading the new model must hold in
+    the service swapped in (it read the event store before they happened)."""
+    import threading
+
+    path = create_model("ease", reg=20.0).fit(random_data).save(tmp_path / "m")
+    app = create_app(path, events=tmp_path / "ev.sqlite")
+    c = TestClient(app)
+    items = [int(i) for i in random_data.items.ids[:3]]
+    gone = random_data.users.ids[1]
+    assert c.post("/interactions", json={"events": [{"user": int(gone), "item": items[0]}]}
+                  ).status_code == 200
+    from recforge.serving.events import EventStore
+
+    loading, go = threading.Event(), threading.Event()
+    real = EventStore.all_user_items
+
+    def read_then_wait(store):  # the reload's service has read the store: hold it there
+        items_by_user = real(store)
+        if threading.current_thread() is reload and not loading.is_set():
+            loading.set()
+            go.wait(10)
+        return items_by_user
+
+    monkeypatch.setattr(EventStore, "all_user_items", read_then_wait)
+    reload = threading.Thread(target=app.state.reload)
+    reload.start()
+    assert loading.wait(10)  # the new service has read the store; now the writes
+    assert c.post("/interactions", json={"events": [{"user": "newbie", "item": i}
+                                                    for i in items]}).status_code == 200
+    assert c.delete(f"/users/{gone}").status_code == 200
+    go.set()
+    reload.join(10)
+    assert app.state.service is not None and not reload.is_alive()
+    body = c.get("/users/newbie/recommendations", params={"k": 5}).json()
+    assert body["fallback"] == "history" and not set(items) & {x["item"] for x in body["items"]}
+    assert c.get(f"/users/{gone}/recommendations").json()["fallback"] == "popular"
+
+
+def test_concurrent_posts_for_one_user_keep_every_item(random_data, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recforge.serving.events import EventStore
+    from recforge.serving.service import RecommendationService
+
+    class SlowDict(dict):  # widens the window between reading a user's items and writing
+        def get(self, *args):
+            value = super().get(*args)
+            time.sleep(0.002)
+            return value
+
+    model = create_model("pop").fit(random_data)
+    svc = RecommendationService(model, events=EventStore(tmp_path / "ev.sqlite"))
+    svc._posted = SlowDict()
+    items = list(random_data.items.ids)
+    rounds = [(r, i) for r in range(20) for i in items]  # the same items, many times over
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda ri: svc.add_events([("u1", ri[1], None, ri[0])]), rounds))
+    assert len(svc._posted_items("u1")) == len(items)
+    svc2 = RecommendationService(model, events=EventStore(tmp_path / "ev2.sqlite"))
+    svc2._posted = SlowDict()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: svc2.add_events([("u2", i, None, 0)]), items))
+    assert len(svc2._posted_items("u2")) == len(items)

@@ -27,6 +27,7 @@ import hmac
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -200,6 +201,7 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
     app = FastAPI(title="recforge", version=__version__,
                   description=f"Recommendations from a trained {service.model.name!r} model.")
     app.state.service = service
+    writes = threading.Lock()  # posts and deletes against the swap of a reload
 
     def check_key(x_api_key: str | None = Header(default=None)) -> None:
         if key is not None and (x_api_key is None
@@ -288,9 +290,17 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
         target = Path(path) if path is not None else old.path
         if target is None:
             raise ModelError("this app was built from an in-memory model; give a path")
-        app.state.service = RecommendationService(target, events=store, index=index,
-                                                  n_probe=n_probe)
-        return app.state.service.info()
+        fresh = RecommendationService(target, events=store, index=index, n_probe=n_probe)
+        with writes:  # no post or delete between the fresh service's read of the store
+            fresh.sync_events()  # and the swap: none is lost, none undone
+            app.state.service = fresh
+        return fresh.info()
+
+    def write(method: str, *args: Any) -> Any:
+        """A post or a delete, applied to the service in place when it runs (a reload may
+        have swapped it since the request came in)."""
+        with writes:
+            return getattr(app.state.service, method)(*args)
 
     app.state.reload = reload
 
@@ -306,13 +316,13 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
         """Append events; they count as seen items for their users at once. The answer
         comes after the events are durably stored."""
         rows = [(e.user, e.item, e.value, e.timestamp) for e in req.events]
-        n = await run_in_threadpool(app.state.service.add_events, rows)
+        n = await run_in_threadpool(write, "add_events", rows)
         return {"stored": n}
 
     @app.delete("/users/{user_id}", dependencies=guarded)
     async def forget_user(user_id: str) -> dict[str, Any]:
         """Remove the user's events; from now on the user is answered as unknown."""
-        n = await run_in_threadpool(app.state.service.forget_user, user_id)
+        n = await run_in_threadpool(write, "forget_user", user_id)
         return {"user": user_id, "deleted_events": n}
 
     @app.get("/items/{item_id}/similar", dependencies=guarded)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,14 @@ class RecommendationService:
         #: Optional :class:`~recforge.serving.events.EventStore`: posted events count as
         #: seen items at once; forgotten users are answered as unknown ones.
         self.events = events
-        self._forgotten: set[str] = events.forgotten() if events is not None else set()
+        # Writes (posted events, forgotten users) change the store and the in-memory sets
+        # together, one at a time: two posts for one user must not lose each other's items.
+        self._write_lock = threading.RLock()
+        self._forgotten: set[str] = set()
         # Posted items per user, as model indices, kept in memory: the hot path must not
         # query the database (a SQLite read per request cost a third of the throughput).
         self._posted: dict[str, np.ndarray] = {}
-        if events is not None:
-            for user, items in events.all_user_items().items():
-                self._remember(user, items)
+        self.sync_events()
         pop = torch.from_numpy(self.model.item_popularity_.astype(np.float32))
         self._popular = torch.argsort(pop, descending=True, stable=True)
         # Ids arrive as text (URL paths) or JSON values: one hash lookup on their string
@@ -154,6 +156,18 @@ class RecommendationService:
 
     _EMPTY = np.empty(0, np.int64)
 
+    def sync_events(self) -> None:
+        """Read the posted items and the forgotten users from the event store again (a
+        reload calls it just before the swap, so that no write made while the new model
+        was loading is missing)."""
+        if self.events is None:
+            return
+        with self._write_lock:
+            self._forgotten = self.events.forgotten()
+            self._posted = {}
+            for user, items in self.events.all_user_items().items():
+                self._remember(user, items)
+
     def _remember(self, user_key: str, items: list[Any]) -> None:
         idx = self.model.items_.index(np.asarray([str(i) for i in items], dtype=object))
         idx = idx[idx >= 0].astype(np.int64)
@@ -167,21 +181,23 @@ class RecommendationService:
     def add_events(self, events: list[tuple[Any, Any, float | None, int | None]]) -> int:
         if self.events is None:
             raise ModelError("this server has no event store (start it without --no-events)")
-        n = self.events.append(events)
-        self._forgotten.difference_update(str(e[0]) for e in events)
-        by_user: dict[str, list[Any]] = {}
-        for e in events:
-            by_user.setdefault(str(e[0]), []).append(e[1])
-        for user, items in by_user.items():
-            self._remember(user, items)
+        with self._write_lock:
+            n = self.events.append(events)
+            self._forgotten.difference_update(str(e[0]) for e in events)
+            by_user: dict[str, list[Any]] = {}
+            for e in events:
+                by_user.setdefault(str(e[0]), []).append(e[1])
+            for user, items in by_user.items():
+                self._remember(user, items)
         return n
 
     def forget_user(self, user: Any) -> int:
         if self.events is None:
             raise ModelError("this server has no event store (start it without --no-events)")
-        n = self.events.delete_user(user)
-        self._forgotten.add(str(user))
-        self._posted.pop(str(user), None)
+        with self._write_lock:
+            n = self.events.delete_user(user)
+            self._forgotten.add(str(user))
+            self._posted.pop(str(user), None)
         return n
 
     def recommend_users(self, users: list[Any], k: int = 10, include_seen: bool = False
