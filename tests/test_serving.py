@@ -609,3 +609,42 @@ def test_concurrent_posts_for_one_user_keep_every_item(random_data, tmp_path):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: svc2.add_events([("u2", i, None, 0)]), items))
     assert len(svc2._posted_items("u2")) == len(items)
+
+
+@pytest.mark.parametrize("damage", ["no model key", "meta is a list", "params null",
+                                    "files null", "unchecked metadata", "bad param",
+                                    "weights truncated"])
+def test_a_damaged_model_directory_is_a_clear_error(random_data, tmp_path, damage):
+    """Recommender.load names what is wrong; the server answers 400 and keeps serving."""
+    import json
+
+    from recforge.errors import ModelError
+    from recforge.models import Recommender
+
+    good = create_model("ease", reg=20.0).fit(random_data).save(tmp_path / "good")
+    bad = create_model("ease", reg=30.0).fit(random_data).save(tmp_path / "bad")
+    meta = json.loads((bad / "meta.json").read_text())
+    if damage == "no model key":
+        del meta["model"]
+    elif damage == "meta is a list":
+        meta = []
+    elif damage == "params null":
+        meta["params"] = None
+    elif damage == "files null":
+        meta["files"] = None
+    elif damage == "unchecked metadata":
+        import pandas as pd
+
+        pd.DataFrame({"title": ["x"]}).to_parquet(bad / "item_metadata.parquet")
+    elif damage == "bad param":
+        meta["params"]["reg"] = "abc"
+    elif damage == "weights truncated":
+        w = bad / "weights.safetensors"
+        w.write_bytes(w.read_bytes()[:100])
+    (bad / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=str(bad.name)):
+        Recommender.load(bad)
+    c = TestClient(create_app(good))
+    res = c.post("/admin/reload", json={"model": str(bad)})
+    assert res.status_code == 400, res.text
+    assert c.get("/model").json()["params"]["reg"] == 20.0

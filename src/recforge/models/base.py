@@ -583,13 +583,27 @@ class Recommender:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Recommender:
-        """Load a model saved by :meth:`save`; checks format version and checksums."""
+        """Load a model saved by :meth:`save`; checks format version and checksums.
+
+        Whatever is wrong with the directory (missing or damaged files, metadata of the
+        wrong shape, parameters the model refuses) raises :class:`ModelError` naming it.
+        """
+        path = Path(path)
+        try:
+            return cls._load(path)
+        except (ModelError, ConfigError):
+            raise
+        except Exception as exc:  # a damaged directory must not surface as a traceback
+            raise ModelError(f"{path}: cannot load the saved model "
+                             f"({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _load(cls, path: Path) -> Recommender:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         from recforge.models.registry import get_model_class
 
-        path = Path(path)
         meta_path = path / "meta.json"
         if not meta_path.is_file():
             raise ModelError(f"{path}: not a saved recforge model (no meta.json)")
@@ -597,18 +611,30 @@ class Recommender:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelError(f"{meta_path}: corrupt metadata ({exc})") from None
-        if meta.get("format") != FORMAT_NAME:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
             raise ModelError(f"{meta_path}: not a recforge model file")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ModelError(f"{meta_path}: format version {meta.get('format_version')} is not "
                              f"supported (this recforge reads version {FORMAT_VERSION})")
-        for fname, digest in meta.get("files", {}).items():
+        for key, kind in (("model", str), ("params", dict), ("files", dict)):
+            if not isinstance(meta.get(key), kind):
+                raise ModelError(f"{meta_path}: {key!r} is missing or not a "
+                                 f"{'string' if kind is str else 'JSON object'}")
+        files = meta["files"]
+        needed = {"weights.safetensors", "users.parquet", "items.parquet"}
+        needed |= {f for f in ("item_metadata.parquet",) if (path / f).exists()}
+        if needed - set(files):
+            raise ModelError(f"{meta_path}: no checksum for {sorted(needed - set(files))}")
+        for fname, digest in files.items():
             fpath = path / fname
             if not fpath.is_file():
                 raise ModelError(f"{fpath}: missing from the saved model")
             if _sha256(fpath) != digest:
                 raise ModelError(f"{fpath}: checksum mismatch (file truncated or modified)")
-        model_cls = get_model_class(meta["model"])
+        try:
+            model_cls = get_model_class(meta["model"])
+        except ConfigError as exc:
+            raise ModelError(f"{meta_path}: {exc}") from None
         if cls is not Recommender and not issubclass(model_cls, cls):
             raise ModelError(f"{path} holds a {meta['model']!r} model, not {cls.__name__}")
         params = dict(meta["params"])
@@ -623,7 +649,8 @@ class Recommender:
             params = _on_cpu(params)
         try:
             model = model_cls(**params)
-        except TypeError as exc:
+            model._validate_params()
+        except (TypeError, ConfigError) as exc:
             raise ModelError(f"{meta_path}: parameters do not fit {model_cls.__name__}: {exc}"
                              ) from None
         try:
