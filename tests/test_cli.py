@@ -132,6 +132,42 @@ def test_evaluate_ranking_over_min_rating_and_errors_over_every_rating(tmp_path,
                                         abs=1e-9)
 
 
+def test_errors_with_brackets_paths_and_directories_are_one_line(tmp_path, csv_files,
+                                                                  capsys):
+    train, test = csv_files
+    model = tmp_path / "m"
+    assert run(["train", "pop", "--data", train, "--out", model], capsys)[0] == 0
+    code, _, err = run(["recommend", "--model", model, "--history", "[/b]", "--out",
+                        tmp_path / "r.csv"], capsys)  # markup-like text stays text
+    assert code in (0, 2) and "MarkupError" not in err
+    code, _, err = run(["train", "pop", "--data", "[b]nothere.csv", "--out", model], capsys)
+    assert code == 2 and "[b]nothere.csv" in err
+    code, _, err = run(["recommend", "--model", model, "--out", tmp_path], capsys)
+    assert code == 2 and "is a directory" in err
+    code, _, err = run(["evaluate", "--model", model, "--train", train, "--test", test,
+                        "--out", tmp_path], capsys)
+    assert code == 2 and "is a directory" in err and "NDCG" not in err
+
+
+def test_predict_answers_every_row_in_order(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    pairs = rng.choice(30 * 20, size=300, replace=False)
+    frame = pd.DataFrame({"user": pairs // 20, "item": pairs % 20,
+                          "rating": rng.integers(1, 6, size=300)})
+    data = tmp_path / "r.csv"
+    frame.to_csv(data, index=False)
+    model = tmp_path / "mf"
+    assert run(["train", "mf", "--data", data, "--out", model, "-p", "epochs=1"], capsys)[0] == 0
+    ask = tmp_path / "ask.csv"
+    ask.write_text("customer,product\n3,4\n1,2\n3,4\n")
+    code, _, err = run(["predict", "--model", model, "--pairs", ask, "--out", tmp_path / "p.csv",
+                        "--columns", "user=customer,item=product"], capsys)
+    assert code == 0, err
+    got = pd.read_csv(tmp_path / "p.csv")
+    assert got[["user", "item"]].values.tolist() == [[3, 4], [1, 2], [3, 4]]
+    assert got["prediction"].iloc[0] == got["prediction"].iloc[2]
+
+
 def test_predict_refused_for_ranking_model(tmp_path, csv_files, capsys):
     train, _ = csv_files
     run(["train", "pop", "--data", train, "--out", tmp_path / "pop"], capsys)

@@ -543,6 +543,7 @@ def recommend(
         "ids (comma-separated, e.g. a session) instead of --users; columns item,rank,score."),
 ) -> None:
     """Top-K recommendations: columns user,item,rank,score (external ids)."""
+    _check_out_file(out)
     est = _load_model(model)
     if k < 1:
         raise ConfigError(f"--k must be >= 1, got {k}")
@@ -569,17 +570,27 @@ def predict(
     model: Path = typer.Option(..., "--model", help="Directory of a trained rating model."),
     pairs: Path = typer.Option(..., "--pairs", help="File with user,item columns."),
     out: Path = typer.Option(..., "--out", help="Output file: user,item,prediction."),
+    columns: str | None = typer.Option(None, "--columns",
+                                       help="Column mapping, e.g. user=userId,item=movieId."),
+    header: bool | None = typer.Option(
+        None, "--header/--no-header", help="Whether the pairs file starts with a line of "
+        "column names (default: guessed from the first lines)."),
+    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of the pairs "
+                                 "file, e.g. latin-1."),
 ) -> None:
-    """Predict ratings for (user, item) pairs (rating models only)."""
-    from recforge.data.io import read_interactions
+    """Predict ratings for (user, item) pairs (rating models only): one output row per
+    input row, in the input's order."""
+    from recforge.data.io import parse_columns, read_pairs
 
+    _check_out_file(out)
     est = _load_model(model)
     if not est.predicts_ratings:
         raise ConfigError(f"model {est.name!r} ranks items but does not predict ratings; "
                           "train a rating model (e.g. mf) to use `recforge predict`")
-    frame = read_interactions(pairs, duplicates="first").to_frame()
-    pred = est.predict(frame["user"].to_numpy(), frame["item"].to_numpy())
-    result = pd.DataFrame({"user": frame["user"], "item": frame["item"], "prediction": pred})
+    users, items = read_pairs(pairs, columns=parse_columns(columns), header=header,
+                              encoding=encoding)
+    pred = est.predict(users, items)
+    result = pd.DataFrame({"user": users, "item": items, "prediction": pred})
     _write_frame(result, out)
     console.print(f"wrote {len(result):,} predictions to {out}")
 
@@ -609,6 +620,8 @@ def evaluate_cmd(
     out: Path | None = typer.Option(None, "--out", help="Write the results as JSON."),
 ) -> None:
     """Evaluate a trained model on held-out data (full ranking by default)."""
+    if out is not None:
+        _check_out_file(out)
     from recforge.data.filters import to_implicit
     from recforge.evaluation import evaluate
 
@@ -687,6 +700,24 @@ def quickstart(
                    download=download)
 
 
+def _os_error(exc: OSError) -> str:
+    """``IsADirectoryError: [Errno 21] ...: 'x'`` as ``x: is a directory``."""
+    what = (exc.strerror or str(exc)).rstrip(".").lower()
+    return f"{exc.filename}: {what}" if exc.filename else str(exc)
+
+
+def _check_out_file(out: Path) -> None:
+    """Refuse an output file path that cannot be one, before any work is done."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; give a file name")
+    parent = out.parent if str(out.parent) else Path(".")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"--out {out}: cannot write in {existing}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning recforge errors into one line and exit status 2.
 
@@ -696,9 +727,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = list(sys.argv[1:] if argv is None else argv)
         app(args=args, prog_name="recforge", obj={"argv": args})
-    except RecforgeError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True,
-                          markup=True)
+    except (RecforgeError, OSError) as exc:  # bad input, options, paths: one line
+        from rich.markup import escape
+
+        text = str(exc) if isinstance(exc, RecforgeError) else _os_error(exc)
+        err_console.print(f"[bold red]error:[/bold red] {escape(text)}", highlight=False,
+                          soft_wrap=True, markup=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -33,6 +33,7 @@ from recforge.data.vocabulary import Vocabulary
 from recforge.errors import DataError
 
 __all__ = [
+    "read_pairs",
     "read_interactions",
     "read_many",
     "read_csv",
@@ -885,6 +886,15 @@ def read_interactions(path: str | os.PathLike, *, format: str | None = None,
     cols = _read_columns(Path(path), fmt, parse_columns(columns), encoding, sep, header)
     data = _build(cols, users, items, unknown, duplicates)
     return data if shard is None else user_shard(data, *shard)
+
+
+def read_pairs(path: str | os.PathLike, *, format: str | None = None,
+               columns: Mapping[str, str] | str | None = None, encoding: str = "utf-8",
+               header: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The (user, item) external ids of every row of a file, in order, repeats kept (what
+    ``recforge predict`` answers row for row); errors as for :func:`read_interactions`."""
+    cols = _read_columns(Path(path), format, parse_columns(columns), encoding, None, header)
+    return cols.user, cols.item
 
 
 def read_many(paths: Sequence[str | os.PathLike], *, format: str | None = None,
