@@ -154,6 +154,32 @@ def test_api_key(saved):
     assert c.get("/model", headers={"X-API-Key": "s3cret"}).status_code == 200
 
 
+def test_a_non_ascii_api_key_works_on_every_endpoint_and_an_empty_one_is_refused(saved):
+    from recforge.errors import ConfigError
+
+    c = TestClient(create_app(saved[1], api_key="clé"))
+    raw = "clé".encode()  # what a client sends: the key's UTF-8 bytes
+    for url in ("/model", "/users/1/recommendations", "/users/1/recommendations?explain=true"):
+        assert c.get(url, headers=[(b"x-api-key", raw)]).status_code == 200, url
+        assert c.get(url, headers={"X-API-Key": "cle"}).status_code == 401, url
+    with pytest.raises(ConfigError, match="empty API key"):
+        create_app(saved[1], api_key="")
+
+
+def test_serve_checks_its_address_before_loading(saved, capsys):
+    from recforge.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(saved[1]), "--port", str(port)]) == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--model", str(saved[1]), "--port", "99999"])
+    assert exit_.value.code == 2
+
+
 def test_fast_path_answers_like_the_documented_route(saved, random_data):
     """Well-formed per-user requests are answered before routing; the same request in a
     form only FastAPI accepts (``include_seen=TRUE``, ``k=+5``) takes the route. Both must

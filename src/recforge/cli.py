@@ -477,10 +477,11 @@ def tune(
 def serve(
     model: Path = typer.Option(..., "--model", help="Directory of a trained model."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="RECFORGE_API_KEY",
-                                       help="Require this X-API-Key header (all endpoints "
-                                            "but /health)."),
+                                       help="Require this X-API-Key header (every endpoint "
+                                            "but /health, the web page and the API "
+                                            "description at /docs and /openapi.json)."),
     events: str | None = typer.Option(None, "--events", help="Event store for POST "
                                       "/interactions: a SQLite file path or a SQLAlchemy URL "
                                       "(postgresql+psycopg://user@host/db; pip install "
@@ -498,6 +499,7 @@ def serve(
 
     from recforge.serving.app import create_app
 
+    _check_can_listen(host, port)  # before loading the model, and as one line
     # One request's scoring is a small product: extra torch threads only contend with the
     # event loop (OpenMP spin-waits), so the server scores on one thread.
     torch.set_num_threads(1)
@@ -704,6 +706,25 @@ def _os_error(exc: OSError) -> str:
     """``IsADirectoryError: [Errno 21] ...: 'x'`` as ``x: is a directory``."""
     what = (exc.strerror or str(exc)).rstrip(".").lower()
     return f"{exc.filename}: {what}" if exc.filename else str(exc)
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """A clear error now for an address in use or a host that is not this machine's, where
+    uvicorn would print its own and exit 3 after the banner."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: "
+                              f"{(exc.strerror or str(exc)).lower()}") from None
 
 
 def _check_out_file(out: Path) -> None:

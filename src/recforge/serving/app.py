@@ -17,7 +17,8 @@ Endpoints (OpenAPI docs at ``/docs``):
 Bad input answers 4xx with a JSON ``{"detail": ...}``: 422 for invalid parameters or bodies
 (k outside 1..1000, malformed JSON, wrong types), 404 for unknown items, 400 for requests
 the model cannot answer. With an API key (``api_key=`` or ``RECFORGE_API_KEY``), every
-endpoint but ``/health`` and the page (``/``, ``/static``) needs the ``X-API-Key`` header
+endpoint but ``/health``, the page (``/``, ``/static``) and the API description
+(``/docs``, ``/openapi.json``) needs the ``X-API-Key`` header
 (401 otherwise); the page asks for the key and sends it.
 """
 
@@ -197,6 +198,9 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
 
         store = EventStore(events)
     service = RecommendationService(model, events=store, index=index, n_probe=n_probe)
+    if api_key == "":
+        raise ConfigError("an empty API key would lock every endpoint; leave it out to serve "
+                          "without one")
     key = api_key if api_key is not None else os.environ.get("RECFORGE_API_KEY") or None
     app = FastAPI(title="recforge", version=__version__,
                   description=f"Recommendations from a trained {service.model.name!r} model.")
@@ -204,8 +208,10 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
     writes = threading.Lock()  # posts and deletes against the swap of a reload
 
     def check_key(x_api_key: str | None = Header(default=None)) -> None:
-        if key is not None and (x_api_key is None
-                                or not hmac.compare_digest(x_api_key.encode(), key.encode())):
+        # the header's bytes (HTTP headers arrive as latin-1) against the key's UTF-8 bytes,
+        # as the fast path compares them: a non-ASCII key works on every endpoint alike
+        if key is not None and (x_api_key is None or not hmac.compare_digest(
+                x_api_key.encode("latin-1", errors="replace"), key.encode())):
             raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
 
     # Without a key, no dependency at all: it would cost every request a resolution step.
