@@ -266,6 +266,24 @@ def test_tune_writes_best_params_and_a_runnable_config(tmp_path, files):
         tune(cfg, "pop", n_trials=2, out=tmp_path / "t3")
 
 
+def test_tune_a_rating_model_on_a_ranking_metric_with_min_rating(tmp_path, files):
+    """As `recforge run` does: mf trains on the ratings, the ranking metric is measured on
+    the validation positives (it refused: the training data had been made implicit)."""
+    from recforge.experiment.tune import tune
+
+    train, test = files
+    path = write(tmp_path, f"""
+        name: t
+        data: {{train: {train}, test: {test}, min_rating: 4}}
+        split: {{method: files}}
+        models: [{{name: mf, params: {{embedding_dim: 4, epochs: 2, batch_size: 256}}}}]
+        metrics: [ndcg@10, rmse]
+    """)
+    summary = tune(load_config(path), "mf", n_trials=2, out=tmp_path / "t",
+                   space={"learning_rate": ("log", 1e-3, 5e-2)})
+    assert summary["complete"] >= 1 and 0.0 <= summary["value"] <= 1.0
+
+
 def test_tune_cli(tmp_path, files):
     train, test = files
     path = write(tmp_path, f"""

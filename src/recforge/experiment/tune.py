@@ -114,13 +114,16 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
         split = random_split(train_all, test_size=0.2, by_user=True, seed=cfg.split.seed + 1)
         train, valid = split.train, split.test
         where = "a per-user random 20% of the training events (the test set is not used)"
-    if not rating and cfg.data.min_rating is not None:
-        from recforge.data.filters import to_implicit
+    from recforge.data.filters import to_implicit
 
-        fit_train = to_implicit(train, cfg.data.min_rating) if train.value is not None else train
-        valid_eval = to_implicit(valid, cfg.data.min_rating) if valid.value is not None else valid
-    else:
-        fit_train, valid_eval = (train, valid)
+    def positives(x: Any) -> Any:
+        threshold = cfg.data.min_rating
+        return to_implicit(x, threshold) if threshold is not None and x.value is not None else x
+
+    # as `recforge run` trains them: rating models on the ratings whatever the metric, the
+    # others on the positives; a ranking metric is measured on the validation positives
+    fit_train = train if template.predicts_ratings else positives(train)
+    valid_eval = valid if rating else positives(valid)
     kw: dict[str, Any] = {}
     if getattr(template, "uses_item_features", False) and data.item_features is not None:
         kw["item_features"] = data.item_features
