@@ -154,6 +154,15 @@ def test_content_needs_features_with_clear_errors():
         create_model("content").fit(data, item_features=other)
 
 
+def test_user_features_are_refused_where_a_model_does_not_use_them():
+    data, feats = genre_world()
+    users = F.categorical(data.users, ["a"] * data.n_users, "group")
+    for name in ("content", "hybrid"):
+        with pytest.raises(ConfigError, match="does not use user features"):
+            create_model(name).fit(data, item_features=feats, user_features=users)
+    create_model("hybrid_bpr", epochs=1).fit(data, item_features=feats, user_features=users)
+
+
 def test_history_of_unknown_items_is_reported():
     data, feats = genre_world()
     model = create_model("content").fit(data, item_features=feats)

@@ -39,10 +39,14 @@ class FeatureModelMixin:
 
     uses_item_features = True
     requires_item_features = True
+    #: Whether ``user_features`` take part (else passing them is an error, not ignored).
+    uses_user_features = False
 
     def fit(self, train: Interactions, valid: Interactions | None = None, *,
             item_features: Features | None = None, user_features: Features | None = None,
             **options: Any) -> Any:
+        if user_features is not None and not self.uses_user_features:
+            raise ConfigError(f"{self.name} does not use user features; hybrid_bpr does")  # type: ignore[attr-defined]
         if item_features is None and self.requires_item_features:
             raise ConfigError(f"{self.name}: fit needs item_features (see "  # type: ignore[attr-defined]
                               "recforge.data.features; the CLI takes --item-features FILE)")

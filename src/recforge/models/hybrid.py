@@ -194,6 +194,7 @@ class HybridBPR(FeatureModelMixin, GradientRecommender):
     """
 
     name = "hybrid_bpr"
+    uses_user_features = True
     supports_history = True
     requires_item_features = False
 
