@@ -57,6 +57,10 @@ def files(tmp_path, random_data):
      "split.metod: unknown key \\(did you mean 'method'\\?\\)"),
     ("data: {source: synthetic}\nmodels: [ease]\nmetrics: [ndcg@0]\n", "metrics\\[0\\]"),
     ("data: {source: synthetic}\nmodels: [ease, ease]\n", "two models are labelled 'ease'"),
+    ("data: {source: synthetic}\nmodels: [ease]\nprotocol: sampled\n"
+     "metrics: [ndcg@10, coverage@10]\n", "protocol: 'sampled' cannot compute coverage@10"),
+    ("data: {source: synthetic}\nsplit: {method: cold_start_items}\nmodels: [ease]\n"
+     "protocol: sampled\n", "protocol: 'sampled' with split.method cold_start_items"),
     ("data: {source: synthetic}\nsplit: {method: files}\nmodels: [ease]\n",
      "needs data.train and data.test"),
 ])

@@ -262,6 +262,15 @@ def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
     protocol = raw.get("protocol", "full")
     if protocol not in ("full", "sampled"):
         raise _err(source, "protocol", f"expected 'full' or 'sampled', got {protocol!r}")
+    if protocol == "sampled":  # what evaluate would refuse after the first model trained
+        lists = [str(m) for m in metrics if Metric.parse(str(m)).kind == "lists"]
+        if lists:
+            raise _err(source, "protocol", f"'sampled' cannot compute {', '.join(lists)}: "
+                       "coverage, ARP, Gini and novelty need the full protocol")
+        if split.method == "cold_start_items":
+            raise _err(source, "protocol", "'sampled' with split.method cold_start_items: a "
+                       "cold-start split ranks among the held-out items, which needs the "
+                       "full protocol")
     name = raw.get("name", "experiment")
     if not isinstance(name, str) or not name or any(c in name for c in "/\\"):
         raise _err(source, "name", f"expected a plain name (no slashes), got {name!r}")
