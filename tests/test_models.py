@@ -52,6 +52,21 @@ class TestItemKNN(ModelConformance):
         with pytest.raises(ConfigError, match="neighbors"):
             create_model("itemknn", neighbors=0).fit(random_data)
 
+    def test_no_similarity_is_no_neighbour_and_ties_go_to_the_popular(self):
+        import pandas as pd
+
+        # a and b share users; c, d and e share none with a; d and e are the most popular
+        data = Interactions.from_frame(pd.DataFrame(
+            {"user": [0, 0, 1, 1, 2, 3, 4, 4, 5, 6, 6],
+             "item": ["a", "b", "a", "b", "c", "d", "d", "e", "e", "d", "e"]}))
+        model = create_model("itemknn", neighbors=5).fit(data)
+        sims = model.similar_items(["a"], k=4)
+        assert sims["similar"].tolist() == ["b"]  # c, d, e have no user in common with a
+        # user 2 (only c) has no neighbour of c to score: the unseen items tie at 0 and come
+        # in order of popularity (d and e: 3 users each, then a and b: 2)
+        recs = model.recommend([2], k=4)
+        assert recs["item"].tolist() == ["d", "e", "a", "b"] and (recs["score"] == 0).all()
+
 
 class TestEASE(ModelConformance):
     model_name = "ease"
@@ -76,3 +91,45 @@ def test_registry_names():
     assert {"pop", "itemknn", "ease"} <= set(available_models())
     with pytest.raises(ConfigError, match="did you mean 'ease'"):
         get_model_class("eas")
+
+
+def test_outputs_keep_the_request_order_and_the_vocabulary_types(random_data):
+    model = create_model("ease", reg=10.0).fit(random_data)
+    users = random_data.users.ids
+    asked = [999_999, users[0], 999_999, users[1]]
+    recs = model.recommend(asked, k=2, unknown="popular")
+    assert recs["user"].tolist() == [999_999, 999_999, users[0], users[0], 999_999, 999_999,
+                                     users[1], users[1]]
+    item = random_data.items.ids[0]
+    sims = model.similar_items([str(item)], k=2)
+    assert sims["item"].tolist() == [item, item]  # "1" asked, 1 answered, as recommend does
+
+
+def test_top_k_takes_and_orders_ties_by_column_like_a_stable_sort():
+    from recforge.models.base import _top_k_ties_in_order
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        x = torch.randint(0, 4, (5, 12), generator=g).float()
+        x[x == 3] = -float("inf")  # excluded items tie too
+        k = int(torch.randint(0, 13, (1,), generator=g))
+        pos, vals = _top_k_ties_in_order(x, k)
+        ref = torch.sort(x, dim=1, descending=True, stable=True)
+        assert torch.equal(pos, ref.indices[:, :k]) and torch.equal(vals, ref.values[:, :k])
+
+
+def test_random_ties_are_drawn_per_row_among_the_tied_only():
+    from recforge.models.base import _top_k_ties_in_order
+
+    scores = torch.tensor([[5.0, 1, 1, 1, 1, 0, 1, 1], [2, 2, 2, 2, 2, 2, 2, 2]]).repeat(500, 1)
+    rows = torch.arange(len(scores))
+    pos, vals = _top_k_ties_in_order(scores, 3, rows, seed=3)
+    assert (pos[0::2, 0] == 0).all() and (vals[0::2] == torch.tensor([5.0, 1, 1])).all()
+    assert not torch.isin(pos[0::2], torch.tensor([5])).any()  # never the lower score
+    counts = torch.bincount(pos[1::2].flatten(), minlength=8).float()  # 8 tied, 3 drawn
+    assert counts.min() > 0.7 * counts.mean() and counts.max() < 1.3 * counts.mean()
+    assert len({tuple(r) for r in pos[1::2].tolist()}) > 50  # rows draw apart
+    # the same (row id, column) draws the same, in any batch
+    half = _top_k_ties_in_order(scores[500:], 3, rows[500:], seed=3)[0]
+    assert torch.equal(half, pos[500:])
+    assert not torch.equal(_top_k_ties_in_order(scores, 3, rows, seed=4)[0], pos)

@@ -262,17 +262,16 @@ def _full_ranking(model: Recommender, users: np.ndarray, relevant: sp.csr_matrix
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Hit matrix ``[n, k]`` and recommended item indices ``[n, k]`` (-1 for empty slots).
 
-    Tied scores are ordered by a random permutation of the items (``seed``): ordered by item
-    index, a model that scores many items alike (a constant, popularity on cold items) would
-    get whatever the lowest ids hold, often the oldest and most popular items.
+    Tied scores are taken and ordered at random for each user (``seed``): by item index, a
+    model that scores many items alike (a constant, popularity on cold items) would get
+    whatever the lowest ids hold, often the oldest and most popular items.
     """
     hits = np.zeros((len(users), k), dtype=bool)
     recs = np.full((len(users), k), -1, dtype=np.int64)
     pos = 0
     rel = relevant.tocsr()
-    order = np.random.default_rng([seed, 7]).permutation(model.n_items)
     for ub, items, scores in model.iter_top_k(users, k, exclude=exclude, batch_size=batch_size,
-                                              candidates=candidates, item_order=order):
+                                              candidates=candidates, tie_seed=seed):
         b, kk = items.shape
         it = items.numpy()
         valid = torch.isfinite(scores).numpy()

@@ -305,9 +305,8 @@ def _popularity_profile(model: Any, data: PreparedData, metrics: list[str],
     known = model.users_.index(data.test_pos.users.ids[users])
     known = known[known >= 0]
     slots = np.zeros(10)
-    ties = np.random.default_rng([0, 7]).permutation(model.n_items)  # as evaluate orders ties
     for _, items, scores in model.iter_top_k(known, k, exclude=model.seen_,
-                                             candidates=None, item_order=ties):
+                                             candidates=None, tie_seed=0):  # as evaluate
         it = items.numpy()[np.isfinite(scores.numpy())]
         it = it[it < len(decile)]
         slots += np.bincount(decile[it], minlength=10)

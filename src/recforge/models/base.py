@@ -225,17 +225,19 @@ class Recommender:
 
     def iter_top_k(self, users: np.ndarray, k: int, *, exclude: sp.csr_matrix | None = None,
                    candidates: np.ndarray | None = None, batch_size: int | None = None,
-                   item_order: np.ndarray | None = None,
+                   item_order: np.ndarray | None = None, tie_seed: int | None = None,
                    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """Top-``k`` item indices and scores for internal user indices, in blocks.
 
         Yields ``(user_block, item_idx [B, k], scores [B, k])``. Items stored in
         ``exclude[user]`` get ``-inf`` before the top-k (so they come last, with score
         ``-inf``, only when fewer than ``k`` items remain). ``candidates`` restricts the
-        ranking to those item indices. Equal scores are ordered by item index, or by
-        position in ``item_order`` (a permutation of the item indices) when given: the
-        evaluation passes a random one, so that tied items are drawn at random instead of
-        favouring the lowest ids.
+        ranking to those item indices. Equal scores are taken and ordered by position in
+        ``item_order`` (a permutation of the item indices; ``recommend`` passes the items
+        by popularity), or with ``tie_seed`` in a pseudo-random order of each (user, item)
+        pair, the same however users are batched (the evaluation does:
+        a model that scores many items alike gets what chance gives, not the lowest ids);
+        with neither, as ``torch.topk`` leaves them.
         """
         self._check_fitted()
         users = np.asarray(users, dtype=np.int64)
@@ -259,12 +261,15 @@ class Recommender:
                 mask_rows(scores, exclude, ub)
             if cand_mask is not None:
                 scores[:, cand_mask] = -math.inf
-            if order is None:
+            if order is not None:  # ties fall by position in the order
+                pos, vals = _top_k_ties_in_order(scores[:, order], k)
+                yield ub, order[pos], vals
+            elif tie_seed is not None:
+                pos, vals = _top_k_ties_in_order(scores, k, torch.from_numpy(ub), tie_seed)
+                yield ub, pos, vals
+            else:
                 top = torch.topk(scores, k, dim=1, sorted=True)
                 yield ub, top.indices, top.values
-            else:  # the top-k of the permuted columns; ties fall by position in the order
-                top = torch.topk(scores[:, order], k, dim=1, sorted=True)
-                yield ub, order[top.indices], top.values
 
     def _user_index(self, users: Any, unknown: UnknownUsers) -> tuple[np.ndarray, np.ndarray]:
         ext = np.atleast_1d(np.asarray(users, dtype=object if not isinstance(users, np.ndarray)
@@ -308,23 +313,28 @@ class Recommender:
         ext[known] = self.users_.ids[idx[known]]
         frames = []
         pos = np.flatnonzero(known)
+        # equal scores (a short history, a cold item) are ordered by popularity
         for ub, items, scores in self.iter_top_k(idx[known], int(k), exclude=exclude,
-                                                 candidates=cand_idx, batch_size=batch_size):
-            frames.append(self._frame(ext[pos[:len(ub)]], items, scores))
+                                                 candidates=cand_idx, batch_size=batch_size,
+                                                 item_order=self._popularity_order()):
+            frames.append(self._frame(ext[pos[:len(ub)]], items, scores, pos[:len(ub)]))
             pos = pos[len(ub):]
         if unknown == "popular" and (~known).any():
-            frames.append(self._popular_frame(ext[~known], int(k), cand_idx))
+            frames.append(self._popular_frame(ext[~known], int(k), cand_idx,
+                                              np.flatnonzero(~known)))
         if not frames:
             return pd.DataFrame({"user": pd.Series([], dtype=object),
                                  "item": pd.Series([], dtype=object),
                                  "rank": pd.Series([], dtype=np.int64),
                                  "score": pd.Series([], dtype=np.float32)})
         out = pd.concat(frames, ignore_index=True)
-        if unknown == "popular" and (~known).any():
-            order = pd.Series(np.arange(len(ext)), index=pd.Index(ext)).to_dict()
-            out = out.iloc[np.argsort(out["user"].map(order).to_numpy(), kind="stable")]
-            out = out.reset_index(drop=True)
-        return out
+        if unknown == "popular" and (~known).any():  # back in the order the users came in
+            out = out.iloc[np.argsort(out["_pos"].to_numpy(), kind="stable")]
+        return out.drop(columns="_pos").reset_index(drop=True)
+
+    def _popularity_order(self) -> np.ndarray:
+        """Item indices from the most to the least popular (ties: by index)."""
+        return np.argsort(-self.item_popularity_, kind="stable")
 
     # ----------------------------------------------------------------------------------
     # users the model never saw
@@ -408,8 +418,11 @@ class Recommender:
         return sp.csr_matrix((data, (np.zeros(len(items), np.int64), items)),
                              shape=(1, self.n_items))
 
-    def _frame(self, ext_users: np.ndarray, items: torch.Tensor, scores: torch.Tensor
-               ) -> pd.DataFrame:
+    def _frame(self, ext_users: np.ndarray, items: torch.Tensor, scores: torch.Tensor,
+               positions: np.ndarray | None = None) -> pd.DataFrame:
+        """Rows ``user, item, rank, score`` (and ``_pos``, each row's user's position in
+        the request, when ``positions`` is given); slots with a non-finite score are left
+        out."""
         b, k = items.shape
         it = items.cpu().numpy().ravel()
         sc = scores.cpu().numpy().ravel()
@@ -420,10 +433,12 @@ class Recommender:
             "rank": np.tile(np.arange(1, k + 1), b)[keep],
             "score": sc[keep],
         })
+        if positions is not None:
+            frame["_pos"] = np.repeat(positions, k)[keep]
         return frame
 
-    def _popular_frame(self, ext_users: np.ndarray, k: int, cand_idx: np.ndarray | None
-                       ) -> pd.DataFrame:
+    def _popular_frame(self, ext_users: np.ndarray, k: int, cand_idx: np.ndarray | None,
+                       positions: np.ndarray | None = None) -> pd.DataFrame:
         pop = torch.from_numpy(self.item_popularity_.copy())
         if cand_idx is not None:
             mask = torch.ones_like(pop, dtype=torch.bool)
@@ -431,7 +446,8 @@ class Recommender:
             pop[mask] = -math.inf
         top = torch.topk(pop, min(k, len(pop)))
         n = len(ext_users)
-        return self._frame(ext_users, top.indices.repeat(n, 1), top.values.repeat(n, 1))
+        return self._frame(ext_users, top.indices.repeat(n, 1), top.values.repeat(n, 1),
+                           positions)
 
     # ----------------------------------------------------------------------------------
     # item-item
@@ -452,7 +468,9 @@ class Recommender:
         """The ``k`` items most similar to each given item (external ids).
 
         Returns columns ``item, similar, rank, score``; an item is never its own neighbour.
-        Unknown item ids raise :class:`ModelError`.
+        Items with no similarity at all (a score of exactly 0: no user or feature in common,
+        as item-kNN and content models say) are left out, so fewer than ``k`` rows may come
+        back for an item. Unknown item ids raise :class:`ModelError`.
         """
         self._check_fitted()
         if not isinstance(k, (int, np.integer)) or k < 1:
@@ -462,16 +480,19 @@ class Recommender:
         idx = self.items_.index(ext)
         if (idx < 0).any():
             raise ModelError(f"unknown item id(s): {ext[idx < 0][:5].tolist()}")
+        ext = self.items_.ids[idx].astype(object)  # the vocabulary's own type ("1" -> 1)
         k = min(int(k), self.n_items - 1)
         block = self._block_size(batch_size)
+        order = torch.from_numpy(self._popularity_order())  # equal scores: the popular first
         frames = []
         for start in range(0, len(idx), block):
             ib = torch.from_numpy(idx[start:start + block])
             with torch.no_grad():
                 sims = self._item_similarity(ib).float().clone()
             sims[torch.arange(len(ib)), ib] = -math.inf
-            top = torch.topk(sims, k, dim=1)
-            f = self._frame(ext[start:start + block], top.indices, top.values)
+            sims[sims == 0] = -math.inf
+            pos, vals = _top_k_ties_in_order(sims[:, order], k)
+            f = self._frame(ext[start:start + block], order[pos], vals)
             frames.append(f.rename(columns={"user": "item", "item": "similar"}))
         return pd.concat(frames, ignore_index=True)
 
@@ -672,6 +693,63 @@ class Recommender:
         state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         model._restore(state, meta.get("extra", {}))
         return model
+
+
+_M31 = (1 << 31) - 1
+
+
+def _tie_keys(rows: torch.Tensor, cols: torch.Tensor, seed: int) -> torch.Tensor:
+    """A pseudo-random 31-bit key for each (row id, column) pair: the same pair always
+    draws the same key, whatever the batch it falls in (a multiplicative hash)."""
+    h = (rows.to(torch.int64)[:, None] * 0x9E3779B1 + cols.to(torch.int64) * 0x85EBCA77
+         + (int(seed) * 0x27D4EB2F & _M31)) & _M31
+    h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & _M31
+    h = ((h ^ (h >> 12)) * 0x297A2D39) & _M31
+    return h ^ (h >> 15)
+
+
+def _top_k_ties_in_order(scores: torch.Tensor, k: int, row_ids: torch.Tensor | None = None,
+                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column positions and values of each row's ``k`` largest scores, sorted by value.
+
+    ``torch.topk`` leaves ties unordered (in practice it favours low columns). Here equal
+    scores are taken and listed in column order, as a stable sort would, or, given
+    ``row_ids`` (e.g. user indices), in a pseudo-random order drawn for each (row id,
+    column) pair from ``seed``, the same however the rows are batched. The cost is a
+    ``topk`` of ``k + 1``; only rows whose k-th value is tied with values left out take a
+    pass over the whole row (rare with continuous scores, every row for a constant scorer).
+    """
+    rows, n = scores.shape
+    if k == 0 or rows == 0:
+        return torch.empty((rows, 0), dtype=torch.int64), scores[:, :0]
+    top = torch.topk(scores, min(k + 1, n), dim=1)
+    pos, vals = top.indices[:, :k], top.values[:, :k]
+    crossing = (torch.nonzero(top.values[:, k] == top.values[:, k - 1]).flatten() if k < n
+                else torch.empty(0, dtype=torch.int64))
+    if len(crossing):  # which of the k-th value's equals get in
+        sub, kth = scores[crossing], vals[crossing, -1:]
+        greater, tied = sub > kth, sub == kth
+        need = k - greater.sum(dim=1, keepdim=True)
+        if row_ids is None:  # the first ones in column order
+            chosen = greater | (tied & (tied.cumsum(dim=1) <= need))
+        else:  # those with the smallest keys
+            keys = torch.where(tied, _tie_keys(row_ids[crossing], torch.arange(n), seed),
+                               _M31 + 1)
+            m = int(need.max())
+            first = torch.topk(keys, m, dim=1, largest=False).indices
+            chosen = greater.clone()
+            chosen.scatter_(1, first, torch.arange(m)[None, :] < need)
+            chosen |= greater
+        pos = pos.clone()
+        pos[crossing] = chosen.nonzero()[:, 1].reshape(len(crossing), k)
+    # order by value; equal values by column, or by key
+    if row_ids is None:
+        pos = torch.sort(pos, dim=1).values
+    else:
+        pos = pos.gather(1, _tie_keys(row_ids, pos, seed).argsort(dim=1))
+    vals = scores.gather(1, pos)
+    by_value = torch.sort(vals, dim=1, descending=True, stable=True).indices
+    return pos.gather(1, by_value), vals.gather(1, by_value)
 
 
 def check_model_target(path: str | os.PathLike) -> None:
