@@ -89,6 +89,16 @@ def test_no_known_test_user_is_an_error_not_a_zero(setup):
         evaluate(model, train, test, metrics="recall@5")
 
 
+def test_a_test_pair_repeated_is_one_relevant_item(setup):
+    model, train = setup
+    once = make([(0, 2), (0, 4)], users=train.users, items=train.items)
+    twice = make([(0, 2), (0, 4)], users=train.users, items=train.items)
+    twice = once.concat(twice.subset(np.array([0])))  # (0, 2) held out twice
+    a = evaluate(model, train, once, metrics="recall@2,ndcg@2")
+    b = evaluate(model, train, twice, metrics="recall@2,ndcg@2")
+    assert b.summary == a.summary and any("counted once" in n for n in b.notes)
+
+
 def test_seen_items_excluded_and_included(setup):
     model, train = setup
     test = make([(1, 3)], users=train.users, items=train.items)  # a test item also in train

@@ -151,6 +151,36 @@ def test_leaderboard_matches_recforge_evaluate(tmp_path, files, capsys):
     assert "p vs best" in capsys.readouterr().out
 
 
+def test_validation_items_are_left_out_of_the_test_rankings(tmp_path, files):
+    train, test = files
+    frame = pd.read_csv(train)
+    rng = np.random.default_rng(3)
+    in_valid = rng.random(len(frame)) < 0.2
+    fit_part, valid = tmp_path / "fit.csv", tmp_path / "valid.csv"
+    frame[~in_valid].to_csv(fit_part, index=False)
+    frame[in_valid].to_csv(valid, index=False)
+    path = write(tmp_path, f"""
+        name: v
+        data: {{train: {fit_part}, valid: {valid}, test: {test}}}
+        split: {{method: files}}
+        models: [{{name: ease, params: {{reg: 20}}}}]
+        metrics: [ndcg@10]
+        n_bootstrap: 20
+    """)
+    assert cli(["run", path, "--out", tmp_path / "r"]) == 0
+    row = json.loads((tmp_path / "r" / "results.json").read_text())["leaderboard"][0]
+    out = {}
+    for name, trains in (("both", [fit_part, valid]), ("fit", [fit_part])):
+        args = ["evaluate", "--model", tmp_path / "r" / "models" / "ease", "--test", test,
+                "--metrics", "ndcg@10", "--out", tmp_path / f"{name}.json"]
+        for t in trains:
+            args += ["--train", t]
+        assert cli(args) == 0
+        out[name] = json.loads((tmp_path / f"{name}.json").read_text())["metrics"]["NDCG@10"]
+    assert row["NDCG@10"] == pytest.approx(out["both"], abs=1e-9)
+    assert out["both"] > out["fit"]  # validation items left in are misses
+
+
 def test_cold_start_experiment_with_features(tmp_path):
     cfg = parse_config({
         "name": "cold", "data": {"source": "synthetic", "min_rating": 4},

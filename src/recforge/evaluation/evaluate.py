@@ -137,6 +137,16 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
     n_users, n_items = model.n_users, model.n_items
 
     tu, ti, tv = _to_model_space(model, test, "test")
+    # A (user, item) pair held out twice (test files joined, a log with repeats) is one
+    # relevant item: counted twice it would cap the user's recall at 1/2.
+    pair = test.user.astype(np.int64) * max(1, test.n_items) + test.item
+    _, first = np.unique(pair, return_index=True)
+    if len(first) < len(pair):
+        notes.append(f"{len(pair) - len(first)} repeated test events (the same user and "
+                     "item) were counted once")
+        first.sort()
+        tu, ti = tu[first], ti[first]
+        tv = tv[first] if tv is not None else None
     cand_idx = None
     if candidates is not None:
         if protocol != "full":

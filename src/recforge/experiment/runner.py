@@ -206,6 +206,10 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
 
     runs: list[dict[str, Any]] = []
     per_user_frames: list[pd.DataFrame] = []
+    # At test time a user's training and validation items are both known to be theirs: left
+    # in the ranking, validation items would count as misses (EASE on ml-100k with a 10 %
+    # validation part: NDCG@10 0.271 instead of 0.303).
+    seen_at_test = data.train if data.valid is None else data.train.concat(data.valid)
     n_runs = sum(len(cfg.seeds) if "seed" in m._param_names() else 1 for _, m in models)
     done = 0
     for mc, template in models:
@@ -228,7 +232,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
             per_user = None
             eval_s = 0.0
             if rank_metrics:
-                res = evaluate(model, data.train, data.test_pos, metrics=rank_metrics,
+                res = evaluate(model, seen_at_test, data.test_pos, metrics=rank_metrics,
                                protocol=cfg.protocol,  # type: ignore[arg-type]
                                candidates=data.candidates, seed=seed or 0)
                 summary.update(res.summary)
