@@ -152,10 +152,11 @@ def test_append_seen_items_and_forgetting(target):
         assert store.forgotten() == {"1"} and not store.is_forgotten("u2")
         assert store.delete_user(1) == 0  # forgetting twice is no error
         assert store.forgotten() == {"1"}
-        store.append([(1, "c", None, None)])  # posting again un-forgets
-        assert not store.is_forgotten(1) and store.user_items(1) == ["c"]
+        store.append([(1, "c", None, None)])  # posting again is stored; the forgetting
+        assert store.is_forgotten(1) and store.user_items(1) == ["c"]  # stays on record
+        assert set(store.forgotten_at()) == {"1"}
     with EventStore(target) as again:  # committed, so there after reopening
-        assert again.count() == 2 and again.forgotten() == set()
+        assert again.count() == 2 and again.forgotten() == {"1"}
 
 
 def test_to_frame_types(target):

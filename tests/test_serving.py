@@ -674,3 +674,31 @@ def test_a_damaged_model_directory_is_a_clear_error(random_data, tmp_path, damag
     res = c.post("/admin/reload", json={"model": str(bad)})
     assert res.status_code == 400, res.text
     assert c.get("/model").json()["params"]["reg"] == 20.0
+
+
+def test_a_forgotten_user_who_posts_again_is_not_answered_from_old_data(random_data, tmp_path):
+    """The served model was trained on the user's old events: after DELETE, a new post must
+    not bring them back (recommendations, history); a model made after the deletion is
+    taken to know the user afresh."""
+    path = create_model("ease", reg=20.0).fit(random_data).save(tmp_path / "m")
+    c = TestClient(create_app(path, events=tmp_path / "ev.sqlite"))
+    user = int(random_data.users.ids[0])
+    trained = set(random_data.items.ids[random_data.csr[0].indices].tolist())
+    new = next(int(i) for i in random_data.items.ids if i not in trained)
+    assert c.delete(f"/users/{user}").status_code == 200
+    assert c.post("/interactions", json={"events": [{"user": user, "item": new}]}
+                  ).status_code == 200
+    hist = c.get(f"/users/{user}/history").json()
+    assert hist["known"] is False and [x["item"] for x in hist["items"]] == [new]
+    body = c.get(f"/users/{user}/recommendations", params={"k": 5}).json()
+    assert body["fallback"] == "history"
+    # the same holds after a restart or a reload of the same model ...
+    c2 = TestClient(create_app(path, events=tmp_path / "ev.sqlite"))
+    assert c2.get(f"/users/{user}/history").json()["known"] is False
+    # ... but a model saved after the deletion knows the user again
+    import time
+
+    time.sleep(1.1)  # meta.json's "created" has whole seconds
+    create_model("ease", reg=20.0).fit(random_data).save(path)
+    assert c2.post("/admin/reload").status_code == 200
+    assert c2.get(f"/users/{user}/history").json()["known"] is True

@@ -7,7 +7,9 @@ path serves every database. An append returns only after its transaction is comm
 (SQLite: on disk; PostgreSQL: with its default ``synchronous_commit=on``, flushed to its
 WAL), so every acknowledged event survives a ``kill -9`` of the server. Events count as
 seen items for their user at once; ``delete_user`` removes a user's events and remembers
-the user as forgotten (the server then answers for them as for an unknown user).
+when the user was forgotten: a model made before that moment still holds the user's
+training data, so the server answers for them as for a user it never saw (from events
+they post afterwards, if any), never from that data.
 ``recforge train --data events:PATH_OR_URL`` trains from the store.
 
 Passwords never leave this module: errors and ``repr`` name the database by its URL with
@@ -51,7 +53,8 @@ _events = sa.Table(
     sqlite_autoincrement=True,
 )
 
-#: Users who asked to be forgotten (until they post events again).
+#: Users who asked to be forgotten, and when (a later post does not undo it: a model
+#: trained before that moment must not answer from their old data).
 _forgotten = sa.Table(
     "forgotten", _metadata,
     sa.Column("user", sa.Text(), primary_key=True),
@@ -267,15 +270,11 @@ class EventStore:
         if not rows:
             return 0
         _check_ids([r["user"] for r in rows] + [r["item"] for r in rows])
-        users = sorted({r["user"] for r in rows})
         with self._connect(write=True) as conn:
             if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
                 _copy_events(conn, rows)
             else:
                 conn.execute(_events.insert(), rows)  # one executemany
-            for start in range(0, len(users), _CHUNK):  # posting again un-forgets a user
-                conn.execute(_forgotten.delete().where(
-                    _forgotten.c.user.in_(users[start:start + _CHUNK])))
         return len(rows)
 
     def delete_user(self, user: Any) -> int:
@@ -325,6 +324,12 @@ class EventStore:
     def forgotten(self) -> set[str]:
         with self._connect(write=False) as conn:
             return set(conn.execute(sa.select(_forgotten.c.user)).scalars())
+
+    def forgotten_at(self) -> dict[str, float]:
+        """Each forgotten user and when (seconds since the epoch)."""
+        with self._connect(write=False) as conn:
+            return {str(u): float(at) for u, at in
+                    conn.execute(sa.select(_forgotten.c.user, _forgotten.c.at))}
 
     def count(self) -> int:
         with self._connect(write=False) as conn:

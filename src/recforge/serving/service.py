@@ -163,10 +163,23 @@ class RecommendationService:
         if self.events is None:
             return
         with self._write_lock:
-            self._forgotten = self.events.forgotten()
+            # users forgotten after this model was made: it still holds their data
+            made = self._model_created()
+            self._forgotten = {u for u, at in self.events.forgotten_at().items()
+                               if made is None or at >= made}
             self._posted = {}
             for user, items in self.events.all_user_items().items():
                 self._remember(user, items)
+
+    def _model_created(self) -> float | None:
+        """When the served model was saved (seconds since the epoch); None if unknown."""
+        import datetime as dt
+
+        created = self.meta.get("created")
+        try:
+            return dt.datetime.fromisoformat(str(created)).timestamp() if created else None
+        except ValueError:
+            return None
 
     def _remember(self, user_key: str, items: list[Any]) -> None:
         idx = self.model.items_.index(np.asarray([str(i) for i in items], dtype=object))
@@ -182,8 +195,7 @@ class RecommendationService:
         if self.events is None:
             raise ModelError("this server has no event store (start it without --no-events)")
         with self._write_lock:
-            n = self.events.append(events)
-            self._forgotten.difference_update(str(e[0]) for e in events)
+            n = self.events.append(events)  # a forgotten user stays cut off from the model
             by_user: dict[str, list[Any]] = {}
             for e in events:
                 by_user.setdefault(str(e[0]), []).append(e[1])
