@@ -293,6 +293,12 @@ def test_train_on_named_dataset(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     meta = json.loads((tmp_path / "pop" / "meta.json").read_text())
     assert meta["n_users"] == 943
+    # a directory of that name where the command runs does not hide the dataset's name
+    (tmp_path / "ml-100k").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["train", "pop", "--data", "ml-100k", "--out", tmp_path / "pop2"],
+                       capsys)
+    assert code == 0, err
 
 
 def test_train_checkpoints_and_resume(tmp_path, csv_files, capsys):

@@ -407,3 +407,24 @@ def test_dates_of_any_year_and_numbers_beyond_int64(tmp_path):
     big = interactions_from_frame(pd.DataFrame({
         "user": np.asarray([2**64 - 1, 5], dtype=np.uint64), "item": [1, 1]}))
     assert sorted(big.users.ids.tolist()) == ["18446744073709551615", "5"]
+
+
+def test_odd_columns_are_clear_errors(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recforge.data.io import interactions_from_frame, read_parquet
+
+    with pytest.raises(DataError, match=r"line 3, column 'rating': 1e\+39 is too large"):
+        read_csv(write(tmp_path, "r.csv", "user,item,rating\n1,2,5\n1,3,1e39\n"))
+    with pytest.raises(DataError, match=r"\['item'\] appear more than once"):
+        interactions_from_frame(pd.DataFrame([[1, 2, 3]], columns=["user", "item", "item"]))
+    p = tmp_path / "b.parquet"
+    pq.write_table(pa.table({"user": pa.array([b"a", b"\xff"], pa.binary()), "item": [1, 2]}), p)
+    with pytest.raises(DataError, match=r"row 2, column 'user': user id b'\\xff' is not UTF-8"):
+        read_parquet(p)
+    q = tmp_path / "bool.parquet"
+    pq.write_table(pa.table({"user": [1, 2, 3], "item": [1, 2, 3],
+                             "rating": pa.array([True, False, None], pa.bool_())}), q)
+    with pytest.raises(DataError, match="row 3, column 'rating': missing value"):
+        read_parquet(q)

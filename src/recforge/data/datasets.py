@@ -25,8 +25,8 @@ def is_named_dataset(spec: str) -> bool:
         return True
     from recforge.data.movielens import get_spec
 
-    if os.path.exists(spec):
-        return False
+    if os.path.isfile(spec):  # a file of that name wins; a directory (an extracted copy
+        return False          # of the dataset, say) does not hide the name
     try:
         get_spec(spec)
         return True

@@ -90,6 +90,10 @@ class _Columns:
 def _resolve(frame_cols: Sequence[Any], columns: Mapping[str, str] | None,
              source: str | None) -> dict[str, Any]:
     present = [str(c) for c in frame_cols]
+    twice = sorted({c for c in present if present.count(c) > 1})
+    if twice:
+        raise DataError(f"column name(s) {twice} appear more than once; rename them",
+                        source=source)
     lower = {c.lower(): c for c in present}
     resolved: dict[str, Any] = {}
     columns = dict(columns or {})
@@ -125,6 +129,16 @@ def _resolve(frame_cols: Sequence[Any], columns: Mapping[str, str] | None,
 def _ids(series: pd.Series, name: str, where: np.ndarray, source: str | None,
          unit: str) -> np.ndarray:
     """External ids: int64 when every id is a plain integer, else strings."""
+    if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) == "bytes":
+        def text(b: Any) -> Any:  # a binary column (Parquet): ids must be UTF-8 text
+            return b.decode("utf-8") if isinstance(b, bytes) else b
+        try:
+            series = series.map(text)
+        except UnicodeDecodeError:
+            bad = next(i for i, b in enumerate(series) if isinstance(b, bytes)
+                       and not _decodes(b))
+            raise DataError(f"{name} id {series.iloc[bad]!r} is not UTF-8 text",
+                            source=source, column=name, **{unit: int(where[bad])}) from None
     missing = series.isna().to_numpy(dtype=bool, copy=True)
     if series.dtype.kind not in "iub":
         # Empty strings count as missing too.
@@ -158,8 +172,18 @@ def _ids(series: pd.Series, name: str, where: np.ndarray, source: str | None,
     return s.to_numpy(dtype=object)
 
 
+def _decodes(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def _numbers(series: pd.Series, name: str, where: np.ndarray, source: str | None,
              unit: str) -> np.ndarray:
+    if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) == "boolean":
+        series = series.astype("boolean")  # True / False with gaps: 1 / 0 and missing
     if series.dtype.kind in "iufb":
         arr = series.to_numpy(dtype=np.float64, na_value=np.nan)
         bad = ~np.isfinite(arr)
@@ -267,8 +291,15 @@ def _extract(frame: pd.DataFrame, columns: Mapping[str, str] | None, source: str
     item = _ids(frame[resolved["item"]], str(resolved["item"]), where, source, unit)
     value = None
     if "rating" in resolved:
-        value = _numbers(frame[resolved["rating"]], str(resolved["rating"]), where, source,
-                         unit).astype(np.float32)
+        rating = _numbers(frame[resolved["rating"]], str(resolved["rating"]), where, source,
+                          unit)
+        huge = np.abs(rating) > np.finfo(np.float32).max  # would be stored as inf
+        if huge.any():
+            i = int(np.flatnonzero(huge)[0])
+            raise DataError(f"{rating[i]:g} is too large for a rating (float32)",
+                            source=source, column=str(resolved["rating"]),
+                            **{unit: int(where[i])})
+        value = rating.astype(np.float32)
     timestamp = None
     if "timestamp" in resolved:
         timestamp = _timestamps(frame[resolved["timestamp"]], str(resolved["timestamp"]),
