@@ -702,3 +702,25 @@ def test_a_forgotten_user_who_posts_again_is_not_answered_from_old_data(random_d
     create_model("ease", reg=20.0).fit(random_data).save(path)
     assert c2.post("/admin/reload").status_code == 200
     assert c2.get(f"/users/{user}/history").json()["known"] is True
+
+
+def test_a_user_id_means_the_same_user_on_every_endpoint(random_data, tmp_path):
+    """ "1.0" and "01" are user 1 of an integer vocabulary, in a path, in a batch, with or
+    without the event store, as Vocabulary.index has it everywhere else."""
+    path = create_model("ease", reg=20.0).fit(random_data).save(tmp_path / "m")
+    user = int(random_data.users.ids[0])
+    for events in (None, tmp_path / "ev.sqlite"):
+        c = TestClient(create_app(path, events=events))
+        want = c.get(f"/users/{user}/recommendations").json()
+        for spelled in (f"{user}.0", f"0{user}"):
+            got = c.get(f"/users/{spelled}/recommendations").json()
+            assert got["fallback"] is None and got["items"] == want["items"], spelled
+            batch = c.post("/recommendations", json={"users": [spelled]}).json()
+            assert batch["results"][0]["items"] == want["items"], spelled
+        if events is not None:  # posted and forgotten under the same user
+            item = next(x["item"] for x in want["items"])
+            c.post("/interactions", json={"events": [{"user": f"{user}.0", "item": item}]})
+            after = [x["item"] for x in c.get(f"/users/{user}/recommendations").json()["items"]]
+            assert item not in after
+            c.delete(f"/users/0{user}")
+            assert c.get(f"/users/{user}/recommendations").json()["fallback"] == "popular"

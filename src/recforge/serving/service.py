@@ -62,7 +62,6 @@ class RecommendationService:
         # Posted items per user, as model indices, kept in memory: the hot path must not
         # query the database (a SQLite read per request cost a third of the throughput).
         self._posted: dict[str, np.ndarray] = {}
-        self.sync_events()
         pop = torch.from_numpy(self.model.item_popularity_.astype(np.float32))
         self._popular = torch.argsort(pop, descending=True, stable=True)
         # Ids arrive as text (URL paths) or JSON values: one hash lookup on their string
@@ -70,6 +69,7 @@ class RecommendationService:
         import pandas as pd
 
         self._user_ids = pd.Index(self.model.users_.ids.astype(str))
+        self.sync_events()
         meta = getattr(self.model, "item_metadata_", None)
         self._titles: list[Any] | None = None
         if meta is not None and "title" in meta.columns:  # missing titles -> null, not NaN
@@ -109,11 +109,21 @@ class RecommendationService:
         return self._items(idx, np.asarray(scores, dtype=np.float64))
 
     def user_index(self, user: Any) -> int:
+        return self._lookup(user)[0]
+
+    def _lookup(self, user: Any) -> tuple[int, str]:
+        """The user's model index (-1: unknown) and the key of its posted items and of its
+        forgetting: the id as the model writes it, so that ``"1.0"`` or ``"01"`` is user 1
+        of an integer vocabulary here as everywhere in recforge (``Vocabulary.index``)."""
+        text = str(user)
         try:
-            loc = self._user_ids.get_loc(str(user))
+            loc = self._user_ids.get_loc(text)  # the id as the model writes it: one lookup
         except KeyError:
-            return -1
-        return int(loc) if isinstance(loc, (int, np.integer)) else -1
+            loc = None
+        if isinstance(loc, (int, np.integer)):
+            return int(loc), text
+        u = int(self.model.users_.index(np.asarray([user], dtype=object))[0])
+        return (u, str(self.model.users_.ids[u])) if u >= 0 else (-1, text)
 
     def recommend_user(self, user: Any, k: int = 10, include_seen: bool = False
                        ) -> dict[str, Any]:
@@ -121,8 +131,9 @@ class RecommendationService:
         marked ``"fallback": "popular"``."""
         k = self._check_k(k)
         m = self.model
-        key = str(user)
-        u = -1 if key in self._forgotten else self.user_index(user)
+        u, key = self._lookup(user)
+        if key in self._forgotten:
+            u = -1
         posted = self._posted_items(key)
         if u < 0 and len(posted) and m.supports_history:
             res = self.recommend_history(m.items_.ids[posted].tolist(), k)
@@ -165,11 +176,12 @@ class RecommendationService:
         with self._write_lock:
             # users forgotten after this model was made: it still holds their data
             made = self._model_created()
-            self._forgotten = {u for u, at in self.events.forgotten_at().items()
+            self._forgotten = {self._lookup(u)[1] for u, at in
+                               self.events.forgotten_at().items()
                                if made is None or at >= made}
             self._posted = {}
             for user, items in self.events.all_user_items().items():
-                self._remember(user, items)
+                self._remember(self._lookup(user)[1], items)
 
     def _model_created(self) -> float | None:
         """When the served model was saved (seconds since the epoch); None if unknown."""
@@ -198,7 +210,7 @@ class RecommendationService:
             n = self.events.append(events)  # a forgotten user stays cut off from the model
             by_user: dict[str, list[Any]] = {}
             for e in events:
-                by_user.setdefault(str(e[0]), []).append(e[1])
+                by_user.setdefault(self._lookup(e[0])[1], []).append(e[1])
             for user, items in by_user.items():
                 self._remember(user, items)
         return n
@@ -208,8 +220,9 @@ class RecommendationService:
             raise ModelError("this server has no event store (start it without --no-events)")
         with self._write_lock:
             n = self.events.delete_user(user)
-            self._forgotten.add(str(user))
-            self._posted.pop(str(user), None)
+            key = self._lookup(user)[1]
+            self._forgotten.add(key)
+            self._posted.pop(key, None)
         return n
 
     def recommend_users(self, users: list[Any], k: int = 10, include_seen: bool = False
@@ -298,8 +311,9 @@ class RecommendationService:
     def _history_indices(self, user: Any) -> tuple[int, np.ndarray, np.ndarray]:
         """``(u, training, posted)``: the user's model index (-1: unknown or forgotten), the
         model indices of its training items and of the items it posted since."""
-        key = str(user)
-        u = -1 if key in self._forgotten else self.user_index(user)
+        u, key = self._lookup(user)
+        if key in self._forgotten:
+            u = -1
         seen = self.model.seen_
         training = (seen.indices[seen.indptr[u]:seen.indptr[u + 1]].astype(np.int64)
                     if u >= 0 else self._EMPTY)
