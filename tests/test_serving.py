@@ -724,3 +724,20 @@ def test_a_user_id_means_the_same_user_on_every_endpoint(random_data, tmp_path):
             assert item not in after
             c.delete(f"/users/0{user}")
             assert c.get(f"/users/{user}/recommendations").json()["fallback"] == "popular"
+
+
+def test_ids_with_slashes_reach_every_endpoint(tmp_path):
+    import pandas as pd
+
+    from recforge import Interactions
+
+    frame = pd.DataFrame({"user": ["bob/smith", "bob/smith", "ann", "ann", "cy", "cy"],
+                          "item": ["sku/1", "sku/2", "sku/1", "x", "x", "sku/2"]})
+    path = create_model("itemknn").fit(Interactions.from_frame(frame)).save(tmp_path / "m")
+    c = TestClient(create_app(path, events=tmp_path / "ev.sqlite"))
+    body = c.get("/users/bob%2Fsmith/recommendations").json()
+    assert body["user"] == "bob/smith" and body["fallback"] is None
+    assert c.get("/users/bob%2Fsmith/history").json()["known"] is True
+    assert c.get("/items/sku%2F1/similar").json()["item"] == "sku/1"
+    assert c.delete("/users/bob%2Fsmith").json()["user"] == "bob/smith"
+    assert c.get("/users/bob%2Fsmith/recommendations").json()["fallback"] == "popular"

@@ -259,7 +259,7 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
     # routing; this route documents the endpoint and answers everything else.
     app.add_middleware(_FastRecommendations, owner=app, key=key)
 
-    @app.get("/users/{user_id}/recommendations", dependencies=guarded)
+    @app.get("/users/{user_id:path}/recommendations", dependencies=guarded)
     async def user_recommendations(user_id: str, k: int = Query(10, ge=1, le=MAX_K),
                                    include_seen: bool = False,
                                    explain: bool = False) -> Response:
@@ -271,7 +271,7 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
             body = await run_in_threadpool(svc.explain, user_id, body)
         return Response(json.dumps(body).encode(), media_type="application/json")
 
-    @app.get("/users/{user_id}/history", dependencies=guarded)
+    @app.get("/users/{user_id:path}/history", dependencies=guarded)
     async def user_history(user_id: str,
                            limit: int = Query(50, ge=1, le=MAX_K)) -> dict[str, Any]:
         """Items posted since training, then training items (highest value first)."""
@@ -325,13 +325,13 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
         n = await run_in_threadpool(write, "add_events", rows)
         return {"stored": n}
 
-    @app.delete("/users/{user_id}", dependencies=guarded)
+    @app.delete("/users/{user_id:path}", dependencies=guarded)
     async def forget_user(user_id: str) -> dict[str, Any]:
         """Remove the user's events; from now on the user is answered as unknown."""
         n = await run_in_threadpool(write, "forget_user", user_id)
         return {"user": user_id, "deleted_events": n}
 
-    @app.get("/items/{item_id}/similar", dependencies=guarded)
+    @app.get("/items/{item_id:path}/similar", dependencies=guarded)
     async def similar(item_id: str, k: int = Query(10, ge=1, le=MAX_K)) -> dict[str, Any]:
         return await run_in_threadpool(app.state.service.similar, item_id, k)
 
