@@ -741,3 +741,18 @@ def test_ids_with_slashes_reach_every_endpoint(tmp_path):
     assert c.get("/items/sku%2F1/similar").json()["item"] == "sku/1"
     assert c.delete("/users/bob%2Fsmith").json()["user"] == "bob/smith"
     assert c.get("/users/bob%2Fsmith/recommendations").json()["fallback"] == "popular"
+
+
+def test_a_batch_answered_in_pieces_is_one_json_document(saved, random_data):
+    """Batches are scored and encoded 100 users at a time (the event loop stays free);
+    the pieces must join into the answer one piece would give."""
+    c = TestClient(create_app(saved[1]))
+    users = [int(u) for u in random_data.users.ids] * 5  # over two pieces of 100
+    assert len(users) > 200
+    res = c.post("/recommendations", json={"users": users + ["nobody"], "k": 3})
+    assert res.status_code == 200 and res.headers["content-type"] == "application/json"
+    results = res.json()["results"]
+    assert len(results) == len(users) + 1 and results[-1]["fallback"] == "popular"
+    for u, got in zip(users[:3] + users[-3:], results[:3] + results[-4:-1], strict=True):
+        assert got == c.get(f"/users/{u}/recommendations", params={"k": 3}).json()
+    assert c.post("/recommendations", json={"users": []}).json() == {"results": []}

@@ -29,13 +29,14 @@ import json
 import math
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Query
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
@@ -278,16 +279,33 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
         return await run_in_threadpool(app.state.service.history, user_id, limit)
 
     @app.post("/recommendations", dependencies=guarded)
-    async def recommendations(req: RecommendationsRequest) -> dict[str, Any]:
+    async def recommendations(req: RecommendationsRequest) -> Response:
         svc: RecommendationService = app.state.service
-        if req.users is not None:
-            results = await run_in_threadpool(svc.recommend_users, list(req.users), req.k,
-                                              req.include_seen)
-            return {"results": results}
-        if not svc.model.supports_history:
+        if req.users is None and not svc.model.supports_history:
             raise ModelError(f"model {svc.model.name!r} cannot score an anonymous history")
-        return await run_in_threadpool(svc.recommend_history, list(req.history or []), req.k,
-                                       req.values)
+
+        if req.users is None:
+            body = await run_in_threadpool(svc.recommend_history, list(req.history or []),
+                                           req.k, req.values)
+            return Response(json.dumps(body).encode(), media_type="application/json")
+        # A batch of 10,000 users x 1,000 items is hundreds of MB of JSON. Built whole, its
+        # millions of objects (and one json.dumps holding the GIL for seconds) would stall
+        # the event loop, /health included, and hold it all in memory: it is answered 100
+        # users at a time, each piece scored and encoded off the loop. The first piece is
+        # made before the answer starts, so that an error still gets its status code.
+        users, piece = list(req.users), 100
+        first = await run_in_threadpool(svc.recommend_users, users[:piece], req.k,
+                                        req.include_seen)
+
+        def encoded() -> Iterator[bytes]:
+            yield ('{"results": [' + ", ".join(json.dumps(r) for r in first)).encode()
+            for start in range(piece, len(users), piece):
+                part = svc.recommend_users(users[start:start + piece], req.k,
+                                           req.include_seen)
+                yield (", " + ", ".join(json.dumps(r) for r in part)).encode()
+            yield b"]}"
+
+        return StreamingResponse(encoded(), media_type="application/json")
 
     def reload(path: str | Path | None = None) -> dict[str, Any]:
         """Load the model again (from ``path``, or where the current one came from) and
