@@ -586,7 +586,7 @@ def test_writes_during_a_reload_are_neither_lost_nor_undone(random_data, tmp_pat
     from recforge.serving.events import EventStore
 
     loading, go = threading.Event(), threading.Event()
-    real = EventStore.all_user_items
+    real = EventStore.all_user_values
 
     def read_then_wait(store):  # the reload's service has read the store: hold it there
         items_by_user = real(store)
@@ -595,7 +595,7 @@ def test_writes_during_a_reload_are_neither_lost_nor_undone(random_data, tmp_pat
             go.wait(10)
         return items_by_user
 
-    monkeypatch.setattr(EventStore, "all_user_items", read_then_wait)
+    monkeypatch.setattr(EventStore, "all_user_values", read_then_wait)
     reload = threading.Thread(target=app.state.reload)
     reload.start()
     assert loading.wait(10)  # the new service has read the store; now the writes
@@ -756,3 +756,34 @@ def test_a_batch_answered_in_pieces_is_one_json_document(saved, random_data):
     for u, got in zip(users[:3] + users[-3:], results[:3] + results[-4:-1], strict=True):
         assert got == c.get(f"/users/{u}/recommendations", params={"k": 3}).json()
     assert c.post("/recommendations", json={"users": []}).json() == {"results": []}
+
+
+def test_posted_values_are_kept_and_used(random_data, tmp_path):
+    """A posted rating shows in /history and drives a rating model's answer for a user it
+    never saw (4 x 1.0 and 4 x 5.0 gave the same recommendations)."""
+    import pandas as pd
+
+    from recforge import Interactions
+
+    rng = np.random.default_rng(0)
+    pairs = rng.choice(80 * 40, size=1500, replace=False)
+    data = Interactions.from_frame(pd.DataFrame({
+        "user": pairs // 40, "item": pairs % 40, "rating": rng.integers(1, 6, size=1500)}))
+    path = create_model("mf", epochs=3, embedding_dim=8).fit(data).save(tmp_path / "mf")
+    c = TestClient(create_app(path, events=tmp_path / "ev.sqlite"))
+    items = [int(i) for i in data.items.ids[:4]]
+    for user, value in (("low", 1.0), ("high", 5.0)):
+        c.post("/interactions", json={"events": [{"user": user, "item": i, "value": value}
+                                                 for i in items]})
+    hist = c.get("/users/high/history").json()
+    assert {x["value"] for x in hist["items"]} == {5.0}
+    low = c.get("/users/low/recommendations", params={"k": 10}).json()
+    high = c.get("/users/high/recommendations", params={"k": 10}).json()
+    assert low["fallback"] == high["fallback"] == "history"
+    assert [x["score"] for x in low["items"]] != [x["score"] for x in high["items"]]
+    # a later value replaces an earlier one; a post without one keeps it (restart too)
+    c.post("/interactions", json={"events": [{"user": "high", "item": items[0], "value": 2.0},
+                                             {"user": "high", "item": items[1]}]})
+    for client in (c, TestClient(create_app(path, events=tmp_path / "ev.sqlite"))):
+        got = {x["item"]: x["value"] for x in client.get("/users/high/history").json()["items"]}
+        assert got[items[0]] == 2.0 and got[items[1]] == 5.0

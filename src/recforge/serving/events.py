@@ -316,6 +316,21 @@ class EventStore:
                 out.setdefault(user, []).append(item)
         return out
 
+    def all_user_values(self) -> dict[str, list[tuple[str, float | None]]]:
+        """Every user's posted ``(item, value)`` pairs, the latest value of each pair
+        (``None`` where none was given)."""
+        latest: dict[tuple[str, str], float | None] = {}
+        query = sa.select(_events.c.user, _events.c.item, _events.c.value).order_by(
+            _events.c.received, _events.c.id)
+        with self._connect(write=False) as conn:
+            for user, item, value in conn.execute(query):
+                if value is not None or (user, item) not in latest:
+                    latest[(user, item)] = value
+        out: dict[str, list[tuple[str, float | None]]] = {}
+        for (user, item), value in latest.items():
+            out.setdefault(user, []).append((item, value))
+        return out
+
     def is_forgotten(self, user: Any) -> bool:
         query = sa.select(sa.literal(1)).where(_forgotten.c.user == str(user))
         with self._connect(write=False) as conn:

@@ -62,6 +62,7 @@ class RecommendationService:
         # Posted items per user, as model indices, kept in memory: the hot path must not
         # query the database (a SQLite read per request cost a third of the throughput).
         self._posted: dict[str, np.ndarray] = {}
+        self._posted_values: dict[str, np.ndarray] = {}  # NaN where none was posted
         pop = torch.from_numpy(self.model.item_popularity_.astype(np.float32))
         self._popular = torch.argsort(pop, descending=True, stable=True)
         # Ids arrive as text (URL paths) or JSON values: one hash lookup on their string
@@ -136,7 +137,9 @@ class RecommendationService:
             u = -1
         posted = self._posted_items(key)
         if u < 0 and len(posted) and m.supports_history:
-            res = self.recommend_history(m.items_.ids[posted].tolist(), k)
+            vals = self._posted_value_of(key)
+            res = self.recommend_history(m.items_.ids[posted].tolist(), k,
+                                         vals.tolist() if np.isfinite(vals).all() else None)
             return {"user": user, "items": res["items"], "fallback": "history"}
         if u < 0:
             top = self._popular[:min(k, m.n_items)].numpy()
@@ -179,9 +182,10 @@ class RecommendationService:
             self._forgotten = {self._lookup(u)[1] for u, at in
                                self.events.forgotten_at().items()
                                if made is None or at >= made}
-            self._posted = {}
-            for user, items in self.events.all_user_items().items():
-                self._remember(self._lookup(user)[1], items)
+            self._posted, self._posted_values = {}, {}
+            for user, pairs in self.events.all_user_values().items():
+                self._remember(self._lookup(user)[1], [i for i, _ in pairs],
+                               [v for _, v in pairs])
 
     def _model_created(self) -> float | None:
         """When the served model was saved (seconds since the epoch); None if unknown."""
@@ -193,11 +197,32 @@ class RecommendationService:
         except ValueError:
             return None
 
-    def _remember(self, user_key: str, items: list[Any]) -> None:
+    def _remember(self, user_key: str, items: list[Any],
+                  values: list[float | None] | None = None) -> None:
+        """Add posted items (and their values: a rating, a weight; None where none was
+        given) to the user's in-memory sets; a later value of an item replaces an earlier
+        one, a missing one keeps it."""
         idx = self.model.items_.index(np.asarray([str(i) for i in items], dtype=object))
-        idx = idx[idx >= 0].astype(np.int64)
+        vals = np.asarray([np.nan if v is None else float(v)
+                           for v in (values or [None] * len(items))], dtype=np.float64)
+        keep = idx >= 0
+        idx, vals = idx[keep].astype(np.int64), vals[keep]
         old = self._posted.get(user_key, self._EMPTY)
-        self._posted[user_key] = np.unique(np.concatenate([old, idx]))
+        old_vals = self._posted_values.get(user_key, np.full(len(old), np.nan))
+        all_idx = np.concatenate([old, idx])
+        all_vals = np.concatenate([old_vals, vals])
+        merged = np.unique(all_idx)
+        out = np.full(len(merged), np.nan)
+        where = np.searchsorted(merged, all_idx)
+        given = ~np.isnan(all_vals)
+        out[where[given]] = all_vals[given]  # in order: the latest given value stays
+        self._posted[user_key] = merged
+        self._posted_values[user_key] = out
+
+    def _posted_value_of(self, user_key: str) -> np.ndarray:
+        """The values of the user's posted items (aligned with ``_posted_items``)."""
+        return self._posted_values.get(user_key,
+                                       np.full(len(self._posted_items(user_key)), np.nan))
 
     def _posted_items(self, user_key: str) -> np.ndarray:
         """Model indices of the items this user posted to the event store."""
@@ -210,9 +235,9 @@ class RecommendationService:
             n = self.events.append(events)  # a forgotten user stays cut off from the model
             by_user: dict[str, list[Any]] = {}
             for e in events:
-                by_user.setdefault(self._lookup(e[0])[1], []).append(e[1])
-            for user, items in by_user.items():
-                self._remember(user, items)
+                by_user.setdefault(self._lookup(e[0])[1], []).append(e)
+            for user, rows in by_user.items():
+                self._remember(user, [e[1] for e in rows], [e[2] for e in rows])
         return n
 
     def forget_user(self, user: Any) -> int:
@@ -223,6 +248,7 @@ class RecommendationService:
             key = self._lookup(user)[1]
             self._forgotten.add(key)
             self._posted.pop(key, None)
+            self._posted_values.pop(key, None)
         return n
 
     def recommend_users(self, users: list[Any], k: int = 10, include_seen: bool = False
@@ -328,9 +354,12 @@ class RecommendationService:
         u, training, posted = self._history_indices(user)
         values = (m.seen_.data[m.seen_.indptr[u]:m.seen_.indptr[u + 1]] if u >= 0
                   else np.empty(0, np.float32))
-        fresh = posted[~np.isin(posted, training)]
+        is_fresh = ~np.isin(posted, training)
+        fresh = posted[is_fresh]
+        fresh_values = self._posted_value_of(self._lookup(user)[1])[is_fresh]
         order = np.lexsort((training, -m.item_popularity_[training], -values))
-        rows = ([(int(i), None, "events") for i in fresh.tolist()]
+        rows = ([(int(i), None if np.isnan(v) else float(v), "events")
+                 for i, v in zip(fresh.tolist(), fresh_values.tolist(), strict=True)]
                 + [(int(training[j]), float(values[j]), "training") for j in order.tolist()])
         out: list[dict[str, Any]] = []
         for i, value, source in rows[:limit]:
