@@ -428,3 +428,20 @@ def test_odd_columns_are_clear_errors(tmp_path):
                              "rating": pa.array([True, False, None], pa.bool_())}), q)
     with pytest.raises(DataError, match="row 3, column 'rating': missing value"):
         read_parquet(q)
+
+
+def test_what_reading_cannot_know_is_said_in_a_warning(tmp_path, caplog):
+    from recforge.data.io import read_many
+
+    ms = write(tmp_path, "ms.csv", "user,item,timestamp\n1,2,1580457600000\n1,3,1580457601000\n")
+    with caplog.at_level("WARNING"):
+        read_csv(ms)
+    assert "looks like milliseconds" in caplog.text
+    caplog.clear()
+    rated = write(tmp_path, "a.csv", "user,item,rating,timestamp\n1,2,4,10\n")
+    plain = write(tmp_path, "b.csv", "user,item\n2,3\n")
+    a, b = read_many([rated, plain])
+    with caplog.at_level("WARNING"):
+        both = a.concat(b)
+    assert "count as 1.0" in caplog.text and "without timestamps" in caplog.text
+    assert both.value.tolist() == [4.0, 1.0] and both.timestamp is None

@@ -8,6 +8,7 @@ thing in a training set, its test set and a model fitted on either.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Any, Literal
@@ -18,6 +19,8 @@ import scipy.sparse as sp
 
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import DataError
+
+_log = logging.getLogger(__name__)
 
 DuplicatePolicy = Literal["error", "first", "last", "sum", "max", "mean"]
 UnknownPolicy = Literal["error", "drop"]
@@ -231,10 +234,17 @@ class Interactions:
         if all(p.has_values for p in parts):
             value = np.concatenate([p.value for p in parts])
         elif any(p.has_values for p in parts):
+            _log.warning("joining parts with and without ratings: the events of %s count as "
+                         "1.0", ", ".join(p.source or "a part" for p in parts
+                                          if not p.has_values))
             value = np.concatenate([p.values_or_ones() for p in parts])
         timestamp = None
         if all(p.has_timestamps for p in parts):
             timestamp = np.concatenate([p.timestamp for p in parts])
+        elif any(p.has_timestamps for p in parts):
+            _log.warning("joining parts with and without timestamps: the result has none "
+                         "(%s lack them)", ", ".join(p.source or "a part" for p in parts
+                                                    if not p.has_timestamps))
         user = np.concatenate([p.user for p in parts])
         item = np.concatenate([p.item for p in parts])
         if duplicates is not None:

@@ -10,6 +10,7 @@ are an error, because silently summing or dropping them changes what a model lea
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,8 @@ from recforge.data.interactions import (
 from recforge.data.sharding import check_shard, owner_of_ids, user_shard
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import DataError
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "read_pairs",
@@ -268,6 +271,10 @@ def _seconds(num: np.ndarray, series: pd.Series, name: str, where: np.ndarray,
         i = int(np.flatnonzero(too_big)[0])
         raise DataError(f"timestamp {series.iloc[i]!r} is out of range (seconds since the "
                         "epoch)", source=source, column=name, **{unit: int(where[i])})
+    if len(num) and np.median(np.abs(num)) > 1e11:  # seconds: beyond the year 5138
+        _log.warning("%s: column %r looks like milliseconds (median %.0f); recforge reads "
+                     "seconds since the epoch: divide by 1000 if so", source or "data", name,
+                     float(np.median(np.abs(num))))
     return num.astype(np.int64)
 
 
