@@ -429,6 +429,16 @@ def test_ivf_index_agrees_with_exact_retrieval(random_data):
         assert a == b
     with pytest.raises(Exception, match="dot products"):
         create_app(create_model("ease").fit(random_data), index="ivf")
+    # One probed list (of 10) holds fewer items than a long list asks for: the exact path
+    # answers, with every unseen item
+    from conftest import random_interactions
+
+    wide = random_interactions(n_users=60, n_items=400, density=0.05, seed=1)
+    big = create_model("als", embedding_dim=8, seed=0).fit(wide)
+    one = TestClient(create_app(big, index="ivf", n_probe=1))
+    for user in wide.users.ids[:5]:
+        got = one.get(f"/users/{user}/recommendations?k=1000").json()["items"]
+        assert len(got) == wide.n_items - len(wide.csr[wide.users.index([user])[0]].indices)
 
 
 # -- the web page and the endpoints it uses --------------------------------------------------

@@ -150,9 +150,11 @@ class RecommendationService:
                                     posted]) if not include_seen else posted[:0])
             idx, sc = self._ann.search(self._ann_users[u].numpy(), k + len(seen))
             keep = (idx[0] >= 0) & ~np.isin(idx[0], seen)
-            return {"user": _plain(m.users_.ids[u]),
-                    "items": self._items(idx[0][keep][:k], sc[0][keep][:k]),
-                    "fallback": None}
+            # the lists probed can hold fewer than k items: then the exact path answers
+            if keep.sum() >= min(k, m.n_items - len(np.unique(seen))):
+                return {"user": _plain(m.users_.ids[u]),
+                        "items": self._items(idx[0][keep][:k], sc[0][keep][:k]),
+                        "fallback": None}
         # One user: score, mask the seen items by their CSR slice, top-k. (The batched
         # iter_top_k path does the same for many users; this skips its block set-up.)
         with torch.no_grad():
