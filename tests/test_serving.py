@@ -797,3 +797,10 @@ def test_posted_values_are_kept_and_used(random_data, tmp_path):
     for client in (c, TestClient(create_app(path, events=tmp_path / "ev.sqlite"))):
         got = {x["item"]: x["value"] for x in client.get("/users/high/history").json()["items"]}
         assert got[items[0]] == 2.0 and got[items[1]] == 5.0
+
+
+def test_a_boolean_is_not_an_id_and_an_empty_reload_path_is_refused(saved):
+    c = TestClient(create_app(saved[1], events=None))
+    assert c.post("/recommendations", json={"users": [True]}).status_code == 422
+    assert c.post("/recommendations", json={"users": [1, "a"]}).status_code == 200
+    assert c.post("/admin/reload", json={"model": ""}).status_code == 422

@@ -38,7 +38,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from recforge import __version__
@@ -61,7 +61,13 @@ _PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-Id = int | str
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # JSON true would pass as the id 1
+        raise ValueError("an id is a number or a string, not true / false")
+    return value
+
+
+Id = Annotated[int | str, BeforeValidator(_not_a_bool)]
 
 
 class RecommendationsRequest(BaseModel):
@@ -85,7 +91,7 @@ class RecommendationsRequest(BaseModel):
 
 
 class ReloadRequest(BaseModel):
-    model: str | None = None
+    model: str | None = Field(default=None, min_length=1)  # "" would be the working directory
 
 
 class Event(BaseModel):
