@@ -184,6 +184,15 @@ def test_header_or_not_is_read_from_the_first_lines(tmp_path, text, header, user
     assert len(data) == len([line for line in text.splitlines() if line.strip()]) - header
 
 
+def test_line_numbers_count_the_lines_of_a_quoted_field(tmp_path):
+    p = write(tmp_path, "q.csv", 'user,item,note\n1,2,"two\nlines"\n\n3,,c\n')
+    with pytest.raises(DataError, match="line 5, column 'item': missing item id"):
+        read_csv(p)
+    q = write(tmp_path, "q.dat", '1::2::"x\ny"\n3::::c\n')  # the '::' layout too
+    with pytest.raises(DataError, match="line 3"):
+        read_csv(q)
+
+
 def test_a_guessed_header_says_how_to_read_a_file_without_one(tmp_path):
     p = write(tmp_path, "w.csv", "alice,matrix\nbob,dune\n")
     with pytest.raises(DataError, match="first line was taken as a header.*header=False"):

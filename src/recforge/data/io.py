@@ -618,6 +618,10 @@ def _read_csv_columns(path: Path, *, sep: str | None, header: bool | None,
         raise DataError(f"cannot read: {exc.strerror or exc}", source=src) from None
     frame.columns = [str(c).strip() for c in frame.columns]
     lines = np.arange(len(frame)) + (2 if header else 1) + leading
+    if sep != r"\s+" and _physical_lines(path) > leading + bool(header) + len(frame):
+        # a quoted field spans lines: number each record by the line it starts on
+        starts = _record_start_lines(path, sep, encoding, text_source)
+        lines = np.asarray(starts[leading + bool(header):][:len(frame)], dtype=np.int64)
     blank = frame.isna().all(axis=1).to_numpy()
     if blank.any():
         frame = frame.loc[~blank].reset_index(drop=True)
@@ -632,6 +636,36 @@ def _read_csv_columns(path: Path, *, sep: str | None, header: bool | None,
                             "file has none, pass header=False, --no-header on the command "
                             "line)", source=src) from None
     return _extract(frame, columns, src, lines, "line")
+
+
+def _physical_lines(path: Path) -> int:
+    """The number of lines of a file (a last line without a newline counts)."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
+
+
+def _record_start_lines(path: Path, sep: str, encoding: str, text_source: Any) -> list[int]:
+    """The line each CSV record starts on (blank lines are records of their own, as
+    pandas reads them with ``skip_blank_lines=False``)."""
+    import csv
+    import io as _io
+
+    if isinstance(text_source, _io.StringIO):
+        handle: Any = _io.StringIO(text_source.getvalue())
+    else:
+        handle = open(path, encoding=encoding, newline="")
+    starts: list[int] = []
+    with handle:
+        reader = csv.reader(handle, delimiter=sep)
+        line = 1
+        for _ in reader:
+            starts.append(line)
+            line = reader.line_num + 1
+    return starts
 
 
 def read_parquet(path: str | os.PathLike, *, columns: Mapping[str, str] | str | None = None,
