@@ -402,3 +402,37 @@ def test_resume_with_other_sparse_updates_is_refused(random_data, tmp_path):
     with pytest.raises(ConfigError, match="optimizer state does not fit"):
         run("on", resume=True)
     assert len(run("off", resume=True).history_) == 2
+
+
+def test_a_user_who_saw_nearly_every_item_still_gets_negatives():
+    from recforge.data import sampling
+
+    dense = np.zeros((2, 100), dtype=bool)
+    dense[0, :90] = True  # 10 items left to this user
+    dense[1, :3] = True
+    csr = sampling.sp.csr_matrix(dense)
+    for pop in (None, np.linspace(1, 2, 100)):
+        out = sampling.sample_negatives(csr, np.zeros(500, dtype=np.int64), 4,
+                                        rng=np.random.default_rng(0), popularity=pop)
+        assert out.min() >= 90 and set(out.ravel().tolist()) == set(range(90, 100))
+
+
+def test_a_diverging_run_is_an_error_and_a_failed_fit_leaves_the_model_as_it_was(random_data):
+    from recforge import ModelError
+    from recforge.data.synthetic import make_synthetic
+    from recforge.models import create_model
+
+    rated = make_synthetic(200, 100).interactions
+    model = create_model("mf", optimizer="sgd", learning_rate=1e4, epochs=2, embedding_dim=4)
+    with pytest.raises(ModelError, match="training diverged in epoch 1.*learning_rate \\(now"):
+        model.fit(rated)
+    assert not model.is_fitted  # not a model of NaN that looks fitted
+    good = create_model("bpr", epochs=1, embedding_dim=4).fit(random_data)
+    scores = good.score([0]).clone()
+    good.set_params(learning_rate=float("nan"))
+    with pytest.raises(ConfigError, match="learning_rate must be a finite number"):
+        good.fit(random_data)
+    assert torch.equal(good.score([0]), scores)  # still the earlier fit
+    params = good.get_params()
+    params["embedding_dim"] = 99
+    assert good.embedding_dim == 4  # get_params hands out copies

@@ -109,8 +109,9 @@ def sample_negatives(positives: sp.csr_matrix, users: np.ndarray, n: int, *,
     """``[len(users), n]`` item indices that are not positives of the matching user.
 
     Sampling is uniform over items, or proportional to ``popularity`` when given. Draws
-    are with replacement across a row. Raises :class:`DataError` when a user has (almost)
-    no negative items left. Pass a prebuilt ``lookup`` (or ``keys``) when sampling
+    are with replacement across a row; a user who has seen nearly every item gets the
+    slots rejection could not fill drawn from the items they have not seen. Raises
+    :class:`DataError` when a user has no negative item left. Pass a prebuilt ``lookup`` (or ``keys``) when sampling
     repeatedly from the same positives. More than :data:`NEGATIVE_CHUNK_ROWS` rows are
     drawn in parts, each from its own stream seeded from ``rng``, on up to ``threads``
     threads (numpy releases the GIL in the draws, sorts and searches); the result is the
@@ -165,8 +166,19 @@ def sample_negatives(positives: sp.csr_matrix, users: np.ndarray, n: int, *,
             return out
         out[bad] = draw(int(bad.sum()))
         bad[bad] = lookup(u[bad], out[bad])
-    if bad.any():
-        counts = np.diff(positives.indptr)[users[bad.any(axis=1)]]
-        raise DataError(f"cannot sample negatives: a user has {int(counts.max())} positives of "
-                        f"{n_items} items")
+    # Users who have seen nearly every item: their remaining slots are drawn from the items
+    # they have not seen, exactly (a few rows; rejection would need ever more rounds).
+    weights = None if popularity is None else np.asarray(popularity, dtype=np.float64)
+    for r in np.flatnonzero(bad.any(axis=1)):
+        user = int(users[r])
+        seen = positives.indices[positives.indptr[user]:positives.indptr[user + 1]]
+        free = np.setdiff1d(np.arange(n_items), seen)
+        w = None if weights is None else weights[free]
+        if w is not None and len(free) and w.sum() <= 0:
+            free = free[:0]
+        if len(free) == 0:
+            raise DataError(f"cannot sample negatives: user index {user} has a positive for "
+                            f"every item that can be drawn ({len(seen)} of {n_items})")
+        out[r, bad[r]] = rng.choice(free, size=int(bad[r].sum()),
+                                    p=None if w is None else w / w.sum())
     return out

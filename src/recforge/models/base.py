@@ -15,6 +15,7 @@ internal user indices). Everything else is written once, here:
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import hashlib
 import inspect
@@ -128,8 +129,9 @@ class Recommender:
         return names
 
     def get_params(self) -> dict[str, Any]:
-        """The constructor's keyword arguments, as currently set."""
-        return {name: getattr(self, name) for name in self._param_names()}
+        """The constructor's keyword arguments, as currently set (copies: editing a dict
+        of them does not edit the model)."""
+        return {name: copy.deepcopy(getattr(self, name)) for name in self._param_names()}
 
     def set_params(self, **params: Any) -> Recommender:
         valid = self._param_names()
@@ -162,6 +164,21 @@ class Recommender:
     def _validate_params(self) -> None:
         """Raise :class:`ConfigError` for bad hyperparameters (override in models)."""
 
+    def _check_finite_params(self) -> None:
+        """No hyperparameter is NaN or infinite (a NaN passes every ``<`` check and trains
+        a model of NaN), nested ones (a blend's components) included."""
+        def bad(value: Any) -> bool:
+            if isinstance(value, dict):
+                return any(bad(v) for v in value.values())
+            if isinstance(value, (list, tuple)):
+                return any(bad(v) for v in value)
+            return (isinstance(value, (float, np.floating)) and not math.isfinite(value))
+
+        for name, value in self.get_params().items():
+            if bad(value):
+                raise ConfigError(f"{self.name}: {name} must be a finite number, got "
+                                  f"{value!r}")
+
     def fit(self, train: Interactions, valid: Interactions | None = None) -> Recommender:
         """Learn from ``train`` (``valid`` is used by models that early-stop). Returns self."""
         if not isinstance(train, Interactions):
@@ -170,15 +187,27 @@ class Recommender:
             raise DataError("cannot fit on an empty training set", source=train.source)
         if valid is not None and (valid.users != train.users or valid.items != train.items):
             valid = valid.reindex(train.users, train.items, unknown="drop")
+        self._check_finite_params()
         self._validate_params()
-        self.users_: Vocabulary = train.users
-        self.items_: Vocabulary = train.items
-        #: The training events (users x items, values; ones for implicit data): the
-        #: items excluded from recommendations and the history that item-based models read.
-        self.seen_: sp.csr_matrix = train.csr
-        self.item_popularity_: np.ndarray = train.item_counts().astype(np.float32)
-        self.train_fingerprint_: str = train.fingerprint()
-        self._fit(train, valid)
+        # All or nothing: a fit that fails leaves the model as it was (unfitted, or with its
+        # earlier fit), and a refit starts without what the last fit learned (item
+        # metadata of the old catalogue included). Fitted attributes end with "_".
+        before = dict(self.__dict__)
+        for name in [n for n in self.__dict__ if n.endswith("_") and not n.startswith("_")]:
+            del self.__dict__[name]
+        try:
+            self.users_: Vocabulary = train.users
+            self.items_: Vocabulary = train.items
+            #: The training events (users x items, values; ones for implicit data): the items
+            #: excluded from recommendations and the history that item-based models read.
+            self.seen_: sp.csr_matrix = train.csr
+            self.item_popularity_: np.ndarray = train.item_counts().astype(np.float32)
+            self.train_fingerprint_: str = train.fingerprint()
+            self._fit(train, valid)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
         return self
 
     def _fit(self, train: Interactions, valid: Interactions | None) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from recforge._fs import atomic_path, atomic_write_text
-from recforge.errors import ConfigError
+from recforge.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
     from recforge.data.interactions import Interactions
@@ -397,6 +397,12 @@ class Trainer:
 
                     total, count = all_reduce_sum([total, count],
                                                   collective_device(self.device))
+                if not math.isfinite(total):  # every rank sees the same reduced total
+                    raise ModelError(
+                        f"{model.name}: training diverged in epoch {epoch + 1}: the loss is "
+                        f"{total / max(1, count)}; lower learning_rate (now "
+                        f"{getattr(model, 'learning_rate', self.learning_rate):g}) or set "
+                        "max_grad_norm (the last checkpoint, if any, is of the epoch before)")
                 record: dict[str, Any] = {
                     "epoch": epoch + 1, "loss": total / max(1, count),
                     "seconds": round(time.perf_counter() - t0, 4),
