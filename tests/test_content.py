@@ -276,3 +276,21 @@ def test_ridge_map_matches_closed_form():
     w = ridge_map(f, y, 0.5)
     exact = np.linalg.solve((f.T @ f).toarray() + 0.5 * np.eye(12), f.T @ y)
     np.testing.assert_allclose(w, exact, atol=1e-6)
+
+
+def test_ratings_are_centred_whatever_the_first_stored_values():
+    """Centring was decided from the first 10,000 stored ratings: 10,000 early 4-star
+    events switched it off, and a user's 1-star horror counted as liked."""
+    filler = pd.DataFrame({"user": np.repeat(np.arange(1000), 10),
+                           "item": np.tile([f"f{j}" for j in range(10)], 1000), "rating": 4.0})
+    fan = pd.DataFrame({"user": [5000] * 5, "item": ["c1", "c2", "h1", "h2", "h4"],
+                        "rating": [5.0, 5.0, 1.0, 1.0, 1.0]})
+    others = pd.DataFrame({"user": [6000] * 4, "item": ["c3", "h3", "c1", "h1"],
+                           "rating": 3.0})
+    data = Interactions.from_frame(pd.concat([filler, fan, others], ignore_index=True))
+    items = data.items
+    genre = ["comedy" if str(i).startswith("c") else "horror" if str(i).startswith("h")
+             else "filler" for i in items.ids]
+    model = create_model("content").fit(data, item_features=F.categorical(items, genre, "g"))
+    top = model.recommend([5000], k=2)["item"].tolist()
+    assert top[0] == "c3"  # the comedy left, not the horror film

@@ -133,3 +133,42 @@ def test_random_ties_are_drawn_per_row_among_the_tied_only():
     half = _top_k_ties_in_order(scores[500:], 3, rows[500:], seed=3)[0]
     assert torch.equal(half, pos[500:])
     assert not torch.equal(_top_k_ties_in_order(scores, 3, rows, seed=4)[0], pos)
+
+
+def test_edges_of_the_models(random_data):
+    """Each case failed before: a raw LinAlgError (ease, mf's fold-in with reg=0), an
+    empty similar_items call, NaN scores of a one-item blend, pop counting a repeated pair
+    twice, ids near the int64 maximum or True taken for ids, ties of a history fold-in
+    ordered otherwise than recommend's."""
+    import pandas as pd
+
+    from recforge import ModelError
+    from recforge.data.vocabulary import Vocabulary
+
+    twins = Interactions.from_frame(pd.DataFrame(  # items 1 and 2: the same users
+        {"user": [u for u in range(1, 6) for _ in (1, 2)] + list(range(3, 8)),
+         "item": [1, 2] * 5 + [3] * 5}))
+    with pytest.raises(ModelError, match="reg=1e-30 is too small"):
+        create_model("ease", reg=1e-30).fit(twins)
+    rated = Interactions.from_frame(pd.DataFrame({
+        "user": np.arange(300) % 30, "item": (np.arange(300) * 7) % 50,
+        "rating": (np.arange(300) % 5 + 1).astype(float)}), duplicates="first")
+    mf = create_model("mf", reg=0.0, epochs=2, embedding_dim=8).fit(rated)
+    one = mf.recommend_for_history([rated.items.ids[0]], k=3)
+    assert len(one) == 3 and np.isfinite(one["score"]).all()
+    assert create_model("ease").fit(random_data).similar_items([], k=3).empty
+    single = Interactions.from_frame(pd.DataFrame({"user": [0, 1], "item": [5, 5]}))
+    blend = create_model("blend", models={"pop": {}, "ease": {}}).fit(single)
+    assert np.isfinite(blend.score([0]).numpy()).all()
+    repeated = random_data.concat(random_data.subset(np.array([0])))
+    pop = create_model("pop").fit(repeated)
+    assert pop.item_popularity_.tolist() == create_model("pop").fit(
+        random_data).item_popularity_.tolist()
+    vocab, _ = Vocabulary.from_values(np.array([1, 2**63 - 2], dtype=np.int64))
+    assert vocab.index(np.asarray([2**63 - 2, True], dtype=object)).tolist() == [1, -1]
+    knn = create_model("itemknn", neighbors=2).fit(random_data)
+    user = random_data.users.ids[0]
+    seen = random_data.items.ids[random_data.csr[0].indices]
+    a = knn.recommend([user], k=len(random_data.items))["item"].tolist()
+    b = knn.recommend_for_history(list(seen), k=len(random_data.items))["item"].tolist()
+    assert a == b

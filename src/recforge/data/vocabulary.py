@@ -101,7 +101,12 @@ class Vocabulary:
                 dtype=np.float64, na_value=np.nan)
             # integral and within int64 (a larger number can only be an unknown id; casting
             # it would wrap around to some other id)
-            ok = np.isfinite(num) & (num == np.round(num)) & (np.abs(num) < 2.0**63)
+            # (float64 rounds the largest int64 values up to 2**63: those are checked exactly
+            # below; True / False are not ids)
+            ok = np.isfinite(num) & (num == np.round(num)) & (np.abs(num) <= 2.0**63)
+            if arr.dtype == object:
+                ok &= np.fromiter((not isinstance(v, (bool, np.bool_)) for v in arr), bool,
+                                  count=arr.size)
             out = np.zeros(arr.size, dtype=np.int64)
             # float64 holds integers exactly only up to 2**53: larger ones (e.g. 64-bit
             # snowflake ids sent as text) are parsed again, exactly, one by one

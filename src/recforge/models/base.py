@@ -201,7 +201,9 @@ class Recommender:
             #: The training events (users x items, values; ones for implicit data): the items
             #: excluded from recommendations and the history that item-based models read.
             self.seen_: sp.csr_matrix = train.csr
-            self.item_popularity_: np.ndarray = train.item_counts().astype(np.float32)
+            #: Training users per item (distinct: a pair repeated in a log counts once).
+            self.item_popularity_: np.ndarray = np.bincount(
+                self.seen_.indices, minlength=len(train.items)).astype(np.float32)
             self.train_fingerprint_: str = train.fingerprint()
             self._fit(train, valid)
         except BaseException:
@@ -428,9 +430,9 @@ class Recommender:
             mask = torch.ones(scores.shape[1], dtype=torch.bool)
             mask[torch.from_numpy(cand)] = False
             scores[0, mask] = -math.inf
-        top = torch.topk(scores, min(int(k), scores.shape[1]), dim=1)
-        frame = self._frame(np.zeros(1, dtype=object), top.indices, top.values).drop(
-            columns="user")
+        order = torch.from_numpy(self._popularity_order())  # ties: as recommend orders them
+        pos, vals = _top_k_ties_in_order(scores[:, order], min(int(k), scores.shape[1]))
+        frame = self._frame(np.zeros(1, dtype=object), order[pos], vals).drop(columns="user")
         frame.attrs["unknown_items"] = bad.tolist()
         return frame
 
@@ -506,6 +508,11 @@ class Recommender:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
         ext = np.atleast_1d(np.asarray(items, dtype=object if not isinstance(items, np.ndarray)
                                        else None))
+        if len(ext) == 0:
+            return pd.DataFrame({"item": pd.Series([], dtype=object),
+                                 "similar": pd.Series([], dtype=object),
+                                 "rank": pd.Series([], dtype=np.int64),
+                                 "score": pd.Series([], dtype=np.float32)})
         idx = self.items_.index(ext)
         if (idx < 0).any():
             raise ModelError(f"unknown item id(s): {ext[idx < 0][:5].tolist()}")

@@ -31,6 +31,8 @@ NORMALIZATIONS = ("zscore", "none")
 def _standardize(scores: torch.Tensor) -> torch.Tensor:
     """Per row: zero mean, unit variance (a constant row becomes zeros)."""
     mean = scores.mean(dim=-1, keepdim=True)
+    if scores.shape[-1] < 2:  # one item has no spread: it standardizes to 0
+        return torch.zeros_like(scores)
     std = scores.std(dim=-1, keepdim=True).clamp_min(1e-12)
     return (scores - mean) / std
 

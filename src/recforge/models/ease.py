@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from recforge.data.interactions import Interactions
-from recforge.errors import ConfigError
+from recforge.errors import ConfigError, ModelError
 from recforge.models.base import Recommender, binarize
 
 
@@ -47,8 +47,12 @@ class EASE(Recommender):
         gram = torch.from_numpy((x.T @ x).toarray().astype(np.float32))
         gram.diagonal().add_(float(self.reg))
         chol, info = torch.linalg.cholesky_ex(gram)
-        if int(info) != 0:  # pragma: no cover - only with reg tiny against the data scale
-            chol = torch.linalg.cholesky(gram.double())
+        if int(info) != 0:  # only with reg tiny against the data scale: float64, then refuse
+            chol, info = torch.linalg.cholesky_ex(gram.double())
+            if int(info) != 0:
+                raise ModelError(f"ease: reg={self.reg} is too small for this data (the Gram "
+                                 "matrix plus reg is not positive definite, e.g. two items "
+                                 "with the same users); raise reg")
         p = torch.cholesky_inverse(chol).to(torch.float32)
         b = p / (-p.diagonal()).unsqueeze(0)
         b.fill_diagonal_(0.0)

@@ -210,7 +210,9 @@ class MF(GradientRecommender):
         x = torch.cat([q[idx], torch.ones(len(items), 1, dtype=torch.float64)], dim=1)
         n = max(len(items), 1) ** float(self.reg_exponent)
         bias_reg = float(self.reg if self.bias_reg is None else self.bias_reg)
-        lam = torch.full((x.shape[1],), 0.5 * float(self.reg) * n, dtype=torch.float64)
+        # A floor keeps the solve posed with reg=0 and fewer rated items than factors
+        lam = torch.full((x.shape[1],), max(0.5 * float(self.reg) * n, _FOLD_IN_MIN_RIDGE),
+                         dtype=torch.float64)
         lam[-1] = max(0.5 * bias_reg * n, 1e-6)
         theta = torch.linalg.solve(x.T @ x + torch.diag(lam), x.T @ target)
         scores = self.mean_ + bi + q @ theta[:-1] + theta[-1]
@@ -225,6 +227,11 @@ class MF(GradientRecommender):
     def _set_extra_scalars(self, extra: dict[str, Any]) -> None:
         self.mean_ = float(extra["mean"])
         self.rating_range_ = tuple(extra["rating_range"])
+
+
+#: The smallest L2 weight of the fold-in's factors (``reg=0`` leaves the solve singular for
+#: a history shorter than the factor count).
+_FOLD_IN_MIN_RIDGE = 1e-2
 
 
 class _DotMF(nn.Module):
