@@ -99,6 +99,27 @@ def test_a_test_pair_repeated_is_one_relevant_item(setup):
     assert b.summary == a.summary and any("counted once" in n for n in b.notes)
 
 
+def test_a_user_without_training_events_is_skipped_like_an_unknown_one(tmp_path):
+    """Train and test files read into one vocabulary: a test-only user is in the model's
+    vocabulary but has no history, and is skipped as `recforge evaluate` skips a user the
+    model does not know (ranked from nothing, pop scored best on such users)."""
+    from recforge.data.io import read_many
+    from recforge.models import create_model
+
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("user,item\n1,10\n1,11\n2,10\n2,12\n3,11\n3,12\n")
+    test.write_text("user,item\n1,12\n9,10\n9,11\n")  # user 9: only in the test file
+    tr, te = read_many([train, test])
+    assert 9 in tr.users  # the shared vocabulary
+    model = create_model("pop").fit(tr)
+    res = evaluate(model, tr, te, metrics="recall@2")
+    assert res.n_users == 1 and any("without a training event" in n for n in res.notes)
+    alone = read_many([train])[0]
+    only_train = evaluate(create_model("pop").fit(alone), alone, te.reindex(
+        alone.users, alone.items, unknown="drop"), metrics="recall@2")
+    assert res["Recall@2"] == only_train["Recall@2"]
+
+
 def test_seen_items_excluded_and_included(setup):
     model, train = setup
     test = make([(1, 3)], users=train.users, items=train.items)  # a test item also in train

@@ -137,6 +137,7 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
     n_users, n_items = model.n_users, model.n_items
 
     tu, ti, tv = _to_model_space(model, test, "test")
+    tid = test.user.copy()  # each event's user in the test's own vocabulary (for notes)
     # A (user, item) pair held out twice (test files joined, a log with repeats) is one
     # relevant item: counted twice it would cap the user's recall at 1/2.
     pair = test.user.astype(np.int64) * max(1, test.n_items) + test.item
@@ -145,7 +146,7 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
         notes.append(f"{len(pair) - len(first)} repeated test events (the same user and "
                      "item) were counted once")
         first.sort()
-        tu, ti = tu[first], ti[first]
+        tu, ti, tid = tu[first], ti[first], tid[first]
         tv = tv[first] if tv is not None else None
     cand_idx = None
     if candidates is not None:
@@ -161,19 +162,26 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
         if not inside.all():
             notes.append(f"{int((~inside).sum())} test events of items outside the "
                          "candidates were left out")
-            tu, ti = tu[inside], ti[inside]
+            tu, ti, tid = tu[inside], ti[inside], tid[inside]
             tv = tv[inside] if tv is not None else None
         if len(tu) == 0:
             raise DataError("no test event is of a candidate item", source=test.source)
-    unknown_user = tu < 0
+    # A user in the model's vocabulary without a training event (a test file's new user,
+    # when train and test files were read into one vocabulary) is unknown to it all the
+    # same: ranked from an empty history, they would score what popularity or chance gives.
+    no_history = (tu >= 0) & (np.diff(model.seen_.indptr)[np.maximum(tu, 0)] == 0)
+    if no_history.any():
+        notes.append(f"{len(np.unique(tid[no_history]))} test users without a training "
+                     "event were skipped (as users unknown to the model)")
+    unknown_user = (tu < 0) | no_history
     if unknown_user.all():
-        raise DataError(f"none of the {len(np.unique(test.user))} test users is known to the "
-                        "model (a test file in another id space, or a split whose users are "
-                        "all new?); nothing can be evaluated", source=test.source)
-    if unknown_user.any():
-        notes.append(f"{int(unknown_user.sum())} test events of "
-                     f"{len(np.unique(test.user[unknown_user]))} users unknown to the model "
-                     "were skipped")
+        raise DataError(f"none of the {len(np.unique(tid))} test users is known to the model "
+                        "(a test file in another id space, or a split whose users are all "
+                        "new?); nothing can be evaluated", source=test.source)
+    if (tu < 0).any():
+        notes.append(f"{int((tu < 0).sum())} test events of {len(np.unique(tid[tu < 0]))} "
+                     "users unknown to the model were skipped")
+    tu = np.where(no_history, -1, tu)
     unknown_item = (ti < 0) & ~unknown_user
     if unknown_item.any():
         notes.append(f"{int(unknown_item.sum())} test events are of items unknown to the "
