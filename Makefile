@@ -36,6 +36,7 @@ e2e: install-dev
 bench: install-dev
 	$(PY) benchmarks/bench_models.py --dataset ml-1m-implicit --models all --markdown docs/benchmarks.md
 	$(PY) benchmarks/bench_models.py --dataset ml-100k --models mf --markdown docs/benchmarks.md
+	$(PY) benchmarks/bench_content.py
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -263,11 +263,15 @@ def main() -> None:
                              "fewer than the machine's pins the runs to that many.")
     parser.add_argument("--cache", type=Path,
                         default=Path(tempfile.gettempdir()) / "recforge-scale")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/scaling.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON to write (default: benchmarks/results/scaling.json after "
+                             "measuring; nothing with --from-json unless given).")
     parser.add_argument("--from-json", type=Path, nargs="+", default=None,
                         help="Recompute efficiencies, fits and tables from earlier runs' "
                              "JSON (several: their rows together) instead of measuring.")
     args = parser.parse_args()
+    if args.out is None and args.from_json is None:
+        args.out = REPO / "benchmarks/results/scaling.json"
 
     from rich.console import Console
     from rich.table import Table
@@ -410,9 +414,10 @@ def main() -> None:
     if earlier is not None:  # keep when and where the figures were measured
         payload.update({k: earlier[k] for k in ("recforge", "python", "machine", "date",
                                                 "scale_params", "max_steps") if k in earlier})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
-    console.print(f"wrote {args.out}")
+    if args.out is not None:  # --from-json alone only reprints
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
+        console.print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -102,9 +102,9 @@ def test_from_frame_infers_kinds_and_reports_bad_tables(tmp_path):
     assert "genres=War" in set(feats.names)
     frame.loc[2, "item"] = 10
     frame.to_csv(path, index=False)
-    with pytest.raises(DataError, match="appears twice") as err:
-        F.read_features(path)
-    assert "items.csv" in str(err.value) and "item" in str(err.value)
+    with pytest.raises(DataError, match="row 3, column 'item': id 10 appears twice") as err:
+        F.read_features(path)  # the third data row, 1-based as every reader counts
+    assert "items.csv" in str(err.value)
     with pytest.raises(DataError, match="no id column"):
         F.read_features(path, id_column="movieId")
     with pytest.raises(DataError, match="not found"):

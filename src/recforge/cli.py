@@ -297,7 +297,7 @@ def train(
 ) -> None:
     """Train MODEL on --data and save it to --out.
 
-    Gradient models (mf, bpr, gmf, mlp, neumf, lightgcn) write a checkpoint after every
+    Gradient models (mf, bpr, gmf, mlp, neumf, lightgcn, hybrid_bpr) write a checkpoint after every
     epoch; if the run is killed, the same command with --resume continues where it stopped.
     """
     from recforge.models.gradient import GradientRecommender
@@ -379,7 +379,8 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
                           "applies to mf, bpr, gmf, mlp, neumf, lightgcn and hybrid_bpr")
     if (resume or checkpoint_dir is not None) and not gradient:
         raise ConfigError(f"{model} is not trained by epochs of gradient steps; --resume and "
-                          "--checkpoint-dir apply to mf, bpr, gmf, mlp, neumf and lightgcn")
+                          "--checkpoint-dir apply to mf, bpr, gmf, mlp, neumf, lightgcn and "
+                          "hybrid_bpr")
     if sparse_updates != "auto" and not gradient:
         raise ConfigError(f"{model} is not trained by gradient steps; --sparse-updates "
                           "applies to mf, bpr, gmf, mlp and neumf")

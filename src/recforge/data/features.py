@@ -361,12 +361,14 @@ def from_frame(frame: pd.DataFrame, id_column: str, *,
         raise DataError(f"no id column {id_column!r}; the columns are {list(frame.columns)}",
                         source=src, column=id_column)
     ids = frame[id_column]
-    if ids.isna().any():
+    if ids.isna().any():  # rows are 1-based, as every reader names them
         row = int(np.flatnonzero(ids.isna().to_numpy())[0])
-        raise DataError("missing id", source=src, row=row, column=id_column)
+        raise DataError("missing id", source=src, row=row + 1, column=id_column)
     if ids.duplicated().any():
         row = int(np.flatnonzero(ids.duplicated().to_numpy())[0])
-        raise DataError(f"id {ids.iloc[row]!r} appears twice", source=src, row=row,
+        value = ids.iloc[row]
+        value = value.item() if isinstance(value, np.generic) else value
+        raise DataError(f"id {value!r} appears twice", source=src, row=row + 1,
                         column=id_column)
     cols = list(columns) if columns is not None else [c for c in frame.columns
                                                       if c != id_column]

@@ -1,7 +1,8 @@
 """Preprocessing filters: k-core, rating threshold to implicit feedback.
 
-Filters change which users and items exist, so by default they return data with compacted
-vocabularies (ids with no events removed). Apply them before splitting.
+``k_core`` changes which users and items exist and returns data with compacted
+vocabularies (ids with no events removed); ``to_implicit`` keeps the vocabularies unless
+``compact=True``. Apply them before splitting.
 """
 
 from __future__ import annotations
