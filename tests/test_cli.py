@@ -415,3 +415,30 @@ def test_train_content_on_movielens_name_uses_its_metadata(tmp_path, capsys):
     assert {"genres", "tags", "title", "year"} <= set(model.item_features_.groups)
     # 9,742 movies in movies.csv; the ratings cover fewer: every movie is recommendable.
     assert model.n_items == 9742
+
+
+def test_checkpoint_dir_keeps_files_that_are_not_the_checkpoint(tmp_path, csv_files, capsys):
+    """Training removed the whole --checkpoint-dir after success: the user's files, and the
+    model itself when --out was inside it."""
+    train, _ = csv_files
+    keep = tmp_path / "precious"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    code, _, err = run(["train", "bpr", "--data", train, "--out", keep / "model",
+                        "--checkpoint-dir", keep, "-p", "epochs=1", "-p", "learning_rate=1e-3",
+                        "--seed", 3], capsys)  # 1e-3: YAML 1.1 reads it as text
+    assert code == 0, err
+    assert (keep / "notes.txt").read_text() == "mine" and (keep / "model" / "meta.json").exists()
+    assert not (keep / "checkpoint.pt").exists() and not (keep / "train_log.jsonl").exists()
+    own = tmp_path / "own.checkpoint"
+    assert run(["train", "bpr", "--data", train, "--out", tmp_path / "m2", "--checkpoint-dir",
+                own, "-p", "epochs=1"], capsys)[0] == 0
+    assert not own.exists()  # a directory of its own is removed when emptied
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    code, _, err = run(["train", "bpr", "--data", train, "--out", tmp_path / "m3",
+                        "--checkpoint-dir", a_file], capsys)
+    assert code == 2 and "not a directory" in err and a_file.read_text() == "x"
+    code, _, err = run(["train", "bpr", "--data", train, "--out", tmp_path / "m4",
+                        "--seed", -1], capsys)
+    assert code == 2 and "seed must be an integer" in err

@@ -436,3 +436,30 @@ def test_a_diverging_run_is_an_error_and_a_failed_fit_leaves_the_model_as_it_was
     params = good.get_params()
     params["embedding_dim"] = 99
     assert good.embedding_dim == 4  # get_params hands out copies
+
+
+def test_the_log_names_the_rate_each_epoch_used_and_hybrid_bpr_repeats_itself(random_data):
+    from recforge.models import create_model
+
+    model = create_model("bpr", epochs=4, embedding_dim=4, learning_rate=0.01,
+                         lr_schedule="cosine").fit(random_data)
+    rates = [h["lr"] for h in model.history_]
+    assert rates[0] == pytest.approx(0.01) and rates[-1] > 0  # not one epoch late
+    assert rates == sorted(rates, reverse=True)
+    with pytest.raises(ConfigError, match="cannot pretrain for loss='mse'"):
+        create_model("neumf", pretrain=True, loss="mse").fit(
+            random_data.with_values(np.ones(len(random_data), dtype=np.float32)))
+    from recforge.data import features as F
+
+    feats = F.categorical(random_data.items, [f"g{i % 3}" for i in range(random_data.n_items)],
+                          "genre")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        weights = [create_model("hybrid_bpr", epochs=2, embedding_dim=8, batch_size=64,
+                                device="cpu").fit(random_data, item_features=feats)
+                   .module_.state_dict() for _ in range(2)]
+    finally:
+        torch.set_num_threads(threads)
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key

@@ -6,6 +6,7 @@ stderr and exit with status 2, without a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -64,9 +65,14 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
             raise ConfigError(f"--param {item!r} must look like key=value")
         key, _, raw = item.partition("=")
         try:
-            params[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            params[key.strip()] = raw
+            value = raw
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text: a number here
+            with contextlib.suppress(ValueError):
+                value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf",
+                                                                      "infinity") else value
+        params[key.strip()] = value
     return params
 
 
@@ -357,7 +363,6 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
            item_features: Path | None, item_id_column: str | None, dist_ctx: Any,
            sparse_updates: str = "auto", header: bool | None = None,
            encoding: str = "utf-8") -> None:
-    import shutil
 
     from recforge.models.gradient import GradientRecommender
     from recforge.models.registry import create_model
@@ -388,6 +393,7 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
 
     check_model_target(out)  # before hours of training, not after
     ckpt = checkpoint_dir or out.with_name(out.name + ".checkpoint")
+    _check_checkpoint_dir(ckpt)
     if resume and not (ckpt / "checkpoint.pt").exists():
         raise ConfigError(f"--resume: no checkpoint in {ckpt}; run without --resume to start")
     # Under DDP each rank reads only the events of the users it owns (Parquet is filtered
@@ -429,7 +435,7 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
         estimator.attach_item_metadata(meta)
     estimator.save(out)
     if gradient and not keep_checkpoint:
-        shutil.rmtree(ckpt, ignore_errors=True)
+        _remove_checkpoint(ckpt)
     where = (f" in {dist_ctx.world_size} processes ({dist_ctx.backend})"
              if dist_ctx is not None else "")
     n_events = estimator._stats.n_events if shard is not None else len(train_data)
@@ -726,6 +732,28 @@ def _check_can_listen(host: str, port: int) -> None:
         except OSError as exc:
             raise ConfigError(f"cannot listen on {host}:{port}: "
                               f"{(exc.strerror or str(exc)).lower()}") from None
+
+
+def _remove_checkpoint(ckpt: Path) -> None:
+    """Remove what training wrote in ``ckpt`` (its checkpoint, its log, temporary files of
+    theirs), and the directory only if that leaves it empty: a --checkpoint-dir may be a
+    directory holding other files, even the saved model."""
+    from recforge.training.trainer import CHECKPOINT, LOG
+
+    if not ckpt.is_dir():
+        return
+    for f in ckpt.iterdir():
+        ours = f.name in (CHECKPOINT, LOG) or any(
+            f.name.startswith(f".{name}.") for name in (CHECKPOINT, LOG))
+        if ours and f.is_file():
+            f.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: other files stay, and so does it
+        ckpt.rmdir()
+
+
+def _check_checkpoint_dir(ckpt: Path) -> None:
+    if ckpt.exists() and not ckpt.is_dir():
+        raise ConfigError(f"--checkpoint-dir {ckpt} exists and is not a directory")
 
 
 def _check_out_file(out: Path) -> None:

@@ -85,6 +85,11 @@ class EvaluationResult:
         return f"EvaluationResult({self.protocol}, users={self.n_users}, {vals})"
 
 
+class NothingToEvaluate(DataError):
+    """No test user is known to the model (a rank of a distributed validation may hold
+    only such users: it then contributes nothing)."""
+
+
 def _to_model_space(model: Recommender, data: Interactions, what: str
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Map events into the model's vocabularies: (user idx, item idx, values); -1 = unknown."""
@@ -175,7 +180,7 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
                      "event were skipped (as users unknown to the model)")
     unknown_user = (tu < 0) | no_history
     if unknown_user.all():
-        raise DataError(f"none of the {len(np.unique(tid))} test users is known to the model "
+        raise NothingToEvaluate(f"none of the {len(np.unique(tid))} test users is known to the model "
                         "(a test file in another id space, or a split whose users are all "
                         "new?); nothing can be evaluated", source=test.source)
     if (tu < 0).any():

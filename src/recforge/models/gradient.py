@@ -182,6 +182,10 @@ class GradientRecommender(Recommender):
         if patience is not None and (not isinstance(patience, int) or patience < 1):
             raise ConfigError(f"{self.name}: patience must be a positive integer or None")
         resolve_device(getattr(self, "device", "auto"))
+        seed = getattr(self, "seed", 0)
+        if seed is not None and (not isinstance(seed, (int, np.integer))
+                                 or isinstance(seed, bool) or not 0 <= seed < 2**63):
+            raise ConfigError(f"{self.name}: seed must be an integer in 0..2**63-1, got {seed!r}")
         metric = getattr(self, "valid_metric", None)
         if metric is not None:
             from recforge.evaluation.metrics import Metric

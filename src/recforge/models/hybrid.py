@@ -36,6 +36,7 @@ from recforge.models.content import FeatureModelMixin, _load_features, _save_fea
 from recforge.models.gradient import GradientRecommender
 from recforge.training import losses
 from recforge.training.batches import EpochSampler
+from recforge.training.embedding import lookup
 
 __all__ = ["Hybrid", "HybridBPR"]
 
@@ -280,17 +281,20 @@ class HybridBPR(FeatureModelMixin, GradientRecommender):
             mask = (torch.rand(self.n_items, device=self.device_) >= self.id_dropout).float()
         item_vec, item_bias = m.items(mask)
         user_vec, _ = m.users()
-        u = user_vec[batch["users"]]
-        pos = item_vec[batch["items"]]
+        # lookup, not tensor indexing: indexing's backward accumulates rows in a
+        # thread-dependent order on a CPU (weights differed run to run on 2 threads)
+        u = lookup(user_vec, batch["users"])
+        pos = lookup(item_vec, batch["items"])
         if self.loss == "softmax":
             # Full softmax over the items with interactions (cold items cannot be targets).
             logits = u @ item_vec.T + item_bias
             logits = logits.masked_fill(self._cold_mask, -torch.inf)
             return (F.cross_entropy(logits, batch["items"])
                     + float(self.reg) * losses.l2(u, pos))
-        neg = item_vec[batch["negatives"]]  # [B, N, d]
-        pos_s = (u * pos).sum(-1) + item_bias[batch["items"]]
-        neg_s = (u.unsqueeze(1) * neg).sum(-1) + item_bias[batch["negatives"]]
+        neg = lookup(item_vec, batch["negatives"])  # [B, N, d]
+        bias = item_bias.unsqueeze(1)
+        pos_s = (u * pos).sum(-1) + lookup(bias, batch["items"]).squeeze(-1)
+        neg_s = (u.unsqueeze(1) * neg).sum(-1) + lookup(bias, batch["negatives"]).squeeze(-1)
         rank_loss = (losses.bpr(pos_s, neg_s) if self.loss == "bpr"
                      else losses.sampled_softmax(pos_s, neg_s))
         return rank_loss + float(self.reg) * losses.l2(u, pos, neg.flatten(0, 1))

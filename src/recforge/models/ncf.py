@@ -28,6 +28,7 @@ from recforge.errors import ConfigError, DataError
 from recforge.models.gradient import GradientRecommender
 from recforge.training import losses
 from recforge.training.embedding import Embedding
+from recforge.training.trainer import OPTIMIZERS
 
 #: Pairs (users x items) scored at once when ranking with an MLP tower: bounds memory.
 _PAIR_BLOCK = 1 << 17
@@ -375,6 +376,15 @@ class NeuMF(_NCFBase):
         super()._validate_params()
         if not 0.0 <= float(self.alpha) <= 1.0:
             raise ConfigError("neumf: alpha must be in [0, 1]")
+        if self.pretrain and self.loss == "mse":
+            raise ConfigError("neumf: pretrain trains the GMF tower on implicit feedback (BCE) "
+                              "and cannot pretrain for loss='mse'; use pretrain=False")
+        if self.pretrain and self.pretrain_optimizer not in OPTIMIZERS:  # before pretraining
+            raise ConfigError(f"neumf: pretrain_optimizer must be one of {OPTIMIZERS}, got "
+                              f"{self.pretrain_optimizer!r}")
+        lr = self.pretrain_learning_rate
+        if self.pretrain and (not isinstance(lr, (int, float)) or not lr > 0):
+            raise ConfigError(f"neumf: pretrain_learning_rate must be > 0, got {lr!r}")
 
     def _towers(self, gen: torch.Generator) -> list[nn.Module]:
         return [

@@ -291,10 +291,18 @@ class Trainer:
 
             n = torch.tensor([len(train)], dtype=torch.int64,
                              device=collective_device(self.device))
+            total = n.clone()
             dist.all_reduce(n, op=dist.ReduceOp.MIN)
+            dist.all_reduce(total)
+            smallest, events = int(n.item()), int(total.item())
+            if self.is_main and smallest * self.world < 0.9 * events:
+                log.warning("the ranks' shards are uneven: every rank takes the smallest "
+                            "shard's %s events per epoch, %.0f%% of the %s training events "
+                            "(users hashed to ranks; a few very active users can cause it)",
+                            f"{smallest:,}", 100.0 * smallest * self.world / max(events, 1),
+                            f"{events:,}")
             stats = getattr(model, "_stats", None)
-            sampler.use_local_shard(int(n.item()),
-                                    None if stats is None else stats.item_counts)
+            sampler.use_local_shard(smallest, None if stats is None else stats.item_counts)
         state = TrainingState()
         best_weights: dict[str, torch.Tensor] | None = None
         signature = model._checkpoint_signature()
@@ -389,6 +397,7 @@ class Trainer:
                         count += 1
                         if bar is not None:
                             bar.update(1)
+                lr_used = opt.param_groups[0]["lr"]  # this epoch's rate, before the step
                 if sched is not None:
                     sched.step()
                 steps_taken = count  # optimizer steps (every rank takes as many)
@@ -401,13 +410,13 @@ class Trainer:
                     raise ModelError(
                         f"{model.name}: training diverged in epoch {epoch + 1}: the loss is "
                         f"{total / max(1, count)}; lower learning_rate (now "
-                        f"{getattr(model, 'learning_rate', self.learning_rate):g}) or set "
-                        "max_grad_norm (the last checkpoint, if any, is of the epoch before)")
+                        f"{getattr(model, 'learning_rate', self.learning_rate):g}; the last "
+                        "checkpoint, if any, is of the epoch before)")
                 record: dict[str, Any] = {
                     "epoch": epoch + 1, "loss": total / max(1, count),
                     "seconds": round(time.perf_counter() - t0, 4),
                     "sampling_seconds": round(first_batch or 0.0, 4),
-                    "steps": int(steps_taken), "lr": opt.param_groups[0]["lr"]}
+                    "steps": int(steps_taken), "lr": lr_used}
                 if valid is not None and (epoch + 1) % self.eval_every == 0:
                     if self.sharded_data:  # each rank its own users, combined
                         metric = self._validate_sharded(model, train, valid)
@@ -492,9 +501,14 @@ class Trainer:
         kind = Metric.parse(self.valid_metric).kind
         value, weight = 0.0, 0.0
         if len(valid):
-            result = evaluate(model, train, valid, metrics=self.valid_metric)
-            value = float(next(iter(result.summary.values())))
-            weight = float(len(valid) if kind == "rating" else result.n_users)
+            from recforge.evaluation.evaluate import NothingToEvaluate
+
+            try:
+                result = evaluate(model, train, valid, metrics=self.valid_metric)
+                value = float(next(iter(result.summary.values())))
+                weight = float(len(valid) if kind == "rating" else result.n_users)
+            except NothingToEvaluate:  # this rank's validation users are all new ones
+                value, weight = 0.0, 0.0
         name = Metric.parse(self.valid_metric).name if kind == "rating" else ""
         if name == "rmse":  # combine mean squared errors
             value = value * value
