@@ -463,3 +463,21 @@ def test_the_log_names_the_rate_each_epoch_used_and_hybrid_bpr_repeats_itself(ra
         torch.set_num_threads(threads)
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_validation_settings_checked_up_front_and_the_last_epoch_evaluated(random_data):
+    from recforge.data.split import random_split
+    from recforge.models import create_model
+
+    for metric, message in (("rmse", "needs a model that predicts ratings"),
+                            ("gini@10", "must be a ranking metric")):
+        with pytest.raises(ConfigError, match=message):
+            create_model("bpr", valid_metric=metric).fit(random_data)
+    split = random_split(random_data, test_size=0.2, seed=0)
+    model = create_model("bpr", epochs=5, eval_every=3, embedding_dim=4).fit(split.train,
+                                                                             split.test)
+    evaluated = [h["epoch"] for h in model.history_ if "ndcg@20" in h]
+    assert evaluated == [3, 5]  # epochs 4-5 are evaluated, not thrown away unseen
+    step = create_model("bpr", epochs=7, embedding_dim=4, learning_rate=0.08,
+                        lr_schedule="step").fit(random_data)
+    assert step.history_[-1]["lr"] == pytest.approx(0.01)  # 3 halvings, not 6

@@ -190,7 +190,13 @@ class GradientRecommender(Recommender):
         if metric is not None:
             from recforge.evaluation.metrics import Metric
 
-            Metric.parse(metric)
+            kind = Metric.parse(metric).kind
+            if kind == "lists":  # coverage, ARP, Gini, novelty: no "better" to stop on
+                raise ConfigError(f"{self.name}: valid_metric must be a ranking metric "
+                                  f"(ndcg@K, recall@K...) or rmse/mae, got {metric!r}")
+            if kind == "rating" and not self.predicts_ratings:
+                raise ConfigError(f"{self.name}: valid_metric {metric!r} needs a model that "
+                                  "predicts ratings; use a ranking metric such as ndcg@20")
 
     def _validate_params(self) -> None:
         self._validate_common()

@@ -84,7 +84,12 @@ def init_from_environment(device: str = "auto",
     local_rank = _env_int("LOCAL_RANK", 0) or 0
     local_world = _env_int("LOCAL_WORLD_SIZE", world) or world
     if timeout_s is None:
-        timeout_s = float(os.environ.get("RECFORGE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+        raw = os.environ.get("RECFORGE_DIST_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+        try:
+            timeout_s = float(raw)
+        except ValueError:
+            raise ConfigError(f"environment variable RECFORGE_DIST_TIMEOUT={raw!r} is not a "
+                              "number of seconds") from None
     use_cuda = device != "cpu" and torch.cuda.is_available() and (
         device == "auto" or str(device).startswith("cuda"))
     if use_cuda:

@@ -31,8 +31,8 @@ def bpr(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
 
 def bce(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy on logits, positives labelled 1 and sampled negatives 0
-    (the NCF objective). Shapes ``[B]`` and ``[B]`` or ``[B, N]``; each term is averaged
-    over its own entries and summed, as in the NCF paper's pointwise loss."""
+    (the NCF objective). Shapes ``[B]`` and ``[B]`` or ``[B, N]``; one mean over all the
+    positive and negative entries together, the NCF paper's pointwise loss."""
     pos_term = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="sum")
     neg_term = F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg), reduction="sum")
     return (pos_term + neg_term) / (pos.numel() + neg.numel())

@@ -262,7 +262,9 @@ class Trainer:
         if self.lr_schedule == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
         if self.lr_schedule == "step":
-            return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, self.epochs // 4),
+            # a quarter of the epochs, rounded up: 3 halvings at most (7 epochs: 1/8, not
+            # the 1/64 of halving every epoch)
+            return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, -(-self.epochs // 4)),
                                                    gamma=0.5)
         return None
 
@@ -417,7 +419,9 @@ class Trainer:
                     "seconds": round(time.perf_counter() - t0, 4),
                     "sampling_seconds": round(first_batch or 0.0, 4),
                     "steps": int(steps_taken), "lr": lr_used}
-                if valid is not None and (epoch + 1) % self.eval_every == 0:
+                # every eval_every epochs, and the last one (not thrown away unevaluated)
+                if valid is not None and ((epoch + 1) % self.eval_every == 0
+                                          or epoch + 1 == self.epochs):
                     if self.sharded_data:  # each rank its own users, combined
                         metric = self._validate_sharded(model, train, valid)
                     elif self.world > 1:
