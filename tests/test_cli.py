@@ -442,3 +442,9 @@ def test_checkpoint_dir_keeps_files_that_are_not_the_checkpoint(tmp_path, csv_fi
     code, _, err = run(["train", "bpr", "--data", train, "--out", tmp_path / "m4",
                         "--seed", -1], capsys)
     assert code == 2 and "seed must be an integer" in err
+
+
+def test_hyperparameters_are_checked_before_the_data_is_read(tmp_path, capsys):
+    code, _, err = run(["train", "bpr", "--data", tmp_path / "not-there.csv", "--out",
+                        tmp_path / "m", "-p", "learning_rate=-1"], capsys)
+    assert code == 2 and "learning_rate" in err and "not-there" not in err

@@ -378,6 +378,8 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
         else:
             log.info("%s is deterministic; --seed has no effect", model)
     estimator = create_model(model, **params)
+    estimator._check_finite_params()  # hyperparameters before the data is read (minutes
+    estimator._validate_params()      # at scale), not when fit starts
     gradient = isinstance(estimator, GradientRecommender)
     if dist_ctx is not None and not gradient:
         raise ConfigError(f"{model} is not trained by gradient steps; distributed training "
