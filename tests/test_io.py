@@ -203,20 +203,24 @@ def test_a_guessed_header_says_how_to_read_a_file_without_one(tmp_path):
         read_csv(q)  # line numbers count the blank line before the header
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("1 10 11\n2 12 13\n", "adjacency"),  # leave-two-out: user item item
-    ("1 10 11 40\n2 12 13 41\n", "adjacency"),
-    ("1 10 5\n2 12 3\n", "csv"),  # user item rating
-    ("1 10 4.5 881250949\n2 12 3 881250950\n", "csv"),  # ... and a timestamp
-    ("1 10\n2 12 13\n", "adjacency"),  # lines of varying length
+@pytest.mark.parametrize("text, expected, warned", [
+    ("1 10 11\n2 12 13\n", "csv", True),  # leave-two-out, or plays: says how to read it
+    ("1 10 25 40\n2 12 3 41\n", "csv", True),  # user item count timestamp
+    ("1 10 5\n2 12 3\n", "csv", False),  # user item rating
+    ("1 10 4.5 881250949\n2 12 3 881250950\n", "csv", False),  # ... and a timestamp
+    ("1 10\n2 12 13\n", "adjacency", False),  # lines of varying length
 ])
-def test_whitespace_files_of_three_or_four_tokens(tmp_path, text, expected):
+def test_whitespace_files_of_three_or_four_tokens(tmp_path, caplog, text, expected, warned):
     from recforge.data.io import _detect_format
 
     p = write(tmp_path, "f.txt", text)
-    assert _detect_format(p) == expected
+    with caplog.at_level("WARNING"):
+        assert _detect_format(p) == expected
+    assert ("format='adjacency'" in caplog.text) == warned
     data = read_interactions(p)
     assert data.has_values == (expected == "csv")
+    if warned:
+        assert read_interactions(p, format="adjacency").has_values is False
 
 
 def test_adjacency_bad_token(tmp_path):

@@ -498,14 +498,14 @@ def _sniff_sep(path: Path, line: str) -> str:
     return r"\s+"
 
 
-def _looks_like_header(fields: list[str], second: list[str] | None = None) -> bool:
+def _looks_like_header(fields: list[str]) -> bool:
     """Whether a first line names the columns rather than holding an event.
 
     A header when a field is a known column name (``user``, ``movieId``...); not one when
-    any field is a number (a header holds names: ``A1,item9,5`` is an event with text ids);
-    otherwise a header when some column holds a name on the first line and a number on the
-    second (``customer,product,stars`` above ``c1,p9,5``). Lines of text alone (``alice,
-    matrix``) are taken as a header; ``header=False`` (``--no-header``) says otherwise.
+    any field is a number (a header holds names: ``A1,item9,5`` is an event with text ids,
+    ``1,10,5,2020-01-31`` one with a date); a line of names alone (``customer,product,
+    stars``, but also ``alice,matrix``) is taken as a header, and ``header=False``
+    (``--no-header``) says otherwise.
     """
     def numeric(x: str) -> bool:
         try:
@@ -518,13 +518,7 @@ def _looks_like_header(fields: list[str], second: list[str] | None = None) -> bo
     known = {a.lower() for aliases in COLUMN_ALIASES.values() for a in aliases}
     if any(n.lower() in known for n in names):
         return True
-    if any(numeric(n) for n in names if n):
-        return False
-    if second is not None:
-        below = [f.strip().strip('"').strip() for f in second]
-        if any(numeric(b) for n, b in zip(names, below, strict=False) if n):
-            return True
-    return True
+    return not any(numeric(n) for n in names if n)
 
 
 _PARSER_RE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
@@ -578,8 +572,7 @@ def _read_csv_columns(path: Path, *, sep: str | None, header: bool | None,
     fields = split(first)
     guessed_header = header is None
     if header is None:
-        header = names is None and _looks_like_header(
-            fields, split(first_lines[1]) if len(first_lines) > 1 else None)
+        header = names is None and _looks_like_header(fields)
     if not header and names is None:
         names = ["user", "item", "rating", "timestamp"][: len(fields)]
         if len(fields) > 4:
@@ -660,7 +653,7 @@ def _record_start_lines(path: Path, sep: str, encoding: str, text_source: Any) -
         handle = open(path, encoding=encoding, newline="")
     starts: list[int] = []
     with handle:
-        reader = csv.reader(handle, delimiter=sep)
+        reader = csv.reader(handle, delimiter=sep, skipinitialspace=True)  # as pandas
         line = 1
         for _ in reader:
             starts.append(line)
@@ -900,9 +893,9 @@ def _detect_format(path: Path, encoding: str = "utf-8") -> str:
         if fh.read(4) == b"PAR1":
             return "parquet"
     # Whitespace-separated lines of varying length are an adjacency list. Lines of 3 or 4
-    # tokens each are either `user item rating [timestamp]` or `user item item [item]`
-    # (a leave-two-out test file): the third token tells, a rating being a small or
-    # fractional number and an item id an integer beyond the rating scale.
+    # tokens each are read as `user item value [timestamp]`; when the third token could be
+    # an item id (`user item item`, a leave-two-out test file) a warning says how to read
+    # the file as an adjacency list (a count of plays looks the same).
     counts = set()
     third: list[str] = []
     with open(path, encoding=encoding, errors="replace") as fh:
@@ -921,7 +914,12 @@ def _detect_format(path: Path, encoding: str = "utf-8") -> str:
     if counts and min(counts) >= 3:
         values = pd.to_numeric(pd.Series(third), errors="coerce").dropna().to_numpy()
         if len(values) and np.all(values == np.round(values)) and values.max() > 10:
-            return "adjacency"
+            # a count (plays, clicks) or an item id (a leave-two-out test.txt): the
+            # columns are read as user, item, value; an adjacency list must say so
+            _log.warning("%s: read as 'user item value%s' (the third column holds whole "
+                         "numbers above 10); if each line is 'user item item ...', pass "
+                         "format='adjacency' (--format adjacency)", _source(path),
+                         " timestamp" if max(counts) == 4 else "")
     return "csv"
 
 

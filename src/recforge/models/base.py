@@ -704,9 +704,8 @@ class Recommender:
             log.warning("%s was trained on a GPU; this machine has none: loading it on the CPU",
                         path)
             params = _on_cpu(params)
-        try:
+        try:  # no _validate_params here: a model saved by an earlier version must load
             model = model_cls(**params)
-            model._validate_params()
         except (TypeError, ConfigError) as exc:
             raise ModelError(f"{meta_path}: parameters do not fit {model_cls.__name__}: {exc}"
                              ) from None
@@ -758,6 +757,8 @@ def _top_k_ties_in_order(scores: torch.Tensor, k: int, row_ids: torch.Tensor | N
     rows, n = scores.shape
     if k == 0 or rows == 0:
         return torch.empty((rows, 0), dtype=torch.int64), scores[:, :0]
+    if scores.is_floating_point() and torch.isnan(scores).any():
+        scores = scores.nan_to_num(nan=-math.inf)  # a NaN score ranks last, as no score
     top = torch.topk(scores, min(k + 1, n), dim=1)
     pos, vals = top.indices[:, :k], top.values[:, :k]
     crossing = (torch.nonzero(top.values[:, k] == top.values[:, k - 1]).flatten() if k < n

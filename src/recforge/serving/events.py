@@ -7,9 +7,9 @@ path serves every database. An append returns only after its transaction is comm
 (SQLite: on disk; PostgreSQL: with its default ``synchronous_commit=on``, flushed to its
 WAL), so every acknowledged event survives a ``kill -9`` of the server. Events count as
 seen items for their user at once; ``delete_user`` removes a user's events and remembers
-when the user was forgotten: a model made before that moment still holds the user's
-training data, so the server answers for them as for a user it never saw (from events
-they post afterwards, if any), never from that data.
+the user as forgotten: a model may hold a copy of their data, so the server answers for
+them as for a user it never saw (from events they post afterwards, if any), never from
+that copy.
 ``recforge train --data events:PATH_OR_URL`` trains from the store.
 
 Passwords never leave this module: errors and ``repr`` name the database by its URL with
@@ -54,7 +54,7 @@ _events = sa.Table(
 )
 
 #: Users who asked to be forgotten, and when (a later post does not undo it: a model
-#: trained before that moment must not answer from their old data).
+#: may hold a copy of their old data).
 _forgotten = sa.Table(
     "forgotten", _metadata,
     sa.Column("user", sa.Text(), primary_key=True),

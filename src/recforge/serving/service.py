@@ -61,8 +61,9 @@ class RecommendationService:
         self._forgotten: set[str] = set()
         # Posted items per user, as model indices, kept in memory: the hot path must not
         # query the database (a SQLite read per request cost a third of the throughput).
-        self._posted: dict[str, np.ndarray] = {}
-        self._posted_values: dict[str, np.ndarray] = {}  # NaN where none was posted
+        # user -> (item indices, values; NaN where none was posted), replaced as one tuple so
+        # that a reader never sees the items of one post with the values of another
+        self._posted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         pop = torch.from_numpy(self.model.item_popularity_.astype(np.float32))
         self._popular = torch.argsort(pop, descending=True, stable=True)
         # Ids arrive as text (URL paths) or JSON values: one hash lookup on their string
@@ -135,11 +136,10 @@ class RecommendationService:
         u, key = self._lookup(user)
         if key in self._forgotten:
             u = -1
-        posted = self._posted_items(key)
+        posted, vals = self._posted_entry(key)
         if u < 0 and len(posted) and m.supports_history:
-            vals = self._posted_value_of(key)
             res = self.recommend_history(m.items_.ids[posted].tolist(), k,
-                                         vals.tolist() if np.isfinite(vals).all() else None)
+                                         self._fold_in_values(vals))
             return {"user": user, "items": res["items"], "fallback": "history"}
         if u < 0:
             top = self._popular[:min(k, m.n_items)].numpy()
@@ -179,25 +179,13 @@ class RecommendationService:
         if self.events is None:
             return
         with self._write_lock:
-            # users forgotten after this model was made: it still holds their data
-            made = self._model_created()
-            self._forgotten = {self._lookup(u)[1] for u, at in
-                               self.events.forgotten_at().items()
-                               if made is None or at >= made}
-            self._posted, self._posted_values = {}, {}
+            # A forgotten user is never answered from a model's data: any model may have
+            # been trained on a copy of their events (only the store's copy is deleted).
+            self._forgotten = {self._lookup(u)[1] for u in self.events.forgotten()}
+            self._posted = {}
             for user, pairs in self.events.all_user_values().items():
                 self._remember(self._lookup(user)[1], [i for i, _ in pairs],
                                [v for _, v in pairs])
-
-    def _model_created(self) -> float | None:
-        """When the served model was saved (seconds since the epoch); None if unknown."""
-        import datetime as dt
-
-        created = self.meta.get("created")
-        try:
-            return dt.datetime.fromisoformat(str(created)).timestamp() if created else None
-        except ValueError:
-            return None
 
     def _remember(self, user_key: str, items: list[Any],
                   values: list[float | None] | None = None) -> None:
@@ -209,8 +197,7 @@ class RecommendationService:
                            for v in (values or [None] * len(items))], dtype=np.float64)
         keep = idx >= 0
         idx, vals = idx[keep].astype(np.int64), vals[keep]
-        old = self._posted.get(user_key, self._EMPTY)
-        old_vals = self._posted_values.get(user_key, np.full(len(old), np.nan))
+        old, old_vals = self._posted_entry(user_key)
         all_idx = np.concatenate([old, idx])
         all_vals = np.concatenate([old_vals, vals])
         merged = np.unique(all_idx)
@@ -218,26 +205,39 @@ class RecommendationService:
         where = np.searchsorted(merged, all_idx)
         given = ~np.isnan(all_vals)
         out[where[given]] = all_vals[given]  # in order: the latest given value stays
-        self._posted[user_key] = merged
-        self._posted_values[user_key] = out
+        self._posted[user_key] = (merged, out)
 
-    def _posted_value_of(self, user_key: str) -> np.ndarray:
-        """The values of the user's posted items (aligned with ``_posted_items``)."""
-        return self._posted_values.get(user_key,
-                                       np.full(len(self._posted_items(user_key)), np.nan))
+    _NO_POSTS = (np.empty(0, np.int64), np.empty(0, np.float64))
+
+    def _posted_entry(self, user_key: str) -> tuple[np.ndarray, np.ndarray]:
+        """The user's posted item indices and their values (NaN: none posted)."""
+        return self._posted.get(user_key, self._NO_POSTS)
+
+    def _fold_in_values(self, vals: np.ndarray) -> list[float] | None:
+        """Posted values for a fold-in: only a rating model reads them (others take
+        weights of their own kind, e.g. positive confidences), and an item posted without
+        one counts as rated at the top of the model's range."""
+        m = self.model
+        if not m.predicts_ratings or not np.isfinite(vals).any():
+            return None
+        top = float(getattr(m, "rating_range_", (0.0, np.nanmax(vals)))[1])
+        return np.where(np.isfinite(vals), vals, top).tolist()
 
     def _posted_items(self, user_key: str) -> np.ndarray:
         """Model indices of the items this user posted to the event store."""
-        return self._posted.get(user_key, self._EMPTY)
+        return self._posted_entry(user_key)[0]
 
     def add_events(self, events: list[tuple[Any, Any, float | None, int | None]]) -> int:
         if self.events is None:
             raise ModelError("this server has no event store (start it without --no-events)")
         with self._write_lock:
+            # stored under the id as the model writes it ("1.0" and "01" are user 1), so
+            # that a DELETE under any spelling finds every event of the user
+            events = [(self._lookup(e[0])[1], *e[1:]) for e in events]
             n = self.events.append(events)  # a forgotten user stays cut off from the model
             by_user: dict[str, list[Any]] = {}
             for e in events:
-                by_user.setdefault(self._lookup(e[0])[1], []).append(e)
+                by_user.setdefault(e[0], []).append(e)
             for user, rows in by_user.items():
                 self._remember(user, [e[1] for e in rows], [e[2] for e in rows])
         return n
@@ -246,11 +246,14 @@ class RecommendationService:
         if self.events is None:
             raise ModelError("this server has no event store (start it without --no-events)")
         with self._write_lock:
-            n = self.events.delete_user(user)
             key = self._lookup(user)[1]
+            n = self.events.delete_user(key)
+            # events an earlier version stored under another spelling of the same user
+            for other in {str(user)} | set(self.events.all_user_items()):
+                if other != key and self._lookup(other)[1] == key:
+                    n += self.events.delete_user(other)
             self._forgotten.add(key)
             self._posted.pop(key, None)
-            self._posted_values.pop(key, None)
         return n
 
     def recommend_users(self, users: list[Any], k: int = 10, include_seen: bool = False
@@ -336,16 +339,18 @@ class RecommendationService:
                 entry["title"] = self._titles[i]
         return {"query": query, "total": len(hits), "items": out}
 
-    def _history_indices(self, user: Any) -> tuple[int, np.ndarray, np.ndarray]:
-        """``(u, training, posted)``: the user's model index (-1: unknown or forgotten), the
-        model indices of its training items and of the items it posted since."""
+    def _history_indices(self, user: Any
+                         ) -> tuple[int, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """``(u, training, (posted, values))``: the user's model index (-1: unknown or
+        forgotten), the model indices of its training items, of the items it posted since and
+        their values."""
         u, key = self._lookup(user)
         if key in self._forgotten:
             u = -1
         seen = self.model.seen_
         training = (seen.indices[seen.indptr[u]:seen.indptr[u + 1]].astype(np.int64)
                     if u >= 0 else self._EMPTY)
-        return u, training, self._posted_items(key)
+        return u, training, self._posted_entry(key)
 
     def history(self, user: Any, limit: int = 50) -> dict[str, Any]:
         """What the model knows of ``user``: items posted to the event store since training
@@ -353,12 +358,12 @@ class RecommendationService:
         first. An unknown (or forgotten) user has ``"known": false`` and no training items."""
         limit = self._check_k(limit)
         m = self.model
-        u, training, posted = self._history_indices(user)
+        u, training, (posted, posted_values) = self._history_indices(user)
         values = (m.seen_.data[m.seen_.indptr[u]:m.seen_.indptr[u + 1]] if u >= 0
                   else np.empty(0, np.float32))
         is_fresh = ~np.isin(posted, training)
         fresh = posted[is_fresh]
-        fresh_values = self._posted_value_of(self._lookup(user)[1])[is_fresh]
+        fresh_values = posted_values[is_fresh]
         order = np.lexsort((training, -m.item_popularity_[training], -values))
         rows = ([(int(i), None if np.isnan(v) else float(v), "events")
                  for i, v in zip(fresh.tolist(), fresh_values.tolist(), strict=True)]
@@ -382,7 +387,7 @@ class RecommendationService:
         items = result["items"]
         for entry in items:
             entry["because"] = None
-        _, training, posted = self._history_indices(user)
+        _, training, (posted, _) = self._history_indices(user)
         hist = np.unique(np.concatenate([training, posted]))
         if not items or not len(hist) or result.get("fallback") == "popular":
             return result
