@@ -817,3 +817,17 @@ def test_delete_under_any_spelling_and_values_only_for_rating_models(random_data
     c.post("/interactions", json={"events": [{"user": "neg", "item": item, "value": -1.0}]})
     res = c.get("/users/neg/recommendations")
     assert res.status_code == 200 and res.json()["fallback"] == "history"
+
+
+def test_the_service_and_the_library_order_ties_alike(random_data):
+    """pop scores many items alike: the HTTP answer must be the library's, items and order
+    (the service took torch.topk's order, the library the popular first)."""
+    model = create_model("pop").fit(random_data)
+    c = TestClient(create_app(model))
+    for user in random_data.users.ids[:5]:
+        lib = model.recommend([user], k=10)["item"].tolist()
+        assert [x["item"] for x in c.get(f"/users/{user}/recommendations").json()["items"]] == lib
+        batch = c.post("/recommendations", json={"users": [int(user)]}).json()["results"][0]
+        assert [x["item"] for x in batch["items"]] == lib
+    unknown = model.recommend([10**9], k=10, unknown="popular")["item"].tolist()
+    assert [x["item"] for x in c.get("/users/nobody/recommendations").json()["items"]] == unknown

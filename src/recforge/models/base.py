@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -256,19 +256,18 @@ class Recommender:
 
     def iter_top_k(self, users: np.ndarray, k: int, *, exclude: sp.csr_matrix | None = None,
                    candidates: np.ndarray | None = None, batch_size: int | None = None,
-                   item_order: np.ndarray | None = None, tie_seed: int | None = None,
+                   tie_rank: np.ndarray | None = None, tie_seed: int | None = None,
                    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """Top-``k`` item indices and scores for internal user indices, in blocks.
 
         Yields ``(user_block, item_idx [B, k], scores [B, k])``. Items stored in
         ``exclude[user]`` get ``-inf`` before the top-k (so they come last, with score
         ``-inf``, only when fewer than ``k`` items remain). ``candidates`` restricts the
-        ranking to those item indices. Equal scores are taken and ordered by position in
-        ``item_order`` (a permutation of the item indices; ``recommend`` passes the items
-        by popularity), or with ``tie_seed`` in a pseudo-random order of each (user, item)
-        pair, the same however users are batched (the evaluation does:
-        a model that scores many items alike gets what chance gives, not the lowest ids);
-        with neither, as ``torch.topk`` leaves them.
+        ranking to those item indices. Equal scores are taken and ordered by ``tie_rank``
+        (each item's rank, lower first; ``recommend`` passes popularity ranks), or with
+        ``tie_seed`` in a pseudo-random order of each (user, item) pair, the same however
+        users are batched (the evaluation does: a model that scores many items alike gets
+        what chance gives, not the lowest ids); with neither, as ``torch.topk`` leaves them.
         """
         self._check_fitted()
         users = np.asarray(users, dtype=np.int64)
@@ -279,11 +278,11 @@ class Recommender:
             cand_mask[torch.as_tensor(np.asarray(candidates, dtype=np.int64))] = False
             k = min(k, n_items - int(cand_mask.sum()))
         k = min(k, n_items)
-        order = None
-        if item_order is not None:
-            order = torch.as_tensor(np.asarray(item_order, dtype=np.int64))
-            if order.shape != (n_items,):
-                raise ConfigError(f"item_order must be a permutation of the {n_items} items")
+        rank = None
+        if tie_rank is not None:
+            rank = torch.as_tensor(np.asarray(tie_rank, dtype=np.int64))
+            if rank.shape != (n_items,):
+                raise ConfigError(f"tie_rank must give a rank to each of the {n_items} items")
         block = self._block_size(batch_size)
         for start in range(0, len(users), block):
             ub = users[start:start + block]
@@ -292,12 +291,11 @@ class Recommender:
                 mask_rows(scores, exclude, ub)
             if cand_mask is not None:
                 scores[:, cand_mask] = -math.inf
-            if order is not None:  # ties fall by position in the order
-                pos, vals = _top_k_ties_in_order(scores[:, order], k)
-                yield ub, order[pos], vals
+            if rank is not None:
+                yield ub, *_top_k_ties_in_order(scores, k, rank_ties(rank))
             elif tie_seed is not None:
-                pos, vals = _top_k_ties_in_order(scores, k, torch.from_numpy(ub), tie_seed)
-                yield ub, pos, vals
+                yield ub, *_top_k_ties_in_order(
+                    scores, k, random_ties(torch.from_numpy(ub), n_items, tie_seed))
             else:
                 top = torch.topk(scores, k, dim=1, sorted=True)
                 yield ub, top.indices, top.values
@@ -344,13 +342,15 @@ class Recommender:
         ext[known] = self.users_.ids[idx[known]]
         frames = []
         pos = np.flatnonzero(known)
+        fallback = unknown == "popular" and bool((~known).any())
         # equal scores (a short history, a cold item) are ordered by popularity
         for ub, items, scores in self.iter_top_k(idx[known], int(k), exclude=exclude,
                                                  candidates=cand_idx, batch_size=batch_size,
-                                                 item_order=self._popularity_order()):
-            frames.append(self._frame(ext[pos[:len(ub)]], items, scores, pos[:len(ub)]))
+                                                 tie_rank=self._popularity_rank()):
+            frames.append(self._frame(ext[pos[:len(ub)]], items, scores,
+                                      pos[:len(ub)] if fallback else None))
             pos = pos[len(ub):]
-        if unknown == "popular" and (~known).any():
+        if fallback:
             frames.append(self._popular_frame(ext[~known], int(k), cand_idx,
                                               np.flatnonzero(~known)))
         if not frames:
@@ -358,14 +358,29 @@ class Recommender:
                                  "item": pd.Series([], dtype=object),
                                  "rank": pd.Series([], dtype=np.int64),
                                  "score": pd.Series([], dtype=np.float32)})
-        out = pd.concat(frames, ignore_index=True)
-        if unknown == "popular" and (~known).any():  # back in the order the users came in
+        out = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        if fallback:  # back in the order the users came in
             out = out.iloc[np.argsort(out["_pos"].to_numpy(), kind="stable")]
-        return out.drop(columns="_pos").reset_index(drop=True)
+            out = out.drop(columns="_pos").reset_index(drop=True)
+        return out
 
     def _popularity_order(self) -> np.ndarray:
-        """Item indices from the most to the least popular (ties: by index)."""
-        return np.argsort(-self.item_popularity_, kind="stable")
+        """Item indices from the most to the least popular (ties: by index); computed once
+        per fit (a fitted attribute, so a refit drops it)."""
+        order = getattr(self, "popularity_order_", None)
+        if order is None or len(order) != len(self.item_popularity_):
+            order = np.argsort(-self.item_popularity_, kind="stable")
+            self.popularity_order_ = order
+        return order
+
+    def _popularity_rank(self) -> np.ndarray:
+        """Each item's place in :meth:`_popularity_order` (0: the most popular)."""
+        rank = getattr(self, "popularity_rank_", None)
+        if rank is None or len(rank) != len(self.item_popularity_):
+            rank = np.empty(len(self.item_popularity_), dtype=np.int64)
+            rank[self._popularity_order()] = np.arange(len(rank))
+            self.popularity_rank_ = rank
+        return rank
 
     # ----------------------------------------------------------------------------------
     # users the model never saw
@@ -430,9 +445,9 @@ class Recommender:
             mask = torch.ones(scores.shape[1], dtype=torch.bool)
             mask[torch.from_numpy(cand)] = False
             scores[0, mask] = -math.inf
-        order = torch.from_numpy(self._popularity_order())  # ties: as recommend orders them
-        pos, vals = _top_k_ties_in_order(scores[:, order], min(int(k), scores.shape[1]))
-        frame = self._frame(np.zeros(1, dtype=object), order[pos], vals).drop(columns="user")
+        ties = rank_ties(torch.from_numpy(self._popularity_rank()))  # as recommend has them
+        pos, vals = _top_k_ties_in_order(scores, min(int(k), scores.shape[1]), ties)
+        frame = self._frame(np.zeros(1, dtype=object), pos, vals).drop(columns="user")
         frame.attrs["unknown_items"] = bad.tolist()
         return frame
 
@@ -470,15 +485,13 @@ class Recommender:
 
     def _popular_frame(self, ext_users: np.ndarray, k: int, cand_idx: np.ndarray | None,
                        positions: np.ndarray | None = None) -> pd.DataFrame:
-        pop = torch.from_numpy(self.item_popularity_.copy())
+        order = self._popularity_order()  # the most popular first, ties by index
         if cand_idx is not None:
-            mask = torch.ones_like(pop, dtype=torch.bool)
-            mask[torch.from_numpy(cand_idx)] = False
-            pop[mask] = -math.inf
-        top = torch.topk(pop, min(k, len(pop)))
+            order = order[np.isin(order, cand_idx)]
+        top = torch.from_numpy(order[:k].copy())
+        vals = torch.from_numpy(self.item_popularity_[order[:k]].copy())
         n = len(ext_users)
-        return self._frame(ext_users, top.indices.repeat(n, 1), top.values.repeat(n, 1),
-                           positions)
+        return self._frame(ext_users, top.repeat(n, 1), vals.repeat(n, 1), positions)
 
     # ----------------------------------------------------------------------------------
     # item-item
@@ -519,7 +532,7 @@ class Recommender:
         ext = self.items_.ids[idx].astype(object)  # the vocabulary's own type ("1" -> 1)
         k = min(int(k), self.n_items - 1)
         block = self._block_size(batch_size)
-        order = torch.from_numpy(self._popularity_order())  # equal scores: the popular first
+        ties = rank_ties(torch.from_numpy(self._popularity_rank()))  # equal: the popular first
         frames = []
         for start in range(0, len(idx), block):
             ib = torch.from_numpy(idx[start:start + block])
@@ -527,8 +540,8 @@ class Recommender:
                 sims = self._item_similarity(ib).float().clone()
             sims[torch.arange(len(ib)), ib] = -math.inf
             sims[sims == 0] = -math.inf
-            pos, vals = _top_k_ties_in_order(sims[:, order], k)
-            f = self._frame(ext[start:start + block], order[pos], vals)
+            pos, vals = _top_k_ties_in_order(sims, k, ties)
+            f = self._frame(ext[start:start + block], pos, vals)
             frames.append(f.rename(columns={"user": "item", "item": "similar"}))
         return pd.concat(frames, ignore_index=True)
 
@@ -730,29 +743,51 @@ class Recommender:
         return model
 
 
-_M31 = (1 << 31) - 1
+#: ``key(rows, cols)``: the tie-break keys (smaller first) of those rows at those columns
+#: (``[R, C]``), or at every column when ``cols`` is None (``[R, n]``).
+TieKey = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
-def _tie_keys(rows: torch.Tensor, cols: torch.Tensor, seed: int) -> torch.Tensor:
-    """A pseudo-random 31-bit key for each (row id, column) pair: the same pair always
-    draws the same key, whatever the batch it falls in (a multiplicative hash)."""
-    h = (rows.to(torch.int64)[:, None] * 0x9E3779B1 + cols.to(torch.int64) * 0x85EBCA77
-         + (int(seed) * 0x27D4EB2F & _M31)) & _M31
-    h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & _M31
-    h = ((h ^ (h >> 12)) * 0x297A2D39) & _M31
-    return h ^ (h >> 15)
+def rank_ties(rank: torch.Tensor) -> TieKey:
+    """Ties go to the item of lower ``rank`` (``rank[item]``; e.g. 0 for the most popular)."""
+    n = len(rank)
+
+    def key(rows: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+        return rank.expand(len(rows), n) if cols is None else rank[cols]
+
+    return key
 
 
-def _top_k_ties_in_order(scores: torch.Tensor, k: int, row_ids: torch.Tensor | None = None,
-                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def random_ties(row_ids: torch.Tensor, n_items: int, seed: int) -> TieKey:
+    """Ties in a pseudo-random order of each (row id, item): a seeded permutation of the
+    items, rotated by an offset drawn from the row id (a user), so that the same user and
+    item always draw the same, however users are batched, and users draw apart."""
+    n = max(n_items, 1)
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=gen).to(torch.int32)
+    ids = row_ids.to(torch.int64)
+    offset = ((ids * 0x9E3779B1 + (int(seed) & 0x7FFFFFFF)) & 0x7FFFFFFF)
+    offset = (((offset ^ (offset >> 15)) * 0x2C1B3C6D & 0x7FFFFFFF) % n).to(torch.int32)
+
+    def key(rows: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+        # (perm[col] + offset[row]) mod n, int32, the mod as one conditional subtraction;
+        # a whole row needs no gather
+        k = (perm if cols is None else perm[cols]) + offset[rows].unsqueeze(-1)
+        return torch.where(k >= n, k - n, k)
+
+    return key
+
+
+def _top_k_ties_in_order(scores: torch.Tensor, k: int, tie_key: TieKey | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Column positions and values of each row's ``k`` largest scores, sorted by value.
 
     ``torch.topk`` leaves ties unordered (in practice it favours low columns). Here equal
-    scores are taken and listed in column order, as a stable sort would, or, given
-    ``row_ids`` (e.g. user indices), in a pseudo-random order drawn for each (row id,
-    column) pair from ``seed``, the same however the rows are batched. The cost is a
-    ``topk`` of ``k + 1``; only rows whose k-th value is tied with values left out take a
-    pass over the whole row (rare with continuous scores, every row for a constant scorer).
+    scores are taken and listed by ``tie_key(rows, cols)`` (smaller first; default: the
+    column, as a stable sort would). The cost is a ``topk`` of ``k + 1`` and sorts of ``k``
+    values; only rows whose k-th value is tied with values left out take a pass over the
+    whole row (rare with continuous scores, every row for a constant scorer). NaN scores
+    rank last.
     """
     rows, n = scores.shape
     if k == 0 or rows == 0:
@@ -767,11 +802,11 @@ def _top_k_ties_in_order(scores: torch.Tensor, k: int, row_ids: torch.Tensor | N
         sub, kth = scores[crossing], vals[crossing, -1:]
         greater, tied = sub > kth, sub == kth
         need = k - greater.sum(dim=1, keepdim=True)
-        if row_ids is None:  # the first ones in column order
+        if tie_key is None:  # the first ones in column order
             chosen = greater | (tied & (tied.cumsum(dim=1) <= need))
         else:  # those with the smallest keys
-            keys = torch.where(tied, _tie_keys(row_ids[crossing], torch.arange(n), seed),
-                               _M31 + 1)
+            keys = tie_key(crossing, None)
+            keys = keys.masked_fill(~tied, torch.iinfo(keys.dtype).max)
             m = int(need.max())
             first = torch.topk(keys, m, dim=1, largest=False).indices
             chosen = greater.clone()
@@ -779,11 +814,12 @@ def _top_k_ties_in_order(scores: torch.Tensor, k: int, row_ids: torch.Tensor | N
             chosen |= greater
         pos = pos.clone()
         pos[crossing] = chosen.nonzero()[:, 1].reshape(len(crossing), k)
-    # order by value; equal values by column, or by key
-    if row_ids is None:
+    # order by value; equal values by key
+    if tie_key is None:
         pos = torch.sort(pos, dim=1).values
     else:
-        pos = pos.gather(1, _tie_keys(row_ids, pos, seed).argsort(dim=1))
+        keys = tie_key(torch.arange(rows), pos)
+        pos = pos.gather(1, torch.sort(keys, dim=1, stable=True).indices)
     vals = scores.gather(1, pos)
     by_value = torch.sort(vals, dim=1, descending=True, stable=True).indices
     return pos.gather(1, by_value), vals.gather(1, by_value)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from recforge.errors import ConfigError, ModelError
-from recforge.models.base import Recommender
+from recforge.models.base import Recommender, _top_k_ties_in_order, rank_ties
 
 __all__ = ["RecommendationService", "NotFound"]
 
@@ -64,8 +64,9 @@ class RecommendationService:
         # user -> (item indices, values; NaN where none was posted), replaced as one tuple so
         # that a reader never sees the items of one post with the values of another
         self._posted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        pop = torch.from_numpy(self.model.item_popularity_.astype(np.float32))
-        self._popular = torch.argsort(pop, descending=True, stable=True)
+        self._popular = torch.from_numpy(self.model._popularity_order().copy())
+        # equal scores: the more popular item first, as the library's recommend has them
+        self._ties = rank_ties(torch.from_numpy(self.model._popularity_rank().copy()))
         # Ids arrive as text (URL paths) or JSON values: one hash lookup on their string
         # form (Vocabulary.index's type coercion costs ~0.3 ms per call).
         import pandas as pd
@@ -165,9 +166,9 @@ class RecommendationService:
                 seen = np.concatenate([seen, posted])
             if len(seen):
                 scores[torch.from_numpy(seen.astype(np.int64))] = -math.inf
-        top = torch.topk(scores, min(k, scores.shape[0]))
+        pos, vals = _top_k_ties_in_order(scores[None], min(k, scores.shape[0]), self._ties)
         return {"user": _plain(m.users_.ids[u]),
-                "items": self._items(top.indices.numpy(), top.values.numpy()),
+                "items": self._items(pos[0].numpy(), vals[0].numpy()),
                 "fallback": None}
 
     _EMPTY = np.empty(0, np.int64)
@@ -267,7 +268,8 @@ class RecommendationService:
         known = np.flatnonzero(idx >= 0)
         exclude = None if include_seen else m.seen_
         pos = 0
-        for ub, items, scores in m.iter_top_k(idx[known], k, exclude=exclude):
+        for ub, items, scores in m.iter_top_k(idx[known], k, exclude=exclude,
+                                              tie_rank=m._popularity_rank()):
             for row in range(len(ub)):
                 j = known[pos + row]
                 out[j] = {"user": _plain(m.users_.ids[idx[j]]),
