@@ -831,3 +831,27 @@ def test_the_service_and_the_library_order_ties_alike(random_data):
         assert [x["item"] for x in batch["items"]] == lib
     unknown = model.recommend([10**9], k=10, unknown="popular")["item"].tolist()
     assert [x["item"] for x in c.get("/users/nobody/recommendations").json()["items"]] == unknown
+
+
+def test_a_failing_user_in_a_batch_gets_an_error_entry_and_the_json_stays_whole(
+        saved, random_data, monkeypatch):
+    from recforge.errors import ModelError
+    from recforge.serving.service import RecommendationService
+
+    real = RecommendationService.recommend_user
+
+    def fails_for_bad(self, user, *args, **kwargs):
+        if user == "bad":
+            raise ModelError("cannot answer 'bad'")
+        return real(self, user, *args, **kwargs)
+
+    monkeypatch.setattr(RecommendationService, "recommend_user", fails_for_bad)
+    c = TestClient(create_app(saved[1]))
+    users = [int(u) for u in random_data.users.ids] * 3
+    for where in (5, 120):  # in the first piece of 100 and in a later one
+        asked = users[:where] + ["bad"] + users[where:]
+        res = c.post("/recommendations", json={"users": asked, "k": 2})
+        results = res.json()["results"]  # parses: the stream is whole
+        assert res.status_code == 200 and len(results) == len(asked)
+        assert results[where] == {"user": "bad", "error": "cannot answer 'bad'"}
+        assert results[where + 1]["items"]

@@ -174,7 +174,15 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
     # A user in the model's vocabulary without a training event (a test file's new user,
     # when train and test files were read into one vocabulary) is unknown to it all the
     # same: ranked from an empty history, they would score what popularity or chance gives.
-    no_history = (tu >= 0) & (np.diff(model.seen_.indptr)[np.maximum(tu, 0)] == 0)
+    # (judged on ``train`` when given: an experiment passes every rating, so that models
+    # trained on the positives only and rating models are scored on the same users)
+    if train is None:
+        has_events = np.diff(model.seen_.indptr) > 0
+    else:
+        tr_users = model.users_.index(train.users.ids[np.unique(train.user)])
+        has_events = np.zeros(n_users, dtype=bool)
+        has_events[tr_users[tr_users >= 0]] = True
+    no_history = (tu >= 0) & ~has_events[np.maximum(tu, 0)]
     if no_history.any():
         notes.append(f"{len(np.unique(tid[no_history]))} test users without a training "
                      "event were skipped (as users unknown to the model)")

@@ -297,17 +297,30 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
         # A batch of 10,000 users x 1,000 items is hundreds of MB of JSON. Built whole, its
         # millions of objects (and one json.dumps holding the GIL for seconds) would stall
         # the event loop, /health included, and hold it all in memory: it is answered 100
-        # users at a time, each piece scored and encoded off the loop. The first piece is
-        # made before the answer starts, so that an error still gets its status code.
+        # users at a time, each piece scored and encoded off the loop. A user whose answer
+        # fails gets {"user", "error"} in its place (the status is sent with the first
+        # piece, so an error further on could not change it, and must not cut the JSON).
         users, piece = list(req.users), 100
-        first = await run_in_threadpool(svc.recommend_users, users[:piece], req.k,
-                                        req.include_seen)
+        k, include_seen = req.k, req.include_seen
+
+        def answer(chunk: list[Any]) -> list[dict[str, Any]]:
+            try:
+                return svc.recommend_users(chunk, k, include_seen)
+            except RecforgeError:  # find which: one by one
+                out: list[dict[str, Any]] = []
+                for u in chunk:
+                    try:
+                        out.extend(svc.recommend_users([u], k, include_seen))
+                    except RecforgeError as exc:
+                        out.append({"user": u, "error": str(exc)})
+                return out
+
+        first = await run_in_threadpool(answer, users[:piece])
 
         def encoded() -> Iterator[bytes]:
             yield ('{"results": [' + ", ".join(json.dumps(r) for r in first)).encode()
             for start in range(piece, len(users), piece):
-                part = svc.recommend_users(users[start:start + piece], req.k,
-                                           req.include_seen)
+                part = answer(users[start:start + piece])
                 yield (", " + ", ".join(json.dumps(r) for r in part)).encode()
             yield b"]}"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ MAX_K = 1000
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+#: Text that an integer vocabulary could read as one of its ids ("1.0", " 01", "1e3").
+_NUMBER_LIKE = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
 
 
 class RecommendationService:
@@ -125,6 +130,8 @@ class RecommendationService:
             loc = None
         if isinstance(loc, (int, np.integer)):
             return int(loc), text
+        if not self.model.users_.is_integer or not _NUMBER_LIKE.fullmatch(text):
+            return -1, text  # nothing to coerce: a miss at the cost of one lookup
         u = int(self.model.users_.index(np.asarray([user], dtype=object))[0])
         return (u, str(self.model.users_.ids[u])) if u >= 0 else (-1, text)
 
@@ -293,7 +300,8 @@ class RecommendationService:
         if self.model.items_.index(np.asarray([item], dtype=object))[0] < 0:
             raise NotFound(f"unknown item id {item!r}")
         frame = self.model.similar_items([item], k=min(k, self.model.n_items - 1))
-        return {"item": _plain(frame["item"].iloc[0]) if len(frame) else item,
+        own = self.model.items_.ids[self.model.items_.index(np.asarray([item], dtype=object))[0]]
+        return {"item": _plain(own),
                 "similar": self._by_ids(frame["similar"], frame["rank"], frame["score"])}
 
     # ----------------------------------------------------------------------------------
