@@ -29,7 +29,7 @@ from recforge.data.interactions import (
     UnknownPolicy,
     _plain,
 )
-from recforge.data.sharding import check_shard, owner_of_ids, user_shard
+from recforge.data.sharding import INTEGER_ID, check_shard, owner_of_ids, user_shard
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import DataError
 
@@ -47,7 +47,6 @@ __all__ = [
 ]
 
 _DUP_POLICIES = ("error", "first", "last", "sum", "max", "mean")
-_INT_RE = r"-?(?:0|[1-9][0-9]*)"
 _INT64_MAX = 2**63 - 1
 
 
@@ -167,7 +166,7 @@ def _ids(series: pd.Series, name: str, where: np.ndarray, source: str | None,
                             column=name, **{unit: int(where[i])})
         return arr.astype(np.int64)
     s = series.astype("string").str.strip()
-    if s.str.fullmatch(_INT_RE).all():
+    if s.str.fullmatch(INTEGER_ID).all():
         try:
             return s.astype("int64").to_numpy()
         except (OverflowError, ValueError):
@@ -865,7 +864,7 @@ def _read_adjacency_columns(path: Path, encoding: str) -> _Columns:
 
 def _adj_ids(tokens: np.ndarray, where: np.ndarray, src: str) -> np.ndarray:
     s = pd.Series(tokens, dtype="string")
-    is_int = s.str.fullmatch(_INT_RE).to_numpy(dtype=bool)
+    is_int = s.str.fullmatch(INTEGER_ID).to_numpy(dtype=bool)
     if is_int.all():
         return s.astype("int64").to_numpy()
     if is_int.mean() > 0.5:

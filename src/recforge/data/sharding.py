@@ -60,12 +60,13 @@ def owner_of_ids(ids: np.ndarray, world: int) -> np.ndarray:
     return (h % np.uint64(world)).astype(np.int32)
 
 
-_INT_RE = r"-?(?:0|[1-9][0-9]*)"  # what the readers turn into integer ids
+#: Text the readers turn into an integer id ("007" stays text: it would lose its zeros).
+INTEGER_ID = r"-?(?:0|[1-9][0-9]*)"
 
 
 def _integers_in_text(text: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
     """Positions and int64 values of the entries that are integers int64 holds."""
-    looks = text.str.fullmatch(_INT_RE).to_numpy(dtype=bool)
+    looks = text.str.fullmatch(INTEGER_ID).to_numpy(dtype=bool)
     if not looks.any():
         return None
     where = np.flatnonzero(looks)
