@@ -457,3 +457,37 @@ def test_two_machines_join_through_the_rendezvous(tmp_path):
     assert a.history_[-1]["steps"] == b.history_[-1]["steps"]
     for name, value in b.module_.state_dict().items():
         torch.testing.assert_close(a.module_.state_dict()[name], value, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_uneven_shards_are_reported_and_a_rank_of_new_validation_users_adds_nothing(tmp_path):
+    """Rank 1 owns few training users and only new validation users: the job trains, says
+    that every rank takes the smallest shard, and validates over rank 0's users (a rank
+    with no evaluable user used to fail the whole job)."""
+    import pandas as pd
+
+    from recforge.data.sharding import owner_of_ids
+
+    rng = np.random.default_rng(0)
+    users = np.arange(1, 400)
+    owner = owner_of_ids(users, 2)
+    rank0, rank1 = users[owner == 0], users[owner == 1]
+    rows = [(u, i) for u in rank0[:150] for i in rng.choice(60, 12, replace=False)]
+    rows += [(u, i) for u in rank1[:3] for i in rng.choice(60, 12, replace=False)]
+    train = tmp_path / "train.csv"
+    pd.DataFrame(rows, columns=["user", "item"]).to_csv(train, index=False)
+    fresh = [u for u in range(10_000, 10_400) if owner_of_ids(np.array([u]), 2)[0] == 1][:5]
+    valid_rows = [(u, int(rng.integers(60))) for u in rank0[:40]]
+    valid_rows += [(u, int(rng.integers(60))) for u in fresh]
+    valid = tmp_path / "valid.csv"
+    pd.DataFrame(valid_rows, columns=["user", "item"]).drop_duplicates().to_csv(valid,
+                                                                                index=False)
+    env = dict(os.environ, RECFORGE_DIST_TIMEOUT="120", OMP_NUM_THREADS="1")
+    proc = subprocess.run([*RECFORGE, "train", "bpr", "--data", str(train), "--valid",
+                           str(valid), "--out", str(tmp_path / "m"), "--nproc", "2",
+                           "-p", "epochs=2", "-p", "batch_size=64", "-p", "embedding_dim=8"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "shards are uneven" in proc.stderr + proc.stdout
+    model = Recommender.load(tmp_path / "m")
+    assert all("ndcg@20" in h for h in model.history_)
