@@ -241,7 +241,8 @@ class RecommendationService:
         with self._write_lock:
             # stored under the id as the model writes it ("1.0" and "01" are user 1), so
             # that a DELETE under any spelling finds every event of the user
-            events = [(self._lookup(e[0])[1], *e[1:]) for e in events]
+            key = {u: self._lookup(u)[1] for u in {e[0] for e in events}}  # once per user
+            events = [(key[e[0]], *e[1:]) for e in events]
             n = self.events.append(events)  # a forgotten user stays cut off from the model
             by_user: dict[str, list[Any]] = {}
             for e in events:
