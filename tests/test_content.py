@@ -294,3 +294,24 @@ def test_ratings_are_centred_whatever_the_first_stored_values():
     model = create_model("content").fit(data, item_features=F.categorical(items, genre, "g"))
     top = model.recommend([5000], k=2)["item"].tolist()
     assert top[0] == "c3"  # the comedy left, not the horror film
+
+
+def test_repeated_implicit_events_are_not_centred_as_ratings(tmp_path):
+    """A repeated event in implicit data summed to 2 beside 1s and switched centring on:
+    the comedy a user watched counted against comedies."""
+    frame = pd.DataFrame({"user": [1, 1, 2, 2],
+                          "item": ["drama1", "comedy1", "drama2", "comedy2"]})
+    data = Interactions.from_frame(frame)
+    data = data.concat(data.subset(np.array([0])))  # drama1 watched twice
+    genre = [str(i)[:-1] for i in data.items.ids]
+    model = create_model("content").fit(data, item_features=F.categorical(data.items, genre,
+                                                                           "genres"))
+    assert sorted(model.weights_[0].data.tolist()) == [1.0, 1.0]
+    scores = model.score([0]).numpy()[0]
+    np.testing.assert_allclose(scores, scores[0])  # one drama, one comedy watched: all equal
+    model.save(tmp_path / "m")
+    again = Recommender.load(tmp_path / "m")
+    np.testing.assert_allclose(again.score([0]).numpy()[0], scores)
+    # A history posted without values is not centred either.
+    hist = again.recommend_for_history(["drama1", "comedy1"], k=2)
+    assert len(hist) == 2

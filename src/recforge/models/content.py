@@ -126,6 +126,9 @@ class ContentBased(FeatureModelMixin, Recommender):
     def _fit(self, train: Interactions, valid: Interactions | None) -> None:
         item_features, _ = self._fit_features
         self.item_features_ = item_features
+        # Ratings are centred only when the training data has them: summed repeats of
+        # implicit events (or play counts) are not ratings.
+        self.rated_ = train.value is not None
         self._build_profiles()
 
     def _build_profiles(self) -> None:
@@ -135,16 +138,16 @@ class ContentBased(FeatureModelMixin, Recommender):
                      .astype(np.float32)) @ p
         self.profiles_ = p.tocsr().astype(np.float32)
         self._profiles_t = self.profiles_.T.tocsr()
-        self.weights_ = self._weights(self.seen_)
+        self.weights_ = self._weights(self.seen_, rated=self.rated_)
         pop = self.item_popularity_.astype(np.float64)
         self._pop_term = torch.from_numpy(
             (float(self.popularity_weight) * np.log1p(pop) / max(np.log1p(pop.max()), 1e-12))
             .astype(np.float32))
 
-    def _weights(self, hist: sp.csr_matrix) -> sp.csr_matrix:
+    def _weights(self, hist: sp.csr_matrix, rated: bool) -> sp.csr_matrix:
         """History weights: ratings centred per user, or ones for implicit data."""
         w = hist.tocsr().astype(np.float32, copy=True)
-        if not (self.centered and w.nnz and w.data.min() != w.data.max()):
+        if not (rated and self.centered and w.nnz and w.data.min() != w.data.max()):
             w.data[:] = 1.0
             return w
         counts = np.diff(w.indptr)
@@ -174,7 +177,8 @@ class ContentBased(FeatureModelMixin, Recommender):
 
     def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
         row = self._history_row(items, values, binary=values is None)
-        return self._scores_from_weights(self._weights(row)).ravel()
+        rated = values is not None and self.rated_
+        return self._scores_from_weights(self._weights(row, rated=rated)).ravel()
 
     def _item_similarity(self, items: torch.Tensor) -> torch.Tensor:
         block = self.profiles_[items.numpy()] @ self._profiles_t
@@ -227,8 +231,11 @@ class ContentBased(FeatureModelMixin, Recommender):
         return arrays
 
     def _extra(self) -> dict[str, Any]:
-        return _save_features("item_features", self.item_features_)[1]
+        return {**_save_features("item_features", self.item_features_)[1],
+                "rated": bool(self.rated_)}
 
     def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         self.item_features_ = _load_features("item_features", self.items_, state, extra)
+        # Models saved before "rated" was stored centred whenever the values differed.
+        self.rated_ = bool(extra.get("rated", True))
         self._build_profiles()
