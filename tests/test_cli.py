@@ -448,3 +448,11 @@ def test_hyperparameters_are_checked_before_the_data_is_read(tmp_path, capsys):
     code, _, err = run(["train", "bpr", "--data", tmp_path / "not-there.csv", "--out",
                         tmp_path / "m", "-p", "learning_rate=-1"], capsys)
     assert code == 2 and "learning_rate" in err and "not-there" not in err
+
+
+def test_help_shows_the_install_extras_in_brackets(capsys, monkeypatch):
+    """Rich read `[postgres]` in `pip install 'recforge[postgres]'` as a style tag."""
+    monkeypatch.setenv("COLUMNS", "300")
+    code, out, _ = run(["serve", "--help"], capsys)
+    assert code == 0
+    assert "recforge[postgres]" in out and "recforge[ann]" in out

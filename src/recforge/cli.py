@@ -494,12 +494,12 @@ def serve(
     events: str | None = typer.Option(None, "--events", help="Event store for POST "
                                       "/interactions: a SQLite file path or a SQLAlchemy URL "
                                       "(postgresql+psycopg://user@host/db; pip install "
-                                      "'recforge[postgres]'). Default: MODEL.events.sqlite "
+                                      "'recforge\\[postgres]'). Default: MODEL.events.sqlite "
                                       "beside the model directory."),
     no_events: bool = typer.Option(False, "--no-events", help="Serve without an event store."),
     index: str = typer.Option("exact", "--index", help="exact, or ivf: an approximate faiss "
                               "index for large catalogues (dot-product models; "
-                              "pip install 'recforge[ann]')."),
+                              "pip install 'recforge\\[ann]')."),
     n_probe: int = typer.Option(8, "--n-probe", help="Lists the ivf index scans per query."),
 ) -> None:
     """Serve recommendations over HTTP (OpenAPI docs at /docs)."""
