@@ -210,6 +210,23 @@ def test_to_interactions_and_training_from_the_store(target, tmp_path):
     assert Recommender.load(tmp_path / "m").n_users == data.n_users
 
 
+def test_events_posted_with_and_without_values_train_as_the_server_reads_them(target, caplog):
+    """A post without a value keeps the pair's earlier value; mixing the two made the
+    store untrainable ("missing value") and --duplicates was ignored."""
+    with EventStore(target) as store:
+        store.append([("a", "x", 4.0, None), ("a", "x", None, None),   # keeps 4
+                      ("a", "y", None, None), ("a", "y", 2.0, None),   # first value given later
+                      ("b", "x", 5.0, None), ("b", "z", None, None)])  # never valued
+    with caplog.at_level("WARNING"):
+        data = load_dataset(f"events:{target}")
+    assert "1 of 6 events" in caplog.text
+    frame = data.to_frame().sort_values(["user", "item"])
+    assert frame[["user", "item", "rating"]].values.tolist() == [
+        ["a", "x", 4.0], ["a", "y", 2.0], ["b", "x", 5.0]]
+    summed = load_dataset(f"events:{target}", duplicates="sum").to_frame()
+    assert sorted(summed["rating"].tolist()) == [4.0, 5.0, 8.0]
+
+
 def test_appends_from_many_threads(target):
     with EventStore(target) as store:
         def post(t: int) -> None:

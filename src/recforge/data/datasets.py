@@ -61,8 +61,11 @@ def load_dataset(spec: str | os.PathLike, *, format: str | None = None,
     if spec_s.startswith("events:"):  # the server's event store: a SQLite path or a URL
         from recforge.serving.events import EventStore
 
+        # A store receives repeated posts by design: "error" (the default elsewhere) means
+        # the server's own rule there, the latest event of a pair.
         with EventStore(spec_s[len("events:"):], create=False) as store:
-            data = store.to_interactions()
+            data = store.to_interactions(duplicates="last" if duplicates == "error"
+                                         else duplicates)
     elif is_named_dataset(spec_s):
         data = _load_named(spec_s, data_dir, download).interactions
     elif not Path(spec_s).exists():

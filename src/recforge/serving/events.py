@@ -18,6 +18,7 @@ the password replaced by ``***``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -33,6 +34,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from recforge.errors import DataError
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["EventStore", "mask_url"]
 
@@ -390,8 +393,27 @@ class EventStore:
             raise self._error("cannot read the event store", exc) from None
         if frame.empty:
             raise DataError("the event store holds no events", source=self.name)
+        if "rating" in frame and frame["rating"].isna().any():
+            frame = _fill_values(frame, self.name)
         return Interactions.from_frame(frame, duplicates=duplicates,  # type: ignore[arg-type]
                                        source=self.name)
+
+
+def _fill_values(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Events posted without a value among events with values, as the server reads them:
+    an event without a value keeps the value its (user, item) pair had before (or, for a
+    pair whose first events came without one, the first value given later). Pairs that
+    never got a value cannot join rated data: they are left out, with a warning."""
+    pairs = frame.groupby(["user", "item"], sort=False)["rating"]
+    rating = pairs.ffill().fillna(pairs.bfill())
+    frame = frame.assign(rating=rating)
+    left = frame["rating"].isna()
+    if left.any():
+        _log.warning("%s: %s of %s events belong to (user, item) pairs that were never "
+                     "posted with a value while other events were; they are left out of the "
+                     "rated training data", name, f"{int(left.sum()):,}", f"{len(frame):,}")
+        frame = frame.loc[~left].reset_index(drop=True)
+    return frame
 
     @staticmethod
     def ids(values: Iterable[Any]) -> list[str]:
