@@ -456,3 +456,17 @@ def test_help_shows_the_install_extras_in_brackets(capsys, monkeypatch):
     code, out, _ = run(["serve", "--help"], capsys)
     assert code == 0
     assert "recforge[postgres]" in out and "recforge[ann]" in out
+
+
+def test_unknown_users_error_names_the_cli_option(tmp_path, csv_files, capsys):
+    train, _ = csv_files
+    run(["train", "pop", "--data", train, "--out", tmp_path / "m"], capsys)
+    users = tmp_path / "users.txt"
+    users.write_text("0\n999999\n")
+    code, out, err = run(["recommend", "--model", tmp_path / "m", "--users", users,
+                          "--out", tmp_path / "r.csv"], capsys)
+    assert code == 2
+    assert "--unknown skip" in out + err and "unknown='skip'" not in out + err
+    code, _, _ = run(["recommend", "--model", tmp_path / "m", "--users", users,
+                      "--unknown", "skip", "--out", tmp_path / "r.csv"], capsys)
+    assert code == 0 and (tmp_path / "r.csv").exists()

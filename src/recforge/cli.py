@@ -24,7 +24,7 @@ from rich.table import Table
 
 from recforge import __version__
 from recforge._fs import atomic_path, atomic_write_text
-from recforge.errors import ConfigError, DataError, RecforgeError
+from recforge.errors import ConfigError, DataError, ModelError, RecforgeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="recforge: build, evaluate and serve recommender systems.")
@@ -570,6 +570,14 @@ def recommend(
         console.print(f"wrote {len(recs):,} recommendations for the history to {out}")
         return
     user_ids = est.users_.ids if users == "all" else _read_user_list(Path(users))
+    if unknown == "error":  # said in the CLI's words (the library's names its argument)
+        ids = np.asarray(user_ids, dtype=object)
+        bad = ids[est.users_.index(ids) < 0]
+        if len(bad):
+            shown = ", ".join(repr(x) for x in bad[:5].tolist())
+            raise ModelError(f"{len(bad)} unknown user id(s) in {users}: {shown}"
+                             f"{' ...' if len(bad) > 5 else ''}; use --unknown skip or "
+                             "--unknown popular to skip them or recommend popular items")
     recs = est.recommend(user_ids, k=k, include_seen=include_seen, unknown=unknown)  # type: ignore[arg-type]
     _write_frame(recs, out)
     console.print(f"wrote {len(recs):,} recommendations for {recs['user'].nunique():,} users "
