@@ -458,3 +458,18 @@ def test_what_reading_cannot_know_is_said_in_a_warning(tmp_path, caplog):
         both = a.concat(b)
     assert "count as 1.0" in caplog.text and "without timestamps" in caplog.text
     assert both.value.tolist() == [4.0, 1.0] and both.timestamp is None
+
+
+def test_a_misspelt_rating_or_timestamp_column_is_warned_about(tmp_path, caplog):
+    path = tmp_path / "events.csv"
+    pd.DataFrame({"user": [1, 2], "item": [3, 4], "ratng": [4.0, 5.0], "note": ["a", "b"]}
+                 ).to_csv(path, index=False)
+    with caplog.at_level("WARNING"):
+        data = Interactions.from_csv(path)
+    assert data.value is None
+    assert "'ratng' is not read; did you mean 'rating'" in caplog.text
+    assert "note" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        Interactions.from_csv(path, columns={"rating": "ratng"})
+    assert "not read" not in caplog.text

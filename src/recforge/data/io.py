@@ -90,7 +90,7 @@ class _Columns:
 
 
 def _resolve(frame_cols: Sequence[Any], columns: Mapping[str, str] | None,
-             source: str | None) -> dict[str, Any]:
+             source: str | None, warn: bool = True) -> dict[str, Any]:
     present = [str(c) for c in frame_cols]
     twice = sorted({c for c in present if present.count(c) > 1})
     if twice:
@@ -125,6 +125,20 @@ def _resolve(frame_cols: Sequence[Any], columns: Mapping[str, str] | None,
     used = [resolved[c] for c in resolved]
     if len(set(map(str, used))) != len(used):
         raise DataError(f"one column is mapped to two roles: {resolved}", source=source)
+    if warn:  # a misspelt rating or timestamp column would leave the data without them
+        taken = {str(c) for c in used}
+        for canon in ("rating", "timestamp"):
+            if canon in resolved:
+                continue
+            for col in present:
+                if col in taken:
+                    continue
+                hint = get_close_matches(col.lower(), COLUMN_ALIASES[canon], n=1, cutoff=0.8)
+                if hint:
+                    _log.warning("%s: column %r is not read; did you mean %r (the %s)? Name "
+                                 "it with --columns %s=%s", source or "data", col, hint[0],
+                                 canon, canon, col)
+                    break
     return resolved
 
 
@@ -622,7 +636,7 @@ def _read_csv_columns(path: Path, *, sep: str | None, header: bool | None,
         raise DataError("no interactions (the file has a header but no data rows)", source=src)
     if guessed_header and header:
         try:
-            _resolve(list(frame.columns), columns, src)
+            _resolve(list(frame.columns), columns, src, warn=False)
         except DataError as exc:
             raise DataError(f"{exc.detail} (the first line was taken as a header; if the "
                             "file has none, pass header=False, --no-header on the command "
