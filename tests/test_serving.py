@@ -84,6 +84,10 @@ def test_unknown_user_gets_popular_fallback(client, random_data):
     assert body["fallback"] == "popular" and len(body["items"]) == 3
     top = random_data.items.ids[np.argmax(random_data.item_counts())]
     assert body["items"][0]["item"] == top
+    assert random_data.users.is_integer  # an unknown integer id comes back as a number
+    for path in ("/users/99999/recommendations", "/users/99999/history"):
+        assert client.get(path).json()["user"] == 99999
+    assert client.get("/users/0099x/history").json()["user"] == "0099x"
 
 
 def test_batch_and_history(client, saved, random_data):

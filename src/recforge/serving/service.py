@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recforge.data.sharding import INTEGER_ID
 from recforge.errors import ConfigError, ModelError
 from recforge.models.base import Recommender, _top_k_ties_in_order, rank_ties
 
@@ -31,6 +32,7 @@ def _plain(value: Any) -> Any:
 
 #: Text that an integer vocabulary could read as one of its ids ("1.0", " 01", "1e3").
 _NUMBER_LIKE = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
+_INTEGER_ID = re.compile(INTEGER_ID)
 
 
 class RecommendationService:
@@ -135,6 +137,14 @@ class RecommendationService:
         u = int(self.model.users_.index(np.asarray([user], dtype=object))[0])
         return (u, str(self.model.users_.ids[u])) if u >= 0 else (-1, text)
 
+    def _echo(self, user: Any) -> Any:
+        """An unknown user's id as answers write it: in a model with integer ids, the text
+        of an integer comes back as a JSON number, like the known users' ids."""
+        if (isinstance(user, str) and self.model.users_.is_integer
+                and _INTEGER_ID.fullmatch(user) and -2**63 <= int(user) < 2**63):
+            return int(user)
+        return user
+
     def recommend_user(self, user: Any, k: int = 10, include_seen: bool = False
                        ) -> dict[str, Any]:
         """Top-``k`` for one user (external id); unknown users get the most popular items,
@@ -148,11 +158,12 @@ class RecommendationService:
         if u < 0 and len(posted) and m.supports_history:
             res = self.recommend_history(m.items_.ids[posted].tolist(), k,
                                          self._fold_in_values(vals))
-            return {"user": user, "items": res["items"], "fallback": "history"}
+            return {"user": self._echo(user), "items": res["items"], "fallback": "history"}
         if u < 0:
             top = self._popular[:min(k, m.n_items)].numpy()
             scores = m.item_popularity_[top]
-            return {"user": user, "items": self._items(top, scores), "fallback": "popular"}
+            return {"user": self._echo(user), "items": self._items(top, scores),
+                    "fallback": "popular"}
         if self._ann is not None:
             seen = (np.concatenate([m.seen_.indices[m.seen_.indptr[u]:m.seen_.indptr[u + 1]],
                                     posted]) if not include_seen else posted[:0])
@@ -386,7 +397,8 @@ class RecommendationService:
             if self._titles is not None:
                 entry["title"] = self._titles[i]
             out.append(entry)
-        return {"user": _plain(m.users_.ids[u]) if u >= 0 else user, "known": u >= 0,
+        return {"user": _plain(m.users_.ids[u]) if u >= 0 else self._echo(user),
+                "known": u >= 0,
                 "total": len(rows), "items": out}
 
     def explain(self, user: Any, result: dict[str, Any]) -> dict[str, Any]:
