@@ -470,3 +470,14 @@ def test_unknown_users_error_names_the_cli_option(tmp_path, csv_files, capsys):
     code, _, _ = run(["recommend", "--model", tmp_path / "m", "--users", users,
                       "--unknown", "skip", "--out", tmp_path / "r.csv"], capsys)
     assert code == 0 and (tmp_path / "r.csv").exists()
+
+
+def test_evaluate_says_each_note_once(tmp_path, capsys):
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [1, 2, 2, 3, 1]}).to_csv(train, index=False)
+    pd.DataFrame({"user": [1, 9], "item": [3, 1]}).to_csv(test, index=False)
+    assert run(["train", "pop", "--data", train, "--out", tmp_path / "m"], capsys)[0] == 0
+    code, out, err = run(["evaluate", "--model", tmp_path / "m", "--train", train,
+                          "--test", test, "--metrics", "recall@2"], capsys)
+    assert code == 0, err
+    assert (out + err).count("unknown to the model were skipped") == 1

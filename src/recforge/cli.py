@@ -614,6 +614,28 @@ def predict(
     console.print(f"wrote {len(result):,} predictions to {out}")
 
 
+def _evaluate_cli(est: Any, train_data: Any, test_data: Any, names: list[str], metrics: str,
+                  min_rating: float | None, protocol: str, n_negatives: int) -> Any:
+    from recforge.data.filters import to_implicit
+    from recforge.evaluation import evaluate
+
+    rating_metrics = [m for m in names if m.lower() in ("rmse", "mae")]
+    ranking_metrics = [m for m in names if m.lower() not in ("rmse", "mae")]
+    if min_rating is not None and ranking_metrics:
+        # ranking metrics count the test ratings >= --min-rating as relevant; RMSE / MAE
+        # are computed on every test rating (as `recforge run` does)
+        result = evaluate(est, train_data, to_implicit(test_data, min_rating),
+                          metrics=ranking_metrics, protocol=protocol,  # type: ignore[arg-type]
+                          n_negatives=n_negatives)
+        if rating_metrics:
+            errors = evaluate(est, train_data, test_data, metrics=rating_metrics)
+            result.summary.update(errors.summary)
+            result.notes.extend(n for n in errors.notes if n not in result.notes)
+        return result
+    return evaluate(est, train_data, test_data, metrics=metrics,  # type: ignore[arg-type]
+                    protocol=protocol, n_negatives=n_negatives)  # type: ignore[arg-type]
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     model: Path = typer.Option(..., "--model", help="Directory of a trained model."),
@@ -635,36 +657,29 @@ def evaluate_cmd(
         "names (default: guessed from the first lines)."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of delimited "
                                  "files, e.g. latin-1."),
-    data_dir: Path | None = typer.Option(None, "--data-dir"),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Directory holding extracted datasets (for dataset names)."),
     out: Path | None = typer.Option(None, "--out", help="Write the results as JSON."),
 ) -> None:
     """Evaluate a trained model on held-out data (full ranking by default)."""
     if out is not None:
         _check_out_file(out)
-    from recforge.data.filters import to_implicit
-    from recforge.evaluation import evaluate
-
     est = _load_model(model)
     parts = _read_specs(list(train) + [test], columns=columns, fmt=fmt, duplicates="error",
                         data_dir=data_dir, min_rating=None, header=header, encoding=encoding)
     test_data = parts.pop()
     train_data = parts[0].concat(*parts[1:]) if len(parts) > 1 else parts[0]
     names = [m.strip() for m in metrics.split(",") if m.strip()]
-    rating_metrics = [m for m in names if m.lower() in ("rmse", "mae")]
-    ranking_metrics = [m for m in names if m.lower() not in ("rmse", "mae")]
-    if min_rating is not None and ranking_metrics:
-        # ranking metrics count the test ratings >= --min-rating as relevant; RMSE / MAE
-        # are computed on every test rating (as `recforge run` does)
-        result = evaluate(est, train_data, to_implicit(test_data, min_rating),
-                          metrics=ranking_metrics, protocol=protocol,  # type: ignore[arg-type]
-                          n_negatives=n_negatives)
-        if rating_metrics:
-            errors = evaluate(est, train_data, test_data, metrics=rating_metrics)
-            result.summary.update(errors.summary)
-            result.notes.extend(n for n in errors.notes if n not in result.notes)
-    else:
-        result = evaluate(est, train_data, test_data, metrics=metrics,  # type: ignore[arg-type]
-                          protocol=protocol, n_negatives=n_negatives)  # type: ignore[arg-type]
+    # The notes are printed below with the table; the library also logs them (for Python
+    # users), which would say each one twice here.
+    quiet_notes = logging.getLogger("recforge.evaluation.evaluate")
+    level = quiet_notes.level
+    quiet_notes.setLevel(logging.WARNING)
+    try:
+        result = _evaluate_cli(est, train_data, test_data, names, metrics, min_rating,
+                               protocol, n_negatives)
+    finally:
+        quiet_notes.setLevel(level)
     rows = [{"metric": k, "value": v} for k, v in result.summary.items()]
     console.print(_metrics_table(f"{est.name} on {test} ({result.protocol} protocol, "
                                  f"{result.n_users:,} users, {result.seconds:.2f}s)",
