@@ -381,3 +381,31 @@ def test_training_files_share_the_duplicates_policy(tmp_path):
         prepare_data(load_config(write(tmp_path, base)))
     first = base.replace("test: " + str(t) + "}", "test: " + str(t) + ", duplicates: first}")
     assert len(prepare_data(load_config(write(tmp_path, first, "b.yaml"))).train) == 6
+
+
+def _learning_curve_titles(monkeypatch, tmp_path, runs):
+    from recforge.experiment import report
+
+    titles = []
+
+    def capture(fig, path):
+        titles.extend(ax.get_title() for ax in fig.axes)
+        report._plt().close(fig)
+
+    monkeypatch.setattr(report, "_save", capture)
+    assert report._plot_learning_curves(runs, tmp_path / "lc.png")
+    return titles
+
+
+def test_learning_curves_plot_the_validation_metric_not_timings(monkeypatch, tmp_path):
+    """The trainer's records hold sampling_seconds and steps before the validation metric:
+    the panel plots the model's valid_metric, and there is none without validation."""
+    history = [{"epoch": e, "loss": 1.0 / e, "seconds": 0.1, "sampling_seconds": 0.03,
+                "steps": 10, "lr": 0.01, "ndcg@20": 0.1 * e} for e in (1, 2, 3)]
+    run = {"label": "bpr", "seed": 0, "params": {"valid_metric": "ndcg@20"},
+           "history": history}
+    assert _learning_curve_titles(monkeypatch, tmp_path, [run]) == [
+        "training loss", "validation ndcg@20"]
+    no_valid = [{k: v for k, v in h.items() if k != "ndcg@20"} for h in history]
+    run = {**run, "history": no_valid}
+    assert _learning_curve_titles(monkeypatch, tmp_path, [run]) == ["training loss"]

@@ -75,24 +75,30 @@ def _plot_metrics(rows: list[dict[str, Any]], metrics: list[str], path: Path) ->
     return True
 
 
+def _valid_key(run: dict[str, Any]) -> str | None:
+    """The history key of the run's validation metric (its ``valid_metric``), or ``None``
+    when the run had no validation part (the trainer then records no such key; the other
+    keys, ``sampling_seconds``, ``steps``..., are timings and counters, not curves)."""
+    key = (run.get("params") or {}).get("valid_metric")
+    if not isinstance(key, str):
+        return None
+    history = run.get("history") or []
+    return key if any(key in h for h in history) else None
+
+
 def _plot_learning_curves(runs: list[dict[str, Any]], path: Path) -> bool:
     curves = [r for r in runs if r.get("history")]
     if not curves:
         return False
     plt = _plt()
-    valid_key = None
-    for r in curves:
-        valid_key = next((k for h in r["history"] for k in h
-                          if k not in ("epoch", "loss", "seconds", "lr")), None)
-        if valid_key:
-            break
+    valid_key = next((k for r in curves if (k := _valid_key(r))), None)
     ncols = 2 if valid_key else 1
     fig, axes = plt.subplots(1, ncols, figsize=(5.0 * ncols, 3.4), squeeze=False)
     for r in curves:
         label = r["label"] + (f" (seed {r['seed']})" if r.get("seed") is not None else "")
         epochs = [h["epoch"] for h in r["history"]]
         axes[0][0].plot(epochs, [h.get("loss", np.nan) for h in r["history"]], label=label)
-        if valid_key:
+        if valid_key and _valid_key(r) == valid_key:
             v = [h.get(valid_key, np.nan) for h in r["history"]]
             if np.isfinite(np.asarray(v, dtype=float)).any():
                 axes[0][1].plot(epochs, v, marker="o", ms=3, label=label)
