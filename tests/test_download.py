@@ -362,3 +362,44 @@ def test_load_downloads_into_the_cache(spec, server, monkeypatch, tmp_path):
     assert len(data.interactions) == 4
     load_movielens(mirrored, progress=False)  # found in the cache now
     assert server.count("ml-100k.zip") == 1
+
+
+def _damage_deflate(path: Path, member: str = "ml-100k/u.data") -> None:
+    """Give ``member``'s deflate stream an invalid block type (the central directory stays
+    intact, so only reading the member fails, with zlib.error rather than BadZipFile)."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(member)
+    data = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start] |= 0x06
+    path.write_bytes(bytes(data))
+
+
+def test_extract_zip_damaged_deflate_stream(tmp_path, fake_zip):
+    _damage_deflate(fake_zip)
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError, match="corrupt zip archive"):
+        extract_zip(fake_zip, dest)
+    assert _files(dest) == []
+
+
+def test_corrupt_deflate_cached_zip_is_downloaded_again(fake_zip, server, tmp_path):
+    spec = dataclasses.replace(get_spec("ml-100k"), md5=None, file_sha256={})
+    cache = tmp_path / "c"
+    cache.mkdir()
+    bad = cache / "ml-100k.zip"
+    bad.write_bytes(fake_zip.read_bytes())
+    _damage_deflate(bad)
+    folder = download_movielens(spec, cache=cache, url=f"{server.url}/ml-100k.zip",
+                                progress=False)
+    assert server.count("ml-100k.zip") == 1
+    assert (folder / "u.data").read_text() == FAKE_100K["u.data"]
+
+
+def test_corrupt_deflate_download_leaves_nothing(served, fake_zip, server, tmp_path):
+    spec = dataclasses.replace(get_spec("ml-100k"), md5=None, file_sha256={})
+    _damage_deflate(fake_zip)
+    with pytest.raises(DataError, match="corrupt zip archive"):
+        download_movielens(spec, cache=tmp_path / "c", url=f"{server.url}/ml-100k.zip",
+                           progress=False)
+    assert _files(tmp_path / "c") == []

@@ -27,6 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -180,6 +181,12 @@ def _unsafe_member(name: str) -> bool:
             or ".." in PurePosixPath(norm).parts)
 
 
+# What zipfile raises on a damaged archive (zlib.error: a broken deflate stream;
+# NotImplementedError: an unsupported compression method).
+_CORRUPT = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error,
+            NotImplementedError)
+
+
 def extract_zip(archive: str | os.PathLike, dest_dir: str | os.PathLike, *,
                 verify: Callable[[Path], None] | None = None) -> Path:
     """Extract a zip archive into ``dest_dir`` atomically and return ``dest_dir``.
@@ -192,7 +199,8 @@ def extract_zip(archive: str | os.PathLike, dest_dir: str | os.PathLike, *,
     Raises
     ------
     DataError
-        When the file is not a valid zip archive, or a member has an absolute path or a
+        When the file is not a valid zip archive or a member cannot be read back
+        (damaged data, bad CRC), or a member has an absolute path or a
         ``..`` component (it would be written outside ``dest_dir``).
     """
     archive = Path(archive)
@@ -211,12 +219,23 @@ def extract_zip(archive: str | os.PathLike, dest_dir: str | os.PathLike, *,
                                 "absolute path or '..' and would be written outside "
                                 f"{dest}", source=src)
         dest.mkdir(parents=True, exist_ok=True)
+        # Read every member (CRC included) before writing anything: a damaged deflate
+        # stream raises zlib.error, an unreadable file OSError, not BadZipFile. Reading
+        # only, an OSError here is the archive's, never a full disk's.
+        try:
+            bad = zf.testzip()
+        except _CORRUPT + (OSError,) as exc:
+            raise DataError(f"corrupt zip archive ({type(exc).__name__}: {exc})",
+                            source=src) from None
+        if bad is not None:
+            raise DataError(f"corrupt zip archive (bad CRC in {bad!r})", source=src)
         tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".extract", dir=dest))
         try:
             try:
                 zf.extractall(tmp)
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
-                raise DataError(f"corrupt zip archive ({exc})", source=src) from None
+            except _CORRUPT as exc:
+                raise DataError(f"corrupt zip archive ({type(exc).__name__}: {exc})",
+                                source=src) from None
             if verify is not None:
                 verify(tmp)
             for entry in sorted(tmp.iterdir()):
