@@ -409,3 +409,17 @@ def test_learning_curves_plot_the_validation_metric_not_timings(monkeypatch, tmp
     no_valid = [{k: v for k, v in h.items() if k != "ndcg@20"} for h in history]
     run = {**run, "history": no_valid}
     assert _learning_curve_titles(monkeypatch, tmp_path, [run]) == ["training loss"]
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"embedding_dim": "64"}, r"models\[1\] \(als\): als: embedding_dim must be a positive"),
+    ({"reg": True}, r"models\[1\] \(als\): reg must be a number, got True"),
+    ({"reg": float("nan")}, r"models\[1\] \(als\): als: reg must be a finite number"),
+])
+def test_bad_hyperparameters_fail_before_any_training(tmp_path, params, match):
+    cfg = parse_config({"data": {"source": "synthetic"},
+                        "models": ["pop", {"name": "als", "params": params}],
+                        "metrics": ["ndcg@10"]})
+    with pytest.raises(ConfigError, match=match):
+        run_experiment(cfg, tmp_path / "r")
+    assert not (tmp_path / "r" / "models").exists()

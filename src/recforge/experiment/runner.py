@@ -193,6 +193,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
     models = []
     for i, mc in enumerate(cfg.models):
         model = create_model(mc.name, **mc.params)
+        _check_params(model, mc.params, f"models[{i}] ({mc.display})")
         if model.predicts_ratings and getattr(model, "objective", "") == "rating" \
                 and data.train.value is None:
             raise ConfigError(f"models[{i}] ({mc.display}) predicts ratings, but the data has "
@@ -288,6 +289,25 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
                   + (", models/" if cfg.save_models else "") + ")", highlight=False)
     return ExperimentResult(rows=rows, runs=runs, per_user=per_user_all, out=out,
                             primary=primary)
+
+
+def _check_params(model: Any, given: dict[str, Any], where: str) -> None:
+    """The hyperparameter checks ``fit`` would make, before anything trains; and a bool for
+    a numeric parameter (``reg: true``, which Python takes for 1) is refused."""
+    import inspect
+
+    defaults = {p.name: p.default for p in inspect.signature(type(model).__init__)
+                .parameters.values() if p.name != "self"}
+    for key, value in given.items():
+        default = defaults.get(key, inspect.Parameter.empty)
+        if (isinstance(value, bool) and isinstance(default, (int, float))
+                and not isinstance(default, bool)):
+            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+    try:
+        model._check_finite_params()
+        model._validate_params()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _popularity_profile(model: Any, data: PreparedData, metrics: list[str],
