@@ -423,3 +423,16 @@ def test_bad_hyperparameters_fail_before_any_training(tmp_path, params, match):
     with pytest.raises(ConfigError, match=match):
         run_experiment(cfg, tmp_path / "r")
     assert not (tmp_path / "r" / "models").exists()
+
+
+def test_dataset_name_beside_a_directory_of_that_name_stays_a_name(tmp_path):
+    """An extracted ml-100k/ beside the YAML does not turn `source: ml-100k` into a path;
+    a file of that name, or any other relative source, is resolved against the YAML."""
+    (tmp_path / "ml-100k").mkdir()
+    path = write(tmp_path, "data: {source: ml-100k}\nmodels: [pop]\n")
+    assert load_config(path).data.source == "ml-100k"
+    path = write(tmp_path, "data: {source: events.csv}\nmodels: [pop]\n", "b.yaml")
+    assert load_config(path).data.source == str(tmp_path / "events.csv")
+    (tmp_path / "synthetic").write_text("user,item\n1,2\n")
+    path = write(tmp_path, "data: {source: synthetic}\nmodels: [pop]\n", "c.yaml")
+    assert load_config(path).data.source == str(tmp_path / "synthetic")

@@ -316,6 +316,21 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         d.train = [resolve(v) for v in d.train]
     elif d.train:
         d.train = resolve(d.train)
-    if d.source and not os.path.isabs(d.source) and (base / d.source).exists():
+    # A file beside the YAML wins; otherwise a dataset name stays a name, even when a
+    # directory of that name (an extracted copy of the dataset) sits beside the YAML.
+    if d.source and not os.path.isabs(d.source) and (
+            (base / d.source).is_file() or not _is_dataset_name(d.source)):
         d.source = str(base / d.source)
     return config
+
+
+def _is_dataset_name(value: str) -> bool:
+    if value == "synthetic":
+        return True
+    from recforge.data.movielens import get_spec
+
+    try:
+        get_spec(value)
+    except Exception:
+        return False
+    return True
