@@ -63,6 +63,14 @@ def files(tmp_path, random_data):
      "protocol: sampled\n", "protocol: 'sampled' with split.method cold_start_items"),
     ("data: {source: synthetic}\nsplit: {method: files}\nmodels: [ease]\n",
      "needs data.train and data.test"),
+    ("data: {source: ml-100k, test: t.csv}\nmodels: [ease]\n",
+     "data.test: only used with split.method 'files'"),
+    ("data: {source: ml-100k, valid: v.csv}\nsplit: {method: temporal}\nmodels: [ease]\n",
+     "data.valid: only used with split.method 'files'"),
+    ("data: {train: a.csv, test: t.csv, k_core: 5}\nsplit: {method: files}\nmodels: [ease]\n",
+     "data.k_core: not applied with split.method 'files'"),
+    ("data: {source: ml-100k, train: a.csv, test: t.csv}\nsplit: {method: files}\n"
+     "models: [ease]\n", "data.source: not used with split.method 'files'"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, match):
     path = write(tmp_path, text)

@@ -239,9 +239,24 @@ def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
     if split.method == "files":
         if not (data.train and data.test):
             raise _err(source, "data", "split.method 'files' needs data.train and data.test")
-    elif not data.source:
-        raise _err(source, "data.source", "missing: a dataset name or a file (or use "
-                                          "split.method 'files' with data.train / data.test)")
+        # keys that would be silently ignored with ready-made files
+        if data.source:
+            raise _err(source, "data.source", "not used with split.method 'files' (the data "
+                       "are data.train / data.valid / data.test); remove it")
+        if data.k_core:
+            raise _err(source, "data.k_core", "not applied with split.method 'files' (the "
+                       "split is given as is); filter the files beforehand or remove it")
+    else:
+        if not data.source:
+            raise _err(source, "data.source", "missing: a dataset name or a file (or use "
+                                              "split.method 'files' with data.train / "
+                                              "data.test)")
+        for key in ("train", "valid", "test"):
+            if getattr(data, key):
+                raise _err(source, f"data.{key}",
+                           f"only used with split.method 'files' (this experiment splits "
+                           f"data.source with {split.method!r}); set split.method: files "
+                           f"(without data.source) or remove it")
     models = _models(raw.get("models"), source)
     metrics = raw.get("metrics", ["ndcg@10", "recall@10"])
     if isinstance(metrics, str):
