@@ -71,6 +71,14 @@ def files(tmp_path, random_data):
      "data.k_core: not applied with split.method 'files'"),
     ("data: {source: ml-100k, train: a.csv, test: t.csv}\nsplit: {method: files}\n"
      "models: [ease]\n", "data.source: not used with split.method 'files'"),
+    ("name: '..'\ndata: {source: synthetic}\nmodels: [ease]\n", "name: expected a plain"),
+    ("name: '.'\ndata: {source: synthetic}\nmodels: [ease]\n", "name: expected a plain"),
+    ("data: {source: synthetic}\nmodels: [{name: ease, label: ../../x}]\n",
+     r"models\[0\].label: expected a plain name"),
+    ("data: {source: synthetic}\nmodels: [{name: ease, label: 'a\\b'}]\n",
+     r"models\[0\].label: expected a plain name"),
+    ("data: {source: synthetic}\nmodels: [{name: ease, label: ..}]\n",
+     r"models\[0\].label: expected a plain name"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, match):
     path = write(tmp_path, text)

@@ -216,6 +216,11 @@ def _models(raw: Any, source: str) -> list[ModelConfig]:
         label = entry.get("label")
         if label is not None and not isinstance(label, str):
             raise _err(source, f"{path}.label", "expected a string")
+        if label is not None and (not label or any(c in label for c in "/\\")
+                                  or ".." in label):
+            # the label names the model's folder under models/
+            raise _err(source, f"{path}.label", f"expected a plain name (no '/', '\\' or "
+                       f"'..': it names the folder models/LABEL), got {label!r}")
         out.append(ModelConfig(name=name, params=dict(params), label=label))
     labels = [m.display for m in out]
     dup = next((x for x in labels if labels.count(x) > 1), None)
@@ -287,8 +292,10 @@ def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
                        "cold-start split ranks among the held-out items, which needs the "
                        "full protocol")
     name = raw.get("name", "experiment")
-    if not isinstance(name, str) or not name or any(c in name for c in "/\\"):
-        raise _err(source, "name", f"expected a plain name (no slashes), got {name!r}")
+    if (not isinstance(name, str) or not name or any(c in name for c in "/\\")
+            or name in (".", "..")):
+        raise _err(source, "name", f"expected a plain folder name (no slashes, not '.' or "
+                                   f"'..'), got {name!r}")
     n_boot = raw.get("n_bootstrap", 1000)
     if not isinstance(n_boot, int) or isinstance(n_boot, bool) or n_boot < 10:
         raise _err(source, "n_bootstrap", "expected an integer >= 10")
