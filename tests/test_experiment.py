@@ -452,3 +452,55 @@ def test_dataset_name_beside_a_directory_of_that_name_stays_a_name(tmp_path):
     (tmp_path / "synthetic").write_text("user,item\n1,2\n")
     path = write(tmp_path, "data: {source: synthetic}\nmodels: [pop]\n", "c.yaml")
     assert load_config(path).data.source == str(tmp_path / "synthetic")
+
+
+def test_rerun_into_the_same_directory_leaves_no_stale_outputs(tmp_path, files):
+    train, test = files
+    base = f"""
+        name: re
+        data: {{train: {train}, test: {test}, min_rating: 3}}
+        split: {{method: files}}
+        metrics: [ndcg@10, coverage@10]
+        n_bootstrap: 20
+    """
+    out = tmp_path / "r"
+    first = write(tmp_path, base + """
+        models: [pop, ease, {name: als, params: {embedding_dim: 4, epochs: 1}}]
+        seeds: [0, 1]
+    """, "a.yaml")
+    run_experiment(load_config(first), out)
+    assert (out / "models" / "als" / "seed-1" / "meta.json").is_file()
+    (out / "notes.txt").write_text("mine")
+    (out / "models" / "mine").mkdir()
+    (out / "models" / "mine" / "x.txt").write_text("mine")
+    second = write(tmp_path, base.replace(", coverage@10", "") + """
+        models: [{name: als, params: {embedding_dim: 4, epochs: 1}}]
+        seeds: [0]
+        report: false
+    """, "b.yaml")
+    run_experiment(load_config(second), out)
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["als", "mine"]
+    assert (out / "models" / "als" / "meta.json").is_file()
+    assert not (out / "models" / "als" / "seed-0").exists()
+    for stale in ("report.html", "report.md", "coverage.png", "metrics.png"):
+        assert not (out / stale).exists(), stale
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "models" / "mine" / "x.txt").read_text() == "mine"
+    payload = json.loads((out / "results.json").read_text())
+    assert [r["model"] for r in payload["leaderboard"]] == ["als"]
+
+
+def test_run_refuses_a_model_folder_it_did_not_write_before_training(tmp_path, files):
+    train, test = files
+    out = tmp_path / "r"
+    (out / "models" / "pop").mkdir(parents=True)
+    (out / "models" / "pop" / "keep.txt").write_text("mine")
+    path = write(tmp_path, f"""
+        data: {{train: {train}, test: {test}}}
+        split: {{method: files}}
+        models: [ease, pop]
+    """)
+    with pytest.raises(Exception, match="not a saved recforge model"):
+        run_experiment(load_config(path), out)
+    assert not (out / "models" / "ease").exists()  # nothing trained
+    assert (out / "models" / "pop" / "keep.txt").read_text() == "mine"

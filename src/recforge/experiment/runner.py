@@ -204,6 +204,20 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
         models.append((mc, model))
     if rating_metrics and not any(m.predicts_ratings for _, m in models):
         raise ConfigError(f"metrics {rating_metrics} need a rating model (e.g. mf)")
+    # A re-run into the same directory (runs/NAME by default) starts from a clean slate:
+    # what an earlier run wrote (its models, plots, report) would otherwise sit beside the
+    # new results. Only recforge's own outputs are removed.
+    _clear_previous_run(out)
+    if cfg.save_models:
+        from recforge.models.base import check_model_target
+
+        for mc, template in models:
+            several = "seed" in template._param_names() and len(cfg.seeds) > 1
+            for seed in (cfg.seeds if several else [None]):
+                target = out / "models" / mc.display
+                check_model_target(target / f"seed-{seed}" if several else target)
+    atomic_write_text(out / RUN_MARKER, "written by recforge run; a re-run into this "
+                      "directory replaces the outputs of the previous one\n")
 
     runs: list[dict[str, Any]] = []
     per_user_frames: list[pd.DataFrame] = []
@@ -289,6 +303,50 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
                   + (", models/" if cfg.save_models else "") + ")", highlight=False)
     return ExperimentResult(rows=rows, runs=runs, per_user=per_user_all, out=out,
                             primary=primary)
+
+
+RUN_MARKER = ".recforge-run"
+_RUN_FILES = ("results.json", "results.csv", "per_user.parquet", "config.yaml", "report.md",
+              "report.html", "metrics.png", "learning_curves.png", "popularity.png",
+              "coverage.png", "per_user.png")
+
+
+def _is_saved_model(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and (path / "meta.json").is_file()
+
+
+def _clear_previous_run(out: Path) -> None:
+    """Remove the outputs of an earlier ``recforge run`` in ``out``: its files (by name)
+    and the saved models under ``models/`` (a model folder, or a folder of ``seed-N``
+    model folders). Anything else is left alone; a directory that no run wrote into
+    (neither the marker nor a results.json) is not touched at all."""
+    import json
+    import shutil
+
+    if not (out / RUN_MARKER).is_file():
+        try:
+            payload = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if not (isinstance(payload, dict) and "leaderboard" in payload):
+            return
+    for name in _RUN_FILES:
+        f = out / name
+        if f.is_file() or f.is_symlink():
+            f.unlink()
+    models = out / "models"
+    if not models.is_dir() or models.is_symlink():
+        return
+    for entry in models.iterdir():
+        if _is_saved_model(entry):
+            shutil.rmtree(entry)
+        elif entry.is_dir() and not entry.is_symlink():
+            children = list(entry.iterdir())
+            if children and all(c.name.startswith("seed-") and _is_saved_model(c)
+                                for c in children):
+                shutil.rmtree(entry)
+    if not any(models.iterdir()):
+        models.rmdir()
 
 
 def _check_params(model: Any, given: dict[str, Any], where: str) -> None:
