@@ -124,6 +124,9 @@ def test_run_writes_results_and_is_reproducible(tmp_path, files):
     payload = json.loads((out / "results.json").read_text())
     assert {r["model"] for r in payload["leaderboard"]} == {"pop", "ease", "bpr", "mf"}
     assert payload["versions"]["torch"] and payload["config"]["seeds"] == [0, 1]
+    assert payload["evaluation"] == {"primary": "NDCG@10", "protocol": "full",
+                                     "metrics": ["NDCG@10", "Recall@10", "RMSE"],
+                                     "excluded": "train", "candidates": None}
     runs = [(r["label"], r["seed"]) for r in payload["runs"]]
     assert ("bpr", 0) in runs and ("bpr", 1) in runs and ("ease", None) in runs
     best = payload["leaderboard"][0]
@@ -504,3 +507,31 @@ def test_run_refuses_a_model_folder_it_did_not_write_before_training(tmp_path, f
         run_experiment(load_config(path), out)
     assert not (out / "models" / "ease").exists()  # nothing trained
     assert (out / "models" / "pop" / "keep.txt").read_text() == "mine"
+
+
+def test_report_uses_the_runs_primary_metric_columns_and_protocol(tmp_path):
+    """RMSE ranks the leaderboard: the report's columns follow the config order and its
+    p-values are said to be on RMSE; the sampled protocol is described as such."""
+    from recforge.experiment.report import write_report
+
+    rows = [{"model": "mf", "name": "mf", "seeds": [0], "params": {},
+             "NDCG@10 (sampled 1+100)": 0.11, "RMSE": 0.95, "fit_s": 1.0, "eval_s": 0.1,
+             "rank": 1, "p_vs_best": None},
+            {"model": "pop", "name": "pop", "seeds": [], "params": {},
+             "NDCG@10 (sampled 1+100)": 0.18, "fit_s": 0.0, "eval_s": 0.1, "rank": 2,
+             "p_vs_best": None}]
+    payload = {"name": "rm", "data": "d", "leaderboard": rows, "runs": [],
+               "evaluation": {"primary": "RMSE", "metrics": ["RMSE", "NDCG@10 (sampled 1+100)"],
+                              "protocol": "sampled", "excluded": "train", "candidates": None}}
+    (tmp_path / "results.json").write_text(json.dumps(payload))
+    write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "paired t-test over users on RMSE" in md
+    assert "| # | model | RMSE | NDCG@10 (sampled 1+100) | fit s | p vs best |" in md
+    assert "Sampled evaluation" in md and "Full-ranking" not in md
+    payload["evaluation"] = {**payload["evaluation"], "protocol": "full",
+                             "excluded": "train+valid", "candidates": "held-out cold items"}
+    (tmp_path / "results.json").write_text(json.dumps(payload))
+    write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "training or validation excluded; ranking only the held-out cold items" in md

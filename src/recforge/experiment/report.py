@@ -9,7 +9,7 @@ display needed):
 - ``popularity.png``: the share of recommended slots per catalogue popularity decile,
   against the share of training interactions (popularity bias at a glance);
 - ``coverage.png``: catalogue coverage of the top-K lists, when measured;
-- ``per_user.png``: the distribution of the first metric over users, per model.
+- ``per_user.png``: the distribution of the primary (ranking) metric over users.
 
 The PNG files sit beside ``report.md``; ``report.html`` embeds them as data URIs, so it opens
 offline and can be mailed as one file.
@@ -171,6 +171,20 @@ def _table_rows(rows: list[dict[str, Any]], metrics: list[str]) -> tuple[list[st
             leaderboard_cells(rows, metrics, interval=True))
 
 
+def _protocol_text(ev: dict[str, Any]) -> str:
+    seen = ("items seen in training or validation" if ev.get("excluded") == "train+valid"
+            else "items seen in training")
+    if ev.get("protocol") == "sampled":
+        text = (f"Sampled evaluation: each held-out item ranked against randomly sampled "
+                f"negatives ({seen} excluded)")
+    else:
+        text = f"Full-ranking evaluation ({seen} excluded"
+        if ev.get("candidates"):
+            text += f"; ranking only the {ev['candidates']}"
+        text += ")"
+    return text + "."
+
+
 def write_report(out: str | Path) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and the PNG plots into ``out``; returns paths."""
     out = Path(out)
@@ -178,8 +192,12 @@ def write_report(out: str | Path) -> dict[str, Path]:
     per_user_path = out / "per_user.parquet"
     per_user = pd.read_parquet(per_user_path) if per_user_path.exists() else pd.DataFrame()
     rows, runs = payload["leaderboard"], payload["runs"]
-    metrics = _metric_columns(rows)
-    primary = metrics[0] if metrics else ""
+    ev = payload.get("evaluation") or {}
+    # the run's own ranking metric and column order (older results: the row keys)
+    found = _metric_columns(rows)
+    metrics = [m for m in ev.get("metrics") or found if m in found] or found
+    metrics += [m for m in found if m not in metrics]
+    primary = ev.get("primary") or (metrics[0] if metrics else "")
     plots = {
         "metrics.png": ("Metrics with 95% intervals", _plot_metrics(rows, metrics,
                                                                    out / "metrics.png")),
@@ -194,8 +212,8 @@ def write_report(out: str | Path) -> dict[str, Path]:
     made = [(name, title) for name, (title, ok) in plots.items() if ok]
     head, body = _table_rows(rows, metrics)
     versions = payload.get("versions", {})
-    intro = (f"Data: {payload.get('data', '')}. Full-ranking evaluation (items seen in "
-             f"training excluded). Each value: mean over test users [95% bootstrap interval]; "
+    intro = (f"Data: {payload.get('data', '')}. {_protocol_text(ev)} Models ranked by "
+             f"{primary}. Each value: mean over test users [95% bootstrap interval]; "
              f"p vs best: paired t-test over users on {primary}. recforge "
              f"{versions.get('recforge', '?')}, torch {versions.get('torch', '?')}.")
 

@@ -292,7 +292,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
     keys = [k for r in runs for k in r]
     primary = next((k for k in keys if k == first or k.startswith(first + " (")), first)
     rows = _leaderboard(cfg, runs, per_user_all, primary)
-    _write(cfg, out, data, rows, runs, per_user_all)
+    _write(cfg, out, data, rows, runs, per_user_all, primary)
     print_wide(console, leaderboard_table(rows, cfg.metrics, primary, title=cfg.name))
     if cfg.report:
         from recforge.experiment.report import write_report
@@ -484,17 +484,25 @@ def leaderboard_cells(rows: list[dict[str, Any]], labels: list[str], *,
     return body
 
 
-def leaderboard_table(rows: list[dict[str, Any]], metrics: list[str], primary: str,
-                      title: str = "leaderboard") -> Table:
-    """A Rich table: mean ± CI half-width per metric, fit seconds, paired p-value against
-    the best model (the exact interval bounds are in ``results.json``)."""
+def metric_labels(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
+    """The leaderboard's column label of each configured metric, in config order (as the
+    evaluator wrote it, e.g. ``NDCG@10 (sampled 1+100)``)."""
     from recforge.evaluation.metrics import Metric
 
     labels = []
     for m in metrics:
         lab = Metric.parse(m).label
-        labels.append(next((k for k in rows[0] if k == lab or k.startswith(lab + " (")), lab)
-                      if rows else lab)
+        labels.append(next((k for r in rows for k in r if k == lab or k.startswith(lab + " (")),
+                           lab))
+    return labels
+
+
+def leaderboard_table(rows: list[dict[str, Any]], metrics: list[str], primary: str,
+                      title: str = "leaderboard") -> Table:
+    """A Rich table: mean ± CI half-width per metric, fit seconds, paired p-value against
+    the best model (the exact interval bounds are in ``results.json``)."""
+
+    labels = metric_labels(rows, metrics)
     table = Table(title=f"{title}: mean ± half-width of the 95% bootstrap CI over users")
     table.add_column("#", justify="right")
     table.add_column("model", no_wrap=True)
@@ -508,9 +516,17 @@ def leaderboard_table(rows: list[dict[str, Any]], metrics: list[str], primary: s
 
 
 def _write(cfg: ExperimentConfig, out: Path, data: PreparedData, rows: list[dict[str, Any]],
-           runs: list[dict[str, Any]], per_user: pd.DataFrame) -> None:
+           runs: list[dict[str, Any]], per_user: pd.DataFrame, primary: str) -> None:
+    # What the report needs to describe the evaluation as it was run: the metric that
+    # ranks the leaderboard, the column labels in config order, the protocol and what the
+    # rankings left out or were restricted to.
+    evaluation = {"primary": primary, "metrics": metric_labels(rows, cfg.metrics),
+                  "protocol": cfg.protocol, "excluded": "train" if data.valid is None
+                  else "train+valid", "candidates": None if data.candidates is None
+                  else "held-out cold-start items"}
     payload = {"name": cfg.name, "config": cfg.to_dict(), "data": data.description,
-               "versions": _versions(), "leaderboard": rows, "runs": runs}
+               "versions": _versions(), "evaluation": evaluation, "leaderboard": rows,
+               "runs": runs}
     atomic_write_text(out / "results.json", dumps(payload, indent=2) + "\n")
     flat = []
     for r in rows:
