@@ -535,3 +535,15 @@ def test_report_uses_the_runs_primary_metric_columns_and_protocol(tmp_path):
     write_report(tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "training or validation excluded; ranking only the held-out cold items" in md
+
+
+def test_popularity_profile_of_a_cold_start_run_counts_the_evaluated_lists(tmp_path):
+    """Cold start ranks only held-out items, which have no training events: none of the
+    evaluated slots falls in the most popular decile (it was 100 % for pop)."""
+    cfg = parse_config({
+        "data": {"source": "synthetic"}, "split": {"method": "cold_start_items"},
+        "models": ["pop"], "metrics": ["recall@10"], "save_models": False,
+        "report": False, "n_bootstrap": 20})
+    result = run_experiment(cfg, tmp_path / "r")
+    share = result.runs[0]["popularity"]["recommended_share"]
+    assert share[0] == 0.0 and sum(share) == pytest.approx(1.0)

@@ -263,7 +263,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
             if isinstance(history, list) and history:
                 run["history"] = history
             if rank_metrics and seed in (None, cfg.seeds[0]):
-                run["popularity"] = _popularity_profile(model, data, rank_metrics)
+                run["popularity"] = _popularity_profile(model, data, rank_metrics,
+                                                        seen_at_test)
             if cfg.save_models:
                 target = out / "models" / mc.display
                 if seeded and len(cfg.seeds) > 1:
@@ -369,11 +370,17 @@ def _check_params(model: Any, given: dict[str, Any], where: str) -> None:
 
 
 def _popularity_profile(model: Any, data: PreparedData, metrics: list[str],
-                        max_users: int = 2000) -> dict[str, Any]:
+                        seen: Interactions | None = None, max_users: int = 2000,
+                        tie_seed: int = 0) -> dict[str, Any]:
     """Where the recommended items sit in the catalogue's popularity: the share of top-K
     slots (K of the first ranking metric) that fall in each popularity decile of the
     catalogue (decile 1 = the 10% most popular items), for up to ``max_users`` test users;
-    beside it, each decile's share of the training interactions."""
+    beside it, each decile's share of the training interactions.
+
+    The lists are the evaluated ones: ``seen`` (training and validation events) excluded,
+    and only ``data.candidates`` ranked in a cold-start experiment."""
+    import scipy.sparse as sp
+
     from recforge.evaluation.metrics import Metric
 
     k = next((Metric.parse(m).k for m in metrics if Metric.parse(m).k), 10)
@@ -386,9 +393,21 @@ def _popularity_profile(model: Any, data: PreparedData, metrics: list[str],
         users = np.random.default_rng(0).choice(users, max_users, replace=False)
     known = model.users_.index(data.test_pos.users.ids[users])
     known = known[known >= 0]
+    exclude = model.seen_
+    if seen is not None:  # as evaluate: the events in the model's index space
+        u = model.users_.index(seen.users.ids)[seen.user]
+        i = model.items_.index(seen.items.ids)[seen.item]
+        ok = (u >= 0) & (i >= 0)
+        exclude = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (u[ok], i[ok])),
+                                shape=(model.n_users, model.n_items))
+        exclude.sort_indices()
+    cand = None
+    if data.candidates is not None:
+        cand = model.items_.index(data.candidates)
+        cand = np.unique(cand[cand >= 0])
     slots = np.zeros(10)
-    for _, items, scores in model.iter_top_k(known, k, exclude=model.seen_,
-                                             candidates=None, tie_seed=0):  # as evaluate
+    for _, items, scores in model.iter_top_k(known, k, exclude=exclude, candidates=cand,
+                                             tie_seed=tie_seed):  # as evaluate
         it = items.numpy()[np.isfinite(scores.numpy())]
         it = it[it < len(decile)]
         slots += np.bincount(decile[it], minlength=10)
