@@ -547,3 +547,25 @@ def test_popularity_profile_of_a_cold_start_run_counts_the_evaluated_lists(tmp_p
     result = run_experiment(cfg, tmp_path / "r")
     share = result.runs[0]["popularity"]["recommended_share"]
     assert share[0] == 0.0 and sum(share) == pytest.approx(1.0)
+
+
+def test_every_run_is_evaluated_with_one_seed_whatever_the_model_seed(tmp_path, monkeypatch):
+    """Sampled negatives (and tie-breaks) do not follow the model's training seed: every
+    model of a leaderboard faces the same negatives."""
+    import recforge.evaluation as E
+
+    seeds = []
+    real = E.evaluate
+
+    def spy(*args, **kw):
+        seeds.append(kw.get("seed", 0))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(E, "evaluate", spy)
+    cfg = parse_config({
+        "data": {"source": "synthetic"}, "protocol": "sampled",
+        "models": ["pop", {"name": "als", "params": {"embedding_dim": 4, "epochs": 1}}],
+        "metrics": ["ndcg@10"], "seeds": [3, 5], "save_models": False, "report": False,
+        "n_bootstrap": 20})
+    run_experiment(cfg, tmp_path / "r")
+    assert len(seeds) == 3 and set(seeds) == {0}

@@ -176,7 +176,7 @@ def _protocol_text(ev: dict[str, Any]) -> str:
             else "items seen in training")
     if ev.get("protocol") == "sampled":
         text = (f"Sampled evaluation: each held-out item ranked against randomly sampled "
-                f"negatives ({seen} excluded)")
+                f"negatives, the same for every model and seed ({seen} excluded)")
     else:
         text = f"Full-ranking evaluation ({seen} excluded"
         if ev.get("candidates"):

@@ -249,7 +249,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
             if rank_metrics:
                 res = evaluate(model, seen_at_test, data.test_pos, metrics=rank_metrics,
                                protocol=cfg.protocol,  # type: ignore[arg-type]
-                               candidates=data.candidates, seed=seed or 0)
+                               candidates=data.candidates, seed=EVAL_SEED)
                 summary.update(res.summary)
                 per_user = res.per_user
                 eval_s += res.seconds
@@ -264,7 +264,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
                 run["history"] = history
             if rank_metrics and seed in (None, cfg.seeds[0]):
                 run["popularity"] = _popularity_profile(model, data, rank_metrics,
-                                                        seen_at_test)
+                                                        seen_at_test, tie_seed=EVAL_SEED)
             if cfg.save_models:
                 target = out / "models" / mc.display
                 if seeded and len(cfg.seeds) > 1:
@@ -306,6 +306,11 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
                             primary=primary)
 
 
+# Sampled negatives and tie-breaks of every evaluation: one seed for all models and model
+# seeds, so a leaderboard compares them on the same candidates (and the per-user paired
+# test pairs values computed on the same negatives); evaluate's default, so that
+# `recforge evaluate` on a saved model gives its row again.
+EVAL_SEED = 0
 RUN_MARKER = ".recforge-run"
 _RUN_FILES = ("results.json", "results.csv", "per_user.parquet", "config.yaml", "report.md",
               "report.html", "metrics.png", "learning_curves.png", "popularity.png",
