@@ -569,3 +569,45 @@ def test_every_run_is_evaluated_with_one_seed_whatever_the_model_seed(tmp_path, 
         "n_bootstrap": 20})
     run_experiment(cfg, tmp_path / "r")
     assert len(seeds) == 3 and set(seeds) == {0}
+
+
+def test_tune_follows_a_cold_start_experiment(tmp_path):
+    """Trials are scored as `recforge run` measures a cold-start split: held-out items with
+    no training event, ranked among themselves (not a warm split of the whole catalogue)."""
+    from recforge.data.split import cold_start_items
+    from recforge.evaluation import evaluate
+    from recforge.experiment.runner import prepare_data
+    from recforge.experiment.tune import tune
+    from recforge.models.registry import create_model
+
+    cfg = parse_config({"data": {"source": "synthetic"},
+                        "split": {"method": "cold_start_items", "seed": 0},
+                        "models": ["content"], "metrics": ["recall@20"]})
+    summary = tune(cfg, "content", n_trials=2, out=tmp_path / "t")
+    assert "cold" in summary["validation"]
+    data = prepare_data(cfg)
+    inner = cold_start_items(data.train, 0.2, seed=1)
+    model = create_model("content", **summary["params"]).fit(
+        inner.train, item_features=data.item_features)
+    cand = inner.test.items.ids[np.unique(inner.test.item)]
+    expected = evaluate(model, inner.train, inner.test, metrics="recall@20",
+                        candidates=cand)["Recall@20"]
+    assert summary["value"] == pytest.approx(expected)
+
+
+def test_tune_follows_the_sampled_protocol(tmp_path):
+    from recforge.data.split import random_split
+    from recforge.evaluation import evaluate
+    from recforge.experiment.runner import prepare_data
+    from recforge.experiment.tune import tune
+    from recforge.models.registry import create_model
+
+    cfg = parse_config({"data": {"source": "synthetic"}, "protocol": "sampled",
+                        "models": ["ease"], "metrics": ["ndcg@10"]})
+    summary = tune(cfg, "ease", n_trials=2, out=tmp_path / "t")
+    assert "sampled" in summary["validation"]
+    data = prepare_data(cfg)
+    inner = random_split(data.train, test_size=0.2, by_user=True, seed=1)
+    model = create_model("ease", **summary["params"]).fit(inner.train)
+    res = evaluate(model, inner.train, inner.test, metrics="ndcg@10", protocol="sampled")
+    assert summary["value"] == pytest.approx(res["NDCG@10 (sampled 1+100)"])

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from rich.console import Console
 
@@ -78,7 +79,7 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
     registered model) and write the best as YAML into ``out``. Returns the summary."""
     import optuna
 
-    from recforge.data.split import random_split
+    from recforge.data.split import cold_start_items, random_split
     from recforge.evaluation import evaluate
     from recforge.evaluation.metrics import Metric
     from recforge.experiment.runner import prepare_data
@@ -107,13 +108,25 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
     template = create_model(entry.name, **entry.params)
     rating = template.predicts_ratings and parsed.kind == "rating"
     train_all = data.train
+    cold = cfg.split.method == "cold_start_items"
     if data.valid is not None:
         train, valid = data.train, data.valid
         where = "the experiment's validation part"
+        if cold:
+            where += " (cold items, ranked among themselves)"
+    elif cold:
+        # as the experiment measures: items with no training event, ranked among themselves
+        split = cold_start_items(train_all, 0.2, seed=cfg.split.seed + 1)
+        train, valid = split.train, split.test
+        where = ("20% of the training items held out as cold items, ranked among "
+                 "themselves (the test set is not used)")
     else:
         split = random_split(train_all, test_size=0.2, by_user=True, seed=cfg.split.seed + 1)
         train, valid = split.train, split.test
         where = "a per-user random 20% of the training events (the test set is not used)"
+    candidates = valid.items.ids[np.unique(valid.item)] if cold else None
+    if cfg.protocol != "full" and not rating:
+        where += f", {cfg.protocol} protocol"
     from recforge.data.filters import to_implicit
 
     def positives(x: Any) -> Any:
@@ -151,9 +164,15 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
             model_.fit(fit_train, valid_eval, **fit_kw)
         else:
             model_.fit(fit_train, **fit_kw)
-        res = evaluate(model_, train if not rating else None, valid_eval if not rating else valid,
-                       metrics=metric)
-        value = res[parsed.label]
+        if rating:
+            res = evaluate(model_, None, valid, metrics=metric)
+        else:  # the experiment's protocol (and a cold-start split's candidates)
+            res = evaluate(model_, train, valid_eval, metrics=metric,
+                           protocol=cfg.protocol,  # type: ignore[arg-type]
+                           candidates=candidates)
+        value_key = next((k for k in res.summary if k == parsed.label
+                          or k.startswith(parsed.label + " (")), parsed.label)
+        value = res[value_key]
         if not math.isfinite(value):
             raise optuna.TrialPruned()
         return float(value)
