@@ -95,3 +95,19 @@ def test_a_model_saved_on_a_gpu_loads_on_a_machine_without_one(random_data, tmp_
     users = np.arange(random_data.n_users)
     torch.testing.assert_close(loaded.score(users), blend.score(users))
     torch.testing.assert_close(loaded_mf.score(users), mf.score(users))
+
+
+def test_similar_items_leave_out_items_no_component_finds_similar():
+    """Standardizing a row turned the zeros that mean "no similarity" into negatives, so
+    items of another, unconnected group were listed as similar."""
+    import pandas as pd
+
+    from recforge import Interactions
+    from recforge.models.blend import Blend
+
+    rows = [(1, "a"), (1, "b"), (2, "b"), (2, "c"), (3, "a"), (3, "c"),
+            (4, "x"), (4, "y"), (5, "y"), (5, "z"), (6, "x"), (6, "z")]
+    data = Interactions.from_frame(pd.DataFrame(rows, columns=["user", "item"]))
+    for spec in ({"itemknn": {}}, {"itemknn": {}, "ease": {"reg": 1.0}}):
+        sim = Blend(models=spec).fit(data).similar_items(["a"], k=5)
+        assert set(sim["similar"]) == {"b", "c"}, spec

@@ -28,12 +28,20 @@ __all__ = ["Blend"]
 NORMALIZATIONS = ("zscore", "none")
 
 
-def _standardize(scores: torch.Tensor) -> torch.Tensor:
-    """Per row: zero mean, unit variance (a constant row becomes zeros)."""
-    mean = scores.mean(dim=-1, keepdim=True)
-    if scores.shape[-1] < 2:  # one item has no spread: it standardizes to 0
-        return torch.zeros_like(scores)
-    std = scores.std(dim=-1, keepdim=True).clamp_min(1e-12)
+def _standardize(scores: torch.Tensor, among: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row: zero mean, unit variance (a constant row becomes zeros). ``among``: a mask
+    of the entries whose mean and spread count (the others are shifted and scaled alike)."""
+    if among is None:
+        mean = scores.mean(dim=-1, keepdim=True)
+        if scores.shape[-1] < 2:  # one item has no spread: it standardizes to 0
+            return torch.zeros_like(scores)
+        std = scores.std(dim=-1, keepdim=True).clamp_min(1e-12)
+        return (scores - mean) / std
+    w = among.to(scores.dtype)
+    n = w.sum(dim=-1, keepdim=True)
+    mean = (scores * w).sum(dim=-1, keepdim=True) / n.clamp_min(1)
+    var = (((scores - mean) * w) ** 2).sum(dim=-1, keepdim=True) / (n - 1).clamp_min(1)
+    std = torch.where(n > 1, var.sqrt(), torch.ones_like(var)).clamp_min(1e-12)
     return (scores - mean) / std
 
 
@@ -108,12 +116,13 @@ class Blend(Recommender):
             self.components_[name] = self._component(name).fit(train, valid)
 
     # ----------------------------------------------------------------------------------
-    def _combine(self, parts: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
+    def _combine(self, parts: list[tuple[str, torch.Tensor]],
+                 among: list[torch.Tensor] | None = None) -> torch.Tensor:
         total = None
-        for name, scores in parts:
+        for j, (name, scores) in enumerate(parts):
             s = scores.float()
             if self.normalize == "zscore":
-                s = _standardize(s)
+                s = _standardize(s, None if among is None else among[j])
             s = self._weight(name) * s
             total = s if total is None else total + s
         assert total is not None
@@ -135,14 +144,28 @@ class Blend(Recommender):
         return self._combine(parts).reshape(-1)
 
     def _item_similarity(self, items: torch.Tensor) -> torch.Tensor:
-        parts = []
+        # A similarity of exactly 0 means "no similarity" (similar_items leaves it out), and
+        # an item's similarity to itself is not a neighbour's: neither counts in a row's
+        # mean and spread, and an item no component finds similar stays at 0.
+        parts, among = [], []
+        rows = torch.arange(len(items))
         for n, m in self.components_.items():
             try:
-                parts.append((n, m._item_similarity(items)))
+                sims = m._item_similarity(items).float().clone()
             except ModelError:
                 raise ModelError(f"blend: component {n} does not support similar_items"
                                  ) from None
-        return self._combine(parts)
+            sims[rows, items] = 0.0
+            parts.append((n, sims))
+            among.append(sims != 0)
+        total = self._combine(parts, among)
+        similar = torch.stack(among).any(dim=0)
+        # a similar item whose blended score is exactly 0 (a row's only or equal
+        # neighbours standardize to 0) must not read as "no similarity"
+        tiny = torch.finfo(total.dtype).tiny
+        total = torch.where(similar & (total == 0), torch.full_like(total, tiny), total)
+        total[~similar] = 0.0
+        return total
 
     # ----------------------------------------------------------------------------------
     def _state(self) -> dict[str, torch.Tensor]:
