@@ -227,6 +227,33 @@ def test_resume_refuses_other_settings(random_data, tmp_path):
         other.fit(random_data, checkpoint_dir=tmp_path, resume=True)
 
 
+def test_resume_refuses_other_or_missing_validation_data_and_epoch_length(random_data,
+                                                                        tmp_path):
+    """The checkpoint's best epoch and early-stopping state were measured on its validation
+    data: a resume without it (or with other data, or other epoch lengths) is refused, not
+    ended by restoring weights chosen on data the run no longer has."""
+    from recforge.data.split import random_split
+
+    split = random_split(random_data, test_size=0.2, seed=0)
+    other = random_split(random_data, test_size=0.2, seed=1)
+
+    def run(valid, resume, stop_after=None, max_steps=None):
+        def callback(record):
+            if record["epoch"] == stop_after:
+                raise KeyboardInterrupt
+
+        model = create_model("bpr", embedding_dim=4, epochs=3, batch_size=64, seed=0)
+        return model.fit(split.train, valid, checkpoint_dir=tmp_path, resume=resume,
+                         epoch_callback=callback, max_steps_per_epoch=max_steps)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(split.test, resume=False, stop_after=1)
+    for valid, steps in ((None, None), (other.test, None), (split.test, 2)):
+        with pytest.raises(ConfigError, match="other hyperparameters or other training"):
+            run(valid, resume=True, max_steps=steps)
+    assert len(run(split.test, resume=True).history_) == 3
+
+
 @pytest.mark.parametrize("n_queries,chunk", [(1000, 1 << 22), (300_000, 1 << 22),
                                              (300_000, 70_000)])
 def test_positive_lookup_agrees_with_set_membership(n_queries, chunk, monkeypatch):

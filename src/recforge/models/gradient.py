@@ -149,6 +149,7 @@ class GradientRecommender(Recommender):
             return super().fit(train, valid)  # type: ignore[return-value]
         finally:
             del self._fit_options
+            self.__dict__.pop("_fit_fingerprint", None)
 
     def _validate_common(self) -> None:
         def positive_int(name: str) -> None:
@@ -241,9 +242,36 @@ class GradientRecommender(Recommender):
         return gen
 
     def _checkpoint_signature(self) -> str:
+        """What a checkpoint must have been written for to be resumed: the model, its
+        params, the training data, the validation data (its best epoch and early-stopping
+        state were measured on it), the epoch length (``max_steps_per_epoch``) and what
+        :meth:`_signature_extra` adds (``hybrid_bpr``: its feature matrices)."""
+        options = getattr(self, "_fit_options", {})
         payload = json.dumps({"model": self.name, "params": _plain(self.get_params()),
-                              "data": self.train_fingerprint_}, sort_keys=True)
+                              "data": self.train_fingerprint_,
+                              "fit": getattr(self, "_fit_fingerprint", None),
+                              "max_steps_per_epoch": options.get("max_steps_per_epoch")},
+                             sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def _signature_extra(self) -> dict[str, Any]:
+        """More of what a checkpoint is tied to, read after ``_setup`` (override: e.g. the
+        fingerprints of feature matrices passed to ``fit``)."""
+        return {}
+
+    def _fingerprint_fit_inputs(self, valid: Interactions | None, sharded: bool) -> None:
+        """The fingerprint of the validation data and of :meth:`_signature_extra`, for the
+        checkpoint signature; with data sharded by user, one over every rank's (so every
+        rank compares a checkpoint against the same signature)."""
+        mine = json.dumps({"valid": valid.fingerprint() if valid is not None else None,
+                           "extra": _plain(self._signature_extra())}, sort_keys=True)
+        if sharded:
+            import torch.distributed as dist
+
+            prints: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(prints, mine)
+            mine = "|".join(prints)
+        self._fit_fingerprint = hashlib.sha256(mine.encode()).hexdigest()[:16]
 
     def _fit(self, train: Interactions, valid: Interactions | None) -> None:
         self.device_ = resolve_device(getattr(self, "device", "auto"))
@@ -264,6 +292,7 @@ class GradientRecommender(Recommender):
             self.item_popularity_ = self._stats.item_counts.astype(np.float32)
             self._combine_fingerprints()
         self._setup(train)
+        self._fingerprint_fit_inputs(valid, sharded)
         self.module_ = self._build().to(self.device_)
         trainer = Trainer(
             epochs=int(self.epochs), learning_rate=float(self.learning_rate),

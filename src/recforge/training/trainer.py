@@ -564,7 +564,9 @@ class Trainer:
             raise ConfigError(f"{path}: cannot read checkpoint ({exc})") from None
         if payload.get("signature") != signature:
             raise ConfigError(f"{path}: checkpoint was written for other hyperparameters or "
-                              "other training data; remove it or train without --resume")
+                              "other training data (or other validation data, feature "
+                              "tables or max_steps_per_epoch); remove it or train without "
+                              "--resume")
         return payload
 
 
