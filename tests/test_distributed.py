@@ -491,3 +491,82 @@ def test_uneven_shards_are_reported_and_a_rank_of_new_validation_users_adds_noth
     assert "shards are uneven" in proc.stderr + proc.stdout
     model = Recommender.load(tmp_path / "m")
     assert all("ndcg@20" in h for h in model.history_)
+
+
+_CHECKS_SCRIPT = """
+import sys
+import numpy as np
+import pandas as pd
+from recforge.data.io import read_many
+from recforge.errors import RecforgeError
+from recforge.models import create_model
+from recforge.training import distributed
+
+ctx = distributed.init_from_environment(device="cpu")
+where = sys.argv[1]
+train_csv, valid_csv = where + "/train.csv", where + "/valid.csv"
+
+
+def report(case, outcome):  # a file per rank: the ranks' stdout lines may interleave
+    with open(f"{where}/rank{ctx.rank}.txt", "a") as f:
+        f.write(f"CASE {case}: {' '.join(outcome.split())}" + chr(10))
+
+
+def run(case, work):
+    try:
+        report(case, "OK " + str(work()))
+    except RecforgeError as exc:
+        report(case, f"ERR {type(exc).__name__}: {exc}")
+
+
+def new_valid_users():
+    # every validation user id shifted out of the training data's id space
+    train, valid = read_many([train_csv, where + "/valid_new.csv"], shard=ctx.shard)
+    epochs = []
+    model = create_model("bpr", embedding_dim=4, epochs=2, batch_size=128, seed=0)
+    model.fit(train, valid, distributed=ctx.shard, sharded=True,
+              epoch_callback=lambda r: epochs.append(r["epoch"]))
+    return epochs
+
+
+for case in sys.argv[2:]:
+    run(case, globals()[case])
+distributed.shutdown(wait_for_others=True)
+"""
+
+
+def _checks_job(tmp_path: Path, *cases: str) -> dict[str, list[str]]:
+    """Run the cases of ``_CHECKS_SCRIPT`` in one 2-process gloo job; each case's line per
+    rank (the ranks' errors are raised alike, so the job goes on to the next case)."""
+    from conftest import event_frame
+
+    frame = event_frame(3000, seed=4)
+    frame.iloc[:2500].to_csv(tmp_path / "train.csv", index=False)
+    valid = frame.iloc[2500:].copy()
+    valid.to_csv(tmp_path / "valid.csv", index=False)
+    valid.assign(user=valid["user"] + 10_000).to_csv(tmp_path / "valid_new.csv", index=False)
+    script = tmp_path / "job.py"
+    script.write_text(_CHECKS_SCRIPT)
+    env = dict(os.environ, RECFORGE_DIST_TIMEOUT="60", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", str(script), str(tmp_path), *cases],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines: dict[str, list[str]] = {}
+    for rank in (0, 1):
+        text = (tmp_path / f"rank{rank}.txt").read_text()
+        for m in re.finditer(r"^CASE (\w+): (.*)$", text, re.MULTILINE):
+            lines.setdefault(m.group(1), []).append(m.group(2))
+    assert sorted(lines) == sorted(cases) and all(len(v) == 2 for v in lines.values()), lines
+    return lines
+
+
+@pytest.mark.slow
+def test_ddp_checks_of_data_and_settings_fail_alike_on_every_rank(tmp_path):
+    """Clear errors raised on every rank together (the job neither hangs nor aborts):
+    validation data whose users no rank knows is refused before the first epoch (it used
+    to score 0.0 every epoch, stop early and keep epoch 1's weights)."""
+    lines = _checks_job(tmp_path, "new_valid_users")
+    for line in lines["new_valid_users"]:
+        assert line.startswith("ERR DataError") and "validation users is known" in line, line

@@ -508,3 +508,18 @@ def test_validation_settings_checked_up_front_and_the_last_epoch_evaluated(rando
     step = create_model("bpr", epochs=7, embedding_dim=4, learning_rate=0.08,
                         lr_schedule="step").fit(random_data)
     assert step.history_[-1]["lr"] == pytest.approx(0.01)  # 3 halvings, not 6
+
+
+def test_validation_data_with_no_known_user_is_refused_before_training(random_data):
+    """Validation users in another id space: a clear error before the first epoch (not
+    after eval_every epochs, nor "the test set is empty")."""
+    from recforge import DataError
+
+    frame = random_data.to_frame()
+    frame["user"] = frame["user"] + 10_000
+    valid = Interactions.from_frame(frame.iloc[:50])
+    epochs = []
+    model = create_model("bpr", embedding_dim=4, epochs=3, eval_every=3, seed=0)
+    with pytest.raises(DataError, match="validation users is known to the model"):
+        model.fit(random_data, valid, epoch_callback=lambda r: epochs.append(r["epoch"]))
+    assert epochs == []

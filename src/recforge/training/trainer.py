@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from recforge._fs import atomic_path, atomic_write_text
-from recforge.errors import ConfigError, ModelError
+from recforge.errors import ConfigError, DataError, ModelError
 
 if TYPE_CHECKING:
     from recforge.data.interactions import Interactions
@@ -305,6 +305,8 @@ class Trainer:
                             f"{events:,}")
             stats = getattr(model, "_stats", None)
             sampler.use_local_shard(smallest, None if stats is None else stats.item_counts)
+        if valid is not None:  # before hours of training, not at the first evaluation
+            self._check_validation_data(model, train, valid)
         state = TrainingState()
         best_weights: dict[str, torch.Tensor] | None = None
         signature = model._checkpoint_signature()
@@ -479,6 +481,37 @@ class Trainer:
             user_tables.gather()
         return state
 
+    def _check_validation_data(self, model: GradientRecommender, train: Interactions,
+                               valid: Interactions) -> None:
+        """Refuse validation data with nothing the evaluator can score (empty, or no user
+        with a training event; for RMSE / MAE no such user's event of a known item), on
+        every rank alike: with data sharded by user the figures are summed over the ranks
+        (one rank's new users are fine while another rank has known ones); otherwise rank
+        0's, which it validates on."""
+        from recforge.evaluation.metrics import Metric
+
+        kind = Metric.parse(self.valid_metric).kind
+        ok = _evaluable_events(model, train, valid, kind)
+        figures = [float(ok.sum()), float(len(valid)),
+                   float(len(np.unique(valid.user)))]
+        if self.world > 1:
+            from recforge.training.distributed import all_reduce_sum, collective_device
+
+            if not (self.sharded_data or self.is_main):
+                figures = [0.0, 0.0, 0.0]  # rank 0's figures decide, on every rank
+            figures = all_reduce_sum(figures, collective_device(self.device))
+        known, events, users = figures
+        if known == 0:
+            # (fit drops the events of users and items not in the training data first)
+            what = (f"none of the {int(users):,} validation users" if events
+                    else "no validation event of a user and an item of the training data: "
+                    "none of the validation users")
+            need = "a rating of a known item" if kind == "rating" else "a training event"
+            raise DataError(f"{what} is known to the model (none with {need}: empty "
+                            "validation data, a file in another id space, or a split whose "
+                            "users are all new?); nothing to validate on",
+                            source=valid.source if self.world == 1 else None)
+
     def _validate(self, model: GradientRecommender, train: Interactions,
                   valid: Interactions) -> float:
         """The validation metric, signed so that higher is better (RMSE/MAE negated)."""
@@ -513,11 +546,16 @@ class Trainer:
                 weight = float(len(valid) if kind == "rating" else result.n_users)
             except NothingToEvaluate:  # this rank's validation users are all new ones
                 value, weight = 0.0, 0.0
+            if weight == 0:
+                value = 0.0
         name = Metric.parse(self.valid_metric).name if kind == "rating" else ""
         if name == "rmse":  # combine mean squared errors
             value = value * value
         total, weights = all_reduce_sum([value * weight, weight],
                                         collective_device(self.device))
+        if weights == 0:  # every rank alike: the figure is shared
+            raise DataError("no rank has a validation user known to the model; nothing to "
+                            "validate on")
         combined = total / max(weights, 1e-12)
         if name == "rmse":
             combined = math.sqrt(combined)
@@ -757,6 +795,25 @@ class _LocalUserTables:
         self.compact = False
         params = dict(module.named_parameters())
         self.params = [params[n] for n in self.names]
+
+
+def _evaluable_events(model: GradientRecommender, train: Interactions,
+                      valid: Interactions, kind: str) -> np.ndarray:
+    """Which of ``valid``'s events the evaluator scores, as it selects them: one per
+    (user, item) pair, of users with a training event in ``train``, and for RMSE / MAE
+    (``kind == "rating"``) also of items known to the model."""
+    if len(valid) == 0:
+        return np.zeros(0, dtype=bool)
+    pair = valid.user.astype(np.int64) * max(1, valid.n_items) + valid.item
+    _, first = np.unique(pair, return_index=True)
+    tu = model.users_.index(valid.users.ids)[valid.user[first]]
+    has_events = np.zeros(model.n_users, dtype=bool)
+    tr = model.users_.index(train.users.ids[np.unique(train.user)])
+    has_events[tr[tr >= 0]] = True
+    ok = (tu >= 0) & has_events[np.maximum(tu, 0)]
+    if kind == "rating":
+        ok &= model.items_.index(valid.items.ids)[valid.item[first]] >= 0
+    return ok
 
 
 def _load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any],
