@@ -529,6 +529,20 @@ def new_valid_users():
     return epochs
 
 
+def rmse_weight():
+    # rank 0 also holds 600 validation events of users without training events, which the
+    # evaluator skips: the logged RMSE is still the one of the whole validation set
+    from recforge.evaluation import evaluate
+
+    train, valid = read_many([train_csv, where + "/valid_mixed.csv"], shard=ctx.shard)
+    model = create_model("mf", embedding_dim=4, epochs=2, batch_size=128, seed=0)
+    model.fit(train, valid, distributed=ctx.shard, sharded=True)
+    logged = model.history_[model.best_epoch_ - 1]["rmse"]
+    whole = evaluate(model, *read_many([train_csv, where + "/valid_mixed.csv"]),
+                     metrics="rmse")["RMSE"]
+    return f"logged {logged:.6f} whole {whole:.6f}"
+
+
 for case in sys.argv[2:]:
     run(case, globals()[case])
 distributed.shutdown(wait_for_others=True)
@@ -545,6 +559,16 @@ def _checks_job(tmp_path: Path, *cases: str) -> dict[str, list[str]]:
     valid = frame.iloc[2500:].copy()
     valid.to_csv(tmp_path / "valid.csv", index=False)
     valid.assign(user=valid["user"] + 10_000).to_csv(tmp_path / "valid_new.csv", index=False)
+    import pandas as pd
+
+    from recforge.data.sharding import owner_of_ids
+
+    cand = np.arange(5000, 9000)
+    new = cand[owner_of_ids(cand, 2) == 0][:30]  # users without training events, on rank 0
+    extra = pd.DataFrame({"user": np.repeat(new, 20), "item": np.tile(np.arange(1, 21), 30),
+                          "rating": np.random.default_rng(0).integers(1, 6, 600).astype(float),
+                          "timestamp": 1})
+    pd.concat([valid, extra]).to_csv(tmp_path / "valid_mixed.csv", index=False)
     script = tmp_path / "job.py"
     script.write_text(_CHECKS_SCRIPT)
     env = dict(os.environ, RECFORGE_DIST_TIMEOUT="60", OMP_NUM_THREADS="1",
@@ -567,6 +591,11 @@ def test_ddp_checks_of_data_and_settings_fail_alike_on_every_rank(tmp_path):
     """Clear errors raised on every rank together (the job neither hangs nor aborts):
     validation data whose users no rank knows is refused before the first epoch (it used
     to score 0.0 every epoch, stop early and keep epoch 1's weights)."""
-    lines = _checks_job(tmp_path, "new_valid_users")
+    lines = _checks_job(tmp_path, "new_valid_users", "rmse_weight")
     for line in lines["new_valid_users"]:
         assert line.startswith("ERR DataError") and "validation users is known" in line, line
+    # sharded RMSE weighted by the events predicted, not by each rank's len(valid)
+    for line in lines["rmse_weight"]:
+        m = re.fullmatch(r"OK logged ([\d.]+) whole ([\d.]+)", line)
+        assert m is not None, line
+        assert float(m.group(1)) == pytest.approx(float(m.group(2)), rel=1e-4), line

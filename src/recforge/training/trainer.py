@@ -543,7 +543,11 @@ class Trainer:
             try:
                 result = evaluate(model, train, valid, metrics=self.valid_metric)
                 value = float(next(iter(result.summary.values())))
-                weight = float(len(valid) if kind == "rating" else result.n_users)
+                # RMSE / MAE: the events the evaluator predicted (not those of unknown
+                # users or items, nor repeats), so the combined figure is the one of
+                # evaluating every rank's events together
+                weight = float(_evaluable_events(model, train, valid, kind).sum()
+                               if kind == "rating" else result.n_users)
             except NothingToEvaluate:  # this rank's validation users are all new ones
                 value, weight = 0.0, 0.0
             if weight == 0:
