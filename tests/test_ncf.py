@@ -82,3 +82,13 @@ class TestNeuMF(ModelConformance):
         for bad in ({"loss": "hinge"}, {"alpha": 2.0}, {"layers": ()}, {"dropout": 1.0}):
             with pytest.raises(ConfigError):
                 create_model("neumf", **{**self.params, **bad}).fit(random_data)
+
+
+def test_neumf_pretraining_is_refused_under_ddp(random_data):
+    """Under DDP each rank would pretrain GMF and MLP alone on its shard and then pair rank
+    0's item towers with its own user rows: refused before any pretraining (no process
+    group needed to see it)."""
+    model = create_model("neumf", pretrain=True, epochs=1, embedding_dim=4)
+    with pytest.raises(ConfigError, match="pretrain=True is not supported in distributed"):
+        model.fit(random_data, distributed=(0, 2), sharded=True)
+    assert not model.is_fitted

@@ -202,6 +202,11 @@ class GradientRecommender(Recommender):
     def _validate_params(self) -> None:
         self._validate_common()
 
+    def _check_distributed(self) -> None:
+        """Refuse settings that cannot train under DDP (override; raises ConfigError).
+        Called by ``fit`` in every rank (all alike: the params are the same) and by
+        ``recforge train --nproc`` before it launches the ranks."""
+
     # ----------------------------------------------------------------------------------
     def _setup(self, train: Interactions) -> None:
         """Record data statistics the module needs (override)."""
@@ -280,6 +285,8 @@ class GradientRecommender(Recommender):
         if world > 1 and self.device_.type == "cuda" and self.device_.index is None:
             # One GPU per process: the one the launcher's LOCAL_RANK selected.
             self.device_ = torch.device("cuda", torch.cuda.current_device())
+        if world > 1:
+            self._check_distributed()
         sharded = bool(options.get("sharded", False))
         if sharded and not self.supports_sharded_data:
             raise ConfigError(f"{self.name} reads the whole interaction graph in every "

@@ -386,6 +386,15 @@ class NeuMF(_NCFBase):
         if self.pretrain and (not isinstance(lr, (int, float)) or not lr > 0):
             raise ConfigError(f"neumf: pretrain_learning_rate must be > 0, got {lr!r}")
 
+    def _check_distributed(self) -> None:
+        if self.pretrain:
+            # Each rank would pretrain GMF and MLP alone on its own shard (local batches,
+            # statistics and early stopping), then DDP would pair rank 0's item towers with
+            # every rank's own user rows.
+            raise ConfigError("neumf: pretrain=True is not supported in distributed training "
+                              "(each rank would pretrain on its own shard alone); use "
+                              "pretrain=False, or pretrain in one process")
+
     def _towers(self, gen: torch.Generator) -> list[nn.Module]:
         return [
             _GMFTower(self.n_users, self.n_items, int(self.embedding_dim), gen,
@@ -398,6 +407,8 @@ class NeuMF(_NCFBase):
     def _fit(self, train: Interactions, valid: Interactions | None) -> None:
         if not self.pretrain:
             return super()._fit(train, valid)
+        if getattr(self, "_fit_options", {}).get("distributed", (0, 1))[1] > 1:
+            self._check_distributed()  # before the pretraining fits, not after
         shared = {k: getattr(self, k) for k in ("epochs", "batch_size", "learning_rate", "reg",
                                                  "n_negatives", "optimizer", "weight_decay",
                                                  "lr_schedule", "valid_metric", "patience",
