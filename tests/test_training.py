@@ -523,3 +523,39 @@ def test_validation_data_with_no_known_user_is_refused_before_training(random_da
     with pytest.raises(DataError, match="validation users is known to the model"):
         model.fit(random_data, valid, epoch_callback=lambda r: epochs.append(r["epoch"]))
     assert epochs == []
+
+
+def test_hybrid_bpr_resume_with_other_features_is_refused(random_data, tmp_path):
+    """The feature matrices are buffers of hybrid_bpr's module: a checkpoint written with
+    other features (same shape or not) is refused, not loaded over the new ones; and a
+    checkpoint whose weights do not fit the model gives a ConfigError, not a traceback."""
+    from recforge.data import features as F
+
+    items = random_data.items
+    genre = [f"g{i % 3}" for i in range(random_data.n_items)]
+    a = F.categorical(items, genre, "genre")
+    same_shape = F.categorical(items, [f"x{(i * 2) % 3}" for i in range(len(genre))], "genre")
+    other_shape = F.categorical(items, [f"g{i % 5}|h{i % 2}" for i in range(len(genre))],
+                                "genre")
+
+    def run(feats, resume, stop_after=None):
+        def callback(record):
+            if record["epoch"] == stop_after:
+                raise KeyboardInterrupt
+
+        model = create_model("hybrid_bpr", epochs=2, embedding_dim=4, batch_size=128, seed=0,
+                             device="cpu")
+        return model.fit(random_data, checkpoint_dir=tmp_path, resume=resume,
+                         item_features=feats, epoch_callback=callback)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(a, resume=False, stop_after=1)
+    for feats in (same_shape, other_shape):
+        with pytest.raises(ConfigError, match="other hyperparameters or other training"):
+            run(feats, resume=True)
+    path = tmp_path / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["module"]["items.f_indices"] = payload["module"]["items.f_indices"][:-1]
+    torch.save(payload, path)
+    with pytest.raises(ConfigError, match="weights do not fit this model"):
+        run(a, resume=True)

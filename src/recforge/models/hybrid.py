@@ -116,6 +116,19 @@ class Hybrid(FeatureModelMixin, ALS):
                 self.device_)
 
 
+def _features_fingerprint(f: Features | None) -> str | None:
+    """A short hash of a feature table (ids, names, groups and values); None for none."""
+    if f is None:
+        return None
+    import hashlib
+
+    h = hashlib.sha256(f.ids.fingerprint().encode())
+    h.update(repr((f.names.tolist(), f.groups.tolist())).encode())
+    for v in f.to_arrays().values():
+        h.update(v.tobytes())
+    return h.hexdigest()[:16]
+
+
 class _Bag(nn.Module):
     """Per-entity vectors: id embedding (masked for entities without training data) plus
     a weighted sum of feature embeddings, computed for every entity at once.
@@ -243,6 +256,11 @@ class HybridBPR(FeatureModelMixin, GradientRecommender):
         self.user_features_ = user_features
         self.warm_items_ = self._stats.item_counts > 0  # over all ranks when sharded
         self.warm_users_ = self._stats.user_counts > 0
+
+    def _signature_extra(self) -> dict[str, Any]:
+        # the feature matrices are the module's buffers: a checkpoint fits these only
+        return {"item_features": _features_fingerprint(self.item_features_),
+                "user_features": _features_fingerprint(self.user_features_)}
 
     #: every step reads the whole user-id table (the user tower sums ids and features)
     user_tables_read_by_lookup = False

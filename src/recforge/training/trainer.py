@@ -315,7 +315,14 @@ class Trainer:
         if self.resume and self.checkpoint_dir is not None:
             loaded = self._load_checkpoint(signature)
             if loaded is not None:
-                module.load_state_dict(loaded["module"])
+                try:
+                    module.load_state_dict(loaded["module"])
+                except RuntimeError as exc:  # other shapes or tables than this model's
+                    detail = " ".join(str(exc).split())
+                    raise ConfigError(
+                        f"{self.checkpoint_dir / CHECKPOINT}: the checkpoint's weights do not "
+                        f"fit this model ({detail[:300]}); remove it or train without "
+                        "--resume") from None
 
         # With data sharded by user, a rank's batches touch only the rows of the users it
         # owns: those tables stay local (DDP neither broadcasts nor all-reduces them, which
