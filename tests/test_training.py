@@ -559,3 +559,14 @@ def test_hybrid_bpr_resume_with_other_features_is_refused(random_data, tmp_path)
     torch.save(payload, path)
     with pytest.raises(ConfigError, match="weights do not fit this model"):
         run(a, resume=True)
+
+
+def test_any_accepted_seed_trains(random_data):
+    """Seeds up to 2**63-1 are accepted; the per-epoch torch seed once overflowed for seeds
+    above about 1.8e14. Small seeds keep their torch seeds (and runs their numbers)."""
+    from recforge.training.trainer import _torch_seed
+
+    assert _torch_seed(3, 2) == 3 * 100_003 + 2
+    for seed in (2**50, 2**63 - 1):
+        model = create_model("mlp", epochs=1, embedding_dim=4, batch_size=256, seed=seed)
+        assert len(model.fit(random_data).history_) == 1

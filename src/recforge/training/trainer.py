@@ -383,7 +383,7 @@ class Trainer:
                 total, count = 0.0, 0
                 first_batch = None
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self.seed * 100_003 + epoch)
+                    torch.manual_seed(_torch_seed(self.seed, epoch))
                     for batch in sampler.epoch(rng):
                         if first_batch is None:  # the epoch's sampling is done up front
                             first_batch = time.perf_counter() - t0
@@ -806,6 +806,14 @@ class _LocalUserTables:
         self.compact = False
         params = dict(module.named_parameters())
         self.params = [params[n] for n in self.names]
+
+
+def _torch_seed(seed: int, epoch: int) -> int:
+    """The torch seed of an epoch: ``seed * 100_003 + epoch``, wrapped into 0..2**64-1 (the
+    range ``torch.manual_seed`` takes) so that every accepted seed (up to 2**63-1) trains.
+    Unchanged for every seed that worked before (the streams of existing runs, and their
+    checkpoints, stay)."""
+    return (int(seed) * 100_003 + int(epoch)) % 2**64
 
 
 def _evaluable_events(model: GradientRecommender, train: Interactions,
