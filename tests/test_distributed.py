@@ -75,6 +75,36 @@ def test_nproc_refuses_models_without_gradient_steps(tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
+def test_nproc_checks_settings_and_paths_once_before_launching(tmp_path, capsys,
+                                                              monkeypatch):
+    """A bad hyperparameter, --out or --resume under --nproc is one line from the parent
+    process, not one per rank followed by the launcher's traceback."""
+    from recforge.training import distributed
+
+    def launch(*_args, **_kwargs):
+        raise AssertionError("torchrun launched")
+
+    monkeypatch.setattr(distributed, "launch", launch)
+    data = tmp_path / "d.csv"
+    data.write_text("user,item\n1,1\n1,2\n2,1\n")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("x")
+    base = ["train", "bpr", "--data", str(data), "--nproc", "2"]
+    for extra, message in (
+            (["--out", str(tmp_path / "m"), "-p", "epochs=0"], "epochs must be a positive"),
+            (["--out", str(taken)], "not a saved recforge model"),
+            (["--out", str(tmp_path / "m"), "--resume"], "--resume: no checkpoint"),
+            (["--out", str(tmp_path / "m"), "-p", "seed=-1"], "seed must be an integer")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.replace("\n", " ")
+        assert message in err and err.count("error:") == 1, err
+    status = main(["train", "neumf", "--data", str(data), "--out", str(tmp_path / "m"),
+                   "-p", "pretrain=true", "--nproc", "2"])
+    assert status == 2
+    assert "pretrain=True is not supported in distributed" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------
 # end to end on MovieLens 100K
 @pytest.fixture(scope="module")

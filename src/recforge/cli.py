@@ -321,6 +321,12 @@ def train(
         if not issubclass(get_model_class(model), GradientRecommender):
             raise ConfigError(f"--nproc: {model} is not trained by gradient steps; DDP "
                               "applies to mf, bpr, gmf, mlp, neumf, lightgcn and hybrid_bpr")
+        # what every rank would check first, checked once here: one line, not one per
+        # rank and then the launcher's traceback
+        estimator, _, _ = _prepare_train(model, dict(params), seed=seed, out=out,
+                                         checkpoint_dir=checkpoint_dir, resume=resume,
+                                         sparse_updates=sparse_updates, distributed=True)
+        estimator._check_distributed()
         argv = _without_option((ctx.find_root().obj or {}).get("argv", sys.argv[1:]),
                                "--nproc")
         status = distributed.launch(argv, nproc)
@@ -356,20 +362,15 @@ def _without_option(argv: list[str], name: str) -> list[str]:
     return out
 
 
-def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
-           valid: str | None, seed: int | None, columns: str | None, fmt: str | None,
-           duplicates: str, min_rating: float | None, data_dir: Path | None,
-           checkpoint_dir: Path | None, resume: bool, keep_checkpoint: bool,
-           item_features: Path | None, item_id_column: str | None, dist_ctx: Any,
-           sparse_updates: str = "auto", header: bool | None = None,
-           encoding: str = "utf-8") -> None:
-
+def _prepare_train(model: str, params: dict[str, Any], *, seed: int | None, out: Path,
+                   checkpoint_dir: Path | None, resume: bool, sparse_updates: str,
+                   distributed: bool) -> tuple[Any, bool, Path]:
+    """The model built from ``params`` and every check of the settings and paths that
+    needs no data; returns (estimator, whether it is a gradient model, its checkpoint
+    directory). Run by each rank, and by ``--nproc``'s parent before it starts them."""
     from recforge.models.gradient import GradientRecommender
     from recforge.models.registry import create_model
 
-    main_rank = dist_ctx is None or dist_ctx.is_main
-    if not main_rank:  # one voice: rank 0 reports, the others only warn
-        logging.getLogger("recforge").setLevel(logging.WARNING)
     if seed is not None:
         from recforge.models.registry import get_model_class
 
@@ -381,7 +382,7 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
     estimator._check_finite_params()  # hyperparameters before the data is read (minutes
     estimator._validate_params()      # at scale), not when fit starts
     gradient = isinstance(estimator, GradientRecommender)
-    if dist_ctx is not None and not gradient:
+    if distributed and not gradient:
         raise ConfigError(f"{model} is not trained by gradient steps; distributed training "
                           "applies to mf, bpr, gmf, mlp, neumf, lightgcn and hybrid_bpr")
     if (resume or checkpoint_dir is not None) and not gradient:
@@ -398,6 +399,23 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
     _check_checkpoint_dir(ckpt)
     if resume and not (ckpt / "checkpoint.pt").exists():
         raise ConfigError(f"--resume: no checkpoint in {ckpt}; run without --resume to start")
+    return estimator, gradient, ckpt
+
+
+def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
+           valid: str | None, seed: int | None, columns: str | None, fmt: str | None,
+           duplicates: str, min_rating: float | None, data_dir: Path | None,
+           checkpoint_dir: Path | None, resume: bool, keep_checkpoint: bool,
+           item_features: Path | None, item_id_column: str | None, dist_ctx: Any,
+           sparse_updates: str = "auto", header: bool | None = None,
+           encoding: str = "utf-8") -> None:
+
+    main_rank = dist_ctx is None or dist_ctx.is_main
+    if not main_rank:  # one voice: rank 0 reports, the others only warn
+        logging.getLogger("recforge").setLevel(logging.WARNING)
+    estimator, gradient, ckpt = _prepare_train(
+        model, params, seed=seed, out=out, checkpoint_dir=checkpoint_dir, resume=resume,
+        sparse_updates=sparse_updates, distributed=dist_ctx is not None)
     # Under DDP each rank reads only the events of the users it owns (Parquet is filtered
     # while it streams), except for models that propagate over the whole graph.
     shard = (dist_ctx.shard if dist_ctx is not None
