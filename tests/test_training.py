@@ -570,3 +570,30 @@ def test_any_accepted_seed_trains(random_data):
     for seed in (2**50, 2**63 - 1):
         model = create_model("mlp", epochs=1, embedding_dim=4, batch_size=256, seed=seed)
         assert len(model.fit(random_data).history_) == 1
+
+
+def test_checkpoint_writes_are_synced_before_and_after_the_rename(tmp_path, monkeypatch):
+    """A crash right after an epoch must leave the old checkpoint or the new one whole: the
+    temporary file is synced before it is renamed into place, the directory after."""
+    from recforge import _fs
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}")
+                       if os.path.exists("/proc/self/fd") else None))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", None))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    _fs.atomic_write_text(tmp_path / "log.jsonl", "{}\n")
+    assert (tmp_path / "log.jsonl").read_text() == "{}\n"
+    names = [e[0] for e in events]
+    assert names == ["fsync", "replace", "fsync"], events
+    if events[0][1] is not None:
+        assert events[0][1] is False and events[2][1] is True  # the file, then the directory

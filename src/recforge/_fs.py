@@ -1,6 +1,10 @@
 """Atomic file-system writes: write to a temporary sibling, then rename into place.
 
 A reader never sees a half-written file, and a killed writer leaves the old file (or none).
+:func:`atomic_path` also makes the write durable: the temporary file's data reach the disk
+before the rename, and the rename itself after it (the directory is synced where the
+platform allows), so a power loss or kernel crash right after leaves the old file or the
+new one whole, never an empty or truncated one.
 """
 
 from __future__ import annotations
@@ -26,6 +30,29 @@ def _default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~_umask()
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Sync a directory's entries (a rename into it) to disk; best effort: a no-op where
+    directories cannot be opened or synced (Windows, some network file systems)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -41,10 +68,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         if tmp_path.exists():
             os.chmod(tmp_path, _default_mode())
+            _fsync_file(tmp_path)  # the data on disk before the name points at it
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)  # and the rename itself
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
