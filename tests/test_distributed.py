@@ -573,6 +573,20 @@ def rmse_weight():
     return f"logged {logged:.6f} whole {whole:.6f}"
 
 
+def foreign_users():
+    # every rank holds all events, but says each holds its own users' shard
+    (train,) = read_many([train_csv])
+    create_model("bpr", embedding_dim=4, epochs=1, batch_size=128).fit(
+        train, distributed=ctx.shard, sharded=True)
+
+
+def shards_unsharded():
+    # each rank holds its users' shard, but says every rank holds all events
+    (train,) = read_many([train_csv], shard=ctx.shard)
+    create_model("bpr", embedding_dim=4, epochs=1, batch_size=128).fit(
+        train, distributed=ctx.shard, sharded=False)
+
+
 for case in sys.argv[2:]:
     run(case, globals()[case])
 distributed.shutdown(wait_for_others=True)
@@ -620,8 +634,10 @@ def _checks_job(tmp_path: Path, *cases: str) -> dict[str, list[str]]:
 def test_ddp_checks_of_data_and_settings_fail_alike_on_every_rank(tmp_path):
     """Clear errors raised on every rank together (the job neither hangs nor aborts):
     validation data whose users no rank knows is refused before the first epoch (it used
-    to score 0.0 every epoch, stop early and keep epoch 1's weights)."""
-    lines = _checks_job(tmp_path, "new_valid_users", "rmse_weight")
+    to score 0.0 every epoch, stop early and keep epoch 1's weights); data that does not
+    match ``sharded=`` is refused. Also: sharded RMSE is the whole validation set's."""
+    lines = _checks_job(tmp_path, "new_valid_users", "rmse_weight", "foreign_users",
+                        "shards_unsharded")
     for line in lines["new_valid_users"]:
         assert line.startswith("ERR DataError") and "validation users is known" in line, line
     # sharded RMSE weighted by the events predicted, not by each rank's len(valid)
@@ -629,3 +645,8 @@ def test_ddp_checks_of_data_and_settings_fail_alike_on_every_rank(tmp_path):
         m = re.fullmatch(r"OK logged ([\d.]+) whole ([\d.]+)", line)
         assert m is not None, line
         assert float(m.group(1)) == pytest.approx(float(m.group(2)), rel=1e-4), line
+    # Python API: data that does not match sharded= (an IndexError, or a gloo abort)
+    for line in lines["foreign_users"]:
+        assert line.startswith("ERR DataError") and "users that another rank owns" in line
+    for line in lines["shards_unsharded"]:
+        assert line.startswith("ERR DataError") and "different training data" in line

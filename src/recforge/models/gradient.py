@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from recforge.data.interactions import Interactions
-from recforge.errors import ConfigError
+from recforge.errors import ConfigError, DataError
 from recforge.models.base import Recommender
 from recforge.training.batches import EpochSampler
 from recforge.training.trainer import OPTIMIZERS, SCHEDULES, Trainer, resolve_device
@@ -293,6 +293,9 @@ class GradientRecommender(Recommender):
                               "step: every rank needs all events (do not shard its data)")
         from recforge.training.distributed import collective_device
 
+        if world > 1:
+            self._check_rank_data(train, valid, rank, world, sharded)
+
         self._stats = DataStats.of(train, sharded=sharded,
                                    device=collective_device(self.device_))
         if sharded:  # what Recommender.fit took from this rank's events, for all ranks
@@ -325,6 +328,42 @@ class GradientRecommender(Recommender):
 
     # ----------------------------------------------------------------------------------
     # data sharded by user across DDP ranks
+    def _check_rank_data(self, train: Interactions, valid: Interactions | None, rank: int,
+                         world: int, sharded: bool) -> None:
+        """Refuse, on every rank alike, data that does not match ``sharded``: with
+        ``sharded=True`` a rank holding events of users another rank owns (they would be
+        trained twice, and the compact user tables cannot look them up); with
+        ``sharded=False`` ranks holding different numbers of events (each rank's shard,
+        which would train on part of the data, or end in a collective mismatch)."""
+        import torch.distributed as dist
+
+        from recforge.training import distributed
+        from recforge.training.distributed import collective_device
+
+        if not distributed.active():
+            raise ConfigError("distributed training needs an initialised process group: "
+                              "launch with `recforge train --nproc N` or torchrun")
+        foreign = 0
+        if sharded:
+            from recforge.data.sharding import owner_of_ids
+
+            for data in (train, valid):
+                if data is not None and len(data):
+                    ids = data.users.ids[np.unique(data.user)]
+                    foreign += int((owner_of_ids(ids, world) != rank).sum())
+        figures = torch.tensor([foreign, len(train), -len(train)], dtype=torch.int64,
+                               device=collective_device(self.device_))
+        dist.all_reduce(figures, op=dist.ReduceOp.MAX)
+        foreign_max, most, fewest = (int(figures[0]), int(figures[1]), -int(figures[2]))
+        if sharded and foreign_max:
+            raise DataError(f"sharded=True, but a rank holds the events of {foreign_max:,} "
+                            "users that another rank owns: give each rank only its users' "
+                            "events (recforge.data.sharding.user_shard, or a reader's "
+                            "shard=), or pass sharded=False when every rank holds all events")
+        if not sharded and most != fewest:
+            raise DataError(f"sharded=False, but the ranks hold different training data "
+                            f"({fewest:,} to {most:,} events): every rank needs all events; "
+                            "pass sharded=True when each rank holds its own users' shard")
     def _combine_fingerprints(self) -> None:
         """One training-data fingerprint of every rank's shard (checkpoints, meta.json)."""
         import torch.distributed as dist
