@@ -11,9 +11,12 @@ What recforge adds is the glue a recommender needs:
   ``LOCAL_RANK``, ...), joins the process group with a timeout (a dead peer fails the job
   instead of hanging it), picks the backend and the device, and gives each process its
   share of the machine's cores;
-* the :class:`~recforge.training.trainer.Trainer` wraps the model in DDP, gives each rank a
-  disjoint shard of every epoch, validates on rank 0 and broadcasts the early-stopping
-  decision, and only rank 0 writes checkpoints, logs and the saved model;
+* the :class:`~recforge.training.trainer.Trainer` wraps the model in DDP and gives each
+  rank a disjoint shard of every epoch. With data sharded by user (the ``--nproc`` default
+  for every model but ``lightgcn``) every rank validates its own users and the figures are
+  all-reduced; otherwise rank 0 validates and broadcasts its figure. Either way every rank
+  makes the same early-stopping decision, and only rank 0 writes checkpoints, logs and the
+  saved model;
 * :func:`launch` starts ``torchrun`` for ``--nproc``.
 """
 
@@ -103,7 +106,12 @@ def init_from_environment(device: str = "auto",
         # against each other and slow every rank down.
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1)
-        if "OMP_NUM_THREADS" not in os.environ or os.environ.get("RECFORGE_SET_THREADS"):
+        # torchrun sets OMP_NUM_THREADS=1 when it is unset; `launch` (--nproc) exports
+        # RECFORGE_SET_THREADS=1 unless set, so cores / ranks applies there too, over any
+        # OMP_NUM_THREADS. RECFORGE_SET_THREADS=0 keeps OMP_NUM_THREADS.
+        force = os.environ.get("RECFORGE_SET_THREADS", "").strip().lower() not in (
+            "", "0", "false", "no")
+        if "OMP_NUM_THREADS" not in os.environ or force:
             torch.set_num_threads(max(1, cores // max(1, local_world)))
     if not dist.is_initialized():
         dist.init_process_group(backend=backend,
