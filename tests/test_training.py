@@ -597,3 +597,26 @@ def test_checkpoint_writes_are_synced_before_and_after_the_rename(tmp_path, monk
     assert names == ["fsync", "replace", "fsync"], events
     if events[0][1] is not None:
         assert events[0][1] is False and events[2][1] is True  # the file, then the directory
+
+
+def test_a_user_with_every_item_is_left_out_of_negative_sampling(caplog):
+    """One user who had every item stopped bpr, lightgcn and the NCF models from training
+    at all (EASE and ALS trained on the same data)."""
+    from recforge import DataError
+
+    frame = pd.DataFrame({"user": [1, 1, 2, 2, 3] + [4] * 5,
+                          "item": ["a", "b", "b", "c", "d", "a", "b", "c", "d", "e"]})
+    data = Interactions.from_frame(frame)
+    with caplog.at_level("WARNING"):
+        sampler = EpochSampler(data, batch_size=4, n_negatives=2)
+    assert sampler.n_events == 5 and "user 4 interacted with every item" in caplog.text
+    for batch in sampler.epoch(np.random.default_rng(0)):
+        assert not (batch["users"] == data.users.index([4])[0]).any()
+    for name in ("bpr", "gmf", "lightgcn"):
+        model = create_model(name, epochs=1, embedding_dim=4, batch_size=4).fit(data)
+        assert model.recommend([4], k=2, include_seen=True).shape[0] == 2
+    with pytest.raises(DataError, match="cannot sample negatives"):  # DDP: same steps
+        EpochSampler(data, batch_size=4, n_negatives=2, shard=(0, 2))
+    alone = Interactions.from_frame(frame[frame.user == 4])
+    with pytest.raises(DataError, match="cannot sample negatives"):  # nothing left
+        EpochSampler(alone, batch_size=4, n_negatives=1)
