@@ -493,6 +493,32 @@ def test_rerun_into_the_same_directory_leaves_no_stale_outputs(tmp_path, files):
     assert [r["model"] for r in payload["leaderboard"]] == ["als"]
 
 
+def test_a_failed_rerun_leaves_the_earlier_results(tmp_path, files, monkeypatch):
+    """The earlier run's outputs were removed before the re-run trained: a Ctrl-C or an
+    error lost them, config.yaml (runnable again) included."""
+    from recforge.models.ease import EASE
+
+    train, test = files
+    path = write(tmp_path, f"""
+        data: {{train: {train}, test: {test}}}
+        split: {{method: files}}
+        models: [pop, ease]
+        report: false
+    """)
+    out = tmp_path / "r"
+    run_experiment(load_config(path), out)
+    before = json.loads((out / "results.json").read_text())
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EASE, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(load_config(out / "config.yaml"), out)
+    assert json.loads((out / "results.json").read_text()) == before
+    assert (out / "config.yaml").is_file() and (out / "models" / "ease" / "meta.json").is_file()
+
+
 def test_run_refuses_a_model_folder_it_did_not_write_before_training(tmp_path, files):
     train, test = files
     out = tmp_path / "r"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,18 +205,22 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
         models.append((mc, model))
     if rating_metrics and not any(m.predicts_ratings for _, m in models):
         raise ConfigError(f"metrics {rating_metrics} need a rating model (e.g. mf)")
-    # A re-run into the same directory (runs/NAME by default) starts from a clean slate:
-    # what an earlier run wrote (its models, plots, report) would otherwise sit beside the
-    # new results. Only recforge's own outputs are removed.
-    _clear_previous_run(out)
+    # A re-run into the same directory (runs/NAME by default) replaces what the earlier run
+    # wrote (its models, plots, report would otherwise sit beside the new results). Only
+    # recforge's own outputs are removed, and only once the new models have trained: an
+    # interrupted or failed re-run leaves the earlier results as they were.
+    previous = _is_previous_run(out)
     if cfg.save_models:
         from recforge.models.base import check_model_target
 
         for mc, template in models:
             several = "seed" in template._param_names() and len(cfg.seeds) > 1
+            top = out / "models" / mc.display
+            if previous and _is_run_model(top):
+                continue  # the earlier run's model: replaced when this one is saved
             for seed in (cfg.seeds if several else [None]):
-                target = out / "models" / mc.display
-                check_model_target(target / f"seed-{seed}" if several else target)
+                check_model_target(top / f"seed-{seed}" if several else top)
+    replaced: set[Path] = set()
     atomic_write_text(out / RUN_MARKER, "written by recforge run; a re-run into this "
                       "directory replaces the outputs of the previous one\n")
 
@@ -267,6 +272,10 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
                                                         seen_at_test, tie_seed=EVAL_SEED)
             if cfg.save_models:
                 target = out / "models" / mc.display
+                if target not in replaced:
+                    if previous and _is_run_model(target):
+                        shutil.rmtree(target)
+                    replaced.add(target)
                 if seeded and len(cfg.seeds) > 1:
                     target = target / f"seed-{seed}"
                 if data.item_metadata is not None:
@@ -293,6 +302,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
     keys = [k for r in runs for k in r]
     primary = next((k for k in keys if k == first or k.startswith(first + " (")), first)
     rows = _leaderboard(cfg, runs, per_user_all, primary)
+    if previous:  # the earlier run's files and the models this run did not replace
+        _clear_previous_run(out, keep=replaced)
     _write(cfg, out, data, rows, runs, per_user_all, primary)
     print_wide(console, leaderboard_table(rows, cfg.metrics, primary, title=cfg.name))
     if cfg.report:
@@ -321,21 +332,35 @@ def _is_saved_model(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and (path / "meta.json").is_file()
 
 
-def _clear_previous_run(out: Path) -> None:
+def _is_run_model(path: Path) -> bool:
+    """A model folder a run writes: a saved model, or a folder of ``seed-N`` saved models."""
+    if _is_saved_model(path):
+        return True
+    if not path.is_dir() or path.is_symlink():
+        return False
+    children = list(path.iterdir())
+    return bool(children) and all(c.name.startswith("seed-") and _is_saved_model(c)
+                                  for c in children)
+
+
+def _is_previous_run(out: Path) -> bool:
+    """Whether ``out`` holds an earlier ``recforge run``'s outputs (its marker, or a
+    results.json with a leaderboard)."""
+    import json
+
+    if (out / RUN_MARKER).is_file():
+        return True
+    try:
+        payload = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(payload, dict) and "leaderboard" in payload
+
+
+def _clear_previous_run(out: Path, keep: set[Path] | None = None) -> None:
     """Remove the outputs of an earlier ``recforge run`` in ``out``: its files (by name)
     and the saved models under ``models/`` (a model folder, or a folder of ``seed-N``
-    model folders). Anything else is left alone; a directory that no run wrote into
-    (neither the marker nor a results.json) is not touched at all."""
-    import json
-    import shutil
-
-    if not (out / RUN_MARKER).is_file():
-        try:
-            payload = json.loads((out / "results.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return
-        if not (isinstance(payload, dict) and "leaderboard" in payload):
-            return
+    model folders) but those in ``keep`` (this run's). Anything else is left alone."""
     for name in _RUN_FILES:
         f = out / name
         if f.is_file() or f.is_symlink():
@@ -344,13 +369,8 @@ def _clear_previous_run(out: Path) -> None:
     if not models.is_dir() or models.is_symlink():
         return
     for entry in models.iterdir():
-        if _is_saved_model(entry):
+        if entry not in (keep or set()) and _is_run_model(entry):
             shutil.rmtree(entry)
-        elif entry.is_dir() and not entry.is_symlink():
-            children = list(entry.iterdir())
-            if children and all(c.name.startswith("seed-") and _is_saved_model(c)
-                                for c in children):
-                shutil.rmtree(entry)
     if not any(models.iterdir()):
         models.rmdir()
 
