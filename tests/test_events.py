@@ -406,3 +406,7 @@ def test_postgres_store_behind_a_real_server_survives_kill_9(pg_url, random_data
     with EventStore(pg_url) as store:
         assert store.count() == acked == 1 + 19 * 100
         assert store.forgotten() == {"u0"} and store.user_items(user) == [str(first)]
+
+
+def test_the_store_keeps_its_ids_helper():
+    assert EventStore.ids([1, "a"]) == ["1", "a"]

@@ -455,6 +455,10 @@ def test_dataset_name_beside_a_directory_of_that_name_stays_a_name(tmp_path):
     (tmp_path / "synthetic").write_text("user,item\n1,2\n")
     path = write(tmp_path, "data: {source: synthetic}\nmodels: [pop]\n", "c.yaml")
     assert load_config(path).data.source == str(tmp_path / "synthetic")
+    for store in ("events:/var/ev.sqlite", "events:ev.sqlite",
+                  "events:postgresql+psycopg://u@h/db"):  # an event store stays as written
+        path = write(tmp_path, f"data: {{source: '{store}'}}\nmodels: [pop]\n", "d.yaml")
+        assert load_config(path).data.source == store
 
 
 def test_rerun_into_the_same_directory_leaves_no_stale_outputs(tmp_path, files):

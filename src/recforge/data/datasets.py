@@ -16,17 +16,22 @@ from recforge.data.interactions import DuplicatePolicy, Interactions
 from recforge.data.io import read_interactions, read_many
 from recforge.errors import DataError
 
-__all__ = ["is_named_dataset", "load_dataset", "load_many"]
+__all__ = ["is_dataset_name", "is_named_dataset", "load_dataset", "load_many"]
 
 
 def is_named_dataset(spec: str) -> bool:
     """Whether ``spec`` names a built-in dataset rather than a file."""
+    # a file of that name wins; a directory (an extracted copy of the dataset, say) does
+    # not hide the name
+    return not os.path.isfile(spec) and is_dataset_name(spec)
+
+
+def is_dataset_name(spec: str) -> bool:
+    """Whether ``spec`` is the name of a built-in dataset (whatever files exist)."""
     if spec == "synthetic":
         return True
     from recforge.data.movielens import get_spec
 
-    if os.path.isfile(spec):  # a file of that name wins; a directory (an extracted copy
-        return False          # of the dataset, say) does not hide the name
     try:
         get_spec(spec)
         return True

@@ -340,19 +340,10 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         d.train = resolve(d.train)
     # A file beside the YAML wins; otherwise a dataset name stays a name, even when a
     # directory of that name (an extracted copy of the dataset) sits beside the YAML.
-    if d.source and not os.path.isabs(d.source) and (
-            (base / d.source).is_file() or not _is_dataset_name(d.source)):
+    # An event store (`events:PATH_OR_URL`) is passed on as written.
+    from recforge.data.datasets import is_dataset_name
+
+    if d.source and not os.path.isabs(d.source) and not d.source.startswith("events:") and (
+            (base / d.source).is_file() or not is_dataset_name(d.source)):
         d.source = str(base / d.source)
     return config
-
-
-def _is_dataset_name(value: str) -> bool:
-    if value == "synthetic":
-        return True
-    from recforge.data.movielens import get_spec
-
-    try:
-        get_spec(value)
-    except Exception:
-        return False
-    return True

@@ -398,6 +398,10 @@ class EventStore:
         return Interactions.from_frame(frame, duplicates=duplicates,  # type: ignore[arg-type]
                                        source=self.name)
 
+    @staticmethod
+    def ids(values: Iterable[Any]) -> list[str]:
+        return [str(v) for v in values]
+
 
 def _fill_values(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """Events posted without a value among events with values, as the server reads them:
@@ -414,10 +418,6 @@ def _fill_values(frame: pd.DataFrame, name: str) -> pd.DataFrame:
                      "rated training data", name, f"{int(left.sum()):,}", f"{len(frame):,}")
         frame = frame.loc[~left].reset_index(drop=True)
     return frame
-
-    @staticmethod
-    def ids(values: Iterable[Any]) -> list[str]:
-        return [str(v) for v in values]
 
 
 def _check_ids(ids: list[str]) -> None:
