@@ -615,8 +615,16 @@ def test_a_user_with_every_item_is_left_out_of_negative_sampling(caplog):
     for name in ("bpr", "gmf", "lightgcn"):
         model = create_model(name, epochs=1, embedding_dim=4, batch_size=4).fit(data)
         assert model.recommend([4], k=2, include_seen=True).shape[0] == 2
-    with pytest.raises(DataError, match="cannot sample negatives"):  # DDP: same steps
-        EpochSampler(data, batch_size=4, n_negatives=2, shard=(0, 2))
+    # under DDP a rank sees only its shard: nothing is left out there
+    assert EpochSampler(data, batch_size=4, n_negatives=2, shard=(0, 2)).n_events == 10
+    # "observed" draws from the items of the whole data: leaving a user out must not
+    # shrink that set (c, d, e are only A's: B and C would have every item left)
+    data = Interactions.from_frame(pd.DataFrame({"user": list("AAAAABBCC"),
+                                                 "item": list("abcdeabab")}))
+    sampler = EpochSampler(data, batch_size=4, n_negatives=2, negative_sampling="observed")
+    assert sampler.n_events == 4
+    for batch in sampler.epoch(np.random.default_rng(0)):
+        assert (batch["negatives"] >= 2).all()  # c, d or e
     alone = Interactions.from_frame(frame[frame.user == 4])
     with pytest.raises(DataError, match="cannot sample negatives"):  # nothing left
         EpochSampler(alone, batch_size=4, n_negatives=1)
