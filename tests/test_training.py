@@ -238,13 +238,9 @@ def test_resume_refuses_other_or_missing_validation_data_and_epoch_length(random
     other = random_split(random_data, test_size=0.2, seed=1)
 
     def run(valid, resume, stop_after=None, max_steps=None):
-        def callback(record):
-            if record["epoch"] == stop_after:
-                raise KeyboardInterrupt
-
         model = create_model("bpr", embedding_dim=4, epochs=3, batch_size=64, seed=0)
         return model.fit(split.train, valid, checkpoint_dir=tmp_path, resume=resume,
-                         epoch_callback=callback, max_steps_per_epoch=max_steps)
+                         epoch_callback=_interrupt_after(stop_after), max_steps_per_epoch=max_steps)
 
     with pytest.raises(KeyboardInterrupt):
         run(split.test, resume=False, stop_after=1)
@@ -415,14 +411,10 @@ def test_resume_with_other_sparse_updates_is_refused(random_data, tmp_path):
     """A checkpoint's optimizer state holds one parameter group per kind of update: a
     resumed run that would update the user tables otherwise stops with a clear error."""
     def run(mode, resume, stop_after=None):
-        def callback(record):
-            if record["epoch"] == stop_after:
-                raise KeyboardInterrupt
-
         model = create_model("bpr", embedding_dim=8, epochs=2, batch_size=64, seed=0,
                              optimizer="adagrad")
         return model.fit(random_data, checkpoint_dir=tmp_path, resume=resume,
-                         sparse_updates=mode, epoch_callback=callback)
+                         sparse_updates=mode, epoch_callback=_interrupt_after(stop_after))
 
     with pytest.raises(KeyboardInterrupt):
         run("off", resume=False, stop_after=1)
@@ -539,14 +531,10 @@ def test_hybrid_bpr_resume_with_other_features_is_refused(random_data, tmp_path)
                                 "genre")
 
     def run(feats, resume, stop_after=None):
-        def callback(record):
-            if record["epoch"] == stop_after:
-                raise KeyboardInterrupt
-
         model = create_model("hybrid_bpr", epochs=2, embedding_dim=4, batch_size=128, seed=0,
                              device="cpu")
         return model.fit(random_data, checkpoint_dir=tmp_path, resume=resume,
-                         item_features=feats, epoch_callback=callback)
+                         item_features=feats, epoch_callback=_interrupt_after(stop_after))
 
     with pytest.raises(KeyboardInterrupt):
         run(a, resume=False, stop_after=1)
@@ -628,3 +616,11 @@ def test_a_user_with_every_item_is_left_out_of_negative_sampling(caplog):
     alone = Interactions.from_frame(frame[frame.user == 4])
     with pytest.raises(DataError, match="cannot sample negatives"):  # nothing left
         EpochSampler(alone, batch_size=4, n_negatives=1)
+
+
+def _interrupt_after(epoch):
+    """An epoch callback that stops training (as Ctrl-C would) after ``epoch``."""
+    def callback(record):
+        if record["epoch"] == epoch:
+            raise KeyboardInterrupt
+    return callback
