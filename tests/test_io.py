@@ -430,7 +430,7 @@ def test_odd_columns_are_clear_errors(tmp_path):
 
     with pytest.raises(DataError, match=r"line 3, column 'rating': 1e\+39 is too large"):
         read_csv(write(tmp_path, "r.csv", "user,item,rating\n1,2,5\n1,3,1e39\n"))
-    with pytest.raises(DataError, match=r"\['item'\] appear more than once"):
+    with pytest.raises(DataError, match=r"column name 'item' appears more than once \(columns 2, 3\)"):
         interactions_from_frame(pd.DataFrame([[1, 2, 3]], columns=["user", "item", "item"]))
     p = tmp_path / "b.parquet"
     pq.write_table(pa.table({"user": pa.array([b"a", b"\xff"], pa.binary()), "item": [1, 2]}), p)
@@ -473,3 +473,65 @@ def test_a_misspelt_rating_or_timestamp_column_is_warned_about(tmp_path, caplog)
     with caplog.at_level("WARNING"):
         Interactions.from_csv(path, columns={"rating": "ratng"})
     assert "not read" not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------
+# a repeated column name is refused by every reader, naming the file and the column
+@pytest.mark.parametrize("name, text, kwargs", [
+    ("a.csv", "user,user,item\n1,2,3\n4,5,6\n", {}),                    # header guessed
+    ("b.csv", "user,user,item\n1,2,3\n", {"header": True}),               # header given
+    ("c.csv", '"user", user ,item\n1,2,3\n', {}),                          # quoted, spaced
+    ("d.tsv", "user\titem\titem\n1\t2\t3\n", {}),                        # TSV
+    ("e.dat", "user::item::item\n1::2::3\n", {}),                           # "::"
+    ("f.txt", "user item item\n1 2 3\n", {"format": "csv"}),                # whitespace
+    ("g.csv", "who,who,item\n1,2,3\n", {"columns": "user=who"}),           # the mapped one
+    ("h.csv", "user,item,rating,rating\n1,2,3,4\n", {}),                   # an optional one
+])
+def test_a_repeated_column_name_is_refused_naming_file_and_column(tmp_path, name, text, kwargs):
+    p = write(tmp_path, name, text)
+    repeated = {"a": "user", "b": "user", "c": "user", "g": "who", "h": "rating"}.get(name[0],
+                                                                                   "item")
+    with pytest.raises(DataError, match=rf"{name}: column name '{repeated}' appears more "
+                                        "than once"):
+        read_interactions(p, **kwargs)
+    with pytest.raises(DataError, match=rf"{name}: column name '{repeated}' appears more "
+                                        "than once"):
+        read_many([p, p], **kwargs)
+
+
+def test_a_column_named_like_pandas_renamed_repeat_is_no_repeat(tmp_path):
+    p = write(tmp_path, "r.csv", "user,user.1,item\n1,2,3\n4,5,6\n")
+    assert read_csv(p).users.ids.tolist() == [1, 4]
+    assert read_csv(p, columns="user=user.1").users.ids.tolist() == [2, 5]
+
+
+def test_a_repeated_column_name_in_parquet_and_in_a_frame(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recforge.data.io import interactions_from_frame, read_parquet
+
+    p = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array([1, 2]), pa.array([3, 4]), pa.array([5, 6])],
+                                        names=["user", "user", "item"]), p)
+    for read in (read_parquet, read_interactions, lambda q: read_many([q])):
+        with pytest.raises(DataError, match=r"d.parquet: column name 'user' appears more"):
+            read(p)
+    with pytest.raises(DataError, match="column name 'user' appears more than once"):
+        interactions_from_frame(pd.DataFrame([[1, 2, 3]], columns=["user", "user", "item"]))
+
+
+def test_columns_that_name_one_role_twice_or_two_roles_once_are_refused(tmp_path):
+    p = write(tmp_path, "r.csv", "u,v,item\n1,2,3\n")
+    with pytest.raises(DataError, match=r"names user twice \('u' and 'v'\)"):
+        read_csv(p, columns="user=u,user=v")
+    with pytest.raises(DataError, match=r"r.csv: column 'u' would be read as both the user "
+                                        "and the item"):
+        read_csv(p, columns="user=u,item=u")
+    # two names that differ only in case both match the alias: neither is guessed
+    q = write(tmp_path, "q.csv", "User,user,item\n1,2,3\n")
+    with pytest.raises(DataError, match=r"q.csv: columns \['User', 'user'\] all name the "
+                                        "user"):
+        read_csv(q)
+    assert read_csv(q, columns="user=User").users.ids.tolist() == [1]
+    assert read_csv(q, columns="rating=User").users.ids.tolist() == [2]

@@ -350,3 +350,17 @@ def test_known_sha256_is_verified(tmp_path):
     spec = dataclasses.replace(get_spec("ml-100k"), file_sha256={
         "u.data": hashlib.sha256(b"1\t1\t5\t100\n").hexdigest()})
     verify_files(spec, folder)
+
+
+def test_a_repeated_column_in_a_movielens_csv_is_refused(tmp_path):
+    folder = tmp_path / "ml-latest-small"
+    _write(folder / "ratings.csv", "userId,movieId,rating,timestamp,rating\n1,10,4,5,1\n")
+    _write(folder / "movies.csv", "movieId,title,genres\n10,A (1995),Drama\n")
+    with pytest.raises(DataError, match=r"ratings.csv: column name 'rating' appears more "
+                                        "than once"):
+        load_movielens("ml-latest-small", data_dir=tmp_path, download=False)
+    _write(folder / "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4,5\n")
+    _write(folder / "movies.csv", "movieId,title,title,genres\n10,A (1995),B (1996),Drama\n")
+    with pytest.raises(DataError, match=r"movies.csv, line 1, column 'title': column 'title' "
+                                        "appears more than once"):
+        load_movielens("ml-latest-small", data_dir=tmp_path, download=False)

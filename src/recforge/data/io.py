@@ -63,7 +63,11 @@ def parse_columns(spec: str | Mapping[str, str] | None) -> dict[str, str]:
                 raise DataError(f"column mapping {part!r} must look like canonical=name, "
                                 "e.g. user=userId")
             key, _, val = part.partition("=")
-            mapping[key.strip()] = val.strip()
+            key = key.strip()
+            if key in mapping:  # the later one would silently win
+                raise DataError(f"column mapping names {key} twice ({mapping[key]!r} and "
+                                f"{val.strip()!r}); give one column per role")
+            mapping[key] = val.strip()
     for key in mapping:
         if key not in COLUMN_ALIASES:
             raise DataError(f"unknown canonical column {key!r} in column mapping; "
@@ -92,11 +96,17 @@ class _Columns:
 def _resolve(frame_cols: Sequence[Any], columns: Mapping[str, str] | None,
              source: str | None, warn: bool = True) -> dict[str, Any]:
     present = [str(c) for c in frame_cols]
-    twice = sorted({c for c in present if present.count(c) > 1})
-    if twice:
-        raise DataError(f"column name(s) {twice} appear more than once; rename them",
-                        source=source)
-    lower = {c.lower(): c for c in present}
+    seen: dict[str, list[int]] = {}
+    for k, name in enumerate(present, start=1):
+        seen.setdefault(name, []).append(k)
+    twice = {name: at for name, at in seen.items() if len(at) > 1}
+    if twice:  # which of the two would be read is anyone's guess: refuse
+        name, at = next(iter(twice.items()))
+        raise DataError(f"column name {name!r} appears more than once (columns "
+                        f"{', '.join(map(str, at))}); rename all but one", source=source)
+    by_lower: dict[str, list[str]] = {}
+    for c in present:
+        by_lower.setdefault(c.lower(), []).append(c)
     resolved: dict[str, Any] = {}
     columns = dict(columns or {})
     for canon, aliases in COLUMN_ALIASES.items():
@@ -111,20 +121,35 @@ def _resolve(frame_cols: Sequence[Any], columns: Mapping[str, str] | None,
             resolved[canon] = frame_cols[present.index(name)]
             continue
         for alias in aliases:
-            if alias in lower:
-                resolved[canon] = frame_cols[present.index(lower[alias])]
-                break
+            if alias in by_lower:
+                found = by_lower[alias]
+                if len(found) > 1:  # "User" and "user": unless the others are mapped
+                    found = [c for c in found if c not in columns.values()]
+                if len(found) > 1:
+                    raise DataError(
+                        f"columns {found} all name the {canon} (names are matched without "
+                        f"case); name the one to read with columns={{'{canon}': "
+                        f"'<column>'}} (CLI: --columns {canon}=<column>) or rename the "
+                        "others", source=source)
+                if found:
+                    resolved[canon] = frame_cols[present.index(found[0])]
+                    break
     for canon in ("user", "item"):
         if canon not in resolved:
             hint = get_close_matches(canon, [c.lower() for c in present], n=1, cutoff=0.5)
             raise DataError(
                 f"no {canon} column: columns present are {present}; name it with "
                 f"columns={{'{canon}': '<column>'}} (CLI: --columns {canon}=<column>)"
-                + (f"; did you mean {lower[hint[0]]!r}?" if hint else ""),
+                + (f"; did you mean {by_lower[hint[0]][0]!r}?" if hint else ""),
                 source=source)
-    used = [resolved[c] for c in resolved]
-    if len(set(map(str, used))) != len(used):
-        raise DataError(f"one column is mapped to two roles: {resolved}", source=source)
+    roles: dict[str, str] = {}
+    for canon, col in resolved.items():
+        if str(col) in roles:
+            raise DataError(f"column {str(col)!r} would be read as both the "
+                            f"{roles[str(col)]} and the {canon}; give each role its own "
+                            "column (columns=, CLI --columns)", source=source)
+        roles[str(col)] = canon
+    used = list(resolved.values())
     if warn:  # a misspelt rating or timestamp column would leave the data without them
         taken = {str(c) for c in used}
         for canon in ("rating", "timestamp"):
@@ -622,7 +647,8 @@ def _read_csv_columns(path: Path, *, sep: str | None, header: bool | None,
         raise _undecodable(path, shown_encoding, encoding) from None
     except OSError as exc:
         raise DataError(f"cannot read: {exc.strerror or exc}", source=src) from None
-    frame.columns = [str(c).strip() for c in frame.columns]
+    if header:  # the names as written: pandas has renamed a repeated `user` to `user.1`
+        frame.columns = _header_names(text_source, sep, encoding, leading, frame.columns)
     lines = np.arange(len(frame)) + (2 if header else 1) + leading
     if sep != r"\s+" and _physical_lines(path) > leading + bool(header) + len(frame):
         # a quoted field spans lines: number each record by the line it starts on
@@ -642,6 +668,27 @@ def _read_csv_columns(path: Path, *, sep: str | None, header: bool | None,
                             "file has none, pass header=False, --no-header on the command "
                             "line)", source=src) from None
     return _extract(frame, columns, src, lines, "line")
+
+
+def _header_names(text_source: Any, sep: str, encoding: str, skiprows: int,
+                  parsed: Sequence[Any]) -> list[str]:
+    """The header's fields as written, read by the same parser with the same options.
+
+    pandas renames a repeated column name (``user,user,item`` becomes ``user, user.1,
+    item``), so a repeat can only be seen in the header line itself; a column really named
+    ``user.1`` is no repeat. An empty field keeps the name pandas gave it (``Unnamed: 2``).
+    """
+    import io as _io
+
+    if isinstance(text_source, _io.StringIO):
+        text_source.seek(0)
+    row = pd.read_csv(text_source, sep=sep, header=None, nrows=1, dtype=str,
+                      keep_default_na=False, index_col=False, engine="c", encoding=encoding,
+                      skipinitialspace=True, skiprows=skiprows)
+    raw = [str(v).strip() for v in row.iloc[0]] if len(row) else []
+    if len(raw) != len(parsed):  # cannot happen with one parser; keep what pandas read
+        return [str(c).strip() for c in parsed]
+    return [r or str(c).strip() for r, c in zip(raw, parsed, strict=True)]
 
 
 def _physical_lines(path: Path) -> int:
