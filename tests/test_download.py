@@ -403,3 +403,187 @@ def test_corrupt_deflate_download_leaves_nothing(served, fake_zip, server, tmp_p
         download_movielens(spec, cache=tmp_path / "c", url=f"{server.url}/ml-100k.zip",
                            progress=False)
     assert _files(tmp_path / "c") == []
+
+
+# ---------------------------------------------------------------------------------------
+# bounds on what an archive may unpack to, and members that are not plain files
+def _bomb(path: Path, size: int = 8 << 20, name: str = "ml-100k/u.data") -> Path:
+    """A zip whose one member is ``size`` zero bytes (deflate packs them ~1,000 times)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(name, b"\0" * size)
+    return path
+
+
+def _set_sizes(path: Path, *, file_size: int | None = None,
+               compress_size: int | None = None) -> Path:
+    """Rewrite the sizes the local and the central header declare for the first member."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    for offset, value in ((18, compress_size), (22, file_size)):  # local header fields
+        if value is not None:
+            struct.pack_into("<I", data, offset, value)
+            struct.pack_into("<I", data, central + offset + 2, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_extract_zip_refuses_a_high_ratio_member_before_writing(tmp_path):
+    archive = _bomb(tmp_path / "bomb.zip")
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError, match=r"bomb.zip: refusing to extract member 'ml-100k/u.data'"
+                                        r": it declares 8,388,608 bytes from .* ratio above "
+                                        "100"):
+        extract_zip(archive, dest)
+    assert not dest.exists()  # refused before anything was written
+    # a member that compresses like real data passes, and a looser ratio lets the bomb in
+    assert extract_zip(archive, dest, max_ratio=10_000) == dest
+    assert (dest / "ml-100k" / "u.data").stat().st_size == 8 << 20
+
+
+def test_extract_zip_refuses_more_than_max_bytes_before_writing(tmp_path, fake_zip):
+    total = sum(len(t) for t in FAKE_100K.values())
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError, match=rf"would unpack to more than {total - 1:,} bytes"):
+        extract_zip(fake_zip, dest, max_bytes=total - 1)
+    assert not dest.exists()
+    assert extract_zip(fake_zip, dest, max_bytes=total) == dest
+
+
+def test_extract_zip_counts_the_bytes_written_not_the_header(tmp_path, monkeypatch):
+    """With the header checks gone (a header that lies about everything), the bytes counted
+    as they are written still stop the bomb at the ceiling."""
+    import recforge.data.download as download
+
+    monkeypatch.setattr(download, "_check_declared_sizes", lambda *a, **k: None)
+    archive = _bomb(tmp_path / "bomb.zip", size=32 << 20)
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError, match=r"more than 4,194,304 bytes unpacked \(max_bytes\), "
+                                        "at member 'ml-100k/u.data'"):
+        extract_zip(archive, dest, max_bytes=4 << 20, max_ratio=10_000)
+    assert _files(dest) == []
+    with pytest.raises(DataError, match=r"member 'ml-100k/u.data': more than [\d,]+ bytes "
+                                        r"from [\d,]+ compressed, a ratio above 100"):
+        extract_zip(archive, dest)
+    assert _files(dest) == []
+
+
+def test_extract_zip_refuses_a_lying_header(tmp_path):
+    # declares 1,000 bytes where 8 MiB are packed: never more than declared is written,
+    # and the short read fails its CRC
+    small = _set_sizes(_bomb(tmp_path / "small.zip"), file_size=1000)
+    with pytest.raises(DataError, match="small.zip: corrupt zip archive"):
+        extract_zip(small, tmp_path / "dest")
+    assert _files(tmp_path / "dest") == []
+    # declares a compressed size that makes the ratio look sane: the archive's real size
+    # gives it away
+    packed = _set_sizes(_bomb(tmp_path / "packed.zip"), compress_size=1 << 20)
+    with pytest.raises(DataError, match=r"packed.zip: refusing to extract member .*ratio "
+                                        "above 100"):
+        extract_zip(packed, tmp_path / "dest")
+    assert _files(tmp_path / "dest") == []
+
+
+def test_extract_zip_refuses_symlinks_and_repeated_members(tmp_path):
+    import stat
+
+    link = tmp_path / "link.zip"
+    with zipfile.ZipFile(link, "w") as zf:
+        zf.writestr("data/ok.txt", "ok")
+        info = zipfile.ZipInfo("data/passwd")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(DataError, match=r"member 'data/passwd': it is a symbolic link"):
+        extract_zip(link, tmp_path / "dest")
+    fifo = tmp_path / "fifo.zip"
+    with zipfile.ZipFile(fifo, "w") as zf:
+        info = zipfile.ZipInfo("data/pipe")
+        info.external_attr = (stat.S_IFIFO | 0o644) << 16
+        zf.writestr(info, "")
+    with pytest.raises(DataError, match=r"member 'data/pipe': it is not a regular file"):
+        extract_zip(fifo, tmp_path / "dest")
+    twice = tmp_path / "twice.zip"
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(twice, "w") as zf:
+        zf.writestr("data/a.txt", "first")
+        zf.writestr("data/a.txt", "second")
+    with pytest.raises(DataError, match=r"member 'data/a.txt': the archive holds it twice"):
+        extract_zip(twice, tmp_path / "dest")
+    assert _files(tmp_path / "dest") == []
+
+
+@pytest.mark.parametrize("member", ["../evil.txt", "ml-100k/../../evil.txt", "/tmp/evil.txt"])
+def test_download_refuses_a_served_zip_slip(served, server, tmp_path, member):
+    archive = _zip(served / "ml-100k.zip", {"ml-100k/u.data": FAKE_100K["u.data"],
+                                            member: "pwned"})
+    spec = dataclasses.replace(get_spec("ml-100k"), md5=file_digest(archive, "md5"),
+                               file_sha256={})
+    cache = tmp_path / "cache" / "c"
+    with pytest.raises(DataError, match="refusing to extract member"):
+        download_movielens(spec, cache=cache, url=f"{server.url}/ml-100k.zip", progress=False)
+    assert _files(tmp_path / "cache") == [] and not (tmp_path / "evil.txt").exists()
+
+
+def test_download_is_bounded_by_the_datasets_ceiling(served, server, tmp_path):
+    archive = _bomb(served / "ml-100k.zip", size=2 << 20)
+    spec = dataclasses.replace(get_spec("ml-100k"), md5=file_digest(archive, "md5"),
+                               file_sha256={}, max_extracted_bytes=1 << 20)
+    with pytest.raises(DataError, match=r"would unpack to more than 1,048,576 bytes"):
+        download_movielens(spec, cache=tmp_path / "c", url=f"{server.url}/ml-100k.zip",
+                           progress=False)
+    assert _files(tmp_path / "c") == []
+    for spec in (get_spec(n) for n in ("ml-100k", "ml-1m", "ml-latest-small", "ml-32m")):
+        assert spec.max_extracted_bytes <= 4 << 30
+
+
+# ---------------------------------------------------------------------------------------
+# saying exactly what was verified
+def _cli_download(capsys, monkeypatch, spec: MovieLensSpec, url: str, *args: str):
+    import recforge.data.movielens as movielens
+    from recforge.cli import main
+
+    served_spec = dataclasses.replace(spec, url=url)
+    monkeypatch.setattr(movielens, "get_spec", lambda name: served_spec)
+    try:
+        code = main(["datasets", "download", spec.name, *args])
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, " ".join(out.out.split()), out.err
+
+
+def test_datasets_download_says_what_was_verified(served, server, tmp_path, capsys,
+                                                  monkeypatch):
+    from recforge.data.movielens import fetch_movielens
+
+    # like ml-32m before its md5 was pinned: only the archive's own checksums.txt
+    ratings = "userId,movieId,rating,timestamp\n1,10,4,5\n"
+    archive = _zip(served / "ml-32m.zip", {
+        "ml-32m/ratings.csv": ratings,
+        "ml-32m/checksums.txt": f"{_md5(ratings.encode())}  ratings.csv\n"})
+    own = dataclasses.replace(get_spec("ml-32m"), md5=None)
+    code, out, err = _cli_download(capsys, monkeypatch, own, f"{server.url}/ml-32m.zip")
+    assert code == 0, err
+    assert "verified: md5 of 1 files against the archive's own checksums.txt" in out
+    assert "sha256" not in out and "pinned md5" not in out
+    assert "warning: nothing was checked against a checksum recforge pins" in out
+    # already there: nothing is downloaded or checked, and it says so
+    code, out, _ = _cli_download(capsys, monkeypatch, own, f"{server.url}/ml-32m.zip")
+    assert code == 0 and "is already in" in out and "not downloaded or checked again" in out
+    # the pinned md5 of the zip
+    pinned = dataclasses.replace(own, md5=file_digest(archive, "md5"))
+    code, out, err = _cli_download(capsys, monkeypatch, pinned, f"{server.url}/ml-32m.zip",
+                                   "--force")
+    assert code == 0, err
+    assert "verified: pinned md5 of the zip; md5 of 1 files against the archive's" in out
+    assert "warning" not in out
+    # nothing at all
+    _zip(served / "ml-32m.zip", {"ml-32m/ratings.csv": ratings})
+    got = fetch_movielens(own, cache=tmp_path / "n", url=f"{server.url}/ml-32m.zip",
+                          progress=False)
+    assert got.verified is not None and not got.verified.pinned
+    assert got.verified.describe().startswith("nothing: no checksum is pinned")
+    # and what the registry promises
+    assert get_spec("ml-32m").checks.startswith("pinned md5 of the zip; md5 of the files")
+    assert get_spec("ml-latest-small").checks == ("pinned sha256 of ratings.csv, movies.csv, "
+                                                  "tags.csv")

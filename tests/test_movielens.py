@@ -67,7 +67,9 @@ def test_registry_lists_every_variant():
     assert get_spec("ml-10m").folder == "ml-10M100K"
     assert get_spec("ml-100k").md5 == "0e33842e24a9c977be4e0107933c0723"
     assert get_spec("ml-25m").md5 == "6b51fb2759a8657d3bfcbfc42b592ada"
-    assert get_spec("ml-32m").md5 is None and get_spec("ml-latest-small").md5 is None
+    # ml-32m: GroupLens' ml-32m.zip.md5; latest-small's files are pinned by sha256 instead
+    assert get_spec("ml-32m").md5 == "d472be332d4daa821edc399621853b57"
+    assert get_spec("ml-latest-small").md5 is None
     assert set(get_spec("ml-latest-small").file_sha256) == {"ratings.csv", "movies.csv",
                                                             "tags.csv"}
     assert [s.has_user_features for s in list_datasets()].count(True) == 2  # 100k, 1m

@@ -207,7 +207,8 @@ def datasets_info(name: str) -> None:
     local = find_local(spec.name)
     console.print(f"[bold]{spec.name}[/bold]: {spec.description}")
     console.print(f"  url:      {spec.url}")
-    console.print(f"  md5:      {spec.md5 or '(not published; files verified by sha256)'}")
+    console.print(f"  md5:      {spec.md5 or '(none pinned)'}")
+    console.print(f"  checks:   {spec.checks}")
     console.print(f"  ratings:  {spec.n_ratings:,} by {spec.n_users:,} users on "
                   f"{spec.n_items:,} items")
     console.print(f"  local:    {local or 'not found (recforge datasets download ' + spec.name + ')'}")
@@ -218,10 +219,17 @@ def datasets_download(name: str,
                       force: bool = typer.Option(False, help="Download again even if cached."),
                       ) -> None:
     """Download a dataset into the cache (RECFORGE_CACHE_DIR, default ~/.cache/recforge)."""
-    from recforge.data.movielens import download_movielens
+    from recforge.data.movielens import fetch_movielens
 
-    path = download_movielens(name, force=force)
-    console.print(f"{name} is in {path}")
+    got = fetch_movielens(name, force=force)
+    if got.verified is None:
+        console.print(f"{name} is already in {got.path} (not downloaded or checked again; "
+                      "--force does both)")
+        return
+    console.print(f"{name} is in {got.path}; verified: {got.verified.describe()}")
+    if not got.verified.pinned:
+        console.print("[yellow]warning:[/yellow] nothing was checked against a checksum "
+                      "recforge pins: the files are as the server sent them")
 
 
 @datasets_app.command("generate")

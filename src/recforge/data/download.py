@@ -6,8 +6,12 @@ Nothing here knows about MovieLens; :mod:`recforge.data.movielens` builds on it.
   beside its destination, checks its MD5 / SHA-256, and only then renames it into place: a
   failed, interrupted or corrupt download leaves nothing behind.
 * :func:`extract_zip` unpacks an archive into a temporary directory, refuses members that
-  would land outside it (absolute paths, ``..``: "zip slip"), lets the caller verify the
-  result, and only then renames the top-level entries into the destination.
+  would land outside it (absolute paths, ``..``: "zip slip"), symbolic links and other
+  special files, and archives that would unpack to more than a size ceiling or at a
+  compression ratio no real data has (a "zip bomb"): judged from the sizes the archive
+  declares before anything is written, and again from the bytes actually written, since a
+  doctored header can declare anything. It lets the caller verify the result, and only
+  then renames the top-level entries into the destination.
 * :func:`cache_dir` is where downloads go by default.
 
 Network and HTTP failures raise :class:`~recforge.errors.DataError` with a message that says
@@ -22,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import urllib.error
 import urllib.parse
@@ -37,7 +42,8 @@ from tqdm.auto import tqdm
 from recforge._fs import atomic_path
 from recforge.errors import DataError
 
-__all__ = ["cache_dir", "extract_zip", "fetch", "file_digest", "OFFLINE_HINT"]
+__all__ = ["cache_dir", "extract_zip", "fetch", "file_digest", "MAX_EXTRACT_BYTES",
+           "MAX_EXTRACT_RATIO", "OFFLINE_HINT"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,15 @@ OFFLINE_HINT = ("To work offline, download and extract the dataset elsewhere, th
 _SCHEMES = ("http", "https", "file")
 _CHUNK = 1 << 20  # bytes read per step of a download or a hash
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
+
+#: Default ceiling on what :func:`extract_zip` writes (bytes, all members together).
+MAX_EXTRACT_BYTES = 4 << 30
+#: Default ceiling on the compression ratio (uncompressed / compressed bytes) of a member and
+#: of the whole archive. Text data deflates 2-6 times; a zip bomb about 1,000 times.
+MAX_EXTRACT_RATIO = 100
+#: Below this many uncompressed bytes the ratio is not judged (a small run of blanks or
+#: zeros compresses at any ratio and harms nothing).
+_RATIO_FLOOR = 1 << 20
 
 
 def cache_dir() -> Path:
@@ -188,7 +203,9 @@ _CORRUPT = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error,
 
 
 def extract_zip(archive: str | os.PathLike, dest_dir: str | os.PathLike, *,
-                verify: Callable[[Path], None] | None = None) -> Path:
+                verify: Callable[[Path], None] | None = None,
+                max_bytes: int = MAX_EXTRACT_BYTES,
+                max_ratio: float = MAX_EXTRACT_RATIO) -> Path:
     """Extract a zip archive into ``dest_dir`` atomically and return ``dest_dir``.
 
     The members are unpacked into a temporary directory inside ``dest_dir``; ``verify``,
@@ -196,12 +213,18 @@ def extract_zip(archive: str | os.PathLike, dest_dir: str | os.PathLike, *,
     top-level entry is renamed into ``dest_dir``, replacing an older copy only once the new
     one is complete. A failure at any step leaves ``dest_dir`` as it was.
 
+    ``max_bytes`` bounds the total uncompressed size and ``max_ratio`` the compression ratio
+    (uncompressed / compressed) of each member and of the whole archive (judged past 1 MiB).
+    Both are checked on the sizes the archive declares before anything is written, then on
+    the bytes actually written, as they are written.
+
     Raises
     ------
     DataError
         When the file is not a valid zip archive or a member cannot be read back
-        (damaged data, bad CRC), or a member has an absolute path or a
-        ``..`` component (it would be written outside ``dest_dir``).
+        (damaged data, bad CRC), a member has an absolute path or a ``..`` component (it
+        would be written outside ``dest_dir``), is a symbolic link or another special file,
+        is encrypted or repeated, or the archive exceeds ``max_bytes`` or ``max_ratio``.
     """
     archive = Path(archive)
     dest = Path(dest_dir)
@@ -210,32 +233,18 @@ def extract_zip(archive: str | os.PathLike, dest_dir: str | os.PathLike, *,
         zf = zipfile.ZipFile(archive)
     except FileNotFoundError:
         raise DataError("archive not found", source=src) from None
-    except zipfile.BadZipFile as exc:
+    except _CORRUPT as exc:
         raise DataError(f"not a valid zip archive ({exc})", source=src) from None
     with zf:
-        for member in zf.infolist():
-            if _unsafe_member(member.filename):
-                raise DataError(f"refusing to extract member {member.filename!r}: it has an "
-                                "absolute path or '..' and would be written outside "
-                                f"{dest}", source=src)
+        members = zf.infolist()
+        _check_members(members, dest, src)
+        _check_declared_sizes(members, archive.stat().st_size, max_bytes, max_ratio, src)
         dest.mkdir(parents=True, exist_ok=True)
-        # Read every member (CRC included) before writing anything: a damaged deflate
-        # stream raises zlib.error, an unreadable file OSError, not BadZipFile. Reading
-        # only, an OSError here is the archive's, never a full disk's.
-        try:
-            bad = zf.testzip()
-        except _CORRUPT + (OSError,) as exc:
-            raise DataError(f"corrupt zip archive ({type(exc).__name__}: {exc})",
-                            source=src) from None
-        if bad is not None:
-            raise DataError(f"corrupt zip archive (bad CRC in {bad!r})", source=src)
         tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".extract", dir=dest))
         try:
-            try:
-                zf.extractall(tmp)
-            except _CORRUPT as exc:
-                raise DataError(f"corrupt zip archive ({type(exc).__name__}: {exc})",
-                                source=src) from None
+            budget = _Budget(max_bytes, max_ratio, archive.stat().st_size, src)
+            for member in members:
+                _extract_member(zf, member, tmp, budget, src)
             if verify is not None:
                 verify(tmp)
             for entry in sorted(tmp.iterdir()):
@@ -246,6 +255,120 @@ def extract_zip(archive: str | os.PathLike, dest_dir: str | os.PathLike, *,
             shutil.rmtree(tmp, ignore_errors=True)
     logger.info("extracted %s into %s", archive, dest)
     return dest
+
+
+def _check_members(members: list[zipfile.ZipInfo], dest: Path, src: str) -> None:
+    """Refuse members that could write outside the target, that are not plain files or
+    directories, that are encrypted, or that repeat a name."""
+    seen: set[str] = set()
+    for member in members:
+        name = member.filename
+        if _unsafe_member(name):
+            raise DataError(f"refusing to extract member {name!r}: it has an absolute path "
+                            f"or '..' and would be written outside {dest}", source=src)
+        mode = member.external_attr >> 16  # Unix mode, when the archiver recorded one
+        if stat.S_ISLNK(mode) or (stat.S_IFMT(mode) and not (stat.S_ISREG(mode)
+                                                              or stat.S_ISDIR(mode))):
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+            raise DataError(f"refusing to extract member {name!r}: it is {kind}", source=src)
+        if member.flag_bits & 0x1:
+            raise DataError(f"refusing to extract member {name!r}: it is encrypted",
+                            source=src)
+        key = "/".join(PurePosixPath(name.replace("\\", "/")).parts)
+        if key in seen:
+            raise DataError(f"refusing to extract member {name!r}: the archive holds it "
+                            "twice", source=src)
+        seen.add(key)
+
+
+def _check_declared_sizes(members: list[zipfile.ZipInfo], archive_size: int, max_bytes: int,
+                          max_ratio: float, src: str) -> None:
+    """Refuse, before writing anything, an archive whose declared sizes exceed the ceilings."""
+    total = 0
+    for member in members:
+        total += member.file_size
+        if total > max_bytes:
+            raise DataError(f"refusing to extract: the archive would unpack to more than "
+                            f"{max_bytes:,} bytes (max_bytes); {member.filename!r} alone "
+                            f"declares {member.file_size:,}", source=src)
+        packed = max(1, min(member.compress_size, archive_size))
+        if member.file_size > _RATIO_FLOOR and member.file_size > max_ratio * packed:
+            raise DataError(f"refusing to extract member {member.filename!r}: it declares "
+                            f"{member.file_size:,} bytes from {member.compress_size:,} "
+                            f"compressed, a ratio above {max_ratio:g} (max_ratio; a zip "
+                            "bomb?)", source=src)
+    if total > _RATIO_FLOOR and total > max_ratio * max(1, archive_size):
+        raise DataError(f"refusing to extract: the members declare {total:,} bytes from an "
+                        f"archive of {archive_size:,}, a ratio above {max_ratio:g} (max_ratio;"
+                        " a zip bomb?)", source=src)
+
+
+class _Budget:
+    """Counts the bytes written, against the ceilings, whatever the headers declared."""
+
+    def __init__(self, max_bytes: int, max_ratio: float, archive_size: int, src: str):
+        self.max_bytes, self.max_ratio = max_bytes, max_ratio
+        self.archive_size, self.src = archive_size, src
+        self.total = 0
+
+    def add(self, member: zipfile.ZipInfo, written: int, n: int) -> None:
+        """Account ``n`` more bytes of ``member`` (``written`` of it before them)."""
+        self.total += n
+        written += n
+        name = member.filename
+        if self.total > self.max_bytes:
+            raise DataError(f"refusing to extract: more than {self.max_bytes:,} bytes unpacked "
+                            f"(max_bytes), at member {name!r}", source=self.src)
+        if written > member.file_size:
+            raise DataError(f"refusing to extract member {name!r}: it unpacks to more than "
+                            f"the {member.file_size:,} bytes its header declares", source=self.src)
+        packed = max(1, min(member.compress_size, self.archive_size))
+        if written > _RATIO_FLOOR and written > self.max_ratio * packed:
+            raise DataError(f"refusing to extract member {name!r}: more than {written:,} "
+                            f"bytes from {member.compress_size:,} compressed, a ratio above "
+                            f"{self.max_ratio:g} (max_ratio; a zip bomb?)", source=self.src)
+
+
+def _extract_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo, root: Path, budget: _Budget,
+                    src: str) -> None:
+    """Write one member under ``root``, counting its bytes as they are written (the CRC is
+    checked by zipfile at the member's end)."""
+    parts = PurePosixPath(member.filename.replace("\\", "/")).parts
+    if not parts:
+        return
+    target = root.joinpath(*parts)
+    try:
+        if member.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        out = open(target, "xb")
+    except OSError as exc:  # a name that is both a file and a folder, a full disk...
+        raise DataError(f"cannot extract member {member.filename!r}: "
+                        f"{exc.strerror or exc}", source=src) from None
+    written = 0
+    with out:
+        try:
+            stream = zf.open(member)
+        except _CORRUPT + (OSError, RuntimeError) as exc:
+            raise DataError(f"corrupt zip archive ({type(exc).__name__}: {exc})",
+                            source=src) from None
+        with stream:
+            while True:
+                try:
+                    chunk = stream.read(_CHUNK)
+                except _CORRUPT + (OSError,) as exc:  # reading: the archive's fault
+                    raise DataError(f"corrupt zip archive ({type(exc).__name__}: {exc})",
+                                    source=src) from None
+                if not chunk:
+                    break
+                budget.add(member, written, len(chunk))
+                written += len(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    raise DataError(f"cannot extract member {member.filename!r}: "
+                                    f"{exc.strerror or exc}", source=src) from None
 
 
 def _replace(src: Path, dst: Path) -> None:

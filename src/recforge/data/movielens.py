@@ -23,6 +23,7 @@ not be redistributed: recforge never ships it, it only fetches it from GroupLens
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -36,16 +37,19 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from recforge.data.download import cache_dir, extract_zip, fetch, file_digest
+from recforge.data.download import MAX_EXTRACT_BYTES, cache_dir, extract_zip, fetch, file_digest
 from recforge.data.interactions import Interactions
 from recforge.data.io import _header_names, read_csv
 from recforge.errors import ConfigError, DataError
 
 __all__ = [
     "DATASETS",
+    "Download",
     "MovieLensData",
     "MovieLensSpec",
+    "Verification",
     "download_movielens",
+    "fetch_movielens",
     "find_local",
     "get_spec",
     "list_datasets",
@@ -87,21 +91,73 @@ class MovieLensSpec:
     has_user_features: bool
     #: SHA-256 of files inside ``folder`` (relative paths) that are checked after extraction.
     file_sha256: Mapping[str, str] = field(default_factory=dict, hash=False)
+    #: Ceiling on the unpacked size of the zip (bytes): extraction stops beyond it.
+    max_extracted_bytes: int = MAX_EXTRACT_BYTES
 
     def __post_init__(self) -> None:
         # Read-only, so that the registry's values cannot be changed by accident.
         object.__setattr__(self, "file_sha256", MappingProxyType(dict(self.file_sha256)))
+
+    @property
+    def checks(self) -> str:
+        """What a download of this variant is checked against, in words."""
+        return Verification(archive_md5=self.md5, pinned_sha256=tuple(self.file_sha256),
+                            own_checksums=("checksums.txt",) if self.name == "ml-32m" else ()
+                            ).describe(planned=True)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What one download was checked against (:func:`fetch_movielens`).
+
+    ``archive_md5``: the MD5 pinned in the registry that the zip matched (``None``: none is
+    pinned). ``pinned_sha256``: files that matched a SHA-256 pinned in the registry.
+    ``own_checksums``: files that matched the archive's own ``checksums.txt``; that list
+    comes in the same download, so it detects a damaged transfer, not a changed or doctored
+    release.
+    """
+
+    archive_md5: str | None = None
+    pinned_sha256: tuple[str, ...] = ()
+    own_checksums: tuple[str, ...] = ()
+
+    @property
+    def pinned(self) -> bool:
+        """Whether anything was checked against a checksum recforge pins."""
+        return self.archive_md5 is not None or bool(self.pinned_sha256)
+
+    def describe(self, planned: bool = False) -> str:
+        """In words: ``planned`` describes what a download of a spec will check."""
+        parts = []
+        if self.archive_md5:
+            parts.append("pinned md5 of the zip")
+        if self.pinned_sha256:
+            parts.append(f"pinned sha256 of {', '.join(self.pinned_sha256)}")
+        if self.own_checksums:
+            what = ("md5 of the files the archive's own checksums.txt lists" if planned else
+                    f"md5 of {len(self.own_checksums)} files against the archive's own "
+                    "checksums.txt")
+            parts.append(what + " (it comes with the download: it detects a damaged "
+                         "transfer, not a changed release)")
+        if not parts:
+            return ("nothing: no checksum is pinned for this release and the archive "
+                    "carries none")
+        return "; ".join(parts)
 
 
 _BASE_URL = "https://files.grouplens.org/datasets/movielens/"
 
 # Checksums:
 # * md5 of the zips: published by GroupLens beside each archive (<name>.zip.md5 on
-#   files.grouplens.org). No md5 is pinned for ml-32m and ml-latest-small.
+#   files.grouplens.org). ml-32m's (d472be33...) is the value of ml-32m.zip.md5 as quoted
+#   by several independent public projects (a zip of 238,950,008 bytes); it could not be
+#   fetched from GroupLens here. No md5 is pinned for ml-latest-small (a "latest" release).
 # * file_sha256: computed with sha256sum from the local copies of the extracted files used
 #   by the test suite (../shared/data), for the variants whose zip md5 is not pinned
 #   (ml-latest-small) or where a second check of the parsed files is cheap (ml-100k).
 # * ml-32m ships checksums.txt (md5 per file) inside its folder; verify_files checks it.
+# * max_extracted_bytes: about 3-4 times each release's unpacked size (estimated from its
+#   line counts), so that a doctored or damaged zip cannot fill the disk.
 # Counts: n_ratings from the READMEs; n_users / n_items are users and movies present in the
 # ratings file (ml-100k and ml-latest-small checked by the tests on the real files; the
 # others as commonly reported for these releases).
@@ -112,7 +168,7 @@ _SPECS = [
         format="100k", n_ratings=100_000, n_users=943, n_items=1_682,
         description="MovieLens 100K (1998): 100,000 ratings (1-5 stars) from 943 users on "
                     "1,682 movies; user age, gender, occupation and zip code; 19 genres.",
-        has_tags=False, has_user_features=True,
+        has_tags=False, has_user_features=True, max_extracted_bytes=64 << 20,
         file_sha256={
             "u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
             "u.item": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701",
@@ -124,7 +180,7 @@ _SPECS = [
         format="dat", n_ratings=1_000_209, n_users=6_040, n_items=3_706,
         description="MovieLens 1M (2003): 1,000,209 ratings (1-5 stars) from 6,040 users on "
                     "3,706 of 3,883 movies; user age group, gender, occupation, zip code.",
-        has_tags=False, has_user_features=True),
+        has_tags=False, has_user_features=True, max_extracted_bytes=128 << 20),
     MovieLensSpec(
         name="ml-10m", url=_BASE_URL + "ml-10m.zip",
         md5="ce571fd55effeba0271552578f2648bd", folder="ml-10M100K",
@@ -132,35 +188,36 @@ _SPECS = [
         n_items=10_677,
         description="MovieLens 10M (2009): 10,000,054 ratings (0.5-5 stars) and 95,580 tags "
                     "on 10,681 movies by 71,567 users (69,878 of whom rated).",
-        has_tags=True, has_user_features=False),
+        has_tags=True, has_user_features=False, max_extracted_bytes=1 << 30),
     MovieLensSpec(
         name="ml-20m", url=_BASE_URL + "ml-20m.zip",
         md5="cd245b17a1ae2cc31bb14903e1204af3", folder="ml-20m", ratings_file="ratings.csv",
         format="csv", n_ratings=20_000_263, n_users=138_493, n_items=26_744,
         description="MovieLens 20M (2015): 20,000,263 ratings (0.5-5 stars) and 465,564 tags "
                     "on 27,278 movies by 138,493 users; tag genome.",
-        has_tags=True, has_user_features=False),
+        has_tags=True, has_user_features=False, max_extracted_bytes=3 << 30),
     MovieLensSpec(
         name="ml-25m", url=_BASE_URL + "ml-25m.zip",
         md5="6b51fb2759a8657d3bfcbfc42b592ada", folder="ml-25m", ratings_file="ratings.csv",
         format="csv", n_ratings=25_000_095, n_users=162_541, n_items=59_047,
         description="MovieLens 25M (2019): 25,000,095 ratings (0.5-5 stars) and 1,093,360 "
                     "tags on 62,423 movies by 162,541 users; tag genome.",
-        has_tags=True, has_user_features=False),
+        has_tags=True, has_user_features=False, max_extracted_bytes=4 << 30),
     MovieLensSpec(
-        name="ml-32m", url=_BASE_URL + "ml-32m.zip", md5=None, folder="ml-32m",
+        name="ml-32m", url=_BASE_URL + "ml-32m.zip",
+        md5="d472be332d4daa821edc399621853b57", folder="ml-32m",
         ratings_file="ratings.csv", format="csv", n_ratings=32_000_204, n_users=200_948,
         n_items=84_432,
         description="MovieLens 32M (2023): 32,000,204 ratings (0.5-5 stars) and 2,000,072 "
                     "tags on 87,585 movies by 200,948 users.",
-        has_tags=True, has_user_features=False),
+        has_tags=True, has_user_features=False, max_extracted_bytes=4 << 30),
     MovieLensSpec(
         name="ml-latest-small", url=_BASE_URL + "ml-latest-small.zip", md5=None,
         folder="ml-latest-small", ratings_file="ratings.csv", format="csv",
         n_ratings=100_836, n_users=610, n_items=9_724,
         description="MovieLens latest-small (2018): 100,836 ratings (0.5-5 stars) and 3,683 "
                     "tags on 9,742 movies (9,724 rated) by 610 users; for development.",
-        has_tags=True, has_user_features=False,
+        has_tags=True, has_user_features=False, max_extracted_bytes=64 << 20,
         file_sha256={
             "ratings.csv": "aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646",
             "movies.csv": "0b51fea714421d61045d49a335db61ffd732a49a6569bd83738ab700edc3b9db",
@@ -301,10 +358,10 @@ def _check_digest(path: Path, algorithm: str, expected: str) -> None:
                         source=str(path))
 
 
-def verify_files(name: str | MovieLensSpec, folder: str | os.PathLike) -> None:
+def verify_files(name: str | MovieLensSpec, folder: str | os.PathLike) -> Verification:
     """Check an extracted folder: the ratings file is there, the files with a known SHA-256
     match it, and the files listed in a ``checksums.txt`` (shipped with ml-32m) match their
-    MD5.
+    MD5. Returns what was checked (``archive_md5`` left ``None``: the zip is not seen here).
 
     Raises
     ------
@@ -320,6 +377,7 @@ def verify_files(name: str | MovieLensSpec, folder: str | os.PathLike) -> None:
     for rel, digest in spec.file_sha256.items():
         _check_digest(folder / rel, "sha256", digest)
     listing = folder / "checksums.txt"
+    sums: dict[str, str] = {}
     if listing.is_file():
         sums = _parse_checksums(listing.read_text(encoding="utf-8", errors="replace"))
         if not sums:
@@ -330,22 +388,45 @@ def verify_files(name: str | MovieLensSpec, folder: str | os.PathLike) -> None:
                 path = folder.parent / fname  # listed as "ml-32m/ratings.csv"
             _check_digest(path, "md5", digest)
         logger.info("%s: %d files match %s", spec.name, len(sums), listing.name)
+    return Verification(pinned_sha256=tuple(spec.file_sha256), own_checksums=tuple(sums))
 
 
-def _extract(spec: MovieLensSpec, archive: Path, root: Path) -> Path:
-    extract_zip(archive, root, verify=lambda tmp: verify_files(spec, tmp / spec.folder))
-    return root / spec.folder
+def _extract(spec: MovieLensSpec, archive: Path, root: Path, md5: str | None) -> Download:
+    found: list[Verification] = []
+    extract_zip(archive, root, verify=lambda tmp: found.append(
+        verify_files(spec, tmp / spec.folder)), max_bytes=spec.max_extracted_bytes)
+    return Download(root / spec.folder, dataclasses.replace(found[0], archive_md5=md5))
+
+
+@dataclass(frozen=True)
+class Download:
+    """Where :func:`fetch_movielens` left a variant and what it checked: ``verified`` is
+    ``None`` when the folder was already in the cache (nothing downloaded or checked now)."""
+
+    path: Path
+    verified: Verification | None
 
 
 def download_movielens(name: str | MovieLensSpec, *, cache: str | os.PathLike | None = None,
                        force: bool = False, url: str | None = None,
                        progress: bool = True) -> Path:
-    """Download, check and extract a variant into the cache; return its folder.
+    """Download, check and extract a variant into the cache; return its folder
+    (:func:`fetch_movielens` also says what was checked)."""
+    return fetch_movielens(name, cache=cache, force=force, url=url, progress=progress).path
+
+
+def fetch_movielens(name: str | MovieLensSpec, *, cache: str | os.PathLike | None = None,
+                    force: bool = False, url: str | None = None,
+                    progress: bool = True) -> Download:
+    """Download, check and extract a variant into the cache; return its folder and what
+    was verified (:class:`Verification`).
 
     The zip is fetched into ``cache`` (default :func:`movielens_cache_dir`) and checked
-    against the spec's MD5, then extracted atomically, the extracted files checked (known
-    SHA-256s, ``checksums.txt``) before the folder appears. A folder already in the cache
-    is returned as is, and a cached zip with the right MD5 is reused, unless ``force``.
+    against the spec's MD5, then extracted atomically (at most ``max_extracted_bytes``, at
+    a sane compression ratio), the extracted files checked (known SHA-256s,
+    ``checksums.txt``) before the folder appears. A folder already in the cache is returned
+    as is (``verified=None``), and a cached zip with the right MD5 is reused, unless
+    ``force``.
 
     Parameters
     ----------
@@ -361,19 +442,19 @@ def download_movielens(name: str | MovieLensSpec, *, cache: str | os.PathLike | 
     target = root / spec.folder
     if not force and (target / spec.ratings_file).is_file():
         logger.info("%s is already in %s", spec.name, target)
-        return target
+        return Download(target, None)
     archive = root / f"{spec.name}.zip"
     if not force and archive.is_file() and (
             spec.md5 is None or file_digest(archive, "md5") == spec.md5.lower()):
         logger.info("extracting the cached %s", archive)
         try:
-            return _extract(spec, archive, root)
+            return _extract(spec, archive, root, spec.md5)
         except DataError as exc:
             logger.warning("cached %s is unusable (%s); downloading it again", archive, exc)
             archive.unlink(missing_ok=True)
     fetch(url or spec.url, root, filename=archive.name, md5=spec.md5, progress=progress)
     try:
-        return _extract(spec, archive, root)
+        return _extract(spec, archive, root, spec.md5)
     except DataError:
         archive.unlink(missing_ok=True)  # do not reuse a zip whose content is wrong
         raise
