@@ -17,6 +17,15 @@ from fastapi.testclient import TestClient
 from recforge.models import create_model
 from recforge.serving.app import create_app
 
+#: What every request that changes state must say (415 otherwise).
+JSON = {"content-type": "application/json"}
+
+
+def local_client(app, **kwargs) -> TestClient:
+    """A test client that names a loopback host (the app answers 421 to TestClient's
+    default ``testserver``)."""
+    return TestClient(app, base_url="http://localhost", **kwargs)
+
 
 @pytest.fixture(scope="module")
 def saved(random_data, tmp_path_factory):
@@ -26,7 +35,7 @@ def saved(random_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(saved):
-    return TestClient(create_app(saved[1]))
+    return local_client(create_app(saved[1]))
 
 
 @contextlib.contextmanager
@@ -142,7 +151,7 @@ def test_bad_input_is_4xx(client, method, url, kwargs):
 
 
 def test_api_key(saved):
-    c = TestClient(create_app(saved[1], api_key="s3cret"))
+    c = local_client(create_app(saved[1], api_key="s3cret"))
     assert c.get("/health").status_code == 200
     # The page and its files load without the key; the page asks for it.
     page = c.get("/")
@@ -161,7 +170,7 @@ def test_api_key(saved):
 def test_a_non_ascii_api_key_works_on_every_endpoint_and_an_empty_one_is_refused(saved):
     from recforge.errors import ConfigError
 
-    c = TestClient(create_app(saved[1], api_key="clé"))
+    c = local_client(create_app(saved[1], api_key="clé"))
     raw = "clé".encode()  # what a client sends: the key's UTF-8 bytes
     for url in ("/model", "/users/1/recommendations", "/users/1/recommendations?explain=true"):
         assert c.get(url, headers=[(b"x-api-key", raw)]).status_code == 200, url
@@ -191,7 +200,7 @@ def test_fast_path_answers_like_the_documented_route(saved, random_data):
     from recforge.serving import app as app_module
 
     user = random_data.users.ids[4]
-    c = TestClient(create_app(saved[1], api_key="k3y"))
+    c = local_client(create_app(saved[1], api_key="k3y"))
     calls = []
     original = app_module._FastRecommendations._params
 
@@ -230,23 +239,31 @@ def test_fast_path_answers_like_the_documented_route(saved, random_data):
 
 
 def test_model_without_history_support(random_data, tmp_path):
-    c = TestClient(create_app(create_model("pop").fit(random_data)))
+    c = local_client(create_app(create_model("pop").fit(random_data)))
     res = c.post("/recommendations", json={"history": [1, 2]})
     assert res.status_code == 400 and "history" in res.json()["detail"]
     assert c.get(f"/items/{random_data.items.ids[0]}/similar").status_code == 400
 
 
 def test_recforge_serve_end_to_end(saved):
-    """`recforge serve` in a real process answers over HTTP."""
-    with running_server("--model", saved[1]) as (_, url):
+    """`recforge serve` in a real process answers over HTTP, for its own names and those of
+    --allowed-host only, with the limits and the admin key of its options."""
+    with running_server("--model", saved[1], "--allowed-host", "api.example", "--admin-key",
+                        "adm1n", "--max-id-length", "8", "--no-events") as (_, url):
         assert httpx.get(url + "/health").json() == {"status": "ok"}
         r = httpx.get(url + "/users/nobody/recommendations?k=2")
         assert r.json()["fallback"] == "popular" and len(r.json()["items"]) == 2
+        assert httpx.get(url + "/health", headers={"host": "api.example:80"}).status_code == 200
+        assert httpx.get(url + "/health", headers={"host": "evil.example"}).status_code == 421
+        assert httpx.get(url + "/users/nobody123/history").status_code == 422  # 9 characters
+        assert httpx.post(url + "/admin/reload", headers=JSON).status_code == 401
+        assert httpx.post(url + "/admin/reload", headers={**JSON, "X-Admin-Key": "adm1n"}
+                          ).status_code == 200
 
 
 # -- the event store ------------------------------------------------------------------------
 def test_events_count_as_seen_and_users_can_be_forgotten(saved, random_data, tmp_path):
-    c = TestClient(create_app(saved[1], events=tmp_path / "ev.sqlite"))
+    c = local_client(create_app(saved[1], events=tmp_path / "ev.sqlite"))
     user = random_data.users.ids[0]
     first = c.get(f"/users/{user}/recommendations", params={"k": 3}).json()["items"][0]["item"]
     res = c.post("/interactions", json={"events": [{"user": int(user), "item": first,
@@ -260,7 +277,7 @@ def test_events_count_as_seen_and_users_can_be_forgotten(saved, random_data, tmp
     body = c.get("/users/newbie/recommendations", params={"k": 4}).json()
     assert body["fallback"] == "history" and not set(hist) & {x["item"] for x in body["items"]}
     # The right to be forgotten: events gone, the user is answered as unknown.
-    res = c.delete(f"/users/{user}").json()
+    res = c.delete(f"/users/{user}", headers=JSON).json()
     assert res["deleted_events"] == 1
     body = c.get(f"/users/{user}/recommendations", params={"k": 3}).json()
     assert body["fallback"] == "popular"
@@ -312,9 +329,9 @@ def test_fuzzed_requests_never_5xx(saved, random_data, tmp_path):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    c = TestClient(create_app(saved[1], events=tmp_path / "fuzz.sqlite"),
+    c = local_client(create_app(saved[1], events=tmp_path / "fuzz.sqlite"),
                    raise_server_exceptions=False)
-    titled = TestClient(create_app(_titled_model(random_data)), raise_server_exceptions=False)
+    titled = local_client(create_app(_titled_model(random_data)), raise_server_exceptions=False)
     ident = st.one_of(st.integers(-2**70, 2**70), st.text(max_size=30), st.none(),
                       st.floats(allow_nan=False, allow_infinity=False), st.booleans())
     json_value = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(),
@@ -373,10 +390,10 @@ def test_fuzzed_requests_never_5xx(saved, random_data, tmp_path):
 
 def test_admin_reload_swaps_the_model(random_data, tmp_path):
     path = create_model("ease", reg=20.0).fit(random_data).save(tmp_path / "m")
-    c = TestClient(create_app(path))
+    c = local_client(create_app(path))
     assert c.get("/model").json()["params"]["reg"] == 20.0
     create_model("ease", reg=300.0).fit(random_data).save(path)  # replaced atomically
-    res = c.post("/admin/reload")
+    res = c.post("/admin/reload", headers=JSON)
     assert res.status_code == 200 and res.json()["model"]["params"]["reg"] == 300.0
     assert c.get("/model").json()["params"]["reg"] == 300.0
     other = create_model("pop").fit(random_data).save(tmp_path / "pop")
@@ -411,7 +428,7 @@ def test_titles_travel_with_the_model(random_data, tmp_path):
     loaded = Recommender.load(path)
     assert loaded.item_metadata_["title"].iloc[0] == f"Film {ids[0]}"
     assert pd.isna(loaded.item_metadata_["title"].iloc[-1])  # no metadata for the last item
-    c = TestClient(create_app(path))
+    c = local_client(create_app(path))
     user = random_data.users.ids[0]
     items = c.get(f"/users/{user}/recommendations", params={"k": 3}).json()["items"]
     last = c.get(f"/items/{ids[0]}/similar", params={"k": len(ids) - 1}).json()["similar"]
@@ -424,9 +441,9 @@ def test_titles_travel_with_the_model(random_data, tmp_path):
 def test_ivf_index_agrees_with_exact_retrieval(random_data):
     pytest.importorskip("faiss", reason="the 'ann' extra (faiss-cpu) is not installed")
     model = create_model("als", embedding_dim=16, seed=0).fit(random_data)
-    exact = TestClient(create_app(model))
+    exact = local_client(create_app(model))
     # Probing every list is exact search: the answers must match the model's ranking.
-    approx = TestClient(create_app(model, index="ivf", n_probe=10_000))
+    approx = local_client(create_app(model, index="ivf", n_probe=10_000))
     for user in random_data.users.ids[:20]:
         a = [x["item"] for x in exact.get(f"/users/{user}/recommendations?k=5").json()["items"]]
         b = [x["item"] for x in approx.get(f"/users/{user}/recommendations?k=5").json()["items"]]
@@ -439,7 +456,7 @@ def test_ivf_index_agrees_with_exact_retrieval(random_data):
 
     wide = random_interactions(n_users=60, n_items=400, density=0.05, seed=1)
     big = create_model("als", embedding_dim=8, seed=0).fit(wide)
-    one = TestClient(create_app(big, index="ivf", n_probe=1))
+    one = local_client(create_app(big, index="ivf", n_probe=1))
     for user in wide.users.ids[:5]:
         got = one.get(f"/users/{user}/recommendations?k=1000").json()["items"]
         assert len(got) == wide.n_items - len(wide.csr[wide.users.index([user])[0]].indices)
@@ -463,7 +480,7 @@ def _titled_model(data):
 @pytest.fixture(scope="module")
 def titled(random_data):
     model = _titled_model(random_data)
-    return model, TestClient(create_app(model))
+    return model, local_client(create_app(model))
 
 
 def test_item_search_ranks_title_matches(titled, random_data):
@@ -506,13 +523,13 @@ def test_user_history(client, random_data, saved, tmp_path):
     assert client.get("/users/nobody/history").json() == {
         "user": "nobody", "known": False, "total": 0, "items": []}
     # Posted events come first; a forgotten user has no history left.
-    c = TestClient(create_app(saved[1], events=tmp_path / "ev.sqlite"))
+    c = local_client(create_app(saved[1], events=tmp_path / "ev.sqlite"))
     new = next(i for i in random_data.items.ids.tolist() if i not in items)
     c.post("/interactions", json={"events": [{"user": int(user), "item": new}]})
     body = c.get(f"/users/{user}/history").json()
     assert body["total"] == row.nnz + 1
     assert body["items"][0] == {"item": new, "value": None, "source": "events"}
-    c.delete(f"/users/{user}")
+    c.delete(f"/users/{user}", headers=JSON)
     assert c.get(f"/users/{user}/history").json()["known"] is False
 
 
@@ -536,7 +553,7 @@ def test_explanations_name_the_most_similar_history_item(titled, random_data):
     assert unknown["fallback"] == "popular"
     assert all(x["because"] is None for x in unknown["items"])
     # A model without item similarities answers, with no explanations.
-    pop = TestClient(create_app(create_model("pop").fit(random_data)))
+    pop = local_client(create_app(create_model("pop").fit(random_data)))
     res = pop.get(f"/users/{user}/recommendations", params={"explain": True})
     assert res.status_code == 200 and all(x["because"] is None for x in res.json()["items"])
 
@@ -592,7 +609,7 @@ def test_writes_during_a_reload_are_neither_lost_nor_undone(random_data, tmp_pat
 
     path = create_model("ease", reg=20.0).fit(random_data).save(tmp_path / "m")
     app = create_app(path, events=tmp_path / "ev.sqlite")
-    c = TestClient(app)
+    c = local_client(app)
     items = [int(i) for i in random_data.items.ids[:3]]
     gone = random_data.users.ids[1]
     assert c.post("/interactions", json={"events": [{"user": int(gone), "item": items[0]}]}
@@ -615,7 +632,7 @@ def test_writes_during_a_reload_are_neither_lost_nor_undone(random_data, tmp_pat
     assert loading.wait(10)  # the new service has read the store; now the writes
     assert c.post("/interactions", json={"events": [{"user": "newbie", "item": i}
                                                     for i in items]}).status_code == 200
-    assert c.delete(f"/users/{gone}").status_code == 200
+    assert c.delete(f"/users/{gone}", headers=JSON).status_code == 200
     go.set()
     reload.join(10)
     assert app.state.service is not None and not reload.is_alive()
@@ -681,7 +698,7 @@ def test_a_damaged_model_directory_is_a_clear_error(random_data, tmp_path, damag
     (bad / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match=str(bad.name)):
         Recommender.load(bad)
-    c = TestClient(create_app(good))
+    c = local_client(create_app(good))
     res = c.post("/admin/reload", json={"model": str(bad)})
     assert res.status_code == 400, res.text
     assert c.get("/model").json()["params"]["reg"] == 20.0
@@ -691,11 +708,11 @@ def test_a_forgotten_user_who_posts_again_is_not_answered_from_old_data(random_d
     """The served model was trained on the user's old events: after DELETE, a new post must
     not bring them back (recommendations, history), nor a restart or another model."""
     path = create_model("ease", reg=20.0).fit(random_data).save(tmp_path / "m")
-    c = TestClient(create_app(path, events=tmp_path / "ev.sqlite"))
+    c = local_client(create_app(path, events=tmp_path / "ev.sqlite"))
     user = int(random_data.users.ids[0])
     trained = set(random_data.items.ids[random_data.csr[0].indices].tolist())
     new = next(int(i) for i in random_data.items.ids if i not in trained)
-    assert c.delete(f"/users/{user}").status_code == 200
+    assert c.delete(f"/users/{user}", headers=JSON).status_code == 200
     assert c.post("/interactions", json={"events": [{"user": user, "item": new}]}
                   ).status_code == 200
     hist = c.get(f"/users/{user}/history").json()
@@ -703,11 +720,11 @@ def test_a_forgotten_user_who_posts_again_is_not_answered_from_old_data(random_d
     body = c.get(f"/users/{user}/recommendations", params={"k": 5}).json()
     assert body["fallback"] == "history"
     # the same holds after a restart or a reload of the same model ...
-    c2 = TestClient(create_app(path, events=tmp_path / "ev.sqlite"))
+    c2 = local_client(create_app(path, events=tmp_path / "ev.sqlite"))
     assert c2.get(f"/users/{user}/history").json()["known"] is False
     # ... and after a model saved later: it may have been trained on a copy of the old data
     create_model("ease", reg=20.0).fit(random_data).save(path)
-    assert c2.post("/admin/reload").status_code == 200
+    assert c2.post("/admin/reload", headers=JSON).status_code == 200
     assert c2.get(f"/users/{user}/history").json()["known"] is False
 
 
@@ -717,7 +734,7 @@ def test_a_user_id_means_the_same_user_on_every_endpoint(random_data, tmp_path):
     path = create_model("ease", reg=20.0).fit(random_data).save(tmp_path / "m")
     user = int(random_data.users.ids[0])
     for events in (None, tmp_path / "ev.sqlite"):
-        c = TestClient(create_app(path, events=events))
+        c = local_client(create_app(path, events=events))
         want = c.get(f"/users/{user}/recommendations").json()
         for spelled in (f"{user}.0", f"0{user}"):
             got = c.get(f"/users/{spelled}/recommendations").json()
@@ -729,7 +746,7 @@ def test_a_user_id_means_the_same_user_on_every_endpoint(random_data, tmp_path):
             c.post("/interactions", json={"events": [{"user": f"{user}.0", "item": item}]})
             after = [x["item"] for x in c.get(f"/users/{user}/recommendations").json()["items"]]
             assert item not in after
-            c.delete(f"/users/0{user}")
+            c.delete(f"/users/0{user}", headers=JSON)
             assert c.get(f"/users/{user}/recommendations").json()["fallback"] == "popular"
 
 
@@ -741,19 +758,19 @@ def test_ids_with_slashes_reach_every_endpoint(tmp_path):
     frame = pd.DataFrame({"user": ["bob/smith", "bob/smith", "ann", "ann", "cy", "cy"],
                           "item": ["sku/1", "sku/2", "sku/1", "x", "x", "sku/2"]})
     path = create_model("itemknn").fit(Interactions.from_frame(frame)).save(tmp_path / "m")
-    c = TestClient(create_app(path, events=tmp_path / "ev.sqlite"))
+    c = local_client(create_app(path, events=tmp_path / "ev.sqlite"))
     body = c.get("/users/bob%2Fsmith/recommendations").json()
     assert body["user"] == "bob/smith" and body["fallback"] is None
     assert c.get("/users/bob%2Fsmith/history").json()["known"] is True
     assert c.get("/items/sku%2F1/similar").json()["item"] == "sku/1"
-    assert c.delete("/users/bob%2Fsmith").json()["user"] == "bob/smith"
+    assert c.delete("/users/bob%2Fsmith", headers=JSON).json()["user"] == "bob/smith"
     assert c.get("/users/bob%2Fsmith/recommendations").json()["fallback"] == "popular"
 
 
 def test_a_batch_answered_in_pieces_is_one_json_document(saved, random_data):
     """Batches are scored and encoded 100 users at a time (the event loop stays free);
     the pieces must join into the answer one piece would give."""
-    c = TestClient(create_app(saved[1]))
+    c = local_client(create_app(saved[1]))
     users = [int(u) for u in random_data.users.ids] * 5  # over two pieces of 100
     assert len(users) > 200
     res = c.post("/recommendations", json={"users": users + ["nobody"], "k": 3})
@@ -777,7 +794,7 @@ def test_posted_values_are_kept_and_used(random_data, tmp_path):
     data = Interactions.from_frame(pd.DataFrame({
         "user": pairs // 40, "item": pairs % 40, "rating": rng.integers(1, 6, size=1500)}))
     path = create_model("mf", epochs=3, embedding_dim=8).fit(data).save(tmp_path / "mf")
-    c = TestClient(create_app(path, events=tmp_path / "ev.sqlite"))
+    c = local_client(create_app(path, events=tmp_path / "ev.sqlite"))
     items = [int(i) for i in data.items.ids[:4]]
     for user, value in (("low", 1.0), ("high", 5.0)):
         c.post("/interactions", json={"events": [{"user": user, "item": i, "value": value}
@@ -791,13 +808,13 @@ def test_posted_values_are_kept_and_used(random_data, tmp_path):
     # a later value replaces an earlier one; a post without one keeps it (restart too)
     c.post("/interactions", json={"events": [{"user": "high", "item": items[0], "value": 2.0},
                                              {"user": "high", "item": items[1]}]})
-    for client in (c, TestClient(create_app(path, events=tmp_path / "ev.sqlite"))):
+    for client in (c, local_client(create_app(path, events=tmp_path / "ev.sqlite"))):
         got = {x["item"]: x["value"] for x in client.get("/users/high/history").json()["items"]}
         assert got[items[0]] == 2.0 and got[items[1]] == 5.0
 
 
 def test_a_boolean_is_not_an_id_and_an_empty_reload_path_is_refused(saved):
-    c = TestClient(create_app(saved[1], events=None))
+    c = local_client(create_app(saved[1], events=None))
     assert c.post("/recommendations", json={"users": [True]}).status_code == 422
     assert c.post("/recommendations", json={"users": [1, "a"]}).status_code == 200
     assert c.post("/admin/reload", json={"model": ""}).status_code == 422
@@ -808,12 +825,12 @@ def test_delete_under_any_spelling_and_values_only_for_rating_models(random_data
 
     path = create_model("als", embedding_dim=4, binary=False).fit(random_data).save(
         tmp_path / "m")
-    c = TestClient(create_app(path, events=tmp_path / "ev.sqlite"))
+    c = local_client(create_app(path, events=tmp_path / "ev.sqlite"))
     user = int(random_data.users.ids[0])
     item = int(random_data.items.ids[0])
     for spelled in (f"{user}", f"{user}.0"):
         c.post("/interactions", json={"events": [{"user": spelled, "item": item}]})
-    assert c.delete(f"/users/0{user}").json()["deleted_events"] == 2
+    assert c.delete(f"/users/0{user}", headers=JSON).json()["deleted_events"] == 2
     with EventStore(tmp_path / "ev.sqlite") as store:
         assert store.count() == 0
     # a value of -1 posted for a user the model never saw: als takes no ratings in its
@@ -827,7 +844,7 @@ def test_the_service_and_the_library_order_ties_alike(random_data):
     """pop scores many items alike: the HTTP answer must be the library's, items and order
     (the service took torch.topk's order, the library the popular first)."""
     model = create_model("pop").fit(random_data)
-    c = TestClient(create_app(model))
+    c = local_client(create_app(model))
     for user in random_data.users.ids[:5]:
         lib = model.recommend([user], k=10)["item"].tolist()
         assert [x["item"] for x in c.get(f"/users/{user}/recommendations").json()["items"]] == lib
@@ -839,23 +856,333 @@ def test_the_service_and_the_library_order_ties_alike(random_data):
 
 def test_a_failing_user_in_a_batch_gets_an_error_entry_and_the_json_stays_whole(
         saved, random_data, monkeypatch):
+    """A user whose answer fails, with a recforge error or any other (a bug), gets an error
+    entry: the status went out with the first piece, and the JSON must stay whole."""
     from recforge.errors import ModelError
     from recforge.serving.service import RecommendationService
 
-    real = RecommendationService.recommend_user
+    real = RecommendationService._recommend
 
-    def fails_for_bad(self, user, *args, **kwargs):
-        if user == "bad":
+    def fails_for_bad(self, who, *args, **kwargs):
+        if who.user == "bad":
             raise ModelError("cannot answer 'bad'")
-        return real(self, user, *args, **kwargs)
+        if who.user == "bug":
+            raise ValueError("a bug")
+        return real(self, who, *args, **kwargs)
 
-    monkeypatch.setattr(RecommendationService, "recommend_user", fails_for_bad)
-    c = TestClient(create_app(saved[1]))
-    users = [int(u) for u in random_data.users.ids] * 3
-    for where in (5, 120):  # in the first piece of 100 and in a later one
-        asked = users[:where] + ["bad"] + users[where:]
-        res = c.post("/recommendations", json={"users": asked, "k": 2})
-        results = res.json()["results"]  # parses: the stream is whole
-        assert res.status_code == 200 and len(results) == len(asked)
-        assert results[where] == {"user": "bad", "error": "cannot answer 'bad'"}
-        assert results[where + 1]["items"]
+    monkeypatch.setattr(RecommendationService, "_recommend", fails_for_bad)
+    for events in (None, "ev.sqlite"):  # the batched path and the per-user one
+        app = create_app(saved[1], events=events and saved[1].parent / events)
+        c = local_client(app)
+        users = [int(u) for u in random_data.users.ids] * 3
+        for where in (5, 120):  # in the first piece of 100 and in a later one
+            asked = users[:where] + ["bad"] + users[where:where + 50] + ["bug"] + users[where:]
+            res = c.post("/recommendations", json={"users": asked, "k": 2})
+            results = res.json()["results"]  # parses: the stream is whole
+            assert res.status_code == 200 and len(results) == len(asked)
+            assert results[where] == {"user": "bad", "error": "cannot answer 'bad'"}
+            assert results[where + 51] == {"user": "bug", "error": "internal error"}
+            assert results[where + 1]["items"] and results[where + 52]["items"]
+
+
+# -- ids of any length, limits, keys, hosts (issue 20, items 2, 7 and 8) ---------------------
+ODD_IDS = ["1" * 5000, "9" * 4301 + ".0", "1e5000", "-" + "1" * 30, "0" * 5000 + "7",
+           "\x00", "é🙂", " ", "..", "a/b", "1" * 20_000 + "x"]
+
+
+def test_ids_of_any_length_and_characters_never_5xx(saved):
+    """`int(user)` on a 5,000-digit id raised ValueError (Python's int-string limit): 500 on
+    /recommendations and /history, and a batch of 101 users cut its JSON mid-stream. Any id
+    now answers 4xx or as an unknown user; a batch is whole JSON or a 4xx."""
+    from urllib.parse import quote
+
+    c = local_client(create_app(saved[1]), raise_server_exceptions=False)
+    assert saved[0].users_.is_integer
+    for user in ODD_IDS:
+        for path in ("recommendations", "history"):
+            r = c.get(f"/users/{quote(user, safe='')}/{path}")
+            assert r.status_code < 500, (user[:20], path, r.status_code)
+            assert 400 <= r.status_code < 500 or r.json()["user"] == user
+        for users in ([user], [1] * 100 + [user], [user] + [1] * 150):
+            r = c.post("/recommendations", json={"users": users, "k": 3})
+            assert r.status_code < 500, (user[:20], len(users), r.status_code)
+            body = r.json()  # whole JSON, or a 4xx
+            assert 400 <= r.status_code < 500 or len(body["results"]) == len(users)
+
+
+def test_a_long_id_the_server_lets_in_is_an_unknown_user(saved, tmp_path):
+    """With the id length limit raised past them, long ids reach the service: an unknown
+    user (the popular items), never a crash, in every path and in batches of any size."""
+    from recforge.serving.app import Limits
+    from recforge.serving.service import RecommendationService
+
+    svc = RecommendationService(saved[1])
+    for user in ODD_IDS:
+        body = svc.recommend_user(user, 3)
+        assert body["fallback"] == "popular" and body["user"] == user
+        assert svc.history(user)["known"] is False
+        assert [r["user"] for r in svc.recommend_users([1, user], 2)] == [1, user]
+    for events in (None, tmp_path / "ev.sqlite"):
+        app = create_app(saved[1], events=events, limits=Limits(max_id_length=100_000))
+        c = local_client(app)
+        big = "1" * 5000
+        for path in ("recommendations", "history"):
+            r = c.get(f"/users/{big}/{path}")
+            assert r.status_code == 200 and r.json()["user"] == big
+        r = c.post("/recommendations", json={"users": [1] * 100 + [big], "k": 3})
+        results = r.json()["results"]
+        assert r.status_code == 200 and len(results) == 101
+        assert results[-1]["user"] == big and results[-1]["fallback"] == "popular"
+
+
+def test_limits_refuse_too_much_work_with_a_message_naming_the_limit(saved, tmp_path):
+    from recforge.errors import ConfigError
+    from recforge.serving.app import Limits
+
+    limits = Limits(max_id_length=10, max_batch_results=100, max_history=5, max_events=3)
+    c = local_client(create_app(saved[1], events=tmp_path / "ev.sqlite", limits=limits))
+
+    def refused(res, name):
+        assert res.status_code == 422, res.text
+        assert name in res.text, res.text
+
+    refused(c.get("/users/" + "u" * 11 + "/recommendations"), "max_id_length")
+    refused(c.get("/users/" + "u" * 11 + "/history"), "max_id_length")
+    refused(c.get("/items/" + "1" * 11 + "/similar"), "max_id_length")
+    refused(c.delete("/users/" + "u" * 11, headers=JSON), "max_id_length")
+    refused(c.post("/recommendations", json={"users": ["u" * 11]}), "max_id_length")
+    refused(c.post("/recommendations", json={"users": [1] * 11, "k": 10}), "max_batch_results")
+    refused(c.post("/recommendations", json={"users": [1] * 101, "k": 1}), "max_batch_results")
+    refused(c.post("/recommendations", json={"history": [1] * 6}), "max_history")
+    refused(c.post("/interactions", json={"events": [{"user": 1, "item": 2}] * 4}),
+            "max_events")
+    refused(c.post("/interactions", json={"events": [{"user": "u" * 11, "item": 2}]}),
+            "max_id_length")
+    assert c.get("/users/" + "u" * 10 + "/recommendations").status_code == 200
+    assert c.post("/recommendations", json={"users": [1] * 10, "k": 10}).status_code == 200
+    assert c.post("/recommendations", json={"history": [1] * 5}).status_code == 200
+    # the OpenAPI schema states the limits
+    spec = c.get("/openapi.json").json()
+    path_id = spec["paths"]["/users/{user_id}/history"]["get"]["parameters"][0]["schema"]
+    assert path_id["maxLength"] == 10
+    for name, bad in (("max_body_bytes", 0), ("heavy_workers", 0), ("max_history", "5")):
+        with pytest.raises(ConfigError, match=name):
+            Limits(**{name: bad})
+
+
+def test_the_body_limit_holds_while_the_body_arrives(saved):
+    """Content-Length over the limit: 413 before reading; a body without one (chunked) is
+    counted as it arrives and refused once over, without reading the rest."""
+    import asyncio
+
+    from recforge.serving.app import Limits
+
+    app = create_app(saved[1], limits=Limits(max_body_bytes=1000))
+    c = local_client(app)
+    small = {"users": [1, 2], "k": 2}
+    assert c.post("/recommendations", json=small).status_code == 200
+    res = c.post("/recommendations", content=b'{"users": [' + b"1, " * 400 + b'1]}',
+                 headers=JSON)
+    assert res.status_code == 413 and "max_body_bytes" in res.json()["detail"]
+
+    def chunked():
+        yield b'{"users": ['
+        for _ in range(300):
+            yield b"1, " * 10
+        yield b'1]}'
+
+    res = c.post("/recommendations", content=chunked(), headers=JSON)
+    assert res.status_code == 413 and "max_body_bytes" in res.json()["detail"]
+
+    pulled, sent = 0, []
+
+    async def receive():  # 100 pieces of 600 bytes, no Content-Length
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b" " * 600, "more_body": pulled < 100}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/recommendations", "raw_path": b"",
+             "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80),
+             "headers": [(b"host", b"localhost"), (b"content-type", b"application/json")]}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413 and pulled == 2  # stopped at the first piece over
+
+
+def test_the_admin_key_guards_the_admin_routes_only(saved, tmp_path, monkeypatch):
+    from recforge.errors import ConfigError
+
+    app = create_app(saved[1], api_key="read-key", admin_key="admin-key",
+                     events=tmp_path / "ev.sqlite")
+    c = local_client(app)
+    read, admin = {"X-API-Key": "read-key"}, {"X-Admin-Key": "admin-key"}
+    assert c.get("/users/1/recommendations", headers=read).status_code == 200
+    assert c.post("/interactions", json={"events": [{"user": 1, "item": 2}]},
+                  headers=read).status_code == 200  # event posts take the read key
+    for method, url in (("post", "/admin/reload"), ("delete", "/users/1")):
+        for headers in ({}, read, {"X-Admin-Key": "read-key"}, {"X-API-Key": "admin-key"}):
+            res = getattr(c, method)(url, headers={**JSON, **headers})
+            assert res.status_code == 401, (method, headers, res.text)
+        res = getattr(c, method)(url, headers={**JSON, **admin})
+        assert res.status_code == 200, (method, res.text)
+    assert c.get("/model", headers=admin).status_code == 401  # the admin key is no read key
+    # A read key and no admin key: the admin routes are off.
+    only_read = local_client(create_app(saved[1], api_key="read-key"))
+    res = only_read.post("/admin/reload", headers={**JSON, **read})
+    assert res.status_code == 403 and "admin key" in res.json()["detail"]
+    # An admin key alone: reads are open, the admin routes are not.
+    only_admin = local_client(create_app(saved[1], admin_key="admin-key"))
+    assert only_admin.get("/model").status_code == 200
+    assert only_admin.post("/admin/reload", headers=JSON).status_code == 401
+    monkeypatch.setenv("RECFORGE_ADMIN_KEY", "from-env")
+    from_env = local_client(create_app(saved[1]))
+    assert from_env.post("/admin/reload", headers=JSON).status_code == 401
+    assert from_env.post("/admin/reload", headers={**JSON, "X-Admin-Key": "from-env"}
+                         ).status_code == 200
+    with pytest.raises(ConfigError, match="differ"):
+        create_app(saved[1], api_key="same", admin_key="same")
+    with pytest.raises(ConfigError, match="empty admin key"):
+        create_app(saved[1], admin_key="")
+    # The page never holds, sends or asks for the admin key.
+    for url in ("/", "/static/app.js", "/openapi.json", "/model"):
+        text = c.get(url, headers=read).text
+        assert "admin-key" not in text and "from-env" not in text, url
+    assert "X-Admin-Key" not in c.get("/static/app.js").text
+
+
+def test_a_flood_of_heavy_requests_is_refused_and_cheap_ones_answer(saved, monkeypatch):
+    """heavy_workers=1, heavy_queue=1: one batch runs, one waits, the next is answered 503
+    with Retry-After at once; /health and one user's recommendations answer meanwhile."""
+    import asyncio
+    import threading
+
+    from recforge.serving.app import Limits
+    from recforge.serving.service import RecommendationService
+
+    entered, release = threading.Event(), threading.Event()
+    real = RecommendationService.recommend_resolved
+
+    def blocking(self, *args, **kwargs):
+        entered.set()
+        assert release.wait(30)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RecommendationService, "recommend_resolved", blocking)
+    app = create_app(saved[1], limits=Limits(heavy_workers=1, heavy_queue=1, retry_after=7))
+
+    async def flood():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
+            batch = {"users": [1, 2, 3], "k": 5}
+            running = asyncio.ensure_future(c.post("/recommendations", json=batch))
+            while not entered.is_set():
+                await asyncio.sleep(0.01)
+            waiting = asyncio.ensure_future(c.post("/recommendations", json=batch))
+            while app.state.heavy._places:
+                await asyncio.sleep(0.01)
+            refused = await c.post("/recommendations", json=batch)
+            similar = await c.get("/items/1/similar")
+            health = await c.get("/health")
+            one = await c.get("/users/1/recommendations?k=3")
+            history = await c.get("/users/1/history")
+            release.set()
+            return refused, similar, health, one, history, await running, await waiting
+
+    refused, similar, health, one, history, first, second = asyncio.run(flood())
+    assert refused.status_code == similar.status_code == 503
+    assert refused.headers["retry-after"] == "7" and "busy" in refused.json()["detail"]
+    assert health.status_code == one.status_code == history.status_code == 200
+    assert first.status_code == second.status_code == 200
+    assert len(first.json()["results"]) == 3
+    assert app.state.heavy._places == 2  # every place given back
+
+
+@pytest.mark.parametrize("method,url,kwargs", [
+    ("post", "/admin/reload", {}),  # what a cross-site no-cors fetch sends
+    ("post", "/admin/reload", {"headers": {"content-type": "text/plain"}}),
+    ("post", "/interactions", {"content": b'{"events": [{"user": 1, "item": 2}]}',
+                               "headers": {"content-type": "text/plain"}}),
+    ("post", "/recommendations", {"data": {"users": "1"}}),  # a form
+    ("delete", "/users/1", {}),
+])
+def test_state_changing_requests_must_be_json(saved, tmp_path, method, url, kwargs):
+    c = local_client(create_app(saved[1], events=tmp_path / "ev.sqlite"))
+    res = getattr(c, method)(url, **kwargs)
+    assert res.status_code == 415, res.text
+    assert "application/json" in res.json()["detail"]
+    ok = getattr(c, method)(url, headers={"content-type": "application/json; charset=utf-8"},
+                            **({"content": kwargs["content"]} if "content" in kwargs else {}))
+    assert ok.status_code in (200, 422), ok.text  # past the check
+
+
+def test_the_host_header_must_name_an_allowed_host(saved):
+    """DNS rebinding: a page on evil.example whose name now points at 127.0.0.1 sends
+    ``Host: evil.example``; the server answers 421 to anything but its own names."""
+    import asyncio
+
+    app = create_app(saved[1])
+    for host, status in (("localhost", 200), ("localhost:8000", 200), ("127.0.0.1:80", 200),
+                         ("[::1]:8000", 200), ("LOCALHOST.", 200), ("evil.example", 421),
+                         ("evil.example:8000", 421), ("127.0.0.1.evil.example", 421),
+                         ("localhost:x", 421), ("", 421)):
+        for url in ("/health", "/users/1/recommendations", "/users/1/history"):
+            res = TestClient(app).get(url, headers={"host": host})
+            assert res.status_code == status, (host, url, res.text)
+    assert TestClient(app).post("/admin/reload", headers={"host": "evil.example", **JSON}
+                                ).status_code == 421
+    named = create_app(saved[1], allowed_hosts=["api.example.com", "10.0.0.5"])
+    assert TestClient(named).get("/health", headers={"host": "api.example.com"}).status_code == 200
+    assert TestClient(named).get("/health", headers={"host": "10.0.0.5:8000"}).status_code == 200
+    assert TestClient(named).get("/health", headers={"host": "localhost"}).status_code == 421
+    anyhost = create_app(saved[1], allowed_hosts=["*"])
+    assert TestClient(anyhost).get("/health", headers={"host": "evil.example"}).status_code == 200
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.0",
+             "method": "GET", "scheme": "http", "path": "/health", "raw_path": b"/health",
+             "root_path": "", "query_string": b"", "headers": [],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(app(scope, receive, send))  # HTTP/1.0 without a Host header
+    assert sent[0]["status"] == 400
+
+
+def test_no_answer_shows_a_server_path_and_cors_stays_closed(saved, tmp_path):
+    import pandas as pd
+
+    from recforge import Interactions
+
+    c = local_client(create_app(saved[1], events=tmp_path / "ev.sqlite"))
+    info = c.get("/model").json()
+    assert info["directory"] == saved[1].name and "path" not in info
+    where = str(saved[1].parent)
+    frame = pd.DataFrame({"user": ["/srv/data/u1", "u2"], "item": ["/x/y", "z"]})
+    path_ids = local_client(create_app(create_model("pop").fit(Interactions.from_frame(frame))))
+    answers = [
+        c.get("/model"),
+        c.post("/admin/reload", json={"model": str(tmp_path / "no" / "such" / "model")}),
+        c.post("/admin/reload", json={"model": str(tmp_path)}),
+        c.post("/admin/reload", json={"model": "relative/dir"}),
+        c.post("/interactions", json={"events": [{"user": "a\x00b", "item": 1}]}),
+        path_ids.get("/items/%2Fnope%2Fmissing/similar"),
+    ]
+    assert [r.status_code for r in answers] == [200, 400, 400, 400, 422, 404]
+    assert "'/nope/missing'" in answers[-1].text  # an id is an id, not a path to hide
+    for r in answers:
+        assert where not in r.text and str(tmp_path) not in r.text, r.text
+        assert os.getcwd() not in r.text, r.text
+    # CORS stays closed: no preflight passes, no answer allows another origin
+    pre = c.options("/admin/reload", headers={"Origin": "https://evil.example",
+                                              "Access-Control-Request-Method": "POST"})
+    assert pre.status_code >= 400
+    for r in (pre, c.get("/model", headers={"Origin": "https://evil.example"})):
+        assert not any(h.startswith("access-control-") for h in r.headers), r.headers

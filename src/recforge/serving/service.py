@@ -8,7 +8,7 @@ import math
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from recforge.data.sharding import INTEGER_ID
 from recforge.errors import ConfigError, ModelError
 from recforge.models.base import Recommender, _top_k_ties_in_order, rank_ties
 
-__all__ = ["RecommendationService", "NotFound"]
+__all__ = ["RecommendationService", "NotFound", "Resolved"]
 
 
 class NotFound(ModelError):
@@ -31,8 +31,21 @@ def _plain(value: Any) -> Any:
 
 
 #: Text that an integer vocabulary could read as one of its ids ("1.0", " 01", "1e3").
-_NUMBER_LIKE = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
+#: (No two parts can match the same digits: linear time on text of any length; the
+#: earlier ``\d+\.?\d*`` backtracked quadratically, 8 s of event loop for 16,000 digits.)
+_NUMBER_LIKE = re.compile(r"\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*")
 _INTEGER_ID = re.compile(INTEGER_ID)
+#: The longest text of an int64 in INTEGER_ID's form: "-9223372036854775808".
+_INT64_CHARS = 20
+
+
+class Resolved(NamedTuple):
+    """A user id as given, its model index (-1: unknown or forgotten) and the key its
+    posted items and its forgetting are kept under."""
+
+    user: Any
+    index: int
+    key: str
 
 
 class RecommendationService:
@@ -96,7 +109,9 @@ class RecommendationService:
                 "recforge_version": self.meta.get("recforge_version"),
                 "created": self.meta.get("created"),
                 "train_fingerprint": self.meta.get("train_fingerprint"),
-                "supports_history": bool(m.supports_history), "path": str(self.path or "")}
+                "supports_history": bool(m.supports_history),
+                # the directory's name only: an answer never shows where the server's files are
+                "directory": self.path.name if self.path is not None else None}
 
     @staticmethod
     def _check_k(k: int) -> int:
@@ -139,21 +154,37 @@ class RecommendationService:
 
     def _echo(self, user: Any) -> Any:
         """An unknown user's id as answers write it: in a model with integer ids, the text
-        of an integer comes back as a JSON number, like the known users' ids."""
-        if (isinstance(user, str) and self.model.users_.is_integer
-                and _INTEGER_ID.fullmatch(user) and -2**63 <= int(user) < 2**63):
+        of an int64 comes back as a JSON number, like the known users' ids. (Text of more
+        than 20 characters is no int64: it is not parsed, so an id of any length answers;
+        Python refuses to parse integers of over 4,300 digits.)"""
+        if (isinstance(user, str) and len(user) <= _INT64_CHARS
+                and self.model.users_.is_integer and _INTEGER_ID.fullmatch(user)
+                and -2**63 <= int(user) < 2**63):
             return int(user)
         return user
+
+    def resolve(self, user: Any) -> Resolved:
+        """``user`` (an external id, any type or length) with its model index (-1: unknown
+        or forgotten) and the key of its posted items: what answering it needs, found once
+        (a batch resolves every id before the first byte of its answer)."""
+        u, key = self._lookup(user)
+        if key in self._forgotten:
+            u = -1
+        return Resolved(user, u, key)
+
+    def resolve_users(self, users: list[Any]) -> list[Resolved]:
+        return [self.resolve(u) for u in users]
 
     def recommend_user(self, user: Any, k: int = 10, include_seen: bool = False
                        ) -> dict[str, Any]:
         """Top-``k`` for one user (external id); unknown users get the most popular items,
         marked ``"fallback": "popular"``."""
-        k = self._check_k(k)
+        return self._recommend(self.resolve(user), self._check_k(k), include_seen)
+
+    def _recommend(self, who: Resolved, k: int, include_seen: bool) -> dict[str, Any]:
+        """:meth:`recommend_user` for a resolved user and a checked ``k``."""
         m = self.model
-        u, key = self._lookup(user)
-        if key in self._forgotten:
-            u = -1
+        user, u, key = who
         posted, vals = self._posted_entry(key)
         if u < 0 and len(posted) and m.supports_history:
             res = self.recommend_history(m.items_.ids[posted].tolist(), k,
@@ -278,11 +309,16 @@ class RecommendationService:
 
     def recommend_users(self, users: list[Any], k: int = 10, include_seen: bool = False
                         ) -> list[dict[str, Any]]:
+        return self.recommend_resolved(self.resolve_users(users), k, include_seen)
+
+    def recommend_resolved(self, users: list[Resolved], k: int = 10,
+                           include_seen: bool = False) -> list[dict[str, Any]]:
+        """:meth:`recommend_user` for each of ``users`` (from :meth:`resolve_users`)."""
         k = self._check_k(k)
         m = self.model
         if self.events is not None or self._ann is not None:  # the per-user path
-            return [self.recommend_user(u, k, include_seen) for u in users]
-        idx = m.users_.index(np.asarray(users, dtype=object)) if users else np.empty(0, int)
+            return [self._recommend(who, k, include_seen) for who in users]
+        idx = np.fromiter((who.index for who in users), dtype=np.int64, count=len(users))
         out: list[dict[str, Any] | None] = [None] * len(users)
         known = np.flatnonzero(idx >= 0)
         exclude = None if include_seen else m.seen_
@@ -296,7 +332,7 @@ class RecommendationService:
                           "fallback": None}
             pos += len(ub)
         for j in np.flatnonzero(idx < 0):
-            out[j] = self.recommend_user(users[j], k)
+            out[j] = self._recommend(users[j], k, include_seen)
         return out  # type: ignore[return-value]
 
     def recommend_history(self, items: list[Any], k: int = 10,
