@@ -398,7 +398,7 @@ def test_postgres_store_behind_a_real_server_survives_kill_9(pg_url, random_data
                     {"user": f"u{b}", "item": j, "timestamp": j} for j in range(100)]})
                 assert r.status_code == 200
                 acked += r.json()["stored"]
-            gone = client.delete("/users/u0").json()
+            gone = client.delete("/users/u0", headers={"content-type": "application/json"}).json()
             assert gone["deleted_events"] == 100
             acked -= 100
         os.kill(proc.pid, signal.SIGKILL)
