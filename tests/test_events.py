@@ -149,14 +149,16 @@ def test_append_seen_items_and_forgetting(target):
             "1": ["a", "b"], "u2": ["a"]}
         assert store.delete_user(1) == 3 and store.count() == 1
         assert store.user_items(1) == [] and store.is_forgotten(1)
-        assert store.forgotten() == {"1"} and not store.is_forgotten("u2")
+        assert list(store.erasures()) == [store.mark(1)] and not store.is_forgotten("u2")
+        assert store.all_user_items() == {"u2": ["a"]} and len(store.to_frame()) == 1
+        first = store.erased_at(1)
         assert store.delete_user(1) == 0  # forgetting twice is no error
-        assert store.forgotten() == {"1"}
+        assert len(store.erasures()) == 1 and store.erased_at(1) >= first
         store.append([(1, "c", None, None)])  # posting again is stored; the forgetting
         assert store.is_forgotten(1) and store.user_items(1) == ["c"]  # stays on record
-        assert set(store.forgotten_at()) == {"1"}
+        assert store.erasure_state()[0] == 1
     with EventStore(target) as again:  # committed, so there after reopening
-        assert again.count() == 2 and again.forgotten() == {"1"}
+        assert again.count() == 2 and again.erasures() == store.erasures()
 
 
 def test_to_frame_types(target):
@@ -282,9 +284,10 @@ def test_a_store_written_by_the_raw_sqlite_version_opens(tmp_path):
     con.commit()
     con.close()
     with EventStore(db) as store:
-        assert store.count() == 2 and store.forgotten() == {"9"}
+        assert store.count() == 2 and store.is_forgotten(9) and len(store.erasures()) == 1
         store.append([(3, 9, 3.0, 5)])
         assert store.to_frame()["item"].tolist() == [7, 8, 9]
+        assert store.user_items(1) == ["7"] and store.delete_user(1) == 1
 
 
 def test_in_memory_sqlite_is_one_database_across_threads():
@@ -405,7 +408,8 @@ def test_postgres_store_behind_a_real_server_survives_kill_9(pg_url, random_data
         proc.wait(timeout=10)
     with EventStore(pg_url) as store:
         assert store.count() == acked == 1 + 19 * 100
-        assert store.forgotten() == {"u0"} and store.user_items(user) == [str(first)]
+        assert store.is_forgotten("u0") and len(store.erasures()) == 1
+        assert store.user_items(user) == [str(first)]
 
 
 def test_the_store_keeps_its_ids_helper():

@@ -6,11 +6,21 @@ with ``synchronous=FULL``; any SQLAlchemy URL instead (``postgresql+psycopg://us
 path serves every database. An append returns only after its transaction is committed
 (SQLite: on disk; PostgreSQL: with its default ``synchronous_commit=on``, flushed to its
 WAL), so every acknowledged event survives a ``kill -9`` of the server. Events count as
-seen items for their user at once; ``delete_user`` removes a user's events and remembers
-the user as forgotten: a model may hold a copy of their data, so the server answers for
-them as for a user it never saw (from events they post afterwards, if any), never from
-that copy.
+seen items for their user at once.
 ``recforge train --data events:PATH_OR_URL`` trains from the store.
+
+Erasure (``delete_user``) costs what the user's own events cost: rows are found through an
+index on a keyed hash of the user id (``user_tag``), never by a scan. It leaves no copy of
+the user's ids or events in the store's files: on SQLite the rows are overwritten in place
+by empty tombstones (``secure_delete`` zeroes the old bytes; a DELETE would let SQLite
+rebalance pages, which leaves copies of moved rows in their free space), then a
+``wal_checkpoint(TRUNCATE)`` empties the WAL. The store remembers an erasure as a keyed
+hash of the id (a *mark*) and its time, never the id: the key is a random secret kept in
+the store (``store_info``), so the files list no erased id, though whoever holds them can
+test a guessed id. A model may hold a copy of an erased user's data; the server decides
+from the marks what it may still answer from (``serving.service``). On PostgreSQL the rows
+are deleted; their bytes stay in dead tuples until VACUUM, and in PostgreSQL's own WAL,
+archives and backups (docs/serving.md, "Erasure").
 
 Passwords never leave this module: errors and ``repr`` name the database by its URL with
 the password replaced by ``***``.
@@ -18,9 +28,11 @@ the password replaced by ``***``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,7 +54,11 @@ __all__ = ["EventStore", "mask_url"]
 _metadata = sa.MetaData()
 
 #: One row per posted event. The names and layout are those of the earlier raw-SQLite
-#: store, so its files open unchanged. ``timestamp`` is 64-bit (millisecond epochs fit).
+#: store (plus ``user_tag``), so its files open (and are upgraded: :meth:`EventStore.
+#: _upgrade`). ``timestamp`` is 64-bit (millisecond epochs fit). ``user_tag`` is a keyed
+#: hash of ``user`` (:meth:`EventStore.tag`), the only user column an index holds: an
+#: index on the id itself keeps copies of it in the free space of its pages after splits.
+#: ``NULL`` marks an erased event's tombstone (SQLite), which every read leaves out.
 _events = sa.Table(
     "events", _metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
@@ -52,17 +68,44 @@ _events = sa.Table(
     sa.Column("value", sa.Double()),
     sa.Column("timestamp", sa.BigInteger()),
     sa.Column("received", sa.Double(), nullable=False),
-    sa.Index("events_user", "user"),
+    sa.Column("user_tag", sa.BigInteger()),
+    sa.Index("events_user_tag", "user_tag", sqlite_where=sa.text("user_tag IS NOT NULL"),
+             postgresql_where=sa.text("user_tag IS NOT NULL")),
     sqlite_autoincrement=True,
 )
 
-#: Users who asked to be forgotten, and when (a later post does not undo it: a model
-#: may hold a copy of their old data).
-_forgotten = sa.Table(
-    "forgotten", _metadata,
+#: Erased users: a keyed hash of the id (:meth:`EventStore.mark`) and the time of the
+#: latest erasure. A later post does not undo it: a model trained before it may hold a
+#: copy of the old data.
+_erasures = sa.Table(
+    "erasures", _metadata,
+    sa.Column("mark", sa.String(64), primary_key=True),
+    sa.Column("at", sa.Double(), nullable=False),
+)
+
+#: The store's own settings: ``key``, the random secret of its tags and marks.
+_store_info = sa.Table(
+    "store_info", _metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text(), nullable=False),
+)
+
+#: The earlier versions' table of erased users, ids in clear (upgraded to marks, dropped).
+_legacy_forgotten = sa.Table(
+    "forgotten", sa.MetaData(),
     sa.Column("user", sa.Text(), primary_key=True),
     sa.Column("at", sa.Double(), nullable=False),
 )
+
+#: The earlier versions' index on the user id itself (dropped by the upgrade).
+_LEGACY_USER_INDEX = "events_user"
+
+#: Rows that are events (not tombstones of erased ones).
+_LIVE = _events.c.user_tag.is_not(None)
+
+#: How long an erasure waits for readers in other processes (a training run reading the
+#: store) before it leaves emptying the WAL to the next write (seconds).
+ERASURE_CHECKPOINT_WAIT = 2.0
 
 #: Bound parameters per ``IN (...)`` list: far below every database's limit.
 _CHUNK = 500
@@ -114,12 +157,15 @@ def _reason(exc: BaseException) -> str:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """Every SQLite connection: WAL (readers never block the writer) and ``synchronous=FULL``
-    (a commit returns once the WAL is synced to disk)."""
+    """Every SQLite connection: WAL (readers never block the writer), ``synchronous=FULL``
+    (a commit returns once the WAL is synced to disk) and ``secure_delete`` (deleted content
+    is overwritten with zeros, also in pages put on the free list: some builds of SQLite
+    have it on by default, others not)."""
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA secure_delete=ON")
     finally:
         cursor.close()
 
@@ -171,18 +217,24 @@ class EventStore:
         self._sqlite = url.get_backend_name() == "sqlite"
         #: Serialises SQLite calls; server databases need no lock of ours.
         self._lock: threading.Lock | None = threading.Lock() if self._sqlite else None
+        #: An erasure whose WAL could not be emptied yet (a reader in another process):
+        #: the next write tries again.
+        self._wal_dirty = False
         #: The SQLAlchemy engine (for callers that need the database directly).
         self.engine: Engine = self._engine(url)
         try:
             with self.engine.begin() as conn:
-                if create:
-                    _metadata.create_all(conn, checkfirst=True)
-                else:
-                    missing = [t.name for t in _metadata.sorted_tables
-                               if not sa.inspect(conn).has_table(t.name)]
-                    if missing:
-                        raise DataError(f"no event store here (missing table "
-                                        f"{', '.join(missing)})", source=self.name)
+                if not create and not sa.inspect(conn).has_table(_events.name):
+                    raise DataError(f"no event store here (missing table {_events.name})",
+                                    source=self.name)
+                # a new store's tables, or those a store of an earlier version lacks
+                _metadata.create_all(conn, checkfirst=True)
+                self._key = self._store_key(conn)
+                upgraded = self._upgrade(conn)
+            if self._sqlite:
+                if upgraded:  # rewrite the file: copies the old layout left in free space
+                    self._vacuum()
+                self._checkpoint(wait=0.0)  # a WAL left by a crash after an erasure
         except sa.exc.SQLAlchemyError as exc:
             self.engine.dispose()
             raise self._error("cannot open the event store", exc) from None
@@ -234,23 +286,138 @@ class EventStore:
             sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
 
+    def _store_key(self, conn: Connection) -> bytes:
+        """The store's secret (created with the store): the key of its tags and marks."""
+        query = sa.select(_store_info.c.value).where(_store_info.c.name == "key")
+        found = conn.execute(query).scalar()
+        if found is None:
+            stmt = _insert_ignore(conn, _store_info, {"name": "key",
+                                                      "value": secrets.token_hex(32)})
+            conn.execute(stmt)
+            found = conn.execute(query).scalar_one()  # ours, or a racing process's
+        try:
+            key = bytes.fromhex(found)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise DataError("the store's key (table store_info) is damaged",
+                            source=self.name)
+        return key
+
+    def _upgrade(self, conn: Connection) -> bool:
+        """Bring a store of an earlier version to this one, in the caller's transaction:
+        tag every event, index the tags instead of the ids, turn the erased users' ids into
+        marks. Returns whether anything changed (then a SQLite file is vacuumed)."""
+        inspector = sa.inspect(conn)
+        changed = False
+        preparer = conn.dialect.identifier_preparer
+        table = preparer.format_table(_events)
+        if "user_tag" not in {c["name"] for c in inspector.get_columns(_events.name)}:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN "
+                                 f"{preparer.quote('user_tag')} BIGINT")
+            users = conn.execute(sa.select(_events.c.user).distinct()).scalars().all()
+            if users:
+                conn.execute(_events.update().where(_events.c.user == sa.bindparam("u"))
+                             .values(user_tag=sa.bindparam("t")),
+                             [{"u": u, "t": self.tag(u)} for u in users])
+            changed = True
+        if _LEGACY_USER_INDEX in {i["name"] for i in inspector.get_indexes(_events.name)}:
+            conn.exec_driver_sql(f"DROP INDEX {preparer.quote(_LEGACY_USER_INDEX)}")
+            changed = True
+        for index in _events.indexes:
+            index.create(conn, checkfirst=True)
+        if inspector.has_table(_legacy_forgotten.name):
+            for user, at in conn.execute(sa.select(_legacy_forgotten.c.user,
+                                                   _legacy_forgotten.c.at)).all():
+                conn.execute(self._upsert_mark(conn, self.mark(user), float(at)))
+            _legacy_forgotten.drop(conn)
+            changed = True
+        return changed
+
+    # -- the keyed hashes of user ids ------------------------------------------------------
+    def tag(self, user: Any) -> int:
+        """The user's tag: a keyed hash of its id (64 bits) that the index on events holds
+        in place of the id."""
+        digest = hashlib.blake2b(str(user).encode("utf-8"), key=self._key, digest_size=8,
+                                 person=b"recforge-tag").digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+    def mark(self, user: Any) -> str:
+        """The mark an erasure of ``user`` leaves: a keyed hash of its id (hex)."""
+        return hashlib.blake2b(str(user).encode("utf-8"), key=self._key, digest_size=32,
+                               person=b"recforge-erased").hexdigest()
+
+    def _of_users(self, users: Sequence[str]) -> sa.ColumnElement[bool]:
+        """The rows of ``users``: by the tag's index, the id checked too (tags may collide)."""
+        tags = sorted({self.tag(u) for u in users})
+        return sa.and_(_events.c.user_tag.in_(tags), _events.c.user.in_(list(users)))
+
+    # -- SQLite housekeeping ---------------------------------------------------------------
+    def _checkpoint(self, wait: float) -> bool:
+        """Copy the WAL into the database file and truncate it to zero bytes (SQLite), so
+        that no earlier version of a page stays in it; waits up to ``wait`` seconds for
+        readers in other processes. Returns whether it did; if not, the next write tries
+        again. The caller holds the store's lock (or is the constructor)."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={int(wait * 1000)}")
+            try:
+                busy, log, _ = conn.exec_driver_sql(
+                    "PRAGMA wal_checkpoint(TRUNCATE)").one()
+            finally:
+                conn.exec_driver_sql("PRAGMA busy_timeout=30000")
+        self._wal_dirty = bool(busy) or log > 0  # log -1: no WAL (in memory)
+        return not self._wal_dirty
+
+    def _vacuum(self) -> None:
+        """Rewrite the SQLite file (free pages dropped, every page rebuilt without the
+        leftovers in its free space), then empty the WAL."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM")
+        self._checkpoint(wait=ERASURE_CHECKPOINT_WAIT)
+
+    def compact(self) -> None:
+        """Drop the tombstones that erasures leave (SQLite) and give their space back:
+        a full rewrite of the store (``VACUUM``), for maintenance while it is idle; erasure
+        needs none of it."""
+        with self._connect(write=True) as conn:
+            conn.execute(_events.delete().where(~_LIVE))
+        if self._sqlite:
+            with self._locked():
+                self._vacuum()
+
     def _error(self, what: str, exc: BaseException) -> DataError:
         return DataError(f"{what}: {_scrub(_reason(exc), self._secrets)}", source=self.name)
 
     @contextmanager
-    def _connect(self, write: bool) -> Iterator[Connection]:
-        """A connection (in a transaction, committed on exit, when ``write``)."""
+    def _locked(self) -> Iterator[None]:
         if self._lock is not None:
             self._lock.acquire()
         try:
-            with (self.engine.begin() if write else self.engine.connect()) as conn:
-                yield conn
+            yield
         finally:
             if self._lock is not None:
                 self._lock.release()
 
+    @contextmanager
+    def _connect(self, write: bool, *, erasing: bool = False) -> Iterator[Connection]:
+        """A connection (in a transaction, committed on exit, when ``write``). After a
+        write that ``erasing`` (or after an erasure whose WAL is still to be emptied), the
+        WAL is emptied, under the same lock."""
+        with self._locked():
+            with (self.engine.begin() if write else self.engine.connect()) as conn:
+                yield conn
+            if self._sqlite and write and (erasing or self._wal_dirty):
+                if not self._checkpoint(wait=ERASURE_CHECKPOINT_WAIT if erasing else 0.0) \
+                        and erasing:
+                    _log.warning("%s: erased events stay in the WAL until the readers of "
+                                 "another process finish (the next write empties it)",
+                                 self.name)
+
     def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (after one more try at an erasure's WAL)."""
+        if self._sqlite and self._wal_dirty:
+            with self._locked():
+                self._checkpoint(wait=0.0)
         self.engine.dispose()
 
     def __enter__(self) -> EventStore:
@@ -273,6 +440,9 @@ class EventStore:
         if not rows:
             return 0
         _check_ids([r["user"] for r in rows] + [r["item"] for r in rows])
+        tags = {u: self.tag(u) for u in {r["user"] for r in rows}}  # once per user
+        for r in rows:
+            r["user_tag"] = tags[r["user"]]
         with self._connect(write=True) as conn:
             if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
                 _copy_events(conn, rows)
@@ -280,40 +450,51 @@ class EventStore:
                 conn.execute(_events.insert(), rows)  # one executemany
         return len(rows)
 
-    def delete_user(self, user: Any) -> int:
-        """Remove every event of ``user`` and remember them as forgotten; returns the
-        number of events removed."""
-        user_s, now = str(user), time.time()
-        with self._connect(write=True) as conn:
-            n = conn.execute(_events.delete().where(_events.c.user == user_s)).rowcount
-            conn.execute(self._upsert_forgotten(conn, user_s, now))
+    def delete_user(self, user: Any, *, spellings: Iterable[Any] = (),
+                    at: float | None = None) -> int:
+        """Erase every event of ``user`` (and of the other ``spellings`` of its id) and
+        leave a mark for each, dated ``at`` (default: now); returns the number of events
+        erased. Costs what the user's own events cost (the tag's index), and leaves no copy
+        of them in a SQLite store's files (module docstring)."""
+        names = list(dict.fromkeys(str(u) for u in (user, *spellings)))
+        at = time.time() if at is None else float(at)
+        with self._connect(write=True, erasing=True) as conn:
+            if self._sqlite:  # overwritten in place: no page is rebalanced (no copies left
+                # in free space); secure_delete zeroes the old bytes
+                stmt = _events.update().where(self._of_users(names)).values(
+                    user="", item="", value=None, timestamp=None, received=0.0, user_tag=None)
+            else:
+                stmt = _events.delete().where(self._of_users(names))
+            n = conn.execute(stmt).rowcount
+            for name in names:
+                conn.execute(self._upsert_mark(conn, self.mark(name), at))
         return int(n)
 
-    def _upsert_forgotten(self, conn: Connection, user: str, at: float) -> sa.Executable:
+    def _upsert_mark(self, conn: Connection, mark: str, at: float) -> sa.Executable:
         dialect = conn.dialect.name
         if dialect in ("sqlite", "postgresql"):
             if dialect == "sqlite":
                 from sqlalchemy.dialects.sqlite import insert
             else:
                 from sqlalchemy.dialects.postgresql import insert
-            stmt = insert(_forgotten).values(user=user, at=at)
-            return stmt.on_conflict_do_update(index_elements=[_forgotten.c.user],
+            stmt = insert(_erasures).values(mark=mark, at=at)
+            return stmt.on_conflict_do_update(index_elements=[_erasures.c.mark],
                                               set_={"at": stmt.excluded.at})
         # Other databases: delete, then insert, in the caller's transaction.
-        conn.execute(_forgotten.delete().where(_forgotten.c.user == user))
-        return _forgotten.insert().values(user=user, at=at)
+        conn.execute(_erasures.delete().where(_erasures.c.mark == mark))
+        return _erasures.insert().values(mark=mark, at=at)
 
     # -- reads -----------------------------------------------------------------------------
     def user_items(self, user: Any) -> list[str]:
         """The distinct items ``user`` posted."""
-        query = sa.select(_events.c.item).where(_events.c.user == str(user)).distinct()
+        query = sa.select(_events.c.item).where(self._of_users([str(user)])).distinct()
         with self._connect(write=False) as conn:
             return list(conn.execute(query).scalars())
 
     def all_user_items(self) -> dict[str, list[str]]:
-        """Every user's posted items (for an in-memory index at server start)."""
+        """Every user's posted items (reads the whole store)."""
         out: dict[str, list[str]] = {}
-        query = sa.select(_events.c.user, _events.c.item).distinct()
+        query = sa.select(_events.c.user, _events.c.item).where(_LIVE).distinct()
         with self._connect(write=False) as conn:
             for user, item in conn.execute(query):
                 out.setdefault(user, []).append(item)
@@ -321,38 +502,64 @@ class EventStore:
 
     def all_user_values(self) -> dict[str, list[tuple[str, float | None]]]:
         """Every user's posted ``(item, value)`` pairs, the latest value of each pair
-        (``None`` where none was given)."""
+        (``None`` where none was given). Reads the whole store (a server's start)."""
         latest: dict[tuple[str, str], float | None] = {}
-        query = sa.select(_events.c.user, _events.c.item, _events.c.value).order_by(
-            _events.c.received, _events.c.id)
+        query = sa.select(_events.c.user, _events.c.item, _events.c.value).where(
+            _LIVE).order_by(_events.c.received, _events.c.id)
         with self._connect(write=False) as conn:
             for user, item, value in conn.execute(query):
                 if value is not None or (user, item) not in latest:
                     latest[(user, item)] = value
-        out: dict[str, list[tuple[str, float | None]]] = {}
-        for (user, item), value in latest.items():
-            out.setdefault(user, []).append((item, value))
-        return out
+        return _by_user(latest)
+
+    def user_values_after(self, last_id: int) -> dict[str, list[tuple[str, float | None]]]:
+        """:meth:`all_user_values` of the events stored after the one numbered
+        ``last_id`` (:meth:`last_id`): what a server that read the store then is missing.
+        Costs what those events cost (the primary key's order)."""
+        latest: dict[tuple[str, str], float | None] = {}
+        query = sa.select(_events.c.user, _events.c.item, _events.c.value).where(
+            _events.c.id > last_id, _LIVE).order_by(_events.c.id)
+        with self._connect(write=False) as conn:
+            for user, item, value in conn.execute(query):
+                if value is not None or (user, item) not in latest:
+                    latest[(user, item)] = value
+        return _by_user(latest)
+
+    def last_id(self) -> int:
+        """The number of the latest event stored (0: none yet)."""
+        with self._connect(write=False) as conn:
+            return int(conn.execute(sa.select(sa.func.max(_events.c.id))).scalar() or 0)
+
+    def erased_at(self, user: Any) -> float | None:
+        """When ``user`` was last erased (seconds since the epoch), ``None`` if never."""
+        query = sa.select(_erasures.c.at).where(_erasures.c.mark == self.mark(user))
+        with self._connect(write=False) as conn:
+            at = conn.execute(query).scalar()
+        return None if at is None else float(at)
 
     def is_forgotten(self, user: Any) -> bool:
-        query = sa.select(sa.literal(1)).where(_forgotten.c.user == str(user))
-        with self._connect(write=False) as conn:
-            return conn.execute(query).first() is not None
+        """Whether ``user`` was ever erased (its mark is on record)."""
+        return self.erased_at(user) is not None
 
-    def forgotten(self) -> set[str]:
+    def erasures(self) -> dict[str, float]:
+        """Every erasure's mark (:meth:`mark`) and time: ids are not on record."""
         with self._connect(write=False) as conn:
-            return set(conn.execute(sa.select(_forgotten.c.user)).scalars())
+            return {str(m): float(at) for m, at in
+                    conn.execute(sa.select(_erasures.c.mark, _erasures.c.at))}
 
-    def forgotten_at(self) -> dict[str, float]:
-        """Each forgotten user and when (seconds since the epoch)."""
+    def erasure_state(self) -> tuple[int, float]:
+        """The number of marks and the latest erasure's time: changes with every erasure
+        (a server reading the store twice learns whether it must read it whole again)."""
+        query = sa.select(sa.func.count(), sa.func.max(_erasures.c.at))
         with self._connect(write=False) as conn:
-            return {str(u): float(at) for u, at in
-                    conn.execute(sa.select(_forgotten.c.user, _forgotten.c.at))}
+            n, latest = conn.execute(query).one()
+        return int(n), float(latest or 0.0)
 
     def count(self) -> int:
+        """The number of events stored (erased ones not counted)."""
         with self._connect(write=False) as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(_events))
-                       .scalar_one())
+            return int(conn.execute(sa.select(sa.func.count()).select_from(_events)
+                                    .where(_LIVE)).scalar_one())
 
     def to_frame(self) -> pd.DataFrame:
         """All events in arrival order: ``user, item, rating, timestamp`` (``rating`` only
@@ -360,7 +567,7 @@ class EventStore:
         column comes back as integers when every id in it is the decimal text of an
         int64 (``"7"``, not ``"007"`` or ``"+7"``)."""
         query = (sa.select(_events.c.user, _events.c.item, _events.c.value.label("rating"),
-                           _events.c.timestamp).order_by(_events.c.id))
+                           _events.c.timestamp).where(_LIVE).order_by(_events.c.id))
         with self._connect(write=False) as conn:
             # The driver's own cursor: plain tuples, which pandas turns into columns in C
             # (SQLAlchemy's Row objects cost pandas a slow attribute probe each).
@@ -401,6 +608,28 @@ class EventStore:
     @staticmethod
     def ids(values: Iterable[Any]) -> list[str]:
         return [str(v) for v in values]
+
+
+def _by_user(latest: dict[tuple[str, str], float | None]
+             ) -> dict[str, list[tuple[str, float | None]]]:
+    out: dict[str, list[tuple[str, float | None]]] = {}
+    for (user, item), value in latest.items():
+        out.setdefault(user, []).append((item, value))
+    return out
+
+
+def _insert_ignore(conn: Connection, table: sa.Table, values: dict[str, Any]
+                   ) -> sa.Executable:
+    """An insert that leaves an existing row with the same key alone (SQLite,
+    PostgreSQL; elsewhere a plain insert)."""
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        return table.insert().values(**values)
+    return insert(table).values(**values).on_conflict_do_nothing()
 
 
 def _fill_values(frame: pd.DataFrame, name: str) -> pd.DataFrame:

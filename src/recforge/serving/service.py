@@ -7,6 +7,8 @@ import json
 import math
 import re
 import threading
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -48,6 +50,19 @@ class Resolved(NamedTuple):
     key: str
 
 
+def _made_at(meta: dict[str, Any]) -> float | None:
+    """When a saved model was made (``created`` in its meta.json), in seconds since the
+    epoch; ``None`` when unknown (a model given in memory)."""
+    created = meta.get("created")
+    try:
+        when = datetime.fromisoformat(created) if isinstance(created, str) else None
+    except ValueError:
+        return None
+    if when is None:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
 class RecommendationService:
     """Answers recommendation requests for one trained model.
 
@@ -78,7 +93,16 @@ class RecommendationService:
         # Writes (posted events, forgotten users) change the store and the in-memory sets
         # together, one at a time: two posts for one user must not lose each other's items.
         self._write_lock = threading.RLock()
-        self._forgotten: set[str] = set()
+        # Erased users, by mark (a keyed hash of the id: EventStore.mark) -> when; no id is
+        # kept. The model's row of such a user is not answered from (_cut_off).
+        self._erasures: dict[str, float] = {}
+        # Other spellings of a user's id that events were stored under (an earlier version
+        # kept ids as posted): key -> spellings, so that an erasure reaches them by index.
+        self._spellings: dict[str, set[str]] = {}
+        # (last event id, erasure state) of the last read of the store: the next read (a
+        # reload's, just before the swap) fetches only what came since.
+        self._synced: tuple[int, tuple[int, float]] | None = None
+        self._made_at = _made_at(self.meta)
         # Posted items per user, as model indices, kept in memory: the hot path must not
         # query the database (a SQLite read per request cost a third of the throughput).
         # user -> (item indices, values; NaN where none was posted), replaced as one tuple so
@@ -168,7 +192,7 @@ class RecommendationService:
         or forgotten) and the key of its posted items: what answering it needs, found once
         (a batch resolves every id before the first byte of its answer)."""
         u, key = self._lookup(user)
-        if key in self._forgotten:
+        if self._cut_off(u, key):
             u = -1
         return Resolved(user, u, key)
 
@@ -223,19 +247,43 @@ class RecommendationService:
     _EMPTY = np.empty(0, np.int64)
 
     def sync_events(self) -> None:
-        """Read the posted items and the forgotten users from the event store again (a
-        reload calls it just before the swap, so that no write made while the new model
-        was loading is missing)."""
+        """Read the posted items and the erasures from the event store: all of it the first
+        time; the next time (a reload calls it again just before the swap, so that no write
+        made while the new model was loading is missing) only the events stored since,
+        unless a user was erased in between."""
         if self.events is None:
             return
         with self._write_lock:
-            # A forgotten user is never answered from a model's data: any model may have
-            # been trained on a copy of their events (only the store's copy is deleted).
-            self._forgotten = {self._lookup(u)[1] for u in self.events.forgotten()}
-            self._posted = {}
-            for user, pairs in self.events.all_user_values().items():
-                self._remember(self._lookup(user)[1], [i for i, _ in pairs],
-                               [v for _, v in pairs])
+            state = self.events.erasure_state()
+            last = self.events.last_id()
+            if self._synced is not None and self._synced[1] == state:
+                by_user = self.events.user_values_after(self._synced[0])
+            else:
+                self._erasures = self.events.erasures()
+                self._posted, self._spellings = {}, {}
+                by_user = self.events.all_user_values()
+            for user, pairs in by_user.items():
+                key = self._lookup(user)[1]
+                if key != user:
+                    self._spellings.setdefault(key, set()).add(user)
+                self._remember(key, [i for i, _ in pairs], [v for _, v in pairs])
+            self._synced = (last, state)
+
+    def _cut_off(self, u: int, key: str) -> bool:
+        """Whether the model's row of user ``u`` (key ``key``) must not be answered from:
+        the user was erased, and the model was made before the erasure (it may hold their
+        old data) or its row holds an item the user has not posted since (a copy of old
+        data from elsewhere). A model made later from the store alone serves them again."""
+        if u < 0 or not self._erasures:
+            return False
+        at = self._erasures.get(self.events.mark(key))
+        if at is None:
+            return False
+        if self._made_at is None or self._made_at <= at:
+            return True
+        seen = self.model.seen_
+        row = seen.indices[seen.indptr[u]:seen.indptr[u + 1]]
+        return not np.isin(row, self._posted_entry(key)[0]).all()
 
     def _remember(self, user_key: str, items: list[Any],
                   values: list[float | None] | None = None) -> None:
@@ -298,12 +346,13 @@ class RecommendationService:
             raise ModelError("this server has no event store (start it without --no-events)")
         with self._write_lock:
             key = self._lookup(user)[1]
-            n = self.events.delete_user(key)
-            # events an earlier version stored under another spelling of the same user
-            for other in {str(user)} | set(self.events.all_user_items()):
-                if other != key and self._lookup(other)[1] == key:
-                    n += self.events.delete_user(other)
-            self._forgotten.add(key)
+            # the other spellings events were stored under, and the one asked for: each is
+            # erased (by the store's index: no scan) and leaves a mark
+            spellings = sorted((self._spellings.pop(key, set()) | {str(user)}) - {key})
+            at = time.time()
+            n = self.events.delete_user(key, spellings=spellings, at=at)
+            for name in (key, *spellings):
+                self._erasures[self.events.mark(name)] = at
             self._posted.pop(key, None)
         return n
 
@@ -403,7 +452,7 @@ class RecommendationService:
         forgotten), the model indices of its training items, of the items it posted since and
         their values."""
         u, key = self._lookup(user)
-        if key in self._forgotten:
+        if self._cut_off(u, key):
             u = -1
         seen = self.model.seen_
         training = (seen.indices[seen.indptr[u]:seen.indptr[u + 1]].astype(np.int64)
