@@ -1016,15 +1016,15 @@ def test_the_body_limit_holds_while_the_body_arrives(saved):
 def test_the_admin_key_guards_the_admin_routes_only(saved, tmp_path, monkeypatch):
     from recforge.errors import ConfigError
 
-    app = create_app(saved[1], api_key="read-key", admin_key="admin-key",
+    app = create_app(saved[1], api_key="read-key", admin_key="s3cr3t-adm1n",
                      events=tmp_path / "ev.sqlite")
     c = local_client(app)
-    read, admin = {"X-API-Key": "read-key"}, {"X-Admin-Key": "admin-key"}
+    read, admin = {"X-API-Key": "read-key"}, {"X-Admin-Key": "s3cr3t-adm1n"}
     assert c.get("/users/1/recommendations", headers=read).status_code == 200
     assert c.post("/interactions", json={"events": [{"user": 1, "item": 2}]},
                   headers=read).status_code == 200  # event posts take the read key
     for method, url in (("post", "/admin/reload"), ("delete", "/users/1")):
-        for headers in ({}, read, {"X-Admin-Key": "read-key"}, {"X-API-Key": "admin-key"}):
+        for headers in ({}, read, {"X-Admin-Key": "read-key"}, {"X-API-Key": "s3cr3t-adm1n"}):
             res = getattr(c, method)(url, headers={**JSON, **headers})
             assert res.status_code == 401, (method, headers, res.text)
         res = getattr(c, method)(url, headers={**JSON, **admin})
@@ -1035,7 +1035,7 @@ def test_the_admin_key_guards_the_admin_routes_only(saved, tmp_path, monkeypatch
     res = only_read.post("/admin/reload", headers={**JSON, **read})
     assert res.status_code == 403 and "admin key" in res.json()["detail"]
     # An admin key alone: reads are open, the admin routes are not.
-    only_admin = local_client(create_app(saved[1], admin_key="admin-key"))
+    only_admin = local_client(create_app(saved[1], admin_key="s3cr3t-adm1n"))
     assert only_admin.get("/model").status_code == 200
     assert only_admin.post("/admin/reload", headers=JSON).status_code == 401
     monkeypatch.setenv("RECFORGE_ADMIN_KEY", "from-env")
@@ -1050,7 +1050,7 @@ def test_the_admin_key_guards_the_admin_routes_only(saved, tmp_path, monkeypatch
     # The page never holds, sends or asks for the admin key.
     for url in ("/", "/static/app.js", "/openapi.json", "/model"):
         text = c.get(url, headers=read).text
-        assert "admin-key" not in text and "from-env" not in text, url
+        assert "s3cr3t-adm1n" not in text and "from-env" not in text, url
     assert "X-Admin-Key" not in c.get("/static/app.js").text
 
 

@@ -68,10 +68,12 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     WithJsonSchema,
     model_validator,
 )
+from starlette.convertors import Convertor, register_url_convertor
 
 from recforge import __version__
 from recforge.errors import ConfigError, DataError, ModelError, RecforgeError
@@ -131,6 +133,23 @@ class Limits:
             low = 0 if f.name == "heavy_queue" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"Limits.{f.name} must be an integer >= {low}, got {value!r}")
+
+
+class _AnyId(Convertor[str]):
+    """An id in a path: any characters, slashes and line breaks included (Starlette's
+    ``path`` convertor, ``.*``, does not match a line break: such an id answered 404 from
+    the router, where the same id in a body was answered)."""
+
+    regex = "[\\s\\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("recforge_id", _AnyId())
 
 
 # -- what answers look like (documentation only: the routes encode their own JSON) -----------
@@ -268,6 +287,17 @@ def _link(operation: str, **parameters: str) -> dict[str, Any]:
 
 
 # -- request bodies: their limits come from the app's Limits -----------------------------------
+def _check_id_length(value: str, limit: int) -> str:
+    # An empty id is none (and in a path, /users//history, it would not survive URL
+    # normalisation: the request would reach another route).
+    if not value:
+        raise ValueError("an id cannot be empty")
+    if len(value) > limit:
+        raise ValueError(f"an id of {len(value):,} characters is over this server's limit "
+                         f"of {limit:,} (max_id_length)")
+    return value
+
+
 def _request_models(limits: Limits) -> dict[str, type[BaseModel]]:
     """The request body models of an app with ``limits``: the limits are checked with a
     message that names them, and the OpenAPI schema states them."""
@@ -275,24 +305,31 @@ def _request_models(limits: Limits) -> dict[str, type[BaseModel]]:
     def check_id(value: Any) -> Any:
         if isinstance(value, bool):  # JSON true would pass as the id 1
             raise ValueError("an id is a number or a string, not true / false")
-        if isinstance(value, str) and len(value) > limits.max_id_length:
-            raise ValueError(f"an id of {len(value):,} characters is over this server's "
-                             f"limit of {limits.max_id_length:,} (max_id_length)")
+        if isinstance(value, str):
+            _check_id_length(value, limits.max_id_length)
         return value
 
     Id = Annotated[int | str, BeforeValidator(check_id), WithJsonSchema(
-        {"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": limits.max_id_length}]})]
+        {"anyOf": [{"type": "integer"}, {"type": "string", "minLength": 1,
+                                         "maxLength": limits.max_id_length}]})]
 
     class RecommendationsRequest(BaseModel):
         """Either ``users`` (known or not) or ``history`` (item ids of an anonymous
         session). At most ``max_batch_results`` recommendations per batch (users x k) and
         ``max_history`` history items."""
 
-        users: list[Id] | None = Field(
+        # exactly one of users and history; values only with history (of its length).
+        # strict: JSON types as the schema states them (true is no number, "5" no k)
+        model_config = ConfigDict(strict=True, json_schema_extra={
+            "oneOf": [{"required": ["users"]}, {"required": ["history"]}],
+            "dependentRequired": {"values": ["history"]}})
+
+        # None: not given (an explicit null is refused, as the schema says)
+        users: list[Id] = Field(  # type: ignore[assignment]
             default=None, json_schema_extra={"maxItems": limits.max_batch_results})
-        history: list[Id] | None = Field(
-            default=None, json_schema_extra={"maxItems": limits.max_history})
-        values: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        history: list[Id] = Field(  # type: ignore[assignment]
+            default=None, min_length=1, json_schema_extra={"maxItems": limits.max_history})
+        values: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(  # type: ignore[assignment]
             default=None, json_schema_extra={"maxItems": limits.max_history},
             description="Ratings / weights of the history items (same length).")
         k: int = Field(default=10, ge=1, le=MAX_K)
@@ -317,10 +354,14 @@ def _request_models(limits: Limits) -> dict[str, type[BaseModel]]:
             return self
 
     class ReloadRequest(BaseModel):
+        model_config = ConfigDict(strict=True)
+
         # "" would be the working directory
         model: str | None = Field(default=None, min_length=1, max_length=4096)
 
     class Event(BaseModel):
+        model_config = ConfigDict(strict=True)  # "value": true was stored as 1.0
+
         user: Id
         item: Id
         value: float | None = Field(default=None, allow_inf_nan=False)
@@ -333,6 +374,8 @@ def _request_models(limits: Limits) -> dict[str, type[BaseModel]]:
         return events
 
     class EventsRequest(BaseModel):
+        model_config = ConfigDict(strict=True)
+
         events: Annotated[list[Event], AfterValidator(check_events)] = Field(
             min_length=1, json_schema_extra={"maxItems": limits.max_events})
 
@@ -669,17 +712,15 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
     EventsRequest = bodies["events"]  # noqa: N806
 
     def check_path_id(value: str) -> str:
-        if len(value) > limits.max_id_length:
-            raise ValueError(f"an id of {len(value):,} characters is over this server's "
-                             f"limit of {limits.max_id_length:,} (max_id_length)")
-        return value
+        return _check_id_length(value, limits.max_id_length)
 
     PathId = Annotated[str, PathParam(), AfterValidator(check_path_id),  # noqa: N806
-                       WithJsonSchema({"type": "string", "maxLength": limits.max_id_length})]
+                       WithJsonSchema({"type": "string", "minLength": 1,
+                                       "maxLength": limits.max_id_length})]
 
-    read_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+    read_header = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ReadKey",
                                description="The read key (recforge serve --api-key).")
-    admin_header = APIKeyHeader(name="X-Admin-Key", auto_error=False,
+    admin_header = APIKeyHeader(name="X-Admin-Key", auto_error=False, scheme_name="AdminKey",
                                 description="The admin key (recforge serve --admin-key).")
 
     def matches(given: str | None, expected: str) -> bool:
@@ -752,7 +793,7 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
     recs_links = {"similar": _link("similar_items", item_id="$response.body#/items/0/item"),
                   "history": _link("user_history", user_id="$request.path.user_id")}
 
-    @app.get("/users/{user_id:path}/recommendations", dependencies=guarded,
+    @app.get("/users/{user_id:recforge_id}/recommendations", dependencies=guarded,
              operation_id="user_recommendations", response_model=None,
              responses={200: {"model": UserRecommendations, "links": recs_links},
                         **_errors(401, 422, 503)})
@@ -768,7 +809,7 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
             body = await heavy.call(svc.explain, user_id, body)
         return _json(body)
 
-    @app.get("/users/{user_id:path}/history", dependencies=guarded,
+    @app.get("/users/{user_id:recforge_id}/history", dependencies=guarded,
              operation_id="user_history", response_model=None,
              responses={200: {"model": UserHistory, "links": {
                  "recommendations": _link("user_recommendations",
@@ -879,8 +920,12 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
         n = await with_files(write, "add_events", rows)
         return _json({"stored": n})
 
-    @app.delete("/users/{user_id:path}", dependencies=admin_only, operation_id="forget_user",
-                response_model=None,
+    @app.delete("/users/{user_id:recforge_id}", dependencies=admin_only,
+                operation_id="forget_user", response_model=None,
+                openapi_extra={"requestBody": {"required": False, "description": (
+                    "None: the request says Content-Type: application/json, like every "
+                    "request that changes state (415 otherwise); a body is ignored."),
+                    "content": {"application/json": {"schema": {}}}}},
                 responses={200: {"model": Forgotten, "links": {
                     "history": _link("user_history", user_id="$request.path.user_id")}},
                            **_errors(401, 403, 413, 415, 422, 503)})
@@ -890,7 +935,7 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
         n = await with_files(write, "forget_user", user_id)
         return _json({"user": user_id, "deleted_events": n})
 
-    @app.get("/items/{item_id:path}/similar", dependencies=guarded,
+    @app.get("/items/{item_id:recforge_id}/similar", dependencies=guarded,
              operation_id="similar_items", response_model=None,
              responses={200: {"model": SimilarItems, "links": {
                  "similar": _link("similar_items",
