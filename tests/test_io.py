@@ -535,3 +535,106 @@ def test_columns_that_name_one_role_twice_or_two_roles_once_are_refused(tmp_path
         read_csv(q)
     assert read_csv(q, columns="user=User").users.ids.tolist() == [1]
     assert read_csv(q, columns="rating=User").users.ids.tolist() == [2]
+
+
+# ---------------------------------------------------------------------------------------
+# what tests/test_readers_fuzz.py found, each pinned by a test of its own
+HUGE = "9" * 5000  # beyond Python's int-from-text limit (4,300 digits) and any float
+
+
+def test_a_5000_digit_id_is_text_in_every_reader(tmp_path):
+    for p, read in ((write(tmp_path, "a.csv", f"user,item\n{HUGE},1\n2,3\n"), read_csv),
+                    (write(tmp_path, "b.txt", f"{HUGE} 1 2\n3 4\n"), read_adjacency)):
+        data = read(p)
+        assert sorted(data.users.ids.tolist()) == sorted([HUGE, "2" if p.suffix == ".csv"
+                                                          else "3"])
+        assert data.items.ids.dtype == np.int64
+
+
+def test_minus_zero_is_not_the_id_zero(tmp_path):
+    data = read_csv(write(tmp_path, "r.csv", "user,item\n-0,1\n0,1\n"))
+    assert sorted(data.users.ids.tolist()) == ["-0", "0"] and len(data) == 2
+
+
+@pytest.mark.parametrize("value, message", [
+    (HUGE, r"timestamp '9{39}\.\.\. \(5,000 characters\) is out of range"),
+    ("-" + HUGE, r"timestamp '-9{38}\.\.\. \(5,001 characters\) is out of range"),
+    ("1e400", r"timestamp '1e400' is out of range"),
+    ("NaT", r"'NaT' is not a timestamp"),
+    ("now", r"'now' is not a timestamp"),
+    ("today", r"'today' is not a timestamp"),
+    ("99999999999999-01-01", r"'99999999999999-01-01' is not a timestamp"),
+])
+def test_timestamps_that_were_misread_are_refused(tmp_path, value, message):
+    p = write(tmp_path, "t.csv", f"user,item,timestamp\n1,2,{value}\n1,3,5\n")
+    with pytest.raises(DataError, match=rf"t.csv, line 2, column 'timestamp': {message}"):
+        read_csv(p)
+
+
+def test_whole_second_timestamps_are_read_exactly(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recforge.data.io import read_parquet
+
+    big = [1111111111111111111, 9223372036854775807, -9223372036854775808]
+    text = "user,item,timestamp\n" + "".join(f"1,{k},{t}\n" for k, t in enumerate(big))
+    assert read_csv(write(tmp_path, "t.csv", text)).timestamp.tolist() == big
+    q = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"user": [1, 1, 1], "item": [0, 1, 2], "timestamp": big}), q)
+    assert read_parquet(q).timestamp.tolist() == big
+    with pytest.raises(DataError, match="timestamp '9223372036854775808' is out of range"):
+        read_csv(write(tmp_path, "u.csv", "user,item,timestamp\n1,2,9223372036854775808\n"))
+
+
+def test_a_line_wider_than_the_header_is_refused_not_cut(tmp_path):
+    # pandas (index_col=False) drops the extra fields of such lines with a mere warning
+    for text, line, want, saw in (("user,item\n1,2,3\n4,5,6\n", 2, 2, 3),
+                                  ("\nuser,item,rating\n1,2,3,4\n", 3, 3, 4)):
+        with pytest.raises(DataError, match=rf"w.csv, line {line}: expected {want} fields "
+                                            rf"\(as the first line\), saw {saw}"):
+            read_csv(write(tmp_path, "w.csv", text))
+    # a trailing delimiter adds no field
+    assert len(read_csv(write(tmp_path, "t.csv", "user,item\n1,2,\n"))) == 1
+
+
+def test_parquet_ids_of_other_types_are_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recforge.data.io import interactions_from_frame, read_parquet
+
+    cases = {
+        "struct": (pa.array([{"a": 1}, {"a": 2}]), r"row 1, column 'user': user id \{'a': 1\} "
+                                                    "is a dict; ids must be integers or text"),
+        "list": (pa.array([[1], [2, 3]]), r"row 1, column 'user': user id .* is a "
+                                          "(list|ndarray)"),
+        "bool": (pa.array([True, False]), r"column 'user': user ids must be integers or text, "
+                                          "not bool values"),
+        "time": (pa.array(np.array([1, 2], dtype="datetime64[s]")),
+                 r"column 'user': user ids must be integers or text, not datetime64"),
+    }
+    for kind, (column, message) in cases.items():
+        p = tmp_path / f"{kind}.parquet"
+        pq.write_table(pa.table({"user": column, "item": [1, 2]}), p)
+        for read in (read_parquet, lambda q: read_many([q])[0]):
+            with pytest.raises(DataError, match=rf"{kind}.parquet, .*{message}|"
+                                                rf"{kind}.parquet: .*{message}"):
+                read(p)
+    with pytest.raises(DataError, match=r"row 2, column 'item': item id \[1\] is a list"):
+        interactions_from_frame(pd.DataFrame({"user": [1, 2], "item": ["a", [1]]}))
+
+
+def test_binary_values_that_are_not_utf8_are_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recforge.data.io import read_parquet
+
+    for role in ("rating", "timestamp"):
+        p = tmp_path / f"{role}.parquet"
+        pq.write_table(pa.table({"user": [1, 2], "item": [1, 2],
+                                 role: pa.array([b"5", b"\x80"], pa.binary())}), p)
+        with pytest.raises(DataError, match=rf"row 2, column '{role}': .*b'\\x80' is not "
+                                            "UTF-8 text"):
+            read_parquet(p)

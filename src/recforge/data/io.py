@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
@@ -167,19 +168,51 @@ def _resolve(frame_cols: Sequence[Any], columns: Mapping[str, str] | None,
     return resolved
 
 
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr`` of a value from the data for a message, cut short (a 5,000-digit id would
+    otherwise fill the screen)."""
+    text = repr(_plain(value))
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value)):,} characters)"
+
+
+#: What pandas' ``infer_dtype`` may call a column of ids (text, integers, whole floats).
+_ID_KINDS = frozenset({"string", "bytes", "integer", "mixed-integer", "floating",
+                       "mixed-integer-float", "empty"})
+
+
+def _id_type_error(series: pd.Series, name: str, where: np.ndarray, source: str | None,
+                   unit: str) -> DataError | None:
+    """Ids are integers or text: a column of dates, booleans, decimals, lists or records is
+    refused (its values would become ids through their printed form)."""
+    dtype = series.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _id_type_error(pd.Series(dtype.categories), name, where, source, unit)
+    if dtype.kind in "iuf" or isinstance(dtype, pd.StringDtype):
+        return None
+    if dtype.kind != "O":  # datetime64, timedelta64, bool, complex, period...
+        return DataError(f"{name} ids must be integers or text, not {dtype} values",
+                         source=source, column=name)
+    kind = pd.api.types.infer_dtype(series, skipna=True)
+    if kind in ("string", "bytes", "integer", "empty"):
+        return None
+    ok = (str, bytes, int, float, np.integer, np.floating)
+    bad = np.flatnonzero([not (isinstance(v, ok) or v is None or v is pd.NA) or
+                          isinstance(v, (bool, np.bool_)) for v in series.tolist()])
+    if len(bad) == 0:
+        return None
+    i = int(bad[0])
+    value = series.iloc[i]
+    return DataError(f"{name} id {_shown(value)} is a {type(value).__name__}; ids must be "
+                     "integers or text", source=source, column=name, **{unit: int(where[i])})
+
+
 def _ids(series: pd.Series, name: str, where: np.ndarray, source: str | None,
          unit: str) -> np.ndarray:
     """External ids: int64 when every id is a plain integer, else strings."""
-    if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) == "bytes":
-        def text(b: Any) -> Any:  # a binary column (Parquet): ids must be UTF-8 text
-            return b.decode("utf-8") if isinstance(b, bytes) else b
-        try:
-            series = series.map(text)
-        except UnicodeDecodeError:
-            bad = next(i for i, b in enumerate(series) if isinstance(b, bytes)
-                       and not _decodes(b))
-            raise DataError(f"{name} id {series.iloc[bad]!r} is not UTF-8 text",
-                            source=source, column=name, **{unit: int(where[bad])}) from None
+    error = _id_type_error(series, name, where, source, unit)
+    if error is not None:
+        raise error
+    series = _decoded(series, f"{name} id", name, where, source, unit)
     missing = series.isna().to_numpy(dtype=bool, copy=True)
     if series.dtype.kind not in "iub":
         # Empty strings count as missing too.
@@ -205,12 +238,39 @@ def _ids(series: pd.Series, name: str, where: np.ndarray, source: str | None,
                             column=name, **{unit: int(where[i])})
         return arr.astype(np.int64)
     s = series.astype("string").str.strip()
-    if s.str.fullmatch(INTEGER_ID).all():
-        try:
-            return s.astype("int64").to_numpy()
-        except (OverflowError, ValueError):
-            pass
-    return s.to_numpy(dtype=object)
+    ints = _integer_ids(s)
+    return ints if ints is not None else s.to_numpy(dtype=object)
+
+
+def _integer_ids(text: pd.Series) -> np.ndarray | None:
+    """The ids as int64 when every one is a plain integer that int64 holds, else None
+    (the ids stay text: "007" would lose its zeros, a 5,000-digit number its digits).
+
+    Text longer than int64's 20 characters is never converted: Python refuses ``int()`` of
+    more than 4,300 digits, and a float would round it.
+    """
+    if not text.str.fullmatch(INTEGER_ID).all() or (text.str.len() > 20).any():
+        return None
+    try:
+        return text.astype("int64").to_numpy(dtype=np.int64)
+    except (OverflowError, ValueError):  # 19-20 digits beyond int64
+        return None
+
+
+def _decoded(series: pd.Series, what: str, name: str, where: np.ndarray, source: str | None,
+             unit: str) -> pd.Series:
+    """A column of bytes (Parquet ``binary``) as text; its values must be UTF-8."""
+    if series.dtype != object or not any(isinstance(v, bytes) for v in series.tolist()):
+        return series
+
+    def text(b: Any) -> Any:
+        return b.decode("utf-8") if isinstance(b, bytes) else b
+    try:
+        return series.map(text)
+    except UnicodeDecodeError:
+        bad = next(i for i, b in enumerate(series) if isinstance(b, bytes) and not _decodes(b))
+        raise DataError(f"{what} {_shown(series.iloc[bad])} is not UTF-8 text", source=source,
+                        column=name, **{unit: int(where[bad])}) from None
 
 
 def _decodes(raw: bytes) -> bool:
@@ -233,7 +293,10 @@ def _numbers(series: pd.Series, name: str, where: np.ndarray, source: str | None
             what = "missing value" if np.isnan(arr[i]) else f"{arr[i]} is not a finite number"
             raise DataError(what, source=source, column=name, **{unit: int(where[i])})
         return arr
-    raw = series.astype("string")
+    if series.dtype.kind not in "O" and not isinstance(series.dtype, pd.StringDtype):
+        raise DataError(f"values must be numbers, not {series.dtype} values", source=source,
+                        column=name)
+    raw = _decoded(series, "value", name, where, source, unit).astype("string")
     num = pd.to_numeric(raw.str.strip(), errors="coerce").to_numpy(dtype=np.float64,
                                                                    na_value=np.nan)
     bad = ~np.isfinite(num)
@@ -245,11 +308,19 @@ def _numbers(series: pd.Series, name: str, where: np.ndarray, source: str | None
         else:
             try:
                 float(str(val))
-                what = f"{str(val).strip()!r} is not a finite number"
+                what = f"{_shown(str(val).strip())} is not a finite number"
             except ValueError:
-                what = f"{str(val)!r} is not a number"
+                what = f"{_shown(str(val))} is not a number"
         raise DataError(what, source=source, column=name, **{unit: int(where[i])})
     return num
+
+
+#: A number as text: what a timestamp column holds as seconds since the epoch.
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:inf|infinity|nan)"
+#: Whole seconds that int64 holds exactly, read as integers (never through a float).
+_WHOLE = r"[+-]?\d{1,18}"
+#: Words pandas and numpy read as a date relative to the reading (or as "no date").
+_NOT_DATES = frozenset({"now", "today", "tomorrow", "yesterday", "nat"})
 
 
 def _timestamps(series: pd.Series, name: str, where: np.ndarray, source: str | None,
@@ -263,41 +334,96 @@ def _timestamps(series: pd.Series, name: str, where: np.ndarray, source: str | N
             series = series.dt.tz_convert("UTC").dt.tz_localize(None)
         # whole seconds from the column's own unit: no nanosecond range (years 1677-2262)
         return series.to_numpy().astype("datetime64[s]").astype(np.int64)
+    if series.dtype.kind in "iu" and not series.isna().any():  # exact, no float between
+        if series.dtype.kind == "u" and len(series) and int(series.max()) > _INT64_MAX:
+            i = int(np.flatnonzero(series.to_numpy() > _INT64_MAX)[0])
+            raise DataError(f"timestamp {_shown(series.iloc[i])} is out of range (seconds "
+                            "since the epoch)", source=source, column=name,
+                            **{unit: int(where[i])})
+        return _warn_ms(series.to_numpy(dtype=np.int64), name, source)
     if series.dtype.kind in "iuf":
         return _seconds(_numbers(series, name, where, source, unit), series, name, where,
                         source, unit)
-    raw = series.astype("string").str.strip()
-    num = pd.to_numeric(raw, errors="coerce")
-    if num.notna().all():
-        return _seconds(_numbers(num, name, where, source, unit), series, name, where,
-                        source, unit)
-    # Dates as text (any year: parsed at second resolution); numbers among them are
-    # seconds since the epoch.
+    if series.dtype.kind not in "O" and not isinstance(series.dtype, pd.StringDtype):
+        raise DataError(f"timestamps must be numbers (seconds since the epoch) or dates, not "
+                        f"{series.dtype} values", source=source, column=name)
+    raw = _decoded(series, "timestamp", name, where, source, unit).astype("string").str.strip()
+    # Numbers are seconds since the epoch, dates are parsed; a number is told by its form,
+    # not by whether a float holds it (a 5,000-digit number is out of range, not a date).
+    is_num = raw.str.fullmatch(_NUMBER, case=False).to_numpy(dtype=bool, na_value=False)
     out = np.zeros(len(raw), dtype=np.int64)
-    is_num = num.notna().to_numpy()
     if is_num.any():
-        out[is_num] = _seconds(num.to_numpy(dtype=np.float64)[is_num], series[is_num], name,
-                               where[is_num], source, unit)
+        out[is_num] = _numeric_seconds(raw[is_num], name, where[is_num], source, unit)
+    if is_num.all():
+        return _warn_ms(out, name, source)
     text = raw[~is_num]
+    missing = text.isna() | (text == "")
+    if missing.any():
+        k = int(np.flatnonzero(~is_num)[int(np.flatnonzero(missing.to_numpy())[0])])
+        raise DataError("missing timestamp", source=source, column=name,
+                        **{unit: int(where[k])})
+    # Dates as text (any year: parsed at second resolution)
+    relative = text.str.lower().isin(_NOT_DATES).to_numpy(dtype=bool)
     try:
-        ts = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
+        ts = pd.to_datetime(text.where(~relative), errors="coerce", utc=True, format="mixed")
         bad = ts.isna().to_numpy()
         # in the unit pandas chose (not always ns); NaT rows are replaced below
         parsed = (ts.dt.tz_localize(None).to_numpy().astype("datetime64[s]")
                   .astype(np.int64))
     except (OverflowError, pd.errors.OutOfBoundsDatetime, ValueError):
-        ts, bad, parsed = None, np.ones(len(text), dtype=bool), np.zeros(len(text), np.int64)
+        bad, parsed = np.ones(len(text), dtype=bool), np.zeros(len(text), np.int64)
     if bad.any():  # outside pandas' nanosecond range (or not a date): one by one
         for j in np.flatnonzero(bad):
-            sec = _date_seconds(str(text.iloc[j]))
+            sec = None if relative[j] else _date_seconds(str(text.iloc[j]))
             if sec is None:
                 k = int(np.flatnonzero(~is_num)[j])
-                raise DataError(f"{str(series.iloc[k])!r} is not a timestamp (seconds since "
-                                "the epoch or a date/time)", source=source, column=name,
-                                **{unit: int(where[k])})
+                raise DataError(f"{_shown(str(series.iloc[k]))} is not a timestamp (seconds "
+                                "since the epoch or a date/time)", source=source,
+                                column=name, **{unit: int(where[k])})
             parsed[j] = sec
     out[~is_num] = parsed
     return out
+
+
+def _numeric_seconds(text: pd.Series, name: str, where: np.ndarray, source: str | None,
+                     unit: str) -> np.ndarray:
+    """Seconds written as numbers: whole ones read exactly, others through a float (whose
+    fraction is dropped); beyond int64 (a 5,000-digit number included) refused."""
+    whole = text.str.fullmatch(_WHOLE).to_numpy(dtype=bool)
+    out = np.zeros(len(text), dtype=np.int64)
+    if whole.any():
+        out[whole] = text[whole].astype("int64").to_numpy(dtype=np.int64)
+    # 19 digits, some of which int64 holds: exactly, one by one (a float would round them)
+    long = np.flatnonzero(~whole & text.str.fullmatch(r"[+-]?\d{19}").to_numpy(dtype=bool))
+    for j in long:
+        value = int(text.iloc[j])
+        if -(2**63) <= value <= _INT64_MAX:
+            out[j], whole[j] = value, True
+    if not whole.all():
+        rest = text[~whole]
+        # pandas gives <NA> for a number beyond a float's range; Python's float says inf
+        num = pd.to_numeric(rest, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        lost = np.isnan(num) & ~rest.str.lower().str.lstrip("+-").isin(["nan"]).to_numpy()
+        num[lost] = [float(t) for t in rest[lost]]
+        at = np.flatnonzero(~whole)
+        bad = ~np.isfinite(num) | (np.abs(num) >= 2.0**63)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            what = ("is not a number" if np.isnan(num[i]) else
+                    "is out of range (seconds since the epoch)")
+            raise DataError(f"timestamp {_shown(rest.iloc[i])} {what}", source=source,
+                            column=name, **{unit: int(where[at[i]])})
+        out[~whole] = num.astype(np.int64)
+    return out
+
+
+def _warn_ms(seconds: np.ndarray, name: str, source: str | None) -> np.ndarray:
+    median = float(np.median(np.abs(seconds.astype(np.float64)))) if len(seconds) else 0.0
+    if median > 1e11:  # seconds: beyond the year 5138
+        _log.warning("%s: column %r looks like milliseconds (median %.0f); recforge reads "
+                     "seconds since the epoch: divide by 1000 if so", source or "data", name,
+                     median)
+    return seconds
 
 
 def _seconds(num: np.ndarray, series: pd.Series, name: str, where: np.ndarray,
@@ -307,23 +433,23 @@ def _seconds(num: np.ndarray, series: pd.Series, name: str, where: np.ndarray,
     too_big = np.abs(num) >= 2.0**63
     if too_big.any():
         i = int(np.flatnonzero(too_big)[0])
-        raise DataError(f"timestamp {series.iloc[i]!r} is out of range (seconds since the "
-                        "epoch)", source=source, column=name, **{unit: int(where[i])})
-    if len(num) and np.median(np.abs(num)) > 1e11:  # seconds: beyond the year 5138
-        _log.warning("%s: column %r looks like milliseconds (median %.0f); recforge reads "
-                     "seconds since the epoch: divide by 1000 if so", source or "data", name,
-                     float(np.median(np.abs(num))))
-    return num.astype(np.int64)
+        raise DataError(f"timestamp {_shown(series.iloc[i])} is out of range (seconds since "
+                        "the epoch)", source=source, column=name, **{unit: int(where[i])})
+    return _warn_ms(num.astype(np.int64), name, source)
 
 
 def _date_seconds(text: str) -> int | None:
     """Seconds since the epoch of one date/time of any year numpy's datetime64 holds
     (``9999-12-31``, ``1500-01-01T12:00``), or None."""
+    text = text.strip().rstrip("Zz").replace(" ", "T")
+    year = re.match(r"[+-]?(\d+)", text)
+    if year is None or len(year.group(1)) > 6:  # numpy wraps a year of 12 digits around
+        return None
     try:
-        return int(np.datetime64(text.strip().rstrip("Zz").replace(" ", "T"), "s")
-                   .astype(np.int64))
+        value = np.datetime64(text, "s")
     except (ValueError, OverflowError):
         return None
+    return None if np.isnat(value) else int(value.astype(np.int64))
 
 
 def _extract(frame: pd.DataFrame, columns: Mapping[str, str] | None, source: str | None,
@@ -367,7 +493,7 @@ def _map_ids(ids: np.ndarray, vocab: Vocabulary, cols: _Columns, name: str,
     if unknown == "error" and (idx < 0).any():
         i = int(np.flatnonzero(idx < 0)[0])
         n_bad = int((idx < 0).sum())
-        raise DataError(f"{name} {_plain(ids[i])!r} is not in the {name} vocabulary "
+        raise DataError(f"{name} {_shown(ids[i])} is not in the {name} vocabulary "
                         f"({n_bad} events with unknown {name}s; pass unknown='drop' to skip them)",
                         **cols.locate(i))
     return idx
@@ -417,8 +543,8 @@ def _finish(u: np.ndarray, i: np.ndarray, value: np.ndarray | None,
             j = int(np.flatnonzero(dup_next)[0])
             first, second = order[j], order[j + 1]
             raise DataError(
-                f"duplicate (user, item) pair ({_plain(users.ids[u[second]])!r}, "
-                f"{_plain(items.ids[i[second]])!r}), first seen at {unit} {at(first)}; choose a "
+                f"duplicate (user, item) pair ({_shown(users.ids[u[second]])}, "
+                f"{_shown(items.ids[i[second]])}), first seen at {unit} {at(first)}; choose a "
                 "policy for repeated pairs (duplicates=, --duplicates): last (re-ratings), sum "
                 "(counts), first, max or mean",
                 source=source, **{unit: at(second)})
@@ -630,11 +756,17 @@ def _read_csv_columns(path: Path, *, sep: str | None, header: bool | None,
             raise _undecodable(path, shown_encoding, encoding) from None
         sep = "\t"
     try:
-        frame = pd.read_csv(
-            text_source, sep=sep, header=0 if header else None, names=names if not header else None,
-            dtype=str, keep_default_na=False, na_values=[""], skip_blank_lines=False,
-            index_col=False, engine=engine, encoding=encoding, skipinitialspace=True,
-            skiprows=leading)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                text_source, sep=sep, header=0 if header else None,
+                names=names if not header else None, dtype=str, keep_default_na=False,
+                na_values=[""], skip_blank_lines=False, index_col=False, engine=engine,
+                encoding=encoding, skipinitialspace=True, skiprows=leading)
+        if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+            # a line wider than the header (or the names): pandas would drop its extra
+            # fields with only a warning (index_col=False); a misread, so an error
+            raise _wider_line(text_source, sep, encoding, leading, src)
     except pd.errors.EmptyDataError:
         raise DataError("file is empty", source=src) from None
     except pd.errors.ParserError as exc:
@@ -668,6 +800,26 @@ def _read_csv_columns(path: Path, *, sep: str | None, header: bool | None,
                             "file has none, pass header=False, --no-header on the command "
                             "line)", source=src) from None
     return _extract(frame, columns, src, lines, "line")
+
+
+def _wider_line(text_source: Any, sep: str, encoding: str, skiprows: int,
+                src: str) -> DataError:
+    """The error for a line with more fields than the first: parsed with no header, the
+    first line sets the width and pandas names the first line wider than it."""
+    import io as _io
+
+    if isinstance(text_source, _io.StringIO):
+        text_source.seek(0)
+    try:
+        pd.read_csv(text_source, sep=sep, header=None, dtype=str, keep_default_na=False,
+                    skip_blank_lines=False, index_col=False, engine="c", encoding=encoding,
+                    skipinitialspace=True, skiprows=skiprows)
+    except pd.errors.ParserError as exc:
+        m = _PARSER_RE.search(str(exc))
+        if m:
+            return DataError(f"expected {m.group(1)} fields (as the first line), saw "
+                             f"{m.group(3)}", source=src, line=int(m.group(2)))
+    return DataError("a line has more fields than the first line (the header)", source=src)
 
 
 def _header_names(text_source: Any, sep: str, encoding: str, skiprows: int,
@@ -925,10 +1077,11 @@ def _read_adjacency_columns(path: Path, encoding: str) -> _Columns:
 
 def _adj_ids(tokens: np.ndarray, where: np.ndarray, src: str) -> np.ndarray:
     s = pd.Series(tokens, dtype="string")
+    ints = _integer_ids(s)
+    if ints is not None:
+        return ints
     is_int = s.str.fullmatch(INTEGER_ID).to_numpy(dtype=bool)
-    if is_int.all():
-        return s.astype("int64").to_numpy()
-    if is_int.mean() > 0.5:
+    if is_int.mean() > 0.5 and not is_int.all():
         i = int(np.flatnonzero(~is_int)[0])
         raise DataError(f"{tokens[i]!r} is not an integer id (the other ids are)", source=src,
                         line=int(where[i]))

@@ -60,8 +60,9 @@ def owner_of_ids(ids: np.ndarray, world: int) -> np.ndarray:
     return (h % np.uint64(world)).astype(np.int32)
 
 
-#: Text the readers turn into an integer id ("007" stays text: it would lose its zeros).
-INTEGER_ID = r"-?(?:0|[1-9][0-9]*)"
+#: Text the readers turn into an integer id ("007" and "-0" stay text: they would lose
+#: their zeros or their sign, and "-0" would become the id "0").
+INTEGER_ID = r"(?:0|-?[1-9][0-9]*)"
 
 
 def _integers_in_text(text: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
