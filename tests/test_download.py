@@ -587,3 +587,35 @@ def test_datasets_download_says_what_was_verified(served, server, tmp_path, caps
     assert get_spec("ml-32m").checks.startswith("pinned md5 of the zip; md5 of the files")
     assert get_spec("ml-latest-small").checks == ("pinned sha256 of ratings.csv, movies.csv, "
                                                   "tags.csv")
+
+
+def test_fetch_refuses_more_than_max_bytes(served, server, tmp_path):
+    (served / "big.bin").write_bytes(b"x" * 3000)
+    with pytest.raises(DataError, match=r"big.bin: it announces 3,000 bytes, more than the "
+                                        "limit of 1,000"):
+        fetch(f"{server.url}/big.bin", tmp_path / "d", max_bytes=1000, progress=False)
+    assert _files(tmp_path / "d") == []
+    # a server that announces no length is stopped by the bytes that arrive
+    import socketserver
+
+    class NoLength(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(50):
+                self.wfile.write(b"y" * 1000)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with socketserver.TCPServer(("127.0.0.1", 0), NoLength) as httpd:
+        thread = threading.Thread(target=httpd.handle_request, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/endless.bin"
+        with pytest.raises(DataError, match=r"endless.bin: more than the limit of 10,000 "
+                                            "bytes arrived"):
+            fetch(url, tmp_path / "d", max_bytes=10_000, progress=False)
+        thread.join(timeout=5)
+    assert _files(tmp_path / "d") == []
+    assert fetch(f"{server.url}/big.bin", tmp_path / "d", max_bytes=3000,
+                 progress=False).stat().st_size == 3000

@@ -97,7 +97,7 @@ def _filename_from(url: str) -> str:
 
 def fetch(url: str, dest_dir: str | os.PathLike, *, filename: str | None = None,
           md5: str | None = None, sha256: str | None = None, progress: bool = True,
-          timeout: float = 60) -> Path:
+          timeout: float = 60, max_bytes: int | None = None) -> Path:
     """Download ``url`` into ``dest_dir`` and return the path of the file.
 
     The data is streamed into a temporary file in ``dest_dir``, checked against ``md5`` /
@@ -115,13 +115,16 @@ def fetch(url: str, dest_dir: str | os.PathLike, *, filename: str | None = None,
         Show a tqdm progress bar (only when stderr is a terminal).
     timeout:
         Seconds to wait for the connection and for each read.
+    max_bytes:
+        Refuse a file larger than this: from the announced length before reading, and from
+        the bytes received as they arrive (a server need not announce, or tell the truth).
 
     Raises
     ------
     DataError
         On an unsupported URL, a network or HTTP error (the message says how to work
-        offline), a truncated transfer, or a checksum mismatch (naming the URL, the expected
-        and the actual digest).
+        offline), a truncated transfer, a file above ``max_bytes``, or a checksum mismatch
+        (naming the URL, the expected and the actual digest).
     """
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in _SCHEMES:
@@ -143,7 +146,8 @@ def fetch(url: str, dest_dir: str | os.PathLike, *, filename: str | None = None,
     logger.info("downloading %s to %s", url, dest)
     with atomic_path(dest) as tmp:
         try:
-            received, total = _stream(request, tmp, hashers, name, progress, timeout)
+            received, total = _stream(request, tmp, hashers, name, progress, timeout,
+                                      max_bytes, url)
         except urllib.error.HTTPError as exc:
             exc.close()  # it holds the open response
             raise DataError(f"download of {url} failed: HTTP {exc.code} {exc.reason}. "
@@ -170,15 +174,22 @@ def fetch(url: str, dest_dir: str | os.PathLike, *, filename: str | None = None,
 
 
 def _stream(request: urllib.request.Request, tmp: Path, hashers: dict[str, Any],
-            name: str, progress: bool, timeout: float) -> tuple[int, int | None]:
+            name: str, progress: bool, timeout: float, max_bytes: int | None,
+            url: str) -> tuple[int, int | None]:
     """Copy the response body into ``tmp``; return (bytes received, announced length)."""
     received = 0
     with urllib.request.urlopen(request, timeout=timeout) as resp, open(tmp, "wb") as out:
         length = resp.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else None
+        total = int(length) if length and length.isdigit() and len(length) < 20 else None
+        if max_bytes is not None and total is not None and total > max_bytes:
+            raise DataError(f"refusing to download {url}: it announces {total:,} bytes, more "
+                            f"than the limit of {max_bytes:,}")
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
                   disable=None if progress else True, leave=False) as bar:
             while chunk := resp.read(_CHUNK):
+                if max_bytes is not None and received + len(chunk) > max_bytes:
+                    raise DataError(f"refusing to download {url}: more than the limit of "
+                                    f"{max_bytes:,} bytes arrived")
                 out.write(chunk)
                 for h in hashers.values():
                     h.update(chunk)
