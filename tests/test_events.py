@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import math
 import os
 import pwd
 import shutil
@@ -414,3 +415,240 @@ def test_postgres_store_behind_a_real_server_survives_kill_9(pg_url, random_data
 
 def test_the_store_keeps_its_ids_helper():
     assert EventStore.ids([1, "a"]) == ["1", "a"]
+
+
+# -- erasure: no copy left, no scan, coming back --------------------------------------------
+def _holding(directory: Path, markers: list[str]) -> dict[str, list[str]]:
+    """Each file of ``directory`` (the database, its -wal and -shm, anything else) whose raw
+    bytes hold one of ``markers``, with the markers found."""
+    found: dict[str, list[str]] = {}
+    for file in sorted(directory.iterdir()):
+        if file.is_file():
+            data = file.read_bytes()
+            hits = [m for m in markers if m.encode() in data]
+            if hits:
+                found[file.name] = hits
+    return found
+
+
+def _service(store: EventStore, frame, path: Path):
+    """A service over ``store`` for a ``pop`` model trained on ``frame`` and saved at
+    ``path`` (the model's creation time matters to erased users)."""
+    from recforge import Interactions
+    from recforge.models import create_model
+    from recforge.serving.service import RecommendationService
+
+    if not (path / "meta.json").exists():
+        create_model("pop").fit(Interactions.from_frame(frame)).save(path)
+    return RecommendationService(path, events=store)
+
+
+def test_erasure_leaves_no_copy_in_any_file_of_the_store(tmp_path):
+    """Erased users' ids and the items only they posted are in no file of the store (the
+    database, -wal, -shm), while it is open and after: the WAL held the rows, the forgotten
+    table the ids; a DELETE of the rows let SQLite leave copies of moved rows in the free
+    space of their pages (about 1% of users with this many events), so rows are overwritten
+    in place."""
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    users = [f"{rng.bytes(12).hex()}{'u' * int(rng.choice([0, 20, 100, 400]))}"
+             for _ in range(300)]
+    victims = users[:200]
+    markers = [u[:24] for u in victims]  # in each victim's id, and in the items only it posts
+    rows = []
+    while len(rows) < 36_000:
+        u = users[int(rng.integers(len(users)))]
+        for _ in range(int(rng.choice([1, 1, 4, 40]))):
+            rows.append((u, f"{u[:24]}-item-{rng.random():.6f}{'v' * int(rng.choice([0, 50, 300]))}",
+                         None if rng.random() < 0.5 else 2.0, 5))
+    directory = tmp_path / "store"
+    store = EventStore(directory / "ev.sqlite")
+    store.append(rows)
+    frame = pd.DataFrame({"user": users[:50] * 2, "item": ["a"] * 50 + ["b"] * 50})
+    svc = _service(store, frame, tmp_path / "pop")
+    assert _holding(directory, markers[:1])  # (the markers are findable)
+    posted = sum(r[0] == victims[0] for r in rows)
+    assert svc.forget_user(victims[0]) == posted
+    assert _holding(directory, markers[:1]) == {}  # the store open, its WAL in use
+    for victim in victims[1:]:
+        svc.forget_user(victim)
+        store.append([(users[-1], "after", None, None)])
+    assert _holding(directory, markers) == {}
+    assert store.count() == len(rows) - sum(r[0] in set(victims) for r in rows) + 199
+    store.close()
+    assert _holding(directory, markers) == {}
+
+
+def test_an_erasure_waits_out_a_reader_of_another_process(tmp_path, monkeypatch, caplog):
+    """A reader elsewhere (a training run reading the store) keeps the WAL from being
+    emptied: the erasure says so, and the next write empties it."""
+    from recforge.serving import events
+
+    monkeypatch.setattr(events, "ERASURE_CHECKPOINT_WAIT", 0.05)
+    store = EventStore(tmp_path / "ev.sqlite")
+    store.append([("keep", "x", None, None), ("gone-7f3a", "only-gone-7f3a", None, None)])
+    reader = sqlite3.connect(tmp_path / "ev.sqlite", isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM events").fetchone() == (2,)  # a snapshot
+    with caplog.at_level("WARNING"):
+        assert store.delete_user("gone-7f3a") == 1
+    assert "stay in the WAL" in caplog.text
+    assert "ev.sqlite-wal" in _holding(tmp_path, ["gone-7f3a"])  # the reader's snapshot
+    reader.execute("COMMIT")
+    reader.close()
+    store.append([("keep", "y", None, None)])
+    assert _holding(tmp_path, ["gone-7f3a"]) == {}
+    store.close()
+
+
+def test_a_store_of_an_earlier_version_is_upgraded_without_copies(tmp_path):
+    """An earlier version kept erased ids in clear (table forgotten) and indexed the ids
+    themselves; opening its store tags every event, indexes the tags, turns the ids into
+    marks and rewrites the file: no copy of an erased id is left."""
+    import sqlalchemy as sa
+
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript("""
+        PRAGMA journal_mode=WAL;
+        CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, user TEXT NOT NULL,
+            item TEXT NOT NULL, value REAL, timestamp INTEGER, received REAL NOT NULL);
+        CREATE INDEX events_user ON events(user);
+        CREATE TABLE forgotten (user TEXT PRIMARY KEY, at REAL NOT NULL);
+    """)
+    rows = [(f"u{u:03d}x", f"i{u:03d}x-{j}", None, None, 0.0)
+            for j in range(30) for u in range(200)]
+    con.executemany("INSERT INTO events (user, item, value, timestamp, received) "
+                    "VALUES (?, ?, ?, ?, ?)", rows)
+    con.commit()
+    erased = [f"u{u:03d}x" for u in range(0, 200, 10)]
+    for user in erased:  # as that version erased: DELETE, id kept as forgotten
+        con.execute("DELETE FROM events WHERE user = ?", (user,))
+        con.execute("INSERT INTO forgotten VALUES (?, 5.0)", (user,))
+    con.commit()
+    con.close()
+    markers = erased + [f"i{u[1:]}" for u in erased]  # their ids, their items
+    assert _holding(tmp_path, markers)  # in clear in the forgotten table, and elsewhere
+    with EventStore(db) as store:
+        assert _holding(tmp_path, markers) == {}
+        assert all(store.is_forgotten(u) and store.erased_at(u) == 5.0 for u in erased)
+        assert store.count() == len(rows) - 30 * len(erased)
+        assert sorted(store.user_items("u001x")) == sorted(f"i001x-{j}" for j in range(30))
+        indexes = {i["name"] for i in sa.inspect(store.engine).get_indexes("events")}
+        assert indexes == {"events_user_tag"}
+        assert not sa.inspect(store.engine).has_table("forgotten")
+    with EventStore(db) as again:  # opened again: nothing left to upgrade
+        assert again.count() == len(rows) - 30 * len(erased) and again.is_forgotten("u000x")
+
+
+def test_erasure_reads_only_the_users_rows(tmp_path, monkeypatch):
+    """DELETE /users/{id} read every event of the store (to find other spellings of the
+    id), under both locks; now it finds the user's rows by an index and nothing else."""
+    import pandas as pd
+
+    store = EventStore(tmp_path / "ev.sqlite")
+    store.append([(f"u{k % 50}", f"i{k}", None, None) for k in range(2000)])
+    svc = _service(store, pd.DataFrame({"user": [1, 1, 2], "item": [5, 6, 5]}),
+                   tmp_path / "pop")
+    svc.add_events([("1.0", 7, None, None)])  # stored as user 1 (the model's integer id)
+    store.append([("01", 8, None, None)])  # as an earlier version stored it: as posted
+    svc = _service(store, None, tmp_path / "pop")  # a restart reads it
+    for whole in ("all_user_items", "all_user_values", "to_frame", "count"):
+        monkeypatch.setattr(EventStore, whole,
+                            lambda *_, name=whole: pytest.fail(f"{name} read the store"))
+    assert svc.forget_user(1) == 2  # "1" and "01"
+    monkeypatch.undo()
+    assert store.user_items(1) == [] and store.user_items("01") == []
+    assert store.is_forgotten("1") and store.is_forgotten("01")
+    from recforge.serving import events
+
+    with store.engine.connect() as conn:
+        sql = events._TOMBSTONE.compile(dialect=conn.dialect).construct_expanded_state(
+            {"tags": [1, 2], "users": ["1", "01"]})
+        plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql.statement}",
+                                    tuple(sql.positional_parameters)).all()
+    assert "USING INDEX events_user_tag" in str(plan)
+
+
+def test_an_erased_user_comes_back_with_a_fresh_history(tmp_path):
+    """After an erasure the user's new events are served (fold-in) and trained on; the
+    old model's row for them is never used again, also after a restart and with a model
+    trained later on a copy of the old data; a model trained after the erasure from the
+    store alone serves them from its row."""
+    import pandas as pd
+
+    from recforge import Interactions
+    from recforge.models import create_model
+    from recforge.serving.service import RecommendationService
+
+    old = pd.DataFrame({"user": ["ann"] * 3 + ["bob"] * 4 + ["cy"] * 4,
+                        "item": ["a", "b", "c", "a", "b", "d", "e", "c", "d", "e", "f"]})
+    store = EventStore(tmp_path / "ev.sqlite")
+    store.append([("ann", i, None, None) for i in ("g", "h")] +  # ann's posts, then others
+                 [(u, i, None, None) for u, i in old.itertuples(index=False) if u != "ann"])
+    model = create_model("itemknn").fit(Interactions.from_frame(old)).save(tmp_path / "m0")
+    svc = RecommendationService(model, events=store)
+    assert svc.recommend_user("ann")["fallback"] is None
+    assert svc.forget_user("ann") == 2
+    erased = time.time()
+    assert svc.history("ann")["known"] is False
+    assert svc.recommend_user("ann")["fallback"] == "popular"
+    # back: a fresh history, served by fold-in, not from the model's old row
+    svc.add_events([("ann", "e", None, None), ("ann", "f", None, None)])
+    body = svc.recommend_user("ann", k=3)
+    assert body["fallback"] == "history" and {"e", "f"}.isdisjoint(x["item"] for x in body["items"])
+    hist = svc.history("ann")
+    assert hist["known"] is False and sorted(x["item"] for x in hist["items"]) == ["e", "f"]
+    # trained on: the store gives their new events, not the old ones
+    frame = store.to_frame()
+    assert sorted(frame.loc[frame["user"] == "ann", "item"]) == ["e", "f"]
+    # a restart: the mark survives
+    store.close()
+    store = EventStore(tmp_path / "ev.sqlite")
+    assert store.is_forgotten("ann")
+    svc = RecommendationService(model, events=store)
+    assert svc.history("ann")["known"] is False
+    assert svc.recommend_user("ann")["fallback"] == "history"
+    time.sleep(max(0.0, math.ceil(erased) - time.time()) + 0.01)  # meta's created: seconds
+    # a model made later from a copy of the old data: still not answered from
+    copy = create_model("itemknn").fit(Interactions.from_frame(old)).save(tmp_path / "m1")
+    svc = RecommendationService(copy, events=store)
+    assert svc.history("ann")["known"] is False
+    # a model made later from the store: serves them from its row
+    fresh = create_model("itemknn").fit(store.to_interactions()).save(tmp_path / "m2")
+    svc = RecommendationService(fresh, events=store)
+    assert svc.recommend_user("ann")["fallback"] is None
+    hist = svc.history("ann")
+    assert hist["known"] is True and sorted(x["item"] for x in hist["items"]) == ["e", "f"]
+    # erased again: cut off from that model too
+    svc.forget_user("ann")
+    assert svc.history("ann")["known"] is False
+    assert RecommendationService(fresh, events=store).history("ann")["known"] is False
+    store.close()
+
+
+def test_a_second_read_of_the_store_fetches_only_what_came_since(tmp_path, monkeypatch):
+    """A reload read every event twice, the second time under the lock that every post
+    and delete waits for; now the second read fetches the events stored since the first,
+    and reads everything again only when a user was erased in between."""
+    import pandas as pd
+
+    store = EventStore(tmp_path / "ev.sqlite")
+    store.append([(f"u{k % 20}", f"i{k % 7}", None, None) for k in range(500)])
+    svc = _service(store, pd.DataFrame({"user": ["u1", "u2"] * 4,
+                                        "item": [f"i{k}" for k in range(8)]}), tmp_path / "pop")
+    calls = []
+    real = EventStore.all_user_values
+    monkeypatch.setattr(EventStore, "all_user_values",
+                        lambda self: calls.append(1) or real(self))
+    store.append([("late", "i3", 4.0, None), ("u1", "i7", None, None)])  # another writer
+    svc.sync_events()
+    assert calls == []
+    assert svc.model.items_.ids[svc._posted_items("late")].tolist() == ["i3"]
+    assert svc._posted_entry("late")[1].tolist() == [4.0]
+    assert "i7" in svc.model.items_.ids[svc._posted_items("u1")].tolist()
+    store.delete_user("u2")  # erased elsewhere: read again, whole
+    svc.sync_events()
+    assert calls == [1] and len(svc._posted_items("u2")) == 0
+    assert svc.history("u2")["known"] is False

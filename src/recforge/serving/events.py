@@ -103,6 +103,24 @@ _LEGACY_USER_INDEX = "events_user"
 #: Rows that are events (not tombstones of erased ones).
 _LIVE = _events.c.user_tag.is_not(None)
 
+
+def _of_users() -> sa.ColumnElement[bool]:
+    """The rows of the users ``:users`` with the tags ``:tags``: found by the tags' index,
+    the ids checked too (two ids may share a tag)."""
+    return sa.and_(_events.c.user_tag.in_(sa.bindparam("tags", expanding=True)),
+                   _events.c.user.in_(sa.bindparam("users", expanding=True)))
+
+
+#: Erasure on SQLite: each row overwritten in place by a smaller tombstone. Nothing moves
+#: (an update that shrinks a row never rebalances pages, a delete does, and SQLite leaves
+#: copies of the rows it moves in the free space of their old pages); ``secure_delete``
+#: zeroes the old bytes.
+_TOMBSTONE = _events.update().where(_of_users()).values(
+    user="", item="", value=None, timestamp=None, received=0.0, user_tag=None)
+#: Erasure elsewhere.
+_DELETE = _events.delete().where(_of_users())
+_USER_ITEMS = sa.select(_events.c.item).where(_of_users()).distinct()
+
 #: How long an erasure waits for readers in other processes (a training run reading the
 #: store) before it leaves emptying the WAL to the next write (seconds).
 ERASURE_CHECKPOINT_WAIT = 2.0
@@ -327,9 +345,10 @@ class EventStore:
         for index in _events.indexes:
             index.create(conn, checkfirst=True)
         if inspector.has_table(_legacy_forgotten.name):
-            for user, at in conn.execute(sa.select(_legacy_forgotten.c.user,
-                                                   _legacy_forgotten.c.at)).all():
-                conn.execute(self._upsert_mark(conn, self.mark(user), float(at)))
+            marks = [{"mark": self.mark(user), "at": float(at)} for user, at in conn.execute(
+                sa.select(_legacy_forgotten.c.user, _legacy_forgotten.c.at))]
+            if marks:
+                self._put_marks(conn, marks)
             _legacy_forgotten.drop(conn)
             changed = True
         return changed
@@ -347,10 +366,9 @@ class EventStore:
         return hashlib.blake2b(str(user).encode("utf-8"), key=self._key, digest_size=32,
                                person=b"recforge-erased").hexdigest()
 
-    def _of_users(self, users: Sequence[str]) -> sa.ColumnElement[bool]:
-        """The rows of ``users``: by the tag's index, the id checked too (tags may collide)."""
-        tags = sorted({self.tag(u) for u in users})
-        return sa.and_(_events.c.user_tag.in_(tags), _events.c.user.in_(list(users)))
+    def _users(self, users: Sequence[str]) -> dict[str, list[Any]]:
+        """The parameters of :func:`_of_users` for ``users``."""
+        return {"tags": sorted({self.tag(u) for u in users}), "users": list(users)}
 
     # -- SQLite housekeeping ---------------------------------------------------------------
     def _checkpoint(self, wait: float) -> bool:
@@ -358,7 +376,7 @@ class EventStore:
         that no earlier version of a page stays in it; waits up to ``wait`` seconds for
         readers in other processes. Returns whether it did; if not, the next write tries
         again. The caller holds the store's lock (or is the constructor)."""
-        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        with self.engine.connect() as conn:  # (a PRAGMA opens no transaction)
             conn.exec_driver_sql(f"PRAGMA busy_timeout={int(wait * 1000)}")
             try:
                 busy, log, _ = conn.exec_driver_sql(
@@ -458,38 +476,35 @@ class EventStore:
         of them in a SQLite store's files (module docstring)."""
         names = list(dict.fromkeys(str(u) for u in (user, *spellings)))
         at = time.time() if at is None else float(at)
+        marks = [{"mark": self.mark(name), "at": at} for name in names]
         with self._connect(write=True, erasing=True) as conn:
-            if self._sqlite:  # overwritten in place: no page is rebalanced (no copies left
-                # in free space); secure_delete zeroes the old bytes
-                stmt = _events.update().where(self._of_users(names)).values(
-                    user="", item="", value=None, timestamp=None, received=0.0, user_tag=None)
-            else:
-                stmt = _events.delete().where(self._of_users(names))
-            n = conn.execute(stmt).rowcount
-            for name in names:
-                conn.execute(self._upsert_mark(conn, self.mark(name), at))
+            n = conn.execute(_TOMBSTONE if self._sqlite else _DELETE,
+                             self._users(names)).rowcount
+            self._put_marks(conn, marks)
         return int(n)
 
-    def _upsert_mark(self, conn: Connection, mark: str, at: float) -> sa.Executable:
+    @staticmethod
+    def _put_marks(conn: Connection, marks: list[dict[str, Any]]) -> None:
+        """Insert or update erasure marks (``mark``, ``at``), in the caller's transaction."""
         dialect = conn.dialect.name
         if dialect in ("sqlite", "postgresql"):
             if dialect == "sqlite":
                 from sqlalchemy.dialects.sqlite import insert
             else:
                 from sqlalchemy.dialects.postgresql import insert
-            stmt = insert(_erasures).values(mark=mark, at=at)
-            return stmt.on_conflict_do_update(index_elements=[_erasures.c.mark],
-                                              set_={"at": stmt.excluded.at})
-        # Other databases: delete, then insert, in the caller's transaction.
-        conn.execute(_erasures.delete().where(_erasures.c.mark == mark))
-        return _erasures.insert().values(mark=mark, at=at)
+            stmt = insert(_erasures)
+            conn.execute(stmt.on_conflict_do_update(index_elements=[_erasures.c.mark],
+                                                    set_={"at": stmt.excluded.at}), marks)
+        else:  # other databases: delete, then insert
+            conn.execute(_erasures.delete().where(_erasures.c.mark == sa.bindparam("m")),
+                         [{"m": m["mark"]} for m in marks])
+            conn.execute(_erasures.insert(), marks)
 
     # -- reads -----------------------------------------------------------------------------
     def user_items(self, user: Any) -> list[str]:
         """The distinct items ``user`` posted."""
-        query = sa.select(_events.c.item).where(self._of_users([str(user)])).distinct()
         with self._connect(write=False) as conn:
-            return list(conn.execute(query).scalars())
+            return list(conn.execute(_USER_ITEMS, self._users([str(user)])).scalars())
 
     def all_user_items(self) -> dict[str, list[str]]:
         """Every user's posted items (reads the whole store)."""
