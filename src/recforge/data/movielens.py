@@ -93,6 +93,8 @@ class MovieLensSpec:
     file_sha256: Mapping[str, str] = field(default_factory=dict, hash=False)
     #: Ceiling on the unpacked size of the zip (bytes): extraction stops beyond it.
     max_extracted_bytes: int = MAX_EXTRACT_BYTES
+    #: Whether the release ships a ``checksums.txt`` (md5 per file; checked when present).
+    ships_checksums: bool = False
 
     def __post_init__(self) -> None:
         # Read-only, so that the registry's values cannot be changed by accident.
@@ -102,7 +104,7 @@ class MovieLensSpec:
     def checks(self) -> str:
         """What a download of this variant is checked against, in words."""
         return Verification(archive_md5=self.md5, pinned_sha256=tuple(self.file_sha256),
-                            own_checksums=("checksums.txt",) if self.name == "ml-32m" else ()
+                            own_checksums=("checksums.txt",) if self.ships_checksums else ()
                             ).describe(planned=True)
 
 
@@ -210,7 +212,8 @@ _SPECS = [
         n_items=84_432,
         description="MovieLens 32M (2023): 32,000,204 ratings (0.5-5 stars) and 2,000,072 "
                     "tags on 87,585 movies by 200,948 users.",
-        has_tags=True, has_user_features=False, max_extracted_bytes=4 << 30),
+        has_tags=True, has_user_features=False, max_extracted_bytes=4 << 30,
+        ships_checksums=True),
     MovieLensSpec(
         name="ml-latest-small", url=_BASE_URL + "ml-latest-small.zip", md5=None,
         folder="ml-latest-small", ratings_file="ratings.csv", format="csv",
