@@ -246,6 +246,8 @@ def extract_zip(archive: str | os.PathLike, dest_dir: str | os.PathLike, *,
         raise DataError("archive not found", source=src) from None
     except _CORRUPT as exc:
         raise DataError(f"not a valid zip archive ({exc})", source=src) from None
+    except OSError as exc:  # a directory, no permission...
+        raise DataError(f"cannot read the archive: {exc.strerror or exc}", source=src) from None
     with zf:
         members = zf.infolist()
         _check_members(members, dest, src)
