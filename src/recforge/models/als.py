@@ -59,7 +59,14 @@ import torch
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError, ModelError
-from recforge.models.base import Recommender, fold_in_implicit
+from recforge.models.base import (
+    Array,
+    Recommender,
+    StateSpec,
+    fold_in_implicit,
+    int_rule,
+    number_rule,
+)
 
 log = logging.getLogger(__name__)
 
@@ -414,6 +421,15 @@ class ALS(Recommender):
 
     def _state(self) -> dict[str, torch.Tensor]:
         return {"user_factors": self.user_factors_, "item_factors": self.item_factors_}
+
+    #: the fold-in reads reg, alpha and reg_exponent; the factors have embedding_dim columns
+    scoring_params = {"embedding_dim": int_rule(1), "reg": number_rule(0),
+                      "alpha": number_rule(0), "reg_exponent": number_rule(0, 2)}
+
+    def _state_spec(self, extra: dict[str, Any]) -> StateSpec:
+        d = int(self.embedding_dim)
+        return {"user_factors": Array((self.n_users, d)),
+                "item_factors": Array((self.n_items, d))}
 
     def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         self.device_ = self._resolve_device()

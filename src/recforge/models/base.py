@@ -24,6 +24,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -32,7 +33,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from recforge._fs import atomic_dir
+from recforge._fs import atomic_dir, read_dir_consistently
 from recforge._json import json_safe
 from recforge.data.interactions import Interactions
 from recforge.data.vocabulary import Vocabulary
@@ -595,18 +596,50 @@ class Recommender:
     # ----------------------------------------------------------------------------------
     # persistence
     def _state(self) -> dict[str, torch.Tensor | np.ndarray]:
-        """Learned arrays to save (override)."""
+        """Learned arrays to save (override together with :meth:`_state_spec`)."""
         return {}
 
     def _extra(self) -> dict[str, Any]:
         """Learned JSON-able scalars to save (override)."""
         return {}
 
+    def _state_spec(self, extra: dict[str, Any]) -> StateSpec:
+        """What :meth:`_state` saves, for :meth:`load` to check before :meth:`_restore`:
+        name -> :class:`Array`, :class:`CSR` or :class:`Module`, in terms of
+        ``n_users``, ``n_items``, the hyperparameters and ``extra`` (check what it reads
+        with :func:`extra_value`). Called on the loaded model once its vocabularies,
+        seen items and item popularity are restored and checked. Every saved array must
+        be declared: an array the spec does not name is refused."""
+        return {}
+
     def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
-        """Set learned attributes from what :meth:`_state` / :meth:`_extra` saved."""
+        """Set learned attributes from what :meth:`_state` / :meth:`_extra` saved, once
+        :meth:`_state_spec` has checked it (``state`` holds the checked arrays, cast to the
+        declared dtypes)."""
+
+    #: The hyperparameters a loaded model reads when it scores (the others only train),
+    #: with the rule each must pass: a doctored ``meta.json`` must not crash, hang or
+    #: poison scoring. The rest are not checked on load, so that a model saved before a
+    #: validation grew stricter still loads.
+    scoring_params: ClassVar[dict[str, ParamRule]] = {}
+
+    def _check_scoring_params(self, where: str) -> None:
+        """Raise :class:`ModelError` naming ``where`` for a NaN or infinite
+        hyperparameter or one that breaks its :attr:`scoring_params` rule."""
+        try:
+            self._check_finite_params()
+        except ConfigError as exc:
+            raise ModelError(f"{where}: {exc}") from None
+        for name, rule in self.scoring_params.items():
+            value = getattr(self, name, None)
+            if not rule.ok(value):
+                raise ModelError(f"{where}: parameter {name!r} must be {rule.text}, got "
+                                 f"{_shown(value)}")
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the fitted model to the directory ``path`` (replaced atomically)."""
+        """Write the fitted model to the directory ``path``, replacing an earlier saved
+        model there atomically (see :func:`recforge._fs.atomic_dir`): a reader of ``path``
+        finds the old model or the new one, complete, at every moment."""
         from safetensors.torch import save_file
 
         from recforge import __version__
@@ -653,93 +686,103 @@ class Recommender:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Recommender:
-        """Load a model saved by :meth:`save`; checks format version and checksums.
+        """Load a model saved by :meth:`save`.
 
-        Whatever is wrong with the directory (missing or damaged files, metadata of the
-        wrong shape, parameters the model refuses) raises :class:`ModelError` naming it.
+        Checksums catch a damaged file; they prove nothing about who wrote it (whoever
+        edits a weight file can edit ``meta.json`` too). So every array is checked
+        against what the model declares (:meth:`_state_spec`: shapes in terms of the
+        vocabularies and hyperparameters, dtypes, index ranges, sparse-matrix structure,
+        finite values), and the vocabularies, item metadata, ``params`` and ``extra``
+        likewise. Whatever is wrong raises :class:`ModelError` naming the file and the
+        array or field, never a crash later at scoring time. The files are read through
+        one handle of the directory, so a save that replaces the model meanwhile yields
+        the old model or the new one, never a mix.
         """
         path = Path(path)
         try:
             return cls._load(path)
-        except (ModelError, ConfigError):
-            raise
+        except ModelError as exc:
+            if str(path) in str(exc):
+                raise
+            raise ModelError(f"{path}: {exc}") from None  # "meta.json: extra.mean ..."
+        except (ConfigError, DataError) as exc:
+            raise ModelError(f"{path}: {exc}") from None
         except Exception as exc:  # a damaged directory must not surface as a traceback
             raise ModelError(f"{path}: cannot load the saved model "
                              f"({type(exc).__name__}: {exc})") from None
 
     @classmethod
     def _load(cls, path: Path) -> Recommender:
+        try:
+            meta, blobs = read_dir_consistently(path, lambda reader: _read_artifact(path,
+                                                                                  reader))
+        except FileNotFoundError as exc:
+            name = os.path.basename(os.fspath(exc.filename or ""))
+            if os.fspath(exc.filename or "") == os.fspath(path):
+                raise ModelError(f"{path}: no such model directory") from None
+            if name == "meta.json":
+                raise ModelError(f"{path}: not a saved recforge model (no meta.json)"
+                                 ) from None
+            raise ModelError(f"{path / name}: missing from the saved model") from None
+        except NotADirectoryError:
+            raise ModelError(f"{path}: not a directory (a model is saved as a directory)"
+                             ) from None
+        return cls._from_artifact(path, meta, blobs)
+
+    @classmethod
+    def _from_artifact(cls, path: Path, meta: dict[str, Any], blobs: dict[str, bytes]
+                       ) -> Recommender:
+        """The model from ``meta.json`` and the bytes of its files, every part checked."""
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.torch import load as load_tensors
 
         from recforge.models.registry import get_model_class
 
         meta_path = path / "meta.json"
-        if not meta_path.is_file():
-            raise ModelError(f"{path}: not a saved recforge model (no meta.json)")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{meta_path}: corrupt metadata ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-            raise ModelError(f"{meta_path}: not a recforge model file")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ModelError(f"{meta_path}: format version {meta.get('format_version')} is not "
-                             f"supported (this recforge reads version {FORMAT_VERSION})")
-        for key, kind in (("model", str), ("params", dict), ("files", dict)):
-            if not isinstance(meta.get(key), kind):
-                raise ModelError(f"{meta_path}: {key!r} is missing or not a "
-                                 f"{'string' if kind is str else 'JSON object'}")
-        files = meta["files"]
-        needed = {"weights.safetensors", "users.parquet", "items.parquet"}
-        needed |= {f for f in ("item_metadata.parquet",) if (path / f).exists()}
-        if needed - set(files):
-            raise ModelError(f"{meta_path}: no checksum for {sorted(needed - set(files))}")
-        for fname, digest in files.items():
-            fpath = path / fname
-            if not fpath.is_file():
-                raise ModelError(f"{fpath}: missing from the saved model")
-            if _sha256(fpath) != digest:
-                raise ModelError(f"{fpath}: checksum mismatch (file truncated or modified)")
         try:
             model_cls = get_model_class(meta["model"])
         except ConfigError as exc:
             raise ModelError(f"{meta_path}: {exc}") from None
         if cls is not Recommender and not issubclass(model_cls, cls):
             raise ModelError(f"{path} holds a {meta['model']!r} model, not {cls.__name__}")
-        params = dict(meta["params"])
-        defaults = {p.name: p.default for p in inspect.signature(model_cls.__init__)
-                    .parameters.values()}
-        for key, val in params.items():  # JSON has no tuples
-            if isinstance(defaults.get(key), tuple) and isinstance(val, list):
-                params[key] = tuple(val)
-        if not torch.cuda.is_available() and _on_cuda(params):
-            log.warning("%s was trained on a GPU; this machine has none: loading it on the CPU",
-                        path)
-            params = _on_cpu(params)
-        try:  # no _validate_params here: a model saved by an earlier version must load
-            model = model_cls(**params)
-        except (TypeError, ConfigError) as exc:
-            raise ModelError(f"{meta_path}: parameters do not fit {model_cls.__name__}: {exc}"
-                             ) from None
+        model = _instantiate(model_cls, meta["params"], meta_path, path)
+        model._check_scoring_params(f"{meta_path}: params")
+        extra = meta.get("extra", {})
+        if not isinstance(extra, dict):
+            raise ModelError(f"{meta_path}: 'extra' must be a JSON object")
+        fingerprint = meta.get("train_fingerprint", "")
+        if not isinstance(fingerprint, str):
+            raise ModelError(f"{meta_path}: 'train_fingerprint' must be a string")
+        weights = path / "weights.safetensors"
         try:
-            tensors = load_file(str(path / "weights.safetensors"))
-        except (SafetensorError, OSError) as exc:
-            raise ModelError(f"{path / 'weights.safetensors'}: cannot read weights ({exc})"
-                             ) from None
-        model.users_ = _read_vocab(path / "users.parquet")
-        model.items_ = _read_vocab(path / "items.parquet")
+            tensors = load_tensors(blobs["weights.safetensors"])
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"{weights}: cannot read weights ({exc})") from None
+        model.users_ = _read_vocab(path / "users.parquet", blobs["users.parquet"])
+        model.items_ = _read_vocab(path / "items.parquet", blobs["items.parquet"])
         n_users, n_items = len(model.users_), len(model.items_)
-        indptr = tensors["base.seen_indptr"].numpy()
-        indices = tensors["base.seen_indices"].numpy()
-        data = tensors["base.seen_data"].numpy()
-        model.seen_ = sp.csr_matrix((data, indices, indptr), shape=(n_users, n_items))
-        model.item_popularity_ = tensors["base.item_popularity"].numpy().copy()
-        model.train_fingerprint_ = meta.get("train_fingerprint", "")
-        if (path / "item_metadata.parquet").is_file():
-            model.item_metadata_ = pd.read_parquet(path / "item_metadata.parquet")
+        for key, n in (("n_users", n_users), ("n_items", n_items)):
+            if key in meta and meta[key] != n:
+                raise ModelError(f"{meta_path}: {key} is {_shown(meta[key])} but the "
+                                 f"vocabulary file holds {n:,} ids")
+        base = check_state({k[len("base."):]: v for k, v in tensors.items()
+                            if k.startswith("base.")},
+                           {"seen": CSR((n_users, n_items)),
+                            "item_popularity": Array((n_items,), low=0)},
+                           f"{weights}: base.")
+        model.seen_ = sp.csr_matrix((base["seen_data"].numpy(), base["seen_indices"].numpy(),
+                                     base["seen_indptr"].numpy()), shape=(n_users, n_items))
+        model.item_popularity_ = base["item_popularity"].numpy().copy()
+        model.train_fingerprint_ = fingerprint
+        if "item_metadata.parquet" in blobs:
+            model.item_metadata_ = _read_item_metadata(path / "item_metadata.parquet",
+                                                       blobs["item_metadata.parquet"], n_items)
+        stray = sorted(k for k in tensors if not k.startswith(("base.", "model.")))
+        if stray:
+            raise ModelError(f"{weights}: unexpected array(s) {stray[:5]}")
         state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        model._restore(state, meta.get("extra", {}))
+        checked = check_state(state, model._state_spec(extra), f"{weights}: model.")
+        model._restore(checked, extra)
         return model
 
 
@@ -796,6 +839,10 @@ def _top_k_ties_in_order(scores: torch.Tensor, k: int, tie_key: TieKey | None = 
         scores = scores.nan_to_num(nan=-math.inf)  # a NaN score ranks last, as no score
     top = torch.topk(scores, min(k + 1, n), dim=1)
     pos, vals = top.indices[:, :k], top.values[:, :k]
+    if not bool((top.values[:, 1:] == top.values[:, :-1]).any()):
+        # no two of the k + 1 largest scores equal (continuous scores: nearly every row):
+        # no tie to settle, topk's order is the answer
+        return pos, vals
     crossing = (torch.nonzero(top.values[:, k] == top.values[:, k - 1]).flatten() if k < n
                 else torch.empty(0, dtype=torch.int64))
     if len(crossing):  # which of the k-th value's equals get in
@@ -825,21 +872,377 @@ def _top_k_ties_in_order(scores: torch.Tensor, k: int, tie_key: TieKey | None = 
     return pos.gather(1, by_value), vals.gather(1, by_value)
 
 
+# ---------------------------------------------------------------------------------------
+# saved state: what a model declares it saves, checked in one place when it is loaded
+@dataclass(frozen=True)
+class Array:
+    """A saved array: its ``shape`` (``None``: any length on that axis) and the ``dtype``
+    the model uses. A saved array of another dtype of the same kind is cast to it (any
+    float for a float; any integer, or bool, for an integer), never across kinds. Floats
+    must be finite (and ``>= low`` when ``low`` is given); integers must lie in
+    ``low <= v < high`` (both required for an integer array). ``equals``: a value the
+    loader derives from other checked state, which the saved array must match."""
+
+    shape: tuple[int | None, ...]
+    dtype: torch.dtype = torch.float32
+    low: int | None = None
+    high: int | None = None
+    equals: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class CSR:
+    """A sparse matrix of ``shape`` saved as ``KEY_indptr`` (int64), ``KEY_indices``
+    (int32 column indices) and ``KEY_data`` (finite float32): checked in full
+    (``indptr`` from 0 to nnz, never decreasing; every index in range), also by scipy's
+    ``check_format(full_check=True)``."""
+
+    shape: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Module:
+    """The state of a torch module: ``build(checked)`` makes it (on the meta device, so a
+    doctored size allocates nothing; ``checked`` holds the arrays of the same spec
+    checked so far), and every entry of its ``state_dict`` must be saved under
+    ``prefix`` with that shape and dtype, floats finite; a buffer the build computes
+    from checked state (a real tensor, not a meta one) must be saved equal to it."""
+
+    build: Callable[[dict[str, torch.Tensor]], torch.nn.Module]
+    prefix: str = ""
+
+
+#: What a model saves: name -> spec (a :class:`CSR` or :class:`Module` covers several
+#: arrays, named from its key or prefix).
+StateSpec = dict[str, "Array | CSR | Module"]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _check_array(state: dict[str, torch.Tensor], name: str, spec: Array, where: str
+                 ) -> torch.Tensor:
+    if name not in state:
+        raise ModelError(f"{where}{name}: missing")
+    t = state[name]
+    if not isinstance(t, torch.Tensor):
+        raise ModelError(f"{where}{name}: not an array")
+    shape = tuple(t.shape)
+    if len(shape) != len(spec.shape) or any(want is not None and got != want
+                                            for got, want in zip(shape, spec.shape,
+                                                                 strict=True)):
+        want_text = tuple("any" if s is None else s for s in spec.shape)
+        raise ModelError(f"{where}{name}: shape {shape}, expected {want_text}")
+    if spec.dtype.is_floating_point:
+        if not t.dtype.is_floating_point:
+            raise ModelError(f"{where}{name}: dtype {_dtype_name(t.dtype)}, expected "
+                             f"{_dtype_name(spec.dtype)}")
+        t = t.to(spec.dtype)
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            raise ModelError(f"{where}{name}: holds NaN or infinite values")
+        if spec.low is not None and t.numel() and float(t.min()) < spec.low:
+            raise ModelError(f"{where}{name}: values below {spec.low} (from "
+                             f"{float(t.min()):g})")
+    else:
+        if t.dtype.is_floating_point or t.dtype.is_complex:
+            raise ModelError(f"{where}{name}: dtype {_dtype_name(t.dtype)}, expected "
+                             f"{_dtype_name(spec.dtype)}")
+        assert spec.low is not None and spec.high is not None, "an integer needs a range"
+        wide = t.to(torch.int64)  # (an unsigned 64-bit value past 2**63 turns negative)
+        if wide.numel():
+            lo, hi = int(wide.min()), int(wide.max())
+            if lo < spec.low or hi >= spec.high:
+                raise ModelError(f"{where}{name}: values from {lo} to {hi}, expected "
+                                 f"{spec.low} to {spec.high - 1}")
+        t = wide.to(spec.dtype)
+    if spec.equals is not None:
+        ref = spec.equals.to(t.dtype)
+        same = (torch.allclose(t, ref, rtol=1e-5, atol=1e-7) if t.dtype.is_floating_point
+                else torch.equal(t, ref))
+        if not same:
+            raise ModelError(f"{where}{name}: does not match what the model derives from "
+                             "the rest of its saved state")
+    return t
+
+
+def _check_csr(state: dict[str, torch.Tensor], key: str, spec: CSR, where: str
+               ) -> dict[str, torch.Tensor]:
+    rows, cols = spec.shape
+    n_big = 1 << 62
+    indptr = _check_array(state, f"{key}_indptr", Array((rows + 1,), torch.int64, 0, n_big),
+                          where)
+    indices = _check_array(state, f"{key}_indices", Array((None,), torch.int32, 0, cols),
+                           where)
+    data = _check_array(state, f"{key}_data", Array((len(indices),)), where)
+    ptr = indptr.numpy()
+    if ptr[0] != 0 or ptr[-1] != len(indices) or bool((np.diff(ptr) < 0).any()):
+        raise ModelError(f"{where}{key}_indptr: not the row pointers of {len(indices):,} "
+                         "stored values (must run from 0 to that, never decreasing)")
+    try:
+        sp.csr_matrix((data.numpy(), indices.numpy(), ptr), shape=(rows, cols)
+                      ).check_format(full_check=True)
+    except ValueError as exc:
+        raise ModelError(f"{where}{key}: not a valid sparse matrix ({exc})") from None
+    return {f"{key}_indptr": indptr, f"{key}_indices": indices, f"{key}_data": data}
+
+
+class _SkipMetaInit(torch.overrides.TorchFunctionMode):
+    """Skips the in-place initialisation of meta tensors (a module built only for its
+    shapes): on the meta device torch runs each through a slow Python decomposition."""
+
+    _INIT = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.zero_,
+             torch.Tensor.fill_, torch.nn.init.normal_, torch.nn.init.uniform_,
+             torch.nn.init.zeros_, torch.nn.init.constant_}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        if func in self._INIT:
+            target = args[0] if args else kwargs.get("tensor")
+            if getattr(target, "is_meta", False):
+                return target
+        return func(*args, **kwargs)
+
+
+def check_state(state: dict[str, torch.Tensor], spec: StateSpec, where: str
+                ) -> dict[str, torch.Tensor]:
+    """Every array of ``spec`` checked in ``state`` (see :class:`Array`, :class:`CSR`,
+    :class:`Module`) and cast to its declared dtype; an array the spec does not name, or
+    one that breaks its spec, raises :class:`ModelError` naming ``where`` and the array."""
+    out: dict[str, torch.Tensor] = {}
+    for key, s in spec.items():
+        if isinstance(s, Array):
+            out[key] = _check_array(state, key, s, where)
+        elif isinstance(s, CSR):
+            out.update(_check_csr(state, key, s, where))
+    for s in spec.values():
+        if not isinstance(s, Module):
+            continue
+        try:
+            with torch.device("meta"), _SkipMetaInit():
+                module = s.build(dict(out))
+        except (ModelError, ConfigError, DataError):
+            raise
+        except Exception as exc:  # sizes torch refuses (a negative dimension)
+            raise ModelError(f"{where}{s.prefix}*: the saved parameters do not build the "
+                             f"model ({type(exc).__name__}: {exc})") from None
+        for name, ref in module.state_dict().items():
+            full = s.prefix + name
+            derived = None if ref.is_meta else ref.detach()
+            if ref.dtype.is_floating_point:
+                rule = Array(tuple(ref.shape), ref.dtype, equals=derived)
+            elif derived is not None:
+                rule = Array(tuple(ref.shape), ref.dtype, -(1 << 62), 1 << 62, equals=derived)
+            else:
+                raise ModelError(f"{where}{full}: an integer array the model neither derives "
+                                 "nor bounds")
+            out[full] = _check_array(state, full, rule, where)
+    stray = sorted(set(state) - set(out))
+    if stray:
+        raise ModelError(f"{where}{stray[0]}: unexpected array" + (
+            f" (and {len(stray) - 1} more)" if len(stray) > 1 else ""))
+    return out
+
+
+def prefixed(spec: StateSpec, prefix: str) -> StateSpec:
+    """``spec`` with every array name under ``prefix`` (a blend's components)."""
+    out: StateSpec = {}
+    for key, s in spec.items():
+        if isinstance(s, Module):
+            def build(checked: dict[str, torch.Tensor], _b=s.build) -> torch.nn.Module:
+                return _b({k[len(prefix):]: v for k, v in checked.items()
+                           if k.startswith(prefix)})
+
+            out[prefix + key] = Module(build, prefix + s.prefix)
+        else:
+            out[prefix + key] = s
+    return out
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+_MISSING = object()
+
+
+def extra_value(extra: dict[str, Any], key: str, rule: ParamRule, default: Any = _MISSING
+                ) -> Any:
+    """``extra[key]`` (or ``default`` when absent and one is given) once it passes
+    ``rule``; :class:`ModelError` naming the field otherwise."""
+    if key not in extra:
+        if default is _MISSING:
+            raise ModelError(f"meta.json: extra.{key} is missing")
+        return default
+    value = extra[key]
+    if not rule.ok(value):
+        raise ModelError(f"meta.json: extra.{key} must be {rule.text}, got {_shown(value)}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# rules for hyperparameters and metadata values
+@dataclass(frozen=True)
+class ParamRule:
+    """A check of one JSON value: ``ok(value)`` and what it asks for, in words."""
+
+    ok: Callable[[Any], bool]
+    text: str
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float, np.integer, np.floating))
+            and not isinstance(v, (bool, np.bool_)) and math.isfinite(float(v)))
+
+
+def int_rule(low: int, high: int | None = None) -> ParamRule:
+    """An integer in ``low..high``."""
+    return ParamRule(lambda v: _is_int(v) and low <= v and (high is None or v <= high),
+                     f"an integer >= {low}" if high is None else
+                     f"an integer in {low}..{high}")
+
+
+def number_rule(low: float | None = None, high: float | None = None, *,
+                optional: bool = False) -> ParamRule:
+    """A finite number in ``[low, high]`` (``optional``: or None)."""
+    def ok(v: Any) -> bool:
+        if v is None:
+            return optional
+        return (_is_number(v) and (low is None or float(v) >= low)
+                and (high is None or float(v) <= high))
+
+    bounds = ("" if low is None and high is None else f" >= {low}" if high is None
+              else f" <= {high}" if low is None else f" in [{low}, {high}]")
+    return ParamRule(ok, f"a finite number{bounds}" + (" or null" if optional else ""))
+
+
+def choice_rule(*values: Any) -> ParamRule:
+    return ParamRule(lambda v: any(v == x and type(v) is type(x) for x in values),
+                     "one of " + ", ".join(repr(x) for x in values))
+
+
+#: ``None`` or a mapping of group names to finite weights >= 0 (``feature_weights``).
+WEIGHTS_RULE = ParamRule(
+    lambda v: v is None or (isinstance(v, dict) and all(
+        isinstance(k, str) and _is_number(w) and float(w) >= 0 for k, w in v.items())),
+    "null or a mapping of names to finite numbers >= 0")
+#: A list of strings (feature names, groups).
+STRINGS_RULE = ParamRule(lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                         "a list of strings")
+BOOL_RULE = ParamRule(lambda v: isinstance(v, bool), "true or false")
+#: ``[low, high]``: two finite numbers, ``low <= high`` (a rating range).
+RANGE_RULE = ParamRule(
+    lambda v: (isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v)
+               and float(v[0]) <= float(v[1])),
+    "[low, high]: two finite numbers, low <= high")
+
+
+def _instantiate(model_cls: type[Recommender], saved: dict[str, Any], meta_path: Path,
+                 path: Path) -> Recommender:
+    params = dict(saved)
+    defaults = {p.name: p.default for p in inspect.signature(model_cls.__init__)
+                .parameters.values()}
+    for key, val in params.items():  # JSON has no tuples
+        if isinstance(defaults.get(key), tuple) and isinstance(val, list):
+            params[key] = tuple(val)
+    if not torch.cuda.is_available() and _on_cuda(params):
+        log.warning("%s was trained on a GPU; this machine has none: loading it on the CPU",
+                    path)
+        params = _on_cpu(params)
+    try:  # no _validate_params here: a model saved by an earlier version must load
+        return model_cls(**params)
+    except (TypeError, ConfigError) as exc:
+        raise ModelError(f"{meta_path}: parameters do not fit {model_cls.__name__}: {exc}"
+                         ) from None
+
+
+#: The files of a saved model (item_metadata.parquet only when metadata is attached).
+MODEL_FILES = ("meta.json", "weights.safetensors", "users.parquet", "items.parquet",
+               "item_metadata.parquet")
+_REQUIRED_FILES = {"weights.safetensors", "users.parquet", "items.parquet"}
+
+
+def _read_artifact(path: Path, reader: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """``meta.json`` (its structure checked) and the bytes of every file it lists, each
+    matching its checksum, all read through ``reader`` (one directory handle)."""
+    meta_path = path / "meta.json"
+    raw = reader.read("meta.json")
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelError(f"{meta_path}: corrupt metadata ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise ModelError(f"{meta_path}: not a recforge model file")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{meta_path}: format version {_shown(meta.get('format_version'))} "
+                         f"is not supported (this recforge reads version {FORMAT_VERSION})")
+    for key, kind in (("model", str), ("params", dict), ("files", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise ModelError(f"{meta_path}: {key!r} is missing or not a "
+                             f"{'string' if kind is str else 'JSON object'}")
+    files = meta["files"]
+    unknown = sorted(set(files) - set(MODEL_FILES[1:]))
+    if unknown:  # never a path: "../../etc/..." must not be read
+        raise ModelError(f"{meta_path}: 'files' names {_shown(unknown[0])}, which is not a "
+                         f"file of a saved model ({', '.join(MODEL_FILES[1:])})")
+    needed = set(_REQUIRED_FILES)
+    if "item_metadata.parquet" in reader.names():
+        needed.add("item_metadata.parquet")
+    if needed - set(files):
+        raise ModelError(f"{meta_path}: no checksum for {sorted(needed - set(files))}")
+    blobs: dict[str, bytes] = {}
+    for fname, digest in files.items():
+        data = reader.read(fname)
+        if not isinstance(digest, str) or hashlib.sha256(data).hexdigest() != digest:
+            raise ModelError(f"{path / fname}: checksum mismatch (file truncated or modified)")
+        blobs[fname] = data
+    return meta, blobs
+
+
+def _is_saved_model(path: Path) -> bool:
+    """Whether ``path/meta.json`` parses and names the recforge model format."""
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT_NAME
+
+
 def check_model_target(path: str | os.PathLike) -> None:
     """Refuse to save a model over anything but an earlier saved model or an empty
-    directory: saving replaces the whole directory, and other files there would be lost."""
+    directory: saving replaces the whole directory, and anything else there would be lost.
+
+    An earlier model is a directory whose ``meta.json`` parses and names the recforge
+    model format and which holds nothing but a saved model's files. A symlink is followed
+    (the directory it points to is the one replaced)."""
     path = Path(path)
     if path.name in ("", ".", ".."):
         raise ModelError(f"{path}: name the model's own directory (e.g. models/ease), not "
                          "the current or parent directory")
-    if not path.exists() and not path.is_symlink():
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if not target.exists():
         return
-    if not path.is_dir():
+    if not target.is_dir():
         raise ModelError(f"{path} exists and is not a directory; a model is saved as a "
                          "directory of its own")
-    if not (path / "meta.json").is_file() and any(path.iterdir()):
-        raise ModelError(f"{path} exists and holds files that are not a saved recforge model; "
-                         "saving would replace the directory: choose a new or empty one")
+    names = {p.name for p in target.iterdir()}
+    if not names:
+        return
+    if not _is_saved_model(target):
+        what = ("a meta.json that is not a recforge model's" if "meta.json" in names
+                else "files that are not a saved recforge model")
+        raise ModelError(f"{path} exists and holds {what}; saving would replace the "
+                         "directory and everything in it: choose a new or empty one")
+    others = sorted(names - set(MODEL_FILES))
+    if others:
+        raise ModelError(f"{path} holds a saved model but also {_shown(others[0])}"
+                         + (f" and {len(others) - 1} other file(s)" if len(others) > 1 else "")
+                         + ", which saving would delete: move them, or save elsewhere")
 
 
 def _on_cuda(params: Any) -> bool:
@@ -902,16 +1305,43 @@ def _write_vocab(path: Path, vocab: Vocabulary) -> None:
     pq.write_table(pa.table({"id": arr}), path)
 
 
-def _read_vocab(path: Path) -> Vocabulary:
+def _read_vocab(path: Path, data: bytes) -> Vocabulary:
+    """A vocabulary file's ids: one ``id`` column of int64 or strings, no nulls, each id
+    once; :class:`ModelError` naming the file otherwise."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        col = pq.read_table(path).column("id")
+        table = pq.read_table(pa.BufferReader(data))
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise ModelError(f"{path}: cannot read vocabulary ({exc})") from None
-    if col.type == "int64":
-        return Vocabulary(col.to_numpy())
-    return Vocabulary(np.asarray(col.to_pylist(), dtype=object))
+    if "id" not in table.column_names:
+        raise ModelError(f"{path}: no 'id' column")
+    col = table.column("id")
+    if col.null_count:
+        raise ModelError(f"{path}: {col.null_count:,} missing (null) ids")
+    if pa.types.is_integer(col.type):
+        ids = col.to_numpy().astype(np.int64)
+    elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        ids = np.asarray(col.to_pylist(), dtype=object)
+    else:
+        raise ModelError(f"{path}: ids of type {col.type}, expected integers or strings")
+    try:
+        return Vocabulary(ids)
+    except ValueError as exc:  # a repeated id
+        raise ModelError(f"{path}: {exc}") from None
+
+
+def _read_item_metadata(path: Path, data: bytes, n_items: int) -> pd.DataFrame:
+    import io
+
+    try:
+        frame = pd.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise ModelError(f"{path}: cannot read item metadata ({exc})") from None
+    if len(frame) != n_items:
+        raise ModelError(f"{path}: {len(frame):,} rows for the model's {n_items:,} items")
+    return frame
 
 
 def _unknown_param_message(cls: type, key: str) -> str:

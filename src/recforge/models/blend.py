@@ -21,9 +21,27 @@ import torch
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, ModelError
-from recforge.models.base import Recommender
+from recforge.models.base import (
+    ParamRule,
+    Recommender,
+    StateSpec,
+    choice_rule,
+    extra_value,
+    prefixed,
+)
 
 __all__ = ["Blend"]
+
+_DICT_RULE = ParamRule(lambda v: isinstance(v, dict), "a JSON object")
+_MODELS_RULE = ParamRule(
+    lambda v: (isinstance(v, dict) and len(v) > 0
+               and all(isinstance(p, dict) and "." not in k for k, p in v.items())),
+    "a non-empty mapping of model names to their hyperparameters")
+_WEIGHTS_RULE = ParamRule(
+    lambda v: v is None or (isinstance(v, dict) and all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and np.isfinite(w)
+        for w in v.values())),
+    "null or a mapping of model names to finite numbers")
 
 NORMALIZATIONS = ("zscore", "none")
 
@@ -178,14 +196,31 @@ class Blend(Recommender):
     def _extra(self) -> dict[str, Any]:
         return {name: m._extra() for name, m in self.components_.items()}
 
-    def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+    scoring_params = {"models": _MODELS_RULE, "weights": _WEIGHTS_RULE,
+                      "normalize": choice_rule(*NORMALIZATIONS)}
+
+    def _state_spec(self, extra: dict[str, Any]) -> StateSpec:
+        # each component's own spec (its parameters checked as its own), under "NAME."
+        from recforge.models.registry import get_model_class
+
+        spec: StateSpec = {}
         self.components_ = {}
         for name in self.models:
+            if name == self.name:
+                raise ModelError("meta.json: params.models: a blend cannot contain a blend")
+            get_model_class(name)
             m = self._component(name)
             m.users_, m.items_ = self.users_, self.items_
             m.seen_, m.item_popularity_ = self.seen_, self.item_popularity_
             m.train_fingerprint_ = self.train_fingerprint_
+            m._check_scoring_params(f"meta.json: params.models.{name}")
+            own = extra_value(extra, name, _DICT_RULE, {})
+            spec.update(prefixed(m._state_spec(own), name + "."))
+            self.components_[name] = m
+        return spec
+
+    def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        for name, m in self.components_.items():  # made and checked by _state_spec
             prefix = name + "."
             m._restore({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
                        extra.get(name, {}))
-            self.components_[name] = m

@@ -24,7 +24,16 @@ import torch
 from recforge.data.features import Features
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError, ModelError
-from recforge.models.base import Recommender
+from recforge.models.base import (
+    BOOL_RULE,
+    CSR,
+    STRINGS_RULE,
+    WEIGHTS_RULE,
+    Recommender,
+    StateSpec,
+    extra_value,
+    number_rule,
+)
 
 __all__ = ["ContentBased", "FeatureModelMixin"]
 
@@ -80,8 +89,21 @@ def _save_features(prefix: str, f: Features) -> tuple[dict[str, torch.Tensor], d
     return arrays, {f"{prefix}_names": f.names.tolist(), f"{prefix}_groups": f.groups.tolist()}
 
 
+def _features_spec(prefix: str, extra: dict[str, Any], n_rows: int) -> StateSpec:
+    """The saved feature matrix ``prefix`` (see :func:`_save_features`): one row per id,
+    one column per name that ``extra`` lists (with a group each)."""
+    names = extra_value(extra, f"{prefix}_names", STRINGS_RULE)
+    groups = extra_value(extra, f"{prefix}_groups", STRINGS_RULE)
+    if len(groups) != len(names):
+        raise ModelError(f"meta.json: extra.{prefix}_groups holds {len(groups):,} groups for "
+                         f"{len(names):,} feature names")
+    return {prefix: CSR((n_rows, len(names)))}
+
+
 def _load_features(prefix: str, ids: Any, state: dict[str, torch.Tensor],
                    extra: dict[str, Any]) -> Features:
+    """The features saved by :func:`_save_features`, from state checked against
+    :func:`_features_spec`."""
     arrays = {k: state[f"{prefix}_{k}"].numpy() for k in ("indptr", "indices", "data")}
     return Features.from_arrays(ids, arrays, extra[f"{prefix}_names"], extra[f"{prefix}_groups"])
 
@@ -234,8 +256,13 @@ class ContentBased(FeatureModelMixin, Recommender):
         return {**_save_features("item_features", self.item_features_)[1],
                 "rated": bool(self.rated_)}
 
+    scoring_params = {"feature_weights": WEIGHTS_RULE, "popularity_weight": number_rule(0)}
+
+    def _state_spec(self, extra: dict[str, Any]) -> StateSpec:
+        return _features_spec("item_features", extra, self.n_items)
+
     def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         self.item_features_ = _load_features("item_features", self.items_, state, extra)
         # Models saved before "rated" was stored centred whenever the values differed.
-        self.rated_ = bool(extra.get("rated", True))
+        self.rated_ = extra_value(extra, "rated", BOOL_RULE, True)
         self._build_profiles()

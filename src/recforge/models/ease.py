@@ -13,7 +13,7 @@ import torch
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, ModelError
-from recforge.models.base import Recommender, binarize
+from recforge.models.base import Array, Recommender, StateSpec, binarize
 
 
 class EASE(Recommender):
@@ -77,6 +77,9 @@ class EASE(Recommender):
 
     def _state(self):
         return {"weights": self.weights_}
+
+    def _state_spec(self, extra) -> StateSpec:
+        return {"weights": Array((self.n_items, self.n_items))}
 
     def _restore(self, state, extra):
         self.weights_ = state["weights"]

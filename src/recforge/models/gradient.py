@@ -28,7 +28,15 @@ import torch
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError
-from recforge.models.base import Recommender
+from recforge.models.base import (
+    Module,
+    ParamRule,
+    Recommender,
+    StateSpec,
+    extra_value,
+    int_rule,
+    number_rule,
+)
 from recforge.training.batches import EpochSampler
 from recforge.training.trainer import OPTIMIZERS, SCHEDULES, Trainer, resolve_device
 
@@ -416,15 +424,30 @@ class GradientRecommender(Recommender):
                 "best_epoch": getattr(self, "best_epoch_", -1),
                 **self._extra_scalars()}
 
+    #: the module's tables have embedding_dim columns; its build draws with init_std
+    scoring_params = {"embedding_dim": int_rule(1), "init_std": number_rule(0)}
+
+    def _restore_extra(self, extra: dict[str, Any]) -> None:
+        """The training log, best epoch and :meth:`_extra_scalars` from ``extra``, each
+        checked (:class:`ModelError` naming the field)."""
+        self._set_extra_scalars(extra)
+        self.history_ = extra_value(extra, "history", _LIST_RULE, [])
+        self.best_epoch_ = extra_value(extra, "best_epoch", int_rule(-1), -1)
+
+    def _state_spec(self, extra: dict[str, Any]) -> StateSpec:
+        # the module's state_dict, as the saved parameters and scalars build it
+        self._restore_extra(extra)
+        return {"module": Module(lambda checked: self._build())}
+
     def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         self.device_ = resolve_device(getattr(self, "device", "auto"))
-        self._set_extra_scalars(extra)
-        self.history_ = extra.get("history", [])
-        self.best_epoch_ = extra.get("best_epoch", -1)
         module = self._build()
         module.load_state_dict(state)
         self.module_ = module.to(self.device_).eval()
         self._prepare_scoring()
+
+
+_LIST_RULE = ParamRule(lambda v: isinstance(v, list), "a list")
 
 
 def _plain(value: Any) -> Any:

@@ -31,8 +31,13 @@ from recforge.data.features import Features
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError
 from recforge.models.als import ALS
-from recforge.models.base import fold_in_implicit
-from recforge.models.content import FeatureModelMixin, _load_features, _save_features
+from recforge.models.base import WEIGHTS_RULE, Array, Module, StateSpec, fold_in_implicit
+from recforge.models.content import (
+    FeatureModelMixin,
+    _features_spec,
+    _load_features,
+    _save_features,
+)
 from recforge.models.gradient import GradientRecommender
 from recforge.training import losses
 from recforge.training.batches import EpochSampler
@@ -354,18 +359,37 @@ class HybridBPR(FeatureModelMixin, GradientRecommender):
                 extra.update(_save_features(prefix, f)[1])
         return extra
 
-    def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
-        from recforge.training.trainer import resolve_device
+    scoring_params = {**GradientRecommender.scoring_params, "feature_weights": WEIGHTS_RULE}
 
-        self.device_ = resolve_device(self.device)
-        self.history_ = extra.get("history", [])
-        self.best_epoch_ = extra.get("best_epoch", -1)
+    def _state_spec(self, extra: dict[str, Any]) -> StateSpec:
+        self._restore_extra(extra)
+        spec: StateSpec = {"warm_items": Array((self.n_items,), torch.uint8, 0, 2),
+                           "warm_users": Array((self.n_users,), torch.uint8, 0, 2)}
+        for prefix, n in (("item_features", self.n_items), ("user_features", self.n_users)):
+            if f"{prefix}_names" in extra:
+                spec.update(_features_spec(prefix, extra, n))
+
+        def build(checked: dict[str, torch.Tensor]) -> nn.Module:
+            self._restore_inputs(checked, extra)  # the buffers derive from these
+            return self._build()
+
+        spec["module"] = Module(build, "module.")
+        return spec
+
+    def _restore_inputs(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        """Warm masks and feature tables, from checked state."""
         self.warm_items_ = state["warm_items"].numpy().astype(bool)
         self.warm_users_ = state["warm_users"].numpy().astype(bool)
         self.item_features_ = (_load_features("item_features", self.items_, state, extra)
                                if "item_features_names" in extra else None)
         self.user_features_ = (_load_features("user_features", self.users_, state, extra)
                                if "user_features_names" in extra else None)
+
+    def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        from recforge.training.trainer import resolve_device
+
+        self.device_ = resolve_device(self.device)
+        self._restore_inputs(state, extra)
         module = self._build()
         module.load_state_dict({k[len("module."):]: v for k, v in state.items()
                                 if k.startswith("module.")})

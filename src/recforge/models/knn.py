@@ -18,7 +18,7 @@ import torch
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError
-from recforge.models.base import Recommender, binarize
+from recforge.models.base import CSR, Recommender, StateSpec, binarize
 
 
 class ItemKNN(Recommender):
@@ -104,6 +104,9 @@ class ItemKNN(Recommender):
         return {"sim_indptr": torch.from_numpy(s.indptr.astype(np.int64)),
                 "sim_indices": torch.from_numpy(s.indices.astype(np.int32)),
                 "sim_data": torch.from_numpy(s.data.astype(np.float32))}
+
+    def _state_spec(self, extra) -> StateSpec:
+        return {"sim": CSR((self.n_items, self.n_items))}
 
     def _restore(self, state, extra):
         n = len(self.items_)

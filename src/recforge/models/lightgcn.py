@@ -22,10 +22,14 @@ import torch
 from torch import nn
 
 from recforge.errors import ConfigError
-from recforge.models.base import torch_csr
+from recforge.models.base import int_rule, torch_csr
 from recforge.models.gradient import GradientRecommender
 from recforge.training import losses
 from recforge.training.embedding import lookup
+
+#: The most propagation layers (beyond a few, every embedding converges to the same
+#: vector; the bound keeps a doctored saved model from propagating for ever on load).
+MAX_LAYERS = 64
 
 
 class _SymmetricSpMM(torch.autograd.Function):
@@ -103,6 +107,8 @@ class LightGCN(GradientRecommender):
     """
 
     name = "lightgcn"
+    #: loading propagates the saved embeddings n_layers times
+    scoring_params = {**GradientRecommender.scoring_params, "n_layers": int_rule(0, MAX_LAYERS)}
     #: Every step propagates over the whole user-item graph: each rank needs all events.
     supports_sharded_data = False
 
@@ -131,8 +137,10 @@ class LightGCN(GradientRecommender):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        if not isinstance(self.n_layers, (int, np.integer)) or self.n_layers < 0:
-            raise ConfigError(f"lightgcn: n_layers must be >= 0, got {self.n_layers!r}")
+        if not isinstance(self.n_layers, (int, np.integer)) or not (
+                0 <= self.n_layers <= MAX_LAYERS):
+            raise ConfigError(f"lightgcn: n_layers must be an integer in 0..{MAX_LAYERS}, got "
+                              f"{self.n_layers!r}")
         if self.n_negatives < 1:
             raise ConfigError("lightgcn: n_negatives must be >= 1")
 

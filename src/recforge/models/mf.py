@@ -12,6 +12,7 @@ from torch import nn
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError
+from recforge.models.base import RANGE_RULE, extra_value, number_rule
 from recforge.models.gradient import GradientRecommender
 from recforge.training import losses
 from recforge.training.embedding import Embedding
@@ -224,9 +225,21 @@ class MF(GradientRecommender):
     def _extra_scalars(self) -> dict[str, Any]:
         return {"mean": self.mean_, "rating_range": list(self.rating_range_)}
 
+    #: the fold-in reads reg, bias_reg and reg_exponent
+    scoring_params = {**GradientRecommender.scoring_params, "reg": number_rule(0),
+                      "bias_reg": number_rule(0, optional=True),
+                      "reg_exponent": number_rule(0, 2)}
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        if not self.scoring_params["reg_exponent"].ok(self.reg_exponent):
+            raise ConfigError(f"mf: reg_exponent must be a number in [0, 2], got "
+                              f"{self.reg_exponent!r}")
+
     def _set_extra_scalars(self, extra: dict[str, Any]) -> None:
-        self.mean_ = float(extra["mean"])
-        self.rating_range_ = tuple(extra["rating_range"])
+        self.mean_ = float(extra_value(extra, "mean", number_rule()))
+        lo, hi = extra_value(extra, "rating_range", RANGE_RULE)
+        self.rating_range_ = (float(lo), float(hi))
 
 
 #: The smallest L2 weight of the fold-in's factors (``reg=0`` leaves the solve singular for

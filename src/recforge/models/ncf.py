@@ -25,10 +25,17 @@ from torch import nn
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError
+from recforge.models.base import RANGE_RULE, ParamRule, extra_value, int_rule, number_rule
 from recforge.models.gradient import GradientRecommender
 from recforge.training import losses
 from recforge.training.embedding import Embedding
 from recforge.training.trainer import OPTIMIZERS
+
+#: A non-empty list of layer sizes (what a loaded MLP tower is built from).
+_LAYERS_RULE = ParamRule(
+    lambda v: (isinstance(v, (list, tuple)) and len(v) > 0
+               and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)),
+    "a non-empty list of integers >= 1")
 
 #: Pairs (users x items) scored at once when ranking with an MLP tower: bounds memory.
 _PAIR_BLOCK = 1 << 17
@@ -244,8 +251,9 @@ class _NCFBase(GradientRecommender):
         return {"mean": self.mean_, "rating_range": list(self.rating_range_)}
 
     def _set_extra_scalars(self, extra: dict[str, Any]) -> None:
-        self.mean_ = float(extra.get("mean", 0.0))
-        self.rating_range_ = tuple(extra.get("rating_range", (0.0, 1.0)))
+        self.mean_ = float(extra_value(extra, "mean", number_rule(), 0.0))
+        lo, hi = extra_value(extra, "rating_range", RANGE_RULE, [0.0, 1.0])
+        self.rating_range_ = (float(lo), float(hi))
 
 
 class GMF(_NCFBase):
@@ -294,6 +302,8 @@ class MLP(_NCFBase):
     """
 
     name = "mlp"
+    scoring_params = {**GradientRecommender.scoring_params, "layers": _LAYERS_RULE,
+                      "dropout": number_rule(0, 1)}
 
     def __init__(self, embedding_dim: int = 64, layers: tuple[int, ...] = (128, 64),
                  dropout: float = 0.0, loss: str = "bce", epochs: int = 10,
@@ -338,6 +348,7 @@ class NeuMF(_NCFBase):
     """
 
     name = "neumf"
+    scoring_params = {**MLP.scoring_params, "mlp_embedding_dim": int_rule(1)}
 
     def __init__(self, embedding_dim: int = 64, mlp_embedding_dim: int = 64,
                  layers: tuple[int, ...] = (128, 64), dropout: float = 0.0, loss: str = "bce",

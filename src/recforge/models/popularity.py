@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from recforge.data.interactions import Interactions
-from recforge.models.base import Recommender
+from recforge.models.base import Array, Recommender, StateSpec
 
 
 class Popularity(Recommender):
@@ -29,6 +29,9 @@ class Popularity(Recommender):
 
     def _state(self):
         return {"scores": self.scores_}
+
+    def _state_spec(self, extra) -> StateSpec:
+        return {"scores": Array((self.n_items,))}
 
     def _restore(self, state, extra):
         self.scores_ = state["scores"]
