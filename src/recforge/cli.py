@@ -234,7 +234,7 @@ def datasets_download(name: str,
 
 @datasets_app.command("generate")
 def datasets_generate(
-    out: Path = typer.Argument(..., help="Parquet file to write."),
+    out: Path = typer.Argument(..., help="Parquet file to write (- for standard output)."),
     users: int | None = typer.Option(
         None, "--users", help="Number of users (default: in proportion to --interactions, "
         "as in MovieLens 20M: 138,000 at 20M, 6,900 at 1M)."),
@@ -250,12 +250,14 @@ def datasets_generate(
     """
     from recforge.data.synthetic import ML20M_EVENTS_PER_USER, write_synthetic_parquet
 
+    _check_out_file(out, "OUT")
     if users is None:
         users = max(2, round(interactions / ML20M_EVENTS_PER_USER))
     summary = write_synthetic_parquet(out, n_users=users, n_items=items,
                                       n_interactions=interactions, seed=seed)
-    console.print(f"wrote {summary['events']:,} events ({users:,} users x {items:,} items) to "
-                  f"{out} in {summary['seconds']:.1f}s ({summary['bytes'] / 1e6:,.1f} MB)")
+    _status(out).print(f"wrote {summary['events']:,} events ({users:,} users x {items:,} "
+                       f"items) to {out} in {summary['seconds']:.1f}s "
+                       f"({summary['bytes'] / 1e6:,.1f} MB)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -402,6 +404,7 @@ def _prepare_train(model: str, params: dict[str, Any], *, seed: int | None, out:
                           "applies to mf, bpr, gmf, mlp and neumf")
     from recforge.models.base import check_model_target
 
+    _check_out_dir(out)
     check_model_target(out)  # before hours of training, not after
     ckpt = checkpoint_dir or out.with_name(out.name + ".checkpoint")
     _check_checkpoint_dir(ckpt)
@@ -481,6 +484,8 @@ def run(
     from recforge.experiment.config import load_config
     from recforge.experiment.runner import run_experiment
 
+    if out is not None:
+        _check_out_dir(out)
     cfg = load_config(experiment)
     run_experiment(cfg, out or Path("runs") / cfg.name, console=console)
 
@@ -502,6 +507,8 @@ def tune(
     from recforge.experiment.config import load_config
     from recforge.experiment.tune import tune as run_tune
 
+    if out is not None:
+        _check_out_dir(out)
     cfg = load_config(experiment)
     run_tune(cfg, model, n_trials=trials, metric=metric, timeout=timeout, seed=seed,
              out=out or Path("runs") / f"{cfg.name}-tune-{model}", config_path=experiment,
@@ -611,7 +618,8 @@ def recommend(
                                       help="Allow items the user already interacted with."),
     unknown: str = typer.Option("error", "--unknown", help="Unknown users: error, skip or "
                                 "popular."),
-    out: Path = typer.Option(..., "--out", help="Output .csv / .tsv / .parquet file."),
+    out: Path = typer.Option(..., "--out", help="Output .csv / .tsv / .parquet file "
+                             "(- for CSV on standard output)."),
     history: str | None = typer.Option(
         None, "--history", help="Recommend for a user the model never saw from these item "
         "ids (comma-separated, e.g. a session) instead of --users; columns item,rank,score."),
@@ -627,10 +635,10 @@ def recommend(
             raise ConfigError("--history needs at least one item id")
         recs = est.recommend_for_history(items, k=k, unknown="skip")
         if recs.attrs.get("unknown_items"):
-            console.print(f"[yellow]left out item ids unknown to the model: "
-                          f"{recs.attrs['unknown_items']}[/yellow]")
+            _status(out).print(f"[yellow]left out item ids unknown to the model: "
+                               f"{recs.attrs['unknown_items']}[/yellow]")
         _write_frame(recs, out)
-        console.print(f"wrote {len(recs):,} recommendations for the history to {out}")
+        _status(out).print(f"wrote {len(recs):,} recommendations for the history to {out}")
         return
     user_ids = est.users_.ids if users == "all" else _read_user_list(Path(users))
     if unknown == "error":  # said in the CLI's words (the library's names its argument)
@@ -643,15 +651,16 @@ def recommend(
                              "--unknown popular to skip them or recommend popular items")
     recs = est.recommend(user_ids, k=k, include_seen=include_seen, unknown=unknown)  # type: ignore[arg-type]
     _write_frame(recs, out)
-    console.print(f"wrote {len(recs):,} recommendations for {recs['user'].nunique():,} users "
-                  f"to {out}")
+    _status(out).print(f"wrote {len(recs):,} recommendations for "
+                       f"{recs['user'].nunique():,} users to {out}")
 
 
 @app.command()
 def predict(
     model: Path = typer.Option(..., "--model", help="Directory of a trained rating model."),
     pairs: Path = typer.Option(..., "--pairs", help="File with user,item columns."),
-    out: Path = typer.Option(..., "--out", help="Output file: user,item,prediction."),
+    out: Path = typer.Option(..., "--out", help="Output file: user,item,prediction "
+                             "(- for CSV on standard output)."),
     columns: str | None = typer.Option(None, "--columns",
                                        help="Column mapping, e.g. user=userId,item=movieId."),
     header: bool | None = typer.Option(
@@ -674,7 +683,7 @@ def predict(
     pred = est.predict(users, items)
     result = pd.DataFrame({"user": users, "item": items, "prediction": pred})
     _write_frame(result, out)
-    console.print(f"wrote {len(result):,} predictions to {out}")
+    _status(out).print(f"wrote {len(result):,} predictions to {out}")
 
 
 def _evaluate_cli(est: Any, train_data: Any, test_data: Any, names: list[str], metrics: str,
@@ -722,7 +731,8 @@ def evaluate_cmd(
                                  "files, e.g. latin-1."),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Directory holding extracted datasets (for dataset names)."),
-    out: Path | None = typer.Option(None, "--out", help="Write the results as JSON."),
+    out: Path | None = typer.Option(None, "--out", help="Write the results as JSON "
+                                    "(- for standard output)."),
 ) -> None:
     """Evaluate a trained model on held-out data (full ranking by default)."""
     if out is not None:
@@ -744,11 +754,12 @@ def evaluate_cmd(
     finally:
         quiet_notes.setLevel(level)
     rows = [{"metric": k, "value": v} for k, v in result.summary.items()]
-    console.print(_metrics_table(f"{est.name} on {test} ({result.protocol} protocol, "
-                                 f"{result.n_users:,} users, {result.seconds:.2f}s)",
-                                 rows, ["metric", "value"]))
+    shown = _status(out)  # the JSON alone on standard output with --out -
+    shown.print(_metrics_table(f"{est.name} on {test} ({result.protocol} protocol, "
+                               f"{result.n_users:,} users, {result.seconds:.2f}s)",
+                               rows, ["metric", "value"]))
     for note in result.notes:
-        console.print(f"note: {note}")
+        shown.print(f"note: {note}")
     if out is not None:
         payload = {"model": est.name, "params": est.get_params(), "test": test,
                    "protocol": result.protocol, "n_users": result.n_users,
@@ -792,6 +803,7 @@ def quickstart(
     leaderboard, report.html and the trained models in --out."""
     from recforge.experiment.quickstart import run_quickstart
 
+    _check_out_dir(out)
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     run_quickstart(out=out, data_dir=data_dir, k=k, console=console, models=names,
                    download=download)
@@ -844,16 +856,33 @@ def _check_checkpoint_dir(ckpt: Path) -> None:
         raise ConfigError(f"--checkpoint-dir {ckpt} exists and is not a directory")
 
 
-def _check_out_file(out: Path) -> None:
-    """Refuse an output file path that cannot be one, before any work is done."""
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a directory; give a file name")
-    parent = out.parent if str(out.parent) else Path(".")
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise ConfigError(f"--out {out}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK):
-        raise ConfigError(f"--out {out}: cannot write in {existing}")
+def _check_out_file(out: Path, option: str = "--out") -> None:
+    """Refuse an output file path that cannot be one, before any work is done. ``-`` is
+    standard output; a device or a FIFO is written to, a regular file replaced atomically
+    (see :func:`recforge._fs.output_target`)."""
+    from recforge._fs import check_output_file
+
+    try:
+        check_output_file(out)
+    except OSError as exc:
+        raise ConfigError(f"{option} {out}: {exc.strerror or exc}") from None
+
+
+def _check_out_dir(out: Path, option: str = "--out") -> None:
+    """Refuse a directory output that cannot be one (``-``, a device, a FIFO, a file)."""
+    from recforge._fs import check_output_dir
+
+    try:
+        check_output_dir(out)
+    except OSError as exc:
+        raise ConfigError(f"{option} {out}: {exc.strerror or exc}") from None
+
+
+def _status(out: Path | None) -> Console:
+    """Where a command's messages go: standard error when its output is ``-``."""
+    from recforge._fs import is_stdout
+
+    return err_console if out is not None and is_stdout(out) else console
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -241,9 +241,10 @@ def write_synthetic_parquet(path: str | os.PathLike, *, n_users: int = 138_000,
                     "item": (item[perm] + 1).astype(np.int32),
                     "rating": rating[perm], "timestamp": ts[perm]}, schema=schema))
                 written += n
+        size = os.path.getsize(tmp)  # (the output may be standard output or a device)
     return {"path": str(path), "events": written, "users": n_users, "items": n_items,
             "seconds": round(time.perf_counter() - start, 2),
-            "bytes": os.path.getsize(path)}
+            "bytes": size}
 
 
 def _draw_block(rng: np.random.Generator, quota: np.ndarray, favs: np.ndarray,
