@@ -8,7 +8,8 @@ log-normal, mean ``events / users`` per user, the events of all users interleave
 would arrive) by one bulk insert, starts the service on it (a ``pop`` model trained on the
 first 10% of the events), then erases ``--deletes`` users drawn at random from those with
 events, one by one, through ``RecommendationService.forget_user`` (the service's delete
-path: the store's erasure, its WAL checkpoint, the in-memory state). Meanwhile a thread
+path: the store's erasure, its WAL checkpoint, the in-memory state); wall time, and the
+deleting thread's CPU time (which other work on the machine inflates less). Meanwhile a thread
 posts single events through the service, one after another, while ``--busy-deletes``
 more users are erased 10 ms apart, and the same thread runs again for as long without
 deletes: the post latency with and without erasures alongside.
@@ -143,16 +144,21 @@ def main() -> None:
         return posts
 
     def erase(users: list[str], seconds: list[float], counts: list[int],
-              pause: float = 0.0) -> None:
+              pause: float = 0.0, cpu: list[float] | None = None) -> None:
         for user in users:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             counts.append(svc.forget_user(user))
             seconds.append(time.perf_counter() - t)
+            if cpu is not None:
+                cpu.append(time.thread_time() - c)
             time.sleep(pause)  # requests apart, as they come over HTTP
 
     deletes: list[float] = []
     erased: list[int] = []
-    erase(victims, deletes, erased)
+    cpu: list[float] = []
+    load_before = os.getloadavg()[0]
+    erase(victims, deletes, erased, cpu=cpu)
+    load_after = os.getloadavg()[0]
     busy_deletes: list[float] = []
     busy_erased: list[int] = []
     posts_during = with_poster(lambda: erase(busy_victims, busy_deletes, busy_erased,
@@ -176,6 +182,9 @@ def main() -> None:
                                     "p99": float(np.percentile(erased, 99)),
                                     "max": max(erased)},
         "delete": percentiles(deletes),
+        "delete_cpu": percentiles(cpu),
+        "delete_cpu_us_per_event": round(1e6 * sum(cpu) / max(1, sum(erased)), 1),
+        "load_average_1min": [round(load_before, 2), round(load_after, 2)],
         "delete_while_posting": percentiles(busy_deletes) if busy_deletes else None,
         "post_during_deletes": percentiles(posts_during),
         "post_without_deletes": percentiles(posts_alone),
@@ -184,7 +193,7 @@ def main() -> None:
                         f"(recforge at {result['recforge_path']})")
     for col in ("", "n", "p50 ms", "p99 ms", "max ms"):
         table.add_column(col, justify="right" if col else "left")
-    for name in ("delete", "delete_while_posting", "post_during_deletes",
+    for name in ("delete", "delete_cpu", "delete_while_posting", "post_during_deletes",
                  "post_without_deletes"):
         r = result[name]
         if r is None:
@@ -196,7 +205,10 @@ def main() -> None:
           f"under the lock {resync_s * 1000:.1f} ms; events per erased user: median "
           f"{result['events_per_deleted_user']['median']}, p99 "
           f"{result['events_per_deleted_user']['p99']:.0f}, max "
-          f"{result['events_per_deleted_user']['max']}")
+          f"{result['events_per_deleted_user']['max']}; delete CPU "
+          f"{result['delete_cpu_us_per_event']} us per erased event; load average "
+          f"{load_before:.1f} / {load_after:.1f} (before / after the deletes) on "
+          f"{os.cpu_count()} cores")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

@@ -652,3 +652,53 @@ def test_a_second_read_of_the_store_fetches_only_what_came_since(tmp_path, monke
     svc.sync_events()
     assert calls == [1] and len(svc._posted_items("u2")) == 0
     assert svc.history("u2")["known"] is False
+
+
+def test_a_store_of_an_earlier_version_is_upgraded_on_every_backend(target):
+    """The upgrade (tags, their index, marks for the ids in clear) on SQLite and
+    PostgreSQL alike."""
+    import sqlalchemy as sa
+
+    old = sa.MetaData()
+    events = sa.Table(
+        "events", old,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+                  primary_key=True, autoincrement=True),
+        sa.Column("user", sa.Text(), nullable=False), sa.Column("item", sa.Text(), nullable=False),
+        sa.Column("value", sa.Double()), sa.Column("timestamp", sa.BigInteger()),
+        sa.Column("received", sa.Double(), nullable=False), sa.Index("events_user", "user"))
+    forgotten = sa.Table("forgotten", old, sa.Column("user", sa.Text(), primary_key=True),
+                         sa.Column("at", sa.Double(), nullable=False))
+    url = f"sqlite:///{target}" if isinstance(target, Path) else target
+    if isinstance(target, Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        old.create_all(conn)
+        conn.execute(events.insert(), [{"user": u, "item": i, "received": 0.0}
+                                       for u, i in [("a", "x"), ("a", "y"), ("b", "x")]])
+        conn.execute(forgotten.insert(), [{"user": "gone", "at": 3.0}])
+    engine.dispose()
+    with EventStore(target) as store:
+        assert store.count() == 3 and sorted(store.user_items("a")) == ["x", "y"]
+        assert store.erased_at("gone") == 3.0 and not store.is_forgotten("a")
+        assert store.delete_user("a") == 2 and store.all_user_items() == {"b": ["x"]}
+        inspector = sa.inspect(store.engine)
+        assert {i["name"] for i in inspector.get_indexes("events")} == {"events_user_tag"}
+        assert not inspector.has_table("forgotten")
+
+
+def test_compact_drops_the_tombstones(tmp_path):
+    store = EventStore(tmp_path / "ev.sqlite")
+    store.append([(f"u{k % 10}", f"i{k}", None, None) for k in range(1000)])
+    store.delete_user("u3")
+    gone = [f"i{k}" for k in range(103, 1000, 10)]  # u3's items ("i3", "i13": prefixes)
+    assert _holding(tmp_path, gone) == {}
+    with store.engine.connect() as conn:  # the tombstones are rows
+        assert conn.exec_driver_sql("SELECT count(*) FROM events").scalar() == 1000
+    store.compact()
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM events").scalar() == 900
+    assert store.count() == 900 and store.user_items("u4")[:1] == ["i4"]
+    assert _holding(tmp_path, gone) == {} and store.is_forgotten("u3")
+    store.close()
