@@ -329,9 +329,11 @@ def _ask(model: Any) -> int:
     return refused
 
 
-def _child(out_dir: Path, results: Path, jobs: list[tuple[str, int]]) -> None:
-    """Run the cases of ``jobs`` ((model, first case) pairs), one JSON line per case
-    started and per case done, flushed, so the parent knows where a crash happened."""
+def _child(out_dir: Path, scratch: Path, results: Path, jobs: list[tuple[str, int]]
+           ) -> None:
+    """Run the cases of ``jobs`` ((model, first case) pairs), doctored copies written
+    under ``scratch``; one JSON line per case started and per case done, flushed, so the
+    parent knows where a crash happened."""
     import faulthandler
 
     from recforge.errors import ModelError
@@ -351,9 +353,6 @@ def _child(out_dir: Path, results: Path, jobs: list[tuple[str, int]]) -> None:
         raise TimeoutError("no answer within 30 s")
 
     signal.signal(signal.SIGALRM, on_alarm)
-    shm = Path("/dev/shm")  # a memory file system: cases are written and read fast
-    scratch = Path(tempfile.mkdtemp(dir=shm if shm.is_dir() and os.access(shm, os.W_OK)
-                                    else out_dir))
     with open(results, "a", encoding="utf-8") as log:
         def note(**record: Any) -> None:
             log.write(json.dumps(record) + "\n")
@@ -385,13 +384,23 @@ def _child(out_dir: Path, results: Path, jobs: list[tuple[str, int]]) -> None:
                     signal.alarm(0)
                 note(model=name, case=i, outcome=outcome, why=why[:2000])
             shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _run_children(out_dir: Path, models: list[str], workers: int = 2,
                   timeout: float = 300.0) -> dict[str, dict[int, dict[str, Any]]]:
     """Run every model's cases in ``workers`` child processes; a child that dies (a
     signal) or hangs is recorded against the case it was in and restarted after it."""
+    shm = Path("/dev/shm")  # a memory file system: cases are written and read fast
+    scratch = Path(tempfile.mkdtemp(dir=shm if shm.is_dir() and os.access(shm, os.W_OK)
+                                    else out_dir))
+    try:
+        return _schedule(out_dir, scratch, models, workers, timeout)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _schedule(out_dir: Path, scratch: Path, models: list[str], workers: int,
+              timeout: float) -> dict[str, dict[int, dict[str, Any]]]:
     groups = [models[i::workers] for i in range(workers)]
     outcomes: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in models}
     totals: dict[str, int] = {}
@@ -406,8 +415,8 @@ def _run_children(out_dir: Path, models: list[str], workers: int = 2,
             results = out_dir / f"results-{w}-{runs}.jsonl"
             runs += 1
             proc = subprocess.Popen(
-                [sys.executable, __file__, "--child", str(out_dir), str(results),
-                 json.dumps(jobs)], cwd=REPO, stdout=subprocess.DEVNULL,
+                [sys.executable, __file__, "--child", str(out_dir), str(scratch),
+                 str(results), json.dumps(jobs)], cwd=REPO, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE)
             running[w] = (proc, results, time.monotonic())
         time.sleep(0.05)
@@ -702,8 +711,8 @@ def test_train_out_refuses_a_directory_holding_a_foreign_meta_json(tmp_path):
 if __name__ == "__main__":  # the child processes of the tests above
     role = sys.argv[1]
     if role == "--child":
-        _child(Path(sys.argv[2]), Path(sys.argv[3]),
-               [tuple(j) for j in json.loads(sys.argv[4])])
+        _child(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]),
+               [tuple(j) for j in json.loads(sys.argv[5])])
     elif role == "--saver":
         _saver(Path(sys.argv[2]))
     elif role == "--reader":
