@@ -76,12 +76,18 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
             "max_ms": round(float(ms.max()), 2), "mean_ms": round(float(ms.mean()), 2)}
 
 
+def fit(events: list[int], seconds: list[float]) -> dict[str, float]:
+    """Least squares: milliseconds = fixed + per_event * (the user's events)."""
+    per_event, fixed = np.polyfit(events, 1000 * np.asarray(seconds), 1)
+    return {"fixed": round(float(fixed), 3), "per_event": round(float(per_event), 4)}
+
+
 def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
     import recforge
-    from recforge import Interactions
+    from recforge.data.interactions import Interactions
     from recforge.models import create_model
     from recforge.serving.events import EventStore
     from recforge.serving.service import RecommendationService
@@ -161,9 +167,13 @@ def main() -> None:
     load_after = os.getloadavg()[0]
     busy_deletes: list[float] = []
     busy_erased: list[int] = []
-    posts_during = with_poster(lambda: erase(busy_victims, busy_deletes, busy_erased,
-                                             pause=0.01))
-    posts_alone = with_poster(lambda: time.sleep(sum(busy_deletes) + 0.01 * len(busy_deletes)))
+    posts_during: list[float] = []
+    posts_alone: list[float] = []
+    if busy_victims:
+        posts_during = with_poster(lambda: erase(busy_victims, busy_deletes, busy_erased,
+                                                 pause=0.01))
+        posts_alone = with_poster(lambda: time.sleep(sum(busy_deletes)
+                                                     + 0.01 * len(busy_deletes)))
     assert erased + busy_erased == [int(per_user[u]) for u in victims + busy_victims], \
         "erased counts differ"
     store.close()
@@ -184,10 +194,11 @@ def main() -> None:
         "delete": percentiles(deletes),
         "delete_cpu": percentiles(cpu),
         "delete_cpu_us_per_event": round(1e6 * sum(cpu) / max(1, sum(erased)), 1),
+        "delete_ms_fit": fit(erased, deletes) if len(set(erased)) > 1 else None,
         "load_average_1min": [round(load_before, 2), round(load_after, 2)],
         "delete_while_posting": percentiles(busy_deletes) if busy_deletes else None,
-        "post_during_deletes": percentiles(posts_during),
-        "post_without_deletes": percentiles(posts_alone),
+        "post_during_deletes": percentiles(posts_during) if posts_during else None,
+        "post_without_deletes": percentiles(posts_alone) if posts_alone else None,
     }
     table = Table(title=f"event store, {args.events:,} events, {args.users:,} users "
                         f"(recforge at {result['recforge_path']})")
@@ -206,7 +217,9 @@ def main() -> None:
           f"{result['events_per_deleted_user']['median']}, p99 "
           f"{result['events_per_deleted_user']['p99']:.0f}, max "
           f"{result['events_per_deleted_user']['max']}; delete CPU "
-          f"{result['delete_cpu_us_per_event']} us per erased event; load average "
+          f"{result['delete_cpu_us_per_event']} us per erased event; delete ms = "
+          f"{(result['delete_ms_fit'] or {}).get('fixed')} + "
+          f"{(result['delete_ms_fit'] or {}).get('per_event')} x events; load average "
           f"{load_before:.1f} / {load_after:.1f} (before / after the deletes) on "
           f"{os.cpu_count()} cores")
     args.out.parent.mkdir(parents=True, exist_ok=True)
