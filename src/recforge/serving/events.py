@@ -121,6 +121,10 @@ _TOMBSTONE = _events.update().where(_of_users()).values(
 _DELETE = _events.delete().where(_of_users())
 _USER_ITEMS = sa.select(_events.c.item).where(_of_users()).distinct()
 
+#: How long a SQLite call waits for another process's write (seconds) instead of failing
+#: with "database is locked".
+_BUSY_TIMEOUT = 30
+
 #: How long an erasure waits for readers in other processes (a training run reading the
 #: store) before it leaves emptying the WAL to the next write (seconds).
 ERASURE_CHECKPOINT_WAIT = 2.0
@@ -276,8 +280,7 @@ class EventStore:
     def _engine(self, url: URL) -> Engine:
         kwargs: dict[str, Any] = {}
         if self._sqlite:
-            # Wait for another process's write instead of failing with "database is locked".
-            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            kwargs["connect_args"] = {"timeout": _BUSY_TIMEOUT, "check_same_thread": False}
             database = url.database or ""
             if database in ("", ":memory:"):  # one shared in-memory database, not one per
                 kwargs["poolclass"] = sa.pool.StaticPool  # thread
@@ -382,7 +385,7 @@ class EventStore:
                 busy, log, _ = conn.exec_driver_sql(
                     "PRAGMA wal_checkpoint(TRUNCATE)").one()
             finally:
-                conn.exec_driver_sql("PRAGMA busy_timeout=30000")
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={_BUSY_TIMEOUT * 1000}")
         self._wal_dirty = bool(busy) or log > 0  # log -1: no WAL (in memory)
         return not self._wal_dirty
 
