@@ -14,7 +14,13 @@ index on a keyed hash of the user id (``user_tag``), never by a scan. It leaves 
 the user's ids or events in the store's files: on SQLite the rows are overwritten in place
 by empty tombstones (``secure_delete`` zeroes the old bytes; a DELETE would let SQLite
 rebalance pages, which leaves copies of moved rows in their free space), then a
-``wal_checkpoint(TRUNCATE)`` empties the WAL. The store remembers an erasure as a keyed
+``wal_checkpoint(TRUNCATE)`` empties the WAL. Rows are only ever appended at the end of the
+table, where SQLite moves no stored row (an appended row that does not fit starts a new
+page), so a user's events lie about one to a page and an erasure rewrites a page per event.
+Rows clustered by user (``WITHOUT ROWID`` keyed by tag) would share pages, but every post
+would then insert between stored rows: SQLite splits pages and leaves copies of the moved
+rows in the unallocated space of the pages they left, which ``secure_delete`` never zeroes
+(tests/test_events.py, the erasure test, catches it). The store remembers an erasure as a keyed
 hash of the id (a *mark*) and its time, never the id: the key is a random secret kept in
 the store (``store_info``), so the files list no erased id, though whoever holds them can
 test a guessed id. A model may hold a copy of an erased user's data; the server decides
