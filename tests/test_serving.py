@@ -1186,3 +1186,101 @@ def test_no_answer_shows_a_server_path_and_cors_stays_closed(saved, tmp_path):
     assert pre.status_code >= 400
     for r in (pre, c.get("/model", headers={"Origin": "https://evil.example"})):
         assert not any(h.startswith("access-control-") for h in r.headers), r.headers
+
+
+# -- the hot path (issue 20, item 12: tail latency; speed itself is measured by
+#    benchmarks/bench_serving.py, not here) -------------------------------------------------
+def test_one_users_recommendations_query_no_database_and_take_no_thread(saved, random_data,
+                                                                         tmp_path, monkeypatch):
+    """GET /users/{id}/recommendations is answered inline in the event loop from memory:
+    no event-store query (posted events are kept in memory), no hop to a worker thread,
+    whether the fast path or the FastAPI route answers, the user posted events or not."""
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from recforge.serving.service import RecommendationService
+
+    app = create_app(saved[1], events=tmp_path / "ev.sqlite")
+    c = local_client(app)
+    users = [int(u) for u in random_data.users.ids[:6]]
+    item = int(random_data.items.ids[0])
+    assert c.post("/interactions", json={"events": [{"user": users[0], "item": item},
+                                                    {"user": "newbie", "item": item}]}
+                  ).status_code == 200
+    queries, threads = [], []
+    sa.event.listen(app.state.service.events.engine, "before_cursor_execute",
+                    lambda *args: queries.append(args[2]))
+    real = RecommendationService._recommend
+
+    def spy(self, *args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+            threads.append("event loop")
+        except RuntimeError:  # a worker thread runs no event loop
+            threads.append("worker thread")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RecommendationService, "_recommend", spy)
+    for user in [*users, "newbie", "nobody"]:
+        for query in ("k=5", "k=5&include_seen=TRUE"):  # the fast path; the route
+            assert c.get(f"/users/{user}/recommendations?{query}").status_code == 200
+    assert threads == ["event loop"] * 16
+    assert queries == []
+    c.post("/interactions", json={"events": [{"user": users[1], "item": item}]})
+    assert queries  # the listener sees the store's queries
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_top_k_takes_ties_in_order_with_or_without_ties(seed):
+    """The ranking function's answer is the order by (score descending, tie key): on rows
+    without ties (its quick exit, the hot path's usual case) as on rows with them."""
+    import math
+
+    import torch
+
+    from recforge.models.base import _top_k_ties_in_order, rank_ties
+
+    g = np.random.default_rng(seed)
+    for trial in range(300):
+        rows, n = int(g.integers(1, 5)), int(g.integers(1, 40))
+        k = int(g.integers(1, n + 1))
+        kind = trial % 3
+        scores = (g.standard_normal((rows, n)) if kind == 0
+                  else g.integers(0, 4, (rows, n)).astype(float) if kind == 1
+                  else np.where(g.random((rows, n)) < 0.5, -math.inf, g.standard_normal((rows, n))))
+        rank = g.permutation(n)
+        for key in (None, rank):
+            pos, vals = _top_k_ties_in_order(torch.tensor(scores, dtype=torch.float32), k,
+                                             None if key is None else rank_ties(torch.tensor(key)))
+            s32 = scores.astype(np.float32)
+            for r in range(rows):
+                tie = np.arange(n) if key is None else key
+                want = np.lexsort((tie, -s32[r]))[:k]
+                assert pos[r].tolist() == want.tolist(), (trial, r, s32[r], k)
+                assert vals[r].tolist() == s32[r][want].tolist()
+
+
+def test_a_row_without_ties_is_ranked_by_topk_alone(saved, monkeypatch):
+    """Continuous scores (ALS, EASE) rarely tie: then the ranking is topk's own order, with
+    none of the sorts that settle ties (two sorts and three gathers per request, a third of
+    the hot path's scoring time before)."""
+    import torch
+
+    from recforge.models.base import _top_k_ties_in_order
+    from recforge.serving.service import RecommendationService
+
+    sorts = []
+    real_sort = torch.sort
+    monkeypatch.setattr(torch, "sort", lambda *a, **kw: sorts.append(1) or real_sort(*a, **kw))
+    distinct = torch.tensor([[0.3, 0.9, 0.1, 0.5, 0.7]])
+    assert _top_k_ties_in_order(distinct, 3)[0].tolist() == [[1, 4, 3]]
+    assert sorts == []
+    tied = torch.tensor([[0.3, 0.9, 0.5, 0.5, 0.7]])
+    assert _top_k_ties_in_order(tied, 3)[0].tolist() == [[1, 4, 2]]
+    assert sorts  # ties are settled as before
+    sorts.clear()
+    svc = RecommendationService(saved[1])
+    user = int(saved[0].users_.ids[3])
+    assert len(svc.recommend_user(user, 10)["items"]) == 10
+    assert sorts == []

@@ -587,6 +587,10 @@ def serve(
                              index=index, n_probe=n_probe, allowed_hosts=hosts, limits=limits)
     console.print(f"serving {application.state.service.model.name} from {model} on "
                   f"http://{host}:{port} (docs: /docs)", highlight=False)
+    if host in ("0.0.0.0", "::") and not allowed_host:
+        console.print("note: only requests naming localhost, 127.0.0.1 or ::1 in their Host "
+                      "header are answered; add this machine's public names with "
+                      "--allowed-host NAME", highlight=False)
     import gc
     import signal
     import threading

@@ -827,10 +827,10 @@ def _top_k_ties_in_order(scores: torch.Tensor, k: int, tie_key: TieKey | None = 
 
     ``torch.topk`` leaves ties unordered (in practice it favours low columns). Here equal
     scores are taken and listed by ``tie_key(rows, cols)`` (smaller first; default: the
-    column, as a stable sort would). The cost is a ``topk`` of ``k + 1`` and sorts of ``k``
-    values; only rows whose k-th value is tied with values left out take a pass over the
-    whole row (rare with continuous scores, every row for a constant scorer). NaN scores
-    rank last.
+    column, as a stable sort would). The cost is a ``topk`` of ``k + 1``; when no two of
+    those values are equal (continuous scores: nearly always) that is all, else sorts of
+    ``k`` values follow, and rows whose k-th value is tied with values left out take a
+    pass over the whole row (every row for a constant scorer). NaN scores rank last.
     """
     rows, n = scores.shape
     if k == 0 or rows == 0:
@@ -839,6 +839,10 @@ def _top_k_ties_in_order(scores: torch.Tensor, k: int, tie_key: TieKey | None = 
         scores = scores.nan_to_num(nan=-math.inf)  # a NaN score ranks last, as no score
     top = torch.topk(scores, min(k + 1, n), dim=1)
     pos, vals = top.indices[:, :k], top.values[:, :k]
+    if not bool((top.values[:, 1:] == top.values[:, :-1]).any()):
+        # no two of the k + 1 largest scores equal (continuous scores: nearly every row):
+        # no tie to settle, topk's order is the answer
+        return pos, vals
     if not bool((top.values[:, 1:] == top.values[:, :-1]).any()):
         # no two of the k + 1 largest scores equal (continuous scores: nearly every row):
         # no tie to settle, topk's order is the answer

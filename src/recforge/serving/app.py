@@ -415,6 +415,15 @@ def _public(message: str) -> str:
 
 # -- the ASGI layers ---------------------------------------------------------------------------
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+#: Answers as compact JSON, by one encoder made once (json.dumps with options builds one per
+#: call: 22 us a recommendation list against 14 us); strict: a NaN is an error, never the
+#: invalid JSON token ``NaN``.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _dumps(value: Any) -> bytes:
+    return _encode(value).encode()
+
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -427,7 +436,7 @@ async def _send_json(send: Any, status: int, body: bytes,
 
 
 async def _send_error(send: Any, status: int, detail: str) -> None:
-    await _send_json(send, status, json.dumps({"detail": detail}).encode())
+    await _send_json(send, status, _dumps({"detail": detail}))
 
 
 def host_name(value: str) -> str | None:
@@ -588,7 +597,7 @@ class _FastRecommendations:
         params = self._params(scope) if scope["type"] == "http" else None
         if params is not None:
             try:
-                body = json.dumps(self.owner.state.service.recommend_user(*params)).encode()
+                body = _dumps(self.owner.state.service.recommend_user(*params))
             except Exception:  # let the FastAPI route answer (and map) the error
                 body = None
             if body is not None:
@@ -640,7 +649,12 @@ class _HeavyWork:
             finally:
                 self.leave()
 
-        future: Future[Any] = self._pool.submit(job)
+        try:
+            future: Future[Any] = self._pool.submit(job)
+        except BaseException:  # e.g. the pool shut down with the interpreter
+            self.leave()
+            raise
+        # cancelled before it ran (the client went away while it waited): job never runs
         future.add_done_callback(lambda f: self.leave() if f.cancelled() else None)
         return await asyncio.wrap_future(future)
 
@@ -660,7 +674,7 @@ class _HeldStream(StreamingResponse):
 
 
 def _json(body: Any) -> Response:
-    return Response(json.dumps(body).encode(), media_type="application/json")
+    return Response(_dumps(body), media_type="application/json")
 
 
 def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
@@ -861,7 +875,7 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
                         except Exception:
                             _log.exception("recommendations for user %r failed", who.user)
                             results.append({"user": who.user, "error": "internal error"})
-                return ", ".join(json.dumps(r) for r in results).encode()
+                return b",".join(_dumps(r) for r in results)
 
             first = await heavy.run(answer, resolved[:piece])
         except BaseException:
@@ -869,9 +883,9 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
             raise
 
         async def encoded() -> AsyncIterator[bytes]:
-            yield b'{"results": [' + first
+            yield b'{"results":[' + first
             for start in range(piece, len(resolved), piece):
-                yield b", " + await heavy.run(answer, resolved[start:start + piece])
+                yield b"," + await heavy.run(answer, resolved[start:start + piece])
             yield b"]}"
 
         return _HeldStream(encoded(), release=heavy.leave)

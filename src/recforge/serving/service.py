@@ -109,6 +109,9 @@ class RecommendationService:
         # that a reader never sees the items of one post with the values of another
         self._posted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._popular = torch.from_numpy(self.model._popularity_order().copy())
+        # every user's row index as a tensor: one user's is a slice (a view), not a new
+        # tensor per request
+        self._rows = torch.arange(self.model.n_users)
         # equal scores: the more popular item first, as the library's recommend has them
         self._ties = rank_ties(torch.from_numpy(self.model._popularity_rank().copy()))
         # Ids arrive as text (URL paths) or JSON values: one hash lookup on their string
@@ -144,9 +147,10 @@ class RecommendationService:
         return int(k)
 
     def _items(self, idx: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
-        ids, titles = self.model.items_.ids, self._titles
-        out = [{"item": _plain(ids[i]), "rank": r + 1, "score": float(s)}
-               for r, (i, s) in enumerate(zip(idx.tolist(), scores.tolist(), strict=True))
+        # ids and scores to Python objects in one call each (not one numpy scalar per item)
+        ids, titles = self.model.items_.ids[idx].tolist(), self._titles
+        out = [{"item": i, "rank": r + 1, "score": float(s)}
+               for r, (i, s) in enumerate(zip(ids, scores.tolist(), strict=True))
                if math.isfinite(s)]
         if titles is not None:
             for entry, i in zip(out, idx.tolist(), strict=False):
@@ -232,13 +236,11 @@ class RecommendationService:
         # One user: score, mask the seen items by their CSR slice, top-k. (The batched
         # iter_top_k path does the same for many users; this skips its block set-up.)
         with torch.no_grad():
-            scores = m._score(torch.tensor([u])).reshape(-1).float().clone()
-        if not include_seen:
-            seen = m.seen_.indices[m.seen_.indptr[u]:m.seen_.indptr[u + 1]]
-            if len(posted):
-                seen = np.concatenate([seen, posted])
-            if len(seen):
-                scores[torch.from_numpy(seen.astype(np.int64))] = -math.inf
+            scores = m._score(self._rows[u:u + 1]).reshape(-1).float().clone()
+        if not include_seen:  # through numpy's view of the scores: no index copies
+            masked = scores.numpy()
+            masked[m.seen_.indices[m.seen_.indptr[u]:m.seen_.indptr[u + 1]]] = -np.inf
+            masked[posted] = -np.inf
         pos, vals = _top_k_ties_in_order(scores[None], min(k, scores.shape[0]), self._ties)
         return {"user": _plain(m.users_.ids[u]),
                 "items": self._items(pos[0].numpy(), vals[0].numpy()),
