@@ -843,10 +843,6 @@ def _top_k_ties_in_order(scores: torch.Tensor, k: int, tie_key: TieKey | None = 
         # no two of the k + 1 largest scores equal (continuous scores: nearly every row):
         # no tie to settle, topk's order is the answer
         return pos, vals
-    if not bool((top.values[:, 1:] == top.values[:, :-1]).any()):
-        # no two of the k + 1 largest scores equal (continuous scores: nearly every row):
-        # no tie to settle, topk's order is the answer
-        return pos, vals
     crossing = (torch.nonzero(top.values[:, k] == top.values[:, k - 1]).flatten() if k < n
                 else torch.empty(0, dtype=torch.int64))
     if len(crossing):  # which of the k-th value's equals get in
