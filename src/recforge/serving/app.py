@@ -503,10 +503,13 @@ class _Guard:
                                          "application/json")
             return
         if length is not None:
-            if not length.strip().isdigit():
+            digits = length.strip()
+            if not digits.isdigit():
                 await _send_error(send, 400, "Content-Length is not a number")
                 return
-            if int(length) > self.max_body:
+            # (more than 18 digits is over any limit: never parsed, so Python's refusal of
+            # integers of over 4,300 digits cannot turn it into a 500)
+            if len(digits) > 18 or int(digits) > self.max_body:
                 await _send_error(send, 413, self._too_large)
                 return
         seen = 0

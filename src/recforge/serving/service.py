@@ -37,6 +37,8 @@ def _plain(value: Any) -> Any:
 #: earlier ``\d+\.?\d*`` backtracked quadratically, 8 s of event loop for 16,000 digits.)
 _NUMBER_LIKE = re.compile(r"\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*")
 _INTEGER_ID = re.compile(INTEGER_ID)
+#: Recommended items whose similarity rows an explanation computes at a time.
+_EXPLAIN_BLOCK = 32
 #: The longest text of an int64 in INTEGER_ID's form: "-9223372036854775808".
 _INT64_CHARS = 20
 
@@ -504,16 +506,23 @@ class RecommendationService:
         m = self.model
         rec = m.items_.index(np.asarray([x["item"] for x in items], dtype=object))
         rec = rec.astype(np.int64)
-        try:
-            with torch.no_grad():
-                sims = m._item_similarity(torch.from_numpy(rec)).float()
-        except ModelError:  # no item-item similarity for this model
-            return result
-        sub = sims[:, torch.from_numpy(hist)]  # a copy (advanced indexing)
-        sub[torch.from_numpy(rec[:, None] == hist[None, :])] = -math.inf  # never itself
-        best = sub.max(dim=1)
-        for entry, score, j in zip(items, best.values.tolist(), best.indices.tolist(),
-                                   strict=True):
+        # similarity rows of _EXPLAIN_BLOCK items at a time: k = 1,000 on a catalogue of
+        # 500,000 items would be 2 GB in one block
+        values: list[float] = []
+        positions: list[int] = []
+        for start in range(0, len(rec), _EXPLAIN_BLOCK):
+            block = rec[start:start + _EXPLAIN_BLOCK]
+            try:
+                with torch.no_grad():
+                    sims = m._item_similarity(torch.from_numpy(block)).float()
+            except ModelError:  # no item-item similarity for this model
+                return result
+            sub = sims[:, torch.from_numpy(hist)]  # a copy (advanced indexing)
+            sub[torch.from_numpy(block[:, None] == hist[None, :])] = -math.inf  # not itself
+            best = sub.max(dim=1)
+            values += best.values.tolist()
+            positions += best.indices.tolist()
+        for entry, score, j in zip(items, values, positions, strict=True):
             if math.isfinite(score) and score > 0:
                 i = int(hist[j])
                 because: dict[str, Any] = {"item": _plain(m.items_.ids[i]),
