@@ -175,6 +175,10 @@ _ALIASES = {"hr": "hit_rate", "hitrate": "hit_rate", "hit": "hit_rate", "p": "pr
             "cov": "coverage", "popularity": "arp"}
 
 
+#: Largest cutoff ``@K``: evaluation holds a ``users x K`` table of hits and items.
+MAX_CUTOFF = 1000
+
+
 @dataclass(frozen=True)
 class Metric:
     """A metric and its cutoff, e.g. ``Metric("ndcg", 10)`` labelled ``NDCG@10``."""
@@ -201,21 +205,28 @@ class Metric:
     @classmethod
     def parse(cls, spec: str) -> Metric:
         """``"ndcg@10"``, ``"Recall@20"``, ``"rmse"``, ``"coverage@10"``."""
-        m = re.fullmatch(r"\s*([A-Za-z_]+)\s*(?:@\s*(\d+))?\s*", spec)
+        if not isinstance(spec, str):
+            raise ConfigError(f"a metric is a name such as 'ndcg@10', not a "
+                              f"{type(spec).__name__}")
+        shown = repr(spec if len(spec) <= 40 else spec[:40] + "...")
+        m = re.fullmatch(r"\s*([A-Za-z_]+)\s*(?:@\s*([0-9]+))?\s*", spec)
         if not m:
-            raise ConfigError(f"cannot parse metric {spec!r}; expected e.g. 'ndcg@10' or 'rmse'")
+            raise ConfigError(f"cannot parse metric {shown}; expected e.g. 'ndcg@10' or 'rmse'")
         name = m.group(1).lower()
         name = _ALIASES.get(name, name)
-        k = int(m.group(2)) if m.group(2) else None
+        digits = m.group(2)
+        if digits and (len(digits) > 9 or int(digits) > MAX_CUTOFF):  # the lists are k long
+            raise ConfigError(f"metric {shown}: the cutoff must be at most {MAX_CUTOFF:,}")
+        k = int(digits) if digits else None
         if name in RANKING or name in LISTS:
             if k is None or k < 1:
-                raise ConfigError(f"metric {spec!r} needs a cutoff, e.g. '{name}@10'")
+                raise ConfigError(f"metric {shown} needs a cutoff, e.g. '{name}@10'")
         elif name in RATING:
             if k is not None:
-                raise ConfigError(f"metric {spec!r} takes no cutoff")
+                raise ConfigError(f"metric {shown} takes no cutoff")
         else:
             known = sorted([*RANKING, *RATING, *LISTS])
-            raise ConfigError(f"unknown metric {spec!r}; known: {', '.join(known)}")
+            raise ConfigError(f"unknown metric {shown}; known: {', '.join(known)}")
         return cls(name, k)
 
 

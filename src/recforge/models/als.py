@@ -60,9 +60,17 @@ import torch
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError, ModelError
 from recforge.models.base import (
+    BOOL_RULE,
+    DEVICE_RULE,
+    MAX_DIM,
+    MAX_EPOCHS,
+    MAX_NUMBER,
+    SEED_RULE,
     Array,
     Recommender,
     StateSpec,
+    check_params,
+    choice_rule,
     fold_in_implicit,
     int_rule,
     number_rule,
@@ -74,15 +82,9 @@ __all__ = ["ALS"]
 
 #: Floats of padded item vectors built at once by the Cholesky solver (bounds memory).
 CHOLESKY_BLOCK_ELEMENTS = 1 << 24
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, bool) and math.isfinite(float(value))
+#: Most conjugate-gradient steps per half-step (a few are the point of CG; the exact
+#: solve is solver="cholesky").
+MAX_CG_STEPS = 1000
 
 
 class _Side:
@@ -307,27 +309,12 @@ class ALS(Recommender):
 
     # ----------------------------------------------------------------------------------
     def _validate_params(self) -> None:
-        if not _is_int(self.embedding_dim) or self.embedding_dim < 1:
-            raise ConfigError(f"als: embedding_dim must be a positive integer, got "
-                              f"{self.embedding_dim!r}")
-        if not _is_int(self.epochs) or self.epochs < 1:
-            raise ConfigError(f"als: epochs must be a positive integer, got {self.epochs!r}")
-        if not _is_number(self.reg) or self.reg < 0:
-            raise ConfigError(f"als: reg must be a number >= 0, got {self.reg!r}")
-        if not _is_number(self.alpha) or self.alpha < 0:
-            raise ConfigError(f"als: alpha must be a number >= 0, got {self.alpha!r}")
-        if self.solver not in ("cg", "cholesky"):
-            raise ConfigError(f"als: solver must be 'cg' or 'cholesky', got {self.solver!r}")
-        if not _is_int(self.cg_steps) or self.cg_steps < 1:
-            raise ConfigError(f"als: cg_steps must be a positive integer, got "
-                              f"{self.cg_steps!r}")
-        if not isinstance(self.binary, (bool, np.bool_)):
-            raise ConfigError(f"als: binary must be True or False, got {self.binary!r}")
-        if not _is_number(self.reg_exponent) or not 0 <= self.reg_exponent <= 2:
-            raise ConfigError(f"als: reg_exponent must be a number in [0, 2], got "
-                              f"{self.reg_exponent!r}")
-        if not _is_int(self.seed):
-            raise ConfigError(f"als: seed must be an integer, got {self.seed!r}")
+        check_params(self, {
+            "embedding_dim": int_rule(1, MAX_DIM), "epochs": int_rule(1, MAX_EPOCHS),
+            "reg": number_rule(0, MAX_NUMBER), "alpha": number_rule(0, MAX_NUMBER),
+            "solver": choice_rule("cg", "cholesky"), "cg_steps": int_rule(1, MAX_CG_STEPS),
+            "binary": BOOL_RULE, "reg_exponent": number_rule(0, 2), "seed": SEED_RULE,
+            "device": DEVICE_RULE})
         self._resolve_device()
 
     def _resolve_device(self) -> torch.device:

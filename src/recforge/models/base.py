@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import reprlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,7 @@ class Recommender:
         for name, value in self.get_params().items():
             if bad(value):
                 raise ConfigError(f"{self.name}: {name} must be a finite number, got "
-                                  f"{value!r}")
+                                  f"{_shown(value)}")
 
     def fit(self, train: Interactions, valid: Interactions | None = None) -> Recommender:
         """Learn from ``train`` (``valid`` is used by models that early-stop). Returns self."""
@@ -1059,8 +1060,28 @@ def prefixed(spec: StateSpec, prefix: str) -> StateSpec:
     return out
 
 
+class _ShortRepr(reprlib.Repr):
+    """A ``repr`` with bounded work and length: a few elements per level, a few levels (a
+    YAML alias bomb or a million-element list costs nothing), and an integer too long for
+    ``repr`` (Python refuses over 4,300 digits) named by its size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxtuple, self.maxdict = 3, 5, 5, 5
+        self.maxset = self.maxfrozenset = self.maxdeque = self.maxarray = 5
+        self.maxstring = self.maxother = self.maxlong = 60
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 200:  # over 60 digits: never converted to text
+            digits = int(x.bit_length() * math.log10(2)) + 1  # exact, or one too many
+            digits -= abs(x) < 10 ** (digits - 1)
+            return f"<an integer of {digits} digits>"
+        return super().repr_int(x, level)
+
+
 def _shown(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    """``value`` for an error message: bounded in length and in the work it costs."""
+    text = _ShortRepr().repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -1096,8 +1117,13 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float, np.integer, np.floating))
-            and not isinstance(v, (bool, np.bool_)) and math.isfinite(float(v)))
+    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(
+            v, (bool, np.bool_)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # an int beyond float's range (e.g. 400 digits)
+        return False
 
 
 def int_rule(low: int, high: int | None = None) -> ParamRule:
@@ -1124,6 +1150,58 @@ def number_rule(low: float | None = None, high: float | None = None, *,
 def choice_rule(*values: Any) -> ParamRule:
     return ParamRule(lambda v: any(v == x and type(v) is type(x) for x in values),
                      "one of " + ", ".join(repr(x) for x in values))
+
+
+#: Upper bounds of hyperparameters, whatever the data (docs/models.md): what a value can
+#: size (a layer, a table's width, the negatives per event) or repeat, past any use; above
+#: them a value is a typo, and would end in an allocation failure, an overflow in torch,
+#: or the kernel's OOM killer instead of an error.
+MAX_DIM = 8192            # embedding_dim, layer widths
+MAX_EPOCHS = 100_000      # epochs, eval_every, patience
+MAX_COUNT = 2**31 - 1     # batch_size, neighbors, block sizes (clipped to the data)
+MAX_NEGATIVES = 1000      # sampled negatives per event
+MAX_SEED = 2**63 - 1
+#: Largest real-valued hyperparameter: they become float32 tensors.
+MAX_NUMBER = float(np.finfo(np.float32).max)
+
+
+def positive_rule(high: float = MAX_NUMBER) -> ParamRule:
+    """A finite number in ``(0, high]``."""
+    return ParamRule(lambda v: _is_number(v) and 0 < float(v) <= high,
+                     f"a finite number > 0 and <= {high:g}")
+
+
+def fraction_rule() -> ParamRule:
+    """A number in ``[0, 1)`` (a dropout rate)."""
+    return ParamRule(lambda v: _is_number(v) and 0 <= float(v) < 1, "a number in [0, 1)")
+
+
+def optional_rule(rule: ParamRule) -> ParamRule:
+    """``rule``, or ``None``."""
+    return ParamRule(lambda v: v is None or rule.ok(v), f"null or {rule.text}")
+
+
+def _is_device(v: Any) -> bool:
+    return isinstance(v, str) and (v in ("auto", "cpu", "cuda") or (
+        v.startswith("cuda:") and 0 < len(v) - 5 <= 4 and v[5:].isascii()
+        and v[5:].isdigit()))
+
+
+#: Where a model trains: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``
+#: (whether that device exists is checked when it is resolved).
+DEVICE_RULE = ParamRule(_is_device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+SEED_RULE = int_rule(0, MAX_SEED)
+
+
+def check_params(model: Recommender, rules: dict[str, ParamRule]) -> None:
+    """Raise :class:`ConfigError` naming the model and the parameter for the first
+    hyperparameter that breaks its rule: ``_validate_params`` checks every constructor
+    parameter so, before anything is built."""
+    for name, rule in rules.items():
+        value = getattr(model, name)
+        if not rule.ok(value):
+            raise ConfigError(f"{model.name}: {name} must be {rule.text}, got "
+                              f"{_shown(value)}")
 
 
 #: ``None`` or a mapping of group names to finite weights >= 0 (``feature_weights``).
@@ -1348,7 +1426,7 @@ def _unknown_param_message(cls: type, key: str) -> str:
     from difflib import get_close_matches
 
     names = cls._param_names()
-    hint = get_close_matches(key, names, n=1)
-    return (f"{cls.__name__} has no parameter {key!r}"
+    hint = get_close_matches(key, names, n=1) if isinstance(key, str) else []
+    return (f"{cls.__name__} has no parameter {_shown(key)}"
             + (f"; did you mean {hint[0]!r}?" if hint else "")
             + f" (parameters: {', '.join(names)})")

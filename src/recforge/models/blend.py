@@ -22,11 +22,16 @@ import torch
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, ModelError
 from recforge.models.base import (
+    MAX_NUMBER,
     ParamRule,
     Recommender,
     StateSpec,
+    _shown,
+    check_params,
     choice_rule,
     extra_value,
+    number_rule,
+    optional_rule,
     prefixed,
 )
 
@@ -98,27 +103,41 @@ class Blend(Recommender):
 
     # ----------------------------------------------------------------------------------
     def _validate_params(self) -> None:
-        from recforge.models.registry import get_model_class
+        from recforge.models.registry import create_model, get_model_class
 
         if not isinstance(self.models, dict) or not self.models:
             raise ConfigError("blend: models must be a non-empty mapping of model name -> "
                               "hyperparameters")
         for name, params in self.models.items():
+            if not isinstance(name, str):
+                raise ConfigError(f"blend: models: a model name is text, got {_shown(name)}")
             if name == self.name:
                 raise ConfigError("blend: a blend cannot contain a blend")
-            get_model_class(name)  # ConfigError naming close matches
+            try:
+                get_model_class(name)  # ConfigError naming close matches
+            except ConfigError as exc:
+                raise ConfigError(f"blend: models: {exc}") from None
             if not isinstance(params, dict):
                 raise ConfigError(f"blend: hyperparameters of {name!r} must be a mapping, "
                                   f"got {type(params).__name__}")
-        unknown = set(self.weights or {}) - set(self.models)
+            # each component's own checks now, not when the blend trains it
+            component = create_model(name, **params)
+            try:
+                component._check_finite_params()
+                component._validate_params()
+            except ConfigError as exc:
+                raise ConfigError(f"blend: models.{name}: {exc}") from None
+        check_params(self, {"weights": optional_rule(ParamRule(
+            lambda v: isinstance(v, dict), "a mapping of model names to numbers"))})
+        unknown = [k for k in (self.weights or {}) if k not in self.models]
         if unknown:
-            raise ConfigError(f"blend: weights for models not in the blend: {sorted(unknown)}")
+            raise ConfigError(f"blend: weights for models not in the blend: "
+                              f"{_shown(unknown)}")
         for name, w in (self.weights or {}).items():
-            if not isinstance(w, (int, float)) or not np.isfinite(w):
-                raise ConfigError(f"blend: weight of {name!r} must be a number, got {w!r}")
-        if self.normalize not in NORMALIZATIONS:
-            raise ConfigError(f"blend: normalize must be one of {NORMALIZATIONS}, "
-                              f"not {self.normalize!r}")
+            if not number_rule(-MAX_NUMBER, MAX_NUMBER).ok(w):
+                raise ConfigError(f"blend: weight of {name!r} must be a number, got "
+                                  f"{_shown(w)}")
+        check_params(self, {"normalize": choice_rule(*NORMALIZATIONS)})
 
     def _weight(self, name: str) -> float:
         return float((self.weights or {}).get(name, 1.0))

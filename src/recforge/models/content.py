@@ -27,10 +27,12 @@ from recforge.errors import ConfigError, DataError, ModelError
 from recforge.models.base import (
     BOOL_RULE,
     CSR,
+    MAX_NUMBER,
     STRINGS_RULE,
     WEIGHTS_RULE,
     Recommender,
     StateSpec,
+    check_params,
     extra_value,
     number_rule,
 )
@@ -136,13 +138,8 @@ class ContentBased(FeatureModelMixin, Recommender):
         self.popularity_weight = popularity_weight
 
     def _validate_params(self) -> None:
-        if self.feature_weights is not None:
-            if not isinstance(self.feature_weights, dict) or not all(
-                    isinstance(v, (int, float)) and v >= 0 for v in self.feature_weights.values()):
-                raise ConfigError("content: feature_weights must map group names to numbers "
-                                  ">= 0")
-        if not isinstance(self.popularity_weight, (int, float)) or self.popularity_weight < 0:
-            raise ConfigError("content: popularity_weight must be >= 0")
+        check_params(self, {"feature_weights": WEIGHTS_RULE, "centered": BOOL_RULE,
+                            "popularity_weight": number_rule(0, MAX_NUMBER)})
 
     # ----------------------------------------------------------------------------------
     def _fit(self, train: Interactions, valid: Interactions | None) -> None:

@@ -12,8 +12,16 @@ import numpy as np
 import torch
 
 from recforge.data.interactions import Interactions
-from recforge.errors import ConfigError, ModelError
-from recforge.models.base import Array, Recommender, StateSpec, binarize
+from recforge.errors import ModelError
+from recforge.models.base import (
+    BOOL_RULE,
+    Array,
+    Recommender,
+    StateSpec,
+    binarize,
+    check_params,
+    positive_rule,
+)
 
 
 class EASE(Recommender):
@@ -36,8 +44,7 @@ class EASE(Recommender):
         self.binary = binary
 
     def _validate_params(self) -> None:
-        if not (isinstance(self.reg, (int, float)) and self.reg > 0):
-            raise ConfigError(f"ease: reg must be a positive number, got {self.reg!r}")
+        check_params(self, {"reg": positive_rule(), "binary": BOOL_RULE})
 
     def _fit(self, train: Interactions, valid: Interactions | None) -> None:
         x = binarize(self.seen_) if self.binary else self.seen_

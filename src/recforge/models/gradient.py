@@ -29,16 +29,31 @@ import torch
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError
 from recforge.models.base import (
+    DEVICE_RULE,
+    MAX_COUNT,
+    MAX_DIM,
+    MAX_EPOCHS,
+    MAX_NEGATIVES,
+    MAX_NUMBER,
+    SEED_RULE,
     Module,
     ParamRule,
     Recommender,
     StateSpec,
+    check_params,
+    choice_rule,
     extra_value,
     int_rule,
     number_rule,
+    optional_rule,
+    positive_rule,
 )
 from recforge.training.batches import EpochSampler
 from recforge.training.trainer import OPTIMIZERS, SCHEDULES, Trainer, resolve_device
+
+#: A metric's name such as ``ndcg@20`` (parsed once the type is known to be text).
+_METRIC_RULE = ParamRule(lambda v: isinstance(v, str) and len(v) <= 64,
+                         "a metric name such as 'ndcg@20' or 'rmse'")
 
 #: Hyperparameters shared by gradient models (names fixed by docs/conventions.md).
 COMMON_PARAMS = ("embedding_dim", "epochs", "batch_size", "learning_rate", "reg", "optimizer",
@@ -160,46 +175,29 @@ class GradientRecommender(Recommender):
             self.__dict__.pop("_fit_fingerprint", None)
 
     def _validate_common(self) -> None:
-        def positive_int(name: str) -> None:
-            v = getattr(self, name, None)
-            if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool)
-                                  or v < 1):
-                raise ConfigError(f"{self.name}: {name} must be a positive integer, got {v!r}")
-
-        def non_negative(name: str) -> None:
-            v = getattr(self, name, None)
-            if v is not None and (not isinstance(v, (int, float)) or v < 0):
-                raise ConfigError(f"{self.name}: {name} must be >= 0, got {v!r}")
-
-        for name in ("embedding_dim", "epochs", "batch_size", "eval_every"):
-            positive_int(name)
-        for name in ("reg", "weight_decay"):
-            non_negative(name)
-        lr = getattr(self, "learning_rate", None)
-        if lr is not None and (not isinstance(lr, (int, float)) or lr <= 0):
-            raise ConfigError(f"{self.name}: learning_rate must be > 0, got {lr!r}")
-        if getattr(self, "optimizer", "adam") not in OPTIMIZERS:
-            raise ConfigError(f"{self.name}: optimizer must be one of {OPTIMIZERS}, "
-                              f"got {self.optimizer!r}")
-        if getattr(self, "lr_schedule", None) not in SCHEDULES:
-            raise ConfigError(f"{self.name}: lr_schedule must be one of {SCHEDULES}, "
-                              f"got {self.lr_schedule!r}")
-        n_neg = getattr(self, "n_negatives", 0)
-        if not isinstance(n_neg, (int, np.integer)) or n_neg < 0:
-            raise ConfigError(f"{self.name}: n_negatives must be >= 0, got {n_neg!r}")
-        patience = getattr(self, "patience", None)
-        if patience is not None and (not isinstance(patience, int) or patience < 1):
-            raise ConfigError(f"{self.name}: patience must be a positive integer or None")
-        resolve_device(getattr(self, "device", "auto"))
-        seed = getattr(self, "seed", 0)
-        if seed is not None and (not isinstance(seed, (int, np.integer))
-                                 or isinstance(seed, bool) or not 0 <= seed < 2**63):
-            raise ConfigError(f"{self.name}: seed must be an integer in 0..2**63-1, got {seed!r}")
+        """The parameters every gradient model shares (those it has), each against its
+        rule; then the device and the validation metric."""
+        rules = {
+            "embedding_dim": int_rule(1, MAX_DIM), "epochs": int_rule(1, MAX_EPOCHS),
+            "batch_size": int_rule(1, MAX_COUNT), "eval_every": int_rule(1, MAX_EPOCHS),
+            "learning_rate": positive_rule(), "reg": number_rule(0, MAX_NUMBER),
+            "weight_decay": number_rule(0, MAX_NUMBER),
+            "init_std": number_rule(0, MAX_NUMBER),
+            "optimizer": choice_rule(*OPTIMIZERS), "lr_schedule": choice_rule(*SCHEDULES),
+            "n_negatives": int_rule(0, MAX_NEGATIVES),
+            "patience": optional_rule(int_rule(1, MAX_EPOCHS)), "device": DEVICE_RULE,
+            "seed": SEED_RULE, "valid_metric": optional_rule(_METRIC_RULE)}
+        names = self._param_names()
+        check_params(self, {k: r for k, r in rules.items() if k in names})
+        resolve_device(self.device)
         metric = getattr(self, "valid_metric", None)
         if metric is not None:
             from recforge.evaluation.metrics import Metric
 
-            kind = Metric.parse(metric).kind
+            try:
+                kind = Metric.parse(metric).kind
+            except ConfigError as exc:
+                raise ConfigError(f"{self.name}: valid_metric: {exc}") from None
             if kind == "lists":  # coverage, ARP, Gini, novelty: no "better" to stop on
                 raise ConfigError(f"{self.name}: valid_metric must be a ranking metric "
                                   f"(ndcg@K, recall@K...) or rmse/mae, got {metric!r}")

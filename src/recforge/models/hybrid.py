@@ -29,9 +29,20 @@ from torch import nn
 
 from recforge.data.features import Features
 from recforge.data.interactions import Interactions
-from recforge.errors import ConfigError
 from recforge.models.als import ALS
-from recforge.models.base import WEIGHTS_RULE, Array, Module, StateSpec, fold_in_implicit
+from recforge.models.base import (
+    MAX_NEGATIVES,
+    WEIGHTS_RULE,
+    Array,
+    Module,
+    StateSpec,
+    check_params,
+    choice_rule,
+    fold_in_implicit,
+    fraction_rule,
+    int_rule,
+    positive_rule,
+)
 from recforge.models.content import (
     FeatureModelMixin,
     _features_spec,
@@ -103,8 +114,7 @@ class Hybrid(FeatureModelMixin, ALS):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        if not isinstance(self.feature_reg, (int, float)) or self.feature_reg <= 0:
-            raise ConfigError(f"hybrid: feature_reg must be > 0, got {self.feature_reg!r}")
+        check_params(self, {"feature_reg": positive_rule(), "feature_weights": WEIGHTS_RULE})
 
     def _fit(self, train: Interactions, valid: Interactions | None) -> None:
         super()._fit(train, valid)
@@ -246,13 +256,9 @@ class HybridBPR(FeatureModelMixin, GradientRecommender):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        if self.n_negatives < 1:
-            raise ConfigError("hybrid_bpr: n_negatives must be >= 1")
-        if self.loss not in ("bpr", "sampled_softmax", "softmax"):
-            raise ConfigError("hybrid_bpr: loss must be 'bpr', 'sampled_softmax' or 'softmax', "
-                              f"got {self.loss!r}")
-        if not isinstance(self.id_dropout, (int, float)) or not 0 <= self.id_dropout < 1:
-            raise ConfigError("hybrid_bpr: id_dropout must be in [0, 1)")
+        check_params(self, {"n_negatives": int_rule(1, MAX_NEGATIVES),
+                            "loss": choice_rule("bpr", "sampled_softmax", "softmax"),
+                            "id_dropout": fraction_rule(), "feature_weights": WEIGHTS_RULE})
 
     # ----------------------------------------------------------------------------------
     def _setup(self, train: Interactions) -> None:

@@ -17,8 +17,18 @@ import scipy.sparse as sp
 import torch
 
 from recforge.data.interactions import Interactions
-from recforge.errors import ConfigError
-from recforge.models.base import CSR, Recommender, StateSpec, binarize
+from recforge.models.base import (
+    BOOL_RULE,
+    CSR,
+    MAX_COUNT,
+    MAX_NUMBER,
+    Recommender,
+    StateSpec,
+    binarize,
+    check_params,
+    int_rule,
+    number_rule,
+)
 
 
 class ItemKNN(Recommender):
@@ -47,14 +57,9 @@ class ItemKNN(Recommender):
         self.block_size = block_size
 
     def _validate_params(self) -> None:
-        if not isinstance(self.neighbors, (int, np.integer)) or self.neighbors < 1:
-            raise ConfigError(f"itemknn: neighbors must be a positive integer, got "
-                              f"{self.neighbors!r}")
-        if not isinstance(self.shrink, (int, float)) or self.shrink < 0:
-            raise ConfigError(f"itemknn: shrink must be >= 0, got {self.shrink!r}")
-        if not isinstance(self.block_size, (int, np.integer)) or self.block_size < 1:
-            raise ConfigError(f"itemknn: block_size must be a positive integer, got "
-                              f"{self.block_size!r}")
+        check_params(self, {"neighbors": int_rule(1, MAX_COUNT),
+                            "shrink": number_rule(0, MAX_NUMBER), "binary": BOOL_RULE,
+                            "block_size": int_rule(1, MAX_COUNT)})
 
     def _history(self) -> sp.csr_matrix:
         return binarize(self.seen_) if self.binary else self.seen_

@@ -21,8 +21,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from recforge.errors import ConfigError
-from recforge.models.base import int_rule, torch_csr
+from recforge.models.base import MAX_NEGATIVES, check_params, int_rule, torch_csr
 from recforge.models.gradient import GradientRecommender
 from recforge.training import losses
 from recforge.training.embedding import lookup
@@ -137,12 +136,8 @@ class LightGCN(GradientRecommender):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        if not isinstance(self.n_layers, (int, np.integer)) or not (
-                0 <= self.n_layers <= MAX_LAYERS):
-            raise ConfigError(f"lightgcn: n_layers must be an integer in 0..{MAX_LAYERS}, got "
-                              f"{self.n_layers!r}")
-        if self.n_negatives < 1:
-            raise ConfigError("lightgcn: n_negatives must be >= 1")
+        check_params(self, {"n_layers": int_rule(0, MAX_LAYERS),
+                            "n_negatives": int_rule(1, MAX_NEGATIVES)})
 
     def _build(self) -> nn.Module:
         return _LightGCN(self.n_users, self.n_items, int(self.embedding_dim),

@@ -11,8 +11,17 @@ import torch
 from torch import nn
 
 from recforge.data.interactions import Interactions
-from recforge.errors import ConfigError, DataError
-from recforge.models.base import RANGE_RULE, extra_value, number_rule
+from recforge.errors import DataError
+from recforge.models.base import (
+    MAX_NEGATIVES,
+    MAX_NUMBER,
+    RANGE_RULE,
+    check_params,
+    extra_value,
+    int_rule,
+    number_rule,
+    optional_rule,
+)
 from recforge.models.gradient import GradientRecommender
 from recforge.training import losses
 from recforge.training.embedding import Embedding
@@ -232,9 +241,8 @@ class MF(GradientRecommender):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        if not self.scoring_params["reg_exponent"].ok(self.reg_exponent):
-            raise ConfigError(f"mf: reg_exponent must be a number in [0, 2], got "
-                              f"{self.reg_exponent!r}")
+        check_params(self, {"bias_reg": optional_rule(number_rule(0, MAX_NUMBER)),
+                            "reg_exponent": number_rule(0, 2)})
 
     def _set_extra_scalars(self, extra: dict[str, Any]) -> None:
         self.mean_ = float(extra_value(extra, "mean", number_rule()))
@@ -301,8 +309,7 @@ class BPR(GradientRecommender):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        if self.n_negatives < 1:
-            raise ConfigError("bpr: n_negatives must be >= 1")
+        check_params(self, {"n_negatives": int_rule(1, MAX_NEGATIVES)})
 
     def _build(self) -> nn.Module:
         return _DotMF(self.n_users, self.n_items, int(self.embedding_dim), self._generator(),

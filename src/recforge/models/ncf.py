@@ -25,7 +25,19 @@ from torch import nn
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError
-from recforge.models.base import RANGE_RULE, ParamRule, extra_value, int_rule, number_rule
+from recforge.models.base import (
+    BOOL_RULE,
+    MAX_DIM,
+    RANGE_RULE,
+    ParamRule,
+    check_params,
+    choice_rule,
+    extra_value,
+    fraction_rule,
+    int_rule,
+    number_rule,
+    positive_rule,
+)
 from recforge.models.gradient import GradientRecommender
 from recforge.training import losses
 from recforge.training.embedding import Embedding
@@ -36,6 +48,14 @@ _LAYERS_RULE = ParamRule(
     lambda v: (isinstance(v, (list, tuple)) and len(v) > 0
                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)),
     "a non-empty list of integers >= 1")
+
+#: The most hidden layers of an MLP tower.
+MAX_HIDDEN_LAYERS = 64
+#: What ``layers`` may be when a model is made: 1 to 64 widths in ``1..MAX_DIM``.
+_LAYERS_PARAM_RULE = ParamRule(
+    lambda v: (isinstance(v, (list, tuple)) and 0 < len(v) <= MAX_HIDDEN_LAYERS
+               and all(int_rule(1, MAX_DIM).ok(x) for x in v)),
+    f"a list of 1 to {MAX_HIDDEN_LAYERS} integers in 1..{MAX_DIM}")
 
 #: Pairs (users x items) scored at once when ranking with an MLP tower: bounds memory.
 _PAIR_BLOCK = 1 << 17
@@ -164,17 +184,12 @@ class _NCFBase(GradientRecommender):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        loss = getattr(self, "loss", "bce")
-        if loss not in ("bce", "mse"):
-            raise ConfigError(f"{self.name}: loss must be 'bce' or 'mse', got {loss!r}")
-        if loss == "bce" and self.n_negatives < 1:
+        rules = {"loss": choice_rule("bce", "mse"), "layers": _LAYERS_PARAM_RULE,
+                 "dropout": fraction_rule(), "mlp_embedding_dim": int_rule(1, MAX_DIM)}
+        names = self._param_names()
+        check_params(self, {k: r for k, r in rules.items() if k in names})
+        if getattr(self, "loss", "bce") == "bce" and self.n_negatives < 1:
             raise ConfigError(f"{self.name}: n_negatives must be >= 1 with loss='bce'")
-        layers = getattr(self, "layers", (1,))
-        if not layers or any(not isinstance(x, (int, np.integer)) or x < 1 for x in layers):
-            raise ConfigError(f"{self.name}: layers must be a non-empty list of positive ints")
-        dropout = getattr(self, "dropout", 0.0)
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"{self.name}: dropout must be in [0, 1)")
 
     @property
     def objective(self) -> str:  # type: ignore[override]
@@ -385,17 +400,12 @@ class NeuMF(_NCFBase):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        if not 0.0 <= float(self.alpha) <= 1.0:
-            raise ConfigError("neumf: alpha must be in [0, 1]")
+        check_params(self, {"alpha": number_rule(0, 1), "pretrain": BOOL_RULE,
+                            "pretrain_optimizer": choice_rule(*OPTIMIZERS),
+                            "pretrain_learning_rate": positive_rule()})
         if self.pretrain and self.loss == "mse":
             raise ConfigError("neumf: pretrain trains the GMF tower on implicit feedback (BCE) "
                               "and cannot pretrain for loss='mse'; use pretrain=False")
-        if self.pretrain and self.pretrain_optimizer not in OPTIMIZERS:  # before pretraining
-            raise ConfigError(f"neumf: pretrain_optimizer must be one of {OPTIMIZERS}, got "
-                              f"{self.pretrain_optimizer!r}")
-        lr = self.pretrain_learning_rate
-        if self.pretrain and (not isinstance(lr, (int, float)) or not lr > 0):
-            raise ConfigError(f"neumf: pretrain_learning_rate must be > 0, got {lr!r}")
 
     def _check_distributed(self) -> None:
         if self.pretrain:
