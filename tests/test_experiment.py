@@ -431,15 +431,31 @@ def test_learning_curves_plot_the_validation_metric_not_timings(monkeypatch, tmp
 
 
 @pytest.mark.parametrize("params,match", [
-    ({"embedding_dim": "64"}, r"models\[1\] \(als\): als: embedding_dim must be a positive"),
-    ({"reg": True}, r"models\[1\] \(als\): reg must be a number, got True"),
+    ({"embedding_dim": "64"}, r"models\[1\] \(als\): als: embedding_dim must be an integer in "
+                              r"1\.\.8192, got '64'"),
+    ({"reg": True}, r"models\[1\] \(als\): als: reg must be a finite number .*, got True"),
     ({"reg": float("nan")}, r"models\[1\] \(als\): als: reg must be a finite number"),
+    ({"embedding_dim": 10**12}, r"models\[1\] \(als\): als: embedding_dim must be an integer "
+                                r"in 1\.\.8192"),
 ])
 def test_bad_hyperparameters_fail_before_any_training(tmp_path, params, match):
-    cfg = parse_config({"data": {"source": "synthetic"},
-                        "models": ["pop", {"name": "als", "params": params}],
-                        "metrics": ["ndcg@10"]})
+    raw = {"data": {"source": "synthetic"}, "models": ["pop", {"name": "als", "params": params}],
+           "metrics": ["ndcg@10"]}
+    with pytest.raises(ConfigError, match=match):  # the parsed config is a valid one
+        parse_config(raw)
+    cfg = parse_config({**raw, "models": ["pop", "als"]})
+    cfg.models[1].params = params  # a config made in Python, past the parser
     with pytest.raises(ConfigError, match=match):
+        run_experiment(cfg, tmp_path / "r")
+    assert not (tmp_path / "r" / "models").exists()
+
+
+def test_every_seed_is_checked_before_any_training(tmp_path):
+    """A seed a model refuses stopped the run at that model, after the others trained."""
+    cfg = parse_config({"data": {"source": "synthetic"}, "models": ["pop", "bpr"],
+                        "metrics": ["ndcg@10"]})
+    cfg.seeds = [0, -1]  # past the parser, which refuses it itself
+    with pytest.raises(ConfigError, match=r"models\[1\] \(bpr\): bpr: seed must be"):
         run_experiment(cfg, tmp_path / "r")
     assert not (tmp_path / "r" / "models").exists()
 

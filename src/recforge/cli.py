@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -64,10 +63,12 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--param {item!r} must look like key=value")
         key, _, raw = item.partition("=")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        from recforge.experiment.config import load_yaml
+
+        try:  # bounded as an experiment file is: depth, aliases, huge integers
+            value = load_yaml(raw, f"--param {key}") if raw.strip() else ""
+        except ConfigError:
+            value = raw  # as text, which the model's checks then judge
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text: a number here
             with contextlib.suppress(ValueError):
                 value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf",

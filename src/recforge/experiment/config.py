@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +34,28 @@ from typing import Any
 
 import yaml
 
-from recforge.errors import ConfigError
+from recforge.data.io import _DUP_POLICIES, _FORMATS
+from recforge.errors import ConfigError, DataError
+from recforge.models.base import _shown
 
 __all__ = ["DataConfig", "SplitConfig", "ModelConfig", "ExperimentConfig", "load_config",
            "SPLIT_METHODS"]
 
 SPLIT_METHODS = ("random", "temporal", "user_temporal", "leave_one_out", "cold_start_items",
                  "files")
+
+#: Bounds on an experiment file: its size, how deep it nests, and how many values it holds
+#: with every YAML alias expanded (ten aliases of ten aliases... of one list are a
+#: "billion laughs": a few hundred bytes that expand to 10**9 values).
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+#: Bounds on values: seeds (as every seeded model takes them), bootstrap resamples, the
+#: events per user of ``n_test`` and ``k_core``, a name or label (a folder name).
+MAX_SEED = 2**63 - 1
+MAX_BOOTSTRAP = 100_000
+MAX_COUNT = 2**31 - 1
+MAX_NAME_BYTES = 255
 
 
 @dataclass
@@ -129,31 +145,79 @@ def _err(source: str, path: str, message: str) -> ConfigError:
     return ConfigError(f"{source}: {path}: {message}")
 
 
-def _check_keys(raw: dict[str, Any], cls: type, source: str, path: str) -> None:
+def _key(key: Any) -> str:
+    """A mapping key as it appears in a key path (keys need not be text in YAML)."""
+    return key if isinstance(key, str) and len(key) <= 60 else _shown(key)
+
+
+def _check_keys(raw: dict[Any, Any], cls: type, source: str, path: str) -> None:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
-            hint = difflib.get_close_matches(str(key), names, n=1)
+            hint = difflib.get_close_matches(key, names, n=1) if isinstance(key, str) else []
             sug = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise _err(source, f"{path}.{key}" if path else str(key),
+            raise _err(source, f"{path}.{_key(key)}" if path else _key(key),
                        f"unknown key{sug}; expected one of {names}")
 
 
-def _typed(value: Any, kind: str, source: str, path: str) -> Any:
-    ok = {
-        "str": isinstance(value, str),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "bool": isinstance(value, bool),
-    }[kind]
-    if not ok:
-        expected = {"str": "a string", "int": "an integer", "float": "a number",
-                    "bool": "true or false"}[kind]
-        raise _err(source, path, f"expected {expected}, got {value!r}")
-    return float(value) if kind == "float" else value
+def _plain_name(value: Any) -> bool:
+    """A folder name: text, not '.' or '..', no separator or control character, at most
+    255 bytes (the longest file name of common file systems)."""
+    return (isinstance(value, str) and value not in ("", ".", "..")
+            and not any(c in "/\\" or not c.isprintable() for c in value)
+            and len(value.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES)
 
 
-def _section(raw: Any, cls: type, source: str, path: str, kinds: dict[str, str]) -> Any:
+@dataclass(frozen=True)
+class _Kind:
+    """What one config value must be: ``kind`` (str, path, int, float, bool, choice) and
+    the bounds or choices that apply."""
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    below: bool = False  # high is excluded
+    choices: tuple[str, ...] = ()
+    nullable: bool = False  # null is a setting (e.g. data.min_rating: every event)
+
+
+def _typed(value: Any, spec: _Kind, source: str, path: str) -> Any:
+    kind = spec.kind
+    if kind in ("str", "path", "choice"):
+        if not isinstance(value, str):
+            raise _err(source, path, f"expected text, got {_shown(value)}")
+        if kind == "path" and ("\0" in value or not value):
+            raise _err(source, path, f"expected a file or directory name, got {_shown(value)}")
+        if kind == "choice" and value not in spec.choices:
+            raise _err(source, path, f"expected one of {', '.join(spec.choices)}, got "
+                                     f"{_shown(value)}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _err(source, path, f"expected true or false, got {_shown(value)}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            kind == "int" and not isinstance(value, int)):
+        expected = "an integer" if kind == "int" else "a number"
+        raise _err(source, path, f"expected {expected}, got {_shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        number = math.inf
+    lo, hi = spec.low, spec.high
+    if (not math.isfinite(number) or (lo is not None and number < lo)
+            or (hi is not None and (number >= hi if spec.below else number > hi))):
+        what = "an integer" if kind == "int" else "a finite number"
+        bounds = ("" if lo is None and hi is None else
+                  f" in [{lo:g}, {hi:g}{')' if spec.below else ']'}" if kind == "float"
+                  and lo is not None and hi is not None else
+                  f" in {int(lo)}..{int(hi)}" if lo is not None and hi is not None else
+                  f" >= {lo:g}" if lo is not None else f" <= {hi:g}")
+        raise _err(source, path, f"expected {what}{bounds}, got {_shown(value)}")
+    return number if kind == "float" else value
+
+
+def _section(raw: Any, cls: type, source: str, path: str, kinds: dict[str, _Kind]) -> Any:
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
@@ -161,23 +225,48 @@ def _section(raw: Any, cls: type, source: str, path: str, kinds: dict[str, str])
     _check_keys(raw, cls, source, path)
     values = {}
     for key, val in raw.items():
-        if val is None:
+        if val is None and kinds[key].nullable:
             values[key] = None
             continue
-        if kinds[key] == "files" and isinstance(val, list):
-            values[key] = [_typed(v, "str", source, f"{path}.{key}[{i}]")
+        if key == "train" and isinstance(val, list):  # data.train: one file or a list
+            if not val:
+                raise _err(source, f"{path}.{key}", "expected a file or a non-empty list of "
+                                                    "files")
+            values[key] = [_typed(v, kinds[key], source, f"{path}.{key}[{i}]")
                            for i, v in enumerate(val)]
             continue
-        values[key] = _typed(val, "str" if kinds[key] == "files" else kinds[key], source,
-                             f"{path}.{key}")
+        values[key] = _typed(val, kinds[key], source, f"{path}.{key}")
     return cls(**values)
 
 
-_DATA_KINDS = {"source": "str", "train": "files", "valid": "str", "test": "str", "format": "str",
-               "columns": "str", "duplicates": "str", "min_rating": "float", "k_core": "int",
-               "item_features": "str", "data_dir": "str"}
-_SPLIT_KINDS = {"method": "str", "test_size": "float", "valid_size": "float",
-                "by_user": "bool", "n_test": "int", "strategy": "str", "seed": "int"}
+_PATH = _Kind("path", nullable=True)
+_DATA_KINDS = {"source": _PATH, "train": _PATH, "valid": _PATH, "test": _PATH,
+               "format": _Kind("choice", choices=_FORMATS, nullable=True),
+               "columns": _Kind("str", nullable=True),
+               "duplicates": _Kind("choice", choices=_DUP_POLICIES),
+               "min_rating": _Kind("float", nullable=True),
+               "k_core": _Kind("int", 0, MAX_COUNT, nullable=True),
+               "item_features": _PATH, "data_dir": _PATH}
+_SPLIT_KINDS = {"method": _Kind("choice", choices=SPLIT_METHODS),
+                "test_size": _Kind("float", 0, 1, below=True),
+                "valid_size": _Kind("float", 0, 1, below=True), "by_user": _Kind("bool"),
+                "n_test": _Kind("int", 1, MAX_COUNT),
+                "strategy": _Kind("choice", choices=("last", "random")),
+                "seed": _Kind("int", 0, MAX_SEED)}
+
+
+def check_model_params(model: Any, where: str, *, seeds: list[int] | None = None) -> None:
+    """The hyperparameter checks ``fit`` makes, before anything trains, naming ``where``;
+    with ``seeds``, a seeded model is checked with each of them (the run sets them)."""
+    variants = [model]
+    if seeds and "seed" in model._param_names():
+        variants = [model.clone().set_params(seed=s) for s in seeds]
+    for variant in variants:
+        try:
+            variant._check_finite_params()
+            variant._validate_params()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def _models(raw: Any, source: str) -> list[ModelConfig]:
@@ -193,7 +282,8 @@ def _models(raw: Any, source: str) -> list[ModelConfig]:
         if isinstance(entry, str):
             entry = {"name": entry}
         if not isinstance(entry, dict):
-            raise _err(source, path, f"expected a model name or a mapping, got {entry!r}")
+            raise _err(source, path, f"expected a model name or a mapping, got "
+                                     f"{_shown(entry)}")
         _check_keys(entry, ModelConfig, source, path)
         name = entry.get("name")
         if not isinstance(name, str):
@@ -201,7 +291,7 @@ def _models(raw: Any, source: str) -> list[ModelConfig]:
         if name not in known:
             hint = difflib.get_close_matches(name, known, n=1)
             sug = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise _err(source, f"{path}.name", f"unknown model {name!r}{sug}; "
+            raise _err(source, f"{path}.name", f"unknown model {_shown(name)}{sug}; "
                                                f"available: {', '.join(known)}")
         params = entry.get("params") or {}
         if not isinstance(params, dict):
@@ -209,18 +299,20 @@ def _models(raw: Any, source: str) -> list[ModelConfig]:
         valid = get_model_class(name)._param_names()
         for key in params:
             if key not in valid:
-                hint = difflib.get_close_matches(str(key), valid, n=1)
+                hint = (difflib.get_close_matches(key, valid, n=1) if isinstance(key, str)
+                        else [])
                 sug = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise _err(source, f"{path}.params.{key}",
-                           f"{name} has no parameter {key!r}{sug}")
+                raise _err(source, f"{path}.params.{_key(key)}",
+                           f"{name} has no parameter {_shown(key)}{sug}")
+        if "seed" in params:
+            raise _err(source, f"{path}.params.seed", "a seeded model runs once per seed of "
+                       "the experiment's 'seeds' list, which sets it; give the seed there")
         label = entry.get("label")
-        if label is not None and not isinstance(label, str):
-            raise _err(source, f"{path}.label", "expected a string")
-        if label is not None and (not label or any(c in label for c in "/\\")
-                                  or ".." in label):
+        if label is not None and not _plain_name(label):
             # the label names the model's folder under models/
-            raise _err(source, f"{path}.label", f"expected a plain name (no '/', '\\' or "
-                       f"'..': it names the folder models/LABEL), got {label!r}")
+            raise _err(source, f"{path}.label", f"expected a plain name (it names the "
+                       f"folder models/LABEL: no '/' or '\\', not '.' or '..', no control "
+                       f"characters, at most {MAX_NAME_BYTES} bytes), got {_shown(label)}")
         out.append(ModelConfig(name=name, params=dict(params), label=label))
     labels = [m.display for m in out]
     dup = next((x for x in labels if labels.count(x) > 1), None)
@@ -230,17 +322,62 @@ def _models(raw: Any, source: str) -> list[ModelConfig]:
     return out
 
 
-def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
-    """Validate a mapping (parsed YAML) into an :class:`ExperimentConfig`."""
+def _metrics(raw: Any, source: str) -> list[str]:
     from recforge.evaluation.metrics import Metric
+
+    metrics = raw
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    if not isinstance(metrics, list) or not metrics:
+        raise _err(source, "metrics", "expected a list such as [ndcg@10, recall@10]")
+    labels: dict[str, int] = {}
+    for i, m in enumerate(metrics):
+        if not isinstance(m, str):
+            raise _err(source, f"metrics[{i}]", f"expected a metric name such as ndcg@10, "
+                                                f"got {_shown(m)}")
+        try:
+            label = Metric.parse(m).label
+        except ConfigError as exc:
+            raise _err(source, f"metrics[{i}]", str(exc)) from None
+        if label in labels:
+            raise _err(source, f"metrics[{i}]", f"{label} is also metrics[{labels[label]}]")
+        labels[label] = i
+    return list(metrics)
+
+
+def _seeds(raw: Any, source: str) -> list[int]:
+    seeds = [raw] if isinstance(raw, int) and not isinstance(raw, bool) else raw
+    if not isinstance(seeds, list) or not seeds:
+        raise _err(source, "seeds", f"expected a list of integers, got {_shown(seeds)}")
+    seen: set[int] = set()
+    for i, s in enumerate(seeds):
+        _typed(s, _Kind("int", 0, MAX_SEED), source, f"seeds[{i}]")
+        if s in seen:
+            raise _err(source, f"seeds[{i}]", f"seed {s} is given twice")
+        seen.add(s)
+    return list(seeds)
+
+
+def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
+    """Validate a mapping (parsed YAML) into an :class:`ExperimentConfig`: every key, type
+    and bound, and every model's hyperparameters (with each seed) as ``fit`` checks them."""
+    from recforge.data.io import parse_columns
+    from recforge.evaluation.metrics import Metric
+    from recforge.models.registry import create_model
 
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     _check_keys(raw, ExperimentConfig, source, "")
     data = _section(raw.get("data"), DataConfig, source, "data", _DATA_KINDS)
     split = _section(raw.get("split"), SplitConfig, source, "split", _SPLIT_KINDS)
-    if split.method not in SPLIT_METHODS:
-        raise _err(source, "split.method", f"{split.method!r} is not one of {SPLIT_METHODS}")
+    if split.test_size + split.valid_size >= 1:
+        raise _err(source, "split", f"test_size + valid_size must be < 1, got "
+                                    f"{split.test_size:g} + {split.valid_size:g}")
+    if data.columns is not None:
+        try:
+            parse_columns(data.columns)
+        except DataError as exc:
+            raise _err(source, "data.columns", exc.detail) from None
     if split.method == "files":
         if not (data.train and data.test):
             raise _err(source, "data", "split.method 'files' needs data.train and data.test")
@@ -263,27 +400,13 @@ def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
                            f"data.source with {split.method!r}); set split.method: files "
                            f"(without data.source) or remove it")
     models = _models(raw.get("models"), source)
-    metrics = raw.get("metrics", ["ndcg@10", "recall@10"])
-    if isinstance(metrics, str):
-        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
-    if not isinstance(metrics, list) or not metrics:
-        raise _err(source, "metrics", "expected a list such as [ndcg@10, recall@10]")
-    for i, m in enumerate(metrics):
-        try:
-            Metric.parse(str(m))
-        except ConfigError as exc:
-            raise _err(source, f"metrics[{i}]", str(exc)) from None
-    seeds = raw.get("seeds", [0])
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = [seeds]
-    if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
-        raise _err(source, "seeds", f"expected a list of integers, got {seeds!r}")
+    metrics = _metrics(raw.get("metrics", ["ndcg@10", "recall@10"]), source)
+    seeds = _seeds(raw.get("seeds", [0]), source)
     protocol = raw.get("protocol", "full")
-    if protocol not in ("full", "sampled"):
-        raise _err(source, "protocol", f"expected 'full' or 'sampled', got {protocol!r}")
+    if protocol not in ("full", "sampled") or not isinstance(protocol, str):
+        raise _err(source, "protocol", f"expected 'full' or 'sampled', got {_shown(protocol)}")
     if protocol == "sampled":  # what evaluate would refuse after the first model trained
-        lists = [str(m) for m in metrics if Metric.parse(str(m)).kind == "lists"]
+        lists = [m for m in metrics if Metric.parse(m).kind == "lists"]
         if lists:
             raise _err(source, "protocol", f"'sampled' cannot compute {', '.join(lists)}: "
                        "coverage, ARP, Gini and novelty need the full protocol")
@@ -292,23 +415,131 @@ def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
                        "cold-start split ranks among the held-out items, which needs the "
                        "full protocol")
     name = raw.get("name", "experiment")
-    if (not isinstance(name, str) or not name or any(c in name for c in "/\\")
-            or name in (".", "..")):
-        raise _err(source, "name", f"expected a plain folder name (no slashes, not '.' or "
-                                   f"'..'), got {name!r}")
-    n_boot = raw.get("n_bootstrap", 1000)
-    if not isinstance(n_boot, int) or isinstance(n_boot, bool) or n_boot < 10:
-        raise _err(source, "n_bootstrap", "expected an integer >= 10")
-    save = raw.get("save_models", True)
-    if not isinstance(save, bool):
-        raise _err(source, "save_models", "expected true or false")
-    report = raw.get("report", True)
-    if not isinstance(report, bool):
-        raise _err(source, "report", "expected true or false")
+    if not _plain_name(name):
+        raise _err(source, "name", f"expected a plain folder name (no '/' or '\\', not '.' "
+                   f"or '..', no control characters, at most {MAX_NAME_BYTES} bytes), got "
+                   f"{_shown(name)}")
+    n_boot = _typed(raw.get("n_bootstrap", 1000), _Kind("int", 10, MAX_BOOTSTRAP), source,
+                    "n_bootstrap")
+    save = _typed(raw.get("save_models", True), _Kind("bool"), source, "save_models")
+    report = _typed(raw.get("report", True), _Kind("bool"), source, "report")
+    # Every model as fit will check it (with each seed the run will give it): a config that
+    # parses runs, rather than stopping at its third model after two have trained.
+    for i, mc in enumerate(models):
+        check_model_params(create_model(mc.name, **mc.params), f"{source}: models[{i}] "
+                           f"({mc.display})", seeds=seeds)
     return ExperimentConfig(name=name, data=data, split=split, models=models,
-                            metrics=[str(m) for m in metrics], seeds=list(seeds),
-                            protocol=protocol, n_bootstrap=n_boot, save_models=save,
-                            report=report)
+                            metrics=metrics, seeds=seeds, protocol=protocol,
+                            n_bootstrap=n_boot, save_models=save, report=report)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, bounded: a document nests at most ``MAX_DEPTH`` levels (deeper
+    recursed until Python's stack ran out), holds at most ``MAX_VALUES`` values with its
+    aliases expanded and no alias inside the value it names (the expansion is measured on
+    the node graph, before any Python object is built), and no mapping holds a key twice
+    (YAML keeps the last silently: a second ``models:`` dropped the first list)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep",
+                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # keys merged in with '<<' may be overridden
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:
+                    continue  # an unhashable key: the base class names it
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found the key {_shown(key)} twice", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # Python reads at most 4,300 digits
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(node.value):,} characters is beyond any "
+                "setting", node.start_mark) from None
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+
+
+def _check_expansion(root: Any) -> None:
+    """Count the values of the node graph with aliases expanded (each node's count is
+    computed once, so the work is linear in the document's size), refusing an alias that
+    names a value containing it."""
+    def children(node: Any) -> list[Any]:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        return []
+
+    size: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            open_.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children(node))
+            if size[key] > MAX_VALUES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"holds more than {MAX_VALUES:,} values once its aliases "
+                    "are expanded", node.start_mark)
+            continue
+        if key in size:
+            continue
+        if key in open_:
+            raise yaml.composer.ComposerError(
+                None, None, "an alias names a value that contains it", node.start_mark)
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children(node) if id(c) not in size)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML ``text`` with the bounds of :class:`_BoundedLoader`; a :class:`ConfigError`
+    naming ``source`` and the line for anything it refuses or cannot parse."""
+    try:
+        loader = _BoundedLoader(text)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}:{where} not valid YAML: "
+                          f"{getattr(exc, 'problem', None) or exc}") from None
 
 
 def load_config(path: str | os.PathLike) -> ExperimentConfig:
@@ -317,13 +548,16 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: experiment file not found")
+    with path.open("rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB; an experiment "
+                          "file names its data files, it does not hold them")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} not valid YAML: "
-                          f"{getattr(exc, 'problem', exc)}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    raw = load_yaml(text, str(path))
     config = parse_config(raw, str(path))
     base = path.resolve().parent
     d = config.data

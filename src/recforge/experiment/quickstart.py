@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from recforge.errors import DataError
+from recforge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +60,18 @@ def run_quickstart(*, out: Path, data_dir: Path | None = None, k: int = 10,
                    console: Console | None = None, models: list[str] | None = None,
                    download: bool = True) -> list[dict[str, Any]]:
     """Run the quickstart and return the leaderboard rows (best first)."""
+    from recforge.evaluation.metrics import MAX_CUTOFF
     from recforge.experiment.config import parse_config
     from recforge.experiment.runner import run_experiment
-    from recforge.models.registry import available_models
+    from recforge.models.registry import available_models, create_model
 
     console = console or Console()
-    name = _pick_dataset(data_dir, console, download)
-    from recforge.models.registry import create_model
-
+    # the options first, not after a download
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_CUTOFF:
+        raise ConfigError(f"--k must be an integer in 1..{MAX_CUTOFF}, got {k!r}")
     names = models or available_models()
     rating = any(create_model(m).predicts_ratings for m in names)
+    name = _pick_dataset(data_dir, console, download)
     cfg = parse_config({
         "name": f"quickstart-{name}",
         "data": {"source": name, "min_rating": 4,

@@ -33,8 +33,9 @@ from rich.table import Table
 from recforge._fs import atomic_path, atomic_write_text
 from recforge._json import dumps
 from recforge.data.interactions import Interactions
-from recforge.errors import ConfigError
-from recforge.experiment.config import ExperimentConfig
+from recforge.errors import ConfigError, ModelError
+from recforge.experiment.config import ExperimentConfig, check_model_params
+from recforge.models.base import _shown
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +184,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
     from recforge.models.registry import create_model
 
     console = console or Console()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     data = data or prepare_data(cfg)
     console.print(f"[bold]{cfg.name}[/bold]: {data.description}", highlight=False)
     rating_metrics = [m for m in cfg.metrics if Metric.parse(m).kind == "rating"]
@@ -194,7 +194,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
     models = []
     for i, mc in enumerate(cfg.models):
         model = create_model(mc.name, **mc.params)
-        _check_params(model, mc.params, f"models[{i}] ({mc.display})")
+        check_model_params(model, f"models[{i}] ({mc.display})", seeds=cfg.seeds)
         if model.predicts_ratings and getattr(model, "objective", "") == "rating" \
                 and data.train.value is None:
             raise ConfigError(f"models[{i}] ({mc.display}) predicts ratings, but the data has "
@@ -232,7 +232,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
     seen_at_test = data.train if data.valid is None else data.train.concat(data.valid)
     n_runs = sum(len(cfg.seeds) if "seed" in m._param_names() else 1 for _, m in models)
     done = 0
-    for mc, template in models:
+    for i, (mc, template) in enumerate(models):
         seeded = "seed" in template._param_names()
         for seed in (cfg.seeds if seeded else [None]):
             done += 1
@@ -246,7 +246,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
             if getattr(model, "uses_item_features", False) and data.item_features is not None:
                 kw["item_features"] = data.item_features
             start = time.perf_counter()
-            model.fit(train, valid, **kw)
+            fit_within_memory(model, f"models[{i}] ({mc.display})", train, valid, **kw)
             fit_s = time.perf_counter() - start
             summary: dict[str, float] = {}
             per_user = None
@@ -317,6 +317,46 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
                             primary=primary)
 
 
+def output_dir(out: str | Path, *, make: bool = True) -> Path:
+    """``out`` made (``make``) or checked as the directory of a command's outputs;
+    :class:`ConfigError` for a path that cannot be one (``-``, ``/dev/stdout``, a FIFO, a
+    file) or a name with a NUL character."""
+    from recforge._fs import check_output_dir
+
+    out = Path(out)
+    try:
+        check_output_dir(out)
+        if make:
+            out.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as exc:
+        what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        name = str(out) if str(out).isprintable() and len(str(out)) <= 200 else _shown(
+            str(out))
+        raise ConfigError(f"output directory {name}: {what}") from None
+    return out
+
+
+def fit_within_memory(model: Any, where: str, *args: Any, **kwargs: Any) -> Any:
+    """``model.fit(*args, **kwargs)``; running out of memory is a :class:`ModelError`
+    naming ``where`` and the model's sizes, not a traceback (the sizes are bounded by
+    validation, but what they allocate grows with the data)."""
+    import torch
+
+    try:
+        return model.fit(*args, **kwargs)
+    except (MemoryError, RuntimeError) as exc:
+        # numpy raises MemoryError, torch OutOfMemoryError on a GPU, and on a CPU a
+        # RuntimeError that only its message tells apart from any other
+        if not (isinstance(exc, (MemoryError, torch.OutOfMemoryError))
+                or "can't allocate memory" in str(exc)):
+            raise
+        sizes = {k: v for k, v in model.get_params().items()
+                 if k in ("embedding_dim", "mlp_embedding_dim", "layers", "batch_size",
+                          "n_negatives", "neighbors", "block_size")}
+        raise ModelError(f"{where}: out of memory while training ({_shown(str(exc))}); "
+                         f"smaller sizes need less ({sizes})") from None
+
+
 # Sampled negatives and tie-breaks of every evaluation: one seed for all models and model
 # seeds, so a leaderboard compares them on the same candidates (and the per-user paired
 # test pairs values computed on the same negatives); evaluate's default, so that
@@ -373,25 +413,6 @@ def _clear_previous_run(out: Path, keep: set[Path] | None = None) -> None:
             shutil.rmtree(entry)
     if not any(models.iterdir()):
         models.rmdir()
-
-
-def _check_params(model: Any, given: dict[str, Any], where: str) -> None:
-    """The hyperparameter checks ``fit`` would make, before anything trains; and a bool for
-    a numeric parameter (``reg: true``, which Python takes for 1) is refused."""
-    import inspect
-
-    defaults = {p.name: p.default for p in inspect.signature(type(model).__init__)
-                .parameters.values() if p.name != "self"}
-    for key, value in given.items():
-        default = defaults.get(key, inspect.Parameter.empty)
-        if (isinstance(value, bool) and isinstance(default, (int, float))
-                and not isinstance(default, bool)):
-            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
-    try:
-        model._check_finite_params()
-        model._validate_params()
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _popularity_profile(model: Any, data: PreparedData, metrics: list[str],

@@ -82,14 +82,16 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
     from recforge.data.split import cold_start_items, random_split
     from recforge.evaluation import evaluate
     from recforge.evaluation.metrics import Metric
-    from recforge.experiment.runner import prepare_data
+    from recforge.experiment.config import check_model_params
+    from recforge.experiment.runner import fit_within_memory, output_dir, prepare_data
     from recforge.models.gradient import GradientRecommender
     from recforge.models.registry import available_models, create_model
 
     console = console or Console()
-    out = Path(out)
-    if n_trials < 1:
-        raise ConfigError(f"--trials must be >= 1, got {n_trials}")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise ConfigError(f"--trials must be an integer >= 1, got {n_trials!r}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
+        raise ConfigError(f"--timeout must be a number of seconds > 0, got {timeout!r}")
     entry = next((m for m in cfg.models if model in (m.display, m.name)), None)
     if entry is None:
         if model not in available_models():
@@ -104,8 +106,16 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
     parsed = Metric.parse(metric)
     lower_is_better = parsed.kind == "rating"
 
-    data = prepare_data(cfg)
     template = create_model(entry.name, **entry.params)
+    check_model_params(template, entry.display)  # before the data is read
+    if parsed.kind == "rating" and not template.predicts_ratings:
+        raise ConfigError(f"--metric {metric}: {entry.display} does not predict ratings; "
+                          "tune it on a ranking metric such as ndcg@10")
+    if isinstance(template, GradientRecommender):  # it validates every epoch on the metric
+        check_model_params(template.clone().set_params(valid_metric=metric.lower()),
+                           f"--metric {metric}")
+    out = output_dir(out, make=False)  # before the data is read and the trials run
+    data = prepare_data(cfg)
     rating = template.predicts_ratings and parsed.kind == "rating"
     train_all = data.train
     cold = cfg.split.method == "cold_start_items"
@@ -161,9 +171,10 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
                     raise optuna.TrialPruned()
 
             fit_kw["epoch_callback"] = report
-            model_.fit(fit_train, valid_eval, **fit_kw)
+            fit_within_memory(model_, f"trial {trial.number + 1}", fit_train, valid_eval,
+                              **fit_kw)
         else:
-            model_.fit(fit_train, **fit_kw)
+            fit_within_memory(model_, f"trial {trial.number + 1}", fit_train, **fit_kw)
         if rating:
             res = evaluate(model_, None, valid, metrics=metric)
         else:  # the experiment's protocol (and a cold-start split's candidates)
@@ -201,7 +212,7 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
                "trials": len(study.trials), "complete": len(complete),
                "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
                "validation": where, "seconds": round(time.perf_counter() - start, 2)}
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir(out)
     atomic_write_text(out / "best_params.yaml", yaml.safe_dump(summary, sort_keys=False))
     tuned = cfg.to_dict()
     for m in tuned["models"]:
