@@ -13,7 +13,7 @@ import pytest
 from recforge import ConfigError
 from recforge.cli import main
 from recforge.experiment.config import load_config, parse_config
-from recforge.experiment.runner import run_experiment
+from recforge.experiment.runner import _is_previous_run, run_experiment
 
 
 def cli(args):
@@ -553,6 +553,40 @@ def test_run_refuses_a_model_folder_it_did_not_write_before_training(tmp_path, f
         run_experiment(load_config(path), out)
     assert not (out / "models" / "ease").exists()  # nothing trained
     assert (out / "models" / "pop" / "keep.txt").read_text() == "mine"
+
+
+def test_a_rerun_keeps_folders_with_a_meta_json_that_is_not_a_model(tmp_path, files):
+    """Any meta.json made a folder under models/ a "saved model": a re-run deleted it
+    (as an earlier run's model it did not replace), or replaced it when a model of the
+    re-run had its name."""
+    train, test = files
+    out = tmp_path / "r"
+    path = write(tmp_path, f"""
+        data: {{train: {train}, test: {test}}}
+        split: {{method: files}}
+        models: [pop]
+        report: false
+    """)
+    run_experiment(load_config(path), out)
+    for name in ("mine", "ease"):
+        (out / "models" / name).mkdir()
+        (out / "models" / name / "meta.json").write_text('{"mine": true}')
+        (out / "models" / name / "data.txt").write_text("mine")
+    again = write(tmp_path, f"""
+        data: {{train: {train}, test: {test}}}
+        split: {{method: files}}
+        models: [ease]
+        report: false
+    """, "again.yaml")
+    with pytest.raises(Exception, match="not a recforge model's"):  # before training
+        run_experiment(load_config(again), out)
+    run_experiment(load_config(path), out)  # pop again: 'mine' and 'ease' stay
+    for name in ("mine", "ease"):
+        assert (out / "models" / name / "data.txt").read_text() == "mine"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.json").write_text("[" * 100_000 + "]" * 100_000)  # past the stack
+    assert not _is_previous_run(other)  # RecursionError
 
 
 def test_report_uses_the_runs_primary_metric_columns_and_protocol(tmp_path):

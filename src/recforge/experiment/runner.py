@@ -369,7 +369,18 @@ _RUN_FILES = ("results.json", "results.csv", "per_user.parquet", "config.yaml", 
 
 
 def _is_saved_model(path: Path) -> bool:
-    return path.is_dir() and not path.is_symlink() and (path / "meta.json").is_file()
+    """A saved recforge model and nothing else: what saving over it may replace (its
+    ``meta.json`` names the format; any ``meta.json`` was enough, and a re-run deleted a
+    folder of the user's that held one)."""
+    from recforge.models.base import check_model_target
+
+    if not path.is_dir() or path.is_symlink() or not any(path.iterdir()):
+        return False
+    try:
+        check_model_target(path)
+    except ModelError:
+        return False
+    return True
 
 
 def _is_run_model(path: Path) -> bool:
@@ -392,7 +403,7 @@ def _is_previous_run(out: Path) -> bool:
         return True
     try:
         payload = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # not JSON, or nested past the stack
         return False
     return isinstance(payload, dict) and "leaderboard" in payload
 
