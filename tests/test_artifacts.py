@@ -717,3 +717,30 @@ if __name__ == "__main__":  # the child processes of the tests above
         _saver(Path(sys.argv[2]))
     elif role == "--reader":
         _reader(Path(sys.argv[2]))
+
+
+def test_the_service_takes_the_metadata_of_the_read_that_gave_the_model(tmp_path, monkeypatch):
+    """The server dates a model (erased users are served from a model made after their
+    erasure only) by its meta.json: it must use the metadata read with the weights, not a
+    second read, which a save landing in between would answer with the next model's."""
+    from recforge.models import create_model
+    from recforge.models.base import Recommender
+    from recforge.serving.service import RecommendationService
+
+    _, implicit, _, _, _ = _data()
+    path = create_model("pop").fit(implicit).save(tmp_path / "pop")
+    model, meta = Recommender.load_with_meta(path)
+    assert meta == json.loads((path / "meta.json").read_text())
+    assert model.name == meta["model"] and model.n_items == meta["n_items"]
+
+    read = Recommender.load_with_meta
+
+    def then_a_save_lands(cls, where):  # the next model's meta.json appears after the read
+        loaded, first = read.__func__(cls, where)
+        later = dict(first, created="2999-01-01T00:00:00+00:00")
+        (Path(where) / "meta.json").write_text(json.dumps(later))
+        return loaded, first
+
+    monkeypatch.setattr(Recommender, "load_with_meta", classmethod(then_a_save_lands))
+    service = RecommendationService(path)
+    assert service.meta["created"] == meta["created"]

@@ -687,7 +687,13 @@ class Recommender:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Recommender:
-        """Load a model saved by :meth:`save`.
+        """Load a model saved by :meth:`save` (see :meth:`load_with_meta`)."""
+        return cls.load_with_meta(path)[0]
+
+    @classmethod
+    def load_with_meta(cls, path: str | os.PathLike) -> tuple[Recommender, dict[str, Any]]:
+        """Load a model saved by :meth:`save`, with the ``meta.json`` it was read from
+        (one read: a second read of ``meta.json`` could meet the next save's).
 
         Checksums catch a damaged file; they prove nothing about who wrote it (whoever
         edits a weight file can edit ``meta.json`` too). So every array is checked
@@ -713,7 +719,7 @@ class Recommender:
                              f"({type(exc).__name__}: {exc})") from None
 
     @classmethod
-    def _load(cls, path: Path) -> Recommender:
+    def _load(cls, path: Path) -> tuple[Recommender, dict[str, Any]]:
         try:
             meta, blobs = read_dir_consistently(path, lambda reader: _read_artifact(path,
                                                                                   reader))
@@ -728,7 +734,7 @@ class Recommender:
         except NotADirectoryError:
             raise ModelError(f"{path}: not a directory (a model is saved as a directory)"
                              ) from None
-        return cls._from_artifact(path, meta, blobs)
+        return cls._from_artifact(path, meta, blobs), meta
 
     @classmethod
     def _from_artifact(cls, path: Path, meta: dict[str, Any], blobs: dict[str, bytes]

@@ -3,7 +3,6 @@ paths that return plain lists (no DataFrame per request)."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import threading
@@ -79,8 +78,9 @@ class RecommendationService:
             self.meta: dict[str, Any] = {"model": model.name, "params": model.get_params()}
         else:
             self.path = Path(model)
-            self.model = Recommender.load(self.path)
-            self.meta = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
+            # The metadata of the very read that gave the model: a second read of meta.json
+            # could meet a save that landed in between (and date the model wrongly).
+            self.model, self.meta = Recommender.load_with_meta(self.path)
         self.model._check_fitted()
         if index not in ("exact", "ivf"):
             raise ConfigError(f"index must be 'exact' or 'ivf', got {index!r}")
