@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -587,6 +588,28 @@ def test_a_rerun_keeps_folders_with_a_meta_json_that_is_not_a_model(tmp_path, fi
     other.mkdir()
     (other / "results.json").write_text("[" * 100_000 + "]" * 100_000)  # past the stack
     assert not _is_previous_run(other)  # RecursionError
+
+
+def test_user_text_is_printed_and_plotted_as_text(tmp_path, files):
+    """A data path holding '[/]' raised Rich's MarkupError, and a label such as
+    'a$^{x$' matplotlib's TeX parser, after every model had trained."""
+    import io
+
+    from rich.console import Console
+
+    train, _ = files
+    odd = tmp_path / "x[" / "]y.csv"
+    odd.parent.mkdir()
+    odd.write_bytes(Path(train).read_bytes())
+    buffer = io.StringIO()
+    cfg = parse_config({"data": {"source": str(odd)}, "metrics": ["ndcg@10"],
+                        "models": [{"name": "pop", "label": "a$^{x$"},
+                                   {"name": "ease", "label": "[red]b"}],
+                        "save_models": False, "n_bootstrap": 10})
+    run_experiment(cfg, tmp_path / "r", console=Console(file=buffer, width=200))
+    text = buffer.getvalue()
+    assert "x[/]y.csv" in text and "[red]b" in text and "a$^{x$" in text
+    assert (tmp_path / "r" / "report.html").is_file()
 
 
 def test_report_uses_the_runs_primary_metric_columns_and_protocol(tmp_path):

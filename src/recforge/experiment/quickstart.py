@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from recforge.errors import ConfigError, DataError
 
@@ -40,13 +41,13 @@ def _pick_dataset(data_dir: Path | None, console: Console, download: bool) -> st
     from recforge.data.movielens import download_movielens, find_local
 
     if find_local("ml-100k", data_dir) is not None:
-        console.print(f"Using MovieLens 100K from {find_local('ml-100k', data_dir)}",
+        console.print(f"Using MovieLens 100K from {escape(str(find_local('ml-100k', data_dir)))}",
                       highlight=False)
         return "ml-100k"
     if download:
         try:
             path = download_movielens("ml-100k")
-            console.print(f"Downloaded MovieLens 100K to {path}", highlight=False)
+            console.print(f"Downloaded MovieLens 100K to {escape(str(path))}", highlight=False)
             return "ml-100k"
         except DataError as exc:
             log.info("could not download ml-100k: %s", exc)
@@ -87,7 +88,8 @@ def run_quickstart(*, out: Path, data_dir: Path | None = None, k: int = 10,
                   highlight=False)
     result = run_experiment(cfg, out, console=console)
     best = result.rows[0]["model"]
-    console.print(f"Best by {result.primary}: [bold]{best}[/bold]. Report: "
-                  f"{out / 'report.html'}. Serve the best model:\n"
-                  f"  recforge serve --model {out / 'models' / best}", highlight=False)
+    console.print(f"Best by {result.primary}: [bold]{escape(best)}[/bold]. Report: "
+                  f"{escape(str(out / 'report.html'))}. Serve the best model:\n"
+                  f"  recforge serve --model {escape(str(out / 'models' / best))}",
+                  highlight=False)
     return result.rows

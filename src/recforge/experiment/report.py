@@ -198,17 +198,23 @@ def write_report(out: str | Path) -> dict[str, Path]:
     metrics = [m for m in ev.get("metrics") or found if m in found] or found
     metrics += [m for m in found if m not in metrics]
     primary = ev.get("primary") or (metrics[0] if metrics else "")
-    plots = {
-        "metrics.png": ("Metrics with 95% intervals", _plot_metrics(rows, metrics,
-                                                                   out / "metrics.png")),
-        "learning_curves.png": ("Learning curves",
-                                _plot_learning_curves(runs, out / "learning_curves.png")),
-        "popularity.png": ("Popularity of recommended items",
-                           _plot_popularity(runs, out / "popularity.png")),
-        "coverage.png": ("Catalogue coverage", _plot_coverage(rows, out / "coverage.png")),
-        "per_user.png": (f"Distribution of {primary} over users",
-                         _plot_per_user(per_user, primary, out / "per_user.png")),
-    }
+    _plt()
+    import matplotlib
+
+    # labels are text: matplotlib read a label such as 'a$^{x$' as TeX and raised
+    # (after every model had trained)
+    with matplotlib.rc_context({"text.parse_math": False}):
+        plots = {
+            "metrics.png": ("Metrics with 95% intervals", _plot_metrics(rows, metrics,
+                                                                       out / "metrics.png")),
+            "learning_curves.png": ("Learning curves",
+                                    _plot_learning_curves(runs, out / "learning_curves.png")),
+            "popularity.png": ("Popularity of recommended items",
+                               _plot_popularity(runs, out / "popularity.png")),
+            "coverage.png": ("Catalogue coverage", _plot_coverage(rows, out / "coverage.png")),
+            "per_user.png": (f"Distribution of {primary} over users",
+                             _plot_per_user(per_user, primary, out / "per_user.png")),
+        }
     made = [(name, title) for name, (title, ok) in plots.items() if ok]
     head, body = _table_rows(rows, metrics)
     versions = payload.get("versions", {})

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from recforge._fs import atomic_path, atomic_write_text
@@ -186,7 +187,10 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
     console = console or Console()
     out = output_dir(out)
     data = data or prepare_data(cfg)
-    console.print(f"[bold]{cfg.name}[/bold]: {data.description}", highlight=False)
+    # names, labels and paths are the user's text, not Rich markup (a path holding '[/]'
+    # raised MarkupError)
+    console.print(f"[bold]{escape(cfg.name)}[/bold]: {escape(data.description)}",
+                  highlight=False)
     rating_metrics = [m for m in cfg.metrics if Metric.parse(m).kind == "rating"]
     rank_metrics = [m for m in cfg.metrics if m not in rating_metrics]
 
@@ -290,7 +294,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
                 frame["user"] = frame["user"].astype(str)
                 per_user_frames.append(frame)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in summary.items())
-            console.print(f"[{done}/{n_runs}] {mc.display}"
+            console.print(f"[{done}/{n_runs}] {escape(mc.display)}"
                           + (f" (seed {seed})" if seed is not None and len(cfg.seeds) > 1
                              else "") + f": fit {fit_s:.2f}s, {shown}", highlight=False)
 
@@ -310,7 +314,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, console: Console |
         from recforge.experiment.report import write_report
 
         write_report(out)
-    console.print(f"results in {out}/ (results.json, results.csv, per_user.parquet, "
+    console.print(f"results in {escape(str(out))}/ (results.json, results.csv, per_user.parquet, "
                   "config.yaml" + (", report.html, report.md" if cfg.report else "")
                   + (", models/" if cfg.save_models else "") + ")", highlight=False)
     return ExperimentResult(rows=rows, runs=runs, per_user=per_user_all, out=out,
@@ -587,7 +591,7 @@ def leaderboard_table(rows: list[dict[str, Any]], metrics: list[str], primary: s
     table.add_column("fit s", justify="right")
     table.add_column(f"p vs best ({primary})", justify="right", no_wrap=True)
     for cells in leaderboard_cells(rows, labels, interval=False):
-        table.add_row(*cells)
+        table.add_row(*(escape(c) for c in cells))
     return table
 
 

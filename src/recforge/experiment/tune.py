@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from recforge._fs import atomic_write_text
 from recforge.errors import ConfigError
@@ -151,7 +152,7 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
     if getattr(template, "uses_item_features", False) and data.item_features is not None:
         kw["item_features"] = data.item_features
     gradient = isinstance(template, GradientRecommender)
-    console.print(f"tuning {entry.display} on {where}: {n_trials} trials, {parsed.label} "
+    console.print(f"tuning {escape(entry.display)} on {where}: {n_trials} trials, {parsed.label} "
                   f"({'lower' if lower_is_better else 'higher'} is better); search space: "
                   f"{', '.join(space)}", highlight=False)
 
@@ -198,8 +199,8 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
     def show(study_: Any, trial: Any) -> None:
         state = trial.state.name.lower()
         value = "" if trial.value is None else f"{parsed.label} {trial.value:.4f}"
-        console.print(f"trial {trial.number + 1}/{n_trials} {state} {value} {trial.params}",
-                      highlight=False)
+        console.print(f"trial {trial.number + 1}/{n_trials} {state} {value} "
+                      f"{escape(str(trial.params))}", highlight=False)
 
     study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[show],
                    catch=())
@@ -222,8 +223,8 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
         tuned["models"].append({"name": entry.name, "params": best, "label": None})
     stem = Path(config_path).stem if config_path else cfg.name
     atomic_write_text(out / f"{stem}.tuned.yaml", yaml.safe_dump(tuned, sort_keys=False))
-    console.print(f"best {parsed.label} {study.best_value:.4f} with {best} "
+    console.print(f"best {parsed.label} {study.best_value:.4f} with {escape(str(best))} "
                   f"({summary['complete']} complete, {summary['pruned']} pruned); wrote "
-                  f"{out / 'best_params.yaml'} and {out / (stem + '.tuned.yaml')}",
-                  highlight=False)
+                  f"{escape(str(out / 'best_params.yaml'))} and "
+                  f"{escape(str(out / (stem + '.tuned.yaml')))}", highlight=False)
     return summary
