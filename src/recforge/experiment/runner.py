@@ -351,7 +351,7 @@ def fit_within_memory(model: Any, where: str, *args: Any, **kwargs: Any) -> Any:
     except (MemoryError, RuntimeError) as exc:
         # numpy raises MemoryError, torch OutOfMemoryError on a GPU, and on a CPU a
         # RuntimeError that only its message tells apart from any other
-        if not (isinstance(exc, (MemoryError, torch.OutOfMemoryError))
+        if not (isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
                 or "can't allocate memory" in str(exc)):
             raise
         sizes = {k: v for k, v in model.get_params().items()
