@@ -176,3 +176,16 @@ def test_cuda_unavailable(random_data):
         ALS(**{**SMALL, "device": "cuda"}).fit(random_data)
     assert ALS(**{**SMALL, "device": "auto"}).fit(random_data).device_ == torch.device("cpu")
 
+
+
+def test_alpha_or_reg_that_overflow_float32_is_a_model_error():
+    """alpha or reg near float32's maximum overflowed the normal equations: the model
+    trained to non-finite factors and scored -3.4e38 without a word."""
+    from conftest import random_interactions
+
+    from recforge import ModelError
+
+    data = random_interactions(30, 20, seed=1)
+    for params in ({"alpha": 3e38}, {"reg": 3e38}):
+        with pytest.raises(ModelError, match="non-finite factors"):
+            create_model("als", epochs=2, **params).fit(data)

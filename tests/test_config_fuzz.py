@@ -542,3 +542,23 @@ def test_running_out_of_memory_is_a_model_error_not_a_kill(tmp_path):
     """, memory_gb=2.5, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ModelError models[0] (als): out of memory while training" in result.stdout
+
+
+def test_recforge_train_out_of_memory_is_one_line_not_a_traceback(tmp_path):
+    """`recforge train` converts running out of memory as run and tune do (it printed a
+    traceback): status 2 and one line naming the model and its sizes."""
+    n = 40_000
+    (tmp_path / "events.csv").write_text(
+        "user,item\n" + "".join(f"{u},{(u + j) % 50}\n" for u in range(n) for j in range(3)))
+    argv = ["recforge", "train", "als", "--data", str(tmp_path / "events.csv"),
+            "--out", str(tmp_path / "als"), "-p", "embedding_dim=8192", "-p", "epochs=1",
+            "-p", "device=cpu"]
+    result = _child(f"""
+        sys.argv = {argv!r}
+        from recforge.cli import main
+        sys.exit(main())
+    """, memory_gb=2.5, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "als: out of memory while training" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "als").exists()

@@ -449,16 +449,18 @@ def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
     if feats is not None:
         fit_kw["item_features"] = feats
         log.info("item features: %s", feats)
+    from recforge.experiment.runner import fit_within_memory
+
     log.info("training %s on %s", model, train_data)
     start = time.perf_counter()
     if gradient:
         if dist_ctx is not None:
             fit_kw["distributed"] = dist_ctx.shard
             fit_kw["sharded"] = shard is not None
-        estimator.fit(train_data, valid_data, checkpoint_dir=ckpt, resume=resume,
-                      sparse_updates=sparse_updates, **fit_kw)
+        fit_within_memory(estimator, model, train_data, valid_data, checkpoint_dir=ckpt,
+                          resume=resume, sparse_updates=sparse_updates, **fit_kw)
     else:
-        estimator.fit(train_data, valid_data, **fit_kw)
+        fit_within_memory(estimator, model, train_data, valid_data, **fit_kw)
     seconds = time.perf_counter() - start
     if not main_rank:  # rank 0 writes the model
         return

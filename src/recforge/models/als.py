@@ -358,6 +358,11 @@ class ALS(Recommender):
                 _cholesky_step(items, y, x)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("als epoch %d: loss %.6g", epoch + 1, self._loss(users, items, x, y))
+        if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+            # huge alpha or reg (float32 allows up to 3.4e38) overflow the normal equations
+            raise ModelError(f"als: training produced non-finite factors (alpha={self.alpha}, "
+                             f"reg={self.reg}); smaller alpha and reg keep the normal "
+                             "equations within float32")
         self.user_factors_ = x
         self.item_factors_ = y
 
