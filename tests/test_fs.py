@@ -392,6 +392,8 @@ def test_out_symlink_to_a_device_and_directory_outputs_given_one(saved_model, tm
     config.write_text("name: x\n")
     for out, why in ((link, "character device"), (fifo, "FIFO"), ("-", "standard output")):
         for args in (["train", "pop", "--data", root / "ratings.csv", "--out", out],
+                     ["train", "mf", "--data", root / "ratings.csv", "--out", "m",
+                      "--checkpoint-dir", out],
                      ["run", config, "--out", out], ["quickstart", "--out", out]):
             assert main([str(a) for a in args]) == 2
             err = capsys.readouterr().err

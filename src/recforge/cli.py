@@ -859,6 +859,7 @@ def _remove_checkpoint(ckpt: Path) -> None:
 
 
 def _check_checkpoint_dir(ckpt: Path) -> None:
+    _check_out_dir(ckpt, "--checkpoint-dir")  # '-', a device or a FIFO is no directory
     if ckpt.exists() and not ckpt.is_dir():
         raise ConfigError(f"--checkpoint-dir {ckpt} exists and is not a directory")
 
