@@ -197,12 +197,12 @@ def test_fast_path_answers_like_the_documented_route(saved, random_data):
     """Well-formed per-user requests are answered before routing; the same request in a
     form only FastAPI accepts (``include_seen=TRUE``, ``k=+5``) takes the route. Both must
     give the same body, and the key is enforced on both."""
-    from recforge.serving import app as app_module
+    from recforge.serving import fastpath
 
     user = random_data.users.ids[4]
     c = local_client(create_app(saved[1], api_key="k3y"))
     calls = []
-    original = app_module._FastRecommendations._params
+    original = fastpath.FastRecommendations._params
 
     def spy(self, scope):
         found = original(self, scope)
@@ -210,7 +210,7 @@ def test_fast_path_answers_like_the_documented_route(saved, random_data):
         return found
 
     key = {"X-API-Key": "k3y"}
-    app_module._FastRecommendations._params = spy
+    fastpath.FastRecommendations._params = spy
     try:
         for fast, slow in [(f"/users/{user}/recommendations?k=5&include_seen=true",
                             f"/users/{user}/recommendations?k=5&include_seen=TRUE"),
@@ -233,7 +233,7 @@ def test_fast_path_answers_like_the_documented_route(saved, random_data):
         assert c.get(f"/users/{user}/recommendations?k=5&k=6", headers=key).status_code == 200
         assert calls[-1] is False  # repeated parameter: FastAPI decides
     finally:
-        app_module._FastRecommendations._params = original
+        fastpath.FastRecommendations._params = original
     assert "/users/{user_id}/recommendations" in c.get("/openapi.json",
                                                        headers=key).json()["paths"]
 
@@ -917,8 +917,8 @@ def test_ids_of_any_length_and_characters_never_5xx(saved):
 def test_a_long_id_the_server_lets_in_is_an_unknown_user(saved, tmp_path):
     """With the id length limit raised past them, long ids reach the service: an unknown
     user (the popular items), never a crash, in every path and in batches of any size."""
-    from recforge.serving.app import Limits
     from recforge.serving.service import RecommendationService
+    from recforge.serving.settings import Limits
 
     svc = RecommendationService(saved[1])
     for user in ODD_IDS:
@@ -941,7 +941,7 @@ def test_a_long_id_the_server_lets_in_is_an_unknown_user(saved, tmp_path):
 
 def test_limits_refuse_too_much_work_with_a_message_naming_the_limit(saved, tmp_path):
     from recforge.errors import ConfigError
-    from recforge.serving.app import Limits
+    from recforge.serving.settings import Limits
 
     limits = Limits(max_id_length=10, max_batch_results=100, max_history=5, max_events=3)
     c = local_client(create_app(saved[1], events=tmp_path / "ev.sqlite", limits=limits))
@@ -979,7 +979,7 @@ def test_the_body_limit_holds_while_the_body_arrives(saved):
     counted as it arrives and refused once over, without reading the rest."""
     import asyncio
 
-    from recforge.serving.app import Limits
+    from recforge.serving.settings import Limits
 
     app = create_app(saved[1], limits=Limits(max_body_bytes=1000))
     c = local_client(app)
@@ -1068,8 +1068,8 @@ def test_a_flood_of_heavy_requests_is_refused_and_cheap_ones_answer(saved, monke
     import asyncio
     import threading
 
-    from recforge.serving.app import Limits
     from recforge.serving.service import RecommendationService
+    from recforge.serving.settings import Limits
 
     entered, release = threading.Event(), threading.Event()
     real = RecommendationService.recommend_resolved

@@ -570,7 +570,8 @@ def serve(
     import torch
     import uvicorn
 
-    from recforge.serving.app import LOOPBACK_HOSTS, Limits, create_app
+    from recforge.serving.app import create_app
+    from recforge.serving.settings import LOOPBACK_HOSTS, Limits
 
     given = {"max_body_bytes": max_body_bytes, "max_id_length": max_id_length,
              "max_batch_results": max_batch_results, "max_history": max_history,
@@ -678,7 +679,8 @@ def predict(
 ) -> None:
     """Predict ratings for (user, item) pairs (rating models only): one output row per
     input row, in the input's order."""
-    from recforge.data.io import parse_columns, read_pairs
+    from recforge.data.frames import parse_columns
+    from recforge.data.readers import read_pairs
 
     _check_out_file(out)
     est = _load_model(model)

@@ -1,0 +1,147 @@
+"""What answers look like, for the OpenAPI description only (the routes encode their own
+JSON): the answer models, the error statuses each route documents, and its links."""
+
+# No ``from __future__ import annotations``: pydantic and FastAPI read these annotations.
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = ["AnyId", "BatchRecommendations", "Because", "ErrorBody", "FoundItem", "Forgotten",
+           "Health", "HistoryItem", "ItemSearch", "ModelInfo", "RecommendedItem", "Reloaded",
+           "SessionRecommendations", "SimilarItems", "Stored", "UserError", "UserHistory",
+           "UserRecommendations", "errors", "link"]
+
+AnyId = int | str
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: a message, or (422 from validation) a list of errors."""
+
+    detail: str | list[dict[str, Any]]
+
+
+class Because(BaseModel):
+    item: AnyId
+    similarity: float
+    title: str | None = None
+
+
+class RecommendedItem(BaseModel):
+    item: AnyId
+    rank: int
+    score: float
+    title: str | None = Field(default=None, description="With item metadata only.")
+    because: Because | None = Field(default=None, description="With explain=true only.")
+
+
+class UserRecommendations(BaseModel):
+    user: AnyId
+    items: list[RecommendedItem]
+    fallback: Literal["popular", "history"] | None
+
+
+class UserError(BaseModel):
+    """A user of a batch whose answer failed (the other users are answered)."""
+
+    user: AnyId
+    error: str
+
+
+class BatchRecommendations(BaseModel):
+    results: list[UserRecommendations | UserError]
+
+
+class SessionRecommendations(BaseModel):
+    items: list[RecommendedItem]
+    unknown_items: list[AnyId]
+
+
+class HistoryItem(BaseModel):
+    item: AnyId
+    value: float | None
+    source: Literal["events", "training"]
+    title: str | None = None
+
+
+class UserHistory(BaseModel):
+    user: AnyId
+    known: bool
+    total: int
+    items: list[HistoryItem]
+
+
+class SimilarItems(BaseModel):
+    item: AnyId
+    similar: list[RecommendedItem]
+
+
+class FoundItem(BaseModel):
+    item: AnyId
+    title: str | None = None
+
+
+class ItemSearch(BaseModel):
+    query: str
+    total: int
+    items: list[FoundItem]
+
+
+class ModelInfo(BaseModel):
+    model: str
+    params: dict[str, Any]
+    n_users: int
+    n_items: int
+    recforge_version: str | None
+    created: str | None
+    train_fingerprint: str | None
+    supports_history: bool
+    directory: str | None = Field(description="The model directory's name (never its path).")
+
+
+class Reloaded(BaseModel):
+    reloaded: bool
+    model: ModelInfo
+
+
+class Stored(BaseModel):
+    stored: int
+
+
+class Forgotten(BaseModel):
+    user: str
+    deleted_events: int
+
+
+class Health(BaseModel):
+    status: str
+
+
+_ERROR_TEXT = {
+    400: "Malformed request (no Host header, a body that is not JSON) or one the model "
+         "cannot answer.",
+    401: "Missing or wrong key.",
+    403: "Admin routes are off: the server has a read key but no admin key.",
+    404: "Unknown item.",
+    413: "The body is over the server's size limit.",
+    415: "A request that changes state must be Content-Type: application/json.",
+    421: "The Host header names a host this server does not serve.",
+    422: "Invalid parameters or body, or over one of the server's limits.",
+    503: "The server's heavy-work queue is full: retry after Retry-After seconds.",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a route that may answer ``codes`` (and 400, 421, as every
+    route may)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in (400, 421, *codes):
+        out[code] = {"model": ErrorBody, "description": _ERROR_TEXT[code]}
+    if 503 in codes:
+        out[503]["headers"] = {"Retry-After": {
+            "description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+    return out
+
+
+def link(operation: str, **parameters: str) -> dict[str, Any]:
+    """An OpenAPI link to ``operation`` with its ``parameters`` (runtime expressions)."""
+    return {"operationId": operation, "parameters": parameters}
