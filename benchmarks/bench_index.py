@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     console, k, result = Console(), args.k, {}
     torch.set_num_threads(1)
 
-    from recforge.data.io import read_many
+    from recforge.data.readers import read_many
     from recforge.models import create_model
 
     base = Path(os.environ.get("RECFORGE_TEST_DATA", REPO.parent / "shared" / "data"))

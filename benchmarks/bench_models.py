@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO / "src"))
 from recforge import __version__  # noqa: E402
 from recforge._fs import atomic_write_text  # noqa: E402
 from recforge.data.filters import to_implicit  # noqa: E402
-from recforge.data.io import read_many  # noqa: E402
+from recforge.data.readers import read_many  # noqa: E402
 from recforge.evaluation import evaluate  # noqa: E402
 from recforge.models.registry import create_model, get_model_class  # noqa: E402
 

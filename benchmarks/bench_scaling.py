@@ -71,7 +71,7 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------------------------------
 # workers (one fresh process per measurement)
 def worker_load(path: str) -> dict[str, Any]:
-    from recforge.data.io import read_parquet
+    from recforge.data.readers import read_parquet
 
     start = time.perf_counter()
     data = read_parquet(path)
@@ -83,7 +83,7 @@ def worker_load(path: str) -> dict[str, Any]:
 def worker_train(path: str, model_name: str) -> dict[str, Any] | None:
     import torch
 
-    from recforge.data.io import read_parquet
+    from recforge.data.readers import read_parquet
     from recforge.models.registry import create_model, get_model_class
     from recforge.training import distributed
 

@@ -96,7 +96,7 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), log_level="warning",
 
 
 def _train(out: Path) -> Path:
-    from recforge.data.io import read_many
+    from recforge.data.readers import read_many
     from recforge.models import create_model
 
     env = os.environ.get("RECFORGE_TEST_DATA")

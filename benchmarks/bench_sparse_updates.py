@@ -39,7 +39,7 @@ SETTINGS = {m: SCALE_PARAMS[m] for m in ("mf", "bpr")}
 
 
 def worker(path: str, model_name: str, optimizer: str, mode: str, steps: int) -> dict[str, Any]:
-    from recforge.data.io import read_parquet
+    from recforge.data.readers import read_parquet
     from recforge.models.registry import create_model
 
     data = read_parquet(path)

@@ -69,7 +69,7 @@ def test_train_recommend_evaluate(tmp_path, csv_files, capsys):
     assert 0 < payload["metrics"]["NDCG@10"] <= 1
 
     # The CLI gives the same numbers as the library on the saved model.
-    from recforge.data.io import read_many
+    from recforge.data.readers import read_many
     from recforge.evaluation import evaluate
     from recforge.models import Recommender
 
@@ -104,7 +104,7 @@ def test_train_never_replaces_a_directory_that_is_not_a_model(tmp_path, csv_file
 
 def test_evaluate_ranking_over_min_rating_and_errors_over_every_rating(tmp_path, capsys):
     from recforge.data.filters import to_implicit
-    from recforge.data.io import read_many
+    from recforge.data.readers import read_many
     from recforge.evaluation import evaluate
     from recforge.models import Recommender
 
@@ -270,7 +270,7 @@ def test_header_and_encoding_options(tmp_path, capsys):
 
 
 def test_datasets_generate_chooses_users_in_proportion(tmp_path, capsys):
-    from recforge.data.io import read_parquet
+    from recforge.data.readers import read_parquet
 
     out = tmp_path / "g.parquet"
     code, text, _ = run(["datasets", "generate", out, "--interactions", 29_000, "--items", 500],

@@ -22,7 +22,7 @@ from conftest import random_interactions, shared_data_dir, shared_path
 from recforge.cli import _without_option, main
 from recforge.data.datasets import load_dataset
 from recforge.data.filters import to_implicit
-from recforge.data.io import read_many
+from recforge.data.readers import read_many
 from recforge.data.split import random_split
 from recforge.evaluation import evaluate
 from recforge.models.base import Recommender
@@ -207,7 +207,7 @@ def test_sharded_ratings_validate_over_all_ranks(tmp_path):
 
 _RESUME_SCRIPT = """
 import sys
-from recforge.data.io import read_many
+from recforge.data.readers import read_many
 from recforge.models import create_model
 from recforge.training import distributed
 
@@ -527,7 +527,7 @@ _CHECKS_SCRIPT = """
 import sys
 import numpy as np
 import pandas as pd
-from recforge.data.io import read_many
+from recforge.data.readers import read_many
 from recforge.errors import RecforgeError
 from recforge.models import create_model
 from recforge.training import distributed

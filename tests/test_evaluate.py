@@ -103,7 +103,7 @@ def test_a_user_without_training_events_is_skipped_like_an_unknown_one(tmp_path)
     """Train and test files read into one vocabulary: a test-only user is in the model's
     vocabulary but has no history, and is skipped as `recforge evaluate` skips a user the
     model does not know (ranked from nothing, pop scored best on such users)."""
-    from recforge.data.io import read_many
+    from recforge.data.readers import read_many
     from recforge.models import create_model
 
     train, test = tmp_path / "train.csv", tmp_path / "test.csv"

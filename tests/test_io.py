@@ -10,7 +10,8 @@ import pytest
 from conftest import event_frame
 
 from recforge import DataError, Interactions
-from recforge.data.io import parse_columns, read_adjacency, read_csv, read_interactions, read_many
+from recforge.data.frames import parse_columns
+from recforge.data.readers import read_adjacency, read_csv, read_interactions, read_many
 from recforge.errors import ConfigError
 
 
@@ -211,7 +212,7 @@ def test_a_guessed_header_says_how_to_read_a_file_without_one(tmp_path):
     ("1 10\n2 12 13\n", "adjacency", False),  # lines of varying length
 ])
 def test_whitespace_files_of_three_or_four_tokens(tmp_path, caplog, text, expected, warned):
-    from recforge.data.io import _detect_format
+    from recforge.data.formats import detect_format as _detect_format
 
     p = write(tmp_path, "f.txt", text)
     with caplog.at_level("WARNING"):
@@ -271,7 +272,7 @@ def test_streaming_parquet_equals_an_in_memory_read(tmp_path, string_ids):
     frame = event_frame(string_ids=string_ids)
     p = tmp_path / "e.parquet"
     frame.to_parquet(p, row_group_size=700)
-    from recforge.data.io import read_parquet
+    from recforge.data.readers import read_parquet
 
     streamed = read_parquet(p, batch_rows=333)  # 16 batches, ids first seen out of order
     whole = Interactions.from_frame(frame)
@@ -284,7 +285,7 @@ def test_streaming_parquet_equals_an_in_memory_read(tmp_path, string_ids):
 
 
 def test_streaming_parquet_errors_name_the_row_in_a_later_batch(tmp_path):
-    from recforge.data.io import read_parquet
+    from recforge.data.readers import read_parquet
 
     frame = event_frame(1000)
     frame["rating"] = frame["rating"].astype(object)
@@ -304,7 +305,7 @@ def test_streaming_parquet_errors_name_the_row_in_a_later_batch(tmp_path):
 
 
 def test_streaming_parquet_with_a_given_vocabulary(tmp_path):
-    from recforge.data.io import read_parquet
+    from recforge.data.readers import read_parquet
 
     frame = event_frame(2000)
     p = tmp_path / "e.parquet"
@@ -320,7 +321,7 @@ def test_streaming_parquet_with_a_given_vocabulary(tmp_path):
 
 
 def test_generated_scale_data_has_the_requested_shape(tmp_path):
-    from recforge.data.io import read_parquet
+    from recforge.data.readers import read_parquet
     from recforge.data.synthetic import write_synthetic_parquet
 
     p = tmp_path / "s.parquet"
@@ -343,7 +344,7 @@ def test_generated_scale_data_has_the_requested_shape(tmp_path):
 def test_generated_data_below_the_activity_floor_keeps_its_size(tmp_path):
     """10 events per user cannot give every user the floor of 20: the floor drops to half
     the mean, and the log keeps the requested size, every user and a skew."""
-    from recforge.data.io import read_parquet
+    from recforge.data.readers import read_parquet
     from recforge.data.synthetic import write_synthetic_parquet
 
     p = tmp_path / "s.parquet"
@@ -378,7 +379,7 @@ def test_integer_vocabulary_treats_huge_numbers_as_unknown_ids():
 
 
 def test_concat_applies_a_duplicates_policy_across_parts(tmp_path):
-    from recforge.data.io import read_many
+    from recforge.data.readers import read_many
 
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     a.write_text("user,item,rating,timestamp\n1,10,5,100\n1,11,3,100\n2,10,4,100\n")
@@ -399,7 +400,7 @@ def test_dates_of_any_year_and_numbers_beyond_int64(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recforge.data.io import interactions_from_frame, read_parquet
+    from recforge.data.readers import interactions_from_frame, read_parquet
 
     p = write(tmp_path, "d.csv", "user,item,timestamp\n1,2,9999-12-31\n1,3,1500-01-01\n"
               "2,3,2020-01-31 10:00:00+02:00\n2,4,100\n")
@@ -426,7 +427,7 @@ def test_odd_columns_are_clear_errors(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recforge.data.io import interactions_from_frame, read_parquet
+    from recforge.data.readers import interactions_from_frame, read_parquet
 
     with pytest.raises(DataError, match=r"line 3, column 'rating': 1e\+39 is too large"):
         read_csv(write(tmp_path, "r.csv", "user,item,rating\n1,2,5\n1,3,1e39\n"))
@@ -444,7 +445,7 @@ def test_odd_columns_are_clear_errors(tmp_path):
 
 
 def test_what_reading_cannot_know_is_said_in_a_warning(tmp_path, caplog):
-    from recforge.data.io import read_many
+    from recforge.data.readers import read_many
 
     ms = write(tmp_path, "ms.csv", "user,item,timestamp\n1,2,1580457600000\n1,3,1580457601000\n")
     with caplog.at_level("WARNING"):
@@ -509,7 +510,7 @@ def test_a_repeated_column_name_in_parquet_and_in_a_frame(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recforge.data.io import interactions_from_frame, read_parquet
+    from recforge.data.readers import interactions_from_frame, read_parquet
 
     p = tmp_path / "d.parquet"
     pq.write_table(pa.Table.from_arrays([pa.array([1, 2]), pa.array([3, 4]), pa.array([5, 6])],
@@ -575,7 +576,7 @@ def test_whole_second_timestamps_are_read_exactly(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recforge.data.io import read_parquet
+    from recforge.data.readers import read_parquet
 
     big = [1111111111111111111, 9223372036854775807, -9223372036854775808]
     text = "user,item,timestamp\n" + "".join(f"1,{k},{t}\n" for k, t in enumerate(big))
@@ -602,7 +603,7 @@ def test_parquet_ids_of_other_types_are_refused(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recforge.data.io import interactions_from_frame, read_parquet
+    from recforge.data.readers import interactions_from_frame, read_parquet
 
     cases = {
         "struct": (pa.array([{"a": 1}, {"a": 2}]), r"row 1, column 'user': user id \{'a': 1\} "
@@ -629,7 +630,7 @@ def test_binary_values_that_are_not_utf8_are_refused(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recforge.data.io import read_parquet
+    from recforge.data.readers import read_parquet
 
     for role in ("rating", "timestamp"):
         p = tmp_path / f"{role}.parquet"

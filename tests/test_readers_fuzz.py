@@ -21,7 +21,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from recforge import DataError, Interactions
-from recforge.data.io import read_adjacency, read_csv, read_interactions, read_many, read_parquet
+from recforge.data.readers import (
+    read_adjacency,
+    read_csv,
+    read_interactions,
+    read_many,
+    read_parquet,
+)
 from recforge.data.sharding import INTEGER_ID
 
 #: RECFORGE_FUZZ_EXAMPLES=5000 searches longer (the default keeps the file under ~20 s).
@@ -362,7 +368,7 @@ def test_parquet_of_odd_schemas(tmp_path_factory, table, streaming):
 @given(spec=st.text(st.sampled_from("user=item,rating timestamp=x =,UserID ") | _unicode,
                     max_size=40))
 def test_column_specs(spec):
-    from recforge.data.io import parse_columns
+    from recforge.data.frames import parse_columns
 
     try:
         mapping = parse_columns(spec)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import event_frame, random_interactions
 
-from recforge.data.io import read_interactions, read_many, read_parquet
+from recforge.data.readers import read_interactions, read_many, read_parquet
 from recforge.data.sharding import owner_of_ids, user_shard
 from recforge.errors import ConfigError, DataError
 from recforge.training.batches import EpochSampler

@@ -180,7 +180,7 @@ def test_resume_after_kill_matches_uninterrupted(random_data, tmp_path):
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(f"""
         import sys, time
-        from recforge.data.io import read_csv
+        from recforge.data.readers import read_csv
         from recforge.models import create_model
         from recforge.models.gradient import GradientRecommender
         data = read_csv({str(train_csv)!r})

@@ -1,5 +1,5 @@
 """Interaction data: ``Interactions`` and ``Vocabulary``; readers in
-:mod:`recforge.data.io`, splits in :mod:`recforge.data.split`, features in
+:mod:`recforge.data.readers`, splits in :mod:`recforge.data.split`, features in
 :mod:`recforge.data.features`, MovieLens in :mod:`recforge.data.movielens`."""
 
 from recforge.data.interactions import Interactions

@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from recforge.data.interactions import DuplicatePolicy, Interactions
-from recforge.data.io import read_interactions, read_many
+from recforge.data.frames import DuplicatePolicy
+from recforge.data.interactions import Interactions
+from recforge.data.readers import read_interactions, read_many
 from recforge.errors import DataError
 
 __all__ = ["is_dataset_name", "is_named_dataset", "load_dataset", "load_many"]
@@ -58,7 +59,7 @@ def load_dataset(spec: str | os.PathLike, *, format: str | None = None,
 
     ``shard=(rank, world_size)``: only the events of the users that rank owns
     (:mod:`recforge.data.sharding`; Parquet files are filtered while they stream).
-    ``header`` and ``encoding`` apply to delimited text files (:func:`~recforge.data.io.read_csv`).
+    ``header`` and ``encoding`` apply to delimited text files (:func:`~recforge.data.readers.read_csv`).
     """
     from recforge.data.sharding import user_shard
 

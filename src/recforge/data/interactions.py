@@ -11,32 +11,26 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recforge.data.formats import adjacency_events, csv_events
+from recforge.data.frames import (
+    DuplicatePolicy,
+    IndexedEvents,
+    UnknownPolicy,
+    dedupe,
+    events_from_frame,
+)
+from recforge.data.parquet import parquet_events
+from recforge.data.parsing import plain
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import DataError
 
 _log = logging.getLogger(__name__)
-
-DuplicatePolicy = Literal["error", "first", "last", "sum", "max", "mean"]
-UnknownPolicy = Literal["error", "drop"]
-
-#: Names under which the canonical columns are found when no mapping is given
-#: (compared case-insensitively).
-COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
-    "user": ("user", "user_id", "userid", "uid", "user_idx", "customer_id", "visitor_id",
-             "visitorid", "session_id"),
-    "item": ("item", "item_id", "itemid", "iid", "movie_id", "movieid", "product_id",
-             "productid", "article_id", "track_id", "book_id", "isbn"),
-    "rating": ("rating", "ratings", "value", "score", "weight", "count", "play_count",
-               "playcount", "stars"),
-    "timestamp": ("timestamp", "ts", "time", "datetime", "date", "event_time", "unix_time"),
-}
-
 
 def _readonly(arr: np.ndarray | None) -> np.ndarray | None:
     """A read-only view of ``arr`` (the caller's own array keeps its flags)."""
@@ -64,7 +58,7 @@ class Interactions:
     source:
         Where the data came from (a file name), used in error messages.
 
-    Most users build one with :meth:`from_frame` or the readers in :mod:`recforge.data.io`.
+    Most users build one with :meth:`from_frame` or the readers in :mod:`recforge.data.readers`.
     """
 
     def __init__(self, user: Any, item: Any, value: Any = None, timestamp: Any = None, *,
@@ -230,21 +224,10 @@ class Interactions:
         for o in others:
             if o.users != self.users or o.items != self.items:
                 raise ValueError("can only concatenate Interactions that share vocabularies")
-        value = None
-        if all(p.has_values for p in parts):
-            value = np.concatenate([p.value for p in parts])
-        elif any(p.has_values for p in parts):
-            _log.warning("joining parts with and without ratings: the events of %s count as "
-                         "1.0", ", ".join(p.source or "a part" for p in parts
-                                          if not p.has_values))
-            value = np.concatenate([p.values_or_ones() for p in parts])
-        timestamp = None
-        if all(p.has_timestamps for p in parts):
-            timestamp = np.concatenate([p.timestamp for p in parts])
-        elif any(p.has_timestamps for p in parts):
-            _log.warning("joining parts with and without timestamps: the result has none "
-                         "(%s lack them)", ", ".join(p.source or "a part" for p in parts
-                                                    if not p.has_timestamps))
+        value = _joined(parts, "value", "joining parts with and without ratings: the events "
+                        "of %s count as 1.0", fill_ones=True)
+        timestamp = _joined(parts, "timestamp", "joining parts with and without timestamps: "
+                            "the result has none (%s lack them)", fill_ones=False)
         user = np.concatenate([p.user for p in parts])
         item = np.concatenate([p.item for p in parts])
         if duplicates is not None:
@@ -259,14 +242,12 @@ class Interactions:
                 where = (f"in {names[part[first]]} and {names[part[second]]}"
                          if part[first] != part[second] else f"twice in {names[part[first]]}")
                 raise DataError(
-                    f"duplicate (user, item) pair ({_plain(pair[0])!r}, {_plain(pair[1])!r}) "
+                    f"duplicate (user, item) pair ({plain(pair[0])!r}, {plain(pair[1])!r}) "
                     f"{where}; choose a policy for repeated pairs: last (re-ratings), sum "
                     "(counts), first, max or mean")
             if len(dup):
-                from recforge.data.io import _dedupe
-
-                user, item, value, timestamp = _dedupe(user, item, value, timestamp, key,
-                                                       duplicates)
+                user, item, value, timestamp = dedupe(user, item, value, timestamp, key,
+                                                      duplicates)
         return Interactions(user, item, value, timestamp,
                             users=self.users, items=self.items, source=self.source, check=False)
 
@@ -365,34 +346,44 @@ class Interactions:
         source, line_numbers:
             Used in error messages: the file name and each row's line in it.
         """
-        from recforge.data.io import interactions_from_frame
+        return cls.from_events(events_from_frame(
+            frame, columns=columns, users=users, items=items, unknown=unknown,
+            duplicates=duplicates, source=source, line_numbers=line_numbers))
 
-        return interactions_from_frame(frame, columns=columns, users=users, items=items,
-                                       unknown=unknown, duplicates=duplicates, source=source,
-                                       line_numbers=line_numbers)
+    @classmethod
+    def from_events(cls, events: IndexedEvents) -> Interactions:
+        """Wrap validated index arrays (what the readers in :mod:`recforge.data.frames`,
+        :mod:`recforge.data.formats` and :mod:`recforge.data.parquet` return) without
+        copying or checking them again."""
+        return cls(events.user, events.item, events.value, events.timestamp,
+                   users=events.users, items=events.items, source=events.source, check=False)
 
     @classmethod
     def from_csv(cls, path: Any, **kwargs: Any) -> Interactions:
-        """Read a CSV / TSV file; see :func:`recforge.data.io.read_csv`."""
-        from recforge.data.io import read_csv
-
-        return read_csv(path, **kwargs)
+        """Read a CSV / TSV file; see :func:`recforge.data.readers.read_csv`."""
+        return cls.from_events(csv_events(path, **kwargs))
 
     @classmethod
     def from_parquet(cls, path: Any, **kwargs: Any) -> Interactions:
-        """Read a Parquet file; see :func:`recforge.data.io.read_parquet`."""
-        from recforge.data.io import read_parquet
-
-        return read_parquet(path, **kwargs)
+        """Read a Parquet file; see :func:`recforge.data.readers.read_parquet`."""
+        return cls.from_events(parquet_events(path, **kwargs))
 
     @classmethod
     def from_adjacency(cls, path: Any, **kwargs: Any) -> Interactions:
-        """Read ``user item item ...`` lines; see :func:`recforge.data.io.read_adjacency`."""
-        from recforge.data.io import read_adjacency
-
-        return read_adjacency(path, **kwargs)
+        """Read ``user item item ...`` lines; see :func:`recforge.data.readers.read_adjacency`."""
+        return cls.from_events(adjacency_events(path, **kwargs))
 
 
-def _plain(x: Any) -> Any:
-    """A numpy scalar as the Python value it holds (for messages: 7, not np.int64(7))."""
-    return x.item() if isinstance(x, np.generic) else x
+def _joined(parts: Sequence[Interactions], column: str, message: str,
+            fill_ones: bool) -> np.ndarray | None:
+    """The parts' ``value`` or ``timestamp`` columns joined. When only some parts have it,
+    ``message`` is logged naming the others, and the result has ones in their place
+    (``fill_ones``) or no such column."""
+    arrays = [getattr(p, column) for p in parts]
+    lacking = [p.source or "a part" for p, a in zip(parts, arrays, strict=True) if a is None]
+    if not lacking:
+        return np.concatenate(arrays)
+    if len(lacking) == len(parts):
+        return None
+    _log.warning(message, ", ".join(lacking))
+    return np.concatenate([p.values_or_ones() for p in parts]) if fill_ones else None

@@ -38,8 +38,9 @@ import numpy as np
 import pandas as pd
 
 from recforge.data.download import MAX_EXTRACT_BYTES, cache_dir, extract_zip, fetch, file_digest
+from recforge.data.formats import header_names
 from recforge.data.interactions import Interactions
-from recforge.data.io import _header_names, read_csv
+from recforge.data.readers import read_csv
 from recforge.errors import ConfigError, DataError
 
 __all__ = [
@@ -578,7 +579,7 @@ def _read_header_csv(path: Path, columns: dict[str, str]) -> tuple[pd.DataFrame,
         raise DataError(f"not valid UTF-8 text ({exc.reason} at byte {exc.start})",
                         source=src) from None
     # the names as written (pandas renames a repeated `title` to `title.1`)
-    frame.columns = _header_names(path, ",", "utf-8", 0, frame.columns)
+    frame.columns = header_names(path, ",", "utf-8", 0, frame.columns)
     twice = [c for c in columns if list(frame.columns).count(c) > 1]
     if twice:
         raise DataError(f"column {twice[0]!r} appears more than once in the header",

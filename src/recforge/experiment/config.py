@@ -34,7 +34,8 @@ from typing import Any
 
 import yaml
 
-from recforge.data.io import _DUP_POLICIES, _FORMATS
+from recforge.data.formats import FORMATS as _FORMATS
+from recforge.data.frames import DUPLICATE_POLICIES as _DUP_POLICIES
 from recforge.errors import ConfigError, DataError
 from recforge.models.base import _shown
 
@@ -361,7 +362,7 @@ def _seeds(raw: Any, source: str) -> list[int]:
 def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
     """Validate a mapping (parsed YAML) into an :class:`ExperimentConfig`: every key, type
     and bound, and every model's hyperparameters (with each seed) as ``fit`` checks them."""
-    from recforge.data.io import parse_columns
+    from recforge.data.frames import parse_columns
     from recforge.evaluation.metrics import Metric
     from recforge.models.registry import create_model
 
