@@ -89,7 +89,7 @@ def main() -> None:
     import recforge
     from recforge.data.interactions import Interactions
     from recforge.models import create_model
-    from recforge.serving.events import EventStore
+    from recforge.data.events import EventStore
     from recforge.serving.service import RecommendationService
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

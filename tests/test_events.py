@@ -488,7 +488,7 @@ def test_erasure_leaves_no_copy_in_any_file_of_the_store(tmp_path):
 def test_an_erasure_waits_out_a_reader_of_another_process(tmp_path, monkeypatch, caplog):
     """A reader elsewhere (a training run reading the store) keeps the WAL from being
     emptied: the erasure says so, and the next write empties it."""
-    from recforge.serving import events
+    from recforge.data import events
 
     monkeypatch.setattr(events, "ERASURE_CHECKPOINT_WAIT", 0.05)
     store = EventStore(tmp_path / "ev.sqlite")
@@ -566,7 +566,7 @@ def test_erasure_reads_only_the_users_rows(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert store.user_items(1) == [] and store.user_items("01") == []
     assert store.is_forgotten("1") and store.is_forgotten("01")
-    from recforge.serving import events
+    from recforge.data import events
 
     with store.engine.connect() as conn:
         sql = events._TOMBSTONE.compile(dialect=conn.dialect).construct_expanded_state(

@@ -288,7 +288,7 @@ def test_events_count_as_seen_and_users_can_be_forgotten(saved, random_data, tmp
 def test_train_from_the_event_store(tmp_path, capsys):
     from recforge.cli import main
     from recforge.models import Recommender
-    from recforge.serving.events import EventStore
+    from recforge.data.events import EventStore
 
     store = EventStore(tmp_path / "ev.sqlite")
     rng = np.random.default_rng(0)
@@ -306,7 +306,7 @@ def test_acknowledged_events_survive_kill_9(saved, tmp_path):
     """10,000 events posted to a real server, then SIGKILL: all are in the store."""
     import signal
 
-    from recforge.serving.events import EventStore
+    from recforge.data.events import EventStore
 
     db = tmp_path / "ev.sqlite"
     acked = 0
@@ -618,7 +618,7 @@ def test_writes_during_a_reload_are_neither_lost_nor_undone(random_data, tmp_pat
     gone = random_data.users.ids[1]
     assert c.post("/interactions", json={"events": [{"user": int(gone), "item": items[0]}]}
                   ).status_code == 200
-    from recforge.serving.events import EventStore
+    from recforge.data.events import EventStore
 
     loading, go = threading.Event(), threading.Event()
     real = EventStore.all_user_values
@@ -648,7 +648,7 @@ def test_writes_during_a_reload_are_neither_lost_nor_undone(random_data, tmp_pat
 def test_concurrent_posts_for_one_user_keep_every_item(random_data, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from recforge.serving.events import EventStore
+    from recforge.data.events import EventStore
     from recforge.serving.service import RecommendationService
 
     class SlowDict(dict):  # widens the window between reading a user's items and writing
@@ -825,7 +825,7 @@ def test_a_boolean_is_not_an_id_and_an_empty_reload_path_is_refused(saved):
 
 
 def test_delete_under_any_spelling_and_values_only_for_rating_models(random_data, tmp_path):
-    from recforge.serving.events import EventStore
+    from recforge.data.events import EventStore
 
     path = create_model("als", embedding_dim=4, binary=False).fit(random_data).save(
         tmp_path / "m")

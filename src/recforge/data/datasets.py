@@ -12,9 +12,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from recforge.data.events import EventStore
 from recforge.data.frames import DuplicatePolicy
 from recforge.data.interactions import Interactions
+from recforge.data.movielens import get_spec, load_movielens
 from recforge.data.readers import read_interactions, read_many
+from recforge.data.sharding import user_shard
+from recforge.data.synthetic import make_synthetic
 from recforge.errors import DataError
 
 __all__ = ["is_dataset_name", "is_named_dataset", "load_dataset", "load_many"]
@@ -31,8 +35,6 @@ def is_dataset_name(spec: str) -> bool:
     """Whether ``spec`` is the name of a built-in dataset (whatever files exist)."""
     if spec == "synthetic":
         return True
-    from recforge.data.movielens import get_spec
-
     try:
         get_spec(spec)
         return True
@@ -42,11 +44,7 @@ def is_dataset_name(spec: str) -> bool:
 
 def _load_named(spec: str, data_dir: str | os.PathLike | None, download: bool) -> Any:
     if spec == "synthetic":
-        from recforge.data.synthetic import make_synthetic
-
         return make_synthetic()
-    from recforge.data.movielens import load_movielens
-
     return load_movielens(spec, data_dir=data_dir, download=download)
 
 
@@ -59,14 +57,11 @@ def load_dataset(spec: str | os.PathLike, *, format: str | None = None,
 
     ``shard=(rank, world_size)``: only the events of the users that rank owns
     (:mod:`recforge.data.sharding`; Parquet files are filtered while they stream).
-    ``header`` and ``encoding`` apply to delimited text files (:func:`~recforge.data.readers.read_csv`).
+    ``header`` and ``encoding`` apply to delimited text files
+    (:func:`~recforge.data.readers.read_csv`).
     """
-    from recforge.data.sharding import user_shard
-
     spec_s = os.fspath(spec)
     if spec_s.startswith("events:"):  # the server's event store: a SQLite path or a URL
-        from recforge.serving.events import EventStore
-
         # A store receives repeated posts by design: "error" (the default elsewhere) means
         # the server's own rule there, the latest event of a pair.
         with EventStore(spec_s[len("events:"):], create=False) as store:

@@ -99,7 +99,7 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
     hosts = allowed_host_names(allowed_hosts)
     store = None
     if events is not None:
-        from recforge.serving.events import EventStore
+        from recforge.data.events import EventStore
 
         store = EventStore(events)
     service = RecommendationService(model, events=store, index=index, n_probe=n_probe)
