@@ -27,8 +27,9 @@ import numpy as np
 import pytest
 
 from recforge.data.datasets import load_dataset
+from recforge.data.event_db import mask_url
+from recforge.data.events import EventStore
 from recforge.errors import DataError
-from recforge.serving.events import EventStore, mask_url
 
 PG_PASSWORD = "s3cret-Pw!x"  # the throwaway cluster's; must never appear in a message
 

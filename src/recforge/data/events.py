@@ -28,8 +28,9 @@ from the marks what it may still answer from (``serving.service``). On PostgreSQ
 are deleted; their bytes stay in dead tuples until VACUUM, and in PostgreSQL's own WAL,
 archives and backups (docs/serving.md, "Erasure").
 
-Passwords never leave this module: errors and ``repr`` name the database by its URL with
-the password replaced by ``***``.
+Passwords never leave this module and :mod:`recforge.data.event_db` (the tables, engines and
+dialect-specific statements): errors and ``repr`` name the database by its URL with the
+password replaced by ``***``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import secrets
 import threading
 import time
@@ -49,87 +49,52 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine
 
+from recforge.data.event_db import (
+    BUSY_TIMEOUT,
+    LEGACY_USER_INDEX,
+    LIVE,
+    check_ids,
+    copy_events,
+    create_engine,
+    driver_reason,
+    erasures_table,
+    events_table,
+    insert_ignore,
+    is_url,
+    legacy_forgotten_table,
+    mask_url,
+    metadata,
+    parse_url,
+    scrub,
+    store_info_table,
+    upsert_marks,
+    url_secrets,
+)
+from recforge.data.interactions import Interactions
 from recforge.errors import DataError
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["EventStore", "mask_url"]
-
-_metadata = sa.MetaData()
-
-#: One row per posted event. The names and layout are those of the earlier raw-SQLite
-#: store (plus ``user_tag``), so its files open (and are upgraded: :meth:`EventStore.
-#: _upgrade`). ``timestamp`` is 64-bit (millisecond epochs fit). ``user_tag`` is a keyed
-#: hash of ``user`` (:meth:`EventStore.tag`), the only user column an index holds: an
-#: index on the id itself keeps copies of it in the free space of its pages after splits.
-#: ``NULL`` marks an erased event's tombstone (SQLite), which every read leaves out.
-_events = sa.Table(
-    "events", _metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
-              autoincrement=True),
-    sa.Column("user", sa.Text(), nullable=False),
-    sa.Column("item", sa.Text(), nullable=False),
-    sa.Column("value", sa.Double()),
-    sa.Column("timestamp", sa.BigInteger()),
-    sa.Column("received", sa.Double(), nullable=False),
-    sa.Column("user_tag", sa.BigInteger()),
-    sa.Index("events_user_tag", "user_tag", sqlite_where=sa.text("user_tag IS NOT NULL"),
-             postgresql_where=sa.text("user_tag IS NOT NULL")),
-    sqlite_autoincrement=True,
-)
-
-#: Erased users: a keyed hash of the id (:meth:`EventStore.mark`) and the time of the
-#: latest erasure. A later post does not undo it: a model trained before it may hold a
-#: copy of the old data.
-_erasures = sa.Table(
-    "erasures", _metadata,
-    sa.Column("mark", sa.String(64), primary_key=True),
-    sa.Column("at", sa.Double(), nullable=False),
-)
-
-#: The store's own settings: ``key``, the random secret of its tags and marks.
-_store_info = sa.Table(
-    "store_info", _metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text(), nullable=False),
-)
-
-#: The earlier versions' table of erased users, ids in clear (upgraded to marks, dropped).
-_legacy_forgotten = sa.Table(
-    "forgotten", sa.MetaData(),
-    sa.Column("user", sa.Text(), primary_key=True),
-    sa.Column("at", sa.Double(), nullable=False),
-)
-
-#: The earlier versions' index on the user id itself (dropped by the upgrade).
-_LEGACY_USER_INDEX = "events_user"
-
-#: Rows that are events (not tombstones of erased ones).
-_LIVE = _events.c.user_tag.is_not(None)
-
+__all__ = ["EventStore"]
 
 def _of_users() -> sa.ColumnElement[bool]:
     """The rows of the users ``:users`` with the tags ``:tags``: found by the tags' index,
     the ids checked too (two ids may share a tag)."""
-    return sa.and_(_events.c.user_tag.in_(sa.bindparam("tags", expanding=True)),
-                   _events.c.user.in_(sa.bindparam("users", expanding=True)))
+    return sa.and_(events_table.c.user_tag.in_(sa.bindparam("tags", expanding=True)),
+                   events_table.c.user.in_(sa.bindparam("users", expanding=True)))
 
 
 #: Erasure on SQLite: each row overwritten in place by a smaller tombstone. Nothing moves
 #: (an update that shrinks a row never rebalances pages, a delete does, and SQLite leaves
 #: copies of the rows it moves in the free space of their old pages); ``secure_delete``
 #: zeroes the old bytes.
-_TOMBSTONE = _events.update().where(_of_users()).values(
+_TOMBSTONE = events_table.update().where(_of_users()).values(
     user="", item="", value=None, timestamp=None, received=0.0, user_tag=None)
 #: Erasure elsewhere.
-_DELETE = _events.delete().where(_of_users())
-_USER_ITEMS = sa.select(_events.c.item).where(_of_users()).distinct()
-
-#: How long a SQLite call waits for another process's write (seconds) instead of failing
-#: with "database is locked".
-_BUSY_TIMEOUT = 30
+_DELETE = events_table.delete().where(_of_users())
+_USER_ITEMS = sa.select(events_table.c.item).where(_of_users()).distinct()
 
 #: How long an erasure waits for readers in other processes (a training run reading the
 #: store) before it leaves emptying the WAL to the next write (seconds).
@@ -137,66 +102,6 @@ ERASURE_CHECKPOINT_WAIT = 2.0
 
 #: Bound parameters per ``IN (...)`` list: far below every database's limit.
 _CHUNK = 500
-
-#: ``scheme://user:SECRET@``: everything up to the last ``@`` is masked, so a password
-#: with a stray ``@`` or ``/`` in it never shows in part.
-_PASSWORD_IN_TEXT = re.compile(r"(://[^:/@\s]*:)\S*@")
-_PASSWORD_IN_QUERY = re.compile(r"(?i)([?&]password=)[^&\s]*")
-
-
-def mask_url(target: str | URL) -> str:
-    """``target`` as text with any password (in the authority or a ``password=`` query
-    parameter) replaced by ``***``; works on strings that do not parse as a URL too."""
-    text = (target.render_as_string(hide_password=False) if isinstance(target, URL)
-            else str(target))
-    return _PASSWORD_IN_QUERY.sub(r"\1***", _PASSWORD_IN_TEXT.sub(r"\1***@", text))
-
-
-def _is_url(target: str | os.PathLike[str]) -> bool:
-    return not isinstance(target, os.PathLike) and "://" in str(target)
-
-
-def _secrets(url: URL) -> list[str]:
-    """The literal passwords in ``url`` (to scrub from driver error messages)."""
-    found = [url.password] if url.password else []
-    query = url.query.get("password")
-    found += [query] if isinstance(query, str) else list(query or ())
-    return [str(s) for s in found if s]
-
-
-def _scrub(message: str, secrets: Iterable[str]) -> str:
-    """``message`` with every password in it replaced by ``***`` (a password of under four
-    characters only where it stands alone, so that ``p`` does not garble ``password``)."""
-    for secret in secrets:
-        if len(secret) >= 4:
-            message = message.replace(secret, "***")
-        else:
-            message = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***",
-                             message)
-    return message
-
-
-def _reason(exc: BaseException) -> str:
-    """A driver error's own message, first line, without SQLAlchemy's background link."""
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
-    text = text.split("\n(Background on this error")[0].strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """Every SQLite connection: WAL (readers never block the writer), ``synchronous=FULL``
-    (a commit returns once the WAL is synced to disk) and ``secure_delete`` (deleted content
-    is overwritten with zeros, also in pages put on the free list: some builds of SQLite
-    have it on by default, others not)."""
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA secure_delete=ON")
-    finally:
-        cursor.close()
-
 
 class EventStore:
     """Append-only interaction log in SQLite or any database SQLAlchemy reaches.
@@ -222,8 +127,8 @@ class EventStore:
     def __init__(self, target: str | os.PathLike[str], *, create: bool = True) -> None:
         #: The SQLite file when the store is one, else ``None``.
         self.path: Path | None = None
-        if _is_url(target):
-            url = self._parse(str(target))
+        if is_url(target):
+            url = parse_url(str(target))
         else:
             self.path = Path(target)
             url = URL.create("sqlite", database=str(self.path))
@@ -231,7 +136,7 @@ class EventStore:
         self.url = mask_url(url)
         #: Where the store is, for messages: the path given, else :attr:`url`.
         self.name = str(self.path) if self.path is not None else self.url
-        self._secrets = _secrets(url)
+        self._secrets = url_secrets(url)
         if url.get_backend_name() == "sqlite":
             database = url.database or ""
             in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
@@ -249,14 +154,14 @@ class EventStore:
         #: the next write tries again.
         self._wal_dirty = False
         #: The SQLAlchemy engine (for callers that need the database directly).
-        self.engine: Engine = self._engine(url)
+        self.engine: Engine = create_engine(url, self.name, self._secrets)
         try:
             with self.engine.begin() as conn:
-                if not create and not sa.inspect(conn).has_table(_events.name):
-                    raise DataError(f"no event store here (missing table {_events.name})",
+                if not create and not sa.inspect(conn).has_table(events_table.name):
+                    raise DataError(f"no event store here (missing table {events_table.name})",
                                     source=self.name)
                 # a new store's tables, or those a store of an earlier version lacks
-                _metadata.create_all(conn, checkfirst=True)
+                metadata.create_all(conn, checkfirst=True)
                 self._key = self._store_key(conn)
                 upgraded = self._upgrade(conn)
             if self._sqlite:
@@ -271,54 +176,12 @@ class EventStore:
             raise
 
     # -- construction ----------------------------------------------------------------------
-    def _parse(self, text: str) -> URL:
-        try:
-            url = make_url(text)
-        except (sa.exc.ArgumentError, ValueError):
-            raise DataError("not a valid database URL (the form is dialect+driver://user:"
-                            "password@host:port/database, the port a number, special "
-                            "characters in the password %-encoded)", source=mask_url(text)
-                            ) from None
-        if url.drivername in ("postgresql", "postgres"):  # psycopg 3, not SQLAlchemy 2.0's
-            url = url.set(drivername="postgresql+psycopg")  # psycopg2 default
-        return url
-
-    def _engine(self, url: URL) -> Engine:
-        kwargs: dict[str, Any] = {}
-        if self._sqlite:
-            kwargs["connect_args"] = {"timeout": _BUSY_TIMEOUT, "check_same_thread": False}
-            database = url.database or ""
-            if database in ("", ":memory:"):  # one shared in-memory database, not one per
-                kwargs["poolclass"] = sa.pool.StaticPool  # thread
-        else:
-            kwargs["pool_pre_ping"] = True  # survive a database restart under a long server
-            if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
-                kwargs["connect_args"] = {"connect_timeout": 10}  # fail, not hang, when the
-                # host does not answer
-        try:
-            engine = sa.create_engine(url, **kwargs)
-        except sa.exc.NoSuchModuleError:
-            raise DataError(f"unknown database type {url.drivername!r} (a SQLAlchemy URL "
-                            "such as sqlite:///events.db or postgresql+psycopg://user@host/db"
-                            ")", source=self.name) from None
-        except ImportError as exc:
-            hint = (" (pip install 'recforge[postgres]')"
-                    if url.get_backend_name() == "postgresql" else "")
-            raise DataError(f"the database driver for {url.drivername} is not installed: "
-                            f"{exc}{hint}", source=self.name) from None
-        except (sa.exc.ArgumentError, TypeError) as exc:
-            raise DataError(f"bad database URL: {_scrub(str(exc), self._secrets)}",
-                            source=self.name) from None
-        if self._sqlite:
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-
     def _store_key(self, conn: Connection) -> bytes:
         """The store's secret (created with the store): the key of its tags and marks."""
-        query = sa.select(_store_info.c.value).where(_store_info.c.name == "key")
+        query = sa.select(store_info_table.c.value).where(store_info_table.c.name == "key")
         found = conn.execute(query).scalar()
         if found is None:
-            stmt = _insert_ignore(conn, _store_info, {"name": "key",
+            stmt = insert_ignore(conn, store_info_table, {"name": "key",
                                                       "value": secrets.token_hex(32)})
             conn.execute(stmt)
             found = conn.execute(query).scalar_one()  # ours, or a racing process's
@@ -338,27 +201,27 @@ class EventStore:
         inspector = sa.inspect(conn)
         changed = False
         preparer = conn.dialect.identifier_preparer
-        table = preparer.format_table(_events)
-        if "user_tag" not in {c["name"] for c in inspector.get_columns(_events.name)}:
+        table = preparer.format_table(events_table)
+        if "user_tag" not in {c["name"] for c in inspector.get_columns(events_table.name)}:
             conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN "
                                  f"{preparer.quote('user_tag')} BIGINT")
-            users = conn.execute(sa.select(_events.c.user).distinct()).scalars().all()
+            users = conn.execute(sa.select(events_table.c.user).distinct()).scalars().all()
             if users:
-                conn.execute(_events.update().where(_events.c.user == sa.bindparam("u"))
+                conn.execute(events_table.update().where(events_table.c.user == sa.bindparam("u"))
                              .values(user_tag=sa.bindparam("t")),
                              [{"u": u, "t": self.tag(u)} for u in users])
             changed = True
-        if _LEGACY_USER_INDEX in {i["name"] for i in inspector.get_indexes(_events.name)}:
-            conn.exec_driver_sql(f"DROP INDEX {preparer.quote(_LEGACY_USER_INDEX)}")
+        if LEGACY_USER_INDEX in {i["name"] for i in inspector.get_indexes(events_table.name)}:
+            conn.exec_driver_sql(f"DROP INDEX {preparer.quote(LEGACY_USER_INDEX)}")
             changed = True
-        for index in _events.indexes:
+        for index in events_table.indexes:
             index.create(conn, checkfirst=True)
-        if inspector.has_table(_legacy_forgotten.name):
+        if inspector.has_table(legacy_forgotten_table.name):
             marks = [{"mark": self.mark(user), "at": float(at)} for user, at in conn.execute(
-                sa.select(_legacy_forgotten.c.user, _legacy_forgotten.c.at))]
+                sa.select(legacy_forgotten_table.c.user, legacy_forgotten_table.c.at))]
             if marks:
-                self._put_marks(conn, marks)
-            _legacy_forgotten.drop(conn)
+                upsert_marks(conn, marks)
+            legacy_forgotten_table.drop(conn)
             changed = True
         return changed
 
@@ -391,7 +254,7 @@ class EventStore:
                 busy, log, _ = conn.exec_driver_sql(
                     "PRAGMA wal_checkpoint(TRUNCATE)").one()
             finally:
-                conn.exec_driver_sql(f"PRAGMA busy_timeout={_BUSY_TIMEOUT * 1000}")
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT * 1000}")
         self._wal_dirty = bool(busy) or log > 0  # log -1: no WAL (in memory)
         return not self._wal_dirty
 
@@ -407,13 +270,14 @@ class EventStore:
         a full rewrite of the store (``VACUUM``), for maintenance while it is idle; erasure
         needs none of it."""
         with self._connect(write=True) as conn:
-            conn.execute(_events.delete().where(~_LIVE))
+            conn.execute(events_table.delete().where(~LIVE))
         if self._sqlite:
             with self._locked():
                 self._vacuum()
 
     def _error(self, what: str, exc: BaseException) -> DataError:
-        return DataError(f"{what}: {_scrub(_reason(exc), self._secrets)}", source=self.name)
+        return DataError(f"{what}: {scrub(driver_reason(exc), self._secrets)}",
+                         source=self.name)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -466,15 +330,15 @@ class EventStore:
                 for u, i, v, t in events]
         if not rows:
             return 0
-        _check_ids([r["user"] for r in rows] + [r["item"] for r in rows])
+        check_ids([r["user"] for r in rows] + [r["item"] for r in rows])
         tags = {u: self.tag(u) for u in {r["user"] for r in rows}}  # once per user
         for r in rows:
             r["user_tag"] = tags[r["user"]]
         with self._connect(write=True) as conn:
             if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-                _copy_events(conn, rows)
+                copy_events(conn, rows)
             else:
-                conn.execute(_events.insert(), rows)  # one executemany
+                conn.execute(events_table.insert(), rows)  # one executemany
         return len(rows)
 
     def delete_user(self, user: Any, *, spellings: Iterable[Any] = (),
@@ -489,25 +353,8 @@ class EventStore:
         with self._connect(write=True, erasing=True) as conn:
             n = conn.execute(_TOMBSTONE if self._sqlite else _DELETE,
                              self._users(names)).rowcount
-            self._put_marks(conn, marks)
+            upsert_marks(conn, marks)
         return int(n)
-
-    @staticmethod
-    def _put_marks(conn: Connection, marks: list[dict[str, Any]]) -> None:
-        """Insert or update erasure marks (``mark``, ``at``), in the caller's transaction."""
-        dialect = conn.dialect.name
-        if dialect in ("sqlite", "postgresql"):
-            if dialect == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert
-            else:
-                from sqlalchemy.dialects.postgresql import insert
-            stmt = insert(_erasures)
-            conn.execute(stmt.on_conflict_do_update(index_elements=[_erasures.c.mark],
-                                                    set_={"at": stmt.excluded.at}), marks)
-        else:  # other databases: delete, then insert
-            conn.execute(_erasures.delete().where(_erasures.c.mark == sa.bindparam("m")),
-                         [{"m": m["mark"]} for m in marks])
-            conn.execute(_erasures.insert(), marks)
 
     # -- reads -----------------------------------------------------------------------------
     def user_items(self, user: Any) -> list[str]:
@@ -518,7 +365,7 @@ class EventStore:
     def all_user_items(self) -> dict[str, list[str]]:
         """Every user's posted items (reads the whole store)."""
         out: dict[str, list[str]] = {}
-        query = sa.select(_events.c.user, _events.c.item).where(_LIVE).distinct()
+        query = sa.select(events_table.c.user, events_table.c.item).where(LIVE).distinct()
         with self._connect(write=False) as conn:
             for user, item in conn.execute(query):
                 out.setdefault(user, []).append(item)
@@ -528,8 +375,8 @@ class EventStore:
         """Every user's posted ``(item, value)`` pairs, the latest value of each pair
         (``None`` where none was given). Reads the whole store (a server's start)."""
         latest: dict[tuple[str, str], float | None] = {}
-        query = sa.select(_events.c.user, _events.c.item, _events.c.value).where(
-            _LIVE).order_by(_events.c.received, _events.c.id)
+        query = sa.select(events_table.c.user, events_table.c.item, events_table.c.value).where(
+            LIVE).order_by(events_table.c.received, events_table.c.id)
         with self._connect(write=False) as conn:
             for user, item, value in conn.execute(query):
                 if value is not None or (user, item) not in latest:
@@ -541,8 +388,8 @@ class EventStore:
         ``last_id`` (:meth:`last_id`): what a server that read the store then is missing.
         Costs what those events cost (the primary key's order)."""
         latest: dict[tuple[str, str], float | None] = {}
-        query = sa.select(_events.c.user, _events.c.item, _events.c.value).where(
-            _events.c.id > last_id, _LIVE).order_by(_events.c.id)
+        query = sa.select(events_table.c.user, events_table.c.item, events_table.c.value).where(
+            events_table.c.id > last_id, LIVE).order_by(events_table.c.id)
         with self._connect(write=False) as conn:
             for user, item, value in conn.execute(query):
                 if value is not None or (user, item) not in latest:
@@ -552,11 +399,11 @@ class EventStore:
     def last_id(self) -> int:
         """The number of the latest event stored (0: none yet)."""
         with self._connect(write=False) as conn:
-            return int(conn.execute(sa.select(sa.func.max(_events.c.id))).scalar() or 0)
+            return int(conn.execute(sa.select(sa.func.max(events_table.c.id))).scalar() or 0)
 
     def erased_at(self, user: Any) -> float | None:
         """When ``user`` was last erased (seconds since the epoch), ``None`` if never."""
-        query = sa.select(_erasures.c.at).where(_erasures.c.mark == self.mark(user))
+        query = sa.select(erasures_table.c.at).where(erasures_table.c.mark == self.mark(user))
         with self._connect(write=False) as conn:
             at = conn.execute(query).scalar()
         return None if at is None else float(at)
@@ -569,12 +416,12 @@ class EventStore:
         """Every erasure's mark (:meth:`mark`) and time: ids are not on record."""
         with self._connect(write=False) as conn:
             return {str(m): float(at) for m, at in
-                    conn.execute(sa.select(_erasures.c.mark, _erasures.c.at))}
+                    conn.execute(sa.select(erasures_table.c.mark, erasures_table.c.at))}
 
     def erasure_state(self) -> tuple[int, float]:
         """The number of marks and the latest erasure's time: changes with every erasure
         (a server reading the store twice learns whether it must read it whole again)."""
-        query = sa.select(sa.func.count(), sa.func.max(_erasures.c.at))
+        query = sa.select(sa.func.count(), sa.func.max(erasures_table.c.at))
         with self._connect(write=False) as conn:
             n, latest = conn.execute(query).one()
         return int(n), float(latest or 0.0)
@@ -582,16 +429,17 @@ class EventStore:
     def count(self) -> int:
         """The number of events stored (erased ones not counted)."""
         with self._connect(write=False) as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(_events)
-                                    .where(_LIVE)).scalar_one())
+            return int(conn.execute(sa.select(sa.func.count()).select_from(events_table)
+                                    .where(LIVE)).scalar_one())
 
     def to_frame(self) -> pd.DataFrame:
         """All events in arrival order: ``user, item, rating, timestamp`` (``rating`` only
         when some event has a value, ``timestamp`` only when every event has one). An id
         column comes back as integers when every id in it is the decimal text of an
         int64 (``"7"``, not ``"007"`` or ``"+7"``)."""
-        query = (sa.select(_events.c.user, _events.c.item, _events.c.value.label("rating"),
-                           _events.c.timestamp).where(_LIVE).order_by(_events.c.id))
+        cols = events_table.c
+        query = (sa.select(cols.user, cols.item, cols.value.label("rating"), cols.timestamp)
+                 .where(LIVE).order_by(cols.id))
         with self._connect(write=False) as conn:
             # The driver's own cursor: plain tuples, which pandas turns into columns in C
             # (SQLAlchemy's Row objects cost pandas a slow attribute probe each).
@@ -614,10 +462,8 @@ class EventStore:
             frame["timestamp"] = frame["timestamp"].astype(np.int64)
         return frame
 
-    def to_interactions(self, duplicates: str = "last") -> Any:
+    def to_interactions(self, duplicates: str = "last") -> Interactions:
         """The store as :class:`~recforge.data.interactions.Interactions` (training data)."""
-        from recforge.data.interactions import Interactions
-
         try:
             frame = self.to_frame()
         except (sa.exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error) as exc:
@@ -642,20 +488,6 @@ def _by_user(latest: dict[tuple[str, str], float | None]
     return out
 
 
-def _insert_ignore(conn: Connection, table: sa.Table, values: dict[str, Any]
-                   ) -> sa.Executable:
-    """An insert that leaves an existing row with the same key alone (SQLite,
-    PostgreSQL; elsewhere a plain insert)."""
-    dialect = conn.dialect.name
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        return table.insert().values(**values)
-    return insert(table).values(**values).on_conflict_do_nothing()
-
-
 def _fill_values(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """Events posted without a value among events with values, as the server reads them:
     an event without a value keeps the value its (user, item) pair had before (or, for a
@@ -671,35 +503,6 @@ def _fill_values(frame: pd.DataFrame, name: str) -> pd.DataFrame:
                      "rated training data", name, f"{int(left.sum()):,}", f"{len(frame):,}")
         frame = frame.loc[~left].reset_index(drop=True)
     return frame
-
-
-def _check_ids(ids: list[str]) -> None:
-    """Ids every database stores alike: no NUL character (PostgreSQL's text refuses it)
-    and valid Unicode (no unpaired surrogate, which has no UTF-8 form)."""
-    joined = "\n".join(ids)
-    try:
-        joined.encode("utf-8")
-    except UnicodeEncodeError:
-        raise DataError("an id is not valid Unicode (an unpaired surrogate)") from None
-    if "\x00" in joined:
-        raise DataError("an id contains a NUL character")
-
-
-def _copy_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert ``rows`` with PostgreSQL's ``COPY`` through psycopg 3, in the caller's
-    transaction: five times the rate of an executemany (95,000 against 20,000 events a
-    second in batches of 1,000 on a local server)."""
-    names = [c.name for c in _events.columns if c.name != "id"]
-    preparer = conn.dialect.identifier_preparer
-    sql = (f"COPY {preparer.format_table(_events)} "
-           f"({', '.join(preparer.quote(n) for n in names)}) FROM STDIN")
-    cursor = conn.connection.cursor()
-    try:
-        with cursor.copy(sql) as copy:
-            for row in rows:
-                copy.write_row([row[n] for n in names])
-    finally:
-        cursor.close()
 
 
 def _ids(text: np.ndarray) -> np.ndarray:
