@@ -24,9 +24,9 @@ from recforge.data.movielens import (
     get_spec,
     list_datasets,
     load_movielens,
-    parse_titles,
     verify_files,
 )
+from recforge.data.movielens_files import parse_titles
 from recforge.errors import ConfigError, DataError
 
 

@@ -1,4 +1,5 @@
-"""The MovieLens data sets: a registry of variants, download into a cache, offline use, parsing.
+"""The MovieLens data sets: a registry of variants, download into a cache, offline use,
+loading (the files' parsers are in :mod:`recforge.data.movielens_files`).
 
 Example::
 
@@ -32,15 +33,12 @@ from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
 
-import numpy as np
 import pandas as pd
 
 from recforge.data.download import MAX_EXTRACT_BYTES, cache_dir, extract_zip, fetch, file_digest
-from recforge.data.formats import header_names
 from recforge.data.interactions import Interactions
-from recforge.data.readers import read_csv
+from recforge.data.movielens_files import Format, read_items, read_ratings, read_tags, read_users
 from recforge.errors import ConfigError, DataError
 
 __all__ = [
@@ -56,17 +54,10 @@ __all__ = [
     "list_datasets",
     "load_movielens",
     "movielens_cache_dir",
-    "parse_titles",
     "verify_files",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: File layouts: ``"100k"`` (u.data / u.item / u.user, tab and pipe separated),
-#: ``"dat"`` (``::``-separated ratings.dat / movies.dat / users.dat / tags.dat, 1M and 10M),
-#: ``"csv"`` (ratings.csv / movies.csv / tags.csv with headers, 20M and later).
-Format = Literal["100k", "dat", "csv"]
-
 
 @dataclass(frozen=True)
 class MovieLensSpec:
@@ -150,6 +141,46 @@ class Verification:
 
 _BASE_URL = "https://files.grouplens.org/datasets/movielens/"
 
+#: The files and contents of each layout of release (the folder is the release's name).
+_LAYOUTS: dict[str, dict[str, object]] = {
+    "100k": {"ratings_file": "u.data", "format": "100k", "has_tags": False,
+             "has_user_features": True},
+    "1m": {"ratings_file": "ratings.dat", "format": "dat", "has_tags": False,
+           "has_user_features": True},
+    "10m": {"ratings_file": "ratings.dat", "format": "dat", "has_tags": True,
+            "has_user_features": False},
+    "csv": {"ratings_file": "ratings.csv", "format": "csv", "has_tags": True,
+            "has_user_features": False},
+}
+
+#: What single releases carry beyond their row of the table below.
+_EXTRA: dict[str, dict[str, object]] = {
+    "ml-100k": {"file_sha256": {
+        "u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
+        "u.item": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701",
+        "u.user": "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c",
+    }},
+    "ml-10m": {"folder": "ml-10M100K"},
+    "ml-32m": {"ships_checksums": True},
+    "ml-latest-small": {"file_sha256": {
+        "ratings.csv": "aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646",
+        "movies.csv": "0b51fea714421d61045d49a335db61ffd732a49a6569bd83738ab700edc3b9db",
+        "tags.csv": "92a9f8bb7916dceef6151209845788c3643f794dfa79d1feaec7121b5960399d",
+    }},
+}
+
+
+def _release(name: str, layout: str, md5: str | None, n_ratings: int, n_users: int,
+             n_items: int, max_extracted_bytes: int, description: str) -> MovieLensSpec:
+    """One row of the registry's table as a spec: ``<name>.zip`` on GroupLens' server,
+    extracting to ``<name>/`` unless :data:`_EXTRA` says otherwise."""
+    fields: dict[str, object] = {"folder": name, **_LAYOUTS[layout], **_EXTRA.get(name, {})}
+    return MovieLensSpec(name=name, url=f"{_BASE_URL}{name}.zip", md5=md5, n_ratings=n_ratings,
+                         n_users=n_users, n_items=n_items, description=description,
+                         max_extracted_bytes=max_extracted_bytes,
+                         **fields)  # type: ignore[arg-type]
+
+
 # Checksums:
 # * md5 of the zips: published by GroupLens beside each archive (<name>.zip.md5 on
 #   files.grouplens.org). ml-32m's (d472be33...) is the value of ml-32m.zip.md5 as quoted
@@ -164,70 +195,30 @@ _BASE_URL = "https://files.grouplens.org/datasets/movielens/"
 # Counts: n_ratings from the READMEs; n_users / n_items are users and movies present in the
 # ratings file (ml-100k and ml-latest-small checked by the tests on the real files; the
 # others as commonly reported for these releases).
-_SPECS = [
-    MovieLensSpec(
-        name="ml-100k", url=_BASE_URL + "ml-100k.zip",
-        md5="0e33842e24a9c977be4e0107933c0723", folder="ml-100k", ratings_file="u.data",
-        format="100k", n_ratings=100_000, n_users=943, n_items=1_682,
-        description="MovieLens 100K (1998): 100,000 ratings (1-5 stars) from 943 users on "
-                    "1,682 movies; user age, gender, occupation and zip code; 19 genres.",
-        has_tags=False, has_user_features=True, max_extracted_bytes=64 << 20,
-        file_sha256={
-            "u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
-            "u.item": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701",
-            "u.user": "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c",
-        }),
-    MovieLensSpec(
-        name="ml-1m", url=_BASE_URL + "ml-1m.zip",
-        md5="c4d9eecfca2ab87c1945afe126590906", folder="ml-1m", ratings_file="ratings.dat",
-        format="dat", n_ratings=1_000_209, n_users=6_040, n_items=3_706,
-        description="MovieLens 1M (2003): 1,000,209 ratings (1-5 stars) from 6,040 users on "
-                    "3,706 of 3,883 movies; user age group, gender, occupation, zip code.",
-        has_tags=False, has_user_features=True, max_extracted_bytes=128 << 20),
-    MovieLensSpec(
-        name="ml-10m", url=_BASE_URL + "ml-10m.zip",
-        md5="ce571fd55effeba0271552578f2648bd", folder="ml-10M100K",
-        ratings_file="ratings.dat", format="dat", n_ratings=10_000_054, n_users=69_878,
-        n_items=10_677,
-        description="MovieLens 10M (2009): 10,000,054 ratings (0.5-5 stars) and 95,580 tags "
-                    "on 10,681 movies by 71,567 users (69,878 of whom rated).",
-        has_tags=True, has_user_features=False, max_extracted_bytes=1 << 30),
-    MovieLensSpec(
-        name="ml-20m", url=_BASE_URL + "ml-20m.zip",
-        md5="cd245b17a1ae2cc31bb14903e1204af3", folder="ml-20m", ratings_file="ratings.csv",
-        format="csv", n_ratings=20_000_263, n_users=138_493, n_items=26_744,
-        description="MovieLens 20M (2015): 20,000,263 ratings (0.5-5 stars) and 465,564 tags "
-                    "on 27,278 movies by 138,493 users; tag genome.",
-        has_tags=True, has_user_features=False, max_extracted_bytes=3 << 30),
-    MovieLensSpec(
-        name="ml-25m", url=_BASE_URL + "ml-25m.zip",
-        md5="6b51fb2759a8657d3bfcbfc42b592ada", folder="ml-25m", ratings_file="ratings.csv",
-        format="csv", n_ratings=25_000_095, n_users=162_541, n_items=59_047,
-        description="MovieLens 25M (2019): 25,000,095 ratings (0.5-5 stars) and 1,093,360 "
-                    "tags on 62,423 movies by 162,541 users; tag genome.",
-        has_tags=True, has_user_features=False, max_extracted_bytes=4 << 30),
-    MovieLensSpec(
-        name="ml-32m", url=_BASE_URL + "ml-32m.zip",
-        md5="d472be332d4daa821edc399621853b57", folder="ml-32m",
-        ratings_file="ratings.csv", format="csv", n_ratings=32_000_204, n_users=200_948,
-        n_items=84_432,
-        description="MovieLens 32M (2023): 32,000,204 ratings (0.5-5 stars) and 2,000,072 "
-                    "tags on 87,585 movies by 200,948 users.",
-        has_tags=True, has_user_features=False, max_extracted_bytes=4 << 30,
-        ships_checksums=True),
-    MovieLensSpec(
-        name="ml-latest-small", url=_BASE_URL + "ml-latest-small.zip", md5=None,
-        folder="ml-latest-small", ratings_file="ratings.csv", format="csv",
-        n_ratings=100_836, n_users=610, n_items=9_724,
-        description="MovieLens latest-small (2018): 100,836 ratings (0.5-5 stars) and 3,683 "
-                    "tags on 9,742 movies (9,724 rated) by 610 users; for development.",
-        has_tags=True, has_user_features=False, max_extracted_bytes=64 << 20,
-        file_sha256={
-            "ratings.csv": "aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646",
-            "movies.csv": "0b51fea714421d61045d49a335db61ffd732a49a6569bd83738ab700edc3b9db",
-            "tags.csv": "92a9f8bb7916dceef6151209845788c3643f794dfa79d1feaec7121b5960399d",
-        }),
-]
+_SPECS = [_release(*row) for row in (
+    # name, layout, md5 of the zip, ratings, users, items, unpacked-size ceiling, description
+    ("ml-100k", "100k", "0e33842e24a9c977be4e0107933c0723", 100_000, 943, 1_682, 64 << 20,
+     "MovieLens 100K (1998): 100,000 ratings (1-5 stars) from 943 users on 1,682 movies; "
+     "user age, gender, occupation and zip code; 19 genres."),
+    ("ml-1m", "1m", "c4d9eecfca2ab87c1945afe126590906", 1_000_209, 6_040, 3_706, 128 << 20,
+     "MovieLens 1M (2003): 1,000,209 ratings (1-5 stars) from 6,040 users on 3,706 of "
+     "3,883 movies; user age group, gender, occupation, zip code."),
+    ("ml-10m", "10m", "ce571fd55effeba0271552578f2648bd", 10_000_054, 69_878, 10_677, 1 << 30,
+     "MovieLens 10M (2009): 10,000,054 ratings (0.5-5 stars) and 95,580 tags on 10,681 "
+     "movies by 71,567 users (69,878 of whom rated)."),
+    ("ml-20m", "csv", "cd245b17a1ae2cc31bb14903e1204af3", 20_000_263, 138_493, 26_744, 3 << 30,
+     "MovieLens 20M (2015): 20,000,263 ratings (0.5-5 stars) and 465,564 tags on 27,278 "
+     "movies by 138,493 users; tag genome."),
+    ("ml-25m", "csv", "6b51fb2759a8657d3bfcbfc42b592ada", 25_000_095, 162_541, 59_047, 4 << 30,
+     "MovieLens 25M (2019): 25,000,095 ratings (0.5-5 stars) and 1,093,360 tags on "
+     "62,423 movies by 162,541 users; tag genome."),
+    ("ml-32m", "csv", "d472be332d4daa821edc399621853b57", 32_000_204, 200_948, 84_432, 4 << 30,
+     "MovieLens 32M (2023): 32,000,204 ratings (0.5-5 stars) and 2,000,072 tags on "
+     "87,585 movies by 200,948 users."),
+    ("ml-latest-small", "csv", None, 100_836, 610, 9_724, 64 << 20,
+     "MovieLens latest-small (2018): 100,836 ratings (0.5-5 stars) and 3,683 tags on "
+     "9,742 movies (9,724 rated) by 610 users; for development."),
+)]
 
 #: The registry: name -> spec, in order of size (read-only).
 DATASETS: Mapping[str, MovieLensSpec] = MappingProxyType({s.name: s for s in _SPECS})
@@ -467,258 +458,6 @@ def fetch_movielens(name: str | MovieLensSpec, *, cache: str | os.PathLike | Non
 
 
 # ---------------------------------------------------------------------------------------
-# parsing helpers
-_NO_GENRES = frozenset({"", "(no genres listed)"})
-
-# u.genre of ml-100k, used when that file is absent.
-_GENRES_100K = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-                "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-                "Romance", "Sci-Fi", "Thriller", "War", "Western")
-
-# Occupation codes of ml-1m users.dat (from its README).
-_OCCUPATIONS_1M = np.array([
-    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
-    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
-    "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
-    "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",
-], dtype=object)
-
-_YEAR = r"\d{4}(?:\s*[-\u2013]\s*(?:\d{4})?)?"  # 1995, 2006-2007, 2006–2007, 2015-
-_TITLE_RE = (rf"^(?P<title>.*?)\s*\((?P<year>{_YEAR})\)"
-             rf"(?P<suffix>(?:\s*\((?!{_YEAR}\))[^()]*\))*)\s*$")
-
-_MOVIES_DAT = r"^(?P<item>\d+)::(?P<title>.*)::(?P<genres>[^:]*)$"
-_USERS_DAT = (r"^(?P<user>\d+)::(?P<gender>[^:]*)::(?P<age>\d+)::(?P<occupation>\d+)"
-              r"::(?P<zip>.*)$")
-_TAGS_DAT = r"^(?P<user>\d+)::(?P<item>\d+)::(?P<tag>.*)::(?P<timestamp>\d+)$"
-
-
-def parse_titles(titles: pd.Series) -> pd.DataFrame:
-    """Split MovieLens titles into ``title`` and ``year`` (nullable ``Int64``), vectorised.
-
-    ``"Toy Story (1995)"`` -> ``("Toy Story", 1995)``; trailing spaces are ignored; a year
-    range ``(2006–2007)`` gives its first year; a suffix after the year is kept
-    (``"Land Before Time III (1995) (V)"`` -> ``"Land Before Time III (V)"``); a title
-    without a year (``"Babylon 5"``) keeps its text and gets ``<NA>``.
-    """
-    raw = titles.astype("string").fillna("")
-    parts = raw.str.extract(_TITLE_RE)
-    matched = parts["year"].notna()
-    suffix = parts["suffix"].fillna("").str.strip()
-    title = parts["title"].str.strip().where(suffix == "", parts["title"].str.strip()
-                                             + " " + suffix)
-    title = title.where(matched, raw.str.strip())
-    year = pd.to_numeric(parts["year"].str[:4], errors="coerce").astype("Int64")
-    return pd.DataFrame({"title": title.astype(object), "year": year}, index=titles.index)
-
-
-def _split_genres(genres: pd.Series) -> list[list[str]]:
-    """``"A|B"`` -> ``["A", "B"]``; ``"(no genres listed)"`` -> ``[]`` (one step per item)."""
-    return [[] if g in _NO_GENRES else g.split("|")
-            for g in genres.fillna("").astype(str).str.strip().tolist()]
-
-
-def _read_text(path: Path) -> str:
-    """The file's text: UTF-8 when it decodes, else Latin-1 (ml-100k, ml-1m)."""
-    if not path.is_file():
-        raise DataError("file not found", source=str(path))
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        logger.debug("%s is not UTF-8; reading it as Latin-1", path)
-        return raw.decode("latin-1")
-
-
-def _read_lines(path: Path) -> tuple[pd.Series, np.ndarray]:
-    """Non-blank lines of a text file and their 1-based line numbers."""
-    # split("\n"), not splitlines(): Latin-1 text may hold U+0085, which splitlines breaks on.
-    lines = pd.Series(_read_text(path).split("\n"), dtype="string").str.rstrip("\r")
-    numbers = np.arange(1, len(lines) + 1)
-    keep = (lines.str.strip() != "").to_numpy(dtype=bool)
-    return lines[keep].reset_index(drop=True), numbers[keep]
-
-
-def _read_regex(path: Path, pattern: str, layout: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """Parse every line with ``pattern`` (named groups become columns)."""
-    lines, numbers = _read_lines(path)
-    parts = lines.str.extract(pattern)
-    bad = parts.iloc[:, 0].isna().to_numpy()
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"malformed line {str(lines.iloc[i])[:80]!r}; expected {layout}",
-                        source=str(path), line=int(numbers[i]))
-    return parts, numbers
-
-
-def _read_split(path: Path, sep: str, names: list[str],
-                layout: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """Split every line on ``sep`` into the columns ``names`` (one field each, exactly)."""
-    lines, numbers = _read_lines(path)
-    counts = lines.str.count(re.escape(sep)).to_numpy() + 1
-    bad = counts != len(names)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"expected {len(names)} fields separated by {sep!r}, saw {counts[i]} "
-                        f"({layout})", source=str(path), line=int(numbers[i]))
-    frame = lines.str.split(sep, regex=False, expand=True)
-    frame.columns = names
-    return frame, numbers
-
-
-def _read_header_csv(path: Path, columns: dict[str, str]) -> tuple[pd.DataFrame, np.ndarray]:
-    """Read a CSV with a header, as strings ("NA" stays a string); rename ``columns``."""
-    src = str(path)
-    if not path.is_file():
-        raise DataError("file not found", source=src)
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except pd.errors.ParserError as exc:
-        raise DataError(f"cannot parse: {exc}", source=src) from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not valid UTF-8 text ({exc.reason} at byte {exc.start})",
-                        source=src) from None
-    # the names as written (pandas renames a repeated `title` to `title.1`)
-    frame.columns = header_names(path, ",", "utf-8", 0, frame.columns)
-    twice = [c for c in columns if list(frame.columns).count(c) > 1]
-    if twice:
-        raise DataError(f"column {twice[0]!r} appears more than once in the header",
-                        source=src, line=1, column=twice[0])
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(f"missing columns {missing}; columns present: {list(frame.columns)}",
-                        source=src, line=1)
-    frame = frame[list(columns)].rename(columns=columns)
-    return frame, np.arange(len(frame)) + 2
-
-
-def _ints(series: pd.Series, path: Path, column: str, numbers: np.ndarray) -> np.ndarray:
-    """A column of integers (int64); a non-integer raises naming file, line and column."""
-    num = pd.to_numeric(series.astype("string").str.strip(), errors="coerce")
-    arr = num.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isfinite(arr) | (arr != np.round(arr))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{str(series.iloc[i])!r} is not an integer", source=str(path),
-                        line=int(numbers[i]), column=column)
-    return arr.astype(np.int64)
-
-
-def _items_frame(item: np.ndarray, titles: pd.Series, genres: list[list[str]]) -> pd.DataFrame:
-    parsed = parse_titles(titles.reset_index(drop=True))
-    frame = pd.DataFrame({"title": parsed["title"].to_numpy(dtype=object),
-                          "year": parsed["year"].array,
-                          "genres": pd.Series(genres, dtype=object).to_numpy()},
-                         index=pd.Index(item, name="item"))
-    return frame
-
-
-# ---------------------------------------------------------------------------------------
-# readers per file
-_RATING_COLUMNS = ["user", "item", "rating", "timestamp"]
-
-
-def _read_ratings(spec: MovieLensSpec, folder: Path) -> Interactions:
-    path = folder / spec.ratings_file
-    # MovieLens has one rating per (user, movie); "last" keeps the latest should a copy
-    # hold re-ratings, rather than refusing to load it.
-    if spec.format == "csv":
-        return read_csv(path, sep=",", header=True, encoding="utf-8", duplicates="last")
-    sep = "\t" if spec.format == "100k" else "::"
-    return read_csv(path, sep=sep, header=False, names=_RATING_COLUMNS, encoding="latin-1",
-                    duplicates="last")
-
-
-def _read_genre_names(folder: Path) -> list[str]:
-    path = folder / "u.genre"
-    if not path.is_file():
-        logger.debug("%s not found; using the standard 19 genre names", path)
-        return list(_GENRES_100K)
-    frame, numbers = _read_split(path, "|", ["name", "index"], "name|index")
-    index = _ints(frame["index"], path, "index", numbers)
-    return frame["name"].to_numpy(dtype=object)[np.argsort(index, kind="stable")].tolist()
-
-
-def _read_items_100k(folder: Path) -> pd.DataFrame:
-    path = folder / "u.item"
-    names = _read_genre_names(folder)
-    fixed = ["item", "title", "release_date", "video_release_date", "url"]
-    frame, numbers = _read_split(path, "|", fixed + [f"g{k}" for k in range(len(names))],
-                                 "item|title|release date|video release date|IMDb URL|"
-                                 f"{len(names)} genre flags")
-    item = _ints(frame["item"], path, "item", numbers)
-    flags = frame.iloc[:, len(fixed):]
-    valid = flags.isin(["0", "1"]).to_numpy()
-    if not valid.all():
-        r, c = np.argwhere(~valid)[0]
-        raise DataError(f"genre flag {flags.iat[r, c]!r} is not 0 or 1", source=str(path),
-                        line=int(numbers[r]), column=names[c])
-    rows, cols = np.nonzero(flags.to_numpy() == "1")
-    per_item = np.split(np.asarray(names, dtype=object)[cols],
-                        np.cumsum(np.bincount(rows, minlength=len(frame)))[:-1])
-    return _items_frame(item, frame["title"], [list(g) for g in per_item])
-
-
-def _read_items(spec: MovieLensSpec, folder: Path) -> pd.DataFrame:
-    if spec.format == "100k":
-        return _read_items_100k(folder)
-    if spec.format == "dat":
-        path = folder / "movies.dat"
-        frame, numbers = _read_regex(path, _MOVIES_DAT, "MovieID::Title::Genres")
-    else:
-        path = folder / "movies.csv"
-        frame, numbers = _read_header_csv(path, {"movieId": "item", "title": "title",
-                                                 "genres": "genres"})
-    item = _ints(frame["item"], path, "movieId", numbers)
-    return _items_frame(item, frame["title"], _split_genres(frame["genres"]))
-
-
-def _read_users(spec: MovieLensSpec, folder: Path) -> pd.DataFrame | None:
-    if not spec.has_user_features:
-        return None
-    if spec.format == "100k":
-        path = folder / "u.user"
-        frame, numbers = _read_split(path, "|", ["user", "age", "gender", "occupation", "zip"],
-                                     "user id|age|gender|occupation|zip code")
-        occupation = frame["occupation"].to_numpy(dtype=object)
-    else:
-        path = folder / "users.dat"
-        frame, numbers = _read_regex(path, _USERS_DAT,
-                                     "UserID::Gender::Age::Occupation::Zip-code")
-        code = _ints(frame["occupation"], path, "occupation", numbers)
-        bad = (code < 0) | (code >= len(_OCCUPATIONS_1M))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise DataError(f"unknown occupation code {int(code[i])} (expected 0-20)",
-                            source=str(path), line=int(numbers[i]), column="occupation")
-        occupation = _OCCUPATIONS_1M[code]
-    user = _ints(frame["user"], path, "user", numbers)
-    return pd.DataFrame({"age": _ints(frame["age"], path, "age", numbers),
-                         "gender": frame["gender"].to_numpy(dtype=object),
-                         "occupation": occupation,
-                         "zip": frame["zip"].str.strip().to_numpy(dtype=object)},
-                        index=pd.Index(user, name="user"))
-
-
-def _read_tags(spec: MovieLensSpec, folder: Path) -> pd.DataFrame | None:
-    if not spec.has_tags:
-        return None
-    path = folder / ("tags.dat" if spec.format == "dat" else "tags.csv")
-    if not path.is_file():
-        logger.warning("%s not found; loading without tags", path)
-        return None
-    if spec.format == "dat":
-        frame, numbers = _read_regex(path, _TAGS_DAT, "UserID::MovieID::Tag::Timestamp")
-    else:
-        frame, numbers = _read_header_csv(path, {"userId": "user", "movieId": "item",
-                                                 "tag": "tag", "timestamp": "timestamp"})
-    return pd.DataFrame({"user": _ints(frame["user"], path, "user", numbers),
-                         "item": _ints(frame["item"], path, "item", numbers),
-                         "tag": frame["tag"].to_numpy(dtype=object),
-                         "timestamp": _ints(frame["timestamp"], path, "timestamp", numbers)})
-
-
-# ---------------------------------------------------------------------------------------
 # loading
 @dataclass(frozen=True, repr=False)
 class MovieLensData:
@@ -789,11 +528,13 @@ def load_movielens(name: str | MovieLensSpec, *, data_dir: str | os.PathLike | N
             raise _not_found(spec, data_dir)
         path = download_movielens(spec, progress=progress)
     logger.info("loading %s from %s", spec.name, path)
-    interactions = _read_ratings(spec, path)
+    interactions = read_ratings(path / spec.ratings_file, spec.format)
     if len(interactions) != spec.n_ratings:
         logger.warning("%s: %s has %d ratings, the published release has %d (a modified copy?)",
                        spec.name, path, len(interactions), spec.n_ratings)
-    return MovieLensData(interactions=interactions, items=_read_items(spec, path),
-                         users=_read_users(spec, path), tags=_read_tags(spec, path),
-                         name=spec.name, path=path)
+    return MovieLensData(
+        interactions=interactions, items=read_items(path, spec.format),
+        users=read_users(path, spec.format) if spec.has_user_features else None,
+        tags=read_tags(path, spec.format) if spec.has_tags else None,
+        name=spec.name, path=path)
 
