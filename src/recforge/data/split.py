@@ -74,33 +74,21 @@ def _make(data: Interactions, assign: np.ndarray, with_valid: bool) -> Split:
                  valid=data.subset(va) if with_valid else None)
 
 
-def _move_unknown_to_train(data: Interactions, assign: np.ndarray) -> np.ndarray:
-    """Send held-out events whose user or item has no training event back to training."""
+def _reassign_unknown(data: Interactions, assign: np.ndarray, to: int) -> np.ndarray:
+    """Held-out events whose user or item has no training event, sent back to training
+    (``to=0``) or dropped (``to=-1``)."""
     assign = assign.copy()
     train = assign == 0
     u_known = np.bincount(data.user[train], minlength=data.n_users) > 0
     i_known = np.bincount(data.item[train], minlength=data.n_items) > 0
     cold = (~train) & ~(u_known[data.user] & i_known[data.item])
     if cold.any():
-        # Moving one event per cold item / user is enough to make it known; move them all
-        # for simplicity: they are few, and a test event with no training signal is noise.
-        log.info("moved %d held-out events of users/items absent from training to training",
-                 int(cold.sum()))
-        assign[cold] = 0
-    return assign
-
-
-def _drop_unknown(data: Interactions, assign: np.ndarray) -> np.ndarray:
-    """Drop (assign -1) held-out events whose user or item has no training event."""
-    assign = assign.copy()
-    train = assign == 0
-    u_known = np.bincount(data.user[train], minlength=data.n_users) > 0
-    i_known = np.bincount(data.item[train], minlength=data.n_items) > 0
-    cold = (~train) & ~(u_known[data.user] & i_known[data.item])
-    if cold.any():
-        log.info("dropped %d held-out events of users/items not seen before the cut",
-                 int(cold.sum()))
-        assign[cold] = -1
+        # Moving one event per cold item / user would make it known; all are moved for
+        # simplicity: they are few, and a test event with no training signal is noise.
+        log.info("moved %d held-out events of users/items absent from training to training"
+                 if to == 0 else "dropped %d held-out events of users/items not seen before "
+                 "the cut", int(cold.sum()))
+        assign[cold] = to
     return assign
 
 
@@ -141,7 +129,7 @@ def random_split(data: Interactions, test_size: float = 0.2, valid_size: float =
         assign = np.zeros(n, dtype=np.int8)
         assign[perm[:n_test]] = 2
         assign[perm[n_test:n_test + n_valid]] = 1
-    assign = _move_unknown_to_train(data, assign.astype(np.int8))
+    assign = _reassign_unknown(data, assign.astype(np.int8), to=0)
     return _make(data, assign, valid_size > 0)
 
 
@@ -182,7 +170,7 @@ def temporal_split(data: Interactions, test_size: float | None = 0.2, *,
                else "every event is held out")
         raise DataError(f"no training events before the time cut ({why}); a temporal split "
                         "needs earlier events to train on", source=data.source)
-    assign = _drop_unknown(data, assign)
+    assign = _reassign_unknown(data, assign, to=-1)
     return _make(data, assign, valid_size > 0)
 
 
@@ -210,7 +198,7 @@ def _per_user_holdout(data: Interactions, key: np.ndarray, n_test: int, n_valid:
     assign[eligible & (from_end < n_test)] = 2
     assign[eligible & (from_end >= n_test) & (from_end < n_test + n_valid)] = 1
     # The test items of a user are the user's latest; an item seen only there is cold.
-    assign = _drop_unknown(data, assign)
+    assign = _reassign_unknown(data, assign, to=-1)
     return _make(data, assign, n_valid > 0)
 
 
@@ -273,5 +261,5 @@ def kfold(data: Interactions, k: int = 5, *, by_user: bool = False,
         fold = rng.permutation(len(data)) % k
     for f in range(k):
         assign = np.where(fold == f, 2, 0).astype(np.int8)
-        assign = _move_unknown_to_train(data, assign)
+        assign = _reassign_unknown(data, assign, to=0)
         yield _make(data, assign, False)
