@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recforge.data.formats import adjacency_events, csv_events
 from recforge.data.frames import (
     DuplicatePolicy,
     IndexedEvents,
@@ -25,7 +24,6 @@ from recforge.data.frames import (
     dedupe,
     events_from_frame,
 )
-from recforge.data.parquet import parquet_events
 from recforge.data.parsing import plain
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import DataError
@@ -361,16 +359,25 @@ class Interactions:
     @classmethod
     def from_csv(cls, path: Any, **kwargs: Any) -> Interactions:
         """Read a CSV / TSV file; see :func:`recforge.data.readers.read_csv`."""
+        # lazy: the file readers stay out of `import recforge` (and `recforge --help`)
+        from recforge.data.formats import csv_events
+
         return cls.from_events(csv_events(path, **kwargs))
 
     @classmethod
     def from_parquet(cls, path: Any, **kwargs: Any) -> Interactions:
         """Read a Parquet file; see :func:`recforge.data.readers.read_parquet`."""
+        # lazy: pyarrow.parquet stays out of `import recforge` (and `recforge --help`)
+        from recforge.data.parquet import parquet_events
+
         return cls.from_events(parquet_events(path, **kwargs))
 
     @classmethod
     def from_adjacency(cls, path: Any, **kwargs: Any) -> Interactions:
         """Read ``user item item ...`` lines; see :func:`recforge.data.readers.read_adjacency`."""
+        # lazy: the file readers stay out of `import recforge` (and `recforge --help`)
+        from recforge.data.formats import adjacency_events
+
         return cls.from_events(adjacency_events(path, **kwargs))
 
 

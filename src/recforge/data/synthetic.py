@@ -11,12 +11,16 @@ Everything is generated with vectorized numpy from one ``seed``.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from recforge._fs import atomic_path
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError
 
@@ -68,10 +72,26 @@ def make_synthetic(n_users: int = 1000, n_items: int = 800, *, mean_per_user: fl
     """
     if n_users < 2 or n_items < 10:
         raise ConfigError("make_synthetic needs n_users >= 2 and n_items >= 10")
-    rng = np.random.default_rng(seed)
-    n_genres = len(GENRES)
+    rng = np.random.default_rng(seed)  # one stream, drawn from in the order of the steps
+    item_genre, genre_vec, item_vec = _items(rng, n_items, n_factors)
+    fav, user_vec = _users(rng, n_users, genre_vec)
+    users, items, affinity = _choose(rng, user_vec, item_vec, mean_per_user,
+                                     popularity_exponent, taste_strength)
+    frame = _events(rng, users, items, affinity, n_users)
+    interactions = Interactions.from_frame(frame, source="synthetic")
+    genre_names = np.asarray(GENRES, dtype=object)
+    user_frame = pd.DataFrame({
+        "favourite_genres": [list(genre_names[row]) for row in fav],
+    }, index=pd.Index(np.arange(1, n_users + 1), name="user"))
+    return SyntheticData(interactions=interactions, items=_item_frame(rng, item_genre),
+                         users=user_frame)
 
-    # Items: 1-3 genres each (some genres more common), a latent vector near its genres'.
+
+def _items(rng: np.random.Generator, n_items: int,
+           n_factors: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Items: 1-3 genres each (some genres more common), a latent vector near its genres'.
+    Returns the multi-hot ``[n_items, n_genres]`` genres, the genres' and items' vectors."""
+    n_genres = len(GENRES)
     genre_weight = rng.dirichlet(np.full(n_genres, 2.0))
     n_item_genres = rng.choice([1, 2, 3], size=n_items, p=[0.45, 0.4, 0.15])
     keys = rng.random((n_items, n_genres)) ** (1.0 / genre_weight[None, :])
@@ -80,21 +100,32 @@ def make_synthetic(n_users: int = 1000, n_items: int = 800, *, mean_per_user: fl
     genre_vec = rng.normal(size=(n_genres, n_factors))
     item_vec = (item_genre @ genre_vec) / item_genre.sum(axis=1, keepdims=True)
     item_vec += 0.5 * rng.normal(size=(n_items, n_factors))
+    return item_genre, genre_vec, item_vec
 
-    # Users: tastes around 1-3 favourite genres.
+
+def _users(rng: np.random.Generator, n_users: int,
+           genre_vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Users: tastes around 1-3 favourite genres (multi-hot) and a vector near them."""
+    n_genres, n_factors = genre_vec.shape
     fav = rng.random((n_users, n_genres)) < rng.uniform(0.05, 0.2, size=(n_users, 1))
     fav[np.arange(n_users), rng.integers(0, n_genres, n_users)] = True
     user_vec = (fav @ genre_vec) / fav.sum(axis=1, keepdims=True)
     user_vec += 0.5 * rng.normal(size=(n_users, n_factors))
+    return fav, user_vec
 
+
+def _choose(rng: np.random.Generator, user_vec: np.ndarray, item_vec: np.ndarray,
+            mean_per_user: float, popularity_exponent: float,
+            taste_strength: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (user, item) pairs of the events and the users x items affinity."""
+    n_users, n_factors = user_vec.shape
+    n_items = len(item_vec)
     # Popularity: Zipf over a random order of items.
     pop_rank = rng.permutation(n_items) + 1
     log_pop = -popularity_exponent * np.log(pop_rank)
-
     # Activity: log-normal, at least 5, at most half the catalogue.
     activity = rng.lognormal(np.log(mean_per_user) - 0.5, 1.0, size=n_users)
     activity = np.clip(np.rint(activity), 5, n_items // 2).astype(np.int64)
-
     # Each user picks `activity` items without replacement, with probability proportional to
     # exp(taste * affinity + log popularity): the Gumbel-top-k trick, one sort per block.
     affinity = (user_vec @ item_vec.T) / np.sqrt(n_factors)
@@ -104,38 +135,39 @@ def make_synthetic(n_users: int = 1000, n_items: int = 800, *, mean_per_user: fl
     order = np.argsort(-(logits + gumbel), axis=1)
     col_rank = np.empty_like(order)
     np.put_along_axis(col_rank, order, np.arange(n_items)[None, :].repeat(n_users, 0), axis=1)
-    chosen = col_rank < activity[:, None]
-    users, items = np.nonzero(chosen)
+    users, items = np.nonzero(col_rank < activity[:, None])
+    return users, items, affinity
 
+
+def _events(rng: np.random.Generator, users: np.ndarray, items: np.ndarray,
+            affinity: np.ndarray, n_users: int) -> pd.DataFrame:
+    """The events with ratings and timestamps, ids from 1."""
     # Ratings follow the affinity (plus noise), on a 1-5 scale.
     z = affinity[users, items]
     z = (z - z.mean()) / (z.std() + 1e-9)  # chosen items are liked: centre among them
     ratings = np.clip(np.rint(3.5 + 0.9 * z + 0.6 * rng.normal(size=len(z))), 1, 5)
-
     # Timestamps: each user is active over a window; events spread uniformly within it.
     t0 = 1_500_000_000
     start = t0 + rng.integers(0, 3 * 365 * 86400, size=n_users)
     span = rng.integers(86400, 365 * 86400, size=n_users)
     ts = start[users] + (rng.random(len(users)) * span[users]).astype(np.int64)
+    return pd.DataFrame({"user": users + 1, "item": items + 1, "rating": ratings,
+                         "timestamp": ts})
 
-    frame = pd.DataFrame({"user": users + 1, "item": items + 1, "rating": ratings,
-                          "timestamp": ts})
-    interactions = Interactions.from_frame(frame, source="synthetic")
 
+def _item_frame(rng: np.random.Generator, item_genre: np.ndarray) -> pd.DataFrame:
+    """Item metadata: a made-up title, a year, the genres' names, indexed by item id."""
+    n_items = len(item_genre)
     years = np.clip(np.rint(rng.normal(1995, 15, n_items)), 1930, 2024).astype(np.int64)
     adj = rng.integers(0, len(_ADJECTIVES), n_items)
     noun = rng.integers(0, len(_NOUNS), n_items)
     titles = [f"The {_ADJECTIVES[a]} {_NOUNS[b]}" for a, b in zip(adj, noun, strict=False)]
     genre_names = np.asarray(GENRES, dtype=object)
-    item_frame = pd.DataFrame({
+    return pd.DataFrame({
         "title": titles,
         "year": pd.array(years, dtype="Int64"),
         "genres": [list(genre_names[row]) for row in item_genre],
     }, index=pd.Index(np.arange(1, n_items + 1), name="item"))
-    user_frame = pd.DataFrame({
-        "favourite_genres": [list(genre_names[row]) for row in fav],
-    }, index=pd.Index(np.arange(1, n_users + 1), name="user"))
-    return SyntheticData(interactions=interactions, items=item_frame, users=user_frame)
 
 
 # ---------------------------------------------------------------------------------------
@@ -160,13 +192,35 @@ def write_synthetic_parquet(path: str | os.PathLike, *, n_users: int = 138_000,
     limited only by disk; the file is written to a temporary name and renamed when complete.
     Returns a summary: events, users, items, seconds, bytes.
     """
-    import time
+    _check_scale(n_users, n_items, n_interactions, taste_strength)
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    cdf_genre, by_genre, cdf_all, nonempty = _catalogue(rng, n_items, n_genres,
+                                                        popularity_exponent)
+    activity = _activity(rng, n_users, n_items, n_interactions, min_per_user)
+    written = 0
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, _SCALE_SCHEMA, compression="zstd") as writer:
+            for lo in range(0, n_users, block_users):
+                hi = min(n_users, lo + block_users)
+                table = _block_table(np.random.default_rng([seed, lo]), lo, activity[lo:hi],
+                                     nonempty, taste_strength, cdf_genre, by_genre, cdf_all)
+                writer.write_table(table)
+                written += table.num_rows
+        size = os.path.getsize(tmp)  # (the output may be standard output or a device)
+    return {"path": str(path), "events": written, "users": n_users, "items": n_items,
+            "seconds": round(time.perf_counter() - start, 2),
+            "bytes": size}
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from recforge._fs import atomic_path
+#: The columns of :func:`write_synthetic_parquet`'s file.
+_SCALE_SCHEMA = pa.schema([("user", pa.int32()), ("item", pa.int32()),
+                           ("rating", pa.float32()), ("timestamp", pa.int64())])
 
+
+def _check_scale(n_users: int, n_items: int, n_interactions: int,
+                 taste_strength: float) -> None:
+    """Refuse sizes that cannot be drawn (each user has at most ``n_items // 2`` items)."""
     if n_users < 2 or n_items < 10 or n_interactions < n_users:
         raise ConfigError("write_synthetic_parquet needs n_users >= 2, n_items >= 10 and "
                           "n_interactions >= n_users")
@@ -176,16 +230,21 @@ def write_synthetic_parquet(path: str | os.PathLike, *, n_users: int = 138_000,
                           f"{n_users * (n_items // 2):,} events for {n_users:,} users")
     if not 0.0 <= taste_strength <= 1.0:
         raise ConfigError(f"taste_strength must be in [0, 1], got {taste_strength}")
-    start = time.perf_counter()
-    rng = np.random.default_rng(seed)
 
-    # Items: a popularity (Zipf over a random order) and one genre each (uneven sizes).
+
+def _catalogue(rng: np.random.Generator, n_items: int, n_genres: int,
+               popularity_exponent: float) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                     np.ndarray]:
+    """Items: a popularity (Zipf over a random order) and one genre each (uneven sizes).
+
+    Returns the within-genre popularity CDFs laid end to end (genre g occupies [g, g + 1)),
+    the items grouped by genre, the catalogue's popularity CDF and the non-empty genres.
+    """
     pop = (rng.permutation(n_items) + 1.0) ** -float(popularity_exponent)
     genre_of = rng.choice(n_genres, size=n_items, p=rng.dirichlet(np.full(n_genres, 2.0)))
     by_genre = np.argsort(genre_of, kind="stable")  # items grouped by genre
     counts = np.bincount(genre_of, minlength=n_genres)
     bounds = np.concatenate([[0], np.cumsum(counts)])
-    # Within-genre popularity CDFs laid end to end: genre g occupies [g, g + 1).
     within = pop[by_genre]
     cdf_genre = np.empty(n_items)
     for g in range(n_genres):  # n_genres iterations, each vectorized
@@ -193,10 +252,13 @@ def write_synthetic_parquet(path: str | os.PathLike, *, n_users: int = 138_000,
         if len(seg):
             cdf_genre[bounds[g]:bounds[g + 1]] = g + np.cumsum(seg) / seg.sum()
     cdf_all = np.cumsum(pop) / pop.sum()
-    nonempty = np.flatnonzero(counts)
+    return cdf_genre, by_genre, cdf_all, np.flatnonzero(counts)
 
-    # Users: log-normal activity scaled to the requested total, above a floor that leaves
-    # at least half of the total to the skew.
+
+def _activity(rng: np.random.Generator, n_users: int, n_items: int, n_interactions: int,
+              min_per_user: int) -> np.ndarray:
+    """Events per user: log-normal, scaled to the requested total, above a floor that
+    leaves at least half of the total to the skew, at most ``n_items // 2``."""
     floor = max(1, min(int(min_per_user), n_interactions // n_users // 2))
     activity = rng.lognormal(0.0, 1.1, size=n_users)
     activity = activity / activity.sum() * (n_interactions - floor * n_users)
@@ -213,38 +275,29 @@ def write_synthetic_parquet(path: str | os.PathLike, *, n_users: int = 138_000,
         activity[room] = np.minimum(
             activity[room] + rng.multinomial(short, np.full(len(room), 1.0 / len(room))),
             n_items // 2)
+    return activity
 
-    t0 = 1_000_000_000
-    schema = pa.schema([("user", pa.int32()), ("item", pa.int32()),
-                        ("rating", pa.float32()), ("timestamp", pa.int64())])
-    written = 0
-    with atomic_path(path) as tmp:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for lo in range(0, n_users, block_users):
-                hi = min(n_users, lo + block_users)
-                brng = np.random.default_rng([seed, lo])
-                quota = activity[lo:hi]
-                # Favourite genres: 1-3 per user, drawn once per block.
-                favs = nonempty[brng.integers(0, len(nonempty), size=(hi - lo, 3))]
-                n_fav = brng.integers(1, 4, size=hi - lo)
-                user, item, taste = _draw_block(brng, quota, favs, n_fav, taste_strength,
-                                                cdf_genre, by_genre, cdf_all)
-                n = len(user)
-                stars = 3.0 + 0.8 * taste + brng.normal(0.0, 0.9, size=n)
-                rating = np.clip(np.round(stars * 2) / 2, 0.5, 5.0).astype(np.float32)
-                begin = t0 + brng.integers(0, 8 * 365 * 86400, size=hi - lo)
-                span = brng.integers(86400, 2 * 365 * 86400, size=hi - lo)
-                ts = begin[user] + (brng.random(n) * span[user]).astype(np.int64)
-                perm = brng.permutation(n)  # a log is not sorted by user
-                writer.write_table(pa.table({
-                    "user": (user[perm] + lo + 1).astype(np.int32),
-                    "item": (item[perm] + 1).astype(np.int32),
-                    "rating": rating[perm], "timestamp": ts[perm]}, schema=schema))
-                written += n
-        size = os.path.getsize(tmp)  # (the output may be standard output or a device)
-    return {"path": str(path), "events": written, "users": n_users, "items": n_items,
-            "seconds": round(time.perf_counter() - start, 2),
-            "bytes": size}
+
+def _block_table(brng: np.random.Generator, lo: int, quota: np.ndarray,
+                 nonempty: np.ndarray, taste_strength: float, cdf_genre: np.ndarray,
+                 by_genre: np.ndarray, cdf_all: np.ndarray) -> pa.Table:
+    """The events of the users ``lo, lo + 1, ...`` (``quota`` each), shuffled, ids from 1."""
+    n_block = len(quota)
+    # Favourite genres: 1-3 per user, drawn once per block.
+    favs = nonempty[brng.integers(0, len(nonempty), size=(n_block, 3))]
+    n_fav = brng.integers(1, 4, size=n_block)
+    user, item, taste = _draw_block(brng, quota, favs, n_fav, taste_strength, cdf_genre,
+                                    by_genre, cdf_all)
+    n = len(user)
+    stars = 3.0 + 0.8 * taste + brng.normal(0.0, 0.9, size=n)
+    rating = np.clip(np.round(stars * 2) / 2, 0.5, 5.0).astype(np.float32)
+    begin = 1_000_000_000 + brng.integers(0, 8 * 365 * 86400, size=n_block)
+    span = brng.integers(86400, 2 * 365 * 86400, size=n_block)
+    ts = begin[user] + (brng.random(n) * span[user]).astype(np.int64)
+    perm = brng.permutation(n)  # a log is not sorted by user
+    return pa.table({"user": (user[perm] + lo + 1).astype(np.int32),
+                     "item": (item[perm] + 1).astype(np.int32),
+                     "rating": rating[perm], "timestamp": ts[perm]}, schema=_SCALE_SCHEMA)
 
 
 def _draw_block(rng: np.random.Generator, quota: np.ndarray, favs: np.ndarray,
