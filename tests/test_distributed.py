@@ -406,13 +406,13 @@ def test_local_user_tables_compact_clip_and_restore(random_data, tmp_path):
     import torch.distributed as dist
 
     from recforge.models import create_model
-    from recforge.training.trainer import _LocalUserTables
+    from recforge.training.ddp import LocalUserTables
 
     model = create_model("bpr", embedding_dim=4, epochs=1, batch_size=64).fit(random_data)
     assert all(p.grad is None for p in model.module_.parameters())  # freed after training
     before = {k: v.clone() for k, v in model.module_.state_dict().items()}
     batch = next(iter(model._sampler(random_data).epoch(np.random.default_rng(0))))
-    reference = model._loss(batch)
+    reference = model.training_loss(batch)
     reference.backward()
     ref_grads = [p.grad.clone() for p in model.module_.parameters()]
     torch.nn.utils.clip_grad_norm_(model.module_.parameters(), 0.01)
@@ -422,11 +422,11 @@ def test_local_user_tables_compact_clip_and_restore(random_data, tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
                             world_size=1)
     try:
-        tables = _LocalUserTables(model, rank=0, world=1)
+        tables = LocalUserTables(model, rank=0, world=1)
         assert tables.compact and tables.names == ["user.weight"]
         assert model.module_.user.weight.shape == (model.n_users, 4)
         assert model.module_.user.weight is not before["user.weight"]
-        loss = model._loss(batch)  # global user indices, through the pre-hook
+        loss = model.training_loss(batch)  # global user indices, through the pre-hook
         assert torch.equal(loss, reference)
         loss.backward()
         for p, g in zip(model.module_.parameters(), ref_grads, strict=True):

@@ -21,6 +21,7 @@ from recforge.data.interactions import Interactions
 from recforge.models import create_model
 from recforge.training import losses
 from recforge.training.batches import EpochSampler
+from recforge.training.contracts import FitContext
 from recforge.training.trainer import Trainer, resolve_device
 
 
@@ -188,8 +189,8 @@ def test_resume_after_kill_matches_uninterrupted(random_data, tmp_path):
         model = create_model("bpr", embedding_dim=8, epochs=6, batch_size=256, seed=3,
                              learning_rate=0.05)
         if slow:  # give the test time to kill us between epochs
-            orig = model._after_backward
-            model._after_backward = lambda: (time.sleep(0.02), orig())
+            orig = model.after_backward
+            model.after_backward = lambda: (time.sleep(0.02), orig())
         model.fit(data, checkpoint_dir=sys.argv[1], resume=True)
         model.save(sys.argv[1] + "-model")
     """))
@@ -313,7 +314,7 @@ def test_trainer_keeps_freed_memory_for_reuse_on_glibc():
     import subprocess
     import sys
 
-    code = ("from recforge.training.trainer import retain_freed_memory as r; "
+    code = ("from recforge.training.allocator import retain_freed_memory as r; "
             "print(r(), r())")
 
     def run(**env):
@@ -360,7 +361,7 @@ def test_row_sparse_updates_train_the_same_model(random_data, monkeypatch, model
         fitted[mode] = (model, _gradient_layouts(model, data, monkeypatch, sparse_updates=mode))
     (dense, dense_grads), (sparse, sparse_grads) = fitted["off"], fitted["on"]
     assert not any(dense_grads.values())
-    assert {n for n, s in sparse_grads.items() if s} == set(sparse._user_parameter_names())
+    assert {n for n, s in sparse_grads.items() if s} == set(sparse.user_parameter_names())
     assert sparse_grads["item.weight"] is False
     for name, value in dense.module_.state_dict().items():
         torch.testing.assert_close(sparse.module_.state_dict()[name], value,
@@ -373,16 +374,16 @@ def test_row_sparse_updates_train_the_same_model(random_data, monkeypatch, model
 def test_row_sparse_updates_only_where_exact(random_data):
     """"auto" turns row-sparse updates on for Adagrad from SPARSE_ROWS_PER_LOOKUP user rows
     per lookup; "on" refuses settings where they would change the result."""
-    from recforge.training import trainer as trainer_mod
+    from recforge.training import optim as trainer_mod
 
     model = create_model("bpr", embedding_dim=8, epochs=1, batch_size=64, optimizer="adagrad")
     model.fit(random_data)  # builds the module; its tables are what the trainer looks at
     n = model.n_users
 
-    def decide(mode, optimizer="adagrad", batch_size=64, **kwargs):
+    def decide(mode, optimizer="adagrad", batch_size=64, distributed=(0, 1), **kwargs):
         model.batch_size = batch_size
-        trainer = Trainer(epochs=1, learning_rate=0.1, optimizer=optimizer,
-                          sparse_updates=mode, **kwargs)
+        trainer = Trainer(epochs=1, learning_rate=0.1, optimizer=optimizer, **kwargs,
+                          context=FitContext(sparse_updates=mode, distributed=distributed))
         return trainer.row_sparse_tables(model)
 
     assert decide("on") == ["user.weight"]
@@ -399,12 +400,12 @@ def test_row_sparse_updates_only_where_exact(random_data):
         with pytest.raises(ConfigError, match=match):
             decide("on", **kwargs)
     with pytest.raises(ConfigError, match="sparse_updates"):
-        Trainer(epochs=1, learning_rate=0.1, sparse_updates="sometimes")
+        Trainer(epochs=1, learning_rate=0.1, context=FitContext(sparse_updates="sometimes"))
     hybrid = create_model("hybrid_bpr", embedding_dim=8, epochs=1, optimizer="adagrad")
     hybrid.fit(random_data)
     with pytest.raises(ConfigError, match="whole"):
         Trainer(epochs=1, learning_rate=0.1, optimizer="adagrad",
-                sparse_updates="on").row_sparse_tables(hybrid)
+                context=FitContext(sparse_updates="on")).row_sparse_tables(hybrid)
 
 
 def test_resume_with_other_sparse_updates_is_refused(random_data, tmp_path):

@@ -1,34 +1,47 @@
 """Base class of the models trained by gradient descent on the shared :class:`Trainer`.
 
-A subclass declares its hyperparameters in ``__init__`` (the common ones are listed in
-:data:`COMMON_PARAMS`) and implements:
+The hyperparameters every gradient model shares are declared once, as the fields of
+:class:`GradientRecommender` (with :class:`SampledGradientRecommender` adding
+``n_negatives``); a subclass is a dataclass of its own parameters, redeclares a shared
+field only to change its default, and lists the rules of its own parameters in
+``param_rules``. It implements:
 
 * ``_build()`` -> ``torch.nn.Module`` (may read ``self.seen_``, ``self.n_users``,
   ``self.n_items`` and data statistics set in ``_setup``);
-* ``_loss(batch)`` -> scalar tensor, for a batch from :class:`EpochSampler`;
+* :meth:`training_loss` (batch) -> scalar tensor, for a batch from :class:`EpochSampler`;
 * ``_score_users(users)`` -> ``[B, n_items]`` on the model's device;
 * optionally ``_setup(train)`` (statistics such as the global mean rating, saved through
   ``_extra``; read counts and value statistics from ``self._stats``, a :class:`DataStats`
   that covers every rank's events when each DDP rank holds only its users' shard),
   ``_prepare_scoring()`` (e.g. cache propagated embeddings) and ``_item_embeddings()``.
 
-The trainer, the sampler, persistence and scoring on CPU are handled here.
+The model is what the trainer trains
+(:class:`~recforge.training.contracts.TrainableModel`); it hands the trainer its sampler
+and a validation callable built on :func:`recforge.evaluation.evaluate`. Persistence and
+scoring on CPU are handled here.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, dataclass_transform
 
 import numpy as np
 import torch
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError
-from recforge.models.base import (
+from recforge.evaluation import evaluate
+from recforge.evaluation.evaluate import NothingToEvaluate
+from recforge.evaluation.metrics import Metric
+from recforge.models.artifact import Module, StateSpec
+from recforge.models.base import Recommender
+from recforge.models.params import (
     DEVICE_RULE,
     MAX_COUNT,
     MAX_DIM,
@@ -36,92 +49,65 @@ from recforge.models.base import (
     MAX_NEGATIVES,
     MAX_NUMBER,
     SEED_RULE,
-    Module,
     ParamRule,
-    Recommender,
-    StateSpec,
     check_params,
-    choice_rule,
     extra_value,
     int_rule,
     number_rule,
     optional_rule,
     positive_rule,
 )
+from recforge.training import distributed
 from recforge.training.batches import EpochSampler
-from recforge.training.trainer import OPTIMIZERS, SCHEDULES, Trainer, resolve_device
+from recforge.training.contracts import Batch, FitContext, Validate
+from recforge.training.ddp import balance_shards
+from recforge.training.optim import check_optimizer, check_schedule
+from recforge.training.shards import DataStats, check_rank_data, combined_fingerprint, gather_seen
+from recforge.training.trainer import Trainer, resolve_device
+
+__all__ = ["DataStats", "GradientRecommender", "SampledGradientRecommender", "shared_params"]
 
 #: A metric's name such as ``ndcg@20`` (parsed once the type is known to be text).
 _METRIC_RULE = ParamRule(lambda v: isinstance(v, str) and len(v) <= 64,
                          "a metric name such as 'ndcg@20' or 'rmse'")
 
-#: Hyperparameters shared by gradient models (names fixed by docs/conventions.md).
-COMMON_PARAMS = ("embedding_dim", "epochs", "batch_size", "learning_rate", "reg", "optimizer",
-                 "weight_decay", "lr_schedule", "n_negatives", "valid_metric", "patience",
-                 "eval_every", "device", "seed")
 
-
-@dataclass
-class DataStats:
-    """Counts and value statistics of the training events: of this process's data, or of
-    every rank's shard together when each rank holds only the events of its users."""
-
-    n_events: int
-    user_counts: np.ndarray
-    item_counts: np.ndarray
-    value_sum: float = 0.0
-    value_min: float = float("nan")
-    value_max: float = float("nan")
-
-    @property
-    def value_mean(self) -> float:
-        return self.value_sum / max(1, self.n_events)
-
-    @classmethod
-    def of(cls, train: Interactions, *, sharded: bool = False,
-           device: torch.device | None = None) -> DataStats:
-        stats = cls(n_events=len(train), user_counts=train.user_counts(),
-                    item_counts=train.item_counts())
-        if train.value is not None and len(train):
-            v = train.value.astype(np.float64)
-            stats.value_sum, stats.value_min, stats.value_max = (
-                float(v.sum()), float(v.min()), float(v.max()))
-        if not sharded:
-            return stats
-        import torch.distributed as dist
-
-        dev = device or torch.device("cpu")
-        counts = torch.from_numpy(np.concatenate(
-            [stats.user_counts, stats.item_counts, [stats.n_events]]).astype(np.int64)).to(dev)
-        dist.all_reduce(counts)
-        counts = counts.cpu().numpy()
-        total = torch.tensor([stats.value_sum], dtype=torch.float64, device=dev)
-        dist.all_reduce(total)
-        inf = float("inf")
-        lo = torch.tensor([stats.value_min if stats.value_min == stats.value_min else inf],
-                          dtype=torch.float64, device=dev)
-        hi = torch.tensor([stats.value_max if stats.value_max == stats.value_max else -inf],
-                          dtype=torch.float64, device=dev)
-        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-        nu = len(stats.user_counts)
-        return cls(n_events=int(counts[-1]), user_counts=counts[:nu],
-                   item_counts=counts[nu:-1], value_sum=float(total.item()),
-                   value_min=float(lo.item()) if train.value is not None else float("nan"),
-                   value_max=float(hi.item()) if train.value is not None else float("nan"))
-
-
+@dataclass_transform(kw_only_default=True, eq_default=False)
+@dataclass(eq=False, repr=False, kw_only=True)
 class GradientRecommender(Recommender):
-    """A recommender whose parameters are learned by the shared :class:`Trainer`."""
+    """A recommender whose parameters are learned by the shared :class:`Trainer`.
+
+    The shared hyperparameters (names fixed by the conventions of ``docs/models.md``):
+    ``embedding_dim`` (columns of the tables), ``epochs``, ``batch_size`` (events per step
+    over all ranks), ``learning_rate``, ``reg`` (L2 on the batch's rows), ``optimizer``,
+    ``weight_decay`` and ``lr_schedule`` (see :class:`~recforge.training.trainer.Trainer`),
+    ``valid_metric``, ``patience`` and ``eval_every`` (early stopping on validation data),
+    ``init_std`` (of the initial weights), ``device`` and ``seed``.
+    """
+
+    embedding_dim: int = 64
+    epochs: int = 10
+    batch_size: int = 4096
+    learning_rate: float = 0.002
+    reg: float = 0.0
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    lr_schedule: str | None = "cosine"
+    valid_metric: str | None = "ndcg@20"
+    patience: int | None = None
+    eval_every: int = 1
+    init_std: float = 0.01
+    device: str = "auto"
+    seed: int = 0
 
     #: Training objective, for documentation and the sampler: "rating" (pointwise values)
     #: or "ranking" (positives with sampled negatives).
-    objective: str = "ranking"
+    objective: ClassVar[str] = "ranking"
     #: Whether each DDP rank may hold only the events of its own users (``sharded=True``):
     #: true for models whose loss reads only a batch's events; false for models that read
     #: the whole interaction graph (LightGCN).
     supports_sharded_data: ClassVar[bool] = True
-    #: Whether the tables of :meth:`_user_parameter_names` are ``nn.Embedding`` weights that
+    #: Whether the tables of :meth:`user_parameter_names` are ``nn.Embedding`` weights that
     #: training and scoring read only by calling the embedding with user indices (never
     #: the ``.weight`` whole). Then, with data sharded by user, each DDP rank trains a
     #: compact table of its own users' rows (the trainer maps user indices through the
@@ -133,6 +119,22 @@ class GradientRecommender(Recommender):
     #: several MB at scale); set it for a module whose buffers change while it trains
     #: (BatchNorm's running statistics).
     ddp_broadcast_buffers: ClassVar[bool] = False
+    #: The rule of each parameter (a subclass extends it with its own parameters').
+    param_rules: ClassVar[dict[str, ParamRule]] = {
+        "embedding_dim": int_rule(1, MAX_DIM), "epochs": int_rule(1, MAX_EPOCHS),
+        "batch_size": int_rule(1, MAX_COUNT), "eval_every": int_rule(1, MAX_EPOCHS),
+        "learning_rate": positive_rule(), "reg": number_rule(0, MAX_NUMBER),
+        "weight_decay": number_rule(0, MAX_NUMBER), "init_std": number_rule(0, MAX_NUMBER),
+        "patience": optional_rule(int_rule(1, MAX_EPOCHS)), "device": DEVICE_RULE,
+        "seed": SEED_RULE, "valid_metric": optional_rule(_METRIC_RULE)}
+    #: The options of the fit under way (the default outside ``fit``).
+    _context: ClassVar[FitContext] = FitContext()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # every subclass is a dataclass of its parameters: its __init__ (what get_params,
+        # clone and repr read) is generated from the fields, shared ones declared here
+        super().__init_subclass__(**kwargs)
+        dataclass(eq=False, repr=False, kw_only=True)(cls)
 
     # ----------------------------------------------------------------------------------
     def fit(self, train: Interactions, valid: Interactions | None = None, *,
@@ -160,40 +162,33 @@ class GradientRecommender(Recommender):
         that many batches (timing runs at scale). ``sparse_updates`` (``"auto"``, ``"on"``,
         ``"off"``) says whether the user tables take row-sparse updates, which touch only
         the batch's users' rows each step (exact with ``adagrad``; see
-        :class:`~recforge.training.trainer.Trainer`).
+        :class:`~recforge.training.trainer.Trainer`). These options travel to the trainer
+        as one :class:`~recforge.training.contracts.FitContext`.
         """
-        self._fit_options = {"checkpoint_dir": checkpoint_dir, "resume": resume,
-                             "progress": progress, "distributed": distributed,
-                             "sharded": bool(sharded and distributed[1] > 1),
-                             "epoch_callback": epoch_callback,
-                             "max_steps_per_epoch": max_steps_per_epoch,
-                             "sparse_updates": sparse_updates}
+        # Recommender.fit calls _fit(train, valid): the context rides on the instance for
+        # the duration of that call only (until the base class forwards a context)
+        self._context = FitContext(
+            checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
+            distributed=distributed, sharded=sharded, epoch_callback=epoch_callback,
+            max_steps_per_epoch=max_steps_per_epoch, sparse_updates=sparse_updates)
         try:
             return super().fit(train, valid)  # type: ignore[return-value]
         finally:
-            del self._fit_options
-            self.__dict__.pop("_fit_fingerprint", None)
+            del self._context
 
-    def _validate_common(self) -> None:
-        """The parameters every gradient model shares (those it has), each against its
-        rule; then the device and the validation metric."""
-        rules = {
-            "embedding_dim": int_rule(1, MAX_DIM), "epochs": int_rule(1, MAX_EPOCHS),
-            "batch_size": int_rule(1, MAX_COUNT), "eval_every": int_rule(1, MAX_EPOCHS),
-            "learning_rate": positive_rule(), "reg": number_rule(0, MAX_NUMBER),
-            "weight_decay": number_rule(0, MAX_NUMBER),
-            "init_std": number_rule(0, MAX_NUMBER),
-            "optimizer": choice_rule(*OPTIMIZERS), "lr_schedule": choice_rule(*SCHEDULES),
-            "n_negatives": int_rule(0, MAX_NEGATIVES),
-            "patience": optional_rule(int_rule(1, MAX_EPOCHS)), "device": DEVICE_RULE,
-            "seed": SEED_RULE, "valid_metric": optional_rule(_METRIC_RULE)}
+    def _validate_params(self) -> None:
+        """Every parameter against its rule (:attr:`param_rules`), the optimizer and the
+        schedule against the trainer's; then the device and the validation metric."""
         names = self._param_names()
-        check_params(self, {k: r for k, r in rules.items() if k in names})
+        check_params(self, {k: r for k, r in self.param_rules.items() if k in names})
+        for check, name in ((check_optimizer, "optimizer"), (check_schedule, "lr_schedule")):
+            try:
+                check(getattr(self, name), name)
+            except ConfigError as exc:
+                raise ConfigError(f"{self.name}: {exc}") from None
         resolve_device(self.device)
-        metric = getattr(self, "valid_metric", None)
+        metric = self.valid_metric
         if metric is not None:
-            from recforge.evaluation.metrics import Metric
-
             try:
                 kind = Metric.parse(metric).kind
             except ConfigError as exc:
@@ -205,31 +200,30 @@ class GradientRecommender(Recommender):
                 raise ConfigError(f"{self.name}: valid_metric {metric!r} needs a model that "
                                   "predicts ratings; use a ranking metric such as ndcg@20")
 
-    def _validate_params(self) -> None:
-        self._validate_common()
-
     def _check_distributed(self) -> None:
         """Refuse settings that cannot train under DDP (override; raises ConfigError).
         Called by ``fit`` in every rank (all alike: the params are the same) and by
         ``recforge train --nproc`` before it launches the ranks."""
 
     # ----------------------------------------------------------------------------------
+    # what a model implements
     def _setup(self, train: Interactions) -> None:
         """Record data statistics the module needs (override)."""
 
     def _build(self) -> torch.nn.Module:
         raise NotImplementedError
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def training_loss(self, batch: Batch) -> torch.Tensor:
+        """The scalar loss of a batch from the model's sampler (override)."""
         raise NotImplementedError
 
     def _score_users(self, users: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _after_backward(self) -> None:
+    def after_backward(self) -> None:
         """Hook between ``backward`` and the optimizer step (e.g. gradient surgery)."""
 
-    def _user_parameter_names(self) -> list[str]:
+    def user_parameter_names(self) -> list[str]:
         """Names (in ``module_``) of the tables with one row per user that a batch reads
         only at its own users' rows: with data sharded by user, each DDP rank keeps them to
         itself instead of all-reducing them. Default: embeddings named ``user`` or
@@ -240,28 +234,23 @@ class GradientRecommender(Recommender):
     def _prepare_scoring(self) -> None:
         """Called before validation and after training (e.g. cache propagated embeddings)."""
 
-    def _to_train_mode(self) -> None:
-        self.module_.train()
-
     def _sampler(self, train: Interactions, shard: tuple[int, int] = (0, 1)) -> EpochSampler:
-        n_neg = int(getattr(self, "n_negatives", 0)) if self.objective == "ranking" else 0
-        return EpochSampler(train, int(self.batch_size), n_neg, shard=shard)
+        return EpochSampler(train, int(self.batch_size), 0, shard=shard)
 
     def _generator(self) -> torch.Generator:
         gen = torch.Generator()
-        gen.manual_seed(int(getattr(self, "seed", 0) or 0))
+        gen.manual_seed(int(self.seed or 0))
         return gen
 
-    def _checkpoint_signature(self) -> str:
+    def checkpoint_signature(self) -> str:
         """What a checkpoint must have been written for to be resumed: the model, its
         params, the training data, the validation data (its best epoch and early-stopping
         state were measured on it), the epoch length (``max_steps_per_epoch``) and what
         :meth:`_signature_extra` adds (``hybrid_bpr``: its feature matrices)."""
-        options = getattr(self, "_fit_options", {})
         payload = json.dumps({"model": self.name, "params": _plain(self.get_params()),
                               "data": self.train_fingerprint_,
-                              "fit": getattr(self, "_fit_fingerprint", None),
-                              "max_steps_per_epoch": options.get("max_steps_per_epoch")},
+                              "fit": self.__dict__.get("_fit_fingerprint"),
+                              "max_steps_per_epoch": self._context.max_steps_per_epoch},
                              sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -270,135 +259,178 @@ class GradientRecommender(Recommender):
         fingerprints of feature matrices passed to ``fit``)."""
         return {}
 
-    def _fingerprint_fit_inputs(self, valid: Interactions | None, sharded: bool) -> None:
+    def _fingerprint_fit_inputs(self, valid: Interactions | None, sharded: bool) -> str:
         """The fingerprint of the validation data and of :meth:`_signature_extra`, for the
         checkpoint signature; with data sharded by user, one over every rank's (so every
         rank compares a checkpoint against the same signature)."""
         mine = json.dumps({"valid": valid.fingerprint() if valid is not None else None,
                            "extra": _plain(self._signature_extra())}, sort_keys=True)
         if sharded:
-            import torch.distributed as dist
+            return combined_fingerprint(mine)
+        return hashlib.sha256(mine.encode()).hexdigest()[:16]
 
-            prints: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(prints, mine)
-            mine = "|".join(prints)
-        self._fit_fingerprint = hashlib.sha256(mine.encode()).hexdigest()[:16]
-
+    # ----------------------------------------------------------------------------------
     def _fit(self, train: Interactions, valid: Interactions | None) -> None:
-        self.device_ = resolve_device(getattr(self, "device", "auto"))
-        options = getattr(self, "_fit_options", {})
-        rank, world = options.get("distributed", (0, 1))
+        context = self._context
+        rank, world = context.distributed
+        sharded = context.sharded
+        self.device_ = resolve_device(self.device)
         if world > 1 and self.device_.type == "cuda" and self.device_.index is None:
             # One GPU per process: the one the launcher's LOCAL_RANK selected.
             self.device_ = torch.device("cuda", torch.cuda.current_device())
         if world > 1:
             self._check_distributed()
-        sharded = bool(options.get("sharded", False))
         if sharded and not self.supports_sharded_data:
             raise ConfigError(f"{self.name} reads the whole interaction graph in every "
                               "step: every rank needs all events (do not shard its data)")
-        from recforge.training.distributed import collective_device
-
+        collective = distributed.collective_device(self.device_)
         if world > 1:
-            self._check_rank_data(train, valid, rank, world, sharded)
-
-        self._stats = DataStats.of(train, sharded=sharded,
-                                   device=collective_device(self.device_))
+            check_rank_data(train, valid, rank, world, sharded, self.device_)
+        self._stats = DataStats.of(train, sharded=sharded, device=collective)
         if sharded:  # what Recommender.fit took from this rank's events, for all ranks
             self.item_popularity_ = self._stats.item_counts.astype(np.float32)
-            self._combine_fingerprints()
+            self.train_fingerprint_ = combined_fingerprint(self.train_fingerprint_)
         self._setup(train)
-        self._fingerprint_fit_inputs(valid, sharded)
-        self.module_ = self._build().to(self.device_)
-        trainer = Trainer(
-            epochs=int(self.epochs), learning_rate=float(self.learning_rate),
-            optimizer=getattr(self, "optimizer", "adam"),
-            weight_decay=float(getattr(self, "weight_decay", 0.0)),
-            lr_schedule=getattr(self, "lr_schedule", None),
-            valid_metric=getattr(self, "valid_metric", "ndcg@20"),
-            patience=getattr(self, "patience", None),
-            eval_every=int(getattr(self, "eval_every", 1)),
-            device=self.device_, seed=int(getattr(self, "seed", 0) or 0),
-            checkpoint_dir=options.get("checkpoint_dir"), resume=options.get("resume", False),
-            progress=options.get("progress"), distributed=options.get("distributed", (0, 1)),
-            sharded_data=sharded, epoch_callback=options.get("epoch_callback"),
-            max_steps_per_epoch=options.get("max_steps_per_epoch"),
-            sparse_updates=options.get("sparse_updates", "auto"))
-        state = trainer.fit(self, train, valid)
-        self.history_ = state.history
-        self.best_epoch_ = state.best_epoch
+        self._fit_fingerprint = self._fingerprint_fit_inputs(valid, sharded)
+        try:
+            self._train(train, valid, context)
+        finally:
+            del self._fit_fingerprint
         if sharded:
-            self._collect_seen(rank)
+            self.seen_ = gather_seen(self.seen_, rank)
         self.module_.eval()
         self._prepare_scoring()
 
+    def _train(self, train: Interactions, valid: Interactions | None,
+               context: FitContext) -> None:
+        """Build the module and run the trainer on it, with the model's sampler and, given
+        validation data, a validation callable."""
+        self.module_ = self._build().to(self.device_)
+        sampler = self._sampler(train, shard=context.distributed)
+        if context.sharded:
+            balance_shards(sampler, len(train), self._stats.item_counts, self.device_,
+                           is_main=context.rank == 0)
+        validate: Validate | None = None
+        if valid is not None:
+            # before hours of training, not at the first evaluation
+            self._check_validation_data(train, valid, context)
+            validate = functools.partial(self._validate, train, valid, context)
+        trainer = Trainer(
+            epochs=int(self.epochs), learning_rate=float(self.learning_rate),
+            optimizer=self.optimizer, weight_decay=float(self.weight_decay),
+            lr_schedule=self.lr_schedule, valid_metric=self.valid_metric,  # type: ignore[arg-type]
+            patience=self.patience, eval_every=int(self.eval_every),
+            device=self.device_, seed=int(self.seed or 0), context=context)
+        state = trainer.fit(self, sampler, validate)
+        self.history_ = state.history
+        self.best_epoch_ = state.best_epoch
+
     # ----------------------------------------------------------------------------------
-    # data sharded by user across DDP ranks
-    def _check_rank_data(self, train: Interactions, valid: Interactions | None, rank: int,
-                         world: int, sharded: bool) -> None:
-        """Refuse, on every rank alike, data that does not match ``sharded``: with
-        ``sharded=True`` a rank holding events of users another rank owns (they would be
-        trained twice, and the compact user tables cannot look them up); with
-        ``sharded=False`` ranks holding different numbers of events (each rank's shard,
-        which would train on part of the data, or end in a collective mismatch)."""
-        import torch.distributed as dist
+    # validation during training: the callable the trainer is handed
+    def _check_validation_data(self, train: Interactions, valid: Interactions,
+                               context: FitContext) -> None:
+        """Refuse validation data with nothing the evaluator can score (empty, or no user
+        with a training event; for RMSE / MAE no such user's event of a known item), on
+        every rank alike: with data sharded by user the figures are summed over the ranks
+        (one rank's new users are fine while another rank has known ones); otherwise rank
+        0's, which it validates on."""
+        kind = Metric.parse(self.valid_metric).kind  # type: ignore[arg-type]
+        ok = self._evaluable_events(train, valid, kind)
+        figures = [float(ok.sum()), float(len(valid)), float(len(np.unique(valid.user)))]
+        if context.world > 1:
+            if not (context.sharded or context.rank == 0):
+                figures = [0.0, 0.0, 0.0]  # rank 0's figures decide, on every rank
+            figures = distributed.all_reduce_sum(
+                figures, distributed.collective_device(self.device_))
+        known, events, users = figures
+        if known == 0:
+            # (fit drops the events of users and items not in the training data first)
+            what = (f"none of the {int(users):,} validation users" if events
+                    else "no validation event of a user and an item of the training data: "
+                    "none of the validation users")
+            need = "a rating of a known item" if kind == "rating" else "a training event"
+            raise DataError(f"{what} is known to the model (none with {need}: empty "
+                            "validation data, a file in another id space, or a split whose "
+                            "users are all new?); nothing to validate on",
+                            source=valid.source if context.world == 1 else None)
 
-        from recforge.training import distributed
-        from recforge.training.distributed import collective_device
+    def _evaluable_events(self, train: Interactions, valid: Interactions,
+                          kind: str) -> np.ndarray:
+        """Which of ``valid``'s events the evaluator scores, as it selects them: one per
+        (user, item) pair, of users with a training event in ``train``, and for RMSE / MAE
+        (``kind == "rating"``) also of items known to the model."""
+        if len(valid) == 0:
+            return np.zeros(0, dtype=bool)
+        pair = valid.user.astype(np.int64) * max(1, valid.n_items) + valid.item
+        _, first = np.unique(pair, return_index=True)
+        tu = self.users_.index(valid.users.ids)[valid.user[first]]
+        has_events = np.zeros(self.n_users, dtype=bool)
+        tr = self.users_.index(train.users.ids[np.unique(train.user)])
+        has_events[tr[tr >= 0]] = True
+        ok = (tu >= 0) & has_events[np.maximum(tu, 0)]
+        if kind == "rating":
+            ok &= self.items_.index(valid.items.ids)[valid.item[first]] >= 0
+        return ok
 
-        if not distributed.active():
-            raise ConfigError("distributed training needs an initialised process group: "
-                              "launch with `recforge train --nproc N` or torchrun")
-        foreign = 0
-        if sharded:
-            from recforge.data.sharding import owner_of_ids
-
-            for data in (train, valid):
-                if data is not None and len(data):
-                    ids = data.users.ids[np.unique(data.user)]
-                    foreign += int((owner_of_ids(ids, world) != rank).sum())
-        figures = torch.tensor([foreign, len(train), -len(train)], dtype=torch.int64,
-                               device=collective_device(self.device_))
-        dist.all_reduce(figures, op=dist.ReduceOp.MAX)
-        foreign_max, most, fewest = (int(figures[0]), int(figures[1]), -int(figures[2]))
-        if sharded and foreign_max:
-            raise DataError(f"sharded=True, but a rank holds the events of {foreign_max:,} "
-                            "users that another rank owns: give each rank only its users' "
-                            "events (recforge.data.sharding.user_shard, or a reader's "
-                            "shard=), or pass sharded=False when every rank holds all events")
-        if not sharded and most != fewest:
-            raise DataError(f"sharded=False, but the ranks hold different training data "
-                            f"({fewest:,} to {most:,} events): every rank needs all events; "
-                            "pass sharded=True when each rank holds its own users' shard")
-    def _combine_fingerprints(self) -> None:
-        """One training-data fingerprint of every rank's shard (checkpoints, meta.json)."""
-        import torch.distributed as dist
-
-        prints: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(prints, self.train_fingerprint_)
-        self.train_fingerprint_ = hashlib.sha256("|".join(prints).encode()).hexdigest()[:16]
-
-    def _collect_seen(self, rank: int) -> None:
-        """Rank 0 gathers every rank's training events (the seen items a saved model keeps
-        for every user); the other ranks keep their own."""
-        import scipy.sparse as sp
-        import torch.distributed as dist
-
-        coo = self.seen_.tocoo()
-        mine = (coo.row.astype(np.int32), coo.col.astype(np.int32),
-                coo.data.astype(np.float32))
-        if dist.get_backend() == "nccl":  # gather_object is not implemented for NCCL
-            parts: list[Any] | None = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, mine)
+    def _validate(self, train: Interactions, valid: Interactions,
+                  context: FitContext) -> float:
+        """The validation metric, signed so that higher is better (RMSE/MAE negated), the
+        same on every rank: with data sharded by user, combined over every rank's users;
+        otherwise rank 0 evaluates and every rank takes its figure (so every rank makes
+        the same early-stopping decision and they stop together). Leaves the module in
+        train mode."""
+        device = distributed.collective_device(self.device_)
+        if context.sharded:
+            metric = self._validate_sharded(train, valid)
+        elif context.world > 1:
+            mine = self._validate_here(train, valid) if context.rank == 0 else 0.0
+            metric = distributed.broadcast_float(mine, device=device)
         else:
-            parts = [None] * dist.get_world_size() if rank == 0 else None
-            dist.gather_object(mine, parts, dst=0)
-        if rank == 0:
-            assert parts is not None
-            rows = np.concatenate([p[0] for p in parts])
-            cols = np.concatenate([p[1] for p in parts])
-            vals = np.concatenate([p[2] for p in parts])
-            self.seen_ = sp.csr_matrix((vals, (rows, cols)), shape=self.seen_.shape)
+            metric = self._validate_here(train, valid)
+        self.module_.train()
+        return metric
+
+    def _validate_here(self, train: Interactions, valid: Interactions) -> float:
+        """This process's validation figure, signed so that higher is better."""
+        self.module_.eval()
+        self._prepare_scoring()
+        result = evaluate(self, train, valid, metrics=self.valid_metric)
+        value = float(next(iter(result.summary.values())))
+        return -value if Metric.parse(self.valid_metric).kind == "rating" else value  # type: ignore[arg-type]
+
+    def _validate_sharded(self, train: Interactions, valid: Interactions) -> float:
+        """The validation metric over every rank's users: each rank evaluates the users it
+        owns (it holds their whole history, so their seen items are excluded exactly);
+        per-user metrics are averaged over all users, RMSE / MAE over all events."""
+        self.module_.eval()
+        self._prepare_scoring()
+        metric = Metric.parse(self.valid_metric)  # type: ignore[arg-type]
+        value, weight = 0.0, 0.0
+        if len(valid):
+            try:
+                result = evaluate(self, train, valid, metrics=self.valid_metric)
+                value = float(next(iter(result.summary.values())))
+                # RMSE / MAE: the events the evaluator predicted (not those of unknown
+                # users or items, nor repeats), so the combined figure is the one of
+                # evaluating every rank's events together
+                weight = float(self._evaluable_events(train, valid, metric.kind).sum()
+                               if metric.kind == "rating" else result.n_users)
+            except NothingToEvaluate:  # this rank's validation users are all new ones
+                value, weight = 0.0, 0.0
+            if weight == 0:
+                value = 0.0
+        rmse = metric.kind == "rating" and metric.name == "rmse"
+        if rmse:  # combine mean squared errors
+            value = value * value
+        total, weights = distributed.all_reduce_sum(
+            [value * weight, weight], distributed.collective_device(self.device_))
+        if weights == 0:  # every rank alike: the figure is shared
+            raise DataError("no rank has a validation user known to the model; nothing to "
+                            "validate on")
+        combined = total / max(weights, 1e-12)
+        if rmse:
+            combined = math.sqrt(combined)
+        return -combined if metric.kind == "rating" else combined
 
     # ----------------------------------------------------------------------------------
     def _score(self, users: torch.Tensor) -> torch.Tensor:
@@ -438,11 +470,32 @@ class GradientRecommender(Recommender):
         return {"module": Module(lambda checked: self._build())}
 
     def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
-        self.device_ = resolve_device(getattr(self, "device", "auto"))
+        self.device_ = resolve_device(self.device)
         module = self._build()
         module.load_state_dict(state)
         self.module_ = module.to(self.device_).eval()
         self._prepare_scoring()
+
+
+class SampledGradientRecommender(GradientRecommender):
+    """A gradient model whose ranking batches pair each event with ``n_negatives``
+    sampled items (BPR, NCF, LightGCN, HybridBPR: all but the rating-only ``mf``)."""
+
+    n_negatives: int = 4
+
+    #: ``n_negatives`` >= 1 (NCF relaxes it for its rating loss)
+    param_rules = {**GradientRecommender.param_rules,
+                   "n_negatives": int_rule(1, MAX_NEGATIVES)}
+
+    def _sampler(self, train: Interactions, shard: tuple[int, int] = (0, 1)) -> EpochSampler:
+        n_neg = int(self.n_negatives) if self.objective == "ranking" else 0
+        return EpochSampler(train, int(self.batch_size), n_neg, shard=shard)
+
+
+def shared_params(model: SampledGradientRecommender) -> dict[str, Any]:
+    """``model``'s values of the parameters every sampled gradient model has (for models
+    trained inside another: NeuMF's pretraining)."""
+    return {f.name: getattr(model, f.name) for f in fields(SampledGradientRecommender)}
 
 
 _LIST_RULE = ParamRule(lambda v: isinstance(v, list), "a list")

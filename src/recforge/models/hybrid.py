@@ -19,6 +19,7 @@ Volkovs et al. 2017). It also takes user features.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -29,30 +30,26 @@ from torch import nn
 
 from recforge.data.features import Features
 from recforge.data.interactions import Interactions
-from recforge.models.als import ALS
-from recforge.models.base import (
-    MAX_NEGATIVES,
-    WEIGHTS_RULE,
-    Array,
-    Module,
-    StateSpec,
-    check_params,
-    choice_rule,
-    fold_in_implicit,
-    fraction_rule,
-    int_rule,
-    positive_rule,
-)
+from recforge.models.als import ALS, fold_in_implicit
+from recforge.models.artifact import Array, Module, StateSpec
 from recforge.models.content import (
     FeatureModelMixin,
     _features_spec,
     _load_features,
     _save_features,
 )
-from recforge.models.gradient import GradientRecommender
+from recforge.models.gradient import GradientRecommender, SampledGradientRecommender
+from recforge.models.params import (
+    WEIGHTS_RULE,
+    check_params,
+    choice_rule,
+    fraction_rule,
+    positive_rule,
+)
 from recforge.training import losses
 from recforge.training.batches import EpochSampler
 from recforge.training.embedding import lookup
+from recforge.training.trainer import resolve_device
 
 __all__ = ["Hybrid", "HybridBPR"]
 
@@ -135,8 +132,6 @@ def _features_fingerprint(f: Features | None) -> str | None:
     """A short hash of a feature table (ids, names, groups and values); None for none."""
     if f is None:
         return None
-    import hashlib
-
     h = hashlib.sha256(f.ids.fingerprint().encode())
     h.update(repr((f.names.tolist(), f.groups.tolist())).encode())
     for v in f.to_arrays().values():
@@ -201,7 +196,7 @@ class _HybridModule(nn.Module):
         self.items = items
 
 
-class HybridBPR(FeatureModelMixin, GradientRecommender):
+class HybridBPR(FeatureModelMixin, SampledGradientRecommender):
     """Hybrid CF: id embeddings plus feature embeddings, trained with BPR on the shared
     trainer; cold items (features, no interactions) are scored from their features.
 
@@ -227,42 +222,22 @@ class HybridBPR(FeatureModelMixin, GradientRecommender):
     supports_history = True
     requires_item_features = False
 
-    def __init__(self, embedding_dim: int = 64, epochs: int = 40, batch_size: int = 2048,
-                 learning_rate: float = 0.005, reg: float = 0.001, n_negatives: int = 4,
-                 loss: str = "bpr", id_dropout: float = 0.3,
-                 feature_weights: dict[str, float] | None = None, optimizer: str = "adam",
-                 weight_decay: float = 0.0, lr_schedule: str | None = "cosine",
-                 valid_metric: str = "ndcg@20", patience: int | None = None,
-                 eval_every: int = 1, init_std: float = 0.05, device: str = "auto",
-                 seed: int = 0) -> None:
-        self.embedding_dim = embedding_dim
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.reg = reg
-        self.n_negatives = n_negatives
-        self.loss = loss
-        self.id_dropout = id_dropout
-        self.feature_weights = feature_weights
-        self.optimizer = optimizer
-        self.weight_decay = weight_decay
-        self.lr_schedule = lr_schedule
-        self.valid_metric = valid_metric
-        self.patience = patience
-        self.eval_every = eval_every
-        self.init_std = init_std
-        self.device = device
-        self.seed = seed
+    epochs: int = 40
+    batch_size: int = 2048
+    learning_rate: float = 0.005
+    reg: float = 0.001
+    init_std: float = 0.05
+    loss: str = "bpr"
+    id_dropout: float = 0.3
+    feature_weights: dict[str, float] | None = None
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_params(self, {"n_negatives": int_rule(1, MAX_NEGATIVES),
-                            "loss": choice_rule("bpr", "sampled_softmax", "softmax"),
-                            "id_dropout": fraction_rule(), "feature_weights": WEIGHTS_RULE})
+    param_rules = {**SampledGradientRecommender.param_rules,
+                   "loss": choice_rule("bpr", "sampled_softmax", "softmax"),
+                   "id_dropout": fraction_rule(), "feature_weights": WEIGHTS_RULE}
 
     # ----------------------------------------------------------------------------------
     def _setup(self, train: Interactions) -> None:
-        item_features, user_features = getattr(self, "_fit_features", (None, None))
+        item_features, user_features = self._fit_features  # set by FeatureModelMixin.fit
         self.item_features_ = item_features
         self.user_features_ = user_features
         self.warm_items_ = self._stats.item_counts > 0  # over all ranks when sharded
@@ -276,7 +251,7 @@ class HybridBPR(FeatureModelMixin, GradientRecommender):
     #: every step reads the whole user-id table (the user tower sums ids and features)
     user_tables_read_by_lookup = False
 
-    def _user_parameter_names(self) -> list[str]:
+    def user_parameter_names(self) -> list[str]:
         # the users' id rows; user feature embeddings are shared by many users
         return ["users.ids.weight", "users.id_bias.weight"]
 
@@ -303,7 +278,7 @@ class HybridBPR(FeatureModelMixin, GradientRecommender):
                      np.asarray(self.warm_items_), float(self.init_std), gen)
         return _HybridModule(users, items)
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         m: _HybridModule = self.module_
         mask = None
         if self.id_dropout > 0:
@@ -392,8 +367,6 @@ class HybridBPR(FeatureModelMixin, GradientRecommender):
                                if "user_features_names" in extra else None)
 
     def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
-        from recforge.training.trainer import resolve_device
-
         self.device_ = resolve_device(self.device)
         self._restore_inputs(state, extra)
         module = self._build()

@@ -21,8 +21,9 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from recforge.models.base import MAX_NEGATIVES, check_params, int_rule, torch_csr
-from recforge.models.gradient import GradientRecommender
+from recforge.models.gradient import GradientRecommender, SampledGradientRecommender
+from recforge.models.params import int_rule
+from recforge.ranking import torch_csr
 from recforge.training import losses
 from recforge.training.embedding import lookup
 
@@ -88,7 +89,7 @@ class _LightGCN(nn.Module):
         return emb[: self.n_users], emb[self.n_users:]
 
 
-class LightGCN(GradientRecommender):
+class LightGCN(SampledGradientRecommender):
     """LightGCN with BPR loss.
 
     Parameters (typical ranges in brackets)
@@ -111,40 +112,22 @@ class LightGCN(GradientRecommender):
     #: Every step propagates over the whole user-item graph: each rank needs all events.
     supports_sharded_data = False
 
-    def __init__(self, embedding_dim: int = 64, n_layers: int = 3, epochs: int = 50,
-                 batch_size: int = 16384, learning_rate: float = 0.02, reg: float = 3e-4,
-                 n_negatives: int = 4, optimizer: str = "adam", weight_decay: float = 0.0,
-                 lr_schedule: str | None = "cosine", valid_metric: str = "ndcg@20",
-                 patience: int | None = None, eval_every: int = 1, init_std: float = 0.1,
-                 device: str = "auto", seed: int = 0) -> None:
-        self.embedding_dim = embedding_dim
-        self.n_layers = n_layers
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.reg = reg
-        self.n_negatives = n_negatives
-        self.optimizer = optimizer
-        self.weight_decay = weight_decay
-        self.lr_schedule = lr_schedule
-        self.valid_metric = valid_metric
-        self.patience = patience
-        self.eval_every = eval_every
-        self.init_std = init_std
-        self.device = device
-        self.seed = seed
+    n_layers: int = 3
+    epochs: int = 50
+    batch_size: int = 16384
+    learning_rate: float = 0.02
+    reg: float = 3e-4
+    init_std: float = 0.1
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_params(self, {"n_layers": int_rule(0, MAX_LAYERS),
-                            "n_negatives": int_rule(1, MAX_NEGATIVES)})
+    param_rules = {**SampledGradientRecommender.param_rules,
+                   "n_layers": int_rule(0, MAX_LAYERS)}
 
     def _build(self) -> nn.Module:
         return _LightGCN(self.n_users, self.n_items, int(self.embedding_dim),
                          int(self.n_layers), normalized_adjacency(self.seen_), self._generator(),
                          float(self.init_std))
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         m: _LightGCN = self.module_
         final = m.propagate()
         ego = m.embedding.weight

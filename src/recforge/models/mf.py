@@ -12,17 +12,14 @@ from torch import nn
 
 from recforge.data.interactions import Interactions
 from recforge.errors import DataError
-from recforge.models.base import (
-    MAX_NEGATIVES,
+from recforge.models.gradient import GradientRecommender, SampledGradientRecommender
+from recforge.models.params import (
     MAX_NUMBER,
     RANGE_RULE,
-    check_params,
     extra_value,
-    int_rule,
     number_rule,
     optional_rule,
 )
-from recforge.models.gradient import GradientRecommender
 from recforge.training import losses
 from recforge.training.embedding import Embedding
 
@@ -141,28 +138,19 @@ class MF(GradientRecommender):
     objective = "rating"
     predicts_ratings = True
 
-    def __init__(self, embedding_dim: int = 64, epochs: int = 50, batch_size: int = 1024,
-                 learning_rate: float = 0.05, reg: float = 2.5, optimizer: str = "adagrad",
-                 weight_decay: float = 0.0, lr_schedule: str | None = "cosine",
-                 valid_metric: str = "rmse", patience: int | None = None, eval_every: int = 1,
-                 init_std: float = 0.05, bias_reg: float | None = 0.01,
-                 reg_exponent: float = 0.5, device: str = "auto", seed: int = 0) -> None:
-        self.embedding_dim = embedding_dim
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.reg = reg
-        self.optimizer = optimizer
-        self.weight_decay = weight_decay
-        self.lr_schedule = lr_schedule
-        self.valid_metric = valid_metric
-        self.patience = patience
-        self.eval_every = eval_every
-        self.init_std = init_std
-        self.bias_reg = bias_reg
-        self.reg_exponent = reg_exponent
-        self.device = device
-        self.seed = seed
+    epochs: int = 50
+    batch_size: int = 1024
+    learning_rate: float = 0.05
+    reg: float = 2.5
+    optimizer: str = "adagrad"
+    valid_metric: str | None = "rmse"
+    init_std: float = 0.05
+    bias_reg: float | None = 0.01
+    reg_exponent: float = 0.5
+
+    param_rules = {**GradientRecommender.param_rules,
+                   "bias_reg": optional_rule(number_rule(0, MAX_NUMBER)),
+                   "reg_exponent": number_rule(0, 2)}
 
     def _setup(self, train: Interactions) -> None:
         if train.value is None:
@@ -184,7 +172,7 @@ class MF(GradientRecommender):
         return _BiasedMF(self.n_users, self.n_items, int(self.embedding_dim), self.mean_,
                          self._generator(), float(self.init_std))
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         m: _BiasedMF = self.module_
         u = batch["users"]
         bias_reg = float(self.reg if self.bias_reg is None else self.bias_reg)
@@ -239,11 +227,6 @@ class MF(GradientRecommender):
                       "bias_reg": number_rule(0, optional=True),
                       "reg_exponent": number_rule(0, 2)}
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_params(self, {"bias_reg": optional_rule(number_rule(0, MAX_NUMBER)),
-                            "reg_exponent": number_rule(0, 2)})
-
     def _set_extra_scalars(self, extra: dict[str, Any]) -> None:
         self.mean_ = float(extra_value(extra, "mean", number_rule()))
         lo, hi = extra_value(extra, "rating_range", RANGE_RULE)
@@ -266,7 +249,7 @@ class _DotMF(nn.Module):
             self.item.weight.normal_(0.0, init_std, generator=generator)
 
 
-class BPR(GradientRecommender):
+class BPR(SampledGradientRecommender):
     """BPR-MF (Rendle et al. 2009): dot-product factors trained to rank each observed item
     above sampled unobserved ones, ``-log sigmoid(s_ui - s_uj)`` plus L2 on the batch's
     factors.
@@ -285,37 +268,16 @@ class BPR(GradientRecommender):
 
     name = "bpr"
 
-    def __init__(self, embedding_dim: int = 64, epochs: int = 40, batch_size: int = 4096,
-                 learning_rate: float = 0.005, reg: float = 0.01, n_negatives: int = 4,
-                 optimizer: str = "adam", weight_decay: float = 0.0,
-                 lr_schedule: str | None = "cosine", valid_metric: str = "ndcg@20",
-                 patience: int | None = None, eval_every: int = 1, init_std: float = 0.1,
-                 device: str = "auto", seed: int = 0) -> None:
-        self.embedding_dim = embedding_dim
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.reg = reg
-        self.n_negatives = n_negatives
-        self.optimizer = optimizer
-        self.weight_decay = weight_decay
-        self.lr_schedule = lr_schedule
-        self.valid_metric = valid_metric
-        self.patience = patience
-        self.eval_every = eval_every
-        self.init_std = init_std
-        self.device = device
-        self.seed = seed
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_params(self, {"n_negatives": int_rule(1, MAX_NEGATIVES)})
+    epochs: int = 40
+    learning_rate: float = 0.005
+    reg: float = 0.01
+    init_std: float = 0.1
 
     def _build(self) -> nn.Module:
         return _DotMF(self.n_users, self.n_items, int(self.embedding_dim), self._generator(),
                       float(self.init_std))
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         m: _DotMF = self.module_
         # BPR on the scores plus L2 on the rows read, the item side in one step (the same
         # loss and gradients as lookups, products and losses.bpr + losses.l2, faster)

@@ -17,7 +17,7 @@ ranking evaluation stays practical on a CPU.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,12 +25,17 @@ from torch import nn
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError
-from recforge.models.base import (
+from recforge.models.gradient import (
+    GradientRecommender,
+    SampledGradientRecommender,
+    shared_params,
+)
+from recforge.models.params import (
     BOOL_RULE,
     MAX_DIM,
+    MAX_NEGATIVES,
     RANGE_RULE,
     ParamRule,
-    check_params,
     choice_rule,
     extra_value,
     fraction_rule,
@@ -38,10 +43,9 @@ from recforge.models.base import (
     number_rule,
     positive_rule,
 )
-from recforge.models.gradient import GradientRecommender
 from recforge.training import losses
 from recforge.training.embedding import Embedding
-from recforge.training.trainer import OPTIMIZERS
+from recforge.training.optim import check_optimizer
 
 #: A non-empty list of layer sizes (what a loaded MLP tower is built from).
 _LAYERS_RULE = ParamRule(
@@ -179,25 +183,31 @@ class _NCF(nn.Module):
         return total
 
 
-class _NCFBase(GradientRecommender):
+class _NCFBase(SampledGradientRecommender):
     """Shared training and scoring of the three NCF models."""
+
+    #: The objective (``"bce"`` ranking, ``"mse"`` ratings): a parameter of ``mlp`` and
+    #: ``neumf``, always ``"bce"`` for ``gmf``.
+    loss: ClassVar[str] = "bce"
+
+    #: (the rules of parameters a model lacks are skipped)
+    param_rules = {**SampledGradientRecommender.param_rules,
+                   "n_negatives": int_rule(0, MAX_NEGATIVES),
+                   "loss": choice_rule("bce", "mse"), "layers": _LAYERS_PARAM_RULE,
+                   "dropout": fraction_rule(), "mlp_embedding_dim": int_rule(1, MAX_DIM)}
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        rules = {"loss": choice_rule("bce", "mse"), "layers": _LAYERS_PARAM_RULE,
-                 "dropout": fraction_rule(), "mlp_embedding_dim": int_rule(1, MAX_DIM)}
-        names = self._param_names()
-        check_params(self, {k: r for k, r in rules.items() if k in names})
-        if getattr(self, "loss", "bce") == "bce" and self.n_negatives < 1:
+        if self.loss == "bce" and self.n_negatives < 1:
             raise ConfigError(f"{self.name}: n_negatives must be >= 1 with loss='bce'")
 
     @property
     def objective(self) -> str:  # type: ignore[override]
-        return "rating" if getattr(self, "loss", "bce") == "mse" else "ranking"
+        return "rating" if self.loss == "mse" else "ranking"
 
     @property
     def predicts_ratings(self) -> bool:  # type: ignore[override]
-        return getattr(self, "loss", "bce") == "mse"
+        return self.loss == "mse"
 
     def _setup(self, train: Interactions) -> None:
         if self.objective == "rating":
@@ -221,7 +231,7 @@ class _NCFBase(GradientRecommender):
                 model.out.bias.fill_(self.mean_)
         return model
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         m: _NCF = self.module_
         u, i = batch["users"], batch["items"]
         if self.objective == "rating":
@@ -282,28 +292,6 @@ class GMF(_NCFBase):
 
     name = "gmf"
 
-    def __init__(self, embedding_dim: int = 64, epochs: int = 10, batch_size: int = 4096,
-                 learning_rate: float = 0.002, reg: float = 0.0, n_negatives: int = 4,
-                 optimizer: str = "adam", weight_decay: float = 0.0,
-                 lr_schedule: str | None = "cosine", valid_metric: str = "ndcg@20",
-                 patience: int | None = None, eval_every: int = 1, init_std: float = 0.01,
-                 device: str = "auto", seed: int = 0) -> None:
-        self.embedding_dim = embedding_dim
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.reg = reg
-        self.n_negatives = n_negatives
-        self.optimizer = optimizer
-        self.weight_decay = weight_decay
-        self.lr_schedule = lr_schedule
-        self.valid_metric = valid_metric
-        self.patience = patience
-        self.eval_every = eval_every
-        self.init_std = init_std
-        self.device = device
-        self.seed = seed
-
     def _towers(self, gen: torch.Generator) -> list[nn.Module]:
         return [_GMFTower(self.n_users, self.n_items, int(self.embedding_dim), gen,
                           float(self.init_std))]
@@ -320,31 +308,9 @@ class MLP(_NCFBase):
     scoring_params = {**GradientRecommender.scoring_params, "layers": _LAYERS_RULE,
                       "dropout": number_rule(0, 1)}
 
-    def __init__(self, embedding_dim: int = 64, layers: tuple[int, ...] = (128, 64),
-                 dropout: float = 0.0, loss: str = "bce", epochs: int = 10,
-                 batch_size: int = 4096, learning_rate: float = 0.002, reg: float = 0.0,
-                 n_negatives: int = 4, optimizer: str = "adam", weight_decay: float = 0.0,
-                 lr_schedule: str | None = "cosine", valid_metric: str = "ndcg@20",
-                 patience: int | None = None, eval_every: int = 1, init_std: float = 0.01,
-                 device: str = "auto", seed: int = 0) -> None:
-        self.embedding_dim = embedding_dim
-        self.layers = layers
-        self.dropout = dropout
-        self.loss = loss
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.reg = reg
-        self.n_negatives = n_negatives
-        self.optimizer = optimizer
-        self.weight_decay = weight_decay
-        self.lr_schedule = lr_schedule
-        self.valid_metric = valid_metric
-        self.patience = patience
-        self.eval_every = eval_every
-        self.init_std = init_std
-        self.device = device
-        self.seed = seed
+    layers: tuple[int, ...] = (128, 64)
+    dropout: float = 0.0
+    loss: str = "bce"  # type: ignore[misc]
 
     def _towers(self, gen: torch.Generator) -> list[nn.Module]:
         return [_MLPTower(self.n_users, self.n_items, int(self.embedding_dim),
@@ -365,44 +331,24 @@ class NeuMF(_NCFBase):
     name = "neumf"
     scoring_params = {**MLP.scoring_params, "mlp_embedding_dim": int_rule(1)}
 
-    def __init__(self, embedding_dim: int = 64, mlp_embedding_dim: int = 64,
-                 layers: tuple[int, ...] = (128, 64), dropout: float = 0.0, loss: str = "bce",
-                 pretrain: bool = False, alpha: float = 0.5, pretrain_optimizer: str = "sgd",
-                 pretrain_learning_rate: float = 0.01, epochs: int = 10,
-                 batch_size: int = 4096, learning_rate: float = 0.002, reg: float = 0.0,
-                 n_negatives: int = 4, optimizer: str = "adam", weight_decay: float = 0.0,
-                 lr_schedule: str | None = "cosine", valid_metric: str = "ndcg@20",
-                 patience: int | None = None, eval_every: int = 1, init_std: float = 0.01,
-                 device: str = "auto", seed: int = 0) -> None:
-        self.embedding_dim = embedding_dim
-        self.mlp_embedding_dim = mlp_embedding_dim
-        self.layers = layers
-        self.dropout = dropout
-        self.loss = loss
-        self.pretrain = pretrain
-        self.alpha = alpha
-        self.pretrain_optimizer = pretrain_optimizer
-        self.pretrain_learning_rate = pretrain_learning_rate
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.reg = reg
-        self.n_negatives = n_negatives
-        self.optimizer = optimizer
-        self.weight_decay = weight_decay
-        self.lr_schedule = lr_schedule
-        self.valid_metric = valid_metric
-        self.patience = patience
-        self.eval_every = eval_every
-        self.init_std = init_std
-        self.device = device
-        self.seed = seed
+    mlp_embedding_dim: int = 64
+    layers: tuple[int, ...] = (128, 64)
+    dropout: float = 0.0
+    loss: str = "bce"  # type: ignore[misc]
+    pretrain: bool = False
+    alpha: float = 0.5
+    pretrain_optimizer: str = "sgd"
+    pretrain_learning_rate: float = 0.01
+
+    param_rules = {**_NCFBase.param_rules, "alpha": number_rule(0, 1), "pretrain": BOOL_RULE,
+                   "pretrain_learning_rate": positive_rule()}
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        check_params(self, {"alpha": number_rule(0, 1), "pretrain": BOOL_RULE,
-                            "pretrain_optimizer": choice_rule(*OPTIMIZERS),
-                            "pretrain_learning_rate": positive_rule()})
+        try:
+            check_optimizer(self.pretrain_optimizer, "pretrain_optimizer")
+        except ConfigError as exc:
+            raise ConfigError(f"{self.name}: {exc}") from None
         if self.pretrain and self.loss == "mse":
             raise ConfigError("neumf: pretrain trains the GMF tower on implicit feedback (BCE) "
                               "and cannot pretrain for loss='mse'; use pretrain=False")
@@ -428,12 +374,9 @@ class NeuMF(_NCFBase):
     def _fit(self, train: Interactions, valid: Interactions | None) -> None:
         if not self.pretrain:
             return super()._fit(train, valid)
-        if getattr(self, "_fit_options", {}).get("distributed", (0, 1))[1] > 1:
+        if self._context.world > 1:
             self._check_distributed()  # before the pretraining fits, not after
-        shared = {k: getattr(self, k) for k in ("epochs", "batch_size", "learning_rate", "reg",
-                                                 "n_negatives", "optimizer", "weight_decay",
-                                                 "lr_schedule", "valid_metric", "patience",
-                                                 "eval_every", "init_std", "device", "seed")}
+        shared = {k: v for k, v in shared_params(self).items() if k != "embedding_dim"}
         gmf = GMF(embedding_dim=self.embedding_dim, **shared).fit(train, valid)
         mlp = MLP(embedding_dim=self.mlp_embedding_dim, layers=self.layers,
                   dropout=self.dropout, loss=self.loss, **shared).fit(train, valid)

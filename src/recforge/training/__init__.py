@@ -1,5 +1,7 @@
 """The training engine shared by every gradient-trained model."""
 
-from recforge.training.trainer import Trainer, TrainingState
+from recforge.training.checkpoint import TrainingState
+from recforge.training.contracts import FitContext, Sampler, TrainableModel
+from recforge.training.trainer import Trainer
 
-__all__ = ["Trainer", "TrainingState"]
+__all__ = ["FitContext", "Sampler", "TrainableModel", "Trainer", "TrainingState"]

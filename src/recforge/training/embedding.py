@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Embedding", "lookup"]
+__all__ = ["Embedding", "embedding_of", "lookup"]
 
 
 class _Lookup(torch.autograd.Function):
@@ -58,3 +58,11 @@ class Embedding(nn.Embedding):
                 or self.scale_grad_by_freq or self.sparse):
             return super().forward(input)
         return lookup(self.weight, input)
+
+
+def embedding_of(module: nn.Module, name: str) -> nn.Embedding | None:
+    """The ``nn.Embedding`` whose ``weight`` is the parameter ``name`` of ``module``
+    (else None)."""
+    owner, _, attr = name.rpartition(".")
+    sub = module.get_submodule(owner) if owner else module
+    return sub if isinstance(sub, nn.Embedding) and attr == "weight" else None
