@@ -306,7 +306,7 @@ def _dir_lock(directory: Path) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``directory`` (savers into it take turns; the lock
     goes with the process, also on ``kill -9``). Yields whether the lock is held: False
     where the platform or file system has none (no leftovers are removed then)."""
-    try:
+    try:  # lazy: POSIX only
         import fcntl
     except ImportError:  # Windows
         yield False

@@ -39,6 +39,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from recforge import __version__
 from recforge._fs import atomic_path
 from recforge.errors import DataError
 
@@ -139,9 +140,6 @@ def fetch(url: str, dest_dir: str | os.PathLike, *, filename: str | None = None,
     expected = {algo: digest.strip().lower()
                 for algo, digest in (("md5", md5), ("sha256", sha256)) if digest}
     hashers = {algo: hashlib.new(algo) for algo in expected}
-
-    from recforge import __version__
-
     request = urllib.request.Request(url, headers={"User-Agent": f"recforge/{__version__}"})
     logger.info("downloading %s to %s", url, dest)
     with atomic_path(dest) as tmp:

@@ -216,6 +216,7 @@ def text(ids: Any, texts: Sequence[Any], name: str, *, min_df: int = 2,
     Words in fewer than ``min_df`` texts are dropped (on a catalogue smaller than
     ``min_df`` the limit is relaxed to 1).
     """
+    # lazy: scikit-learn takes about a second to import and only TF-IDF needs it
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     vocab = _ids(ids, name)
@@ -302,7 +303,7 @@ def text_embeddings(ids: Any, texts: Sequence[Any], name: str, *, model: str | o
                           "model where you have network access (e.g. `huggingface-cli download "
                           "sentence-transformers/all-MiniLM-L6-v2 --local-dir DIR`) and pass "
                           "its directory as model=DIR")
-    try:
+    try:  # lazy: an optional dependency (the 'text' extra)
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise ConfigError("text embeddings need the 'text' extra: "

@@ -7,6 +7,8 @@ draws are redrawn, for a few rounds. No Python loop over users or interactions.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -137,8 +139,6 @@ def sample_negatives(positives: sp.csr_matrix, users: np.ndarray, n: int, *,
             for j in range(len(starts)):
                 part(j)
         else:
-            from concurrent.futures import ThreadPoolExecutor
-
             with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
                 list(pool.map(part, range(len(starts))))  # re-raises a part's error
         return out
