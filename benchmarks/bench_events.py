@@ -87,9 +87,9 @@ def main() -> None:
     from rich.table import Table
 
     import recforge
+    from recforge.data.events import EventStore
     from recforge.data.interactions import Interactions
     from recforge.models import create_model
-    from recforge.data.events import EventStore
     from recforge.serving.service import RecommendationService
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
