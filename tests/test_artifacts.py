@@ -657,7 +657,7 @@ def test_save_replaces_only_an_empty_directory_or_a_saved_model(tmp_path):
     """A directory with a file named meta.json that is not a recforge model's (or a
     saved model with other files in it) was replaced, and everything in it lost."""
     from recforge.errors import ModelError
-    from recforge.models.base import check_model_target
+    from recforge.models.artifact import check_model_target
 
     a, _ = _tiny_models()
     for name, files in [("foreign-meta", {"meta.json": '{"name": "my project"}',

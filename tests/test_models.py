@@ -106,7 +106,7 @@ def test_outputs_keep_the_request_order_and_the_vocabulary_types(random_data):
 
 
 def test_top_k_takes_and_orders_ties_by_column_like_a_stable_sort():
-    from recforge.models.base import _top_k_ties_in_order
+    from recforge.ranking import topk_with_ties as _top_k_ties_in_order
 
     g = torch.Generator().manual_seed(0)
     for _ in range(300):
@@ -119,7 +119,8 @@ def test_top_k_takes_and_orders_ties_by_column_like_a_stable_sort():
 
 
 def test_random_ties_are_drawn_per_row_among_the_tied_only():
-    from recforge.models.base import _top_k_ties_in_order, random_ties
+    from recforge.ranking import random_ties
+    from recforge.ranking import topk_with_ties as _top_k_ties_in_order
 
     scores = torch.tensor([[5.0, 1, 1, 1, 1, 0, 1, 1], [2, 2, 2, 2, 2, 2, 2, 2]]).repeat(500, 1)
     rows = torch.arange(len(scores))

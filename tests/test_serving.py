@@ -1247,7 +1247,8 @@ def test_the_top_k_takes_ties_in_order_with_or_without_ties(seed):
 
     import torch
 
-    from recforge.models.base import _top_k_ties_in_order, rank_ties
+    from recforge.ranking import rank_ties
+    from recforge.ranking import topk_with_ties as _top_k_ties_in_order
 
     g = np.random.default_rng(seed)
     for trial in range(300):
@@ -1275,7 +1276,7 @@ def test_a_row_without_ties_is_ranked_by_topk_alone(saved, monkeypatch):
     the hot path's scoring time before)."""
     import torch
 
-    from recforge.models.base import _top_k_ties_in_order
+    from recforge.ranking import topk_with_ties as _top_k_ties_in_order
     from recforge.serving.service import RecommendationService
 
     sorts = []

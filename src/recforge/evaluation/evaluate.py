@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -29,14 +29,52 @@ import torch
 
 from recforge.data.interactions import Interactions
 from recforge.data.sampling import positive_keys, sample_negatives
+from recforge.data.vocabulary import Vocabulary
 from recforge.errors import ConfigError, DataError
 from recforge.evaluation import metrics as M
 from recforge.evaluation.metrics import Metric, parse_metrics
-from recforge.models.base import Recommender
+from recforge.ranking import random_ties, top_k
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvaluationResult", "evaluate", "bootstrap_ci"]
+__all__ = ["EvaluationResult", "RankingModel", "evaluate", "bootstrap_ci"]
+
+
+class RankingModel(Protocol):
+    """What the evaluation needs from a fitted model (every recforge ``Recommender`` has
+    it): its vocabularies, training events and item popularity, batched scores over
+    internal user indices, and for rating metrics predicted ratings of index pairs."""
+
+    users_: Vocabulary
+    items_: Vocabulary
+    #: training events, users x items: excluded from rankings when no ``train`` is given
+    seen_: sp.csr_matrix
+    #: training users per item (popularity metrics)
+    item_popularity_: np.ndarray
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def predicts_ratings(self) -> bool: ...
+
+    @property
+    def n_users(self) -> int: ...
+
+    @property
+    def n_items(self) -> int: ...
+
+    def check_fitted(self) -> None:
+        """Raise unless the model is fitted."""
+
+    def score(self, users: Any, items: Any = None) -> torch.Tensor:
+        """Scores ``[len(users), n_items]`` for internal user indices (higher: better)."""
+
+    def score_block_size(self, batch_size: int | None = None) -> int:
+        """Users to score at once (``batch_size`` when given)."""
+
+    def predict_index(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Predicted ratings for pairs of internal indices."""
 
 
 def bootstrap_ci(values: np.ndarray, *, n_boot: int = 1000, level: float = 0.95,
@@ -90,7 +128,7 @@ class NothingToEvaluate(DataError):
     only such users: it then contributes nothing)."""
 
 
-def _to_model_space(model: Recommender, data: Interactions, what: str
+def _to_model_space(model: RankingModel, data: Interactions
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Map events into the model's vocabularies: (user idx, item idx, values); -1 = unknown."""
     u_map = model.users_.index(data.users.ids)
@@ -98,7 +136,24 @@ def _to_model_space(model: Recommender, data: Interactions, what: str
     return u_map[data.user], i_map[data.item], data.value
 
 
-def evaluate(model: Recommender, train: Interactions | None, test: Interactions, *,
+@dataclass
+class _Held:
+    """The test events in the model's indices: users (-1: unknown to the model, or
+    without a training event), items (-1: unknown), values, and each event's user in the
+    test's own vocabulary (for notes)."""
+
+    user: np.ndarray
+    item: np.ndarray
+    value: np.ndarray | None
+    test_user: np.ndarray
+
+    def take(self, keep: np.ndarray) -> _Held:
+        return _Held(self.user[keep], self.item[keep],
+                     self.value[keep] if self.value is not None else None,
+                     self.test_user[keep])
+
+
+def evaluate(model: RankingModel, train: Interactions | None, test: Interactions, *,
              metrics: str | Sequence[str | Metric] = ("recall@20", "ndcg@20"),
              protocol: Literal["full", "sampled"] = "full", n_negatives: int = 100,
              exclude_seen: bool = True, batch_size: int | None = None,
@@ -130,7 +185,7 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
         scores (random, not by item index: a model that scores items alike gets what chance
         gives, not the lowest ids).
     """
-    model._check_fitted()
+    model.check_fitted()
     start = time.perf_counter()
     mets = parse_metrics(metrics) if not isinstance(metrics, list) or not all(
         isinstance(m, Metric) for m in metrics) else metrics
@@ -139,142 +194,31 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
     if len(test) == 0:
         raise DataError("the test set is empty", source=test.source)
     notes: list[str] = []
-    n_users, n_items = model.n_users, model.n_items
-
-    tu, ti, tv = _to_model_space(model, test, "test")
-    tid = test.user.copy()  # each event's user in the test's own vocabulary (for notes)
-    # A (user, item) pair held out twice (test files joined, a log with repeats) is one
-    # relevant item: counted twice it would cap the user's recall at 1/2.
-    pair = test.user.astype(np.int64) * max(1, test.n_items) + test.item
-    _, first = np.unique(pair, return_index=True)
-    if len(first) < len(pair):
-        notes.append(f"{len(pair) - len(first)} repeated test events (the same user and "
-                     "item) were counted once")
-        first.sort()
-        tu, ti, tid = tu[first], ti[first], tid[first]
-        tv = tv[first] if tv is not None else None
-    cand_idx = None
-    if candidates is not None:
-        if protocol != "full":
-            raise ConfigError("candidates work with the full protocol")
-        cand_idx = model.items_.index(candidates)
-        if (cand_idx < 0).any():
-            bad = np.atleast_1d(np.asarray(candidates, dtype=object))[cand_idx < 0]
-            raise ConfigError(f"{len(bad)} candidate item id(s) unknown to the model, e.g. "
-                              f"{bad[:5].tolist()}")
-        cand_idx = np.unique(cand_idx)
-        inside = np.isin(ti, cand_idx)
-        if not inside.all():
-            notes.append(f"{int((~inside).sum())} test events of items outside the "
-                         "candidates were left out")
-            tu, ti, tid = tu[inside], ti[inside], tid[inside]
-            tv = tv[inside] if tv is not None else None
-        if len(tu) == 0:
-            raise DataError("no test event is of a candidate item", source=test.source)
-    # A user in the model's vocabulary without a training event (a test file's new user,
-    # when train and test files were read into one vocabulary) is unknown to it all the
-    # same: ranked from an empty history, they would score what popularity or chance gives.
-    # (judged on ``train`` when given: an experiment passes every rating, so that models
-    # trained on the positives only and rating models are scored on the same users)
-    if train is None:
-        has_events = np.diff(model.seen_.indptr) > 0
-    else:
-        tr_users = model.users_.index(train.users.ids[np.unique(train.user)])
-        has_events = np.zeros(n_users, dtype=bool)
-        has_events[tr_users[tr_users >= 0]] = True
-    no_history = (tu >= 0) & ~has_events[np.maximum(tu, 0)]
-    if no_history.any():
-        notes.append(f"{len(np.unique(tid[no_history]))} test users without a training "
-                     "event were skipped (as users unknown to the model)")
-    unknown_user = (tu < 0) | no_history
-    if unknown_user.all():
-        raise NothingToEvaluate(f"none of the {len(np.unique(tid))} test users is known to the model "
-                        "(a test file in another id space, or a split whose users are all "
-                        "new?); nothing can be evaluated", source=test.source)
-    if (tu < 0).any():
-        notes.append(f"{int((tu < 0).sum())} test events of {len(np.unique(tid[tu < 0]))} "
-                     "users unknown to the model were skipped")
-    tu = np.where(no_history, -1, tu)
-    unknown_item = (ti < 0) & ~unknown_user
-    if unknown_item.any():
-        notes.append(f"{int(unknown_item.sum())} test events are of items unknown to the "
-                     "model: they count as relevant but cannot be recommended")
-
-    if train is None:
-        exclude = model.seen_ if exclude_seen else None
-    else:
-        ru, ri, _ = _to_model_space(model, train, "train")
-        ok = (ru >= 0) & (ri >= 0)
-        exclude = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (ru[ok], ri[ok])),
-                                shape=(n_users, n_items)) if exclude_seen else None
-    if exclude is not None:
-        exclude = exclude.tocsr()
-        exclude.sort_indices()
+    held, cand_idx = _held_out(model, test, candidates, protocol, notes)
+    unknown_user, unknown_item = _mark_unknown(model, train, test, held, notes)
+    exclude = _excluded(model, train) if exclude_seen else None
 
     summary: dict[str, float] = {}
     per_user: dict[str, np.ndarray] = {}
     ranking = [m for m in mets if m.kind in ("ranking", "lists")]
     rating = [m for m in mets if m.kind == "rating"]
     users_out = np.empty(0, dtype=np.int64)
-
     if ranking and protocol == "full":
-        known = ~unknown_user
-        n_rel = np.bincount(tu[known], minlength=n_users)
-        ok = known & ~unknown_item
-        relevant = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (tu[ok], ti[ok])),
-                                 shape=(n_users, n_items))
-        relevant.sum_duplicates()
-        eval_users = np.flatnonzero(n_rel > 0)
-        kmax = max(m.k for m in ranking)
-        hits, recs = _full_ranking(model, eval_users, relevant, exclude, kmax, batch_size,
-                                   cand_idx, seed)
-        users_out = eval_users
-        nr = n_rel[eval_users]
-        pop_share = model.item_popularity_ / max(1, n_users)
-        for m in ranking:
-            if m.kind == "ranking":
-                fn = M.RANKING[m.name][0]
-                vals = fn(hits, nr, m.k)
-                per_user[m.label] = vals
-                summary[m.label] = float(vals.mean()) if len(vals) else 0.0
-            else:
-                r = recs[:, : m.k]
-                if m.name == "coverage":
-                    summary[m.label] = M.coverage(r, n_items)
-                elif m.name == "gini":
-                    summary[m.label] = M.gini(r, n_items)
-                elif m.name == "arp":
-                    vals = M.average_popularity(r, pop_share)
-                    per_user[m.label] = vals
-                    summary[m.label] = float(vals.mean())
-                elif m.name == "novelty":
-                    vals = M.novelty(r, pop_share)
-                    per_user[m.label] = vals
-                    summary[m.label] = float(vals.mean())
+        users_out = _full_metrics(model, held, ~unknown_user, ~unknown_item, exclude, ranking,
+                                  batch_size, cand_idx, seed, summary, per_user)
     elif ranking and protocol == "sampled":
         if any(m.kind == "lists" for m in ranking):
             raise ConfigError("coverage / ARP / Gini / novelty need the full protocol")
         ok = ~unknown_user & ~unknown_item
-        users_out, values = _sampled(model, tu[ok], ti[ok], exclude, ranking, n_negatives, seed)
+        users_out, values = _sampled(model, held.user[ok], held.item[ok], exclude, ranking,
+                                     n_negatives, seed)
         for m in ranking:
             label = f"{m.label} (sampled 1+{n_negatives})"
             per_user[label] = values[m.label]
             summary[label] = float(values[m.label].mean()) if len(users_out) else 0.0
-
     if rating:
-        if not model.predicts_ratings:
-            raise ConfigError(f"{', '.join(m.label for m in rating)} need a rating model; "
-                              f"{model.name!r} does not predict ratings")
-        if tv is None:
-            raise DataError("RMSE / MAE need ratings in the test data", source=test.source)
-        ok = ~unknown_user & ~unknown_item
-        if not ok.all():
-            notes.append(f"{int((~ok).sum())} test ratings of unknown users/items were not "
-                         "predicted")
-        pred = model._predict_index(tu[ok], ti[ok])
-        for m in rating:
-            fn = M.rmse if m.name == "rmse" else M.mae
-            summary[m.label] = fn(pred, tv[ok])
+        _rating_metrics(model, held, ~unknown_user & ~unknown_item, rating, test, summary,
+                        notes)
 
     frame = pd.DataFrame({"user": model.users_.ids[users_out]} if len(users_out) or per_user
                          else {"user": []})
@@ -287,7 +231,149 @@ def evaluate(model: Recommender, train: Interactions | None, test: Interactions,
                             n_users=len(users_out), seconds=seconds, notes=notes)
 
 
-def _full_ranking(model: Recommender, users: np.ndarray, relevant: sp.csr_matrix,
+def _held_out(model: RankingModel, test: Interactions, candidates: Any, protocol: str,
+              notes: list[str]) -> tuple[_Held, np.ndarray | None]:
+    """The test events in the model's indices, each (user, item) pair once and only those
+    of candidate items, with the candidates' indices (None: every item)."""
+    tu, ti, tv = _to_model_space(model, test)
+    held = _Held(tu, ti, tv, test.user.copy())
+    # A (user, item) pair held out twice (test files joined, a log with repeats) is one
+    # relevant item: counted twice it would cap the user's recall at 1/2.
+    pair = test.user.astype(np.int64) * max(1, test.n_items) + test.item
+    _, first = np.unique(pair, return_index=True)
+    if len(first) < len(pair):
+        notes.append(f"{len(pair) - len(first)} repeated test events (the same user and "
+                     "item) were counted once")
+        first.sort()
+        held = held.take(first)
+    if candidates is None:
+        return held, None
+    if protocol != "full":
+        raise ConfigError("candidates work with the full protocol")
+    cand_idx = model.items_.index(candidates)
+    if (cand_idx < 0).any():
+        bad = np.atleast_1d(np.asarray(candidates, dtype=object))[cand_idx < 0]
+        raise ConfigError(f"{len(bad)} candidate item id(s) unknown to the model, e.g. "
+                          f"{bad[:5].tolist()}")
+    cand_idx = np.unique(cand_idx)
+    inside = np.isin(held.item, cand_idx)
+    if not inside.all():
+        notes.append(f"{int((~inside).sum())} test events of items outside the "
+                     "candidates were left out")
+        held = held.take(inside)
+    if len(held.user) == 0:
+        raise DataError("no test event is of a candidate item", source=test.source)
+    return held, cand_idx
+
+
+def _mark_unknown(model: RankingModel, train: Interactions | None, test: Interactions,
+                  held: _Held, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Which test events are of users the model cannot rank for, and which of items it
+    does not know; such users' index set to -1 in ``held``."""
+    tu, tid = held.user, held.test_user
+    # A user in the model's vocabulary without a training event (a test file's new user,
+    # when train and test files were read into one vocabulary) is unknown to it all the
+    # same: ranked from an empty history, they would score what popularity or chance gives.
+    # (judged on ``train`` when given: an experiment passes every rating, so that models
+    # trained on the positives only and rating models are scored on the same users)
+    if train is None:
+        has_events = np.diff(model.seen_.indptr) > 0
+    else:
+        tr_users = model.users_.index(train.users.ids[np.unique(train.user)])
+        has_events = np.zeros(model.n_users, dtype=bool)
+        has_events[tr_users[tr_users >= 0]] = True
+    no_history = (tu >= 0) & ~has_events[np.maximum(tu, 0)]
+    if no_history.any():
+        notes.append(f"{len(np.unique(tid[no_history]))} test users without a training "
+                     "event were skipped (as users unknown to the model)")
+    unknown_user = (tu < 0) | no_history
+    if unknown_user.all():
+        raise NothingToEvaluate(f"none of the {len(np.unique(tid))} test users is known to "
+                                "the model (a test file in another id space, or a split "
+                                "whose users are all new?); nothing can be evaluated",
+                                source=test.source)
+    if (tu < 0).any():
+        notes.append(f"{int((tu < 0).sum())} test events of {len(np.unique(tid[tu < 0]))} "
+                     "users unknown to the model were skipped")
+    held.user = np.where(no_history, -1, tu)
+    unknown_item = (held.item < 0) & ~unknown_user
+    if unknown_item.any():
+        notes.append(f"{int(unknown_item.sum())} test events are of items unknown to the "
+                     "model: they count as relevant but cannot be recommended")
+    return unknown_user, unknown_item
+
+
+def _excluded(model: RankingModel, train: Interactions | None) -> sp.csr_matrix:
+    """The items excluded from each user's ranking: ``train``'s in the model's indices,
+    or the model's training events."""
+    if train is None:
+        exclude = model.seen_
+    else:
+        ru, ri, _ = _to_model_space(model, train)
+        ok = (ru >= 0) & (ri >= 0)
+        exclude = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (ru[ok], ri[ok])),
+                                shape=(model.n_users, model.n_items))
+    exclude = exclude.tocsr()
+    exclude.sort_indices()
+    return exclude
+
+
+def _full_metrics(model: RankingModel, held: _Held, known: np.ndarray, known_item: np.ndarray,
+                  exclude: sp.csr_matrix | None, ranking: list[Metric],
+                  batch_size: int | None, cand_idx: np.ndarray | None, seed: int,
+                  summary: dict[str, float], per_user: dict[str, np.ndarray]) -> np.ndarray:
+    """The full protocol's ranking and list metrics, into ``summary`` / ``per_user``;
+    returns the users evaluated."""
+    n_users, n_items = model.n_users, model.n_items
+    tu, ti = held.user, held.item
+    n_rel = np.bincount(tu[known], minlength=n_users)
+    ok = known & known_item
+    relevant = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (tu[ok], ti[ok])),
+                             shape=(n_users, n_items))
+    relevant.sum_duplicates()
+    eval_users = np.flatnonzero(n_rel > 0)
+    kmax = max(m.k for m in ranking)
+    hits, recs = _full_ranking(model, eval_users, relevant, exclude, kmax, batch_size,
+                               cand_idx, seed)
+    nr = n_rel[eval_users]
+    pop_share = model.item_popularity_ / max(1, n_users)
+    for m in ranking:
+        if m.kind == "ranking":
+            vals = M.RANKING[m.name][0](hits, nr, m.k)
+            per_user[m.label] = vals
+            summary[m.label] = float(vals.mean()) if len(vals) else 0.0
+            continue
+        r = recs[:, : m.k]
+        if m.name == "coverage":
+            summary[m.label] = M.coverage(r, n_items)
+        elif m.name == "gini":
+            summary[m.label] = M.gini(r, n_items)
+        elif m.name in ("arp", "novelty"):
+            fn = M.average_popularity if m.name == "arp" else M.novelty
+            vals = fn(r, pop_share)
+            per_user[m.label] = vals
+            summary[m.label] = float(vals.mean())
+    return eval_users
+
+
+def _rating_metrics(model: RankingModel, held: _Held, ok: np.ndarray, rating: list[Metric],
+                    test: Interactions, summary: dict[str, float], notes: list[str]) -> None:
+    """RMSE / MAE of the predicted ratings of the test events of known users and items."""
+    if not model.predicts_ratings:
+        raise ConfigError(f"{', '.join(m.label for m in rating)} need a rating model; "
+                          f"{model.name!r} does not predict ratings")
+    if held.value is None:
+        raise DataError("RMSE / MAE need ratings in the test data", source=test.source)
+    if not ok.all():
+        notes.append(f"{int((~ok).sum())} test ratings of unknown users/items were not "
+                     "predicted")
+    pred = model.predict_index(held.user[ok], held.item[ok])
+    for m in rating:
+        fn = M.rmse if m.name == "rmse" else M.mae
+        summary[m.label] = fn(pred, held.value[ok])
+
+
+def _full_ranking(model: RankingModel, users: np.ndarray, relevant: sp.csr_matrix,
                   exclude: sp.csr_matrix | None, k: int, batch_size: int | None,
                   candidates: np.ndarray | None = None,
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -299,24 +385,26 @@ def _full_ranking(model: Recommender, users: np.ndarray, relevant: sp.csr_matrix
     """
     hits = np.zeros((len(users), k), dtype=bool)
     recs = np.full((len(users), k), -1, dtype=np.int64)
-    pos = 0
     rel = relevant.tocsr()
-    for ub, items, scores in model.iter_top_k(users, k, exclude=exclude, batch_size=batch_size,
-                                              candidates=candidates, tie_seed=seed):
+    n_items = model.n_items
+    block = model.score_block_size(batch_size)
+    for pos in range(0, len(users), block):
+        ub = users[pos:pos + block]
+        items, scores = top_k(model.score, ub, k, n_items, exclude=exclude,
+                              candidates=candidates,
+                              ties=random_ties(torch.from_numpy(ub), n_items, seed))
         b, kk = items.shape
         it = items.numpy()
         valid = torch.isfinite(scores).numpy()
         # Membership of each recommended item in the user's relevant set.
-        rel_block = rel[ub]
-        dense = torch.from_numpy(rel_block.toarray() > 0)
+        dense = torch.from_numpy(rel[ub].toarray() > 0)
         h = torch.gather(dense, 1, items).numpy() & valid
         hits[pos:pos + b, :kk] = h
         recs[pos:pos + b, :kk] = np.where(valid, it, -1)
-        pos += b
     return hits, recs
 
 
-def _sampled(model: Recommender, users: np.ndarray, items: np.ndarray,
+def _sampled(model: RankingModel, users: np.ndarray, items: np.ndarray,
              exclude: sp.csr_matrix | None, mets: list[Metric], n_negatives: int, seed: int
              ) -> tuple[np.ndarray, dict[str, Any]]:
     """Rank each held-out (user, item) against ``n_negatives`` sampled items; per-user means."""
@@ -334,7 +422,7 @@ def _sampled(model: Recommender, users: np.ndarray, items: np.ndarray,
     negs = sample_negatives(pos_mat, users, n_negatives, rng=rng, keys=keys)
     ranks = np.empty(len(users), dtype=np.int64)
     order = np.argsort(users, kind="stable")
-    block = model._block_size(None)
+    block = model.score_block_size(None)
     for s in range(0, len(order), block):
         sel = order[s:s + block]
         ub = users[sel]

@@ -59,19 +59,17 @@ import torch
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError, ModelError
-from recforge.models.base import (
+from recforge.models.artifact import Array, StateSpec
+from recforge.models.base import Recommender
+from recforge.models.params import (
     BOOL_RULE,
     DEVICE_RULE,
     MAX_DIM,
     MAX_EPOCHS,
     MAX_NUMBER,
     SEED_RULE,
-    Array,
-    Recommender,
-    StateSpec,
     check_params,
     choice_rule,
-    fold_in_implicit,
     int_rule,
     number_rule,
 )
@@ -244,6 +242,23 @@ def _cholesky_step(side: _Side, x: torch.Tensor, y: torch.Tensor) -> None:
         start = stop
 
 
+def fold_in_implicit(item_factors: torch.Tensor, items: np.ndarray, weights: np.ndarray | None,
+                     alpha: float, reg: float) -> torch.Tensor:
+    """A user vector for an unseen history against fixed item factors ``Y`` (Hu et al.
+    2008): ``(Y'Y + alpha Y_h' R Y_h + reg I) x = Y_h' (1 + alpha r)`` with ``r`` the
+    history's weights (ones by default): the weighted least-squares solve ALS makes for
+    every user, here for one."""
+    y = item_factors.float()
+    d = y.shape[1]
+    w = torch.ones(len(items)) if weights is None else torch.from_numpy(
+        np.asarray(weights, np.float32))
+    w = w.to(y.device)
+    yh = y[torch.from_numpy(items).to(y.device)]
+    a = y.T @ y + alpha * (yh.T * w) @ yh + reg * torch.eye(d, device=y.device)
+    b = yh.T @ (1.0 + alpha * w)
+    return torch.linalg.solve(a.double(), b.double()).float()
+
+
 class ALS(Recommender):
     """Implicit-feedback matrix factorisation by alternating least squares.
 
@@ -382,7 +397,7 @@ class ALS(Recommender):
     def loss(self) -> float:
         """The training objective (weighted squared error + regularisation) of the fitted
         factors on the training matrix."""
-        self._check_fitted()
+        self.check_fitted()
         users, items = self._sides(self.device_)
         return self._loss(users, items, self.user_factors_, self.item_factors_)
 

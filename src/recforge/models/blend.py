@@ -21,18 +21,17 @@ import torch
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, ModelError
-from recforge.models.base import (
+from recforge.models.artifact import StateSpec, prefixed
+from recforge.models.base import Recommender
+from recforge.models.params import (
     MAX_NUMBER,
     ParamRule,
-    Recommender,
-    StateSpec,
-    _shown,
     check_params,
     choice_rule,
     extra_value,
     number_rule,
     optional_rule,
-    prefixed,
+    shown,
 )
 
 __all__ = ["Blend"]
@@ -110,7 +109,7 @@ class Blend(Recommender):
                               "hyperparameters")
         for name, params in self.models.items():
             if not isinstance(name, str):
-                raise ConfigError(f"blend: models: a model name is text, got {_shown(name)}")
+                raise ConfigError(f"blend: models: a model name is text, got {shown(name)}")
             if name == self.name:
                 raise ConfigError("blend: a blend cannot contain a blend")
             try:
@@ -132,11 +131,11 @@ class Blend(Recommender):
         unknown = [k for k in (self.weights or {}) if k not in self.models]
         if unknown:
             raise ConfigError(f"blend: weights for models not in the blend: "
-                              f"{_shown(unknown)}")
+                              f"{shown(unknown)}")
         for name, w in (self.weights or {}).items():
             if not number_rule(-MAX_NUMBER, MAX_NUMBER).ok(w):
                 raise ConfigError(f"blend: weight of {name!r} must be a number, got "
-                                  f"{_shown(w)}")
+                                  f"{shown(w)}")
         check_params(self, {"normalize": choice_rule(*NORMALIZATIONS)})
 
     def _weight(self, name: str) -> float:

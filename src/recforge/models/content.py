@@ -24,14 +24,13 @@ import torch
 from recforge.data.features import Features
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError, ModelError
-from recforge.models.base import (
+from recforge.models.artifact import CSR, StateSpec
+from recforge.models.base import Recommender
+from recforge.models.params import (
     BOOL_RULE,
-    CSR,
     MAX_NUMBER,
     STRINGS_RULE,
     WEIGHTS_RULE,
-    Recommender,
-    StateSpec,
     check_params,
     extra_value,
     number_rule,
@@ -213,7 +212,7 @@ class ContentBased(FeatureModelMixin, Recommender):
         ``features`` the features shared by the user's profile and the item (``feature,
         group, contribution``).
         """
-        self._check_fitted()
+        self.check_fitted()
         u = int(self.users_.index([user])[0])
         i = int(self.items_.index([item])[0])
         if u < 0:

@@ -13,15 +13,10 @@ import torch
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ModelError
-from recforge.models.base import (
-    BOOL_RULE,
-    Array,
-    Recommender,
-    StateSpec,
-    binarize,
-    check_params,
-    positive_rule,
-)
+from recforge.models.artifact import Array, StateSpec
+from recforge.models.base import Recommender
+from recforge.models.params import BOOL_RULE, check_params, positive_rule
+from recforge.ranking import binarize
 
 
 class EASE(Recommender):

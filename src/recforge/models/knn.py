@@ -17,18 +17,17 @@ import scipy.sparse as sp
 import torch
 
 from recforge.data.interactions import Interactions
-from recforge.models.base import (
+from recforge.models.artifact import CSR, StateSpec
+from recforge.models.base import Recommender
+from recforge.models.params import (
     BOOL_RULE,
-    CSR,
     MAX_COUNT,
     MAX_NUMBER,
-    Recommender,
-    StateSpec,
-    binarize,
     check_params,
     int_rule,
     number_rule,
 )
+from recforge.ranking import binarize
 
 
 class ItemKNN(Recommender):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from recforge.data.interactions import Interactions
-from recforge.models.base import Array, Recommender, StateSpec
+from recforge.models.artifact import Array, StateSpec
+from recforge.models.base import Recommender
 
 
 class Popularity(Recommender):

@@ -1,6 +1,8 @@
 """Model name -> class, used by the CLI, experiment configs and :meth:`Recommender.load`.
 
-Built-in models are imported lazily (so ``recforge --help`` stays fast). Third-party
+Built-in models are imported lazily (so ``recforge --help`` stays fast), by their
+``"module:Class"`` names: this module imports no model module, the base class included,
+so that the base class and the artefact reader can resolve names through it. Third-party
 packages can add models through the ``recforge.models`` entry-point group.
 """
 
@@ -9,12 +11,10 @@ from __future__ import annotations
 import importlib
 from difflib import get_close_matches
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from recforge.errors import ConfigError
-
-if TYPE_CHECKING:
-    from recforge.models.base import Recommender
+from recforge.models.params import unknown_param_message
 
 #: Built-in models: registry name -> "module:Class".
 BUILTIN: dict[str, str] = {
@@ -44,8 +44,15 @@ def available_models() -> list[str]:
     return sorted({**_plugins(), **BUILTIN})
 
 
-def get_model_class(name: str) -> type[Recommender]:
-    """The class registered under ``name``; :class:`ConfigError` naming close matches."""
+def models_with(flag: str) -> list[str]:
+    """Names of the models whose class sets the capability ``flag`` (a class attribute,
+    e.g. ``supports_history``) true, sorted."""
+    return [n for n in available_models() if getattr(get_model_class(n), flag, False)]
+
+
+def get_model_class(name: str) -> type[Any]:
+    """The class registered under ``name`` (a ``Recommender`` subclass);
+    :class:`ConfigError` naming close matches."""
     table = {**_plugins(), **BUILTIN}
     if name not in table:
         hint = get_close_matches(name, list(table), n=1)
@@ -56,13 +63,12 @@ def get_model_class(name: str) -> type[Recommender]:
     return getattr(importlib.import_module(module), attr)
 
 
-def create_model(name: str, **params: Any) -> Recommender:
-    """Instantiate model ``name`` with hyperparameters, checking their names."""
-    from recforge.models.base import _unknown_param_message
-
+def create_model(name: str, **params: Any) -> Any:
+    """Instantiate model ``name`` (a ``Recommender``) with hyperparameters, checking their
+    names."""
     cls = get_model_class(name)
     valid = cls._param_names()
     for key in params:
         if key not in valid:
-            raise ConfigError(_unknown_param_message(cls, key))
+            raise ConfigError(unknown_param_message(cls, key))
     return cls(**params)

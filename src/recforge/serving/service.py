@@ -16,7 +16,8 @@ import torch
 
 from recforge.data.sharding import INTEGER_ID
 from recforge.errors import ConfigError, ModelError
-from recforge.models.base import Recommender, _top_k_ties_in_order, rank_ties
+from recforge.models.base import Recommender
+from recforge.ranking import rank_ties, top_k
 
 __all__ = ["RecommendationService", "NotFound", "Resolved"]
 
@@ -81,7 +82,7 @@ class RecommendationService:
             # The metadata of the very read that gave the model: a second read of meta.json
             # could meet a save that landed in between (and date the model wrongly).
             self.model, self.meta = Recommender.load_with_meta(self.path)
-        self.model._check_fitted()
+        self.model.check_fitted()
         if index not in ("exact", "ivf"):
             raise ConfigError(f"index must be 'exact' or 'ivf', got {index!r}")
         self._ann = None
@@ -110,12 +111,10 @@ class RecommendationService:
         # user -> (item indices, values; NaN where none was posted), replaced as one tuple so
         # that a reader never sees the items of one post with the values of another
         self._posted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self._popular = torch.from_numpy(self.model._popularity_order().copy())
-        # every user's row index as a tensor: one user's is a slice (a view), not a new
-        # tensor per request
-        self._rows = torch.arange(self.model.n_users)
-        # equal scores: the more popular item first, as the library's recommend has them
-        self._ties = rank_ties(torch.from_numpy(self.model._popularity_rank().copy()))
+        # what unknown users get, and the order of equal scores (the more popular item
+        # first), as the library's recommend has them
+        self._popular = self.model.popular_items()
+        self._ties = rank_ties(torch.from_numpy(self.model.popularity_rank().copy()))
         # Ids arrive as text (URL paths) or JSON values: one hash lookup on their string
         # form (Vocabulary.index's type coercion costs ~0.3 ms per call).
         import pandas as pd
@@ -220,12 +219,7 @@ class RecommendationService:
             res = self.recommend_history(m.items_.ids[posted].tolist(), k,
                                          self._fold_in_values(vals))
             return {"user": self._echo(user), "items": res["items"], "fallback": "history"}
-        if u < 0:
-            top = self._popular[:min(k, m.n_items)].numpy()
-            scores = m.item_popularity_[top]
-            return {"user": self._echo(user), "items": self._items(top, scores),
-                    "fallback": "popular"}
-        if self._ann is not None:
+        if u >= 0 and self._ann is not None:
             seen = (np.concatenate([m.seen_.indices[m.seen_.indptr[u]:m.seen_.indptr[u + 1]],
                                     posted]) if not include_seen else posted[:0])
             idx, sc = self._ann.search(self._ann_users[u].numpy(), k + len(seen))
@@ -235,18 +229,20 @@ class RecommendationService:
                 return {"user": _plain(m.users_.ids[u]),
                         "items": self._items(idx[0][keep][:k], sc[0][keep][:k]),
                         "fallback": None}
-        # One user: score, mask the seen items by their CSR slice, top-k. (The batched
-        # iter_top_k path does the same for many users; this skips its block set-up.)
+        # the library's ranking: the user's scores with the seen and posted items masked,
+        # or for an unknown user the most popular items
+        pos, vals = top_k(self._score_rows, np.array([u], dtype=np.int64), k, m.n_items,
+                          exclude=None if include_seen else m.seen_,
+                          extra=None if include_seen else posted, ties=self._ties,
+                          popular=self._popular)
+        return {"user": _plain(m.users_.ids[u]) if u >= 0 else self._echo(user),
+                "items": self._items(pos.numpy()[0], vals.numpy()[0]),
+                "fallback": None if u >= 0 else "popular"}
+
+    def _score_rows(self, rows: np.ndarray) -> torch.Tensor:
+        """The model's scores of users ``rows`` (a copy: the ranking masks it)."""
         with torch.no_grad():
-            scores = m._score(self._rows[u:u + 1]).reshape(-1).float().clone()
-        if not include_seen:  # through numpy's view of the scores: no index copies
-            masked = scores.numpy()
-            masked[m.seen_.indices[m.seen_.indptr[u]:m.seen_.indptr[u + 1]]] = -np.inf
-            masked[posted] = -np.inf
-        pos, vals = _top_k_ties_in_order(scores[None], min(k, scores.shape[0]), self._ties)
-        return {"user": _plain(m.users_.ids[u]),
-                "items": self._items(pos[0].numpy(), vals[0].numpy()),
-                "fallback": None}
+            return self.model._score(torch.from_numpy(rows)).float().clone()
 
     _EMPTY = np.empty(0, np.int64)
 
@@ -377,7 +373,7 @@ class RecommendationService:
         exclude = None if include_seen else m.seen_
         pos = 0
         for ub, items, scores in m.iter_top_k(idx[known], k, exclude=exclude,
-                                              tie_rank=m._popularity_rank()):
+                                              tie_rank=m.popularity_rank()):
             for row in range(len(ub)):
                 j = known[pos + row]
                 out[j] = {"user": _plain(m.users_.ids[idx[j]]),
