@@ -77,7 +77,7 @@ _METRIC_RULE = ParamRule(lambda v: isinstance(v, str) and len(v) <= 64,
 class GradientRecommender(Recommender):
     """A recommender whose parameters are learned by the shared :class:`Trainer`.
 
-    The shared hyperparameters (names fixed by the conventions of ``docs/models.md``):
+    The shared hyperparameters (their ranges are documented in ``docs/models.md``):
     ``embedding_dim`` (columns of the tables), ``epochs``, ``batch_size`` (events per step
     over all ranks), ``learning_rate``, ``reg`` (L2 on the batch's rows), ``optimizer``,
     ``weight_decay`` and ``lr_schedule`` (see :class:`~recforge.training.trainer.Trainer`),
@@ -437,6 +437,16 @@ class GradientRecommender(Recommender):
         self.module_.eval()
         with torch.no_grad():
             return self._score_users(users.to(self.device_)).float().cpu()
+
+    def _predict_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Rating models: ``module_(users, items)``, the predicted ratings of the pairs,
+        clipped to the training range ``rating_range_``."""
+        self.module_.eval()
+        with torch.no_grad():
+            u = torch.as_tensor(users, dtype=torch.long, device=self.device_)
+            i = torch.as_tensor(items, dtype=torch.long, device=self.device_)
+            pred = self.module_(u, i).clamp(*self.rating_range_)
+        return pred.float().cpu().numpy()
 
     # ----------------------------------------------------------------------------------
     def _extra_scalars(self) -> dict[str, Any]:

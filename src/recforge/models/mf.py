@@ -185,12 +185,7 @@ class MF(GradientRecommender):
         return self.module_.all_items(users)
 
     def _predict_index(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        self.module_.eval()
-        with torch.no_grad():
-            u = torch.as_tensor(users, dtype=torch.long, device=self.device_)
-            i = torch.as_tensor(items, dtype=torch.long, device=self.device_)
-            pred = self.module_(u, i).clamp(*self.rating_range_)
-        return pred.float().cpu().numpy()
+        return self._predict_pairs(users, items)
 
     supports_history = True
 

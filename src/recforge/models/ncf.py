@@ -262,12 +262,7 @@ class _NCFBase(SampledGradientRecommender):
     def _predict_index(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         if not self.predicts_ratings:
             return super()._predict_index(users, items)
-        self.module_.eval()
-        with torch.no_grad():
-            u = torch.as_tensor(users, dtype=torch.long, device=self.device_)
-            i = torch.as_tensor(items, dtype=torch.long, device=self.device_)
-            pred = self.module_(u, i).clamp(*self.rating_range_)
-        return pred.float().cpu().numpy()
+        return self._predict_pairs(users, items)
 
     def _item_embeddings(self) -> torch.Tensor:
         return torch.cat([t.item.weight.detach() for t in self.module_.towers], dim=1).cpu()
