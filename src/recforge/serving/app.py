@@ -55,6 +55,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from recforge import __version__
+from recforge.data.events import EventStore
 from recforge.errors import ConfigError
 from recforge.models.base import Recommender
 from recforge.serving.auth import key_dependencies
@@ -97,11 +98,7 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
         raise ConfigError(f"limits must be a recforge.serving.settings.Limits, got {limits!r}")
     key, admin = server_keys(api_key, admin_key)
     hosts = allowed_host_names(allowed_hosts)
-    store = None
-    if events is not None:
-        from recforge.data.events import EventStore
-
-        store = EventStore(events)
+    store = EventStore(events) if events is not None else None
     service = RecommendationService(model, events=store, index=index, n_probe=n_probe)
     app = FastAPI(title="recforge", version=__version__,
                   description=f"Recommendations from a trained {service.model.name!r} model.")

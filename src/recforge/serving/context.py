@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException
 
+from recforge.data.events import EventStore
 from recforge.errors import ModelError, RecforgeError
 from recforge.serving.heavy import HeavyWork
 from recforge.serving.inputs import Inputs
@@ -33,7 +34,7 @@ class AppContext:
     inputs: Inputs
     guarded: list[Any]
     admin_only: list[Any]
-    store: Any
+    store: EventStore | None
     index: str
     n_probe: int
     #: Posts and deletes against the swap of a reload.
