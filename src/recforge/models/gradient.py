@@ -493,9 +493,14 @@ class SampledGradientRecommender(GradientRecommender):
 
     n_negatives: int = 4
 
-    #: ``n_negatives`` >= 1 (NCF relaxes it for its rating loss)
     param_rules = {**GradientRecommender.param_rules,
-                   "n_negatives": int_rule(1, MAX_NEGATIVES)}
+                   "n_negatives": int_rule(0, MAX_NEGATIVES)}
+    #: The fewest negatives the model trains with (NCF's rating loss takes none).
+    min_negatives: ClassVar[int] = 1
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        check_params(self, {"n_negatives": int_rule(self.min_negatives, MAX_NEGATIVES)})
 
     def _sampler(self, train: Interactions, shard: tuple[int, int] = (0, 1)) -> EpochSampler:
         n_neg = int(self.n_negatives) if self.objective == "ranking" else 0

@@ -33,7 +33,6 @@ from recforge.models.gradient import (
 from recforge.models.params import (
     BOOL_RULE,
     MAX_DIM,
-    MAX_NEGATIVES,
     RANGE_RULE,
     ParamRule,
     choice_rule,
@@ -191,8 +190,9 @@ class _NCFBase(SampledGradientRecommender):
     loss: ClassVar[str] = "bce"
 
     #: (the rules of parameters a model lacks are skipped)
+    #: (n_negatives >= 1 with loss="bce" only: checked below)
+    min_negatives = 0
     param_rules = {**SampledGradientRecommender.param_rules,
-                   "n_negatives": int_rule(0, MAX_NEGATIVES),
                    "loss": choice_rule("bce", "mse"), "layers": _LAYERS_PARAM_RULE,
                    "dropout": fraction_rule(), "mlp_embedding_dim": int_rule(1, MAX_DIM)}
 
