@@ -36,7 +36,8 @@ TieKey = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 class Popular(NamedTuple):
     """The ranking of rows without model scores: item indices from the most popular down
-    (``order``, ties already settled) and each item's score (``scores``, ``[n_items]``)."""
+    (``order``, int64, ties already settled) and their scores in that order (``scores``,
+    float32: ``scores[i]`` is item ``order[i]``'s)."""
 
     order: np.ndarray
     scores: np.ndarray
@@ -77,16 +78,15 @@ def top_k(score: Callable[[np.ndarray], torch.Tensor], rows: np.ndarray, k: int,
         return topk_with_ties(_masked(score(rows), rows, exclude, extra, cand_mask), k, ties)
     if popular is None:
         raise ModelError("rows without scores (-1) need a popularity fallback")
-    order = popular.order
+    order, ranked = popular
     if candidates is not None:
-        order = order[np.isin(order, candidates)]
-    # every row the popular items, then the rows with scores their own
-    top = order[:k]
-    pos = torch.from_numpy(np.repeat(top[None].astype(np.int64), len(rows), axis=0))
-    vals = torch.from_numpy(np.repeat(popular.scores[top][None].astype(np.float32), len(rows),
-                                      axis=0))
-    where = np.flatnonzero(rows >= 0)
-    if len(where):
+        keep = np.isin(order, candidates)
+        order, ranked = order[keep], ranked[keep]
+    # every row the popular items (copies: the caller may write), then the rows with
+    # scores their own
+    pos = torch.from_numpy(np.repeat(order[None, :k], len(rows), axis=0))
+    vals = torch.from_numpy(np.repeat(ranked[None, :k], len(rows), axis=0))
+    if len(rows) > 1 and (where := np.flatnonzero(rows >= 0)).size:
         at = torch.from_numpy(where)
         sub = _masked(score(rows[where]), rows[where], exclude, extra, cand_mask)
         pos[at], vals[at] = topk_with_ties(sub, k, None if ties is None else _sub_key(ties, at))

@@ -310,7 +310,8 @@ class Recommender:
     def popular_items(self) -> Popular:
         """The ranking of users without scores (unknown ones): the most popular items
         first, scored by their training users."""
-        return Popular(self.popularity_order(), self.item_popularity_)
+        order = self.popularity_order()
+        return Popular(order, self.item_popularity_[order].astype(np.float32))
 
     # ----------------------------------------------------------------------------------
     # users the model never saw
