@@ -341,13 +341,13 @@ def test_output_directories_that_cannot_be_one_are_refused(tmp_path, monkeypatch
 def test_tune_options_are_checked_before_the_data_is_read(monkeypatch, model, kwargs, match):
     """A rating metric for a ranking model failed in the first trial, after the data was
     read and a model trained; NaN as --timeout was passed to Optuna."""
-    from recforge.experiment import runner
+    from recforge.experiment import tune as tune_module
     from recforge.experiment.tune import tune
 
     def no_data(*args: Any, **kw: Any) -> None:
         raise AssertionError("the data was read before the options were checked")
 
-    monkeypatch.setattr(runner, "prepare_data", no_data)
+    monkeypatch.setattr(tune_module, "prepare_data", no_data)
     cfg = parse_config({"data": {"source": "synthetic"}, "models": [model]})
     with pytest.raises(ConfigError, match=match):
         tune(cfg, model, **{"out": "unused", **kwargs})

@@ -368,7 +368,7 @@ def test_config_reference_documents_every_key():
 
 def test_leaderboard_order_with_models_missing_the_primary_metric():
     """RMSE first: the rating models by RMSE (lower first), ranking-only models after them."""
-    from recforge.experiment.runner import _leaderboard
+    from recforge.experiment.leaderboard import leaderboard
 
     cfg = parse_config({"data": {"source": "synthetic"}, "models": [{"name": "pop"}],
                         "metrics": ["rmse", "ndcg@10"], "n_bootstrap": 50})
@@ -378,7 +378,7 @@ def test_leaderboard_order_with_models_missing_the_primary_metric():
                                                                       "NDCG@10": 0.10}),
                                   ("ease", {"NDCG@10": 0.35}), ("mlp", {"RMSE": 0.9609,
                                                                         "NDCG@10": 0.12})]]
-    rows = _leaderboard(cfg, runs, pd.DataFrame(), "RMSE")
+    rows = leaderboard(cfg, runs, pd.DataFrame(), "RMSE")
     assert [r["model"] for r in rows][:2] == ["mlp", "mf"]
     assert {r["model"] for r in rows[2:]} == {"pop", "ease"}
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
@@ -395,7 +395,7 @@ def test_training_files_share_the_duplicates_policy(tmp_path):
         models: [{{name: pop}}]
         metrics: [recall@2]
     """
-    from recforge.experiment.runner import prepare_data
+    from recforge.experiment.workflow import prepare_data
 
     with pytest.raises(Exception, match=r"duplicate \(user, item\) pair \(1, 10\)"):
         prepare_data(load_config(write(tmp_path, base)))
@@ -655,16 +655,16 @@ def test_popularity_profile_of_a_cold_start_run_counts_the_evaluated_lists(tmp_p
 def test_every_run_is_evaluated_with_one_seed_whatever_the_model_seed(tmp_path, monkeypatch):
     """Sampled negatives (and tie-breaks) do not follow the model's training seed: every
     model of a leaderboard faces the same negatives."""
-    import recforge.evaluation as E
+    from recforge.experiment import workflow
 
     seeds = []
-    real = E.evaluate
+    real = workflow.evaluate
 
     def spy(*args, **kw):
         seeds.append(kw.get("seed", 0))
         return real(*args, **kw)
 
-    monkeypatch.setattr(E, "evaluate", spy)
+    monkeypatch.setattr(workflow, "evaluate", spy)
     cfg = parse_config({
         "data": {"source": "synthetic"}, "protocol": "sampled",
         "models": ["pop", {"name": "als", "params": {"embedding_dim": 4, "epochs": 1}}],
@@ -679,7 +679,7 @@ def test_tune_follows_a_cold_start_experiment(tmp_path):
     no training event, ranked among themselves (not a warm split of the whole catalogue)."""
     from recforge.data.split import cold_start_items
     from recforge.evaluation import evaluate
-    from recforge.experiment.runner import prepare_data
+    from recforge.experiment.workflow import prepare_data
     from recforge.experiment.tune import tune
     from recforge.models.registry import create_model
 
@@ -701,7 +701,7 @@ def test_tune_follows_a_cold_start_experiment(tmp_path):
 def test_tune_follows_the_sampled_protocol(tmp_path):
     from recforge.data.split import random_split
     from recforge.evaluation import evaluate
-    from recforge.experiment.runner import prepare_data
+    from recforge.experiment.workflow import prepare_data
     from recforge.experiment.tune import tune
     from recforge.models.registry import create_model
 

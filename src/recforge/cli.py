@@ -7,11 +7,15 @@ stderr and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import contextlib
+import gc
+import inspect
 import json
 import logging
 import os
+import signal
+import socket
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +23,21 @@ import numpy as np
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from recforge import __version__
-from recforge._fs import atomic_path, atomic_write_text
+from recforge._fs import (
+    atomic_path,
+    atomic_write_text,
+    check_output_dir,
+    check_output_file,
+    is_stdout,
+)
+from recforge.data.frames import parse_columns
+from recforge.data.readers import read_pairs
+from recforge.data.synthetic import ML20M_EVENTS_PER_USER, write_synthetic_parquet
 from recforge.errors import ConfigError, DataError, ModelError, RecforgeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -46,8 +61,6 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
           quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
           version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Show the version and exit.")) -> None:
-    from rich.logging import RichHandler
-
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     root = logging.getLogger("recforge")
     root.handlers[:] = [RichHandler(console=err_console, show_path=False, show_time=False)]
@@ -63,7 +76,7 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--param {item!r} must look like key=value")
         key, _, raw = item.partition("=")
-        from recforge.experiment.config import load_yaml
+        from recforge.experiment.config import load_yaml  # lazy: imports torch
 
         try:  # bounded as an experiment file is: depth, aliases, huge integers
             value = load_yaml(raw, f"--param {key}") if raw.strip() else ""
@@ -75,62 +88,6 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
                                                                       "infinity") else value
         params[key.strip()] = value
     return params
-
-
-def _read_specs(specs: list[str], *, columns: str | None, fmt: str | None, duplicates: str,
-                data_dir: Path | None, min_rating: float | None,
-                shard: tuple[int, int] | None = None, header: bool | None = None,
-                encoding: str = "utf-8"):
-    from recforge.data.datasets import load_many
-    from recforge.data.filters import to_implicit
-
-    parts = load_many(specs, format=fmt, columns=columns, duplicates=duplicates,  # type: ignore[arg-type]
-                      data_dir=data_dir, shard=shard, header=header, encoding=encoding)
-    if min_rating is not None:
-        parts = [to_implicit(p, min_rating) for p in parts]
-    return parts
-
-
-def _item_features(model: str, estimator: Any, data: list[str], path: Path | None,
-                   id_column: str | None, data_dir: Path | None) -> Any:
-    """Item features for models that use them: --item-features, or a named dataset's
-    metadata; a clear error when a model needs them and there are none."""
-    from recforge.data.datasets import is_named_dataset, load_bundle
-    from recforge.data.features import movielens_item_features, read_features
-
-    uses = getattr(estimator, "uses_item_features", False)
-    if path is not None:
-        if not uses:
-            raise ConfigError(f"{model} does not use item features; --item-features applies "
-                              "to content and hybrid")
-        return read_features(path, id_column)
-    if uses and len(data) == 1 and is_named_dataset(data[0]):
-        return movielens_item_features(load_bundle(data[0], data_dir=data_dir))
-    if getattr(estimator, "requires_item_features", False):
-        raise ConfigError(f"{model} needs item features: pass --item-features FILE (an item "
-                          "table with an id column) or train on a MovieLens dataset name")
-    return None
-
-
-def _item_metadata(data: list[str], path: Path | None, id_column: str | None,
-                   data_dir: Path | None) -> pd.DataFrame | None:
-    """Display metadata (titles...) to keep with a trained model: a named dataset's movie
-    table, or the item table given with --item-features when it has a ``title`` column."""
-    from recforge.data.datasets import is_named_dataset, load_bundle
-
-    if path is not None:
-        frame = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else \
-            pd.read_csv(path, sep="\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
-        col = id_column or next((c for c in ("item", "id") if c in frame.columns),
-                                frame.columns[0])
-        if "title" in frame.columns:
-            return frame.set_index(col)[["title"]]
-        return None
-    if len(data) == 1 and is_named_dataset(data[0]):
-        items = getattr(load_bundle(data[0], data_dir=data_dir), "items", None)
-        if items is not None:
-            return items[[c for c in ("title", "year", "genres") if c in items.columns]]
-    return None
 
 
 def _write_frame(frame: pd.DataFrame, out: Path) -> None:
@@ -145,7 +102,7 @@ def _write_frame(frame: pd.DataFrame, out: Path) -> None:
 
 
 def _load_model(path: Path):
-    from recforge.models.base import Recommender
+    from recforge.models.base import Recommender  # lazy: imports torch
 
     return Recommender.load(path)
 
@@ -181,7 +138,7 @@ def _metrics_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -
 @datasets_app.command("list")
 def datasets_list() -> None:
     """List the datasets recforge knows by name."""
-    from recforge.data.movielens import find_local, list_datasets
+    from recforge.data.movielens import find_local, list_datasets  # lazy: downloader, 40 ms
 
     table = Table(title="Datasets")
     for c in ("name", "ratings", "users", "items", "metadata", "local copy"):
@@ -202,7 +159,7 @@ def datasets_list() -> None:
 @datasets_app.command("info")
 def datasets_info(name: str) -> None:
     """Describe one dataset: source, size, checksum, where a local copy was found."""
-    from recforge.data.movielens import find_local, get_spec
+    from recforge.data.movielens import find_local, get_spec  # lazy: downloader, 40 ms
 
     spec = get_spec(name)
     local = find_local(spec.name)
@@ -220,7 +177,7 @@ def datasets_download(name: str,
                       force: bool = typer.Option(False, help="Download again even if cached."),
                       ) -> None:
     """Download a dataset into the cache (RECFORGE_CACHE_DIR, default ~/.cache/recforge)."""
-    from recforge.data.movielens import fetch_movielens
+    from recforge.data.movielens import fetch_movielens  # lazy: downloader, 40 ms
 
     got = fetch_movielens(name, force=force)
     if got.verified is None:
@@ -249,8 +206,6 @@ def datasets_generate(
     Zipf item popularity, log-normal user activity and genre tastes; columns user, item,
     rating, timestamp. Memory stays bounded whatever the size (written user block by block).
     """
-    from recforge.data.synthetic import ML20M_EVENTS_PER_USER, write_synthetic_parquet
-
     _check_out_file(out, "OUT")
     if users is None:
         users = max(2, round(interactions / ML20M_EVENTS_PER_USER))
@@ -317,41 +272,30 @@ def train(
     Gradient models (mf, bpr, gmf, mlp, neumf, lightgcn, hybrid_bpr) write a checkpoint after every
     epoch; if the run is killed, the same command with --resume continues where it stopped.
     """
-    from recforge.models.gradient import GradientRecommender
-    from recforge.training import distributed
+    # lazy: the workflow imports torch (seconds), not needed for `recforge --help`
+    from recforge.experiment.workflow import ReadOptions, TrainRequest
+    from recforge.training import distributed  # lazy: imports torch
+    from recforge.training.optim import SPARSE_UPDATES  # lazy: imports torch
 
     params = _parse_params(param)
-    from recforge.training.trainer import SPARSE_UPDATES
-
     if sparse_updates not in SPARSE_UPDATES:  # before any data is read
         raise ConfigError(f"--sparse-updates must be one of {', '.join(SPARSE_UPDATES)}, "
                           f"not {sparse_updates!r}")
+    request = TrainRequest(
+        model=model, data=list(data), out=out, valid=valid,
+        read=ReadOptions(format=fmt, columns=columns, duplicates=duplicates, data_dir=data_dir,
+                         min_rating=min_rating, header=header, encoding=encoding),
+        item_features=item_features, item_id_column=item_id_column, resume=resume,
+        keep_checkpoint=keep_checkpoint, sparse_updates=sparse_updates)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from recforge.models.registry import get_model_class
-
-        if not issubclass(get_model_class(model), GradientRecommender):
-            raise ConfigError(f"--nproc: {model} is not trained by gradient steps; DDP "
-                              "applies to mf, bpr, gmf, mlp, neumf, lightgcn and hybrid_bpr")
-        # what every rank would check first, checked once here: one line, not one per
-        # rank and then the launcher's traceback
-        estimator, _, _ = _prepare_train(model, dict(params), seed=seed, out=out,
-                                         checkpoint_dir=checkpoint_dir, resume=resume,
-                                         sparse_updates=sparse_updates, distributed=True)
-        estimator._check_distributed()
         argv = _without_option((ctx.find_root().obj or {}).get("argv", sys.argv[1:]),
                                "--nproc")
-        status = distributed.launch(argv, nproc)
-        if status != 0:
-            raise ConfigError(f"distributed training failed (torchrun exit status {status}); "
-                              "the failing rank's error is printed above")
+        _launch(request, params, seed=seed, checkpoint_dir=checkpoint_dir, argv=argv,
+                nproc=nproc)
         return
     dist_ctx = distributed.init_from_environment(device=str(params.get("device", "auto")))
     try:
-        _train(model, params, data=data, out=out, valid=valid, seed=seed, columns=columns,
-               fmt=fmt, duplicates=duplicates, min_rating=min_rating, data_dir=data_dir,
-               checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoint=keep_checkpoint,
-               item_features=item_features, item_id_column=item_id_column, dist_ctx=dist_ctx,
-               sparse_updates=sparse_updates, header=header, encoding=encoding)
+        _train(request, params, seed=seed, checkpoint_dir=checkpoint_dir, dist_ctx=dist_ctx)
     except BaseException:
         distributed.shutdown()
         raise
@@ -373,108 +317,96 @@ def _without_option(argv: list[str], name: str) -> list[str]:
     return out
 
 
-def _prepare_train(model: str, params: dict[str, Any], *, seed: int | None, out: Path,
-                   checkpoint_dir: Path | None, resume: bool, sparse_updates: str,
-                   distributed: bool) -> tuple[Any, bool, Path]:
-    """The model built from ``params`` and every check of the settings and paths that
-    needs no data; returns (estimator, whether it is a gradient model, its checkpoint
-    directory). Run by each rank, and by ``--nproc``'s parent before it starts them."""
-    from recforge.models.gradient import GradientRecommender
-    from recforge.models.registry import create_model
+def _launch(request: Any, params: dict[str, Any], *, seed: int | None,
+            checkpoint_dir: Path | None, argv: list[str], nproc: int) -> None:
+    """``--nproc N``: what every rank would check first, checked once here (one line, not
+    one per rank and then the launcher's traceback), then this command in N processes."""
+    # lazy: the workflow imports torch
+    from recforge.experiment.workflow import is_gradient
+    from recforge.models.registry import get_model_class  # lazy: imports torch
+    from recforge.training import distributed  # lazy: imports torch
 
-    if seed is not None:
-        from recforge.models.registry import get_model_class
+    if not is_gradient(get_model_class(request.model)):
+        raise ConfigError(f"--nproc: {request.model} is not trained by gradient steps; DDP "
+                          "applies to mf, bpr, gmf, mlp, neumf, lightgcn and hybrid_bpr")
+    estimator, _ = _prepare_train(request, dict(params), seed=seed,
+                                  checkpoint_dir=checkpoint_dir, distributed=True)
+    estimator._check_distributed()
+    status = distributed.launch(argv, nproc)
+    if status != 0:
+        raise ConfigError(f"distributed training failed (torchrun exit status {status}); "
+                          "the failing rank's error is printed above")
 
-        if "seed" in get_model_class(model)._param_names():
-            params["seed"] = seed
-        else:
-            log.info("%s is deterministic; --seed has no effect", model)
-    estimator = create_model(model, **params)
-    estimator._check_finite_params()  # hyperparameters before the data is read (minutes
-    estimator._validate_params()      # at scale), not when fit starts
-    gradient = isinstance(estimator, GradientRecommender)
+
+def _prepare_train(request: Any, params: dict[str, Any], *, seed: int | None,
+                   checkpoint_dir: Path | None, distributed: bool) -> tuple[Any, Path]:
+    """The model built from ``params`` and every check of the options and paths that
+    needs no data; returns (model, its checkpoint directory). Run by each rank, and by
+    ``--nproc``'s parent before it starts them."""
+    # lazy: the workflow imports torch
+    from recforge.experiment.workflow import build_model, is_gradient
+    from recforge.models.artifact import check_model_target  # lazy: imports torch
+
+    model, out = request.model, request.out
+    estimator = build_model(model, params, seed=seed)
+    gradient = is_gradient(estimator)
     if distributed and not gradient:
         raise ConfigError(f"{model} is not trained by gradient steps; distributed training "
                           "applies to mf, bpr, gmf, mlp, neumf, lightgcn and hybrid_bpr")
-    if (resume or checkpoint_dir is not None) and not gradient:
+    if (request.resume or checkpoint_dir is not None) and not gradient:
         raise ConfigError(f"{model} is not trained by epochs of gradient steps; --resume and "
                           "--checkpoint-dir apply to mf, bpr, gmf, mlp, neumf, lightgcn and "
                           "hybrid_bpr")
-    if sparse_updates != "auto" and not gradient:
+    if request.sparse_updates != "auto" and not gradient:
         raise ConfigError(f"{model} is not trained by gradient steps; --sparse-updates "
                           "applies to mf, bpr, gmf, mlp and neumf")
-    from recforge.models.base import check_model_target
-
+    _check_item_features(request, estimator)
     _check_out_dir(out)
     check_model_target(out)  # before hours of training, not after
     ckpt = checkpoint_dir or out.with_name(out.name + ".checkpoint")
     _check_checkpoint_dir(ckpt)
-    if resume and not (ckpt / "checkpoint.pt").exists():
+    if request.resume and not (ckpt / "checkpoint.pt").exists():
         raise ConfigError(f"--resume: no checkpoint in {ckpt}; run without --resume to start")
-    return estimator, gradient, ckpt
+    return estimator, ckpt
 
 
-def _train(model: str, params: dict[str, Any], *, data: list[str], out: Path,
-           valid: str | None, seed: int | None, columns: str | None, fmt: str | None,
-           duplicates: str, min_rating: float | None, data_dir: Path | None,
-           checkpoint_dir: Path | None, resume: bool, keep_checkpoint: bool,
-           item_features: Path | None, item_id_column: str | None, dist_ctx: Any,
-           sparse_updates: str = "auto", header: bool | None = None,
-           encoding: str = "utf-8") -> None:
+def _check_item_features(request: Any, estimator: Any) -> None:
+    """--item-features only for models that use item features; a clear error, before the
+    data is read, for a model that needs them and would have none (neither the option
+    nor a dataset name whose metadata gives them)."""
+    from recforge.data.datasets import is_named_dataset  # lazy: imports sqlalchemy
+
+    # lazy: the workflow imports torch
+    from recforge.experiment.workflow import requires_item_features, uses_item_features
+
+    model, data = request.model, request.data
+    if request.item_features is not None:
+        if not uses_item_features(estimator):
+            raise ConfigError(f"{model} does not use item features; --item-features applies "
+                              "to content and hybrid")
+        return
+    named = len(data) == 1 and is_named_dataset(data[0])
+    if requires_item_features(estimator) and not named:
+        raise ConfigError(f"{model} needs item features: pass --item-features FILE (an item "
+                          "table with an id column) or train on a MovieLens dataset name")
+
+
+def _train(request: Any, params: dict[str, Any], *, seed: int | None,
+           checkpoint_dir: Path | None, dist_ctx: Any) -> None:
+    """Train in this process (each rank under DDP); rank 0 saves and says so."""
+    from recforge.experiment.workflow import train_and_save  # lazy: imports torch
 
     main_rank = dist_ctx is None or dist_ctx.is_main
     if not main_rank:  # one voice: rank 0 reports, the others only warn
         logging.getLogger("recforge").setLevel(logging.WARNING)
-    estimator, gradient, ckpt = _prepare_train(
-        model, params, seed=seed, out=out, checkpoint_dir=checkpoint_dir, resume=resume,
-        sparse_updates=sparse_updates, distributed=dist_ctx is not None)
-    # Under DDP each rank reads only the events of the users it owns (Parquet is filtered
-    # while it streams), except for models that propagate over the whole graph.
-    shard = (dist_ctx.shard if dist_ctx is not None
-             and getattr(estimator, "supports_sharded_data", False) else None)
-    parts = _read_specs(list(data) + ([valid] if valid else []), columns=columns, fmt=fmt,
-                        duplicates=duplicates, data_dir=data_dir, min_rating=min_rating,
-                        shard=shard, header=header, encoding=encoding)
-    valid_data = parts.pop() if valid else None
-    # several --data files: a pair in two of them follows --duplicates like one in a file
-    train_data = (parts[0].concat(*parts[1:], duplicates=duplicates)  # type: ignore[arg-type]
-                  if len(parts) > 1 else parts[0])
-    if dist_ctx is not None:
-        log.info("rank %d of %d: %s events (%s)", dist_ctx.rank, dist_ctx.world_size,
-                 f"{len(train_data):,}",
-                 "the users it owns" if shard is not None else "all: the model needs the "
-                 "whole graph")
-    fit_kw: dict[str, Any] = {}
-    feats = _item_features(model, estimator, data, item_features, item_id_column, data_dir)
-    if feats is not None:
-        fit_kw["item_features"] = feats
-        log.info("item features: %s", feats)
-    from recforge.experiment.runner import fit_within_memory
-
-    log.info("training %s on %s", model, train_data)
-    start = time.perf_counter()
-    if gradient:
-        if dist_ctx is not None:
-            fit_kw["distributed"] = dist_ctx.shard
-            fit_kw["sharded"] = shard is not None
-        fit_within_memory(estimator, model, train_data, valid_data, checkpoint_dir=ckpt,
-                          resume=resume, sparse_updates=sparse_updates, **fit_kw)
-    else:
-        fit_within_memory(estimator, model, train_data, valid_data, **fit_kw)
-    seconds = time.perf_counter() - start
-    if not main_rank:  # rank 0 writes the model
+    estimator, ckpt = _prepare_train(request, params, seed=seed, checkpoint_dir=checkpoint_dir,
+                                     distributed=dist_ctx is not None)
+    done = train_and_save(request, estimator, checkpoint_dir=ckpt, dist_ctx=dist_ctx)
+    if done is None:  # not rank 0
         return
-    meta = _item_metadata(data, item_features, item_id_column, data_dir)
-    if meta is not None:
-        estimator.attach_item_metadata(meta)
-    estimator.save(out)
-    if gradient and not keep_checkpoint:
-        _remove_checkpoint(ckpt)
-    where = (f" in {dist_ctx.world_size} processes ({dist_ctx.backend})"
-             if dist_ctx is not None else "")
-    n_events = estimator._stats.n_events if shard is not None else len(train_data)
-    console.print(f"trained {model} on {n_events:,} events{where} in {seconds:.2f}s; "
-                  f"saved to {out}")
+    where = f" in {done.processes} processes ({done.backend})" if dist_ctx is not None else ""
+    console.print(f"trained {request.model} on {done.n_events:,} events{where} in "
+                  f"{done.seconds:.2f}s; saved to {request.out}")
 
 
 @app.command()
@@ -484,8 +416,8 @@ def run(
                                     "runs/NAME)."),
 ) -> None:
     """Run an experiment: every model of the config on its split; leaderboard and results."""
-    from recforge.experiment.config import load_config
-    from recforge.experiment.runner import run_experiment
+    from recforge.experiment.config import load_config  # lazy: imports torch
+    from recforge.experiment.runner import run_experiment  # lazy: imports torch
 
     if out is not None:
         _check_out_dir(out)
@@ -507,8 +439,8 @@ def tune(
                                     "runs/NAME-tune-MODEL)."),
 ) -> None:
     """Tune a model's hyperparameters with Optuna on a validation split (never the test)."""
-    from recforge.experiment.config import load_config
-    from recforge.experiment.tune import tune as run_tune
+    from recforge.experiment.config import load_config  # lazy: imports torch
+    from recforge.experiment.tune import tune as run_tune  # lazy: imports torch, Optuna
 
     if out is not None:
         _check_out_dir(out)
@@ -567,11 +499,11 @@ def serve(
                                            "Retry-After (default 16)."),
 ) -> None:
     """Serve recommendations over HTTP (OpenAPI docs at /docs)."""
-    import torch
-    import uvicorn
+    import torch  # lazy: seconds to import
+    import uvicorn  # lazy: the server, only for this command
 
-    from recforge.serving.app import create_app
-    from recforge.serving.settings import LOOPBACK_HOSTS, Limits
+    from recforge.serving.app import create_app  # lazy: imports torch and FastAPI
+    from recforge.serving.settings import LOOPBACK_HOSTS, Limits  # lazy: imports torch
 
     given = {"max_body_bytes": max_body_bytes, "max_id_length": max_id_length,
              "max_batch_results": max_batch_results, "max_history": max_history,
@@ -595,11 +527,16 @@ def serve(
         console.print("note: only requests naming localhost, 127.0.0.1 or ::1 in their Host "
                       "header are answered; add this machine's public names with "
                       "--allowed-host NAME", highlight=False)
-    import gc
-    import signal
-    import threading
+    _reload_on_sighup(application, model)
+    gc.collect()
+    gc.freeze()  # the loaded model's objects need no further GC scans: fewer latency spikes
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
 
-    def on_sighup(*_: object) -> None:  # reload in a thread, off the signal handler
+
+def _reload_on_sighup(application: Any, model: Path) -> None:
+    """SIGHUP reloads the model (``kill -HUP``), in a thread, off the signal handler; a
+    reload that fails keeps the previous model serving."""
+    def on_sighup(*_: object) -> None:
         def work() -> None:
             try:
                 application.state.reload()
@@ -611,9 +548,6 @@ def serve(
 
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, on_sighup)
-    gc.collect()
-    gc.freeze()  # the loaded model's objects need no further GC scans: fewer latency spikes
-    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
 
 
 @app.command()
@@ -679,9 +613,6 @@ def predict(
 ) -> None:
     """Predict ratings for (user, item) pairs (rating models only): one output row per
     input row, in the input's order."""
-    from recforge.data.frames import parse_columns
-    from recforge.data.readers import read_pairs
-
     _check_out_file(out)
     est = _load_model(model)
     if not est.predicts_ratings:
@@ -693,28 +624,6 @@ def predict(
     result = pd.DataFrame({"user": users, "item": items, "prediction": pred})
     _write_frame(result, out)
     _status(out).print(f"wrote {len(result):,} predictions to {out}")
-
-
-def _evaluate_cli(est: Any, train_data: Any, test_data: Any, names: list[str], metrics: str,
-                  min_rating: float | None, protocol: str, n_negatives: int) -> Any:
-    from recforge.data.filters import to_implicit
-    from recforge.evaluation import evaluate
-
-    rating_metrics = [m for m in names if m.lower() in ("rmse", "mae")]
-    ranking_metrics = [m for m in names if m.lower() not in ("rmse", "mae")]
-    if min_rating is not None and ranking_metrics:
-        # ranking metrics count the test ratings >= --min-rating as relevant; RMSE / MAE
-        # are computed on every test rating (as `recforge run` does)
-        result = evaluate(est, train_data, to_implicit(test_data, min_rating),
-                          metrics=ranking_metrics, protocol=protocol,  # type: ignore[arg-type]
-                          n_negatives=n_negatives)
-        if rating_metrics:
-            errors = evaluate(est, train_data, test_data, metrics=rating_metrics)
-            result.summary.update(errors.summary)
-            result.notes.extend(n for n in errors.notes if n not in result.notes)
-        return result
-    return evaluate(est, train_data, test_data, metrics=metrics,  # type: ignore[arg-type]
-                    protocol=protocol, n_negatives=n_negatives)  # type: ignore[arg-type]
 
 
 @app.command("evaluate")
@@ -744,13 +653,17 @@ def evaluate_cmd(
                                     "(- for standard output)."),
 ) -> None:
     """Evaluate a trained model on held-out data (full ranking by default)."""
+    # lazy: the workflow imports torch
+    from recforge.experiment.workflow import ReadOptions, concat, evaluate_files, read_data
+
     if out is not None:
         _check_out_file(out)
     est = _load_model(model)
-    parts = _read_specs(list(train) + [test], columns=columns, fmt=fmt, duplicates="error",
-                        data_dir=data_dir, min_rating=None, header=header, encoding=encoding)
+    parts = read_data([*train, test], ReadOptions(format=fmt, columns=columns,
+                                                  data_dir=data_dir, header=header,
+                                                  encoding=encoding))
     test_data = parts.pop()
-    train_data = parts[0].concat(*parts[1:]) if len(parts) > 1 else parts[0]
+    train_data = concat(parts)
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     # The notes are printed below with the table; the library also logs them (for Python
     # users), which would say each one twice here.
@@ -758,8 +671,8 @@ def evaluate_cmd(
     level = quiet_notes.level
     quiet_notes.setLevel(logging.WARNING)
     try:
-        result = _evaluate_cli(est, train_data, test_data, names, metrics, min_rating,
-                               protocol, n_negatives)
+        result = evaluate_files(est, train_data, test_data, names, min_rating=min_rating,
+                                protocol=protocol, n_negatives=n_negatives)
     finally:
         quiet_notes.setLevel(level)
     rows = [{"metric": k, "value": v} for k, v in result.summary.items()]
@@ -779,9 +692,7 @@ def evaluate_cmd(
 @app.command("models")
 def models_cmd() -> None:
     """List the models that can be trained, with their hyperparameters."""
-    import inspect
-
-    from recforge.models.registry import available_models, get_model_class
+    from recforge.models.registry import available_models, get_model_class  # lazy: torch
 
     table = Table(title="Models")
     table.add_column("name")
@@ -810,7 +721,7 @@ def quickstart(
 ) -> None:
     """Fit and compare every model on ml-100k (local or downloaded) or generated data;
     leaderboard, report.html and the trained models in --out."""
-    from recforge.experiment.quickstart import run_quickstart
+    from recforge.experiment.quickstart import run_quickstart  # lazy: imports torch
 
     _check_out_dir(out)
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
@@ -827,8 +738,6 @@ def _os_error(exc: OSError) -> str:
 def _check_can_listen(host: str, port: int) -> None:
     """A clear error now for an address in use or a host that is not this machine's, where
     uvicorn would print its own and exit 3 after the banner."""
-    import socket
-
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -843,23 +752,6 @@ def _check_can_listen(host: str, port: int) -> None:
                               f"{(exc.strerror or str(exc)).lower()}") from None
 
 
-def _remove_checkpoint(ckpt: Path) -> None:
-    """Remove what training wrote in ``ckpt`` (its checkpoint, its log, temporary files of
-    theirs), and the directory only if that leaves it empty: a --checkpoint-dir may be a
-    directory holding other files, even the saved model."""
-    from recforge.training.trainer import CHECKPOINT, LOG
-
-    if not ckpt.is_dir():
-        return
-    for f in ckpt.iterdir():
-        ours = f.name in (CHECKPOINT, LOG) or any(
-            f.name.startswith(f".{name}.") for name in (CHECKPOINT, LOG))
-        if ours and f.is_file():
-            f.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # not empty: other files stay, and so does it
-        ckpt.rmdir()
-
-
 def _check_checkpoint_dir(ckpt: Path) -> None:
     _check_out_dir(ckpt, "--checkpoint-dir")  # '-', a device or a FIFO is no directory
     if ckpt.exists() and not ckpt.is_dir():
@@ -870,8 +762,6 @@ def _check_out_file(out: Path, option: str = "--out") -> None:
     """Refuse an output file path that cannot be one, before any work is done. ``-`` is
     standard output; a device or a FIFO is written to, a regular file replaced atomically
     (see :func:`recforge._fs.output_target`)."""
-    from recforge._fs import check_output_file
-
     try:
         check_output_file(out)
     except OSError as exc:
@@ -880,8 +770,6 @@ def _check_out_file(out: Path, option: str = "--out") -> None:
 
 def _check_out_dir(out: Path, option: str = "--out") -> None:
     """Refuse a directory output that cannot be one (``-``, a device, a FIFO, a file)."""
-    from recforge._fs import check_output_dir
-
     try:
         check_output_dir(out)
     except OSError as exc:
@@ -890,8 +778,6 @@ def _check_out_dir(out: Path, option: str = "--out") -> None:
 
 def _status(out: Path | None) -> Console:
     """Where a command's messages go: standard error when its output is ``-``."""
-    from recforge._fs import is_stdout
-
     return err_console if out is not None and is_stdout(out) else console
 
 
@@ -905,8 +791,6 @@ def main(argv: list[str] | None = None) -> int:
         args = list(sys.argv[1:] if argv is None else argv)
         app(args=args, prog_name="recforge", obj={"argv": args})
     except (RecforgeError, OSError) as exc:  # bad input, options, paths: one line
-        from rich.markup import escape
-
         text = str(exc) if isinstance(exc, RecforgeError) else _os_error(exc)
         err_console.print(f"[bold red]error:[/bold red] {escape(text)}", highlight=False,
                           soft_wrap=True, markup=True)

@@ -34,10 +34,14 @@ from typing import Any
 
 import yaml
 
+from recforge.data.datasets import is_dataset_name
 from recforge.data.formats import FORMATS as _FORMATS
 from recforge.data.frames import DUPLICATE_POLICIES as _DUP_POLICIES
+from recforge.data.frames import parse_columns
 from recforge.errors import ConfigError, DataError
-from recforge.models.base import _shown
+from recforge.evaluation.metrics import Metric
+from recforge.models.params import shown as _shown
+from recforge.models.registry import available_models, create_model, get_model_class
 
 __all__ = ["DataConfig", "SplitConfig", "ModelConfig", "ExperimentConfig", "load_config",
            "SPLIT_METHODS"]
@@ -271,8 +275,6 @@ def check_model_params(model: Any, where: str, *, seeds: list[int] | None = None
 
 
 def _models(raw: Any, source: str) -> list[ModelConfig]:
-    from recforge.models.registry import available_models, get_model_class
-
     if not isinstance(raw, list) or not raw:
         raise _err(source, "models", "expected a non-empty list of model names or "
                                      "{name, params, label} mappings")
@@ -324,8 +326,6 @@ def _models(raw: Any, source: str) -> list[ModelConfig]:
 
 
 def _metrics(raw: Any, source: str) -> list[str]:
-    from recforge.evaluation.metrics import Metric
-
     metrics = raw
     if isinstance(metrics, str):
         metrics = [m.strip() for m in metrics.split(",") if m.strip()]
@@ -362,9 +362,6 @@ def _seeds(raw: Any, source: str) -> list[int]:
 def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
     """Validate a mapping (parsed YAML) into an :class:`ExperimentConfig`: every key, type
     and bound, and every model's hyperparameters (with each seed) as ``fit`` checks them."""
-    from recforge.data.frames import parse_columns
-    from recforge.evaluation.metrics import Metric
-    from recforge.models.registry import create_model
 
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
@@ -576,8 +573,6 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     # A file beside the YAML wins; otherwise a dataset name stays a name, even when a
     # directory of that name (an extracted copy of the dataset) sits beside the YAML.
     # An event store (`events:PATH_OR_URL`) is passed on as written.
-    from recforge.data.datasets import is_dataset_name
-
     if d.source and not os.path.isabs(d.source) and not d.source.startswith("events:") and (
             (base / d.source).is_file() or not is_dataset_name(d.source)):
         d.source = str(base / d.source)

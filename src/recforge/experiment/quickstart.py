@@ -16,7 +16,12 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from recforge.data.movielens import download_movielens, find_local
 from recforge.errors import ConfigError, DataError
+from recforge.evaluation.metrics import MAX_CUTOFF
+from recforge.experiment.config import parse_config
+from recforge.experiment.runner import run_experiment
+from recforge.models.registry import available_models, create_model
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +43,6 @@ QUICK_PARAMS: dict[str, dict[str, Any]] = {
 
 
 def _pick_dataset(data_dir: Path | None, console: Console, download: bool) -> str:
-    from recforge.data.movielens import download_movielens, find_local
-
     if find_local("ml-100k", data_dir) is not None:
         console.print(f"Using MovieLens 100K from {escape(str(find_local('ml-100k', data_dir)))}",
                       highlight=False)
@@ -61,11 +64,6 @@ def run_quickstart(*, out: Path, data_dir: Path | None = None, k: int = 10,
                    console: Console | None = None, models: list[str] | None = None,
                    download: bool = True) -> list[dict[str, Any]]:
     """Run the quickstart and return the leaderboard rows (best first)."""
-    from recforge.evaluation.metrics import MAX_CUTOFF
-    from recforge.experiment.config import parse_config
-    from recforge.experiment.runner import run_experiment
-    from recforge.models.registry import available_models, create_model
-
     console = console or Console()
     # the options first, not after a download
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_CUTOFF:

@@ -23,20 +23,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from recforge._fs import atomic_path, atomic_write_text
+from recforge.experiment.leaderboard import leaderboard_cells
 
 __all__ = ["write_report"]
 
 
-def _plt():
-    import matplotlib
-
+def _plt() -> Any:
+    """pyplot drawing off screen (no display needed), chosen when a report is drawn rather
+    than when this module is imported."""
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
     return plt
 
 
@@ -165,8 +166,6 @@ def _plot_per_user(per_user: pd.DataFrame, metric: str, path: Path) -> bool:
 
 
 def _table_rows(rows: list[dict[str, Any]], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
-    from recforge.experiment.runner import leaderboard_cells
-
     return (["#", "model", *metrics, "fit s", "p vs best"],
             leaderboard_cells(rows, metrics, interval=True))
 
@@ -199,8 +198,6 @@ def write_report(out: str | Path) -> dict[str, Path]:
     metrics += [m for m in found if m not in metrics]
     primary = ev.get("primary") or (metrics[0] if metrics else "")
     _plt()
-    import matplotlib
-
     # labels are text: matplotlib read a label such as 'a$^{x$' as TeX and raised
     # (after every model had trained)
     with matplotlib.rc_context({"text.parse_math": False}):

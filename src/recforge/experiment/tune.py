@@ -17,17 +17,31 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import yaml
 from rich.console import Console
 from rich.markup import escape
 
 from recforge._fs import atomic_write_text
+from recforge.data.split import cold_start_items, random_split
 from recforge.errors import ConfigError
-from recforge.experiment.config import ExperimentConfig, ModelConfig
+from recforge.evaluation.metrics import Metric
+from recforge.experiment.config import ExperimentConfig, ModelConfig, check_model_params
+from recforge.experiment.workflow import (
+    PreparedData,
+    evaluate_split,
+    fit_model,
+    is_gradient,
+    output_dir,
+    positives,
+    prepare_data,
+)
+from recforge.models.registry import available_models, create_model
 
 log = logging.getLogger(__name__)
 
@@ -78,117 +92,25 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
          console: Console | None = None) -> dict[str, Any]:
     """Search ``model``'s hyperparameters (a label or name from ``cfg.models``, or any
     registered model) and write the best as YAML into ``out``. Returns the summary."""
-    import optuna
-
-    from recforge.data.split import cold_start_items, random_split
-    from recforge.evaluation import evaluate
-    from recforge.evaluation.metrics import Metric
-    from recforge.experiment.config import check_model_params
-    from recforge.experiment.runner import fit_within_memory, output_dir, prepare_data
-    from recforge.models.gradient import GradientRecommender
-    from recforge.models.registry import available_models, create_model
-
     console = console or Console()
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise ConfigError(f"--trials must be an integer >= 1, got {n_trials!r}")
     if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
         raise ConfigError(f"--timeout must be a number of seconds > 0, got {timeout!r}")
-    entry = next((m for m in cfg.models if model in (m.display, m.name)), None)
-    if entry is None:
-        if model not in available_models():
-            raise ConfigError(f"model {model!r} is neither in the experiment nor registered")
-        entry = ModelConfig(name=model)
-    space = dict(space if space is not None else SPACES.get(entry.name, {}))
-    space = {k: v for k, v in space.items() if k not in entry.params}
-    if not space:
-        raise ConfigError(f"no hyperparameters to search for {entry.name!r} (no default "
-                          "search space, or the experiment fixes them all)")
+    entry, space = _entry_and_space(cfg, model, space)
     metric = metric or cfg.metrics[0]
     parsed = Metric.parse(metric)
-    lower_is_better = parsed.kind == "rating"
-
-    template = create_model(entry.name, **entry.params)
-    check_model_params(template, entry.display)  # before the data is read
-    if parsed.kind == "rating" and not template.predicts_ratings:
-        raise ConfigError(f"--metric {metric}: {entry.display} does not predict ratings; "
-                          "tune it on a ranking metric such as ndcg@10")
-    if isinstance(template, GradientRecommender):  # it validates every epoch on the metric
-        check_model_params(template.clone().set_params(valid_metric=metric.lower()),
-                           f"--metric {metric}")
+    template = _checked_template(entry, metric, parsed)  # before the data is read
     out = output_dir(out, make=False)  # before the data is read and the trials run
-    data = prepare_data(cfg)
+    inner, where = _validation_split(cfg, prepare_data(cfg))
     rating = template.predicts_ratings and parsed.kind == "rating"
-    train_all = data.train
-    cold = cfg.split.method == "cold_start_items"
-    if data.valid is not None:
-        train, valid = data.train, data.valid
-        where = "the experiment's validation part"
-        if cold:
-            where += " (cold items, ranked among themselves)"
-    elif cold:
-        # as the experiment measures: items with no training event, ranked among themselves
-        split = cold_start_items(train_all, 0.2, seed=cfg.split.seed + 1)
-        train, valid = split.train, split.test
-        where = ("20% of the training items held out as cold items, ranked among "
-                 "themselves (the test set is not used)")
-    else:
-        split = random_split(train_all, test_size=0.2, by_user=True, seed=cfg.split.seed + 1)
-        train, valid = split.train, split.test
-        where = "a per-user random 20% of the training events (the test set is not used)"
-    candidates = valid.items.ids[np.unique(valid.item)] if cold else None
     if cfg.protocol != "full" and not rating:
         where += f", {cfg.protocol} protocol"
-    from recforge.data.filters import to_implicit
-
-    def positives(x: Any) -> Any:
-        threshold = cfg.data.min_rating
-        return to_implicit(x, threshold) if threshold is not None and x.value is not None else x
-
-    # as `recforge run` trains them: rating models on the ratings whatever the metric, the
-    # others on the positives; a ranking metric is measured on the validation positives
-    fit_train = train if template.predicts_ratings else positives(train)
-    valid_eval = valid if rating else positives(valid)
-    kw: dict[str, Any] = {}
-    if getattr(template, "uses_item_features", False) and data.item_features is not None:
-        kw["item_features"] = data.item_features
-    gradient = isinstance(template, GradientRecommender)
+    lower_is_better = parsed.kind == "rating"
     console.print(f"tuning {escape(entry.display)} on {where}: {n_trials} trials, {parsed.label} "
                   f"({'lower' if lower_is_better else 'higher'} is better); search space: "
                   f"{', '.join(space)}", highlight=False)
-
-    def objective(trial: Any) -> float:
-        params = {**entry.params, **{k: _suggest(trial, k, v) for k, v in space.items()}}
-        model_ = create_model(entry.name, **params)
-        fit_kw = dict(kw)
-        if gradient:
-            model_.set_params(valid_metric=metric.lower())
-
-            def report(record: dict[str, Any]) -> None:
-                value = record.get(metric.lower())
-                if value is None:
-                    return
-                trial.report(float(value), record["epoch"])
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
-
-            fit_kw["epoch_callback"] = report
-            fit_within_memory(model_, f"trial {trial.number + 1}", fit_train, valid_eval,
-                              **fit_kw)
-        else:
-            fit_within_memory(model_, f"trial {trial.number + 1}", fit_train, **fit_kw)
-        if rating:
-            res = evaluate(model_, None, valid, metrics=metric)
-        else:  # the experiment's protocol (and a cold-start split's candidates)
-            res = evaluate(model_, train, valid_eval, metrics=metric,
-                           protocol=cfg.protocol,  # type: ignore[arg-type]
-                           candidates=candidates)
-        value_key = next((k for k in res.summary if k == parsed.label
-                          or k.startswith(parsed.label + " (")), parsed.label)
-        value = res[value_key]
-        if not math.isfinite(value):
-            raise optuna.TrialPruned()
-        return float(value)
-
+    objective = _objective(cfg, entry, space, metric, inner, rating)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize" if lower_is_better else "maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed),
@@ -213,6 +135,119 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
                "trials": len(study.trials), "complete": len(complete),
                "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
                "validation": where, "seconds": round(time.perf_counter() - start, 2)}
+    _write_outputs(cfg, out, entry, summary, config_path, console)
+    return summary
+
+
+def _entry_and_space(cfg: ExperimentConfig, model: str,
+                     space: dict[str, tuple[Any, ...]] | None
+                     ) -> tuple[ModelConfig, dict[str, tuple[Any, ...]]]:
+    """The experiment's entry of ``model`` (or a new one for a registered model) and the
+    hyperparameters to search: ``space`` or the model's, less those the entry fixes."""
+    entry = next((m for m in cfg.models if model in (m.display, m.name)), None)
+    if entry is None:
+        if model not in available_models():
+            raise ConfigError(f"model {model!r} is neither in the experiment nor registered")
+        entry = ModelConfig(name=model)
+    space = dict(space if space is not None else SPACES.get(entry.name, {}))
+    space = {k: v for k, v in space.items() if k not in entry.params}
+    if not space:
+        raise ConfigError(f"no hyperparameters to search for {entry.name!r} (no default "
+                          "search space, or the experiment fixes them all)")
+    return entry, space
+
+
+def _checked_template(entry: ModelConfig, metric: str, parsed: Metric) -> Any:
+    """The model with the entry's parameters, checked with the validation metric."""
+    template = create_model(entry.name, **entry.params)
+    check_model_params(template, entry.display)
+    if parsed.kind == "rating" and not template.predicts_ratings:
+        raise ConfigError(f"--metric {metric}: {entry.display} does not predict ratings; "
+                          "tune it on a ranking metric such as ndcg@10")
+    if is_gradient(template):  # it validates every epoch on the metric
+        check_model_params(template.clone().set_params(valid_metric=metric.lower()),
+                           f"--metric {metric}")
+    return template
+
+
+def _validation_split(cfg: ExperimentConfig, data: PreparedData) -> tuple[PreparedData, str]:
+    """The split trials are scored on (its ``test`` part is the validation part, never the
+    experiment's test set), and the words that say what it is."""
+    cold = cfg.split.method == "cold_start_items"
+    if data.valid is not None:
+        train, valid = data.train, data.valid
+        where = "the experiment's validation part"
+        if cold:
+            where += " (cold items, ranked among themselves)"
+    elif cold:
+        # as the experiment measures: items with no training event, ranked among themselves
+        split = cold_start_items(data.train, 0.2, seed=cfg.split.seed + 1)
+        train, valid = split.train, split.test
+        where = ("20% of the training items held out as cold items, ranked among "
+                 "themselves (the test set is not used)")
+    else:
+        split = random_split(data.train, test_size=0.2, by_user=True, seed=cfg.split.seed + 1)
+        train, valid = split.train, split.test
+        where = "a per-user random 20% of the training events (the test set is not used)"
+    threshold = cfg.data.min_rating
+    inner = PreparedData(train=train, test=valid, valid=None,
+                         train_pos=positives(train, threshold),  # type: ignore[arg-type]
+                         test_pos=positives(valid, threshold),  # type: ignore[arg-type]
+                         valid_pos=None, item_features=data.item_features,
+                         candidates=valid.items.ids[np.unique(valid.item)] if cold else None)
+    return inner, where
+
+
+def _objective(cfg: ExperimentConfig, entry: ModelConfig, space: dict[str, tuple[Any, ...]],
+               metric: str, inner: PreparedData, rating: bool) -> Callable[[Any], float]:
+    """One trial: fit as `recforge run` trains (rating models on the ratings whatever the
+    metric, the others on the positives), score on the validation part (a ranking metric
+    on its positives, with the experiment's protocol and a cold-start split's candidates);
+    gradient models report the metric every epoch to the pruner."""
+    label = Metric.parse(metric).label
+    valid_eval = inner.test if rating else inner.test_pos
+
+    def objective(trial: Any) -> float:
+        params = {**entry.params, **{k: _suggest(trial, k, v) for k, v in space.items()}}
+        model_ = create_model(entry.name, **params)
+        train = inner.training_parts(model_)[0]
+        where = f"trial {trial.number + 1}"
+        if is_gradient(model_):
+            model_.set_params(valid_metric=metric.lower())
+            fit_model(model_, where, train, valid_eval, features=inner.item_features,
+                      epoch_callback=_pruning_report(trial, metric.lower()))
+        else:
+            fit_model(model_, where, train, features=inner.item_features)
+        res = evaluate_split(model_, inner, [metric], protocol=cfg.protocol)
+        value_key = next((k for k in res.summary if k == label
+                          or k.startswith(label + " (")), label)
+        value = res[value_key]
+        if not math.isfinite(value):
+            raise optuna.TrialPruned()
+        return float(value)
+
+    return objective
+
+
+def _pruning_report(trial: Any, key: str) -> Callable[[dict[str, Any]], None]:
+    """An epoch callback reporting the validation metric ``key`` to Optuna's pruner."""
+    def report(record: dict[str, Any]) -> None:
+        value = record.get(key)
+        if value is None:
+            return
+        trial.report(float(value), record["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+    return report
+
+
+def _write_outputs(cfg: ExperimentConfig, out: Path, entry: ModelConfig,
+                   summary: dict[str, Any], config_path: str | Path | None,
+                   console: Console) -> None:
+    """``best_params.yaml``, and the experiment with the best parameters as
+    ``EXPERIMENT.tuned.yaml``."""
+    best = summary["params"]
     output_dir(out)
     atomic_write_text(out / "best_params.yaml", yaml.safe_dump(summary, sort_keys=False))
     tuned = cfg.to_dict()
@@ -223,8 +258,7 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
         tuned["models"].append({"name": entry.name, "params": best, "label": None})
     stem = Path(config_path).stem if config_path else cfg.name
     atomic_write_text(out / f"{stem}.tuned.yaml", yaml.safe_dump(tuned, sort_keys=False))
-    console.print(f"best {parsed.label} {study.best_value:.4f} with {escape(str(best))} "
+    console.print(f"best {summary['metric']} {summary['value']:.4f} with {escape(str(best))} "
                   f"({summary['complete']} complete, {summary['pruned']} pruned); wrote "
                   f"{escape(str(out / 'best_params.yaml'))} and "
                   f"{escape(str(out / (stem + '.tuned.yaml')))}", highlight=False)
-    return summary
