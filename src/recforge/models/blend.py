@@ -33,6 +33,7 @@ from recforge.models.params import (
     optional_rule,
     shown,
 )
+from recforge.models.registry import create_model, get_model_class
 
 __all__ = ["Blend"]
 
@@ -102,8 +103,6 @@ class Blend(Recommender):
 
     # ----------------------------------------------------------------------------------
     def _validate_params(self) -> None:
-        from recforge.models.registry import create_model, get_model_class
-
         if not isinstance(self.models, dict) or not self.models:
             raise ConfigError("blend: models must be a non-empty mapping of model name -> "
                               "hyperparameters")
@@ -142,8 +141,6 @@ class Blend(Recommender):
         return float((self.weights or {}).get(name, 1.0))
 
     def _component(self, name: str) -> Recommender:
-        from recforge.models.registry import create_model
-
         return create_model(name, **self.models[name])
 
     def _fit(self, train: Interactions, valid: Interactions | None) -> None:
@@ -219,8 +216,6 @@ class Blend(Recommender):
 
     def _state_spec(self, extra: dict[str, Any]) -> StateSpec:
         # each component's own spec (its parameters checked as its own), under "NAME."
-        from recforge.models.registry import get_model_class
-
         spec: StateSpec = {}
         self.components_ = {}
         for name in self.models:

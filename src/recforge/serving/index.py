@@ -32,7 +32,7 @@ class IVFIndex:
     def __init__(self, item_vectors: torch.Tensor | np.ndarray, *, n_lists: int | None = None,
                  n_probe: int = 8, seed: int = 0) -> None:
         try:
-            import faiss
+            import faiss  # lazy: faiss is an optional extra (recforge[ann])
         except ImportError:
             raise ConfigError("the approximate index needs faiss: "
                               "pip install 'recforge[ann]' (faiss-cpu)") from None

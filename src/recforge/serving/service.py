@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
 
 from recforge.data.sharding import INTEGER_ID
 from recforge.errors import ConfigError, ModelError
 from recforge.models.base import Recommender
 from recforge.ranking import rank_ties, top_k
+from recforge.serving.index import IVFIndex
 
 __all__ = ["RecommendationService", "NotFound", "Resolved"]
 
@@ -87,8 +89,6 @@ class RecommendationService:
             raise ConfigError(f"index must be 'exact' or 'ivf', got {index!r}")
         self._ann = None
         if index == "ivf":
-            from recforge.serving.index import IVFIndex
-
             self._ann, self._ann_users = IVFIndex.for_model(self.model, n_probe=n_probe)
         #: Optional :class:`~recforge.data.events.EventStore`: posted events count as
         #: seen items at once; forgotten users are answered as unknown ones.
@@ -117,8 +117,6 @@ class RecommendationService:
         self._ties = rank_ties(torch.from_numpy(self.model.popularity_rank().copy()))
         # Ids arrive as text (URL paths) or JSON values: one hash lookup on their string
         # form (Vocabulary.index's type coercion costs ~0.3 ms per call).
-        import pandas as pd
-
         self._user_ids = pd.Index(self.model.users_.ids.astype(str))
         self.sync_events()
         meta = getattr(self.model, "item_metadata_", None)
@@ -407,8 +405,6 @@ class RecommendationService:
         """``(titles, padded_titles, ids)``: case-folded text Series to match queries on
         (titles empty where missing; ids as text). Built once, on the first search."""
         if self._search is None:
-            import pandas as pd
-
             titles = [(t or "").casefold() for t in (self._titles or [])]
             ids = [str(i).casefold() for i in self.model.items_.ids.tolist()]
             frame = pd.Series(titles if self._titles is not None else [""] * len(ids),
