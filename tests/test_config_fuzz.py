@@ -408,10 +408,10 @@ def test_every_hyperparameter_is_refused_by_name_or_accepted(data):
 def test_cli_param_values_are_read_and_then_judged(param, raw):
     """``recforge train -p KEY=VALUE`` reads VALUE as YAML: a 5,000-digit integer raised
     ValueError and 5,000 '[' RecursionError there, before any check."""
-    from recforge.cli import _parse_params
+    from recforge.cli.common import parse_params
 
     name, key = param
-    params = _parse_params([f"{key}={raw}"])
+    params = parse_params([f"{key}={raw}"])
     try:
         _validate(create_model(name, **params))
     except ConfigError as exc:

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from conftest import random_interactions, shared_data_dir, shared_path
 
-from recforge.cli import _without_option, main
+from recforge.cli import main
+from recforge.cli.train import without_option
 from recforge.data.datasets import load_dataset
 from recforge.data.filters import to_implicit
 from recforge.data.readers import read_many
@@ -62,7 +63,7 @@ def test_shards_are_disjoint_equal_and_cover_the_epoch(world):
 
 def test_without_option():
     argv = ["train", "bpr", "--nproc", "2", "--out", "x", "--nproc=3", "-p", "epochs=1"]
-    assert _without_option(argv, "--nproc") == ["train", "bpr", "--out", "x", "-p", "epochs=1"]
+    assert without_option(argv, "--nproc") == ["train", "bpr", "--out", "x", "-p", "epochs=1"]
 
 
 def test_nproc_refuses_models_without_gradient_steps(tmp_path, capsys):

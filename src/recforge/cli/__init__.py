@@ -1,0 +1,89 @@
+"""The ``recforge`` command line. Each command is a thin call into the library: argument
+parsing, messages and exit codes here; the work in :mod:`recforge.experiment.workflow`,
+the experiment runner and the server.
+
+Errors a user can cause (bad data, bad parameter, bad model directory) print one line on
+stderr and exit with status 2, without a traceback.
+
+Imports of torch and what imports it are made inside the commands, so that
+``recforge --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.logging import RichHandler
+from rich.markup import escape
+
+from recforge import __version__
+from recforge.cli.common import err_console
+from recforge.cli.datasets import datasets_app
+from recforge.cli.experiments import models_cmd, quickstart, run, tune
+from recforge.cli.scoring import evaluate_cmd, predict, recommend
+from recforge.cli.serve import serve
+from recforge.cli.train import train
+from recforge.errors import RecforgeError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="recforge: build, evaluate and serve recommender systems.")
+app.add_typer(datasets_app, name="datasets")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"recforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Show the version and exit.")) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    root = logging.getLogger("recforge")
+    root.handlers[:] = [RichHandler(console=err_console, show_path=False, show_time=False)]
+    root.setLevel(level)
+    root.propagate = False
+
+
+for command in (train, run, tune, serve, recommend, predict):
+    app.command()(command)
+app.command("evaluate")(evaluate_cmd)
+app.command("models")(models_cmd)
+app.command()(quickstart)
+
+
+def _os_error(exc: OSError) -> str:
+    """``IsADirectoryError: [Errno 21] ...: 'x'`` as ``x: is a directory``."""
+    what = (exc.strerror or str(exc)).rstrip(".").lower()
+    return f"{exc.filename}: {what}" if exc.filename else str(exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning recforge errors into one line and exit status 2.
+
+    Usage errors (unknown option, missing argument) are reported by Typer, also with
+    status 2.
+    """
+    try:
+        args = list(sys.argv[1:] if argv is None else argv)
+        app(args=args, prog_name="recforge", obj={"argv": args})
+    except (RecforgeError, OSError) as exc:  # bad input, options, paths: one line
+        text = str(exc) if isinstance(exc, RecforgeError) else _os_error(exc)
+        err_console.print(f"[bold red]error:[/bold red] {escape(text)}", highlight=False,
+                          soft_wrap=True, markup=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

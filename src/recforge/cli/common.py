@@ -1,0 +1,114 @@
+"""What the commands share: the consoles, reading ``-p`` values and user lists, writing
+tables, and the checks of output paths done before any work."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from recforge._fs import atomic_path, check_output_dir, check_output_file, is_stdout
+from recforge.errors import ConfigError, DataError
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+log = logging.getLogger("recforge")
+
+
+def parse_params(items: list[str] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--param {item!r} must look like key=value")
+        key, _, raw = item.partition("=")
+        from recforge.experiment.config import load_yaml  # lazy: imports torch
+
+        try:  # bounded as an experiment file is: depth, aliases, huge integers
+            value = load_yaml(raw, f"--param {key}") if raw.strip() else ""
+        except ConfigError:
+            value = raw  # as text, which the model's checks then judge
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text: a number here
+            with contextlib.suppress(ValueError):
+                value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf",
+                                                                      "infinity") else value
+        params[key.strip()] = value
+    return params
+
+
+def write_frame(frame: pd.DataFrame, out: Path) -> None:
+    suffix = out.suffix.lower()
+    with atomic_path(out) as tmp:
+        if suffix in (".parquet", ".pq"):
+            frame.to_parquet(tmp, index=False)
+        elif suffix in (".tsv", ".txt"):
+            frame.to_csv(tmp, sep="\t", index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+
+
+def load_model(path: Path):
+    from recforge.models.base import Recommender  # lazy: imports torch
+
+    return Recommender.load(path)
+
+
+def read_user_list(path: Path) -> np.ndarray:
+    """User ids from a file: one per line (first field of a CSV / TSV), optional header."""
+    if not path.is_file():
+        raise DataError("file not found", source=str(path))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read: {exc}", source=str(path)) from None
+    ids = [line.replace("\t", ",").split(",")[0].strip() for line in lines if line.strip()]
+    if ids and ids[0].lower() in ("user", "user_id", "userid"):
+        ids = ids[1:]
+    if not ids:
+        raise DataError("no user ids in the file", source=str(path))
+    return np.asarray(ids, dtype=object)
+
+
+def metrics_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="left" if c in ("model", "metric") else "right")
+    for row in rows:
+        table.add_row(*[f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, ""))
+                        for c in columns])
+    return table
+
+
+def check_checkpoint_dir(ckpt: Path) -> None:
+    check_out_dir(ckpt, "--checkpoint-dir")  # '-', a device or a FIFO is no directory
+    if ckpt.exists() and not ckpt.is_dir():
+        raise ConfigError(f"--checkpoint-dir {ckpt} exists and is not a directory")
+
+
+def check_out_file(out: Path, option: str = "--out") -> None:
+    """Refuse an output file path that cannot be one, before any work is done. ``-`` is
+    standard output; a device or a FIFO is written to, a regular file replaced atomically
+    (see :func:`recforge._fs.output_target`)."""
+    try:
+        check_output_file(out)
+    except OSError as exc:
+        raise ConfigError(f"{option} {out}: {exc.strerror or exc}") from None
+
+
+def check_out_dir(out: Path, option: str = "--out") -> None:
+    """Refuse a directory output that cannot be one (``-``, a device, a FIFO, a file)."""
+    try:
+        check_output_dir(out)
+    except OSError as exc:
+        raise ConfigError(f"{option} {out}: {exc.strerror or exc}") from None
+
+
+def status(out: Path | None) -> Console:
+    """Where a command's messages go: standard error when its output is ``-``."""
+    return err_console if out is not None and is_stdout(out) else console
+

@@ -1,0 +1,90 @@
+"""Commands that run experiments: ``run``, ``tune``, ``quickstart``, and ``models``
+(what can be trained)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from recforge.cli.common import check_out_dir, console
+
+
+def run(
+    experiment: Path = typer.Argument(..., help="Experiment YAML file (see docs/experiments.md)."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default: "
+                                    "runs/NAME)."),
+) -> None:
+    """Run an experiment: every model of the config on its split; leaderboard and results."""
+    from recforge.experiment.config import load_config  # lazy: imports torch
+    from recforge.experiment.runner import run_experiment  # lazy: imports torch
+
+    if out is not None:
+        check_out_dir(out)
+    cfg = load_config(experiment)
+    run_experiment(cfg, out or Path("runs") / cfg.name, console=console)
+
+
+def tune(
+    experiment: Path = typer.Argument(..., help="Experiment YAML file."),
+    model: str = typer.Option(..., "--model", help="Model (label or name) to tune."),
+    trials: int = typer.Option(20, "--trials", help="Number of Optuna trials."),
+    metric: str | None = typer.Option(None, "--metric", help="Validation metric (default: "
+                                      "the experiment's first)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Stop after this many "
+                                         "seconds."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampler."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default: "
+                                    "runs/NAME-tune-MODEL)."),
+) -> None:
+    """Tune a model's hyperparameters with Optuna on a validation split (never the test)."""
+    from recforge.experiment.config import load_config  # lazy: imports torch
+    from recforge.experiment.tune import tune as run_tune  # lazy: imports torch, Optuna
+
+    if out is not None:
+        check_out_dir(out)
+    cfg = load_config(experiment)
+    run_tune(cfg, model, n_trials=trials, metric=metric, timeout=timeout, seed=seed,
+             out=out or Path("runs") / f"{cfg.name}-tune-{model}", config_path=experiment,
+             console=console)
+
+
+def quickstart(
+    out: Path = typer.Option(Path("quickstart-output"), "--out",
+                             help="Where to write results, report and trained models."),
+    data_dir: Path | None = typer.Option(None, "--data-dir",
+                                            help="Directory holding extracted datasets."),
+    k: int = typer.Option(10, "--k", help="Cutoff of the ranking metrics."),
+    models: str | None = typer.Option(None, "--models",
+                                         help="Comma-separated model names (default: all)."),
+    download: bool = typer.Option(True, "--download/--no-download",
+                                  help="Try to download ml-100k when no local copy exists."),
+) -> None:
+    """Fit and compare every model on ml-100k (local or downloaded) or generated data;
+    leaderboard, report.html and the trained models in --out."""
+    from recforge.experiment.quickstart import run_quickstart  # lazy: imports torch
+
+    check_out_dir(out)
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    run_quickstart(out=out, data_dir=data_dir, k=k, console=console, models=names,
+                   download=download)
+
+
+def models_cmd() -> None:
+    """List the models that can be trained, with their hyperparameters."""
+    from recforge.models.registry import available_models, get_model_class  # lazy: torch
+
+    table = Table(title="Models")
+    table.add_column("name")
+    table.add_column("class")
+    table.add_column("hyperparameters (defaults)")
+    for name in available_models():
+        cls = get_model_class(name)
+        sig = inspect.signature(cls.__init__)
+        params = ", ".join(f"{p.name}={p.default!r}" for p in sig.parameters.values()
+                           if p.name != "self")
+        table.add_row(name, cls.__name__, params or "-")
+    console.print(table)
+
