@@ -8,12 +8,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from recforge.cli.common import check_checkpoint_dir, check_out_dir, console, parse_params
 from recforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from recforge.experiment.workflow import TrainRequest
 
 
 def train(
@@ -71,7 +74,6 @@ def train(
     """
     # lazy: the workflow imports torch (seconds), not needed for `recforge --help`
     from recforge.experiment.workflow import ReadOptions, TrainRequest
-    from recforge.training import distributed  # lazy: imports torch
     from recforge.training.optim import SPARSE_UPDATES  # lazy: imports torch
 
     params = parse_params(param)
@@ -86,18 +88,11 @@ def train(
         keep_checkpoint=keep_checkpoint, sparse_updates=sparse_updates)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         argv = without_option((ctx.find_root().obj or {}).get("argv", sys.argv[1:]),
-                               "--nproc")
+                              "--nproc")
         _launch(request, params, seed=seed, checkpoint_dir=checkpoint_dir, argv=argv,
                 nproc=nproc)
-        return
-    dist_ctx = distributed.init_from_environment(device=str(params.get("device", "auto")))
-    try:
-        _train(request, params, seed=seed, checkpoint_dir=checkpoint_dir, dist_ctx=dist_ctx)
-    except BaseException:
-        distributed.shutdown()
-        raise
-    # the other ranks wait for rank 0 to write the model, then all leave together
-    distributed.shutdown(wait_for_others=True)
+    else:
+        _train_here(request, params, seed=seed, checkpoint_dir=checkpoint_dir)
 
 
 def without_option(argv: list[str], name: str) -> list[str]:
@@ -114,7 +109,7 @@ def without_option(argv: list[str], name: str) -> list[str]:
     return out
 
 
-def _launch(request: Any, params: dict[str, Any], *, seed: int | None,
+def _launch(request: TrainRequest, params: dict[str, Any], *, seed: int | None,
             checkpoint_dir: Path | None, argv: list[str], nproc: int) -> None:
     """``--nproc N``: what every rank would check first, checked once here (one line, not
     one per rank and then the launcher's traceback), then this command in N processes."""
@@ -135,7 +130,7 @@ def _launch(request: Any, params: dict[str, Any], *, seed: int | None,
                           "the failing rank's error is printed above")
 
 
-def _prepare_train(request: Any, params: dict[str, Any], *, seed: int | None,
+def _prepare_train(request: TrainRequest, params: dict[str, Any], *, seed: int | None,
                    checkpoint_dir: Path | None, distributed: bool) -> tuple[Any, Path]:
     """The model built from ``params`` and every check of the options and paths that
     needs no data; returns (model, its checkpoint directory). Run by each rank, and by
@@ -167,7 +162,7 @@ def _prepare_train(request: Any, params: dict[str, Any], *, seed: int | None,
     return estimator, ckpt
 
 
-def _check_item_features(request: Any, estimator: Any) -> None:
+def _check_item_features(request: TrainRequest, estimator: Any) -> None:
     """--item-features only for models that use item features; a clear error, before the
     data is read, for a model that needs them and would have none (neither the option
     nor a dataset name whose metadata gives them)."""
@@ -188,7 +183,22 @@ def _check_item_features(request: Any, estimator: Any) -> None:
                           "table with an id column) or train on a MovieLens dataset name")
 
 
-def _train(request: Any, params: dict[str, Any], *, seed: int | None,
+def _train_here(request: TrainRequest, params: dict[str, Any], *, seed: int | None,
+                checkpoint_dir: Path | None) -> None:
+    """Train in this process: alone, or as one rank of a DDP job started by torchrun."""
+    from recforge.training import distributed  # lazy: imports torch
+
+    dist_ctx = distributed.init_from_environment(device=str(params.get("device", "auto")))
+    try:
+        _train(request, params, seed=seed, checkpoint_dir=checkpoint_dir, dist_ctx=dist_ctx)
+    except BaseException:
+        distributed.shutdown()
+        raise
+    # the other ranks wait for rank 0 to write the model, then all leave together
+    distributed.shutdown(wait_for_others=True)
+
+
+def _train(request: TrainRequest, params: dict[str, Any], *, seed: int | None,
            checkpoint_dir: Path | None, dist_ctx: Any) -> None:
     """Train in this process (each rank under DDP); rank 0 saves and says so."""
     from recforge.experiment.workflow import train_and_save  # lazy: imports torch

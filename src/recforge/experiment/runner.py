@@ -73,6 +73,10 @@ __all__ = ["ExperimentResult", "run_experiment"]
 
 @dataclass
 class ExperimentResult:
+    """What :func:`run_experiment` wrote: the leaderboard ``rows`` (best first), one entry
+    per (model, seed) run, every user's metric values, the output directory and the label
+    of the metric that ranks the models."""
+
     rows: list[dict[str, Any]]
     runs: list[dict[str, Any]]
     per_user: pd.DataFrame
