@@ -679,8 +679,8 @@ def test_tune_follows_a_cold_start_experiment(tmp_path):
     no training event, ranked among themselves (not a warm split of the whole catalogue)."""
     from recforge.data.split import cold_start_items
     from recforge.evaluation import evaluate
-    from recforge.experiment.workflow import prepare_data
     from recforge.experiment.tune import tune
+    from recforge.experiment.workflow import prepare_data
     from recforge.models.registry import create_model
 
     cfg = parse_config({"data": {"source": "synthetic"},
@@ -701,8 +701,8 @@ def test_tune_follows_a_cold_start_experiment(tmp_path):
 def test_tune_follows_the_sampled_protocol(tmp_path):
     from recforge.data.split import random_split
     from recforge.evaluation import evaluate
-    from recforge.experiment.workflow import prepare_data
     from recforge.experiment.tune import tune
+    from recforge.experiment.workflow import prepare_data
     from recforge.models.registry import create_model
 
     cfg = parse_config({"data": {"source": "synthetic"}, "protocol": "sampled",
