@@ -287,8 +287,8 @@ def test_events_count_as_seen_and_users_can_be_forgotten(saved, random_data, tmp
 
 def test_train_from_the_event_store(tmp_path, capsys):
     from recforge.cli import main
-    from recforge.models import Recommender
     from recforge.data.events import EventStore
+    from recforge.models import Recommender
 
     store = EventStore(tmp_path / "ev.sqlite")
     rng = np.random.default_rng(0)
