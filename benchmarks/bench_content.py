@@ -67,7 +67,7 @@ def shared_dir() -> Path:
 def fit(name: str, train, features, **params) -> tuple[Any, float]:
     model = create_model(name, **params)
     start = time.perf_counter()
-    if getattr(model, "uses_item_features", False):
+    if model.capabilities.uses_item_features:
         model.fit(train, item_features=features)
     else:
         model.fit(train)

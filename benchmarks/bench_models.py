@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         # that need item features are benchmarked by bench_content.py.
         names = [n for n in available_models()
                  if not (create_model(n).predicts_ratings and "ranking_train" not in data)
-                 and not getattr(get_model_class(n), "requires_item_features", False)]
+                 and not get_model_class(n).capabilities.requires_item_features]
     for name in names:
         model = create_model(name, **params.get(name, {}))
         train = data["train"]

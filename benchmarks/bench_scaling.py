@@ -93,7 +93,7 @@ def worker_train(path: str, model_name: str) -> dict[str, Any] | None:
     rank, world = ctx.shard if ctx is not None else (0, 1)
     # Under DDP each rank keeps only its users' events, as `recforge train --nproc` does
     # (not LightGCN, which propagates over the whole graph).
-    sharded = world > 1 and get_model_class(model_name).supports_sharded_data
+    sharded = world > 1 and get_model_class(model_name).capabilities.sharded_data
     data = read_parquet(path, shard=(rank, world) if sharded else None)
     events = len(data)
     if sharded:

@@ -15,6 +15,9 @@ import torch
 
 from recforge import ConfigError, DataError, Interactions, ModelError
 from recforge.models import Recommender, create_model
+from recforge.models.gradient import GradientRecommender
+from recforge.models.registry import models_with
+from recforge.training.embedding import embedding_of
 
 
 def checkerboard(n: int = 20, *, hold_out_diagonal: bool = True) -> tuple[Interactions, Interactions]:
@@ -57,7 +60,7 @@ class ModelConformance:
         train, test = checkerboard(20)
         model = self.fit_model(self.make(), train)
         recs = model.recommend([f"user{u}" for u in range(20)], k=1)
-        if not model.personalized:
+        if not model.capabilities.personalized:
             # A non-personalised model can only return the most popular unseen item.
             pop = model.item_popularity_
             for row in recs.itertuples():
@@ -159,6 +162,25 @@ class ModelConformance:
         cls = create_model(self.model_name).__class__
         return {"seed": seed} if "seed" in cls._param_names() else {}
 
+    def test_declares_itself(self, fitted):
+        """What the class declares (capabilities, tuning space, quick-run parameters)
+        matches what the model takes and does."""
+        cls = type(fitted)
+        caps, params = cls.capabilities, set(cls._param_names())
+        assert caps.seeded == ("seed" in params)
+        assert caps.folds_in_history == (cls._score_history is not Recommender._score_history)
+        assert caps.gradient == isinstance(fitted, GradientRecommender)
+        assert set(cls.tuning_space) <= params and set(cls.quick_params) <= params
+        kinds = {"float", "int", "log", "logint", "cat"}
+        assert all(spec[0] in kinds for spec in cls.tuning_space.values())
+        create_model(self.model_name, **cls.quick_params)._validate_params()
+        assert cls.name in models_with("ranks")
+        if caps.gradient:  # row-sparse updates need user tables read by lookup
+            tables = [n for n in fitted.user_parameter_names()
+                      if embedding_of(fitted.module_, n) is not None]
+            assert caps.sparse_user_updates == bool(fitted.user_tables_read_by_lookup
+                                                    and tables)
+
     def test_params_roundtrip(self):
         model = self.make()
         clone = model.clone()
@@ -167,10 +189,11 @@ class ModelConformance:
             create_model(self.model_name, no_such_param=1)
 
     def test_similar_items_never_self(self, fitted, random_data):
-        try:
-            sims = fitted.similar_items(random_data.items.ids[:3], k=4)
-        except ModelError:
-            pytest.skip(f"{self.model_name} does not support similar_items")
+        if not fitted.capabilities.similar_items:
+            with pytest.raises(ModelError, match="similar_items"):
+                fitted.similar_items(random_data.items.ids[:3], k=4)
+            return
+        sims = fitted.similar_items(random_data.items.ids[:3], k=4)
         assert list(sims.columns) == ["item", "similar", "rank", "score"]
         assert not (sims["item"] == sims["similar"]).any()
         assert sims.groupby("item").size().max() <= 4
@@ -201,7 +224,7 @@ class ModelConformance:
         """A new user whose history is user 0's checkerboard row gets user 0's held-out
         item first."""
         model = self.make()
-        if not model.supports_history or not model.personalized:
+        if not model.supports_history or not model.capabilities.personalized:
             pytest.skip(f"{self.model_name} does not score histories")
         train, _ = checkerboard(20)
         model = self.fit_model(model, train)

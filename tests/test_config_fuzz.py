@@ -501,8 +501,8 @@ def test_extreme_valid_hyperparameters_fit_or_fail_cleanly_in_a_child():
                 model = create_model(name, **params)
                 model._check_finite_params()
                 model._validate_params()
-                kw = {{"item_features": feats}} if getattr(
-                    model, "uses_item_features", False) else {{}}
+                kw = ({{"item_features": feats}}
+                      if model.capabilities.uses_item_features else {{}})
                 model.fit(rated if model.predicts_ratings else data, **kw)
                 out = model.recommend(data.users.ids[:3], k=5)
                 print("FITTED", len(out), flush=True)

@@ -22,7 +22,7 @@ class FixedScores(Recommender):
     def __init__(self, scores: list | None = None) -> None:
         self.scores = scores
 
-    def _fit(self, train, valid):
+    def _fit(self, train, valid, options):
         self.table_ = torch.tensor(self.scores, dtype=torch.float32)
 
     def _score(self, users):

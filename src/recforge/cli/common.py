@@ -1,17 +1,21 @@
 """What the commands share: the consoles, reading ``-p`` values and user lists, writing
-tables, and the checks of output paths done before any work."""
+tables, the checks of output paths done before any work, and the lists of models that
+help texts and errors name (generated from the registry, never written out)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
 from recforge._fs import atomic_path, check_output_dir, check_output_file, is_stdout
 from recforge.errors import ConfigError, DataError
@@ -19,6 +23,29 @@ from recforge.errors import ConfigError, DataError
 console = Console(stderr=False)
 err_console = Console(stderr=True)
 log = logging.getLogger("recforge")
+
+#: ``{models_with:CAPABILITY}`` in a command's help: the models that declare it.
+_MODEL_LIST = re.compile(r"\{models_with:(\w+)\}")
+
+
+def models_with(capability: str, *, last: str = " and ") -> str:
+    """The models that declare ``capability``, as text: ``"mf, bpr and gmf"``."""
+    from recforge.models import registry  # lazy: reading capabilities imports torch
+
+    names = registry.models_with(capability)
+    return ", ".join(names[:-1]) + last + names[-1] if len(names) > 1 else "".join(names)
+
+
+class ModelListHelp(TyperCommand):
+    """A command whose help names models by capability (``{models_with:gradient}``),
+    filled in when that help is shown: ``recforge --help`` shows only the help's first
+    paragraph and imports no model."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if self.help:
+            self.help = _MODEL_LIST.sub(lambda m: models_with(m.group(1), last=", "),
+                                        self.help)
+        super().format_help(ctx, formatter)
 
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:

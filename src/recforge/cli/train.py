@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from recforge.cli.common import check_checkpoint_dir, check_out_dir, console, parse_params
+from recforge.cli.common import (
+    check_checkpoint_dir,
+    check_out_dir,
+    console,
+    models_with,
+    parse_params,
+)
 from recforge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -69,7 +75,7 @@ def train(
 ) -> None:
     """Train MODEL on --data and save it to --out.
 
-    Gradient models (mf, bpr, gmf, mlp, neumf, lightgcn, hybrid_bpr) write a checkpoint after every
+    Gradient models ({models_with:gradient}) write a checkpoint after every
     epoch; if the run is killed, the same command with --resume continues where it stopped.
     """
     # lazy: the workflow imports torch (seconds), not needed for `recforge --help`
@@ -120,7 +126,7 @@ def _launch(request: TrainRequest, params: dict[str, Any], *, seed: int | None,
 
     if not is_gradient(get_model_class(request.model)):
         raise ConfigError(f"--nproc: {request.model} is not trained by gradient steps; DDP "
-                          "applies to mf, bpr, gmf, mlp, neumf, lightgcn and hybrid_bpr")
+                          f"applies to {models_with('gradient')}")
     estimator, _ = _prepare_train(request, dict(params), seed=seed,
                                   checkpoint_dir=checkpoint_dir, distributed=True)
     estimator._check_distributed()
@@ -144,14 +150,13 @@ def _prepare_train(request: TrainRequest, params: dict[str, Any], *, seed: int |
     gradient = is_gradient(estimator)
     if distributed and not gradient:
         raise ConfigError(f"{model} is not trained by gradient steps; distributed training "
-                          "applies to mf, bpr, gmf, mlp, neumf, lightgcn and hybrid_bpr")
+                          f"applies to {models_with('gradient')}")
     if (request.resume or checkpoint_dir is not None) and not gradient:
         raise ConfigError(f"{model} is not trained by epochs of gradient steps; --resume and "
-                          "--checkpoint-dir apply to mf, bpr, gmf, mlp, neumf, lightgcn and "
-                          "hybrid_bpr")
+                          f"--checkpoint-dir apply to {models_with('gradient')}")
     if request.sparse_updates != "auto" and not gradient:
         raise ConfigError(f"{model} is not trained by gradient steps; --sparse-updates "
-                          "applies to mf, bpr, gmf, mlp and neumf")
+                          f"applies to {models_with('sparse_user_updates')}")
     _check_item_features(request, estimator)
     check_out_dir(out)
     check_model_target(out)  # before hours of training, not after
@@ -175,7 +180,7 @@ def _check_item_features(request: TrainRequest, estimator: Any) -> None:
     if request.item_features is not None:
         if not uses_item_features(estimator):
             raise ConfigError(f"{model} does not use item features; --item-features applies "
-                              "to content and hybrid")
+                              f"to {models_with('uses_item_features')}")
         return
     named = len(data) == 1 and is_named_dataset(data[0])
     if requires_item_features(estimator) and not named:

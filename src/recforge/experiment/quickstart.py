@@ -4,7 +4,10 @@ Uses MovieLens 100K when a local copy is found (``--data-dir``, ``RECFORGE_DATA_
 download cache) or can be downloaded, otherwise the generated dataset (saying which); fits
 every registered model with settings sized for a laptop, evaluates them with full ranking
 (ratings >= 4 are the relevant items; rating models also get RMSE), prints the leaderboard,
-writes the experiment report and ends with the command that uses the best model.
+writes the experiment report and ends with the command that uses the best model. A
+model's quickstart settings are its class's ``quick_params`` (read through
+:func:`recforge.models.registry.quick_params`): what keeps the whole quickstart within a
+few minutes on 2 CPU cores; every other model runs with its defaults.
 """
 
 from __future__ import annotations
@@ -21,26 +24,11 @@ from recforge.errors import ConfigError, DataError
 from recforge.evaluation.metrics import MAX_CUTOFF
 from recforge.experiment.config import parse_config
 from recforge.experiment.runner import run_experiment
-from recforge.models.registry import available_models, create_model
+from recforge.models.registry import available_models, create_model, quick_params
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_quickstart", "QUICK_PARAMS"]
-
-#: Settings that keep the whole quickstart within a few minutes on 2 CPU cores; every other
-#: model runs with its defaults.
-#: The gradient models' defaults were tuned on ml-1m (670k events); on 100k ratings their
-#: large batches leave too few steps, so smaller batches here.
-QUICK_PARAMS: dict[str, dict[str, Any]] = {
-    "bpr": {"epochs": 30},
-    "lightgcn": {"epochs": 30, "batch_size": 2048},
-    "gmf": {"batch_size": 1024},
-    "mlp": {"batch_size": 1024},
-    "neumf": {"batch_size": 1024},
-    "hybrid_bpr": {"epochs": 20},
-    "mf": {"epochs": 30},
-}
-
+__all__ = ["run_quickstart"]
 
 def _pick_dataset(data_dir: Path | None, console: Console, download: bool) -> str:
     if find_local("ml-100k", data_dir) is not None:
@@ -76,7 +64,7 @@ def run_quickstart(*, out: Path, data_dir: Path | None = None, k: int = 10,
         "data": {"source": name, "min_rating": 4,
                  "data_dir": str(data_dir) if data_dir else None},
         "split": {"method": "random", "test_size": 0.2, "by_user": True, "seed": 0},
-        "models": [{"name": m, "params": QUICK_PARAMS.get(m, {})} for m in names],
+        "models": [{"name": m, "params": quick_params(m)} for m in names],
         "metrics": [f"ndcg@{k}", f"recall@{k}", f"precision@{k}", f"mrr@{k}",
                     f"coverage@{k}", *(["rmse"] if rating else [])],
         "n_bootstrap": 300,

@@ -8,7 +8,8 @@ hopeless trials early. The best parameters are written as YAML (``best_params.ya
 into a copy of the experiment file with the model's ``params`` replaced
 (``EXPERIMENT.tuned.yaml``), ready for ``recforge run``.
 
-Search spaces are per model (:data:`SPACES`, documented in ``docs/experiments.md``); the
+Search spaces are per model (each model class's ``tuning_space``, read through
+:func:`recforge.models.registry.tuning_space`; documented in ``docs/experiments.md``); the
 model's ``params`` in the experiment file fix the others.
 """
 
@@ -41,37 +42,11 @@ from recforge.experiment.workflow import (
     positives,
     prepare_data,
 )
-from recforge.models.registry import available_models, create_model
+from recforge.models.registry import available_models, create_model, tuning_space
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SPACES", "tune"]
-
-# name -> {param: ("float"|"int"|"log"|"logint"|"cat", low, high) or ("cat", [choices])}
-SPACES: dict[str, dict[str, tuple[Any, ...]]] = {
-    "itemknn": {"neighbors": ("logint", 5, 500), "shrink": ("float", 0.0, 100.0)},
-    "ease": {"reg": ("log", 10.0, 5000.0)},
-    "als": {"embedding_dim": ("cat", [32, 64, 128, 256]), "reg": ("log", 1e-3, 0.1),
-            "alpha": ("log", 1.0, 50.0), "epochs": ("int", 5, 30)},
-    "mf": {"embedding_dim": ("cat", [16, 32, 64, 128]), "reg": ("log", 0.1, 10.0),
-           "learning_rate": ("log", 0.005, 0.2), "reg_exponent": ("float", 0.0, 1.0)},
-    "bpr": {"embedding_dim": ("cat", [32, 64, 128]), "learning_rate": ("log", 1e-3, 3e-2),
-            "reg": ("log", 1e-4, 0.1), "n_negatives": ("int", 1, 8)},
-    "lightgcn": {"n_layers": ("int", 1, 4), "learning_rate": ("log", 1e-3, 5e-2),
-                 "reg": ("log", 1e-5, 1e-2)},
-    "gmf": {"embedding_dim": ("cat", [16, 32, 64]), "learning_rate": ("log", 1e-4, 1e-2),
-            "n_negatives": ("int", 1, 8)},
-    "mlp": {"embedding_dim": ("cat", [16, 32, 64]), "learning_rate": ("log", 1e-4, 1e-2),
-            "n_negatives": ("int", 1, 8)},
-    "neumf": {"embedding_dim": ("cat", [16, 32, 64]), "learning_rate": ("log", 1e-4, 1e-2),
-              "n_negatives": ("int", 1, 8)},
-    "content": {"popularity_weight": ("float", 0.0, 1.0)},
-    "hybrid": {"reg": ("log", 1e-3, 0.1), "alpha": ("log", 1.0, 50.0),
-               "feature_reg": ("log", 0.1, 100.0)},
-    "hybrid_bpr": {"learning_rate": ("log", 1e-3, 3e-2), "reg": ("log", 1e-5, 1e-2),
-                   "id_dropout": ("float", 0.0, 0.8)},
-}
-
+__all__ = ["tune"]
 
 def _suggest(trial: Any, name: str, spec: tuple[Any, ...]) -> Any:
     kind = spec[0]
@@ -149,7 +124,7 @@ def _entry_and_space(cfg: ExperimentConfig, model: str,
         if model not in available_models():
             raise ConfigError(f"model {model!r} is neither in the experiment nor registered")
         entry = ModelConfig(name=model)
-    space = dict(space if space is not None else SPACES.get(entry.name, {}))
+    space = dict(space if space is not None else tuning_space(entry.name))
     space = {k: v for k, v in space.items() if k not in entry.params}
     if not space:
         raise ConfigError(f"no hyperparameters to search for {entry.name!r} (no default "

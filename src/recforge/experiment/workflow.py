@@ -18,8 +18,10 @@ features, train, save and score a model the same way:
   :func:`evaluate_split` (ranking metrics on the positives, rating metrics on every rating)
   and :func:`evaluate_files` (``recforge evaluate``).
 
-What the workflow reads of a model's capabilities it reads through the helpers of the first
-section (:func:`uses_item_features`...), in this module only.
+What the workflow reads of a model's capabilities (its declared
+:class:`~recforge.models.contracts.Capabilities`, narrowed by its hyperparameters) it reads
+through the helpers of the first section (:func:`uses_item_features`...), in this module
+only.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from recforge.evaluation import EvaluationResult, evaluate
 from recforge.evaluation.metrics import Metric, parse_metrics
 from recforge.experiment.config import ExperimentConfig
 from recforge.models.base import Recommender
-from recforge.models.gradient import GradientRecommender
+from recforge.models.contracts import Capabilities
 from recforge.models.params import shown as _shown
 from recforge.models.registry import create_model, get_model_class
 from recforge.training.checkpoint import CHECKPOINT, LOG
@@ -72,36 +74,40 @@ EVAL_SEED = 0
 
 # ---------------------------------------------------------------------------------------
 # what the workflow reads of a model (a model instance or its class)
-def uses_item_features(model: Any) -> bool:
+def _capabilities(model: Recommender | type[Recommender]) -> Capabilities:
+    """A class's declared capabilities; an instance's as its hyperparameters narrow them."""
+    return model.capabilities if isinstance(model, type) else model.effective_capabilities()
+
+
+def uses_item_features(model: Recommender | type[Recommender]) -> bool:
     """Whether ``model`` learns from item features when they are given."""
-    return bool(getattr(model, "uses_item_features", False))
+    return _capabilities(model).uses_item_features
 
 
-def requires_item_features(model: Any) -> bool:
+def requires_item_features(model: Recommender | type[Recommender]) -> bool:
     """Whether ``model`` cannot be fitted without item features."""
-    return bool(getattr(model, "requires_item_features", False))
+    return _capabilities(model).requires_item_features
 
 
-def is_gradient(model: Any) -> bool:
+def is_gradient(model: Recommender | type[Recommender]) -> bool:
     """Whether ``model`` (or a model class) trains by epochs of gradient steps: checkpoints,
     resuming, sparse updates and DDP apply to it."""
-    cls = model if isinstance(model, type) else type(model)
-    return issubclass(cls, GradientRecommender)
+    return _capabilities(model).gradient
 
 
-def is_seeded(model: Any) -> bool:
+def is_seeded(model: Recommender | type[Recommender]) -> bool:
     """Whether ``model`` (or a model class) takes a ``seed``."""
-    return "seed" in model._param_names()
+    return _capabilities(model).seeded
 
 
-def supports_sharded_data(model: Any) -> bool:
+def supports_sharded_data(model: Recommender | type[Recommender]) -> bool:
     """Whether each DDP rank of ``model`` may read only the events of the users it owns."""
-    return bool(getattr(model, "supports_sharded_data", False))
+    return _capabilities(model).sharded_data
 
 
-def learns_ratings(model: Any) -> bool:
+def learns_ratings(model: Recommender | type[Recommender]) -> bool:
     """Whether ``model`` is fitted to rating values (it needs a rating column)."""
-    return bool(model.predicts_ratings and getattr(model, "objective", "") == "rating")
+    return _capabilities(model).learns_ratings
 
 
 # ---------------------------------------------------------------------------------------

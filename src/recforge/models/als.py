@@ -61,6 +61,7 @@ from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError, ModelError
 from recforge.models.artifact import Array, StateSpec
 from recforge.models.base import Recommender
+from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.params import (
     BOOL_RULE,
     DEVICE_RULE,
@@ -306,6 +307,9 @@ class ALS(Recommender):
     """
 
     name = "als"
+    capabilities = Capabilities(folds_in_history=True, similar_items=True, seeded=True)
+    tuning_space = {"embedding_dim": ("cat", [32, 64, 128, 256]), "reg": ("log", 1e-3, 0.1),
+                    "alpha": ("log", 1.0, 50.0), "epochs": ("int", 5, 30)}
 
     def __init__(self, embedding_dim: int = 128, epochs: int = 15, reg: float = 0.015,
                  alpha: float = 10.0, solver: str = "cg", cg_steps: int = 3,
@@ -355,7 +359,8 @@ class ALS(Recommender):
                 float(self.reg_exponent), device)
         return _Side(mat, *args), _Side(mat.T.tocsr(), *args)
 
-    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
+    def _fit(self, train: Interactions, valid: Interactions | None,
+             options: FitOptions) -> None:
         self.device_ = self._resolve_device()
         dev = self.device_
         users, items = self._sides(dev)
@@ -406,7 +411,6 @@ class ALS(Recommender):
         u = self.user_factors_[users.to(self.device_)]
         return (u @ self.item_factors_.T).cpu()
 
-    supports_history = True
 
     def dot_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_factors_.cpu(), self.item_factors_.cpu()

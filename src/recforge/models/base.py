@@ -1,8 +1,11 @@
 """The :class:`Recommender` base class: the one model API.
 
-A model implements two things: ``_fit(train, valid)`` (learn state, attributes ending in
-``_``) and ``_score(users)`` (a ``[batch, n_items]`` tensor of scores for a batch of
-internal user indices). Everything else is written once, here:
+A model implements two things: ``_fit(train, valid, options)`` (learn state, attributes
+ending in ``_``; ``options`` is the fit's :class:`~recforge.models.contracts.FitOptions`)
+and ``_score(users)`` (a ``[batch, n_items]`` tensor of scores for a batch of
+internal user indices). It declares what it can do as
+``capabilities`` (:class:`~recforge.models.contracts.Capabilities`), and may declare its
+``tuning_space`` and ``quick_params``. Everything else is written once, here:
 
 * hyperparameters are the keyword arguments of ``__init__``; :meth:`get_params` and
   :meth:`clone` read them from the signature (scikit-learn's convention); their rules
@@ -35,6 +38,8 @@ from recforge.data.interactions import Interactions
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import ConfigError, DataError, ModelError
 from recforge.models.artifact import StateSpec, load_model, save_model
+from recforge.models.contracts import Capabilities, FitOptions, SearchSpace
+from recforge.models.history import history_index
 from recforge.models.params import ParamRule, check_finite, shown, unknown_param_message
 from recforge.models.registry import models_with
 from recforge.ranking import Popular, TieKey, random_ties, rank_ties, top_k
@@ -52,10 +57,28 @@ class Recommender:
 
     #: Registry name (``recforge train NAME``).
     name: ClassVar[str] = ""
-    #: False when scores do not depend on the user (popularity).
-    personalized: ClassVar[bool] = True
-    #: True for models with a meaningful :meth:`predict` (rating prediction).
-    predicts_ratings: ClassVar[bool] = False
+    #: What the model can do (set once per class; see :meth:`effective_capabilities`).
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: ``recforge tune``'s default search space (hyperparameter -> spec; empty: none).
+    tuning_space: ClassVar[SearchSpace] = {}
+    #: Hyperparameters of ``recforge quickstart`` (sized for a laptop; empty: defaults).
+    quick_params: ClassVar[dict[str, Any]] = {}
+
+    def effective_capabilities(self) -> Capabilities:
+        """What this instance can do with its hyperparameters: the class's
+        :attr:`capabilities`, narrowed by models where one depends on a hyperparameter
+        (override; NCF rates only with ``loss="mse"``)."""
+        return self.capabilities
+
+    @property
+    def predicts_ratings(self) -> bool:
+        """Whether :meth:`predict` gives ratings (the effective ``rates``)."""
+        return self.effective_capabilities().rates
+
+    @property
+    def supports_history(self) -> bool:
+        """Whether :meth:`recommend_for_history` works (the effective ``folds_in_history``)."""
+        return self.effective_capabilities().folds_in_history
 
     # ----------------------------------------------------------------------------------
     # hyperparameters
@@ -115,6 +138,17 @@ class Recommender:
 
     def fit(self, train: Interactions, valid: Interactions | None = None) -> Recommender:
         """Learn from ``train`` (``valid`` is used by models that early-stop). Returns self."""
+        return self._fit_with(train, valid, self._fit_options())
+
+    def _fit_options(self) -> FitOptions:
+        """The :class:`FitOptions` of ``fit``'s keyword arguments besides the data (override
+        with ``fit``: gradient models take the trainer's; feature models add theirs)."""
+        return FitOptions()
+
+    def _fit_with(self, train: Interactions, valid: Interactions | None,
+                  options: FitOptions) -> Recommender:
+        """What every public ``fit`` ends in: check the data, then ``_fit(train, valid,
+        options)`` all or nothing. Returns self."""
         if not isinstance(train, Interactions):
             raise DataError(f"fit expects Interactions, got {type(train).__name__}")
         if len(train) == 0:
@@ -139,14 +173,15 @@ class Recommender:
             self.item_popularity_: np.ndarray = np.bincount(
                 self.seen_.indices, minlength=len(train.items)).astype(np.float32)
             self.train_fingerprint_: str = train.fingerprint()
-            self._fit(train, valid)
+            self._fit(train, valid, options)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(before)
             raise
         return self
 
-    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
+    def _fit(self, train: Interactions, valid: Interactions | None, options: FitOptions) -> None:
+        """Learn from ``train`` (override); ``options``: what ``fit`` was given besides data."""
         raise NotImplementedError
 
     @property
@@ -314,10 +349,7 @@ class Recommender:
         return Popular(order, self.item_popularity_[order].astype(np.float32))
 
     # ----------------------------------------------------------------------------------
-    # users the model never saw
-    #: Whether :meth:`recommend_for_history` works (the model overrides ``_score_history``).
-    supports_history: ClassVar[bool] = False
-
+    # users the model never saw (models that declare ``folds_in_history``)
     def recommend_for_history(self, items: Any, k: int = 10, *, values: Any = None,
                               exclude_history: bool = True, candidates: Any = None,
                               unknown: Literal["error", "skip"] = "error") -> pd.DataFrame:
@@ -333,13 +365,13 @@ class Recommender:
         """
         self.check_fitted()
         if not self.supports_history:
-            supported = ", ".join(models_with("supports_history"))
+            supported = ", ".join(models_with("folds_in_history"))
             raise ModelError(f"{self.name!r} cannot score a history it was not trained on; "
                              f"models that can: {supported}")
         _check_k(k)
         if unknown not in ("error", "skip"):
             raise ConfigError(f"unknown must be 'error' or 'skip', got {unknown!r}")
-        idx, vals, bad = self._history_index(items, values, unknown)
+        idx, vals, bad = history_index(self.items_, items, values, unknown)
         with torch.no_grad():
             scores = self._score_history(idx, vals).float().reshape(1, -1).clone()
         ties = rank_ties(torch.from_numpy(self.popularity_rank()))  # as recommend has them
@@ -350,46 +382,10 @@ class Recommender:
         frame.attrs["unknown_items"] = bad.tolist()
         return frame
 
-    def _history_index(self, items: Any, values: Any, unknown: str
-                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """A history's item indices (each once: a repeated item keeps its last value), its
-        values (None: not given) and the item ids unknown to the model (left out with
-        ``unknown="skip"``)."""
-        ext = np.atleast_1d(np.asarray(items, dtype=object if not isinstance(items, np.ndarray)
-                                       else None))
-        vals = (None if values is None
-                else np.atleast_1d(np.asarray(values, dtype=np.float32)).ravel())
-        if vals is not None and len(vals) != len(ext):
-            raise ConfigError(f"{len(vals)} values for {len(ext)} items")
-        if vals is not None and not np.isfinite(vals).all():
-            raise DataError("history values must be finite numbers")
-        idx = self.items_.index(ext) if len(ext) else np.empty(0, np.int64)
-        bad = ext[idx < 0]
-        if len(bad) and unknown == "error":
-            raise ModelError(f"{len(bad)} item id(s) unknown to the model: {bad[:10].tolist()}"
-                             " (pass unknown='skip' to leave them out)")
-        keep = idx >= 0
-        idx = idx[keep].astype(np.int64)
-        vals = vals[keep] if vals is not None else None
-        if not len(idx):
-            raise ModelError("none of the history's items is known to the model"
-                             + (f": {bad[:10].tolist()}" if len(bad) else " (empty history)"))
-        _, last = np.unique(idx[::-1], return_index=True)
-        pick = np.sort(len(idx) - 1 - last)
-        return idx[pick], (vals[pick] if vals is not None else None), bad
-
     def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
         """Scores ``[n_items]`` for an unseen user with these item indices (override and
-        set ``supports_history = True``)."""
+        declare ``folds_in_history``)."""
         raise NotImplementedError
-
-    def _history_row(self, items: np.ndarray, values: np.ndarray | None,
-                     binary: bool = True) -> sp.csr_matrix:
-        """The history as a ``1 x n_items`` CSR row (ones when ``binary`` or no values)."""
-        data = (np.ones(len(items), np.float32) if binary or values is None
-                else values.astype(np.float32))
-        return sp.csr_matrix((data, (np.zeros(len(items), np.int64), items)),
-                             shape=(1, self.n_items))
 
     def _frame(self, ext_users: np.ndarray, items: torch.Tensor, scores: torch.Tensor
                ) -> pd.DataFrame:

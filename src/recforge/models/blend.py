@@ -23,6 +23,7 @@ from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, ModelError
 from recforge.models.artifact import StateSpec, prefixed
 from recforge.models.base import Recommender
+from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.params import (
     MAX_NUMBER,
     ParamRule,
@@ -88,6 +89,9 @@ class Blend(Recommender):
     """
 
     name = "blend"
+    #: folds in histories and finds similar items when every component does (the default
+    #: blend's do; a component that cannot raises when asked)
+    capabilities = Capabilities(folds_in_history=True, similar_items=True)
 
     def __init__(self, models: dict[str, dict[str, Any]] | None = None,
                  weights: dict[str, float] | None = None, normalize: str = "zscore") -> None:
@@ -143,7 +147,8 @@ class Blend(Recommender):
     def _component(self, name: str) -> Recommender:
         return create_model(name, **self.models[name])
 
-    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
+    def _fit(self, train: Interactions, valid: Interactions | None,
+             options: FitOptions) -> None:
         self.components_: dict[str, Recommender] = {}
         for name in self.models:
             self.components_[name] = self._component(name).fit(train, valid)
@@ -163,9 +168,6 @@ class Blend(Recommender):
 
     def _score(self, users: torch.Tensor) -> torch.Tensor:
         return self._combine([(n, m._score(users)) for n, m in self.components_.items()])
-
-    #: True when every component can score a history (the default blend's can).
-    supports_history = True
 
     def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
         parts = []

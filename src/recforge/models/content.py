@@ -14,6 +14,7 @@ items of the history and which features (genres, tags, words) produced a score.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,8 @@ from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError, ModelError
 from recforge.models.artifact import CSR, StateSpec
 from recforge.models.base import Recommender
+from recforge.models.contracts import Capabilities, FitOptions
+from recforge.models.history import history_row
 from recforge.models.params import (
     BOOL_RULE,
     MAX_NUMBER,
@@ -35,6 +38,7 @@ from recforge.models.params import (
     extra_value,
     number_rule,
 )
+from recforge.models.registry import models_with
 
 __all__ = ["ContentBased", "FeatureModelMixin"]
 
@@ -44,22 +48,23 @@ class FeatureModelMixin:
 
     ``fit(train, valid=None, *, item_features=None, user_features=None)``: items that only
     the features know (a new catalogue entry) join the item vocabulary, so they can be
-    scored and recommended although no one has interacted with them yet.
+    scored and recommended although no one has interacted with them yet. The aligned
+    features reach ``_fit`` in its :class:`~recforge.models.contracts.FitOptions`. The
+    model's capabilities say whether it needs item features (``requires_item_features``)
+    and takes user features (``uses_user_features``; else passing them is an error, not
+    ignored); ``options`` are the other keyword arguments of the model's ``fit``.
     """
-
-    uses_item_features = True
-    requires_item_features = True
-    #: Whether ``user_features`` take part (else passing them is an error, not ignored).
-    uses_user_features = False
 
     def fit(self, train: Interactions, valid: Interactions | None = None, *,
             item_features: Features | None = None, user_features: Features | None = None,
             **options: Any) -> Any:
-        if user_features is not None and not self.uses_user_features:
-            raise ConfigError(f"{self.name} does not use user features; hybrid_bpr does")  # type: ignore[attr-defined]
-        if item_features is None and self.requires_item_features:
-            raise ConfigError(f"{self.name}: fit needs item_features (see "  # type: ignore[attr-defined]
-                              "recforge.data.features; the CLI takes --item-features FILE)")
+        name, capabilities = self.name, self.capabilities  # type: ignore[attr-defined]
+        if user_features is not None and not capabilities.uses_user_features:
+            raise ConfigError(f"{name} does not use user features; models that do: "
+                              f"{', '.join(models_with('uses_user_features'))}")
+        if item_features is None and capabilities.requires_item_features:
+            raise ConfigError(f"{name}: fit needs item_features (see recforge.data.features; "
+                              "the CLI takes --item-features FILE)")
         if item_features is not None:
             if not isinstance(item_features, Features):
                 raise ConfigError("item_features must be a recforge.data.features.Features")
@@ -78,11 +83,9 @@ class FeatureModelMixin:
             if not isinstance(user_features, Features):
                 raise ConfigError("user_features must be a recforge.data.features.Features")
             user_features = user_features.align(train.users)
-        self._fit_features = (item_features, user_features)
-        try:
-            return super().fit(train, valid, **options)  # type: ignore[misc]
-        finally:
-            del self._fit_features
+        fit_options = replace(self._fit_options(**options),  # type: ignore[attr-defined]
+                              item_features=item_features, user_features=user_features)
+        return self._fit_with(train, valid, fit_options)  # type: ignore[attr-defined]
 
 
 def _save_features(prefix: str, f: Features) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -128,7 +131,9 @@ class ContentBased(FeatureModelMixin, Recommender):
     """
 
     name = "content"
-    supports_history = True
+    capabilities = Capabilities(uses_item_features=True, requires_item_features=True,
+                                folds_in_history=True, similar_items=True)
+    tuning_space = {"popularity_weight": ("float", 0.0, 1.0)}
 
     def __init__(self, feature_weights: dict[str, float] | None = None, centered: bool = True,
                  popularity_weight: float = 0.0) -> None:
@@ -141,9 +146,9 @@ class ContentBased(FeatureModelMixin, Recommender):
                             "popularity_weight": number_rule(0, MAX_NUMBER)})
 
     # ----------------------------------------------------------------------------------
-    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
-        item_features, _ = self._fit_features
-        self.item_features_ = item_features
+    def _fit(self, train: Interactions, valid: Interactions | None,
+             options: FitOptions) -> None:
+        self.item_features_ = options.item_features
         # Ratings are centred only when the training data has them: summed repeats of
         # implicit events (or play counts) are not ratings.
         self.rated_ = train.value is not None
@@ -194,7 +199,7 @@ class ContentBased(FeatureModelMixin, Recommender):
         return self._scores_from_weights(self.weights_[users.numpy()])
 
     def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
-        row = self._history_row(items, values, binary=values is None)
+        row = history_row(items, values, self.n_items, binary=values is None)
         rated = values is not None and self.rated_
         return self._scores_from_weights(self._weights(row, rated=rated)).ravel()
 

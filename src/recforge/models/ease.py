@@ -15,6 +15,7 @@ from recforge.data.interactions import Interactions
 from recforge.errors import ModelError
 from recforge.models.artifact import Array, StateSpec
 from recforge.models.base import Recommender
+from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.params import BOOL_RULE, check_params, positive_rule
 from recforge.ranking import binarize
 
@@ -33,6 +34,8 @@ class EASE(Recommender):
     """
 
     name = "ease"
+    capabilities = Capabilities(folds_in_history=True, similar_items=True)
+    tuning_space = {"reg": ("log", 10.0, 5000.0)}
 
     def __init__(self, reg: float = 500.0, binary: bool = True) -> None:
         self.reg = reg
@@ -41,7 +44,8 @@ class EASE(Recommender):
     def _validate_params(self) -> None:
         check_params(self, {"reg": positive_rule(), "binary": BOOL_RULE})
 
-    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
+    def _fit(self, train: Interactions, valid: Interactions | None,
+             options: FitOptions) -> None:
         x = binarize(self.seen_) if self.binary else self.seen_
         self.history_ = x
         # float32 is enough: the ridge term makes the Gram matrix well conditioned, and the
@@ -65,7 +69,6 @@ class EASE(Recommender):
         # fastest option on CPU (it does nnz * n_items work, not n_users * n_items^2).
         return torch.from_numpy(self.history_[users.numpy()] @ self.weights_.numpy())
 
-    supports_history = True
 
     def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
         w = self.weights_[torch.from_numpy(items)]

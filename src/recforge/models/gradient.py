@@ -10,7 +10,7 @@ field only to change its default, and lists the rules of its own parameters in
   ``self.n_items`` and data statistics set in ``_setup``);
 * :meth:`training_loss` (batch) -> scalar tensor, for a batch from :class:`EpochSampler`;
 * ``_score_users(users)`` -> ``[B, n_items]`` on the model's device;
-* optionally ``_setup(train)`` (statistics such as the global mean rating, saved through
+* optionally ``_setup(train, options)`` (statistics such as the global mean rating, saved through
   ``_extra``; read counts and value statistics from ``self._stats``, a :class:`DataStats`
   that covers every rank's events when each DDP rank holds only its users' shard),
   ``_prepare_scoring()`` (e.g. cache propagated embeddings) and ``_item_embeddings()``.
@@ -41,6 +41,7 @@ from recforge.evaluation.evaluate import NothingToEvaluate
 from recforge.evaluation.metrics import Metric
 from recforge.models.artifact import Module, StateSpec
 from recforge.models.base import Recommender
+from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.params import (
     DEVICE_RULE,
     MAX_COUNT,
@@ -103,10 +104,10 @@ class GradientRecommender(Recommender):
     #: Training objective, for documentation and the sampler: "rating" (pointwise values)
     #: or "ranking" (positives with sampled negatives).
     objective: ClassVar[str] = "ranking"
-    #: Whether each DDP rank may hold only the events of its own users (``sharded=True``):
-    #: true for models whose loss reads only a batch's events; false for models that read
-    #: the whole interaction graph (LightGCN).
-    supports_sharded_data: ClassVar[bool] = True
+    #: Gradient models declare ``gradient``; ``sharded_data`` (each DDP rank may hold only
+    #: its own users' events) for models whose loss reads only a batch's events, not the
+    #: whole interaction graph (LightGCN).
+    capabilities = Capabilities(gradient=True, seeded=True)
     #: Whether the tables of :meth:`user_parameter_names` are ``nn.Embedding`` weights that
     #: training and scoring read only by calling the embedding with user indices (never
     #: the ``.weight`` whole). Then, with data sharded by user, each DDP rank trains a
@@ -127,8 +128,6 @@ class GradientRecommender(Recommender):
         "weight_decay": number_rule(0, MAX_NUMBER), "init_std": number_rule(0, MAX_NUMBER),
         "patience": optional_rule(int_rule(1, MAX_EPOCHS)), "device": DEVICE_RULE,
         "seed": SEED_RULE, "valid_metric": optional_rule(_METRIC_RULE)}
-    #: The options of the fit under way (the default outside ``fit``).
-    _context: ClassVar[FitContext] = FitContext()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # every subclass is a dataclass of its parameters: its __init__ (what get_params,
@@ -165,16 +164,23 @@ class GradientRecommender(Recommender):
         :class:`~recforge.training.trainer.Trainer`). These options travel to the trainer
         as one :class:`~recforge.training.contracts.FitContext`.
         """
-        # Recommender.fit calls _fit(train, valid): the context rides on the instance for
-        # the duration of that call only (until the base class forwards a context)
-        self._context = FitContext(
+        options = self._fit_options(
             checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
             distributed=distributed, sharded=sharded, epoch_callback=epoch_callback,
             max_steps_per_epoch=max_steps_per_epoch, sparse_updates=sparse_updates)
-        try:
-            return super().fit(train, valid)  # type: ignore[return-value]
-        finally:
-            del self._context
+        return self._fit_with(train, valid, options)  # type: ignore[return-value]
+
+    def _fit_options(self, *, checkpoint_dir: str | Path | None = None, resume: bool = False,
+                     progress: bool | None = None, distributed: tuple[int, int] = (0, 1),
+                     sharded: bool = False, epoch_callback: Any = None,
+                     max_steps_per_epoch: int | None = None,
+                     sparse_updates: str = "auto") -> FitOptions:
+        """``fit``'s options as the trainer's :class:`FitContext` (also what
+        ``hybrid_bpr``'s ``fit`` hands on with its features)."""
+        return FitOptions(training=FitContext(
+            checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
+            distributed=distributed, sharded=sharded, epoch_callback=epoch_callback,
+            max_steps_per_epoch=max_steps_per_epoch, sparse_updates=sparse_updates))
 
     def _validate_params(self) -> None:
         """Every parameter against its rule (:attr:`param_rules`), the optimizer and the
@@ -207,8 +213,9 @@ class GradientRecommender(Recommender):
 
     # ----------------------------------------------------------------------------------
     # what a model implements
-    def _setup(self, train: Interactions) -> None:
-        """Record data statistics the module needs (override)."""
+    def _setup(self, train: Interactions, options: FitOptions) -> None:
+        """Record data statistics the module needs, and what it reads of the fit's
+        ``options`` (e.g. item features; override)."""
 
     def _build(self) -> torch.nn.Module:
         raise NotImplementedError
@@ -246,12 +253,11 @@ class GradientRecommender(Recommender):
         """What a checkpoint must have been written for to be resumed: the model, its
         params, the training data, the validation data (its best epoch and early-stopping
         state were measured on it), the epoch length (``max_steps_per_epoch``) and what
-        :meth:`_signature_extra` adds (``hybrid_bpr``: its feature matrices)."""
+        :meth:`_signature_extra` adds (``hybrid_bpr``: its feature matrices); the last
+        three are fingerprinted in ``_fit``, which holds the fit's options."""
         payload = json.dumps({"model": self.name, "params": _plain(self.get_params()),
                               "data": self.train_fingerprint_,
-                              "fit": self.__dict__.get("_fit_fingerprint"),
-                              "max_steps_per_epoch": self._context.max_steps_per_epoch},
-                             sort_keys=True)
+                              "fit": self.__dict__.get("_fit_fingerprint")}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def _signature_extra(self) -> dict[str, Any]:
@@ -259,19 +265,22 @@ class GradientRecommender(Recommender):
         fingerprints of feature matrices passed to ``fit``)."""
         return {}
 
-    def _fingerprint_fit_inputs(self, valid: Interactions | None, sharded: bool) -> str:
-        """The fingerprint of the validation data and of :meth:`_signature_extra`, for the
-        checkpoint signature; with data sharded by user, one over every rank's (so every
-        rank compares a checkpoint against the same signature)."""
+    def _fingerprint_fit_inputs(self, valid: Interactions | None, context: FitContext) -> str:
+        """The fingerprint of the validation data, the epoch length and
+        :meth:`_signature_extra`, for the checkpoint signature; with data sharded by user,
+        one over every rank's (so every rank compares a checkpoint against the same
+        signature)."""
         mine = json.dumps({"valid": valid.fingerprint() if valid is not None else None,
+                           "max_steps_per_epoch": context.max_steps_per_epoch,
                            "extra": _plain(self._signature_extra())}, sort_keys=True)
-        if sharded:
+        if context.sharded:
             return combined_fingerprint(mine)
         return hashlib.sha256(mine.encode()).hexdigest()[:16]
 
     # ----------------------------------------------------------------------------------
-    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
-        context = self._context
+    def _fit(self, train: Interactions, valid: Interactions | None,
+             options: FitOptions) -> None:
+        context = options.training
         rank, world = context.distributed
         sharded = context.sharded
         self.device_ = resolve_device(self.device)
@@ -280,7 +289,7 @@ class GradientRecommender(Recommender):
             self.device_ = torch.device("cuda", torch.cuda.current_device())
         if world > 1:
             self._check_distributed()
-        if sharded and not self.supports_sharded_data:
+        if sharded and not self.capabilities.sharded_data:
             raise ConfigError(f"{self.name} reads the whole interaction graph in every "
                               "step: every rank needs all events (do not shard its data)")
         collective = distributed.collective_device(self.device_)
@@ -290,8 +299,8 @@ class GradientRecommender(Recommender):
         if sharded:  # what Recommender.fit took from this rank's events, for all ranks
             self.item_popularity_ = self._stats.item_counts.astype(np.float32)
             self.train_fingerprint_ = combined_fingerprint(self.train_fingerprint_)
-        self._setup(train)
-        self._fit_fingerprint = self._fingerprint_fit_inputs(valid, sharded)
+        self._setup(train, options)
+        self._fit_fingerprint = self._fingerprint_fit_inputs(valid, context)
         try:
             self._train(train, valid, context)
         finally:

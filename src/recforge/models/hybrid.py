@@ -38,6 +38,7 @@ from recforge.models.content import (
     _load_features,
     _save_features,
 )
+from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.gradient import GradientRecommender, SampledGradientRecommender
 from recforge.models.params import (
     WEIGHTS_RULE,
@@ -97,6 +98,10 @@ class Hybrid(FeatureModelMixin, ALS):
     """
 
     name = "hybrid"
+    capabilities = Capabilities(uses_item_features=True, requires_item_features=True,
+                                folds_in_history=True, similar_items=True, seeded=True)
+    tuning_space = {"reg": ("log", 1e-3, 0.1), "alpha": ("log", 1.0, 50.0),
+                    "feature_reg": ("log", 0.1, 100.0)}
 
     def __init__(self, embedding_dim: int = 128, epochs: int = 15, reg: float = 0.015,
                  alpha: float = 10.0, feature_reg: float = 10.0,
@@ -113,9 +118,10 @@ class Hybrid(FeatureModelMixin, ALS):
         super()._validate_params()
         check_params(self, {"feature_reg": positive_rule(), "feature_weights": WEIGHTS_RULE})
 
-    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
-        super()._fit(train, valid)
-        item_features, _ = self._fit_features
+    def _fit(self, train: Interactions, valid: Interactions | None,
+             options: FitOptions) -> None:
+        super()._fit(train, valid, options)
+        item_features = options.item_features
         self.item_features_ = item_features
         feats = item_features.normalized(self.feature_weights)
         warm = train.item_counts() > 0
@@ -218,9 +224,12 @@ class HybridBPR(FeatureModelMixin, SampledGradientRecommender):
     """
 
     name = "hybrid_bpr"
-    uses_user_features = True
-    supports_history = True
-    requires_item_features = False
+    capabilities = Capabilities(uses_item_features=True, uses_user_features=True,
+                                folds_in_history=True, similar_items=True, gradient=True,
+                                sharded_data=True, seeded=True)
+    tuning_space = {"learning_rate": ("log", 1e-3, 3e-2), "reg": ("log", 1e-5, 1e-2),
+                    "id_dropout": ("float", 0.0, 0.8)}
+    quick_params = {"epochs": 20}
 
     epochs: int = 40
     batch_size: int = 2048
@@ -236,10 +245,9 @@ class HybridBPR(FeatureModelMixin, SampledGradientRecommender):
                    "id_dropout": fraction_rule(), "feature_weights": WEIGHTS_RULE}
 
     # ----------------------------------------------------------------------------------
-    def _setup(self, train: Interactions) -> None:
-        item_features, user_features = self._fit_features  # set by FeatureModelMixin.fit
-        self.item_features_ = item_features
-        self.user_features_ = user_features
+    def _setup(self, train: Interactions, options: FitOptions) -> None:
+        self.item_features_ = options.item_features  # aligned by FeatureModelMixin.fit
+        self.user_features_ = options.user_features
         self.warm_items_ = self._stats.item_counts > 0  # over all ranks when sharded
         self.warm_users_ = self._stats.user_counts > 0
 

@@ -19,6 +19,8 @@ import torch
 from recforge.data.interactions import Interactions
 from recforge.models.artifact import CSR, StateSpec
 from recforge.models.base import Recommender
+from recforge.models.contracts import Capabilities, FitOptions
+from recforge.models.history import history_row
 from recforge.models.params import (
     BOOL_RULE,
     MAX_COUNT,
@@ -47,6 +49,8 @@ class ItemKNN(Recommender):
     """
 
     name = "itemknn"
+    capabilities = Capabilities(folds_in_history=True, similar_items=True)
+    tuning_space = {"neighbors": ("logint", 5, 500), "shrink": ("float", 0.0, 100.0)}
 
     def __init__(self, neighbors: int = 20, shrink: float = 0.0, binary: bool = True,
                  block_size: int = 2048) -> None:
@@ -63,7 +67,8 @@ class ItemKNN(Recommender):
     def _history(self) -> sp.csr_matrix:
         return binarize(self.seen_) if self.binary else self.seen_
 
-    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
+    def _fit(self, train: Interactions, valid: Interactions | None,
+             options: FitOptions) -> None:
         x = self._history()
         self.history_ = x
         n_items = x.shape[1]
@@ -94,10 +99,8 @@ class ItemKNN(Recommender):
         block = self.history_[users.numpy()] @ self.similarity_
         return torch.from_numpy(np.asarray(block.toarray(), dtype=np.float32))
 
-    supports_history = True
-
     def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
-        row = self._history_row(items, values, binary=bool(self.binary)) @ self.similarity_
+        row = history_row(items, values, self.n_items, binary=bool(self.binary)) @ self.similarity_
         return torch.from_numpy(np.asarray(row.toarray(), dtype=np.float32)).ravel()
 
     def _item_similarity(self, items: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from recforge.models.contracts import Capabilities
 from recforge.models.gradient import GradientRecommender, SampledGradientRecommender
 from recforge.models.params import int_rule
 from recforge.ranking import torch_csr
@@ -109,8 +110,13 @@ class LightGCN(SampledGradientRecommender):
     name = "lightgcn"
     #: loading propagates the saved embeddings n_layers times
     scoring_params = {**GradientRecommender.scoring_params, "n_layers": int_rule(0, MAX_LAYERS)}
-    #: Every step propagates over the whole user-item graph: each rank needs all events.
-    supports_sharded_data = False
+    #: Every step propagates over the whole user-item graph: each rank needs all events
+    #: (no ``sharded_data``), and reads the user rows whole (no ``sparse_user_updates``).
+    capabilities = Capabilities(similar_items=True, gradient=True, seeded=True)
+    tuning_space = {"n_layers": ("int", 1, 4), "learning_rate": ("log", 1e-3, 5e-2),
+                    "reg": ("log", 1e-5, 1e-2)}
+    #: the defaults were tuned on ml-1m; on quickstart's ml-100k, smaller batches
+    quick_params = {"epochs": 30, "batch_size": 2048}
 
     n_layers: int = 3
     epochs: int = 50

@@ -12,6 +12,7 @@ from torch import nn
 
 from recforge.data.interactions import Interactions
 from recforge.errors import DataError
+from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.gradient import GradientRecommender, SampledGradientRecommender
 from recforge.models.params import (
     MAX_NUMBER,
@@ -136,7 +137,13 @@ class MF(GradientRecommender):
 
     name = "mf"
     objective = "rating"
-    predicts_ratings = True
+    capabilities = Capabilities(rates=True, learns_ratings=True, folds_in_history=True,
+                                similar_items=True, gradient=True, sharded_data=True,
+                                sparse_user_updates=True, seeded=True)
+    tuning_space = {"embedding_dim": ("cat", [16, 32, 64, 128]), "reg": ("log", 0.1, 10.0),
+                    "learning_rate": ("log", 0.005, 0.2), "reg_exponent": ("float", 0.0, 1.0)}
+    #: the defaults were tuned on ml-1m; quickstart's ml-100k needs fewer epochs
+    quick_params = {"epochs": 30}
 
     epochs: int = 50
     batch_size: int = 1024
@@ -152,7 +159,7 @@ class MF(GradientRecommender):
                    "bias_reg": optional_rule(number_rule(0, MAX_NUMBER)),
                    "reg_exponent": number_rule(0, 2)}
 
-    def _setup(self, train: Interactions) -> None:
+    def _setup(self, train: Interactions, options: FitOptions) -> None:
         if train.value is None:
             raise DataError("mf predicts ratings and needs rating values; for implicit feedback "
                             "use 'bpr', 'als' or another ranking model", source=train.source)
@@ -186,8 +193,6 @@ class MF(GradientRecommender):
 
     def _predict_index(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         return self._predict_pairs(users, items)
-
-    supports_history = True
 
     def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
         """Fold-in: a ridge solve for the new user's factors and bias against the item
@@ -262,6 +267,11 @@ class BPR(SampledGradientRecommender):
     """
 
     name = "bpr"
+    capabilities = Capabilities(similar_items=True, gradient=True, sharded_data=True,
+                                sparse_user_updates=True, seeded=True)
+    tuning_space = {"embedding_dim": ("cat", [32, 64, 128]), "learning_rate": ("log", 1e-3, 3e-2),
+                    "reg": ("log", 1e-4, 0.1), "n_negatives": ("int", 1, 8)}
+    quick_params = {"epochs": 30}
 
     epochs: int = 40
     learning_rate: float = 0.005

@@ -17,6 +17,7 @@ ranking evaluation stays practical on a CPU.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,6 +26,7 @@ from torch import nn
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, DataError
+from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.gradient import (
     GradientRecommender,
     SampledGradientRecommender,
@@ -205,11 +207,13 @@ class _NCFBase(SampledGradientRecommender):
     def objective(self) -> str:  # type: ignore[override]
         return "rating" if self.loss == "mse" else "ranking"
 
-    @property
-    def predicts_ratings(self) -> bool:  # type: ignore[override]
-        return self.loss == "mse"
+    def effective_capabilities(self) -> Capabilities:
+        """The class's capabilities; rating ones (``rates``, ``learns_ratings``) only with
+        ``loss="mse"`` (``mlp`` and ``neumf`` declare them: some setting rates)."""
+        rating = self.loss == "mse"
+        return replace(self.capabilities, rates=rating, learns_ratings=rating)
 
-    def _setup(self, train: Interactions) -> None:
+    def _setup(self, train: Interactions, options: FitOptions) -> None:
         if self.objective == "rating":
             if train.value is None:
                 raise DataError(f"{self.name} with loss='mse' needs rating values",
@@ -286,6 +290,12 @@ class GMF(_NCFBase):
     """
 
     name = "gmf"
+    capabilities = Capabilities(similar_items=True, gradient=True, sharded_data=True,
+                                sparse_user_updates=True, seeded=True)
+    tuning_space = {"embedding_dim": ("cat", [16, 32, 64]),
+                    "learning_rate": ("log", 1e-4, 1e-2), "n_negatives": ("int", 1, 8)}
+    #: the defaults were tuned on ml-1m; on quickstart's ml-100k, smaller batches
+    quick_params = {"batch_size": 1024}
 
     def _towers(self, gen: torch.Generator) -> list[nn.Module]:
         return [_GMFTower(self.n_users, self.n_items, int(self.embedding_dim), gen,
@@ -300,6 +310,14 @@ class MLP(_NCFBase):
     """
 
     name = "mlp"
+    #: rates with loss="mse" (see effective_capabilities)
+    capabilities = Capabilities(rates=True, learns_ratings=True, similar_items=True,
+                                gradient=True, sharded_data=True, sparse_user_updates=True,
+                                seeded=True)
+    tuning_space = {"embedding_dim": ("cat", [16, 32, 64]),
+                    "learning_rate": ("log", 1e-4, 1e-2), "n_negatives": ("int", 1, 8)}
+    #: the defaults were tuned on ml-1m; on quickstart's ml-100k, smaller batches
+    quick_params = {"batch_size": 1024}
     scoring_params = {**GradientRecommender.scoring_params, "layers": _LAYERS_RULE,
                       "dropout": number_rule(0, 1)}
 
@@ -324,6 +342,12 @@ class NeuMF(_NCFBase):
     """
 
     name = "neumf"
+    #: rates with loss="mse" (see effective_capabilities)
+    capabilities = MLP.capabilities
+    tuning_space = {"embedding_dim": ("cat", [16, 32, 64]),
+                    "learning_rate": ("log", 1e-4, 1e-2), "n_negatives": ("int", 1, 8)}
+    #: the defaults were tuned on ml-1m; on quickstart's ml-100k, smaller batches
+    quick_params = {"batch_size": 1024}
     scoring_params = {**MLP.scoring_params, "mlp_embedding_dim": int_rule(1)}
 
     mlp_embedding_dim: int = 64
@@ -366,10 +390,11 @@ class NeuMF(_NCFBase):
                       float(self.init_std)),
         ]
 
-    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
+    def _fit(self, train: Interactions, valid: Interactions | None,
+             options: FitOptions) -> None:
         if not self.pretrain:
-            return super()._fit(train, valid)
-        if self._context.world > 1:
+            return super()._fit(train, valid, options)
+        if options.training.world > 1:
             self._check_distributed()  # before the pretraining fits, not after
         shared = {k: v for k, v in shared_params(self).items() if k != "embedding_dim"}
         gmf = GMF(embedding_dim=self.embedding_dim, **shared).fit(train, valid)
@@ -379,7 +404,7 @@ class NeuMF(_NCFBase):
         saved = (self.optimizer, self.learning_rate)
         self.optimizer, self.learning_rate = self.pretrain_optimizer, self.pretrain_learning_rate
         try:
-            super()._fit(train, valid)
+            super()._fit(train, valid, options)
         finally:
             self.optimizer, self.learning_rate = saved
             del self._pretrained

@@ -7,6 +7,7 @@ import torch
 from recforge.data.interactions import Interactions
 from recforge.models.artifact import Array, StateSpec
 from recforge.models.base import Recommender
+from recforge.models.contracts import Capabilities, FitOptions
 
 
 class Popularity(Recommender):
@@ -17,12 +18,13 @@ class Popularity(Recommender):
     """
 
     name = "pop"
-    personalized = False
+    capabilities = Capabilities(personalized=False)
 
     def __init__(self) -> None:
         pass
 
-    def _fit(self, train: Interactions, valid: Interactions | None) -> None:
+    def _fit(self, train: Interactions, valid: Interactions | None,
+             options: FitOptions) -> None:
         self.scores_ = torch.from_numpy(self.item_popularity_.copy())
 
     def _score(self, users: torch.Tensor) -> torch.Tensor:

@@ -4,23 +4,36 @@ Built-in models are imported lazily (so ``recforge --help`` stays fast), by thei
 ``"module:Class"`` names: this module imports no model module, the base class included,
 so that the base class and the artefact reader can resolve names through it. Third-party
 packages can add models through the ``recforge.models`` entry-point group.
+
+What the rest of recforge knows about a model it reads here, from the model's class
+(:mod:`recforge.models.contracts`): :func:`models_with` (the models that declare a
+capability, e.g. for the CLI's help and errors), :func:`tuning_space` (``recforge tune``)
+and :func:`quick_params` (``recforge quickstart``). No model list is written out anywhere
+else; reading capabilities imports the model modules (torch), so the CLI asks only when
+it prints a subcommand's help or an error.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import fields
 from difflib import get_close_matches
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recforge.errors import ConfigError
 from recforge.models.params import unknown_param_message
+
+if TYPE_CHECKING:  # the contracts import torch, which this module does not need
+    from recforge.models.contracts import SearchSpace
 
 #: Built-in models: registry name -> "module:Class".
 BUILTIN: dict[str, str] = {
     "pop": "recforge.models.popularity:Popularity",
     "itemknn": "recforge.models.knn:ItemKNN",
     "ease": "recforge.models.ease:EASE",
+    "gfcf": "recforge.models.graphfilter:GFCF",
+    "bspm": "recforge.models.graphfilter:BSPM",
     "als": "recforge.models.als:ALS",
     "mf": "recforge.models.mf:MF",
     "bpr": "recforge.models.mf:BPR",
@@ -44,10 +57,26 @@ def available_models() -> list[str]:
     return sorted({**_plugins(), **BUILTIN})
 
 
-def models_with(flag: str) -> list[str]:
-    """Names of the models whose class sets the capability ``flag`` (a class attribute,
-    e.g. ``supports_history``) true, sorted."""
-    return [n for n in available_models() if getattr(get_model_class(n), flag, False)]
+def models_with(capability: str) -> list[str]:
+    """Names of the models whose class declares ``capability`` (a field of
+    :class:`~recforge.models.contracts.Capabilities`, e.g. ``"folds_in_history"``): the
+    built-in ones in the order of :data:`BUILTIN`, then plug-ins by name."""
+    names = [*BUILTIN, *sorted(set(_plugins()) - set(BUILTIN))]
+    declared = {n: get_model_class(n).capabilities for n in names}
+    known = [f.name for f in fields(declared[names[0]])]
+    if capability not in known:
+        raise ConfigError(f"unknown capability {capability!r} (known: {', '.join(known)})")
+    return [n for n in names if getattr(declared[n], capability)]
+
+
+def tuning_space(name: str) -> SearchSpace:
+    """Model ``name``'s default search space for ``recforge tune`` (a copy; may be empty)."""
+    return dict(get_model_class(name).tuning_space)
+
+
+def quick_params(name: str) -> dict[str, Any]:
+    """Model ``name``'s hyperparameters for ``recforge quickstart`` (a copy; may be empty)."""
+    return dict(get_model_class(name).quick_params)
 
 
 def get_model_class(name: str) -> type[Any]:
