@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the contracts import torch, which this module does not need
 BUILTIN: dict[str, str] = {
     "pop": "recforge.models.popularity:Popularity",
     "itemknn": "recforge.models.knn:ItemKNN",
+    "userknn": "recforge.models.userknn:UserKNN",
     "ease": "recforge.models.ease:EASE",
     "gfcf": "recforge.models.graphfilter:GFCF",
     "bspm": "recforge.models.graphfilter:BSPM",
