@@ -61,6 +61,9 @@ def serve(
     heavy_queue: int | None = typer.Option(None, "--heavy-queue", help="Heavy requests that "
                                            "may wait; one more is answered 503 with "
                                            "Retry-After (default 16)."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="One line "
+                                    "per request on standard error: method, path (user "
+                                    "ids included), status, milliseconds."),
 ) -> None:
     """Serve recommendations over HTTP (OpenAPI docs at /docs)."""
     import torch  # lazy: seconds to import
@@ -84,7 +87,8 @@ def serve(
     torch.set_num_threads(1)
     store = None if no_events else (events or model.with_name(model.name + ".events.sqlite"))
     application = create_app(model, api_key=api_key, admin_key=admin_key, events=store,
-                             index=index, n_probe=n_probe, allowed_hosts=hosts, limits=limits)
+                             index=index, n_probe=n_probe, allowed_hosts=hosts, limits=limits,
+                             access_log=access_log)
     console.print(f"serving {application.state.service.model.name} from {model} on "
                   f"http://{host}:{port} (docs: /docs)", highlight=False)
     if host in ("0.0.0.0", "::") and not allowed_host:

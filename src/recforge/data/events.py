@@ -305,10 +305,18 @@ class EventStore:
                                  self.name)
 
     def close(self) -> None:
-        """Close every pooled connection (after one more try at an erasure's WAL)."""
-        if self._sqlite and self._wal_dirty:
+        """Empty the WAL into the database file (SQLite: ``wal_checkpoint(TRUNCATE)``) and
+        close every pooled connection; the last connection to close removes the ``-wal``
+        and ``-shm`` side files (a reader in another process keeps them, the WAL empty).
+        The server calls it on a clean shutdown. The store stays usable: a later call
+        opens connections again."""
+        if self._sqlite:
             with self._locked():
-                self._checkpoint(wait=0.0)
+                try:
+                    self._checkpoint(wait=0.0)
+                except sa.exc.SQLAlchemyError as exc:  # (a file gone: close all the same)
+                    _log.warning("%s: the WAL was not emptied on close (%s)", self.name,
+                                 scrub(driver_reason(exc), self._secrets))
         self.engine.dispose()
 
     def __enter__(self) -> EventStore:

@@ -14,7 +14,10 @@ Endpoints (OpenAPI docs at ``/docs``, every answer and error described there):
 - ``GET /items?query=...&limit=10``: items by title (or id, for models without titles);
 - ``POST /interactions`` (with an event store); ``DELETE /users/{user_id}`` and
   ``POST /admin/reload`` (admin routes);
-- ``GET /``: a web page to explore all this (files under ``static/``, served at ``/static``).
+- ``GET /``: a web page to explore all this (files under ``static/``, served at ``/static``);
+- ``GET /docs`` (Swagger UI) and ``GET /redoc``: the API description, their scripts and
+  styles served by this server (``/static-offline-docs``, from the fastapi-offline
+  package), never from a CDN: they work offline.
 
 Bad input answers 4xx with a JSON ``{"detail": ...}``: 422 for invalid parameters or bodies
 (k outside 1..1000, malformed JSON, wrong types, an id or a request over a limit), 404 for
@@ -43,21 +46,29 @@ The app is put together here from modules of one concept each: ``settings`` (lim
 keys), ``guards`` (Host, content type, body size), ``fastpath`` (the hot path before
 routing), ``heavy`` (the bounded thread pool), ``inputs`` (path ids and request bodies),
 ``schemas`` (answers, for the OpenAPI description), ``auth`` (key checks), ``responses``
-(JSON encoding, error statuses), ``context`` (what the routes share) and ``routes/`` (one
-module per resource).
+(JSON encoding, error statuses), ``access`` (the access log), ``context`` (what the routes
+share) and ``routes/`` (one module per resource).
+
+When the app shuts down (uvicorn's lifespan, or a ``TestClient`` context that ends), the
+event store is closed: its SQLite WAL is checkpointed into the database file and the
+``-wal`` / ``-shm`` side files go away.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TextIO
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from recforge import __version__
 from recforge.data.events import EventStore
 from recforge.errors import ConfigError
 from recforge.models.base import Recommender
+from recforge.serving.access import AccessLog
 from recforge.serving.auth import key_dependencies
 from recforge.serving.context import AppContext
 from recforge.serving.fastpath import FastRecommendations
@@ -80,7 +91,8 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
                admin_key: str | None = None, events: str | Path | None = None,
                index: str = "exact", n_probe: int = 8,
                allowed_hosts: Iterable[str] | None = None,
-               limits: Limits | None = None) -> FastAPI:
+               limits: Limits | None = None,
+               access_log: bool | TextIO = False) -> FastAPI:
     """A FastAPI app answering for ``model`` (a fitted model or a saved model directory).
 
     ``events``: path of the SQLite event store (``POST /interactions``,
@@ -91,7 +103,9 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
     ``POST /admin/reload`` and ``DELETE /users/{id}``. ``allowed_hosts``: the names a
     ``Host`` header may give (default :data:`~recforge.serving.settings.LOOPBACK_HOSTS`;
     ``"*"``: any). ``limits``: :class:`~recforge.serving.settings.Limits` (its defaults
-    when ``None``).
+    when ``None``). ``access_log``: one line per request (method, path, status,
+    milliseconds; :class:`~recforge.serving.access.AccessLog`) to standard error, or to the
+    text stream given (``recforge serve`` turns it on unless ``--no-access-log``).
     """
     limits = limits if limits is not None else Limits()
     if not isinstance(limits, Limits):
@@ -100,8 +114,19 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
     hosts = allowed_host_names(allowed_hosts)
     store = EventStore(events) if events is not None else None
     service = RecommendationService(model, events=store, index=index, n_probe=n_probe)
-    app = FastAPI(title="recforge", version=__version__,
-                  description=f"Recommendations from a trained {service.model.name!r} model.")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if store is not None:  # the WAL checkpointed away, the side files removed
+            store.close()
+
+    # FastAPI's own /docs and /redoc load their scripts from a CDN (a blank page offline):
+    # fastapi-offline serves the same Swagger UI and ReDoc from its package files. The
+    # OpenAPI description is FastAPI's, unchanged.
+    app = FastAPIOffline(title="recforge", version=__version__, lifespan=lifespan,
+                         description=f"Recommendations from a trained "
+                                     f"{service.model.name!r} model.")
     app.state.service = service
     app.state.limits = limits
     heavy = HeavyWork(limits.heavy_workers, limits.heavy_queue, limits.retry_after)
@@ -121,4 +146,6 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
     app.add_middleware(FastRecommendations, owner=app, key=key,
                        max_id_length=limits.max_id_length)
     app.add_middleware(Guard, hosts=hosts, max_body=limits.max_body_bytes)
+    if access_log:  # outermost: the guards' refusals are logged too
+        app.add_middleware(AccessLog, stream=None if access_log is True else access_log)
     return app

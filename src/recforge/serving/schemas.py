@@ -29,7 +29,10 @@ class Because(BaseModel):
 class RecommendedItem(BaseModel):
     item: AnyId
     rank: int
-    score: float
+    score: float | None = Field(description="The model's score; null in a popularity "
+                                            "fallback (\"fallback\": \"popular\").")
+    popularity: int | None = Field(default=None, description="Popularity fallbacks only: "
+                                   "the item's number of training users.")
     title: str | None = Field(default=None, description="With item metadata only.")
     because: Because | None = Field(default=None, description="With explain=true only.")
 

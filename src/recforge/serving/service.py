@@ -156,6 +156,18 @@ class RecommendationService:
                 entry["title"] = titles[i]
         return out
 
+    def _popular_items(self, idx: np.ndarray, counts: np.ndarray) -> list[dict[str, Any]]:
+        """A popularity fallback's items: ``"score": null`` (no model score: a count of
+        training users would sit beside model scores of another scale) and the item's
+        number of training users as ``"popularity"``."""
+        out = [{"item": i, "rank": r + 1, "score": None, "popularity": int(c)}
+               for r, (i, c) in enumerate(zip(self.model.items_.ids[idx].tolist(),
+                                              counts.tolist(), strict=True))]
+        if self._titles is not None:
+            for entry, i in zip(out, idx.tolist(), strict=True):
+                entry["title"] = self._titles[i]
+        return out
+
     def _by_ids(self, frame_items: Any, ranks: Any, scores: Any) -> list[dict[str, Any]]:
         idx = self.model.items_.index(np.asarray(list(frame_items), dtype=object))
         return self._items(idx, np.asarray(scores, dtype=np.float64))
@@ -205,7 +217,8 @@ class RecommendationService:
     def recommend_user(self, user: Any, k: int = 10, include_seen: bool = False
                        ) -> dict[str, Any]:
         """Top-``k`` for one user (external id); unknown users get the most popular items,
-        marked ``"fallback": "popular"``."""
+        marked ``"fallback": "popular"``, each with ``"score": null`` and its number of
+        training users as ``"popularity"``."""
         return self._recommend(self.resolve(user), self._check_k(k), include_seen)
 
     def _recommend(self, who: Resolved, k: int, include_seen: bool) -> dict[str, Any]:
@@ -233,9 +246,12 @@ class RecommendationService:
                           exclude=None if include_seen else m.seen_,
                           extra=None if include_seen else posted, ties=self._ties,
                           popular=self._popular)
-        return {"user": _plain(m.users_.ids[u]) if u >= 0 else self._echo(user),
-                "items": self._items(pos.numpy()[0], vals.numpy()[0]),
-                "fallback": None if u >= 0 else "popular"}
+        if u < 0:
+            return {"user": self._echo(user),
+                    "items": self._popular_items(pos.numpy()[0], vals.numpy()[0]),
+                    "fallback": "popular"}
+        return {"user": _plain(m.users_.ids[u]),
+                "items": self._items(pos.numpy()[0], vals.numpy()[0]), "fallback": None}
 
     def _score_rows(self, rows: np.ndarray) -> torch.Tensor:
         """The model's scores of users ``rows`` (a copy: the ranking masks it)."""
