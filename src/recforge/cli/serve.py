@@ -66,17 +66,27 @@ def serve(
                                     "ids included), status, milliseconds."),
 ) -> None:
     """Serve recommendations over HTTP (OpenAPI docs at /docs)."""
+    given = {"max_body_bytes": max_body_bytes, "max_id_length": max_id_length,
+             "max_batch_results": max_batch_results, "max_history": max_history,
+             "max_events": max_events, "heavy_workers": heavy_workers,
+             "heavy_queue": heavy_queue}
+    store = None if no_events else (events or model.with_name(model.name + ".events.sqlite"))
+    _run(model, host, port, allowed_host, limits={n: v for n, v in given.items() if v is not None},
+         api_key=api_key, admin_key=admin_key, events=store, index=index, n_probe=n_probe,
+         access_log=access_log)
+
+
+def _run(model: Path, host: str, port: int, allowed_host: list[str], *,
+         limits: dict[str, int], **app_options: Any) -> None:
+    """Check the address, load the model into an app and run it under uvicorn until
+    stopped."""
     import torch  # lazy: seconds to import
     import uvicorn  # lazy: the server, only for this command
 
     from recforge.serving.app import create_app  # lazy: imports torch and FastAPI
     from recforge.serving.settings import LOOPBACK_HOSTS, Limits  # lazy: imports torch
 
-    given = {"max_body_bytes": max_body_bytes, "max_id_length": max_id_length,
-             "max_batch_results": max_batch_results, "max_history": max_history,
-             "max_events": max_events, "heavy_workers": heavy_workers,
-             "heavy_queue": heavy_queue}
-    limits = Limits(**{name: v for name, v in given.items() if v is not None})
+    checked = Limits(**limits)  # a bad limit is named before anything else
     # The bound name answers too, unless it stands for every interface (then name the
     # public ones with --allowed-host).
     hosts = [*LOOPBACK_HOSTS, *([host] if host not in ("0.0.0.0", "::", "") else []),
@@ -85,10 +95,8 @@ def serve(
     # One request's scoring is a small product: extra torch threads only contend with the
     # event loop (OpenMP spin-waits), so the server scores on one thread.
     torch.set_num_threads(1)
-    store = None if no_events else (events or model.with_name(model.name + ".events.sqlite"))
-    application = create_app(model, api_key=api_key, admin_key=admin_key, events=store,
-                             index=index, n_probe=n_probe, allowed_hosts=hosts, limits=limits,
-                             access_log=access_log)
+    application = create_app(model, allowed_hosts=hosts, limits=checked,
+                             **app_options)
     console.print(f"serving {application.state.service.model.name} from {model} on "
                   f"http://{host}:{port} (docs: /docs)", highlight=False)
     if host in ("0.0.0.0", "::") and not allowed_host:
