@@ -13,6 +13,7 @@ from typing import Any
 import click
 import numpy as np
 import pandas as pd
+import typer
 from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand
@@ -26,6 +27,14 @@ log = logging.getLogger("recforge")
 
 #: ``{models_with:CAPABILITY}`` in a command's help: the models that declare it.
 _MODEL_LIST = re.compile(r"\{models_with:(\w+)\}")
+
+
+#: Options that several commands read data files with (one declaration each).
+HEADER_OPTION = typer.Option(
+    None, "--header/--no-header", help="Whether text files start with a line of column "
+    "names (default: guessed from the first lines).")
+ENCODING_OPTION = typer.Option("utf-8", "--encoding", help="Text encoding of delimited "
+                               "files, e.g. latin-1.")
 
 
 def models_with(capability: str, *, last: str = " and ") -> str:

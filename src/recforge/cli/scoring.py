@@ -12,6 +12,8 @@ import typer
 
 from recforge._fs import atomic_write_text
 from recforge.cli.common import (
+    ENCODING_OPTION,
+    HEADER_OPTION,
     check_out_file,
     load_model,
     metrics_table,
@@ -114,11 +116,8 @@ def evaluate_cmd(
                                                     "items."),
     columns: str | None = typer.Option(None, "--columns", help="Column mapping."),
     fmt: str | None = typer.Option(None, "--format", help="Input format."),
-    header: bool | None = typer.Option(
-        None, "--header/--no-header", help="Whether text files start with a line of column "
-        "names (default: guessed from the first lines)."),
-    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of delimited "
-                                 "files, e.g. latin-1."),
+    header: bool | None = HEADER_OPTION,
+    encoding: str = ENCODING_OPTION,
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Directory holding extracted datasets (for dataset names)."),
     out: Path | None = typer.Option(None, "--out", help="Write the results as JSON "

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from recforge.cli.common import (
+    ENCODING_OPTION,
+    HEADER_OPTION,
     check_checkpoint_dir,
     check_out_dir,
     console,
@@ -38,11 +40,8 @@ def train(
     columns: str | None = typer.Option(None, "--columns",
                                           help="Column mapping, e.g. user=userId,item=movieId."),
     fmt: str | None = typer.Option(None, "--format", help="csv, tsv, parquet or adjacency."),
-    header: bool | None = typer.Option(
-        None, "--header/--no-header", help="Whether text files start with a line of column "
-        "names (default: guessed from the first lines)."),
-    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of delimited "
-                                 "files, e.g. latin-1."),
+    header: bool | None = HEADER_OPTION,
+    encoding: str = ENCODING_OPTION,
     duplicates: str = typer.Option("error", "--duplicates",
                                    help="Repeated (user, item) pairs: error, first, last, sum, "
                                         "max or mean."),
