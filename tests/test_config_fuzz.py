@@ -460,6 +460,11 @@ EXTREMES: dict[str, list[Any]] = {
     "bias_reg": [None, 0.0, 3.4e38], "normalize": ["zscore", "none"],
     "weights": [None, {"ease": -3.4e38, "pop": 3.4e38}],
     "models": [{"ease": {"reg": 1e-30}, "pop": {}}, {"itemknn": {"neighbors": 1}}],
+    "factor_dim": [1, 8192], "idl_beta": [0.0, 1e6], "svd_iters": [0, 100],
+    "dense_items": [0, 2**31 - 1], "blur_time": [0.0, 10.0], "sharpen_time": [0.0, 10.0],
+    "blur_steps": [1, 3], "sharpen_steps": [1, 3], "blur_solver": ["euler", "rk4"],
+    "sharpen_solver": ["euler", "rk4"], "early_merge": [True, False],
+    "point_combination": [True, False],
 }
 LOSSES = {"mlp": ["bce", "mse"], "neumf": ["bce", "mse"],
           "hybrid_bpr": ["bpr", "sampled_softmax", "softmax"]}

@@ -171,7 +171,7 @@ def test_bad_params_name_the_parameter(data, name, param, value):
 
 
 def test_factor_dim_beyond_the_catalogue_is_clipped(data):
-    model = create_model("gfcf", factor_dim=500).fit(data)
+    model = create_model("gfcf", factor_dim=500, alpha=0.3).fit(data)
     assert model.vt_.shape == (data.n_items, data.n_items)
     # every singular vector: the ideal filter is the identity on items with events
     x = data.binary_csr.toarray()

@@ -65,6 +65,9 @@ __all__ = ["GFCF", "BSPM"]
 #: Columns added to ``factor_dim`` in the randomized subspace iteration (its accuracy).
 SVD_OVERSAMPLE = 32
 MAX_STEPS = 1000
+#: Longest ODE time: the papers use at most 3; at 10, RK4 steps of the longest length stay
+#: far inside float32 (the growth of a step is at most ``h^4 / 24`` per unit of signal).
+MAX_TIME = 10.0
 SOLVER_RULE = choice_rule("euler", "rk4")
 
 Op = Callable[[torch.Tensor], torch.Tensor]
@@ -304,9 +307,9 @@ class BSPM(_GraphFilter):
                     "sharpen_time": ("float", 0.0, 3.0)}
     scoring_params = {
         "idl_beta": number_rule(0.0, 1e6),
-        "blur_time": number_rule(0.0, 1e3), "blur_steps": int_rule(1, MAX_STEPS),
+        "blur_time": number_rule(0.0, MAX_TIME), "blur_steps": int_rule(1, MAX_STEPS),
         "blur_solver": SOLVER_RULE,
-        "sharpen_time": number_rule(0.0, 1e3), "sharpen_steps": int_rule(1, MAX_STEPS),
+        "sharpen_time": number_rule(0.0, MAX_TIME), "sharpen_steps": int_rule(1, MAX_STEPS),
         "sharpen_solver": SOLVER_RULE,
         "early_merge": BOOL_RULE, "point_combination": BOOL_RULE}
 
