@@ -50,10 +50,12 @@ __all__ = [
     "csv_events",
     "detect_format",
     "header_names",
+    "sequences_columns",
+    "sequences_events",
 ]
 
 #: The file formats :func:`detect_format` tells apart (``format=``, ``--format``).
-FORMATS: tuple[str, ...] = ("csv", "tsv", "parquet", "adjacency")
+FORMATS: tuple[str, ...] = ("csv", "tsv", "parquet", "adjacency", "sequences")
 
 
 def check_readable(path: Path) -> None:
@@ -379,6 +381,71 @@ def adjacency_events(path: str | os.PathLike, *, users: Vocabulary | None = None
     """The events of an adjacency list as index arrays; see ``read_adjacency``."""
     return index_columns(adjacency_columns(Path(path), encoding), users, items, unknown,
                          duplicates)
+
+
+# ---------------------------------------------------------------------------------------
+# ordered sequences
+_WHITESPACE = np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8)  # what bytes.split() splits on
+
+
+def sequences_columns(path: Path) -> Columns:
+    """The (user, item) ids of an ordered adjacency list, ``user item item ...`` per line,
+    oldest item first: the events come out in file order (line by line, left to right),
+    which is their order in time. Every id must be an integer (``0`` or ``-?[1-9][0-9]*``);
+    anything else is an error naming the line and the field (1-based column).
+
+    Tokenized without a Python loop over lines: the token starts and their line numbers
+    come from the file's bytes with numpy, the tokens from ``bytes.split``.
+    """
+    src = os.fspath(path)
+    check_readable(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read: {exc.strerror or exc}", source=src) from None
+    skip = 3 if raw.startswith(b"\xef\xbb\xbf") else 0  # a UTF-8 byte-order mark
+    buf = np.frombuffer(raw, dtype=np.uint8)[skip:]
+    space = np.isin(buf, _WHITESPACE)
+    starts = np.flatnonzero(~space & np.concatenate([[True], space[:-1]]))
+    line = np.cumsum(buf == 10)[starts] + 1 if len(starts) else np.empty(0, np.int64)
+    tokens = raw[skip:].split()
+    if len(tokens) != len(starts):  # cannot happen: both split on the same bytes
+        raise DataError("cannot tokenize the file", source=src)
+    first = np.ones(len(starts), dtype=bool)
+    first[1:] = line[1:] != line[:-1]
+    idx = np.arange(len(starts))
+    field = idx - np.maximum.accumulate(np.where(first, idx, 0)) + 1
+    if not (~first).any():
+        raise DataError("no interactions (no line lists an item)", source=src)
+    text = pd.Series(tokens, dtype=object).str.decode("utf-8", errors="replace")
+    ok = text.str.fullmatch(INTEGER_ID).to_numpy(dtype=bool) & (text.str.len() <= 19).to_numpy()
+    if ok.all():
+        try:
+            values = np.asarray(tokens).astype(np.int64)
+        except (OverflowError, ValueError):  # a 19-digit number above int64's range
+            values = None
+    else:
+        values = None
+    if values is None:
+        if ok.all():  # locate the number int64 cannot hold
+            big = text.str.len().to_numpy() == 19
+            ok[big] = text[big].map(lambda t: abs(int(t)) < 2**63).to_numpy(dtype=bool)
+        k = int(np.flatnonzero(~ok)[0])
+        what = "user" if first[k] else "item"
+        raise DataError(f"{what} id {text.iloc[k][:40]!r} is not an integer (a sequences file "
+                        "holds integer ids, `user item item ...`, oldest first)", source=src,
+                        line=int(line[k]), column=str(int(field[k])))
+    owner = np.maximum.accumulate(np.where(first, idx, 0))
+    events = ~first
+    user = values[owner[events]]
+    return Columns(user, values[events], None, None, line[events], src, "line")
+
+
+def sequences_events(path: str | os.PathLike, *, users: Vocabulary | None = None,
+                     items: Vocabulary | None = None, unknown: UnknownPolicy = "error",
+                     duplicates: DuplicatePolicy = "error") -> IndexedEvents:
+    """The events of an ordered sequences file as index arrays; see ``read_sequences``."""
+    return index_columns(sequences_columns(Path(path)), users, items, unknown, duplicates)
 
 
 # ---------------------------------------------------------------------------------------

@@ -66,6 +66,9 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "rating": ("rating", "ratings", "value", "score", "weight", "count", "play_count",
                "playcount", "stars"),
     "timestamp": ("timestamp", "ts", "time", "datetime", "date", "event_time", "unix_time"),
+    # `session_id` names the user when there is no user column (session logs): a column
+    # already read as the user is not read again as the session
+    "session": ("session", "session_id", "sessionid", "visit_id", "visitid"),
 }
 
 
@@ -74,8 +77,9 @@ class IndexedEvents:
     """Validated events as index arrays over two vocabularies: what ``Interactions`` holds.
 
     ``user`` and ``item`` are int32 indices into ``users`` and ``items``; ``value`` is
-    float32 (or ``None`` for implicit feedback), ``timestamp`` int64 seconds (or ``None``).
-    No (user, item) pair repeats.
+    float32 (or ``None`` for implicit feedback), ``timestamp`` int64 seconds (or ``None``),
+    ``session`` int64 session ids (or ``None``). No (user, item) pair repeats. Events are
+    in input order (the order that breaks ties between equal timestamps).
     """
 
     user: np.ndarray
@@ -85,6 +89,7 @@ class IndexedEvents:
     users: Vocabulary
     items: Vocabulary
     source: str | None
+    session: np.ndarray | None = None
 
 
 def parse_columns(spec: str | Mapping[str, str] | None) -> dict[str, str]:
@@ -125,6 +130,7 @@ class Columns:
     where: np.ndarray  # line (or row) number of each event, for messages
     source: str | None
     unit: str  # "line" or "row"
+    session: np.ndarray | None = None  # raw session ids (int64 or text), when read
 
     def locate(self, i: int) -> dict[str, Any]:
         return {"source": self.source, self.unit: int(self.where[i])}
@@ -133,7 +139,8 @@ class Columns:
 def resolve_columns(frame_cols: Sequence[Any], columns: Mapping[str, str] | None,
                     source: str | None, warn: bool = True) -> dict[str, Any]:
     """The column holding each canonical role (``user``, ``item`` and, when found,
-    ``rating`` and ``timestamp``): named in ``columns`` or found among the aliases.
+    ``rating``, ``timestamp`` and ``session``): named in ``columns`` or found among the
+    aliases.
 
     ``warn`` logs a warning for a column that looks like a misspelt rating or timestamp.
     """
@@ -165,6 +172,9 @@ def resolve_columns(frame_cols: Sequence[Any], columns: Mapping[str, str] | None
         for alias in aliases:
             if alias in by_lower:
                 found = by_lower[alias]
+                if canon == "session":  # `session_id` may already be the user column
+                    found = [c for c in found
+                             if c not in {str(v) for v in resolved.values()}]
                 if len(found) > 1:  # "User" and "user": unless the others are mapped
                     found = [c for c in found if c not in columns.values()]
                 if len(found) > 1:
@@ -234,7 +244,21 @@ def extract_columns(frame: pd.DataFrame, columns: Mapping[str, str] | None,
     if "timestamp" in resolved:
         timestamp = parse_timestamps(frame[resolved["timestamp"]],
                                      str(resolved["timestamp"]), where, source, unit)
-    return Columns(user, item, value, timestamp, where, source, unit)
+    session = None
+    if "session" in resolved:
+        session = parse_ids(frame[resolved["session"]], str(resolved["session"]), where,
+                            source, unit)
+    return Columns(user, item, value, timestamp, where, source, unit, session)
+
+
+def session_codes(session: np.ndarray | None) -> np.ndarray | None:
+    """Session ids as int64: integer ids as they are, other ids numbered ``0, 1, ...`` in
+    order of first appearance (so text session ids are comparable within one file)."""
+    if session is None:
+        return None
+    if session.dtype.kind in "iu":
+        return session.astype(np.int64)
+    return pd.factorize(session)[0].astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,18 +302,21 @@ def index_columns(cols: Columns, users: Vocabulary | None, items: Vocabulary | N
         i = map_ids(cols.item, items, cols, "item", unknown)
     keep = (u >= 0) & (i >= 0)
     value, timestamp, where = cols.value, cols.timestamp, cols.where
+    session = session_codes(cols.session)
     if not keep.all():
         u, i, where = u[keep], i[keep], where[keep]
         value = None if value is None else value[keep]
         timestamp = None if timestamp is None else timestamp[keep]
+        session = None if session is None else session[keep]
     return resolve_duplicates(u.astype(np.int32), i.astype(np.int32), value, timestamp, where,
-                              users, items, cols.source, cols.unit, duplicates)
+                              users, items, cols.source, cols.unit, duplicates, session)
 
 
 def resolve_duplicates(u: np.ndarray, i: np.ndarray, value: np.ndarray | None,
                        timestamp: np.ndarray | None, where: np.ndarray | None,
                        users: Vocabulary, items: Vocabulary, source: str | None, unit: str,
-                       duplicates: DuplicatePolicy) -> IndexedEvents:
+                       duplicates: DuplicatePolicy,
+                       session: np.ndarray | None = None) -> IndexedEvents:
     """Check or resolve repeated (user, item) pairs of index arrays.
 
     ``where`` holds each event's line or row number; ``None`` means row ``index + 1``.
@@ -312,26 +339,33 @@ def resolve_duplicates(u: np.ndarray, i: np.ndarray, value: np.ndarray | None,
                 "policy for repeated pairs (duplicates=, --duplicates): last (re-ratings), sum "
                 "(counts), first, max or mean",
                 source=source, **{unit: at(second)})
-        u, i, value, timestamp = dedupe(u, i, value, timestamp, key, duplicates)
+        u, i, value, timestamp, session = dedupe(u, i, value, timestamp, key, duplicates,
+                                                 session)
     del key, order, dup_next
-    return IndexedEvents(u, i, value, timestamp, users, items, source)
+    return IndexedEvents(u, i, value, timestamp, users, items, source, session)
 
 
 def dedupe(u: np.ndarray, i: np.ndarray, value: np.ndarray | None,
            timestamp: np.ndarray | None, key: np.ndarray, policy: str,
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+           session: np.ndarray | None = None,
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None,
+                      np.ndarray | None]:
     """One event per distinct ``key`` (the (user, item) pair), by ``policy``.
 
     ``"first"`` / ``"last"`` keep the earliest / latest event (by timestamp when present,
     else by position); ``"sum"``, ``"max"``, ``"mean"`` aggregate the values (implicit events
-    count 1 each under ``"sum"``) and keep the latest timestamp. Returns ``(user, item,
-    value, timestamp)`` in order of first appearance.
+    count 1 each under ``"sum"``) and keep the latest timestamp (and the session of the
+    last event by position). Returns ``(user, item, value, timestamp, session)``: a kept
+    event (``"first"``, ``"last"``) stays at its own input position, an aggregated one at
+    its pair's first appearance, so the input order of what is kept is unchanged.
     """
     df = pd.DataFrame({"key": key, "u": u, "i": i})
     if value is not None:
         df["v"] = value
     if timestamp is not None:
         df["t"] = timestamp
+    if session is not None:
+        df["s"] = session
     if policy in ("first", "last"):
         by = ["key", "t"] if timestamp is not None else ["key"]
         df = df.sort_values(by, kind="stable")
@@ -343,13 +377,16 @@ def dedupe(u: np.ndarray, i: np.ndarray, value: np.ndarray | None,
             agg["v"] = policy
         if timestamp is not None:
             agg["t"] = "max"
+        if session is not None:
+            agg["s"] = "last"
         if value is None and policy == "sum":
             df["v"] = np.float32(1)
             agg["v"] = "sum"
         df = df.groupby("key", sort=False).agg(agg)
     return (df["u"].to_numpy(np.int32), df["i"].to_numpy(np.int32),
             df["v"].to_numpy(np.float32) if "v" in df else None,
-            df["t"].to_numpy(np.int64) if "t" in df else None)
+            df["t"].to_numpy(np.int64) if "t" in df else None,
+            df["s"].to_numpy(np.int64) if "s" in df else None)
 
 
 def events_from_frame(frame: pd.DataFrame, *, columns: Mapping[str, str] | None = None,

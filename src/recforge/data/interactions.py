@@ -3,6 +3,11 @@
 Immutable: every column is a read-only numpy array, and every operation (subset, filter,
 split) returns a new object that shares the parent's vocabularies, so indices mean the same
 thing in a training set, its test set and a model fitted on either.
+
+Order: events are stored in input order, and every operation keeps the relative order of
+the events it keeps (``concat`` puts each part after the one before). The order of events
+in time (:meth:`Interactions.order`, :meth:`Interactions.sequences`) is by timestamp, ties
+broken by that input order (a stable sort); without timestamps it is the input order.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from recforge.data.frames import (
     events_from_frame,
 )
 from recforge.data.parsing import plain
+from recforge.data.sequences import Sequences, build_sequences, cut_sessions, event_order
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import DataError
 
@@ -51,6 +57,8 @@ class Interactions:
         (every event counts as 1).
     timestamp:
         Seconds since the epoch (int64), or ``None``.
+    session:
+        A session id per event (int64), or ``None``.
     users, items:
         The vocabularies mapping external ids to the indices above.
     source:
@@ -61,7 +69,7 @@ class Interactions:
 
     def __init__(self, user: Any, item: Any, value: Any = None, timestamp: Any = None, *,
                  users: Vocabulary, items: Vocabulary, source: str | None = None,
-                 check: bool = True):
+                 check: bool = True, session: Any = None):
         user = np.asarray(user, dtype=np.int32)
         item = np.asarray(item, dtype=np.int32)
         if user.shape != item.shape or user.ndim != 1:
@@ -74,6 +82,10 @@ class Interactions:
             timestamp = np.asarray(timestamp, dtype=np.int64)
             if timestamp.shape != user.shape:
                 raise ValueError("timestamp must have one entry per interaction")
+        if session is not None:
+            session = np.asarray(session, dtype=np.int64)
+            if session.shape != user.shape:
+                raise ValueError("session must have one entry per interaction")
         if check and len(user):
             if user.min() < 0 or user.max() >= len(users):
                 raise ValueError("user index out of range of the user vocabulary")
@@ -83,6 +95,7 @@ class Interactions:
         self._item = _readonly(item)
         self._value = _readonly(value)
         self._timestamp = _readonly(timestamp)
+        self._session = _readonly(session)
         self._users = users
         self._items = items
         self.source = source
@@ -108,6 +121,12 @@ class Interactions:
     def timestamp(self) -> np.ndarray | None:
         """Event times in seconds (int64), or ``None``."""
         return self._timestamp
+
+    @property
+    def session(self) -> np.ndarray | None:
+        """The session id of each event (int64) when the data has a session column, or
+        ``None``; see :meth:`sessions` for sessions cut by an inactivity gap."""
+        return self._session
 
     @property
     def users(self) -> Vocabulary:
@@ -152,6 +171,8 @@ class Interactions:
             extra.append("values")
         if self.has_timestamps:
             extra.append("timestamps")
+        if self._session is not None:
+            extra.append("sessions")
         src = f", source={self.source!r}" if self.source else ""
         return (f"Interactions({len(self):,} events, {self.n_users:,} users x {self.n_items:,} items"
                 f"{', ' + '+'.join(extra) if extra else ''}{src})")
@@ -193,21 +214,29 @@ class Interactions:
     # ----------------------------------------------------------------------------------
     # new objects from this one
     def subset(self, selection: Any) -> Interactions:
-        """Events selected by a boolean mask or an index array; vocabularies are shared."""
+        """Events selected by a boolean mask or an index array; vocabularies are shared.
+
+        The events keep their input order whatever the order of an index array (it is
+        sorted), so ties in time are broken alike in a subset and in its parent.
+        """
         sel = np.asarray(selection)
-        if sel.dtype == bool and sel.shape != self._user.shape:
-            raise ValueError("boolean mask must have one entry per interaction")
+        if sel.dtype == bool:
+            if sel.shape != self._user.shape:
+                raise ValueError("boolean mask must have one entry per interaction")
+        elif sel.ndim == 1 and len(sel) > 1 and (np.diff(sel) < 0).any():
+            sel = np.sort(np.where(sel < 0, sel + len(self), sel), kind="stable")
         return Interactions(
             self._user[sel], self._item[sel],
             None if self._value is None else self._value[sel],
             None if self._timestamp is None else self._timestamp[sel],
-            users=self._users, items=self._items, source=self.source, check=False)
+            users=self._users, items=self._items, source=self.source, check=False,
+            session=None if self._session is None else self._session[sel])
 
     def with_values(self, value: Any) -> Interactions:
         """The same events with new values (``None`` makes them implicit)."""
         return Interactions(self._user, self._item, value, self._timestamp,
                             users=self._users, items=self._items, source=self.source,
-                            check=False)
+                            check=False, session=self._session)
 
     def concat(self, *others: Interactions,
                duplicates: DuplicatePolicy | None = None) -> Interactions:
@@ -226,6 +255,8 @@ class Interactions:
                         "of %s count as 1.0", fill_ones=True)
         timestamp = _joined(parts, "timestamp", "joining parts with and without timestamps: "
                             "the result has none (%s lack them)", fill_ones=False)
+        session = _joined(parts, "session", "joining parts with and without sessions: the "
+                          "result has none (%s lack them)", fill_ones=False)
         user = np.concatenate([p.user for p in parts])
         item = np.concatenate([p.item for p in parts])
         if duplicates is not None:
@@ -244,10 +275,11 @@ class Interactions:
                     f"{where}; choose a policy for repeated pairs: last (re-ratings), sum "
                     "(counts), first, max or mean")
             if len(dup):
-                user, item, value, timestamp = dedupe(user, item, value, timestamp, key,
-                                                      duplicates)
+                user, item, value, timestamp, session = dedupe(
+                    user, item, value, timestamp, key, duplicates, session)
         return Interactions(user, item, value, timestamp,
-                            users=self.users, items=self.items, source=self.source, check=False)
+                            users=self.users, items=self.items, source=self.source, check=False,
+                            session=session)
 
     def compact(self) -> Interactions:
         """Drop users and items with no events from the vocabularies (re-indexing)."""
@@ -261,7 +293,7 @@ class Interactions:
         imap[i] = np.arange(len(i), dtype=np.int32)
         return Interactions(umap[self._user], imap[self._item], self._value, self._timestamp,
                             users=self._users.take(u), items=self._items.take(i),
-                            source=self.source, check=False)
+                            source=self.source, check=False, session=self._session)
 
     def reindex(self, users: Vocabulary, items: Vocabulary,
                 unknown: UnknownPolicy = "error") -> Interactions:
@@ -286,7 +318,8 @@ class Interactions:
         return Interactions(new_u[sel], new_i[sel],
                             None if self._value is None else self._value[sel],
                             None if self._timestamp is None else self._timestamp[sel],
-                            users=users, items=items, source=self.source, check=False)
+                            users=users, items=items, source=self.source, check=False,
+                            session=None if self._session is None else self._session[sel])
 
     # ----------------------------------------------------------------------------------
     # conversion
@@ -303,6 +336,8 @@ class Interactions:
             cols["rating"] = self._value
         if self._timestamp is not None:
             cols["timestamp"] = self._timestamp
+        if self._session is not None:
+            cols["session"] = self._session
         return pd.DataFrame(cols)
 
     def fingerprint(self) -> str:
@@ -313,7 +348,42 @@ class Interactions:
         for arr in (self._user, self._item, self._value, self._timestamp):
             if arr is not None:
                 h.update(arr.tobytes())
+        if self._session is not None:  # data without sessions keeps its old fingerprint
+            h.update(b"session")
+            h.update(self._session.tobytes())
         return h.hexdigest()[:16]
+
+    # ----------------------------------------------------------------------------------
+    # order, sequences and sessions
+    def order(self) -> np.ndarray:
+        """The permutation putting the events in time order: by timestamp, ties broken by
+        input order (a stable sort); the input order itself when there are no timestamps."""
+        return event_order(None, self._timestamp, len(self))
+
+    def sequences(self) -> Sequences:
+        """Each user's items in time order, CSR-like (see :class:`Sequences`); built with
+        one stable sort, cached."""
+        return self._sequences
+
+    @cached_property
+    def _sequences(self) -> Sequences:
+        return build_sequences(self._user, self._item, self._timestamp, self._session,
+                               self.n_users)
+
+    def sessions(self, gap: float | None = None) -> np.ndarray:
+        """A session id per event (int64, aligned with the events).
+
+        With ``gap`` (seconds), sessions are cut anew: a user's next event opens a new
+        session when more than ``gap`` seconds passed since the previous one (ids numbered
+        by user, then time; a ``session`` column is ignored). Without it, the ``session``
+        column; data with neither is an error.
+        """
+        if gap is None:
+            if self._session is None:
+                raise DataError("this data has no session column; pass gap=<seconds> to cut "
+                                "sessions by inactivity", source=self.source)
+            return self._session
+        return cut_sessions(self._user, self._timestamp, gap, self.source)
 
     # ----------------------------------------------------------------------------------
     # construction
@@ -354,7 +424,8 @@ class Interactions:
         :mod:`recforge.data.formats` and :mod:`recforge.data.parquet` return) without
         copying or checking them again."""
         return cls(events.user, events.item, events.value, events.timestamp,
-                   users=events.users, items=events.items, source=events.source, check=False)
+                   users=events.users, items=events.items, source=events.source, check=False,
+                   session=events.session)
 
     @classmethod
     def from_csv(cls, path: Any, **kwargs: Any) -> Interactions:
@@ -379,6 +450,15 @@ class Interactions:
         from recforge.data.formats import adjacency_events
 
         return cls.from_events(adjacency_events(path, **kwargs))
+
+    @classmethod
+    def from_sequences(cls, path: Any, **kwargs: Any) -> Interactions:
+        """Read ordered ``user item item ...`` lines (oldest first); see
+        :func:`recforge.data.readers.read_sequences`."""
+        # lazy: the file readers stay out of `import recforge` (and `recforge --help`)
+        from recforge.data.formats import sequences_events
+
+        return cls.from_events(sequences_events(path, **kwargs))
 
 
 def _joined(parts: Sequence[Interactions], column: str, message: str,

@@ -55,7 +55,9 @@ def parquet_events(path: str | os.PathLike, *, columns: Mapping[str, str] | str 
     if n == 0:
         raise DataError("no interactions (the file has no rows)", source=src)
     rank, world = check_shard(shard) if shard is not None else (0, 1)
-    buf = _Buffer(n, "rating" in resolved, "timestamp" in resolved, sharded=world > 1)
+    buf = _Buffer(n, "rating" in resolved, "timestamp" in resolved, sharded=world > 1,
+                  has_session="session" in resolved)
+    session_ids = _StreamingIds() if "session" in resolved else None
     user_ids = None if users is not None else _StreamingIds()
     item_ids = None if items is not None else _StreamingIds()
     try:
@@ -66,13 +68,19 @@ def parquet_events(path: str | os.PathLike, *, columns: Mapping[str, str] | str 
                   else map_ids(cols.item, items, cols, "item", unknown))
             # with a shard every id enters the vocabularies; only owned rows stay
             mine = owner_of_ids(cols.user, world) == rank if world > 1 else None
-            buf.append(cols, bu, bi, mine)
+            bs = None if session_ids is None else session_ids.codes(cols.session)
+            buf.append(cols, bu, bi, mine, bs)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"cannot read Parquet data: {exc}", source=src) from None
     if world > 1 and buf.size == 0:
         raise DataError(f"no interactions for shard {rank} of {world} (the file's users "
                         "all belong to other ranks)", source=src)
     u, i, value, timestamp, rows = buf.result()
+    session = None
+    if session_ids is not None:  # integer ids as they are, others numbered by appearance
+        session = buf.session_result()
+        if session_ids.all_integer():
+            session = session_ids.in_order()[session]
     if user_ids is not None:
         users, remap = user_ids.finish()
         np.take(remap, u, out=u)
@@ -87,11 +95,12 @@ def parquet_events(path: str | os.PathLike, *, columns: Mapping[str, str] | str 
         u, i = u[keep], i[keep]
         value = None if value is None else value[keep]
         timestamp = None if timestamp is None else timestamp[keep]
+        session = None if session is None else session[keep]
         if len(u) == 0:
             raise DataError("no interactions left after dropping unknown ids", source=src)
     del keep
     return resolve_duplicates(u, i, value, timestamp, where, users, items, src, "row",
-                              duplicates)
+                              duplicates, session)
 
 
 def parquet_columns(path: Path, columns: Mapping[str, str]) -> Columns:
@@ -142,16 +151,18 @@ class _Buffer:
     the file's row number of each kept event for error messages.
     """
 
-    def __init__(self, n: int, has_value: bool, has_timestamp: bool, sharded: bool):
+    def __init__(self, n: int, has_value: bool, has_timestamp: bool, sharded: bool,
+                 has_session: bool = False):
         self.user = np.empty(n, dtype=np.int32)
         self.item = np.empty(n, dtype=np.int32)
         self.value = np.empty(n, dtype=np.float32) if has_value else None
         self.timestamp = np.empty(n, dtype=np.int64) if has_timestamp else None
         self.rows = np.empty(n, dtype=np.int64) if sharded else None
+        self.session = np.empty(n, dtype=np.int64) if has_session else None
         self.size = 0
 
     def append(self, cols: Columns, u: np.ndarray, i: np.ndarray,
-               mine: np.ndarray | None) -> None:
+               mine: np.ndarray | None, session: np.ndarray | None = None) -> None:
         """Add a batch's index arrays (and its values and times), only rows ``mine``
         when given."""
         value, timestamp = cols.value, cols.timestamp
@@ -159,6 +170,7 @@ class _Buffer:
             u, i = u[mine], i[mine]
             value = None if value is None else value[mine]
             timestamp = None if timestamp is None else timestamp[mine]
+            session = None if session is None else session[mine]
         start, end = self.size, self.size + len(u)
         if self.rows is not None:
             self.rows[start:end] = np.asarray(cols.where)[mine]
@@ -168,7 +180,14 @@ class _Buffer:
             self.value[start:end] = value
         if self.timestamp is not None:
             self.timestamp[start:end] = timestamp
+        if self.session is not None:
+            self.session[start:end] = session
         self.size = end
+
+    def session_result(self) -> np.ndarray:
+        """The session codes of the kept events (int64)."""
+        assert self.session is not None
+        return self.session[:self.size] if self.rows is not None else self.session
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None,
                               np.ndarray | None]:
@@ -208,6 +227,13 @@ class _StreamingIds:
             self._parts.append(uniq[new])
             self._index = self._index.append(pd.Index(uniq[new]))
         return pos[local].astype(np.int32)
+
+    def all_integer(self) -> bool:
+        return self._kinds <= {"int"}
+
+    def in_order(self) -> np.ndarray:
+        """The distinct ids in order of first appearance (index = code)."""
+        return np.concatenate(self._parts) if self._parts else np.empty(0, dtype=np.int64)
 
     def finish(self) -> tuple[Vocabulary, np.ndarray]:
         ids = np.concatenate(self._parts) if self._parts else np.empty(0, dtype=np.int64)

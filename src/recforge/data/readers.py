@@ -27,6 +27,8 @@ from recforge.data.formats import (
     csv_columns,
     csv_events,
     detect_format,
+    sequences_columns,
+    sequences_events,
 )
 from recforge.data.frames import (
     Columns,
@@ -49,6 +51,7 @@ __all__ = [
     "read_csv",
     "read_parquet",
     "read_adjacency",
+    "read_sequences",
     "interactions_from_frame",
 ]
 
@@ -127,6 +130,21 @@ def read_adjacency(path: str | os.PathLike, *, users: Vocabulary | None = None,
         encoding=encoding))
 
 
+def read_sequences(path: str | os.PathLike, *, users: Vocabulary | None = None,
+                   items: Vocabulary | None = None, unknown: UnknownPolicy = "error",
+                   duplicates: DuplicatePolicy = "error") -> Interactions:
+    """Read ordered sequences: one line per user, ``user item item ...``, oldest first.
+
+    The position in the line is the order: the events are kept in file order and have no
+    timestamps, so their order in time (:meth:`Interactions.order`,
+    :meth:`Interactions.sequences`) is that order. Ids must be integers; a bad token is an
+    error naming the line and its field. ``format="sequences"`` in
+    :func:`read_interactions` does the same.
+    """
+    return Interactions.from_events(sequences_events(
+        path, users=users, items=items, unknown=unknown, duplicates=duplicates))
+
+
 def _read_columns(path: Path, format: str | None, columns: Mapping[str, str],
                   encoding: str, sep: str | None, header: bool | None) -> Columns:
     fmt = format or detect_format(path, encoding)
@@ -136,6 +154,8 @@ def _read_columns(path: Path, format: str | None, columns: Mapping[str, str],
         return parquet_columns(path, columns)
     if fmt == "adjacency":
         return adjacency_columns(path, encoding)
+    if fmt == "sequences":
+        return sequences_columns(path)
     return csv_columns(path, sep=sep or ("\t" if fmt == "tsv" else None), header=header,
                        names=None, columns=columns, encoding=encoding)
 
@@ -149,7 +169,9 @@ def read_interactions(path: str | os.PathLike, *, format: str | None = None,
                       shard: tuple[int, int] | None = None) -> Interactions:
     """Read any supported file, detecting the format from the extension and content.
 
-    ``format`` is one of ``csv``, ``tsv``, ``parquet``, ``adjacency``. ``shard=(rank,
+    ``format`` is one of ``csv``, ``tsv``, ``parquet``, ``adjacency``, ``sequences``
+    (never detected: an ordered adjacency list reads the same as ``adjacency``, but with
+    integer ids only and the position in the line as the order). ``shard=(rank,
     world_size)`` keeps only the events of the users that rank owns (the vocabularies keep
     every id): Parquet is filtered while it streams, other formats after reading.
     """
@@ -185,6 +207,16 @@ def read_many(paths: Sequence[str | os.PathLike], *, format: str | None = None,
     parts = [_read_columns(Path(p), format, mapping, encoding, None, header) for p in paths]
     users, _ = Vocabulary.from_values(_concat_ids([c.user for c in parts]))
     items, _ = Vocabulary.from_values(_concat_ids([c.item for c in parts]))
+    sessions = [c.session for c in parts if c.session is not None]
+    if sessions and any(s.dtype.kind not in "iu" for s in sessions):
+        # text session ids numbered over all files alike (each file alone would restart at 0)
+        codes, _ = pd.factorize(_concat_ids(sessions))
+        bounds = np.cumsum([0] + [len(s) for s in sessions])
+        k = 0
+        for c in parts:
+            if c.session is not None:
+                c.session = codes[bounds[k]:bounds[k + 1]].astype(np.int64)
+                k += 1
     out = [Interactions.from_events(index_columns(c, users, items, "error", duplicates))
            for c in parts]
     return out if shard is None else [user_shard(d, *shard) for d in out]
