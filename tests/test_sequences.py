@@ -110,6 +110,16 @@ def test_splits_keep_order_and_hold_out_the_latest():
         assert split.valid.item[split.valid.user == u].tolist() == [int(seq.user(u)[-2])]
 
 
+def test_leave_last_out_without_timestamps_holds_out_the_last_in_line(tmp_path):
+    path = tmp_path / "s.txt"
+    path.write_text("1 5 6 7 20 40\n2 20 40 30 5 6 7\n")  # every item trained on by someone
+    split = S.leave_last_out(read_sequences(path), valid=True)
+    ids = split.test.items.ids
+    assert ids[split.test.item].tolist() == [40, 7]
+    assert ids[split.valid.item].tolist() == [20, 6]
+    assert ids[split.train.item].tolist() == [5, 6, 7, 20, 40, 30, 5]
+
+
 # ---------------------------------------------------------------------------------------
 # the sequences view
 def test_last_windows_are_left_padded_and_most_recent_last():

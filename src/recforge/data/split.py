@@ -10,7 +10,8 @@ What each split guarantees (tested as properties in ``tests/test_split.py``):
 * ``temporal_split``: every training event happened strictly before every test event; test
   events of users or items never seen before the cut are dropped (they would need the future).
 * ``user_temporal_split`` / ``leave_last_out``: per user, the held-out events are the user's
-  latest; a user keeps at least one training event.
+  latest (by timestamp, ties and data without timestamps by input order); a user keeps at
+  least one training event.
 * ``cold_start_items``: the held-out items have no training events at all (that is the point).
 """
 
@@ -179,12 +180,17 @@ def user_temporal_split(data: Interactions, n_test: int = 1, n_valid: int = 0, *
     """Per user, hold out the ``n_test`` latest events (and the ``n_valid`` before them).
 
     Users with fewer than ``min_train + n_test + n_valid`` events keep all of them in
-    training. Ties in time are broken by position in the data. Needs timestamps.
+    training. The order is the data's (``Interactions.order``): by timestamp, ties broken by
+    position in the data; without timestamps, the position alone (an ordered sequences
+    file, whose line order is the order).
     """
     if data.timestamp is None:
-        raise DataError("user_temporal_split needs timestamps; this data has none",
-                        source=data.source)
-    return _per_user_holdout(data, data.timestamp, n_test, n_valid, min_train)
+        log.info("%s has no timestamps: the latest events are the last in input order",
+                 data.source or "the data")
+        key = np.zeros(len(data), dtype=np.int8)
+    else:
+        key = data.timestamp
+    return _per_user_holdout(data, key, n_test, n_valid, min_train)
 
 
 def _per_user_holdout(data: Interactions, key: np.ndarray, n_test: int, n_valid: int,
