@@ -19,7 +19,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from recforge import __version__
-from recforge.cli.common import ModelListHelp, err_console
+from recforge.cli.common import ParamsCommand, err_console
 from recforge.cli.datasets import datasets_app
 from recforge.cli.experiments import models_cmd, quickstart, run, tune
 from recforge.cli.scoring import evaluate_cmd, predict, recommend
@@ -52,7 +52,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     root.propagate = False
 
 
-app.command(cls=ModelListHelp)(train)  # its help names the gradient models
+app.command(cls=ParamsCommand)(train)  # its help names the gradient models; -p KEY=VALUE
 for command in (run, tune, serve, recommend, predict):
     app.command()(command)
 app.command("evaluate")(evaluate_cmd)

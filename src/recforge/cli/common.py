@@ -57,11 +57,57 @@ class ModelListHelp(TyperCommand):
         super().format_help(ctx, formatter)
 
 
-def parse_params(items: list[str] | None) -> dict[str, Any]:
+class ParamsCommand(ModelListHelp):
+    """A command with ``-p/--param key=value`` options: ``-p alpha 10`` (a space for the
+    ``=``) is answered with the form to use, not Click's "unexpected extra argument"
+    (checked before Click parses: the ``10`` would be an extra argument, or the model)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        bad = next((v for v in param_values(args) if "=" not in v), None)
+        if bad is not None:
+            raise ConfigError(param_form_message(bad, args))
+        return super().parse_args(ctx, args)
+
+
+def param_values(argv: list[str]) -> list[str]:
+    """The values given to ``-p`` / ``--param`` in ``argv`` (``-p X``, ``-pX``,
+    ``--param X``, ``--param=X``)."""
+    values: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg in ("-p", "--param"):
+            if i + 1 < len(argv):
+                values.append(argv[i + 1])
+        elif arg.startswith("--param="):
+            values.append(arg[len("--param="):])
+        elif arg.startswith("-p") and not arg.startswith("--") and len(arg) > 2:
+            values.append(arg[2:])
+    return values
+
+
+def param_form_message(item: str, argv: list[str] | None = None) -> str:
+    """The error for a ``--param`` without ``=``, with the form to use: the argument that
+    followed it in ``argv`` as the value (``-p alpha 10`` -> ``-p alpha=10``)."""
+    argv = argv or []
+    value = "VALUE"
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("-p", "--param") and argv[i + 1] == item:
+            after = argv[i + 2] if i + 2 < len(argv) else None
+            if after is not None and not after.startswith("-"):
+                value = after
+            break
+    key = item.strip() or "KEY"
+    return (f"--param {item!r}: use key=value, e.g. -p {key}={value} "
+            f"(one -p per hyperparameter)")
+
+
+def parse_params(items: list[str] | None, argv: list[str] | None = None) -> dict[str, Any]:
+    """``-p key=value`` options as a mapping; values read as YAML scalars (``10`` is a
+    number, ``true`` a boolean). ``argv``: the command line, for the error of a ``-p``
+    without ``=`` (``-p alpha 10``), which names the form to use."""
     params: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ConfigError(f"--param {item!r} must look like key=value")
+            raise ConfigError(param_form_message(item, argv))
         key, _, raw = item.partition("=")
         from recforge.experiment.config import load_yaml  # lazy: imports torch
 

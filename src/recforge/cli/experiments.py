@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from recforge.cli.common import check_out_dir, console
+from recforge.errors import ConfigError
 
 
 def run(
@@ -46,9 +48,27 @@ def tune(
     if out is not None:
         check_out_dir(out)
     cfg = load_config(experiment)
+    model = _tuned_model(cfg, model, experiment)
     run_tune(cfg, model, n_trials=trials, metric=metric, timeout=timeout, seed=seed,
              out=out or Path("runs") / f"{cfg.name}-tune-{model}", config_path=experiment,
              console=console)
+
+
+def _tuned_model(cfg: Any, model: str, experiment: Path) -> str:
+    """``--model`` of ``tune``: a label or name of the experiment as given, else a model
+    name as the registry resolves it (``EASE`` -> ``ease``)."""
+    from recforge.models.registry import resolve_name  # lazy: recforge.models imports torch
+
+    if any(model in (m.display, m.name) for m in cfg.models):
+        return model
+    try:
+        name = resolve_name(model)
+    except ConfigError as exc:
+        labels = ", ".join(m.display for m in cfg.models)
+        raise ConfigError(f"--model {model!r} is not a model of {experiment} ({labels}), "
+                          f"nor a registered one: {exc}") from None
+    same = [m.display for m in cfg.models if m.name == name]
+    return same[0] if len(same) == 1 else name
 
 
 def quickstart(
@@ -65,9 +85,11 @@ def quickstart(
     """Fit and compare every model on ml-100k (local or downloaded) or generated data;
     leaderboard, report.html and the trained models in --out."""
     from recforge.experiment.quickstart import run_quickstart  # lazy: imports torch
+    from recforge.models.registry import resolve_name  # lazy: recforge.models imports torch
 
     check_out_dir(out)
-    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    names = ([resolve_name(m.strip()) for m in models.split(",") if m.strip()] if models
+             else None)
     run_quickstart(out=out, data_dir=data_dir, k=k, console=console, models=names,
                    download=download)
 

@@ -79,9 +79,11 @@ def train(
     """
     # lazy: the workflow imports torch (seconds), not needed for `recforge --help`
     from recforge.experiment.workflow import ReadOptions, TrainRequest
+    from recforge.models.registry import resolve_name  # lazy: recforge.models imports torch
     from recforge.training.optim import SPARSE_UPDATES  # lazy: imports torch
 
-    params = parse_params(param)
+    params = parse_params(param, (ctx.find_root().obj or {}).get("argv"))
+    model = resolve_name(model)  # 'EASE' -> 'ease'; 'lightfm' -> which model to use
     if sparse_updates not in SPARSE_UPDATES:  # before any data is read
         raise ConfigError(f"--sparse-updates must be one of {', '.join(SPARSE_UPDATES)}, "
                           f"not {sparse_updates!r}")

@@ -28,6 +28,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,9 @@ from recforge.data.frames import DUPLICATE_POLICIES as _DUP_POLICIES
 from recforge.data.frames import parse_columns
 from recforge.errors import ConfigError, DataError
 from recforge.evaluation.metrics import Metric
+from recforge.models.params import param_hint
 from recforge.models.params import shown as _shown
-from recforge.models.registry import available_models, create_model, get_model_class
+from recforge.models.registry import create_model, get_model_class, resolve_name
 
 __all__ = ["DataConfig", "SplitConfig", "ModelConfig", "ExperimentConfig", "load_config",
            "SPLIT_METHODS"]
@@ -279,7 +281,6 @@ def _models(raw: Any, source: str) -> list[ModelConfig]:
         raise _err(source, "models", "expected a non-empty list of model names or "
                                      "{name, params, label} mappings")
     out: list[ModelConfig] = []
-    known = available_models()
     for i, entry in enumerate(raw):
         path = f"models[{i}]"
         if isinstance(entry, str):
@@ -291,20 +292,26 @@ def _models(raw: Any, source: str) -> list[ModelConfig]:
         name = entry.get("name")
         if not isinstance(name, str):
             raise _err(source, f"{path}.name", "missing or not a string")
-        if name not in known:
-            hint = difflib.get_close_matches(name, known, n=1)
-            sug = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise _err(source, f"{path}.name", f"unknown model {_shown(name)}{sug}; "
-                                               f"available: {', '.join(known)}")
+        try:  # case, aliases, other libraries' names (registry.resolve_name)
+            name = resolve_name(name)
+        except ConfigError as exc:
+            raise _err(source, f"{path}.name", str(exc)) from None
         params = entry.get("params") or {}
         if not isinstance(params, dict):
-            raise _err(source, f"{path}.params", "expected a mapping of hyperparameters")
+            raise _err(source, f"{path}.params", f"expected a mapping of hyperparameters "
+                       f"(key: value, e.g. params: {{reg: 100}}), got {_shown(params)}")
         valid = get_model_class(name)._param_names()
         for key in params:
             if key not in valid:
-                hint = (difflib.get_close_matches(key, valid, n=1) if isinstance(key, str)
-                        else [])
-                sug = f" (did you mean {hint[0]!r}?)" if hint else ""
+                form = (re.fullmatch(r"\s*(\w+)\s*(?:=|\s)\s*(\S.*?)\s*", key)
+                        if isinstance(key, str) and params[key] is None else None)
+                if form:  # {alpha=10} or "alpha 10": one key, no value
+                    raise _err(source, f"{path}.params.{_key(key)}",
+                               f"write a hyperparameter as key: value, e.g. "
+                               f"{form[1]}: {form[2]}")
+                hint = param_hint(valid, key)
+                sug = ("" if hint is None else f" (did you mean {hint[0]!r}?"
+                       + (f" {hint[1]})" if hint[1] else ")"))
                 raise _err(source, f"{path}.params.{_key(key)}",
                            f"{name} has no parameter {_shown(key)}{sug}")
         if "seed" in params:

@@ -386,14 +386,29 @@ def _load(path: Path, expected: type | None) -> tuple[Any, dict[str, Any]]:
     except FileNotFoundError as exc:
         name = os.path.basename(os.fspath(exc.filename or ""))
         if os.fspath(exc.filename or "") == os.fspath(path):
-            raise ModelError(f"{path}: no such model directory") from None
+            raise ModelError(f"no such directory: {path} (a model is the directory "
+                             "`recforge train --out` or model.save wrote)") from None
         if name == "meta.json":
-            raise ModelError(f"{path}: not a saved recforge model (no meta.json)") from None
+            inside = _models_inside(path)
+            raise ModelError(f"{path}: not a saved recforge model (no meta.json)"
+                             + (f"; it holds saved models: {', '.join(inside)}" if inside
+                                else "")) from None
         raise ModelError(f"{path / name}: missing from the saved model") from None
     except NotADirectoryError:
         raise ModelError(f"{path}: not a directory (a model is saved as a directory)"
                          ) from None
     return _from_artifact(path, meta, blobs, expected), meta
+
+
+def _models_inside(path: Path, limit: int = 5) -> list[str]:
+    """Up to ``limit`` saved models one or two levels below ``path`` (an experiment's
+    ``runs/NAME`` holds ``models/LABEL``), for the error of a directory that is none."""
+    try:
+        found = [str(p.parent) for pattern in ("*/meta.json", "*/*/meta.json")
+                 for p in sorted(path.glob(pattern))[:limit]]
+    except OSError:
+        return []
+    return found[:limit]
 
 
 def _from_artifact(path: Path, meta: dict[str, Any], blobs: dict[str, bytes],

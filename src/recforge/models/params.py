@@ -200,11 +200,69 @@ def extra_value(extra: dict[str, Any], key: str, rule: ParamRule, default: Any =
 # ---------------------------------------------------------------------------------------
 
 
+#: Other libraries' names for hyperparameters: name -> (recforge's names, tried in turn
+#: against what the model takes; who uses the name, or None for a generic one). A hint
+#: only: a model never takes these names.
+PARAM_ALIASES: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "factors": (("embedding_dim", "factor_dim"), "implicit"),
+    "n_factors": (("embedding_dim", "factor_dim"), "Surprise"),
+    "no_components": (("embedding_dim",), "LightFM"),
+    "embedding_size": (("embedding_dim",), "RecBole"),
+    "num_factors": (("embedding_dim", "factor_dim"), None),
+    "latent_dim": (("embedding_dim", "factor_dim"), None),
+    "dim": (("embedding_dim", "factor_dim"), None),
+    "rank": (("embedding_dim", "factor_dim"), None),
+    "regularization": (("reg",), "implicit"),
+    "reg_all": (("reg",), "Surprise"),
+    "reg_weight": (("reg",), "RecBole"),
+    "lambda_reg": (("reg",), "Cornac"),
+    "lambda": (("reg",), None),
+    "lambda_": (("reg",), None),
+    "l2": (("reg",), "Spotlight"),
+    "l2_reg": (("reg",), None),
+    "iterations": (("epochs",), "implicit"),
+    "n_epochs": (("epochs",), "Surprise"),
+    "num_epochs": (("epochs",), None),
+    "epochs_n": (("epochs",), None),
+    "n_iter": (("epochs",), "Spotlight"),
+    "max_iter": (("epochs",), "Cornac"),
+    "lr": (("learning_rate",), "PyTorch's optimizers"),
+    "lr_all": (("learning_rate",), "Surprise"),
+    "k": (("neighbors",), "Surprise's KNN"),
+    "topk": (("neighbors",), None),
+    "n_neighbors": (("neighbors",), "scikit-learn"),
+    "num_neighbors": (("neighbors",), None),
+    "train_batch_size": (("batch_size",), "RecBole"),
+    "num_negatives": (("n_negatives",), None),
+    "neg_samples": (("n_negatives",), None),
+}
+
+
+def param_hint(names: list[str], key: Any) -> tuple[str, str | None] | None:
+    """What to suggest for a parameter ``key`` that a model taking ``names`` does not
+    take: ``(name, note)``, the recforge name of another library's (``factors`` ->
+    ``("embedding_dim", "implicit calls it 'factors'")``, only when the model takes it),
+    else the closest name (note ``None``); ``None`` when nothing is close."""
+    if not isinstance(key, str):
+        return None
+    alias = PARAM_ALIASES.get(key) or PARAM_ALIASES.get(key.lower())
+    if alias is not None:
+        target = next((n for n in alias[0] if n in names), None)
+        if target is not None:
+            return target, (f"{alias[1]} calls it {key!r}" if alias[1] else None)
+    close = get_close_matches(key, names, n=1)
+    if not close:  # a case slip: 'Reg', 'EPOCHS'
+        close = [n for n in names if n.lower() == key.lower()][:1]
+    return (close[0], None) if close else None
+
+
 def unknown_param_message(model_cls: type, key: Any) -> str:
     """The error for a parameter ``key`` that ``model_cls`` (a model class) does not take,
-    with the closest name and the list of those it takes."""
+    with the closest name (or the recforge name of another library's, :func:`param_hint`)
+    and the list of those it takes."""
     names = model_cls._param_names()  # type: ignore[attr-defined]
-    hint = get_close_matches(key, names, n=1) if isinstance(key, str) else []
+    hint = param_hint(names, key)
     return (f"{model_cls.__name__} has no parameter {shown(key)}"
             + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + (f" ({hint[1]})" if hint and hint[1] else "")
             + f" (parameters: {', '.join(names)})")

@@ -11,18 +11,25 @@ capability, e.g. for the CLI's help and errors), :func:`tuning_space` (``recforg
 and :func:`quick_params` (``recforge quickstart``). No model list is written out anywhere
 else; reading capabilities imports the model modules (torch), so the CLI asks only when
 it prints a subcommand's help or an error.
+
+Names are given as people already know them (:func:`resolve_name`): case and ``-`` / ``_``
+do not matter (``EASE``, ``Hybrid-BPR``), a few other spellings of the same algorithm are
+accepted (:data:`ALIASES`), and other libraries' names that are not the same thing get an
+error saying what recforge calls the closest model (:data:`HINTS`). The canonical name is
+what a model saves and prints.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import fields
 from difflib import get_close_matches
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from recforge.errors import ConfigError
-from recforge.models.params import unknown_param_message
+from recforge.models.params import shown, unknown_param_message
 
 if TYPE_CHECKING:  # the contracts import torch, which this module does not need
     from recforge.models.contracts import SearchSpace
@@ -47,6 +54,73 @@ BUILTIN: dict[str, str] = {
     "hybrid_bpr": "recforge.models.hybrid:HybridBPR",
     "blend": "recforge.models.blend:Blend",
 }
+
+#: Other spellings of the same algorithm, accepted silently (keys as :func:`_folded`
+#: writes them: lower case, no ``-`` / ``_`` / spaces). Only names with one reading: a
+#: library's name or a family of models gets a :data:`HINTS` error instead.
+ALIASES: dict[str, str] = {
+    "popularity": "pop", "mostpop": "pop", "mostpopular": "pop", "toppop": "pop",
+    "itemcf": "itemknn", "itembased": "itemknn", "itemitem": "itemknn",
+    "usercf": "userknn", "userbased": "userknn",
+    "ials": "als", "wmf": "als",  # Hu, Koren & Volinsky's implicit ALS, which als is
+    "easer": "ease",  # the paper's EASE^R
+}
+
+#: Names other libraries use for something recforge has under another name, or has only
+#: a relative of: an error saying so (keys folded as in :data:`ALIASES`).
+HINTS: dict[str, str] = {
+    "lightfm": "recforge's LightFM-style model is 'hybrid_bpr' (id plus feature "
+               "embeddings, BPR or softmax loss)",
+    "implicit": "recforge's counterpart of implicit's AlternatingLeastSquares is 'als' (its "
+                "BayesianPersonalizedRanking: 'bpr'; ItemItemRecommender: 'itemknn')",
+    "implicitals": "recforge's implicit-feedback ALS (as in implicit) is 'als'",
+    "alternatingleastsquares": "recforge's implicit-feedback ALS (as in implicit) is 'als'",
+    "svd": "recforge's counterpart of Surprise's SVD (biased matrix factorisation of ratings "
+           "by SGD) is 'mf'",
+    "funksvd": "recforge's Funk-SVD (biased matrix factorisation of ratings by SGD) is 'mf'",
+    "biasedmf": "recforge's biased matrix factorisation of ratings is 'mf'",
+    "ncf": "NCF (He et al. 2017) is three models here: 'gmf', 'mlp' and 'neumf' (their "
+           "fusion, the paper's best)",
+    "slim": "recforge has no SLIM; 'ease' is the closest (a closed-form item-item model, "
+            "without SLIM's non-negativity and L1 penalty)",
+    "ngcf": "recforge has no NGCF; 'lightgcn' is its simplified successor",
+    "knn": "recforge's neighbourhood models are 'itemknn' (item-based) and 'userknn' "
+           "(user-based)",
+    "itemitemrecommender": "recforge's item-item kNN (as in implicit) is 'itemknn'",
+    "bayesianpersonalizedranking": "recforge's BPR matrix factorisation is 'bpr'",
+}
+
+
+def _folded(name: str) -> str:
+    """``name`` as names are compared: lower case, without ``-``, ``_`` and spaces."""
+    return re.sub(r"[-_\s]", "", name).lower()
+
+
+def resolve_name(name: Any) -> str:
+    """The registry name that ``name`` gives (``EASE`` -> ``ease``, ``popularity`` ->
+    ``pop``); :class:`ConfigError` for any other name, saying what recforge calls the
+    model when ``name`` is another library's (``lightfm`` -> ``hybrid_bpr``), or naming
+    close matches."""
+    table = {**_plugins(), **BUILTIN}
+    if isinstance(name, str) and name in table:
+        return name
+    if not isinstance(name, str):
+        raise ConfigError(f"a model name must be text, got {shown(name)}")
+    key = _folded(name)
+    same = sorted(n for n in table if _folded(n) == key)
+    if len(same) == 1:
+        return same[0]
+    available = f" (available: {', '.join(sorted(table))})"
+    if same:
+        raise ConfigError(f"model name {name!r} is ambiguous: {' or '.join(same)}")
+    if key in ALIASES and ALIASES[key] in table:
+        return ALIASES[key]
+    if key in HINTS:
+        raise ConfigError(f"unknown model {name!r}; {HINTS[key]}" + available)
+    folded = {_folded(n): n for n in table}
+    hint = get_close_matches(key, list(folded), n=1)
+    raise ConfigError(f"unknown model {shown(name)}"
+                      + (f"; did you mean {folded[hint[0]]!r}?" if hint else "") + available)
 
 
 def _plugins() -> dict[str, str]:
@@ -81,21 +155,17 @@ def quick_params(name: str) -> dict[str, Any]:
 
 
 def get_model_class(name: str) -> type[Any]:
-    """The class registered under ``name`` (a ``Recommender`` subclass);
-    :class:`ConfigError` naming close matches."""
-    table = {**_plugins(), **BUILTIN}
-    if name not in table:
-        hint = get_close_matches(name, list(table), n=1)
-        raise ConfigError(f"unknown model {name!r}" + (f"; did you mean {hint[0]!r}?" if hint
-                                                        else "")
-                          + f" (available: {', '.join(sorted(table))})")
-    module, _, attr = table[name].partition(":")
+    """The class registered under ``name`` (a ``Recommender`` subclass; ``name`` as
+    :func:`resolve_name` takes it); :class:`ConfigError` naming close matches."""
+    name = resolve_name(name)
+    module, _, attr = {**_plugins(), **BUILTIN}[name].partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
 def create_model(name: str, **params: Any) -> Any:
-    """Instantiate model ``name`` (a ``Recommender``) with hyperparameters, checking their
-    names."""
+    """Instantiate model ``name`` (a ``Recommender``; ``name`` as :func:`resolve_name`
+    takes it) with hyperparameters, checking their names (another library's name for one
+    gets a hint: ``factors`` -> ``embedding_dim``)."""
     cls = get_model_class(name)
     valid = cls._param_names()
     for key in params:
