@@ -102,7 +102,8 @@ def test_outputs_keep_the_request_order_and_the_vocabulary_types(random_data):
                                      users[1], users[1]]
     item = random_data.items.ids[0]
     sims = model.similar_items([str(item)], k=2)
-    assert sims["item"].tolist() == [item, item]  # "1" asked, 1 answered, as recommend does
+    # the ids as asked, in their type ("1" asked, "1" answered: a join key), as recommend does
+    assert sims["item"].tolist() == [str(item), str(item)] and sims["similar"].dtype == np.int64
 
 
 def test_top_k_takes_and_orders_ties_by_column_like_a_stable_sort():

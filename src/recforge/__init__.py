@@ -1,13 +1,33 @@
-"""recforge: build, evaluate and serve recommender systems with PyTorch."""
+"""recforge: build, evaluate and serve recommender systems with PyTorch.
 
+The names a program needs first are importable from here::
+
+    from recforge import Interactions, Recommender, create_model, evaluate, load_model
+
+``Recommender``, ``create_model`` and ``evaluate`` import PyTorch, so they load on first use
+(:pep:`562`): ``import recforge`` (and ``recforge --help``) stays light.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from recforge._version import __version__
 from recforge.data.interactions import Interactions
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import ConfigError, DataError, ModelError, RecforgeError
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from recforge.evaluation import evaluate
+    from recforge.models import Recommender, create_model
 
 __all__ = [
     "Interactions",
+    "Recommender",
+    "create_model",
+    "load_model",
+    "evaluate",
     "Vocabulary",
     "RecforgeError",
     "DataError",
@@ -15,3 +35,27 @@ __all__ = [
     "ModelError",
     "__version__",
 ]
+
+
+def load_model(path: str | os.PathLike) -> Recommender:
+    """Load a model saved by :meth:`Recommender.save` (the same as :meth:`Recommender.load`;
+    damaged or tampered files raise :class:`ModelError` naming the file)."""
+    from recforge.models import Recommender  # lazy: imports torch
+
+    return Recommender.load(path)
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Recommender", "create_model"):
+        import recforge.models  # lazy: imports torch
+
+        return getattr(recforge.models, name)
+    if name == "evaluate":
+        import recforge.evaluation  # lazy: imports torch
+
+        return recforge.evaluation.evaluate
+    raise AttributeError(f"module 'recforge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -18,7 +18,7 @@ import typer
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from recforge import __version__
+from recforge._version import __version__
 from recforge.cli.common import ParamsCommand, err_console
 from recforge.cli.datasets import datasets_app
 from recforge.cli.experiments import models_cmd, quickstart, run, tune

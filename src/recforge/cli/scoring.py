@@ -57,6 +57,10 @@ def recommend(
         status(out).print(f"wrote {len(recs):,} recommendations for the history to {out}")
         return
     user_ids = est.users_.ids if users == "all" else read_user_list(Path(users))
+    if users != "all":  # text from a file: written as the model's ids (1, not "1")
+        idx = est.users_.index(user_ids)
+        user_ids[idx >= 0] = est.users_.ids[idx[idx >= 0]]
+        user_ids = est.users_.ids[idx] if (idx >= 0).all() else user_ids
     if unknown == "error":  # said in the CLI's words (the library's names its argument)
         ids = np.asarray(user_ids, dtype=object)
         bad = ids[est.users_.index(ids) < 0]

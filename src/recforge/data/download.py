@@ -39,8 +39,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from recforge import __version__
 from recforge._fs import atomic_path
+from recforge._version import __version__
 from recforge.errors import DataError
 
 __all__ = ["cache_dir", "extract_zip", "fetch", "file_digest", "MAX_EXTRACT_BYTES",

@@ -34,9 +34,9 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from recforge import __version__
 from recforge._fs import atomic_path, atomic_write_text
 from recforge._json import dumps
+from recforge._version import __version__
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, ModelError
 from recforge.evaluation.metrics import Metric

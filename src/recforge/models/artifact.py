@@ -34,9 +34,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 
-from recforge import __version__
 from recforge._fs import atomic_dir, read_dir_consistently
 from recforge._json import json_safe
+from recforge._version import __version__
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import ConfigError, DataError, ModelError
 from recforge.models.params import shown

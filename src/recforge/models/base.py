@@ -25,7 +25,7 @@ import inspect
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -282,21 +282,22 @@ class Recommender:
         """Top-``k`` recommendations for users given by their *external* ids.
 
         Returns a DataFrame with columns ``user, item, rank, score`` (external ids, rank
-        from 1). Items the user interacted with in training are excluded unless
+        from 1). The ``user`` column holds the ids as passed, in their dtype (see
+        :func:`passed_ids`), so it merges with the frame they came from; ``item`` holds the
+        vocabulary's ids. Items the user interacted with in training are excluded unless
         ``include_seen=True``. ``candidates`` (external item ids) restricts the ranking.
         Unknown users raise :class:`ModelError` (``unknown="error"``), are left out
         (``"skip"``), or get the most popular unseen items (``"popular"``).
         """
         self.check_fitted()
         _check_k(k)
-        ext, idx = self._user_index(users, unknown)
+        _, idx = self._user_index(users, unknown)
         cand_idx = self._candidate_index(candidates)
-        known = idx >= 0
-        # Output ids in the vocabulary's own type (a CLI passes "42" for user 42).
-        ext = ext.astype(object)
-        ext[known] = self.users_.ids[idx[known]]
+        # the output's user column: the ids as passed, in their dtype (a join key)
+        ext = passed_ids(users)
         if unknown != "popular":
-            ext, idx = ext[known], idx[known]
+            keep = np.flatnonzero(idx >= 0)
+            ext, idx = ext.take(keep), idx[keep]
         frames = []
         at = 0
         # equal scores (a short history, a cold item) are ordered by popularity
@@ -307,8 +308,8 @@ class Recommender:
             frames.append(self._frame(ext[at:at + len(ub)], items, scores))
             at += len(ub)
         if not frames:
-            return pd.DataFrame({"user": pd.Series([], dtype=object),
-                                 "item": pd.Series([], dtype=object),
+            return pd.DataFrame({"user": pd.Series(ext[:0], dtype=ext.dtype),
+                                 "item": pd.Series(self.items_.ids[:0]),
                                  "rank": pd.Series([], dtype=np.int64),
                                  "score": pd.Series([], dtype=np.float32)})
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
@@ -387,15 +388,18 @@ class Recommender:
         declare ``folds_in_history``)."""
         raise NotImplementedError
 
-    def _frame(self, ext_users: np.ndarray, items: torch.Tensor, scores: torch.Tensor
+    def _frame(self, ext_users: Any, items: torch.Tensor, scores: torch.Tensor
                ) -> pd.DataFrame:
-        """Rows ``user, item, rank, score``; slots with a non-finite score are left out."""
+        """Rows ``user, item, rank, score``; slots with a non-finite score are left out.
+        ``ext_users`` (a numpy or pandas array, one per row of ``items``) keeps its dtype."""
         b, k = items.shape
         it = items.cpu().numpy().ravel()
         sc = scores.cpu().numpy().ravel()
         keep = np.isfinite(sc)
         return pd.DataFrame({
-            "user": np.repeat(ext_users, k)[keep],
+            # an explicit dtype: pandas would infer ``str`` for an object array of text
+            "user": pd.Series(ext_users.take(np.repeat(np.arange(b), k)[keep]),
+                              dtype=ext_users.dtype),
             "item": self.items_.ids[it[keep]],
             "rank": np.tile(np.arange(1, k + 1), b)[keep],
             "score": sc[keep],
@@ -426,24 +430,25 @@ class Recommender:
                       ) -> pd.DataFrame:
         """The ``k`` items most similar to each given item (external ids).
 
-        Returns columns ``item, similar, rank, score``; an item is never its own neighbour.
+        Returns columns ``item, similar, rank, score``: ``item`` holds the ids as passed,
+        in their dtype (see :func:`passed_ids`), ``similar`` the vocabulary's ids. An item is
+        never its own neighbour.
         Items with no similarity at all (a score of exactly 0: no user or feature in common,
         as item-kNN and content models say) are left out, so fewer than ``k`` rows may come
         back for an item. Unknown item ids raise :class:`ModelError`.
         """
         self.check_fitted()
         _check_k(k)
-        ext = np.atleast_1d(np.asarray(items, dtype=object if not isinstance(items, np.ndarray)
-                                       else None))
+        ext = passed_ids(items)
         if len(ext) == 0:
-            return pd.DataFrame({"item": pd.Series([], dtype=object),
-                                 "similar": pd.Series([], dtype=object),
+            return pd.DataFrame({"item": pd.Series(ext, dtype=ext.dtype),
+                                 "similar": pd.Series(self.items_.ids[:0]),
                                  "rank": pd.Series([], dtype=np.int64),
                                  "score": pd.Series([], dtype=np.float32)})
-        idx = self.items_.index(ext)
+        idx = self.items_.index(np.asarray(ext, dtype=object))
         if (idx < 0).any():
-            raise ModelError(f"unknown item id(s): {ext[idx < 0][:5].tolist()}")
-        ext = self.items_.ids[idx].astype(object)  # the vocabulary's own type ("1" -> 1)
+            bad = np.asarray(ext, dtype=object)[idx < 0]
+            raise ModelError(f"unknown item id(s): {bad[:5].tolist()}")
         k = min(int(k), self.n_items - 1)
         block = self.score_block_size(batch_size)
         ties = rank_ties(torch.from_numpy(self.popularity_rank()))  # equal: the popular first
@@ -587,6 +592,26 @@ class Recommender:
         model must be one of it.
         """
         return load_model(path, None if cls is Recommender else cls)
+
+
+def passed_ids(ids: Any) -> Any:
+    """External ids as the caller passed them, 1-d, in their own dtype: what the id columns
+    of :meth:`Recommender.recommend` and :meth:`~Recommender.similar_items` hold, so a merge
+    with the caller's frame works. A numpy array keeps its dtype (text: ``object``), a
+    pandas Series or Index its dtype (extension dtypes too), a list (or a scalar) becomes
+    ``int64`` when every id is an int, else (text, mixed, empty) ``object``."""
+    if isinstance(ids, (pd.Series, pd.Index)):
+        return ids.array
+    if isinstance(ids, np.ndarray):
+        arr = np.atleast_1d(ids).ravel()
+        return arr.astype(object) if arr.dtype.kind in "US" else arr
+    if not isinstance(ids, (list, tuple)):
+        is_many = isinstance(ids, Iterable) and not isinstance(ids, (str, bytes))
+        ids = list(ids) if is_many else [ids]
+    arr = np.asarray(ids)  # Python ints -> int64; mixed, str or bool -> not an int kind
+    if arr.ndim == 1 and arr.dtype.kind in "iu" and len(arr):
+        return arr.astype(np.int64, copy=False)
+    return np.asarray(ids, dtype=object).ravel()
 
 
 def _check_k(k: Any) -> None:

@@ -64,7 +64,7 @@ from typing import TextIO
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from recforge import __version__
+from recforge._version import __version__
 from recforge.data.events import EventStore
 from recforge.errors import ConfigError
 from recforge.models.base import Recommender
