@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch keeps installs small; set TORCH_SPEC=torch for a CUDA machine.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test e2e install install-dev bench lint clean
+.PHONY: demo test e2e install install-dev bench lint docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,5 +41,10 @@ bench: install-dev
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks
 
+# The documentation site (docs/*.md and the API reference generated from the docstrings) into
+# site/; --strict fails on a broken link or cross-reference (tests/test_docs.py runs the same).
+docs: install-dev
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) site build dist src/*.egg-info .pytest_cache .hypothesis

@@ -48,6 +48,8 @@ def _readonly(arr: np.ndarray | None) -> np.ndarray | None:
 class Interactions:
     """A log of (user, item, value, timestamp) events over fixed user and item vocabularies.
 
+    Most users build one with :meth:`from_frame` or the readers in :mod:`recforge.data.readers`.
+
     Parameters
     ----------
     user, item:
@@ -63,8 +65,6 @@ class Interactions:
         The vocabularies mapping external ids to the indices above.
     source:
         Where the data came from (a file name), used in error messages.
-
-    Most users build one with :meth:`from_frame` or the readers in :mod:`recforge.data.readers`.
     """
 
     def __init__(self, user: Any, item: Any, value: Any = None, timestamp: Any = None, *,
