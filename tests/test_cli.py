@@ -445,9 +445,12 @@ def test_checkpoint_dir_keeps_files_that_are_not_the_checkpoint(tmp_path, csv_fi
 
 
 def test_hyperparameters_are_checked_before_the_data_is_read(tmp_path, capsys):
-    code, _, err = run(["train", "bpr", "--data", tmp_path / "not-there.csv", "--out",
+    # a file that reading would refuse (a missing one is answered first, without torch)
+    unreadable = tmp_path / "unreadable.csv"
+    unreadable.write_bytes(b"\xff\xfe\x00" * 10)
+    code, _, err = run(["train", "bpr", "--data", unreadable, "--out",
                         tmp_path / "m", "-p", "learning_rate=-1"], capsys)
-    assert code == 2 and "learning_rate" in err and "not-there" not in err
+    assert code == 2 and "learning_rate" in err and "unreadable" not in err
 
 
 def test_help_shows_the_install_extras_in_brackets(capsys, monkeypatch):

@@ -4,8 +4,9 @@ The names a program needs first are importable from here::
 
     from recforge import Interactions, Recommender, create_model, evaluate, load_model
 
-``Recommender``, ``create_model`` and ``evaluate`` import PyTorch, so they load on first use
-(:pep:`562`): ``import recforge`` (and ``recforge --help``) stays light.
+They load on first use (:pep:`562`): ``Recommender``, ``create_model`` and ``evaluate``
+import PyTorch, ``Interactions`` and ``Vocabulary`` pandas and SciPy, so ``import recforge``
+(and every ``recforge`` command, up to the point where its arguments are checked) stays light.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from recforge._version import __version__
-from recforge.data.interactions import Interactions
-from recforge.data.vocabulary import Vocabulary
 from recforge.errors import ConfigError, DataError, ModelError, RecforgeError
 
 if TYPE_CHECKING:
+    from recforge.data.interactions import Interactions
+    from recforge.data.vocabulary import Vocabulary
     from recforge.evaluation import evaluate
     from recforge.models import Recommender, create_model
 
@@ -46,6 +47,14 @@ def load_model(path: str | os.PathLike) -> Recommender:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "Interactions":
+        from recforge.data.interactions import Interactions  # lazy: imports pandas, SciPy
+
+        return Interactions
+    if name == "Vocabulary":
+        from recforge.data.vocabulary import Vocabulary  # lazy: imports pandas
+
+        return Vocabulary
     if name in ("Recommender", "create_model"):
         import recforge.models  # lazy: imports torch
 

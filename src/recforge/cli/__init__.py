@@ -5,8 +5,12 @@ the experiment runner and the server.
 Errors a user can cause (bad data, bad parameter, bad model directory) print one line on
 stderr and exit with status 2, without a traceback.
 
-Imports of torch and what imports it are made inside the commands, so that
-``recforge --help`` answers at once.
+Imports of torch, pandas and what imports them are made inside the commands, after the
+arguments that need none of them are checked, so that ``recforge --help`` and a mistake
+(an unknown model, a missing file) are answered at once.
+
+Output that is not a terminal (a pipe, a file) is laid out ``COLUMNS`` wide, else
+:data:`~recforge.cli.common.PIPE_WIDTH`: help and tables are not cut at 80 columns.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import logging
 import sys
 
 import typer
+import typer.rich_utils
 from rich.logging import RichHandler
 from rich.markup import escape
 
 from recforge._version import __version__
-from recforge.cli.common import ParamsCommand, err_console
+from recforge.cli.common import ParamsCommand, err_console, output_width
 from recforge.cli.datasets import datasets_app
 from recforge.cli.experiments import models_cmd, quickstart, run, tune
 from recforge.cli.scoring import evaluate_cmd, predict, recommend
@@ -52,12 +57,18 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     root.propagate = False
 
 
-app.command(cls=ParamsCommand)(train)  # its help names the gradient models; -p KEY=VALUE
+def _summary(command: object) -> str:
+    """The first paragraph of a command's help as one line (``recforge --help`` keeps a
+    docstring's line breaks otherwise), wrapped to the width by the help's layout."""
+    return " ".join((getattr(command, "__doc__", None) or "").split("\n\n")[0].split())
+
+
+app.command(cls=ParamsCommand, short_help=_summary(train))(train)  # -p KEY=VALUE
 for command in (run, tune, serve, recommend, predict):
-    app.command()(command)
-app.command("evaluate")(evaluate_cmd)
-app.command("models")(models_cmd)
-app.command()(quickstart)
+    app.command(short_help=_summary(command))(command)
+app.command("evaluate", short_help=_summary(evaluate_cmd))(evaluate_cmd)
+app.command("models", short_help=_summary(models_cmd))(models_cmd)
+app.command(short_help=_summary(quickstart))(quickstart)
 
 
 def _os_error(exc: OSError) -> str:
@@ -72,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     Usage errors (unknown option, missing argument) are reported by Typer, also with
     status 2.
     """
+    if typer.rich_utils.MAX_WIDTH is None:  # TERMINAL_WIDTH, Typer's own setting, wins
+        typer.rich_utils.MAX_WIDTH = output_width(sys.stdout)  # help: None on a terminal
     try:
         args = list(sys.argv[1:] if argv is None else argv)
         app(args=args, prog_name="recforge", obj={"argv": args})

@@ -1,28 +1,51 @@
 """What the commands share: the consoles, reading ``-p`` values and user lists, writing
-tables, the checks of output paths done before any work, and the lists of models that
-help texts and errors name (generated from the registry, never written out)."""
+tables, the checks of arguments and paths done before any work (and before torch or pandas
+is imported, so that a mistake is answered at once), and the lists of models that help
+texts and errors name (generated from the registry, never written out)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand
 
 from recforge._fs import atomic_path, check_output_dir, check_output_file, is_stdout
-from recforge.errors import ConfigError, DataError
+from recforge.errors import ConfigError, DataError, ModelError
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+#: Columns of output that is not a terminal (a pipe, a file) when ``COLUMNS`` does not say:
+#: wide, so that help and tables are not cut at Rich's and Click's default of 80.
+PIPE_WIDTH = 160
+
+
+def output_width(stream: Any) -> int | None:
+    """The width to lay out text for ``stream``: ``None`` (the terminal's own) for a
+    terminal, else ``COLUMNS`` when set, else :data:`PIPE_WIDTH`."""
+    try:
+        if stream.isatty():
+            return None
+    except (AttributeError, ValueError):
+        pass
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else PIPE_WIDTH
+
+
+console = Console(stderr=False, width=output_width(sys.stdout))
+err_console = Console(stderr=True, width=output_width(sys.stderr))
 log = logging.getLogger("recforge")
 
 #: ``{models_with:CAPABILITY}`` in a command's help: the models that declare it.
@@ -123,6 +146,41 @@ def parse_params(items: list[str] | None, argv: list[str] | None = None) -> dict
     return params
 
 
+def check_model_dir(path: Path) -> None:
+    """A ``--model`` that does not exist, said before torch is imported to load it (the
+    words of :func:`recforge.models.artifact.load`)."""
+    if not os.path.lexists(path):
+        raise ModelError(f"no such directory: {path} (a model is the directory "
+                         "`recforge train --out` or model.save wrote)")
+
+
+#: Suffixes of data files, which no dataset name (nor its aliases) ends with.
+DATA_FILE_SUFFIXES = frozenset((".csv", ".tsv", ".txt", ".dat", ".data", ".parquet", ".pq",
+                                ".json", ".jsonl", ".gz", ".zip"))
+
+
+def check_data_specs(specs: Iterable[str]) -> None:
+    """Data arguments that are neither a file nor a dataset name, said before the readers
+    (pandas) and the workflow (torch) are imported (the words of
+    :func:`recforge.data.datasets.load_dataset`)."""
+    missing = [s for s in specs if not s.startswith("events:") and not os.path.lexists(s)
+               and s != "synthetic"]
+    files = [s for s in missing if Path(s).suffix.lower() in DATA_FILE_SUFFIXES]
+    if files:  # a data file's name is no dataset name: said without reading the table
+        raise DataError("no such file, and not a dataset name (try `recforge datasets list`)",
+                        source=files[0])
+    if not missing:
+        return
+    from recforge.data.movielens import get_spec  # lazy: imports pandas (dataset names)
+
+    for spec in missing:
+        try:
+            get_spec(spec)
+        except Exception:
+            raise DataError("no such file, and not a dataset name (try `recforge datasets "
+                            "list`)", source=spec) from None
+
+
 def write_frame(frame: pd.DataFrame, out: Path) -> None:
     suffix = out.suffix.lower()
     with atomic_path(out) as tmp:
@@ -135,6 +193,7 @@ def write_frame(frame: pd.DataFrame, out: Path) -> None:
 
 
 def load_model(path: Path):
+    check_model_dir(path)
     from recforge.models.base import Recommender  # lazy: imports torch
 
     return Recommender.load(path)
@@ -142,6 +201,8 @@ def load_model(path: Path):
 
 def read_user_list(path: Path) -> np.ndarray:
     """User ids from a file: one per line (first field of a CSV / TSV), optional header."""
+    import numpy as np  # lazy: not needed to check a command's arguments
+
     if not path.is_file():
         raise DataError("file not found", source=str(path))
     try:
@@ -158,8 +219,9 @@ def read_user_list(path: Path) -> np.ndarray:
 
 def metrics_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
     table = Table(title=title)
-    for c in columns:
-        table.add_column(c, justify="left" if c in ("model", "metric") else "right")
+    for c in columns:  # names fold onto the next line when narrow, never cut
+        table.add_column(c, justify="left" if c in ("model", "metric") else "right",
+                         overflow="fold")
     for row in rows:
         table.add_row(*[f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, ""))
                         for c in columns])

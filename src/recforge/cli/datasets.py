@@ -19,7 +19,7 @@ def datasets_list() -> None:
 
     table = Table(title="Datasets")
     for c in ("name", "ratings", "users", "items", "metadata", "local copy"):
-        table.add_column(c)
+        table.add_column(c, overflow="fold")  # names and paths wrap, never cut
     for spec in list_datasets():
         meta = ["titles", "genres"]
         if spec.has_tags:

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from recforge.cli.common import check_out_dir, console
 from recforge.errors import ConfigError
+from recforge.models.registry import resolve_name
 
 
 def run(
@@ -20,11 +21,12 @@ def run(
                                     "runs/NAME)."),
 ) -> None:
     """Run an experiment: every model of the config on its split; leaderboard and results."""
+    if out is not None:
+        check_out_dir(out)
+    check_experiment_file(experiment)
     from recforge.experiment.config import load_config  # lazy: imports torch
     from recforge.experiment.runner import run_experiment  # lazy: imports torch
 
-    if out is not None:
-        check_out_dir(out)
     cfg = load_config(experiment)
     run_experiment(cfg, out or Path("runs") / cfg.name, console=console)
 
@@ -42,11 +44,12 @@ def tune(
                                     "runs/NAME-tune-MODEL)."),
 ) -> None:
     """Tune a model's hyperparameters with Optuna on a validation split (never the test)."""
+    if out is not None:
+        check_out_dir(out)
+    check_experiment_file(experiment)
     from recforge.experiment.config import load_config  # lazy: imports torch
     from recforge.experiment.tune import tune as run_tune  # lazy: imports torch, Optuna
 
-    if out is not None:
-        check_out_dir(out)
     cfg = load_config(experiment)
     model = _tuned_model(cfg, model, experiment)
     run_tune(cfg, model, n_trials=trials, metric=metric, timeout=timeout, seed=seed,
@@ -54,11 +57,16 @@ def tune(
              console=console)
 
 
+def check_experiment_file(path: Path) -> None:
+    """A missing experiment file, said before the config reader (torch) is imported (the
+    words of :func:`recforge.experiment.config.load_config`)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: experiment file not found")
+
+
 def _tuned_model(cfg: Any, model: str, experiment: Path) -> str:
     """``--model`` of ``tune``: a label or name of the experiment as given, else a model
     name as the registry resolves it (``EASE`` -> ``ease``)."""
-    from recforge.models.registry import resolve_name  # lazy: recforge.models imports torch
-
     if any(model in (m.display, m.name) for m in cfg.models):
         return model
     try:
@@ -84,12 +92,11 @@ def quickstart(
 ) -> None:
     """Fit and compare every model on ml-100k (local or downloaded) or generated data;
     leaderboard, report.html and the trained models in --out."""
-    from recforge.experiment.quickstart import run_quickstart  # lazy: imports torch
-    from recforge.models.registry import resolve_name  # lazy: recforge.models imports torch
-
     check_out_dir(out)
     names = ([resolve_name(m.strip()) for m in models.split(",") if m.strip()] if models
              else None)
+    from recforge.experiment.quickstart import run_quickstart  # lazy: imports torch
+
     run_quickstart(out=out, data_dir=data_dir, k=k, console=console, models=names,
                    download=download)
 
@@ -98,10 +105,10 @@ def models_cmd() -> None:
     """List the models that can be trained, with their hyperparameters."""
     from recforge.models.registry import available_models, get_model_class  # lazy: torch
 
-    table = Table(title="Models")
-    table.add_column("name")
-    table.add_column("class")
-    table.add_column("hyperparameters (defaults)")
+    table = Table(title="Models")  # names fold onto the next line when narrow, never cut
+    table.add_column("name", overflow="fold")
+    table.add_column("class", overflow="fold")
+    table.add_column("hyperparameters (defaults)", overflow="fold")
     for name in available_models():
         cls = get_model_class(name)
         sig = inspect.signature(cls.__init__)

@@ -6,14 +6,14 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import typer
 
 from recforge._fs import atomic_write_text
 from recforge.cli.common import (
     ENCODING_OPTION,
     HEADER_OPTION,
+    check_data_specs,
+    check_model_dir,
     check_out_file,
     load_model,
     metrics_table,
@@ -21,7 +21,6 @@ from recforge.cli.common import (
     status,
     write_frame,
 )
-from recforge.data.frames import parse_columns
 from recforge.errors import ConfigError, ModelError
 
 
@@ -42,9 +41,12 @@ def recommend(
 ) -> None:
     """Top-K recommendations: columns user,item,rank,score (external ids)."""
     check_out_file(out)
-    est = load_model(model)
     if k < 1:
         raise ConfigError(f"--k must be >= 1, got {k}")
+    check_model_dir(model)
+    import numpy as np  # lazy: after the arguments are checked
+
+    est = load_model(model)
     if history is not None:
         items = [x.strip() for x in history.split(",") if x.strip()]
         if not items:
@@ -90,9 +92,13 @@ def predict(
 ) -> None:
     """Predict ratings for (user, item) pairs (rating models only): one output row per
     input row, in the input's order."""
-    from recforge.data.readers import read_pairs  # lazy: 20 ms (the file formats)
-
     check_out_file(out)
+    check_model_dir(model)
+    import pandas as pd  # lazy: after the arguments are checked
+
+    from recforge.data.frames import parse_columns  # lazy: imports pandas
+    from recforge.data.readers import read_pairs  # lazy: the file formats
+
     est = load_model(model)
     if not est.predicts_ratings:
         raise ConfigError(f"model {est.name!r} ranks items but does not predict ratings; "
@@ -128,11 +134,13 @@ def evaluate_cmd(
                                     "(- for standard output)."),
 ) -> None:
     """Evaluate a trained model on held-out data (full ranking by default)."""
+    if out is not None:
+        check_out_file(out)
+    check_model_dir(model)
+    check_data_specs([*train, test])
     # lazy: the workflow imports torch
     from recforge.experiment.workflow import ReadOptions, concat, evaluate_files, read_data
 
-    if out is not None:
-        check_out_file(out)
     est = load_model(model)
     parts = read_data([*train, test], ReadOptions(format=fmt, columns=columns,
                                                   data_dir=data_dir, header=header,

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from recforge.cli.common import console, log
+from recforge.cli.common import check_model_dir, console, log
 from recforge.errors import ConfigError
 
 
@@ -66,6 +66,7 @@ def serve(
                                     "ids included), status, milliseconds."),
 ) -> None:
     """Serve recommendations over HTTP (OpenAPI docs at /docs)."""
+    check_model_dir(model)  # before torch is imported: a mistyped path is answered at once
     given = {"max_body_bytes": max_body_bytes, "max_id_length": max_id_length,
              "max_batch_results": max_batch_results, "max_history": max_history,
              "max_events": max_events, "heavy_workers": heavy_workers,

@@ -16,12 +16,14 @@ from recforge.cli.common import (
     ENCODING_OPTION,
     HEADER_OPTION,
     check_checkpoint_dir,
+    check_data_specs,
     check_out_dir,
     console,
     models_with,
     parse_params,
 )
 from recforge.errors import ConfigError
+from recforge.models.registry import resolve_name
 
 if TYPE_CHECKING:
     from recforge.experiment.workflow import TrainRequest
@@ -77,13 +79,15 @@ def train(
     Gradient models ({models_with:gradient}) write a checkpoint after every
     epoch; if the run is killed, the same command with --resume continues where it stopped.
     """
+    # The arguments that need no torch are checked first: a mistake is answered at once.
+    model = resolve_name(model)  # 'EASE' -> 'ease'; 'lightfm' -> which model to use
+    check_data_specs([*data, *([valid] if valid else [])])
+    check_out_dir(out)
     # lazy: the workflow imports torch (seconds), not needed for `recforge --help`
     from recforge.experiment.workflow import ReadOptions, TrainRequest
-    from recforge.models.registry import resolve_name  # lazy: recforge.models imports torch
     from recforge.training.optim import SPARSE_UPDATES  # lazy: imports torch
 
     params = parse_params(param, (ctx.find_root().obj or {}).get("argv"))
-    model = resolve_name(model)  # 'EASE' -> 'ease'; 'lightfm' -> which model to use
     if sparse_updates not in SPARSE_UPDATES:  # before any data is read
         raise ConfigError(f"--sparse-updates must be one of {', '.join(SPARSE_UPDATES)}, "
                           f"not {sparse_updates!r}")
