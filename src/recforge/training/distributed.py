@@ -23,6 +23,7 @@ What recforge adds is the glue a recommender needs:
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import subprocess
 import sys
@@ -130,11 +131,19 @@ def shutdown(*, wait_for_others: bool = False) -> None:
     an active exception": 4 of about 35 two-process runs of a short ``mlp`` job here, none
     in 30 with the barrier), and the launcher then killed the rank still writing. Not after
     an error: the other ranks may be inside a collective this one will never join (the
-    launcher stops them instead)."""
+    launcher stops them instead).
+
+    Before leaving, objects in reference cycles (a DDP wrapper and its reducer, pending
+    work of a collective) are collected, so that the process group they hold is destroyed
+    now, with its communication threads, and not in the interpreter's finalisation, where a
+    gloo thread that still holds tensors aborts the process (seen once in a fresh-clone
+    test run even with the barrier; pytorch/pytorch#179291 describes the mechanism)."""
     if dist.is_available() and dist.is_initialized():
         if wait_for_others and dist.get_world_size() > 1:
             dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def active() -> bool:
