@@ -201,22 +201,27 @@ def resolve_columns(frame_cols: Sequence[Any], columns: Mapping[str, str] | None
                             f"{roles[str(col)]} and the {canon}; give each role its own "
                             "column (columns=, CLI --columns)", source=source)
         roles[str(col)] = canon
-    used = list(resolved.values())
     if warn:  # a misspelt rating or timestamp column would leave the data without them
-        taken = {str(c) for c in used}
-        for canon in ("rating", "timestamp"):
-            if canon in resolved:
-                continue
-            for col in present:
-                if col in taken:
-                    continue
-                hint = get_close_matches(col.lower(), COLUMN_ALIASES[canon], n=1, cutoff=0.8)
-                if hint:
-                    _log.warning("%s: column %r is not read; did you mean %r (the %s)? Name "
-                                 "it with --columns %s=%s", source or "data", col, hint[0],
-                                 canon, canon, col)
-                    break
+        _warn_misspelt(resolved, present, source)
     return resolved
+
+
+def _warn_misspelt(resolved: dict[str, Any], present: list[str], source: str | None) -> None:
+    """Log a warning for an unread column whose name is close to a rating or timestamp
+    alias, when the data has no such column."""
+    taken = {str(c) for c in resolved.values()}
+    for canon in ("rating", "timestamp"):
+        if canon in resolved:
+            continue
+        for col in present:
+            if col in taken:
+                continue
+            hint = get_close_matches(col.lower(), COLUMN_ALIASES[canon], n=1, cutoff=0.8)
+            if hint:
+                _log.warning("%s: column %r is not read; did you mean %r (the %s)? Name "
+                             "it with --columns %s=%s", source or "data", col, hint[0],
+                             canon, canon, col)
+                break
 
 
 def extract_columns(frame: pd.DataFrame, columns: Mapping[str, str] | None,

@@ -25,7 +25,7 @@ import inspect
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -40,6 +40,7 @@ from recforge.errors import ConfigError, DataError, ModelError
 from recforge.models.artifact import StateSpec, load_model, save_model
 from recforge.models.contracts import Capabilities, FitOptions, SearchSpace
 from recforge.models.history import history_index
+from recforge.models.outputs import check_k, passed_ids
 from recforge.models.params import ParamRule, check_finite, shown, unknown_param_message
 from recforge.models.registry import models_with
 from recforge.ranking import Popular, TieKey, random_ties, rank_ties, top_k
@@ -283,14 +284,14 @@ class Recommender:
 
         Returns a DataFrame with columns ``user, item, rank, score`` (external ids, rank
         from 1). The ``user`` column holds the ids as passed, in their dtype (see
-        :func:`passed_ids`), so it merges with the frame they came from; ``item`` holds the
+        :func:`~recforge.models.outputs.passed_ids`), so it merges with the frame they came from; ``item`` holds the
         vocabulary's ids. Items the user interacted with in training are excluded unless
         ``include_seen=True``. ``candidates`` (external item ids) restricts the ranking.
         Unknown users raise :class:`ModelError` (``unknown="error"``), are left out
         (``"skip"``), or get the most popular unseen items (``"popular"``).
         """
         self.check_fitted()
-        _check_k(k)
+        check_k(k)
         _, idx = self._user_index(users, unknown)
         cand_idx = self._candidate_index(candidates)
         # the output's user column: the ids as passed, in their dtype (a join key)
@@ -369,7 +370,7 @@ class Recommender:
             supported = ", ".join(models_with("folds_in_history"))
             raise ModelError(f"{self.name!r} cannot score a history it was not trained on; "
                              f"models that can: {supported}")
-        _check_k(k)
+        check_k(k)
         if unknown not in ("error", "skip"):
             raise ConfigError(f"unknown must be 'error' or 'skip', got {unknown!r}")
         idx, vals, bad = history_index(self.items_, items, values, unknown)
@@ -431,14 +432,14 @@ class Recommender:
         """The ``k`` items most similar to each given item (external ids).
 
         Returns columns ``item, similar, rank, score``: ``item`` holds the ids as passed,
-        in their dtype (see :func:`passed_ids`), ``similar`` the vocabulary's ids. An item is
+        in their dtype (see :func:`~recforge.models.outputs.passed_ids`), ``similar`` the vocabulary's ids. An item is
         never its own neighbour.
         Items with no similarity at all (a score of exactly 0: no user or feature in common,
         as item-kNN and content models say) are left out, so fewer than ``k`` rows may come
         back for an item. Unknown item ids raise :class:`ModelError`.
         """
         self.check_fitted()
-        _check_k(k)
+        check_k(k)
         ext = passed_ids(items)
         if len(ext) == 0:
             return pd.DataFrame({"item": pd.Series(ext, dtype=ext.dtype),
@@ -592,28 +593,3 @@ class Recommender:
         model must be one of it.
         """
         return load_model(path, None if cls is Recommender else cls)
-
-
-def passed_ids(ids: Any) -> Any:
-    """External ids as the caller passed them, 1-d, in their own dtype: what the id columns
-    of :meth:`Recommender.recommend` and :meth:`~Recommender.similar_items` hold, so a merge
-    with the caller's frame works. A numpy array keeps its dtype (text: ``object``), a
-    pandas Series or Index its dtype (extension dtypes too), a list (or a scalar) becomes
-    ``int64`` when every id is an int, else (text, mixed, empty) ``object``."""
-    if isinstance(ids, (pd.Series, pd.Index)):
-        return ids.array
-    if isinstance(ids, np.ndarray):
-        arr = np.atleast_1d(ids).ravel()
-        return arr.astype(object) if arr.dtype.kind in "US" else arr
-    if not isinstance(ids, (list, tuple)):
-        is_many = isinstance(ids, Iterable) and not isinstance(ids, (str, bytes))
-        ids = list(ids) if is_many else [ids]
-    arr = np.asarray(ids)  # Python ints -> int64; mixed, str or bool -> not an int kind
-    if arr.ndim == 1 and arr.dtype.kind in "iu" and len(arr):
-        return arr.astype(np.int64, copy=False)
-    return np.asarray(ids, dtype=object).ravel()
-
-
-def _check_k(k: Any) -> None:
-    if not isinstance(k, (int, np.integer)) or k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k!r}")
