@@ -27,6 +27,7 @@ from recforge.data.readers import (
     read_interactions,
     read_many,
     read_parquet,
+    read_sequences,
 )
 from recforge.data.sharding import INTEGER_ID
 
@@ -183,6 +184,7 @@ _READERS = {
     "no-header": lambda p: read_csv(p, header=False),
     "latin-1": lambda p: read_csv(p, encoding="latin-1"),
     "many": lambda p: read_many([p, p], duplicates="last")[0],
+    "sequences": read_sequences,
 }
 
 
@@ -201,7 +203,7 @@ def test_arbitrary_bytes(tmp_path_factory, data, suffix, reader):
 
 @_FUZZ
 @given(text=_csvish(), reader=st.sampled_from(["auto", "csv", "header", "no-header", "tsv",
-                                               "adjacency", "many"]))
+                                               "adjacency", "many", "sequences"]))
 @example(text="user,item,timestamp\n1,2," + _HUGE + "\n", reader="auto")
 @example(text="user,item,timestamp\n1,2,NaT\n", reader="auto")
 @example(text="user,item,rating\n1,2," + _HUGE + "\n", reader="auto")
@@ -219,6 +221,28 @@ def test_csvish_text(tmp_path_factory, text, reader):
 
 # ---------------------------------------------------------------------------------------
 # well-formed files: the ids come back exactly
+@_FUZZ
+@given(lines=st.lists(st.tuples(st.integers(*_INT64),
+                                st.lists(st.integers(*_INT64), min_size=1, max_size=6,
+                                         unique=True)),
+                      min_size=1, max_size=8, unique_by=lambda line: line[0]),
+       sep=st.sampled_from([" ", "\t", "  "]))
+@example(lines=[(2**63 - 1, [-(2**63), 0])], sep=" ")
+def test_sequences_keep_the_line_order(tmp_path_factory, lines, sep):
+    """A well-formed ordered-sequences file: every user's items come back in the order of
+    its line (the position is the order), with the file's ids."""
+    path = tmp_path_factory.mktemp("seq") / "sequences.txt"
+    path.write_text("".join(sep.join(map(str, [u, *items])) + "\n" for u, items in lines))
+    data = _checked(read_sequences, path)
+    assert data is not None, _checked.refusal  # type: ignore[attr-defined]
+    seqs = data.sequences()
+    users = data.users.ids.tolist()
+    for u, items in lines:
+        row = users.index(u)
+        got = data.items.ids[seqs.items[seqs.indptr[row]:seqs.indptr[row + 1]]].tolist()
+        assert got == items
+
+
 @_FUZZ
 @given(table=_csv_table())
 @example(table=("user,item\n" + _HUGE + ",1\n2,3\n", [_HUGE, "2"], ["1", "3"], ","))

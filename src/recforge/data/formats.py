@@ -418,7 +418,8 @@ def sequences_columns(path: Path) -> Columns:
     if not (~first).any():
         raise DataError("no interactions (no line lists an item)", source=src)
     text = pd.Series(tokens, dtype=object).str.decode("utf-8", errors="replace")
-    ok = text.str.fullmatch(INTEGER_ID).to_numpy(dtype=bool) & (text.str.len() <= 19).to_numpy()
+    digits = text.str.lstrip("-").str.len().to_numpy()  # int64 holds up to 19 digits
+    ok = text.str.fullmatch(INTEGER_ID).to_numpy(dtype=bool) & (digits <= 19)
     if ok.all():
         try:
             values = np.asarray(tokens).astype(np.int64)
@@ -428,8 +429,8 @@ def sequences_columns(path: Path) -> Columns:
         values = None
     if values is None:
         if ok.all():  # locate the number int64 cannot hold
-            big = text.str.len().to_numpy() == 19
-            ok[big] = text[big].map(lambda t: abs(int(t)) < 2**63).to_numpy(dtype=bool)
+            big = digits == 19
+            ok[big] = text[big].map(lambda t: -2**63 <= int(t) < 2**63).to_numpy(dtype=bool)
         k = int(np.flatnonzero(~ok)[0])
         what = "user" if first[k] else "item"
         raise DataError(f"{what} id {text.iloc[k][:40]!r} is not an integer (a sequences file "
