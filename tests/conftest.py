@@ -7,9 +7,17 @@ never copied into the repository: the MovieLens licence forbids redistribution.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -96,3 +104,55 @@ def event_frame(n: int = 5000, seed: int = 0, string_ids: bool = False,
     if string_ids:
         frame["user"] = "u" + frame["user"].astype(str)
     return frame
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    """``recforge ARGS`` in this process: (exit status, standard output, standard error)."""
+    from recforge.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # Typer exits with the command's status
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@contextlib.contextmanager
+def running_server(*args, log: Path | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`recforge serve ARGS` on a free loopback port; yields ``(process, base_url)`` once
+    /health answers, and stops the process with SIGTERM afterwards (unless the test killed
+    it). Its output goes to the file ``log`` (a temporary one by default), not to a pipe: a
+    pipe nobody reads fills up with access-log lines and stops the server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    owned = log is None
+    if log is None:
+        fd, name = tempfile.mkstemp(suffix=".log", prefix="recforge-serve-")
+        os.close(fd)
+        log = Path(name)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "recforge", "serve", *map(str, args),
+                                 "--port", str(port)], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    httpx.get(url + "/health", timeout=1)
+                    break
+                except httpx.TransportError:
+                    if time.time() > deadline or proc.poll() is not None:
+                        raise AssertionError(log.read_text(errors="replace")
+                                             or "the server did not start") from None
+                    time.sleep(0.2)
+            yield proc, url
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait(timeout=20)
+            if owned:
+                log.unlink(missing_ok=True)

@@ -9,17 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
-from recforge.cli import main
-
-
-def run(args, capsys):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # Typer exits with the command's status
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from conftest import run_cli as run
 
 
 @pytest.fixture

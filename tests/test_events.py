@@ -383,7 +383,7 @@ def test_postgres_store_behind_a_real_server_survives_kill_9(pg_url, random_data
     """`recforge serve --events URL`: acknowledged events are in PostgreSQL after SIGKILL,
     they count as seen items, and DELETE /users/{id} removes them."""
     import httpx
-    from test_serving import running_server
+    from conftest import running_server
 
     from recforge.models import create_model
 

@@ -9,22 +9,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli as run
 
-from recforge.cli import main
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, ModelError
 from recforge.experiment.config import load_yaml, parse_config
 from recforge.models import create_model, get_model_class
 from recforge.models.base import Recommender
-
-
-def run(args, capsys):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # Typer exits with the command's status
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def config(models: str):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
@@ -12,6 +11,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from conftest import running_server
 from fastapi.testclient import TestClient
 
 from recforge.models import create_model
@@ -36,36 +36,6 @@ def saved(random_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(saved):
     return local_client(create_app(saved[1]))
-
-
-@contextlib.contextmanager
-def running_server(*args):
-    """`recforge serve ARGS` on a free loopback port; yields ``(process, base_url)`` once
-    /health answers, and stops the process afterwards (unless the test killed it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "recforge", "serve", *map(str, args),
-                             "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                httpx.get(url + "/health", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise AssertionError(proc.stdout.read().decode() if proc.stdout
-                                         else "the server did not start") from None
-                time.sleep(0.2)
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_health_and_model(client):

@@ -10,8 +10,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pytest
+from conftest import running_server
 from fastapi.testclient import TestClient
 
 from recforge.models import create_model
@@ -265,32 +264,13 @@ def test_a_clean_shutdown_leaves_no_wal(saved, random_data, tmp_path):
 def test_recforge_serve_logs_requests_and_removes_its_wal_on_sigterm(saved, tmp_path):
     """`recforge serve` in a real process: an access line per request by default, and
     after SIGTERM (a clean shutdown) no WAL beside the event store."""
-    store = tmp_path / "ev.sqlite"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "recforge", "serve", "--model",
-                             str(saved[1]), "--events", str(store), "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                httpx.get(url + "/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.time() < deadline and proc.poll() is None, "did not start"
-                time.sleep(0.2)
+    store, log = tmp_path / "ev.sqlite", tmp_path / "serve.log"
+    with running_server("--model", saved[1], "--events", store, log=log) as (proc, url):
         assert httpx.post(url + "/interactions", headers=JSON, json={"events": [
             {"user": "u1", "item": int(np.asarray(saved[0].items_.ids)[0])}]}
                           ).status_code == 200
         assert httpx.get(url + "/users/u1/recommendations?k=2").status_code == 200
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
-    text = out.decode()
+    text = log.read_text()
     # uvicorn shuts down cleanly, then raises the signal again: -15 is a clean exit too
     assert proc.returncode in (0, -signal.SIGTERM), text
     lines = [x for x in text.splitlines() if " ms" in x and "HTTP" not in x]
