@@ -217,6 +217,18 @@ class Recommender:
             raise ModelError(f"item index out of range [0, {self.n_items})")
         return scores[:, it]
 
+    def score_sequences(self, users: np.ndarray, history: Interactions) -> torch.Tensor:
+        """Scores ``[len(users), n_items]`` for the next item of each user, given each
+        user's ordered history in ``history`` (an :class:`Interactions` over the model's
+        own vocabularies; ``users`` are internal user indices of both).
+
+        This is what next-item evaluation and serving call. A model that reads order
+        (``capabilities.reads_order``) encodes ``history.sequences()``; every other model
+        scores the user as it was trained (:meth:`score`), so the comparison between
+        sequential and non-sequential models is made on the same call.
+        """
+        return self.score(users)
+
     def score_block_size(self, batch_size: int | None = None) -> int:
         """Users scored at once: ``batch_size`` when given, else as many as keep a block
         of scores under :data:`SCORE_BLOCK_ELEMENTS`."""

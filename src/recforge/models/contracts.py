@@ -59,6 +59,10 @@ class Capabilities:
         Its user tables can take row-sparse updates (``--sparse-updates``).
     seeded:
         Takes a ``seed`` (an experiment repeats it over its seeds).
+    reads_order:
+        Scores the next item from the order of a user's events (sequential and session
+        models): :meth:`~recforge.models.base.Recommender.score_sequences` reads each
+        user's ordered history instead of an unordered bag.
     """
 
     rates: bool = False
@@ -74,6 +78,7 @@ class Capabilities:
     sharded_data: bool = False
     sparse_user_updates: bool = False
     seeded: bool = False
+    reads_order: bool = False
 
 
 @dataclass(frozen=True)
