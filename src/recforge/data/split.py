@@ -13,6 +13,19 @@ What each split guarantees (tested as properties in ``tests/test_split.py``):
   latest (by timestamp, ties and data without timestamps by input order); a user keeps at
   least one training event.
 * ``cold_start_items``: the held-out items have no training events at all (that is the point).
+
+Next-item splits (see ``docs/evaluation.md``) also set :attr:`Split.history`, the events a
+next-item model reads to predict the test targets:
+
+* ``leave_last_out`` / ``user_temporal_split``: each user's whole earlier sequence, the
+  validation events included (``history`` = ``train`` + ``valid`` plus any validation
+  event dropped as cold, in time order); the validation item never enters ``train``.
+* ``temporal_split(..., next_item=True)``: a global time cut; a test user's input is every
+  event before the cut, the target the user's first event after it (``targets="all"``:
+  every event after it).
+* ``last_sessions_split``: the latest sessions of the log (by the time their last event
+  happened) are held out whole; the next-item protocol predicts each event of a test
+  session from the session's prefix (:func:`recforge.evaluation.evaluate_sessions`).
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ __all__ = [
     "user_temporal_split",
     "leave_last_out",
     "leave_one_out",
+    "last_sessions_split",
     "cold_start_items",
     "kfold",
 ]
@@ -43,11 +57,27 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Split:
-    """Train / (optional) validation / test parts over the same vocabularies."""
+    """Train / (optional) validation / test parts over the same vocabularies.
+
+    ``history`` (next-item splits only, else ``None``): the events a model reads to predict
+    the ``test`` targets (the input of :func:`recforge.evaluation.evaluate_next_item`); it
+    shares the vocabularies and never holds a test event. The validation targets' input is
+    ``train`` itself in every next-item split. :meth:`test_input` gives the test input of
+    any split (``history``, or ``train`` + ``valid``).
+    """
 
     train: Interactions
     test: Interactions
     valid: Interactions | None = None
+    history: Interactions | None = None
+
+    def test_input(self) -> Interactions:
+        """The events that precede the test targets: ``history`` when the split sets it,
+        else ``train`` followed by ``valid`` (their order in time is by timestamp, then
+        this order)."""
+        if self.history is not None:
+            return self.history
+        return self.train if self.valid is None else self.train.concat(self.valid)
 
     def __iter__(self):
         yield self.train
@@ -55,7 +85,8 @@ class Split:
 
     def __repr__(self) -> str:
         v = f", valid={len(self.valid):,}" if self.valid is not None else ""
-        return f"Split(train={len(self.train):,}{v}, test={len(self.test):,})"
+        h = f", history={len(self.history):,}" if self.history is not None else ""
+        return f"Split(train={len(self.train):,}{v}, test={len(self.test):,}{h})"
 
 
 def _fraction(name: str, value: float) -> float:
@@ -69,10 +100,12 @@ def _part(assign: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(np.flatnonzero(assign == k) for k in (0, 1, 2))  # type: ignore[return-value]
 
 
-def _make(data: Interactions, assign: np.ndarray, with_valid: bool) -> Split:
+def _make(data: Interactions, assign: np.ndarray, with_valid: bool,
+          history: np.ndarray | None = None) -> Split:
     tr, va, te = _part(assign)
     return Split(train=data.subset(tr), test=data.subset(te),
-                 valid=data.subset(va) if with_valid else None)
+                 valid=data.subset(va) if with_valid else None,
+                 history=None if history is None else data.subset(history))
 
 
 def _reassign_unknown(data: Interactions, assign: np.ndarray, to: int) -> np.ndarray:
@@ -135,7 +168,9 @@ def random_split(data: Interactions, test_size: float = 0.2, valid_size: float =
 
 
 def temporal_split(data: Interactions, test_size: float | None = 0.2, *,
-                   cutoff: int | None = None, valid_size: float = 0.0) -> Split:
+                   cutoff: int | None = None, valid_size: float = 0.0,
+                   next_item: bool = False,
+                   targets: Literal["first", "all"] = "first") -> Split:
     """A global time cut: events at or after the cut are held out.
 
     Give either ``test_size`` (the fraction of the latest events to hold out) or an explicit
@@ -143,7 +178,20 @@ def temporal_split(data: Interactions, test_size: float | None = 0.2, *,
     Every training event is strictly earlier than every held-out event; events tied at a
     cut all fall on the later side. Held-out events of users or items not seen in training
     are dropped.
+
+    ``next_item=True`` makes it a next-item split: ``train`` is every event before the
+    (validation) cut; ``test`` holds, for each user with at least one event before the test
+    cut, the user's first event after it (``targets="all"``: every event after it), and
+    ``history`` every event before the test cut (the validation period included), which
+    is the input a model reads for the test targets. ``valid`` likewise holds each user's
+    first (or every) event between the two cuts, for users with a training event (its
+    input is ``train``). Targets of items without a training event are dropped, and a
+    user whose first event after the cut is such an item has no target (the next item is
+    not replaced by a later one). No event of any user after the cut is in ``train`` or
+    ``history``: the model never sees the future of the test period.
     """
+    if targets not in ("first", "all"):
+        raise ConfigError(f"targets must be 'first' or 'all', not {targets!r}")
     if data.timestamp is None:
         raise DataError("temporal_split needs timestamps; this data has none", source=data.source)
     ts = data.timestamp
@@ -171,8 +219,43 @@ def temporal_split(data: Interactions, test_size: float | None = 0.2, *,
                else "every event is held out")
         raise DataError(f"no training events before the time cut ({why}); a temporal split "
                         "needs earlier events to train on", source=data.source)
+    if next_item:
+        return _next_item_cut(data, assign, valid_size > 0, targets)
     assign = _reassign_unknown(data, assign, to=-1)
     return _make(data, assign, valid_size > 0)
+
+
+def _first_per_user(data: Interactions, mask: np.ndarray) -> np.ndarray:
+    """Indices of each user's first event (in time order, ties by position) among ``mask``."""
+    idx = np.flatnonzero(mask)
+    key = (data.timestamp[idx] if data.timestamp is not None
+           else np.zeros(len(idx), dtype=np.int8))
+    idx = idx[np.lexsort((idx, key, data.user[idx]))]
+    u = data.user[idx]
+    first = np.ones(len(idx), dtype=bool)
+    first[1:] = u[1:] != u[:-1]
+    return idx[first]
+
+
+def _next_item_cut(data: Interactions, period: np.ndarray, with_valid: bool,
+                   targets: str) -> Split:
+    """The next-item split of a time cut: ``period`` is 0 before the validation cut, 1
+    between the cuts, 2 after the test cut."""
+    train = period == 0
+    item_known = np.bincount(data.item[train], minlength=data.n_items) > 0
+    assign = np.where(train, 0, -1).astype(np.int8)
+    for part, inputs in ((2, period < 2), (1, train)):
+        if part == 1 and not with_valid:
+            continue
+        has_input = np.bincount(data.user[inputs], minlength=data.n_users) > 0
+        cand = (period == part) & has_input[data.user]
+        chosen = (_first_per_user(data, cand) if targets == "first" else np.flatnonzero(cand))
+        known = item_known[data.item[chosen]]
+        if not known.all():
+            log.info("dropped %d %s targets of items without a training event",
+                     int((~known).sum()), "test" if part == 2 else "validation")
+        assign[chosen[known]] = part
+    return _make(data, assign, with_valid, history=np.flatnonzero(period < 2))
 
 
 def user_temporal_split(data: Interactions, n_test: int = 1, n_valid: int = 0, *,
@@ -194,22 +277,39 @@ def user_temporal_split(data: Interactions, n_test: int = 1, n_valid: int = 0, *
 
 
 def _per_user_holdout(data: Interactions, key: np.ndarray, n_test: int, n_valid: int,
-                      min_train: int) -> Split:
+                      min_train: int, ordered: bool = True) -> Split:
     if n_test < 1 or n_valid < 0 or min_train < 1:
         raise ConfigError("need n_test >= 1, n_valid >= 0 and min_train >= 1")
     rank, count = _rank_within_user(data, key)
     from_end = count - 1 - rank  # 0 for the user's latest event
     eligible = count >= min_train + n_test + n_valid
     assign = np.zeros(len(data), dtype=np.int8)
-    assign[eligible & (from_end < n_test)] = 2
+    test = eligible & (from_end < n_test)
+    assign[test] = 2
     assign[eligible & (from_end >= n_test) & (from_end < n_test + n_valid)] = 1
     # The test items of a user are the user's latest; an item seen only there is cold.
     assign = _reassign_unknown(data, assign, to=-1)
-    return _make(data, assign, n_valid > 0)
+    # a random holdout has no "before": only the latest-events splits set a history
+    return _make(data, assign, n_valid > 0, history=np.flatnonzero(~test) if ordered else None)
 
 
 def leave_last_out(data: Interactions, *, valid: bool = False) -> Split:
-    """Each user's latest event is the test set (and the one before, the validation set)."""
+    """Each user's latest event is the test set (and the one before, the validation set).
+
+    The next-item split of sequential-recommendation papers (SASRec, BERT4Rec): fit on
+    ``train`` (everything but each user's last one or two events), validate on ``valid``
+    with ``train`` as the input, and evaluate the test targets with ``split.history`` as
+    the input (each user's whole earlier sequence, the validation event included)::
+
+        split = leave_last_out(data, valid=True)
+        model.fit(split.train, split.valid)
+        evaluate_next_item(model, split.history, split.test)
+
+    Users with fewer than three events (two without ``valid``) keep them all in training.
+    Every user's test event is later than the user's other events, but not later than
+    other users' training events: see "Leakage on a global timeline" in
+    ``docs/evaluation.md`` and ``temporal_split(..., next_item=True)``.
+    """
     return user_temporal_split(data, n_test=1, n_valid=1 if valid else 0)
 
 
@@ -221,7 +321,74 @@ def leave_one_out(data: Interactions, *, strategy: Literal["last", "random"] = "
     if strategy != "random":
         raise ConfigError(f"strategy must be 'last' or 'random', not {strategy!r}")
     key = np.random.default_rng(seed).random(len(data))
-    return _per_user_holdout(data, key, 1, 1 if valid else 0, 1)
+    return _per_user_holdout(data, key, 1, 1 if valid else 0, 1, ordered=False)
+
+
+def last_sessions_split(data: Interactions, test_size: float = 0.1, valid_size: float = 0.0,
+                        *, gap: float | None = None, min_length: int = 2) -> Split:
+    """Hold out the latest sessions of the log, whole (session-based next-item evaluation).
+
+    Sessions are the data's ``session`` column (a session is a (user, session id) pair),
+    or, with ``gap``, cut anew by an inactivity gap of ``gap`` seconds
+    (:meth:`Interactions.sessions`). A session's time is its last event's place in
+    :meth:`Interactions.order` (by timestamp, ties by input order; the input order alone
+    without timestamps). The latest ``test_size`` of the sessions (a fraction of their
+    number) are the test part, the ``valid_size`` before them the validation part, the
+    rest is ``train``. Events of held-out sessions whose item has no training event are
+    dropped, then held-out sessions shorter than ``min_length`` (nothing to predict from).
+
+    Every part carries the session ids (``session``; the gap-cut ones with ``gap``), which
+    :func:`recforge.evaluation.evaluate_sessions` reads: each event of a test session is
+    predicted from the session's prefix. Sessions are ordered by their end, as in the
+    GRU4Rec evaluation, so a training session may still be going on when a test session
+    starts; no event of a held-out session is in ``train``.
+    """
+    test_size = _fraction("test_size", test_size)
+    valid_size = _fraction("valid_size", valid_size)
+    if test_size + valid_size >= 1.0:
+        raise ConfigError("test_size + valid_size must be < 1")
+    if isinstance(min_length, bool) or not isinstance(min_length, (int, np.integer)) or (
+            min_length < 2):
+        raise ConfigError(f"min_length must be an integer >= 2 (a session needs an event to "
+                          f"predict from), not {min_length!r}")
+    session = data.sessions(gap)
+    if gap is not None:
+        data = Interactions(data.user, data.item, data.value, data.timestamp,
+                            users=data.users, items=data.items, source=data.source,
+                            check=False, session=session)
+    n = len(data)
+    if n == 0:
+        raise DataError("cannot split an empty log into sessions", source=data.source)
+    # one group per (user, session): ids need not be unique across users
+    _, group = np.unique(np.stack([data.user.astype(np.int64), session]), axis=1,
+                         return_inverse=True)
+    group = group.ravel()
+    n_groups = int(group.max()) + 1
+    place = np.empty(n, dtype=np.int64)
+    place[data.order()] = np.arange(n)
+    end = np.full(n_groups, -1, dtype=np.int64)
+    np.maximum.at(end, group, place)
+    by_end = np.argsort(end)
+    n_test = int(round(n_groups * test_size))
+    n_valid = int(round(n_groups * valid_size))
+    if n_groups - n_test - n_valid < 1:
+        raise DataError(f"{n_groups} session(s): holding out {n_test + n_valid} leaves none "
+                        "to train on", source=data.source)
+    part = np.zeros(n_groups, dtype=np.int8)
+    part[by_end[n_groups - n_test:]] = 2
+    part[by_end[n_groups - n_test - n_valid:n_groups - n_test]] = 1
+    assign = part[group]
+    item_known = np.bincount(data.item[assign == 0], minlength=data.n_items) > 0
+    cold = (assign > 0) & ~item_known[data.item]
+    assign[cold] = -1
+    left = np.bincount(group[assign > 0], minlength=n_groups)
+    short = (assign > 0) & (left[group] < min_length)
+    if cold.any() or short.any():
+        log.info("dropped %d held-out events of items without a training event and %d "
+                 "events of held-out sessions shorter than %d", int(cold.sum()),
+                 int(short.sum()), min_length)
+    assign[short] = -1
+    return _make(data, assign, valid_size > 0)
 
 
 def cold_start_items(data: Interactions, test_size: float = 0.2, valid_size: float = 0.0, *,
