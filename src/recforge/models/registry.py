@@ -39,6 +39,7 @@ BUILTIN: dict[str, str] = {
     "pop": "recforge.models.popularity:Popularity",
     "itemknn": "recforge.models.knn:ItemKNN",
     "userknn": "recforge.models.userknn:UserKNN",
+    "sknn": "recforge.models.sknn:SessionKNN",
     "ease": "recforge.models.ease:EASE",
     "gfcf": "recforge.models.graphfilter:GFCF",
     "bspm": "recforge.models.graphfilter:BSPM",
@@ -64,6 +65,7 @@ ALIASES: dict[str, str] = {
     "usercf": "userknn", "userbased": "userknn",
     "ials": "als", "wmf": "als",  # Hu, Koren & Volinsky's implicit ALS, which als is
     "easer": "ease",  # the paper's EASE^R
+    "vsknn": "sknn", "sessionknn": "sknn",  # V-SKNN (Ludewig & Jannach 2018)
 }
 
 #: Names other libraries use for something recforge has under another name, or has only
