@@ -195,3 +195,153 @@ def test_k_core_and_threshold():
     assert len(core) == 4
     pos = to_implicit(data, 4.0)
     assert len(pos) == 3 and pos.value is None
+
+
+# ----------------------------------------------------------------------------------------
+# next-item splits
+def sequence(data: Interactions, u: int) -> list[int]:
+    return data.sequences().user(u).tolist()
+
+
+@FAST
+@given(interactions(), st.integers(1, 2), st.booleans())
+def test_next_item_history_is_each_users_whole_earlier_sequence(data, n_test, valid):
+    split = S.user_temporal_split(data, n_test=n_test, n_valid=int(valid))
+    hist = split.history
+    assert hist.users is data.users and hist.items is data.items
+    valid_pairs = pairs(split.valid) if split.valid is not None else set()
+    # nothing held out for testing is an input; validation events are inputs, never training
+    assert not pairs(hist) & pairs(split.test)
+    assert not pairs(split.train) & valid_pairs
+    assert pairs(split.train) | valid_pairs <= pairs(hist)
+    # the input beyond train + valid is only validation events dropped as cold items
+    train_items = set(split.train.item.tolist())
+    assert all(i not in train_items for _, i in pairs(hist) - pairs(split.train) - valid_pairs)
+    for u in range(data.n_users):
+        full = sequence(data, u)
+        cut = n_test if len(full) >= 1 + n_test + int(valid) else 0
+        assert sequence(hist, u) == full[:len(full) - cut]  # in order, the test ones off
+        if u in set(split.test.user.tolist()):
+            assert set(sequence(split.test, u)) <= set(full[len(full) - cut:])
+    if not pairs(hist) - pairs(split.train) - valid_pairs:  # test input = train + valid
+        both = split.train if split.valid is None else split.train.concat(split.valid)
+        for u in range(data.n_users):
+            assert sequence(both, u) == sequence(hist, u)
+
+
+def test_leave_last_out_history_exact():
+    frame = pd.DataFrame({"user": [1, 1, 1, 1, 2, 2], "item": ["a", "b", "c", "d", "a", "d"],
+                          "timestamp": [3, 1, 2, 4, 0, 5]})
+    split = S.leave_last_out(Interactions.from_frame(frame), valid=True)
+    assert split.test.to_frame()[["user", "item"]].values.tolist() == [[1, "d"]]
+    assert split.valid.to_frame()[["user", "item"]].values.tolist() == [[1, "a"]]
+    assert split.history.to_frame()[["user", "item"]].values.tolist() == [
+        [1, "a"], [1, "b"], [1, "c"], [2, "a"], [2, "d"]]
+    assert split.test_input() is split.history and "history=5" in repr(split)
+    # the random holdout has no "earlier": no history; test_input is train + valid
+    rnd = S.leave_one_out(Interactions.from_frame(frame), strategy="random", valid=True)
+    assert rnd.history is None and len(rnd.test_input()) == len(rnd.train) + len(rnd.valid)
+
+
+@FAST
+@given(interactions(), st.integers(0, 52), st.sampled_from(["first", "all"]))
+def test_time_cut_next_item_split(data, cutoff, targets):
+    ts = data.timestamp
+    try:
+        split = S.temporal_split(data, cutoff=cutoff, next_item=True, targets=targets)
+    except DataError:
+        assert (ts >= cutoff).all()
+        return
+    hist, test = split.history, split.test
+    assert split.valid is None
+    assert sorted(map(tuple, hist.to_frame(external=False).values.tolist())) == sorted(
+        map(tuple, data.subset(ts < cutoff).to_frame(external=False).values.tolist()))
+    assert pairs(split.train) == pairs(hist)  # without validation, the history is train
+    assert (test.timestamp >= cutoff).all()
+    train_items = set(split.train.item.tolist())
+    with_history = set(hist.user.tolist())
+    after = data.subset(ts >= cutoff)
+    expect = set()
+    for u in with_history:
+        seq = after.sequences().user(u).tolist()
+        chosen = seq[:1] if targets == "first" else seq
+        expect |= {(u, i) for i in chosen if i in train_items}
+    assert pairs(test) == expect
+
+
+def test_time_cut_next_item_with_validation():
+    frame = pd.DataFrame({"user": [1, 1, 1, 1, 2, 2, 2, 3, 4, 4],
+                          "item": ["a", "b", "c", "d", "a", "c", "b", "b", "c", "d"],
+                          "timestamp": [1, 2, 5, 8, 6, 7, 9, 9, 0, 0]})
+    data = Interactions.from_frame(frame)
+    split = S.temporal_split(data, cutoff=8, valid_size=0.3, next_item=True)
+    # the validation cut falls at 5: train before it, valid each user's first event in
+    # [5, 8) for users with a training event (user 2 has none)
+    assert split.train.to_frame()[["user", "item"]].values.tolist() == [
+        [1, "a"], [1, "b"], [4, "c"], [4, "d"]]
+    assert split.valid.to_frame()[["user", "item"]].values.tolist() == [[1, "c"]]
+    # test: each user's first event from 8 on, for users with an event before 8 (not 3)
+    assert split.test.to_frame()[["user", "item"]].values.tolist() == [[1, "d"], [2, "b"]]
+    assert len(split.history) == 7 and (split.history.timestamp < 8).all()
+    late = S.temporal_split(data, cutoff=8, next_item=True, targets="all")
+    assert pairs(late.test) == pairs(split.test)
+    with pytest.raises(ConfigError, match="targets must be"):
+        S.temporal_split(data, cutoff=8, next_item=True, targets="last")
+
+
+@FAST
+@given(interactions(), st.floats(0.1, 0.5), st.integers(0, 10))
+def test_last_sessions_split_properties(data, test_size, gap):
+    try:
+        split = S.last_sessions_split(data, test_size, gap=gap)
+    except DataError as exc:
+        assert "leaves none to train on" in str(exc)
+        return
+    # a held-out session's user may be new (session-based data), its items may not
+    assert split.train.users is data.users and split.test.items is data.items
+    assert not pairs(split.train) & pairs(split.test)
+    assert pairs(split.train) | pairs(split.test) <= pairs(data)
+    assert set(split.test.item.tolist()) <= set(split.train.item.tolist())
+    session = data.sessions(gap)
+    place = np.empty(len(data), dtype=np.int64)
+    place[data.order()] = np.arange(len(data))
+    key = {}
+    for e, (u, s) in enumerate(zip(data.user.tolist(), session.tolist(), strict=True)):
+        key.setdefault((u, s), []).append(e)
+    end = {g: max(place[ev]) for g, ev in key.items()}
+    train_items = set(split.train.item.tolist())
+    tr = set(zip(split.train.user.tolist(), split.train.session.tolist(), strict=True))
+    te = set(zip(split.test.user.tolist(), split.test.session.tolist(), strict=True))
+    assert not tr & te
+    if tr and te:
+        assert max(end[g] for g in tr) < min(end[g] for g in te)
+    train_sizes = split.train.to_frame(external=False).groupby(["user", "session"]).size()
+    for g, n in train_sizes.items():  # training sessions whole
+        assert n == len(key[g])
+    counts = split.test.to_frame(external=False).groupby(["user", "session"]).size()
+    assert (counts >= 2).all()
+    for (u, s), n in counts.items():  # a test session keeps every event of a known item
+        assert n == sum(1 for e in key[(u, s)] if data.item[e] in train_items)
+
+
+def test_last_sessions_split_exact_and_errors():
+    frame = pd.DataFrame({"user": [1, 1, 1, 2, 2, 3, 3, 3],
+                          "item": ["a", "b", "c", "a", "b", "b", "a", "z"],
+                          "session": [7, 7, 8, 7, 7, 1, 1, 1],
+                          "timestamp": [1, 2, 10, 3, 4, 5, 6, 9]})
+    data = Interactions.from_frame(frame)
+    split = S.last_sessions_split(data, test_size=0.25)
+    # 4 sessions by end: (1,7)@2, (2,7)@4, (3,1)@9, (1,8)@10 -> (1,8) is held out, but has
+    # one event: dropped; test_size 0.5 holds out (3,1) too, whose cold item z goes
+    assert len(split.test) == 0 and len(split.train) == 7
+    split = S.last_sessions_split(data, test_size=0.5)
+    assert split.test.to_frame()[["user", "item"]].values.tolist() == [[3, "b"], [3, "a"]]
+    assert split.test.session.tolist() == [1, 1]
+    with pytest.raises(ConfigError, match="min_length"):
+        S.last_sessions_split(data, min_length=1)
+    with pytest.raises(ConfigError, match="test_size"):
+        S.last_sessions_split(data, test_size=1.0)
+    with pytest.raises(DataError, match="no session column"):
+        S.last_sessions_split(Interactions.from_frame(frame.drop(columns="session")))
+    with pytest.raises(DataError, match="leaves none to train on"):
+        S.last_sessions_split(data, test_size=0.6, valid_size=0.39)
