@@ -24,10 +24,10 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from recforge._version import __version__
-from recforge.cli.common import ParamsCommand, err_console, output_width
+from recforge.cli.common import ModelListHelp, ParamsCommand, err_console, output_width
 from recforge.cli.datasets import datasets_app
 from recforge.cli.experiments import models_cmd, quickstart, run, tune
-from recforge.cli.scoring import evaluate_cmd, predict, recommend
+from recforge.cli.scoring import evaluate_cmd, predict, recommend, similar
 from recforge.cli.serve import serve
 from recforge.cli.train import train
 from recforge.errors import RecforgeError
@@ -66,6 +66,7 @@ def _summary(command: object) -> str:
 app.command(cls=ParamsCommand, short_help=_summary(train))(train)  # -p KEY=VALUE
 for command in (run, tune, serve, recommend, predict):
     app.command(short_help=_summary(command))(command)
+app.command(cls=ModelListHelp, short_help=_summary(similar))(similar)
 app.command("evaluate", short_help=_summary(evaluate_cmd))(evaluate_cmd)
 app.command("models", short_help=_summary(models_cmd))(models_cmd)
 app.command(short_help=_summary(quickstart))(quickstart)

@@ -6,6 +6,7 @@ texts and errors name (generated from the registry, never written out)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
@@ -181,15 +182,44 @@ def check_data_specs(specs: Iterable[str]) -> None:
                             "list`)", source=spec) from None
 
 
-def write_frame(frame: pd.DataFrame, out: Path) -> None:
-    suffix = out.suffix.lower()
+#: Table formats of ``--format`` (the output's), and the file suffixes that choose them.
+OUTPUT_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+_FORMAT_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".tsv": "tsv", ".tab": "tsv",
+                    ".txt": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+FORMAT_OPTION = typer.Option(
+    None, "--format", help="Output table format: csv, tsv, jsonl (JSON lines) or parquet "
+    "(default: from --out's suffix, else csv; csv for --out -).")
+
+
+def output_format(out: Path, fmt: str | None) -> str:
+    """The table format to write ``out`` in: ``fmt`` when given (checked), else the one
+    ``out``'s suffix names, else CSV (also for ``-``, standard output)."""
+    if fmt is not None:
+        name = fmt.strip().lower()
+        if name == "json":
+            name = "jsonl"
+        if name not in OUTPUT_FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, "
+                              f"not {fmt!r}")
+        return name
+    return _FORMAT_SUFFIXES.get(out.suffix.lower(), "csv")
+
+
+def write_frame(frame: pd.DataFrame, out: Path, fmt: str | None = None) -> None:
+    """Write ``frame`` to ``out`` in ``fmt`` (see :func:`output_format`): a regular file is
+    replaced atomically; ``-``, ``/dev/stdout``, a FIFO or a device is written to."""
+    name = output_format(out, fmt)
     with atomic_path(out) as tmp:
-        if suffix in (".parquet", ".pq"):
+        if name == "parquet":
             frame.to_parquet(tmp, index=False)
-        elif suffix in (".tsv", ".txt"):
-            frame.to_csv(tmp, sep="\t", index=False)
+        elif name == "jsonl":
+            text = frame.to_json(orient="records", lines=True, force_ascii=False,
+                                 double_precision=15) if len(frame) else ""
+            tmp.write_text(text if not text or text.endswith("\n") else text + "\n",
+                           encoding="utf-8")
         else:
-            frame.to_csv(tmp, index=False)
+            frame.to_csv(tmp, sep="\t" if name == "tsv" else ",", index=False)
 
 
 def load_model(path: Path):
@@ -199,8 +229,8 @@ def load_model(path: Path):
     return Recommender.load(path)
 
 
-def read_user_list(path: Path) -> np.ndarray:
-    """User ids from a file: one per line (first field of a CSV / TSV), optional header."""
+def read_id_file(path: Path, what: str = "user") -> np.ndarray:
+    """Ids from a file: one per line (first field of a CSV / TSV), optional header."""
     import numpy as np  # lazy: not needed to check a command's arguments
 
     if not path.is_file():
@@ -210,11 +240,67 @@ def read_user_list(path: Path) -> np.ndarray:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read: {exc}", source=str(path)) from None
     ids = [line.replace("\t", ",").split(",")[0].strip() for line in lines if line.strip()]
-    if ids and ids[0].lower() in ("user", "user_id", "userid"):
+    if ids and ids[0].lower() in (what, f"{what}_id", f"{what}id", f"{what}s", "id"):
         ids = ids[1:]
     if not ids:
-        raise DataError("no user ids in the file", source=str(path))
+        raise DataError(f"no {what} ids in the file", source=str(path))
     return np.asarray(ids, dtype=object)
+
+
+def read_user_list(path: Path) -> np.ndarray:
+    """User ids from a file: one per line (first field of a CSV / TSV), optional header."""
+    return read_id_file(path, "user")
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether ``value`` reads as a file name rather than a list of ids: it has a path
+    separator, or ends in a data file's suffix (``users.txt``)."""
+    return ("/" in value or os.sep in value
+            or Path(value).suffix.lower() in DATA_FILE_SUFFIXES)
+
+
+def id_list_or_file(value: str, option: str, what: str = "user") -> np.ndarray:
+    """The ids ``value`` names: the ids in the file ``value`` when it is an existing path,
+    else ``value`` as comma-separated ids (``1,2,3``). A value that reads as a path
+    (``users.txt``, ``data/u``) but is no file is an error, not an id."""
+    import numpy as np  # lazy: not needed to check a command's arguments
+
+    if os.path.lexists(value):
+        return read_id_file(Path(value), what)
+    if looks_like_path(value):
+        raise DataError(f"{option}: no such file (a list of {what} ids is comma-separated, "
+                        "e.g. 1,2,3)", source=value)
+    ids = [x.strip() for x in value.split(",") if x.strip()]
+    if not ids:
+        raise ConfigError(f"{option}: no {what} ids in {value!r} (give 1,2,3 or a file)")
+    return np.asarray(ids, dtype=object)
+
+
+def as_model_ids(ids: np.ndarray, vocab: Any) -> np.ndarray:
+    """Ids read as text (``"1"``) written as the model's own (``1``) where it knows them."""
+    idx = vocab.index(ids)
+    if (idx >= 0).all():
+        return vocab.ids[idx]
+    out = ids.copy()
+    out[idx >= 0] = vocab.ids[idx[idx >= 0]]
+    return out
+
+
+def with_item_metadata(frame: pd.DataFrame, model: Any, column: str = "item") -> pd.DataFrame:
+    """``frame`` with the display metadata the model keeps (title, genres, ...) of the
+    items in ``column``, as columns after the others; one that would repeat a column
+    name is prefixed ``item_``. ``frame`` as it is when the model keeps none."""
+    meta = getattr(model, "item_metadata_", None)
+    if meta is None or not len(frame):
+        return frame
+    cols = [c for c in meta.columns if c != "item"]
+    pos = model.items_.index(frame[column].to_numpy(dtype=object))
+    out = frame.copy()
+    for c in cols:
+        values = meta[c].to_numpy(dtype=object)[pos.clip(0)]
+        values[pos < 0] = None
+        out[f"item_{c}" if c in out.columns else c] = values
+    return out
 
 
 def metrics_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
@@ -252,7 +338,21 @@ def check_out_dir(out: Path, option: str = "--out") -> None:
         raise ConfigError(f"{option} {out}: {exc.strerror or exc}") from None
 
 
+def writes_stdout(out: Path | None) -> bool:
+    """Whether the output ``out`` is this process's standard output: ``-``, or a path
+    that opens the same file (``/dev/stdout``, ``/dev/fd/1``)."""
+    if out is None:
+        return False
+    if is_stdout(out):
+        return True
+    try:
+        return os.path.samestat(os.stat(out), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+
+
 def status(out: Path | None) -> Console:
-    """Where a command's messages go: standard error when its output is ``-``."""
-    return err_console if out is not None and is_stdout(out) else console
+    """Where a command's messages go: standard error when its output is standard output
+    (``-``, ``/dev/stdout``), so that the table is alone there."""
+    return err_console if writes_stdout(out) else console
 

@@ -63,8 +63,13 @@ def train(
         "hybrid models: an id column and feature columns (kinds inferred: numbers, "
         "categories such as 'Comedy|Drama', free text). MovieLens names use their metadata."),
     item_id_column: str | None = typer.Option(None, "--item-id-column",
-                                              help="Id column of --item-features "
-                                                   "(default: item, id or the first)."),
+                                              help="Id column of --item-features and "
+                                                   "--item-metadata (default: item, id or "
+                                                   "the first)."),
+    item_metadata: Path | None = typer.Option(
+        None, "--item-metadata", help="Item table (CSV / TSV / Parquet) to keep with any "
+        "model and show beside its items: an id column and display columns (title, "
+        "genres, ...). Not learned from (see --item-features)."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Train a gradient model with PyTorch "
                               "DDP in this many processes on this machine (torchrun; gloo on "
                               "CPUs, NCCL on GPUs). For several machines run torchrun yourself "
@@ -83,6 +88,10 @@ def train(
     model = resolve_name(model)  # 'EASE' -> 'ease'; 'lightfm' -> which model to use
     check_data_specs([*data, *([valid] if valid else [])])
     check_out_dir(out)
+    if item_metadata is not None:  # a bad table is said before the data are read
+        from recforge.data.metadata import read_item_metadata  # lazy: imports pandas
+
+        read_item_metadata(item_metadata, item_id_column)
     # lazy: the workflow imports torch (seconds), not needed for `recforge --help`
     from recforge.experiment.workflow import ReadOptions, TrainRequest
     from recforge.training.optim import SPARSE_UPDATES  # lazy: imports torch
@@ -95,7 +104,8 @@ def train(
         model=model, data=list(data), out=out, valid=valid,
         read=ReadOptions(format=fmt, columns=columns, duplicates=duplicates, data_dir=data_dir,
                          min_rating=min_rating, header=header, encoding=encoding),
-        item_features=item_features, item_id_column=item_id_column, resume=resume,
+        item_features=item_features, item_id_column=item_id_column,
+        item_metadata=item_metadata, resume=resume,
         keep_checkpoint=keep_checkpoint, sparse_updates=sparse_updates)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         argv = without_option((ctx.find_root().obj or {}).get("argv", sys.argv[1:]),

@@ -45,6 +45,7 @@ from recforge.data.datasets import is_named_dataset, load_bundle, load_many
 from recforge.data.features import movielens_item_features, read_features
 from recforge.data.filters import k_core, to_implicit
 from recforge.data.interactions import Interactions
+from recforge.data.metadata import read_item_metadata
 from recforge.errors import ConfigError, ModelError
 from recforge.evaluation import EvaluationResult, evaluate
 from recforge.evaluation.metrics import Metric, parse_metrics
@@ -375,6 +376,7 @@ class TrainRequest:
     read: ReadOptions = ReadOptions()
     item_features: Path | None = None
     item_id_column: str | None = None
+    item_metadata: Path | None = None
     resume: bool = False
     keep_checkpoint: bool = False
     sparse_updates: str = "auto"
@@ -427,8 +429,13 @@ def train_and_save(request: TrainRequest, model: Any, *, checkpoint_dir: Path,
     seconds = time.perf_counter() - start
     if not main_rank:  # rank 0 writes the model
         return None
-    save_model(model, request.out, display_metadata(request.item_features, bundle,
-                                                    id_column=request.item_id_column))
+    # how the data were made implicit, for `recforge evaluate` to judge the same way
+    model.training_data_ = {"min_rating": request.read.min_rating}
+    metadata = (read_item_metadata(request.item_metadata, request.item_id_column)
+                if request.item_metadata is not None else
+                display_metadata(request.item_features, bundle,
+                                 id_column=request.item_id_column))
+    save_model(model, request.out, metadata)
     if is_gradient(model) and not request.keep_checkpoint:
         remove_checkpoint(checkpoint_dir)
     return TrainResult(n_events=model._stats.n_events if shard is not None else len(train),

@@ -278,6 +278,8 @@ def save_model(model: Any, path: str | os.PathLike) -> Path:
             "train_fingerprint": model.train_fingerprint_,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "extra": json_safe(model._extra()),
+            # how the training data were made implicit (min_rating), when known
+            "training_data": json_safe(getattr(model, "training_data_", None) or {}),
             "files": files,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
