@@ -54,6 +54,7 @@ BUILTIN: dict[str, str] = {
     "hybrid": "recforge.models.hybrid:Hybrid",
     "hybrid_bpr": "recforge.models.hybrid:HybridBPR",
     "blend": "recforge.models.blend:Blend",
+    "sasrec": "recforge.models.sasrec:SASRec",
 }
 
 #: Other spellings of the same algorithm, accepted silently (keys as :func:`_folded`

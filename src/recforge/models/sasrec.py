@@ -1,0 +1,135 @@
+"""SASRec (Kang & McAuley, ICDM 2018) and gSASRec (Petrov & Macdonald, RecSys 2023).
+
+Causal self-attention over a user's last ``max_len`` items: item embeddings (scaled by
+``sqrt(d)``) plus learned positional embeddings, dropout, ``n_blocks`` Pre-LN Transformer
+blocks (``x + attention(LN(x))``, ``x + FFN(LN(x))``) and a final LayerNorm; the item
+table is shared between input and output (a position's score for item ``i`` is its state
+times ``E[i]``). Attention is torch's fused ``scaled_dot_product_attention`` with
+``is_causal=True``: windows are right-padded (:mod:`recforge.training.sequence_batches`),
+so a real position never sees a padding one and no key mask is needed.
+
+Positions are counted from the start of the window (position 0: the oldest item read).
+
+Losses (``loss``): ``bce`` with one negative per position (the SASRec paper),
+``sampled_softmax`` with ``n_negatives`` shared by the batch (log-q corrected with
+``negative_sampling="popularity"``), ``gbce`` (gSASRec: ``n_negatives``, calibration
+``gbce_t``) and ``ce`` (full softmax over all items). See
+:mod:`recforge.training.next_item_losses`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recforge.errors import ConfigError
+from recforge.models.params import ParamRule, int_rule, number_rule
+from recforge.models.sequential import SequentialRecommender, sqrt_dim
+from recforge.training.embedding import Embedding
+
+__all__ = ["SASRec"]
+
+MAX_BLOCKS = 64
+
+
+class _Block(nn.Module):
+    """One Pre-LN Transformer block with causal attention."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, attn_dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.attn_dropout = attn_dropout
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff1 = nn.Linear(dim, dim)
+        self.ff2 = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h = self.heads
+        qkv = self.qkv(self.norm1(x)).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(
+            qkv[0], qkv[1], qkv[2], is_causal=True,
+            dropout_p=self.attn_dropout if self.training else 0.0)
+        x = x + self.drop(self.out(att.transpose(1, 2).reshape(b, n, d)))
+        return x + self.drop(self.ff2(self.drop(F.gelu(self.ff1(self.norm2(x))))))
+
+
+class _SASRec(nn.Module):
+    def __init__(self, n_items: int, dim: int, blocks: int, heads: int, max_len: int,
+                 dropout: float, attn_dropout: float, init_std: float,
+                 gen: torch.Generator) -> None:
+        super().__init__()
+        self.scale = sqrt_dim(dim)
+        self.item = Embedding(n_items + 1, dim)
+        self.position = Embedding(max_len, dim)
+        with torch.no_grad():
+            self.item.weight.normal_(0.0, init_std, generator=gen)
+            self.position.weight.normal_(0.0, init_std, generator=gen)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(_Block(dim, heads, dropout, attn_dropout)
+                                    for _ in range(blocks))
+        self.norm = nn.LayerNorm(dim)
+
+    def encode(self, inputs: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        n = inputs.shape[1]
+        x = self.item(inputs) * self.scale + self.position.weight[:n]
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def item_table(self) -> torch.Tensor:
+        return self.item.weight
+
+
+class SASRec(SequentialRecommender):
+    """SASRec / gSASRec on the shared trainer.
+
+    Parameters (typical ranges in brackets)
+    ----------
+    embedding_dim: [32, 256] (must be a multiple of ``n_heads``).
+    n_blocks: Transformer blocks [1, 4]. n_heads: attention heads [1, 4].
+    max_len: items of history read [50, 200]. dropout: [0, 0.5] (embeddings, residual
+        branches, FFN). attention_dropout: on the attention weights [0, 0.5].
+    loss, n_negatives, gbce_t, negative_sampling, precision, sort_by_length: see
+        :class:`~recforge.models.sequential.SequentialRecommender`.
+    epochs, batch_size (sequences per step), learning_rate, reg (unused), optimizer,
+    weight_decay, lr_schedule, valid_metric, patience, eval_every, init_std, device, seed.
+    """
+
+    name = "sasrec"
+    n_blocks: int = 2
+    n_heads: int = 1
+    attention_dropout: float = 0.0
+
+    param_rules: ClassVar[dict[str, ParamRule]] = {
+        **SequentialRecommender.param_rules, "n_blocks": int_rule(1, MAX_BLOCKS),
+        "n_heads": int_rule(1, 64), "attention_dropout": number_rule(0, 0.95)}
+    scoring_params = {**SequentialRecommender.scoring_params,
+                      "n_blocks": int_rule(1, MAX_BLOCKS), "n_heads": int_rule(1, 64)}
+    tuning_space = {"embedding_dim": ("cat", [32, 64, 128]), "n_blocks": ("int", 1, 3),
+                    "dropout": ("float", 0.0, 0.5), "learning_rate": ("log", 3e-4, 3e-3),
+                    "max_len": ("cat", [50, 100, 200])}
+    quick_params = {"epochs": 5, "max_len": 50}
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        if int(self.embedding_dim) % int(self.n_heads):
+            raise ConfigError(f"{self.name}: embedding_dim ({self.embedding_dim}) must be a "
+                              f"multiple of n_heads ({self.n_heads})")
+
+    def _build(self) -> nn.Module:
+        dim, heads = int(self.embedding_dim), int(self.n_heads)
+        if dim % heads:
+            raise ConfigError(f"embedding_dim ({dim}) must be a multiple of n_heads ({heads})")
+        with self._seeded():
+            return _SASRec(self.n_items, dim, int(self.n_blocks), heads, int(self.max_len),
+                           float(self.dropout), float(self.attention_dropout),
+                           float(self.init_std), self._generator())

@@ -1,0 +1,265 @@
+"""Base class of the next-item models (SASRec, GRU4Rec, Caser) on the shared trainer.
+
+A :class:`SequentialRecommender` learns to predict each user's next item from the items
+before it, in order. It is a :class:`~recforge.models.gradient.GradientRecommender` like
+any other: the shared :class:`~recforge.training.trainer.Trainer` runs its epochs
+(validation, early stopping, checkpoints), fed by a
+:class:`~recforge.training.sequence_batches.SequenceSampler` of training windows (each
+user's last ``max_len + 1`` items, ``inputs = seq[:-1]``, ``targets = seq[1:]``, every
+position trained; items are 1-based inside the network, 0 is padding).
+
+A subclass builds a module with
+
+* ``encode(inputs [B, L], users [B] | None) -> [B, L, d]``: the hidden state of every
+  position of right-padded 1-based inputs, position ``j`` reading only items ``0..j``;
+* ``item_table() -> [n_items + 1, d]``: the output item vectors (row 0: padding);
+
+and names its loss (``_loss``; the shared ones are in
+:mod:`recforge.training.next_item_losses`). Scores of a history are the last position's
+state times the item table.
+
+Inference reads order: :meth:`score_sequences` encodes the last ``max_len`` items of each
+user's ordered history; ``recommend(users)`` (``_score``) the training sequences kept in
+the model (each user's last ``max_len`` training items, saved with it);
+``recommend_for_history([items in order])`` the given list; ``similar_items`` compares
+item vectors. Per-epoch validation is the next-item metric (``valid_metric``, default
+``ndcg@10``) of each validation event given the user's training sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from recforge.data.interactions import Interactions
+from recforge.errors import ConfigError, ModelError
+from recforge.models.artifact import Array, Module, StateSpec
+from recforge.models.contracts import Capabilities, FitOptions
+from recforge.models.gradient import GradientRecommender
+from recforge.models.params import (
+    MAX_NEGATIVES,
+    ParamRule,
+    choice_rule,
+    int_rule,
+    number_rule,
+)
+from recforge.training import next_item_losses as nil
+from recforge.training.contracts import Batch
+from recforge.training.sequence_batches import SequenceSampler, right_aligned
+
+__all__ = ["SequentialRecommender", "MAX_LEN"]
+
+#: The longest window a model reads (also bounds a doctored saved model).
+MAX_LEN = 4096
+
+#: Rows encoded at once when scoring (bounds the memory of the hidden states).
+ENCODE_BLOCK = 512
+
+LOSSES = ("bce", "sampled_softmax", "gbce", "ce")
+
+
+class SequentialRecommender(GradientRecommender):
+    """Shared parameters of next-item models (see the module docstring).
+
+    ``max_len``: items of history read [20, 200]; ``loss``: ``bce`` (one negative per
+    position), ``sampled_softmax`` / ``gbce`` (``n_negatives`` shared by a batch), ``ce``
+    (full softmax); ``gbce_t``: gSASRec's calibration in [0, 1]; ``negative_sampling``:
+    ``uniform`` or ``popularity`` (``sampled_softmax`` only, with the log-q correction);
+    ``precision``: ``float32`` or ``bfloat16`` (autocast of the forward pass);
+    ``sort_by_length``: batches of similar lengths (less padding per batch).
+    """
+
+    embedding_dim: int = 64
+    max_len: int = 200
+    dropout: float = 0.2
+    loss: str = "sampled_softmax"
+    n_negatives: int = 256
+    gbce_t: float = 0.75
+    negative_sampling: str = "uniform"
+    precision: str = "float32"
+    sort_by_length: bool = True
+    batch_size: int = 128
+    learning_rate: float = 0.001
+    epochs: int = 20
+    lr_schedule: str | None = None
+    valid_metric: str | None = "ndcg@10"
+    init_std: float = 0.02
+
+    capabilities = Capabilities(folds_in_history=True, similar_items=True, gradient=True,
+                                seeded=True, reads_order=True)
+    param_rules: ClassVar[dict[str, ParamRule]] = {
+        **GradientRecommender.param_rules,
+        "max_len": int_rule(1, MAX_LEN), "dropout": number_rule(0, 0.95),
+        "loss": choice_rule(*LOSSES), "n_negatives": int_rule(1, MAX_NEGATIVES),
+        "gbce_t": number_rule(0, 1), "negative_sampling": choice_rule("uniform", "popularity"),
+        "precision": choice_rule("float32", "bfloat16"),
+        "sort_by_length": ParamRule(lambda v: isinstance(v, bool), "true or false")}
+    scoring_params = {**GradientRecommender.scoring_params, "max_len": int_rule(1, MAX_LEN)}
+    #: Losses the model offers (a subclass may narrow them).
+    losses: ClassVar[tuple[str, ...]] = LOSSES
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        if self.loss not in self.losses:
+            raise ConfigError(f"{self.name}: loss must be one of {self.losses}, "
+                              f"got {self.loss!r}")
+        if self.negative_sampling == "popularity" and self.loss != "sampled_softmax":
+            raise ConfigError(f"{self.name}: negative_sampling='popularity' needs "
+                              "loss='sampled_softmax' (its log-q correction); gBCE's beta "
+                              "assumes uniform negatives")
+
+    # ----------------------------------------------------------------------------------
+    # training
+    def _setup(self, train: Interactions, options: FitOptions) -> None:
+        seqs = train.sequences()
+        #: each user's last max_len training items, right-padded, 1-based: what
+        #: recommend(users) encodes
+        self.sequences_ = torch.from_numpy(
+            right_aligned(seqs.last(int(self.max_len), pad=0, offset=1))[0])
+        self._train_windows = right_aligned(
+            seqs.last(int(self.max_len) + 1, pad=0, offset=1))[0]
+        counts = self._stats.item_counts.astype(np.float64)
+        self._popularity = counts + 1.0
+        self._log_q = torch.from_numpy(
+            np.log(self._popularity / self._popularity.sum()).astype(np.float32))
+
+    def _negatives_kind(self) -> str:
+        return {"bce": "position", "sampled_softmax": "shared", "gbce": "shared",
+                "ce": "none", "bpr_max": "shared"}.get(self.loss, "none")
+
+    #: whether batches carry each window's user index (models with a user table)
+    needs_users: ClassVar[bool] = False
+
+    def _sampler(self, train: Interactions, shard: tuple[int, int] = (0, 1)) -> SequenceSampler:
+        windows = self._train_windows
+        del self._train_windows
+        return SequenceSampler(
+            windows, int(self.batch_size), self.n_items, negatives=self._negatives_kind(),
+            n_negatives=int(self.n_negatives),
+            popularity=self._popularity if self.negative_sampling == "popularity" else None,
+            sort_chunk=64 if self.sort_by_length else 0,
+            users=np.arange(self.n_users) if self.needs_users else None, shard=shard)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "bfloat16":
+            return torch.autocast(self.device_.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def training_loss(self, batch: Batch) -> torch.Tensor:
+        inputs, targets = batch["inputs"], batch["targets"]
+        with self._autocast():
+            hidden = self.module_.encode(inputs, batch.get("users"))
+            mask = targets > 0
+            hidden = hidden[mask]
+            items = self.module_.item_table()
+            return self._loss(hidden, targets[mask], items, batch, mask).float()
+
+    def _loss(self, hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
+              batch: Batch, mask: torch.Tensor) -> torch.Tensor:
+        """The loss of the trained positions (``hidden`` ``[N, d]``, ``targets`` ``[N]``)."""
+        loss = self.loss
+        if loss == "bce":
+            return nil.bce_one_negative(hidden, targets, items, batch["negatives"][mask])
+        if loss == "sampled_softmax":
+            log_q = batch.get("log_q")
+            target_log_q = (self._log_q.to(hidden.device)[targets - 1]
+                            if log_q is not None else None)
+            return nil.sampled_softmax(hidden, targets, items, batch["negatives"], log_q,
+                                       target_log_q)
+        if loss == "gbce":
+            beta = nil.gbce_beta(int(self.n_negatives), self.n_items, float(self.gbce_t))
+            return nil.gbce(hidden, targets, items, batch["negatives"], beta)
+        if loss == "ce":
+            return nil.full_softmax(hidden, targets, items)
+        raise ConfigError(f"{self.name}: unknown loss {loss!r}")
+
+    @contextlib.contextmanager
+    def _seeded(self) -> Any:
+        """Torch's global generator seeded with ``seed`` for a module's build (its layers
+        initialise from it), restored afterwards."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.seed or 0))
+            yield
+
+    # ----------------------------------------------------------------------------------
+    # scoring
+    def _encode_last(self, windows: torch.Tensor, users: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+        """The state after the last item of each right-padded window ``[B, max_len]``
+        (in blocks), ``[B, d]``; an empty window reads only padding."""
+        m = self.module_
+        out = []
+        for start in range(0, len(windows), ENCODE_BLOCK):
+            w = windows[start:start + ENCODE_BLOCK].to(self.device_)
+            lengths = (w > 0).sum(1)
+            longest = max(1, int(lengths.max()) if len(w) else 1)
+            u = users[start:start + ENCODE_BLOCK].to(self.device_) if users is not None else None
+            with self._autocast():
+                h = m.encode(w[:, :longest], u)
+            last = (lengths - 1).clamp(min=0)
+            out.append(h[torch.arange(len(w), device=h.device), last].float())
+        if not out:
+            return torch.zeros(0, int(self.embedding_dim), device=self.device_)
+        return torch.cat(out)
+
+    def _scores_of(self, windows: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
+        self.module_.eval()
+        with torch.no_grad():
+            h = self._encode_last(windows, users)
+            return h @ self.module_.item_table()[1:].float().T
+
+    def _score_users(self, users: torch.Tensor) -> torch.Tensor:
+        users = users.cpu()
+        return self._scores_of(self.sequences_[users],
+                               users if self.needs_users else None)
+
+    def score_sequences(self, users: np.ndarray, history: Interactions) -> torch.Tensor:
+        """Next-item scores ``[len(users), n_items]`` from the last ``max_len`` items of
+        each user's ordered history in ``history`` (the model's vocabularies)."""
+        self.check_fitted()
+        if history.n_items != self.n_items or history.n_users != self.n_users:
+            raise ModelError(f"{self.name}: the history must share the model's vocabularies "
+                             f"({self.n_users} users, {self.n_items} items), got "
+                             f"{history.n_users} users and {history.n_items} items")
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        if len(users) and (users.min() < 0 or users.max() >= self.n_users):
+            raise ModelError(f"user index out of range [0, {self.n_users})")
+        windows = right_aligned(history.sequences().last(
+            int(self.max_len), users=users, pad=0, offset=1))[0]
+        u = torch.from_numpy(users) if self.needs_users else None
+        return self._scores_of(torch.from_numpy(windows), u).float().cpu()
+
+    def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
+        seq = np.asarray(items, dtype=np.int64)[-int(self.max_len):] + 1
+        window = np.zeros((1, int(self.max_len)), dtype=np.int64)
+        window[0, :len(seq)] = seq
+        return self._scores_of(torch.from_numpy(window), None)[0].cpu()
+
+    def _item_embeddings(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.module_.item_table()[1:].detach().float().cpu()
+
+    # ----------------------------------------------------------------------------------
+    # saving: the module and the training sequences recommend(users) reads
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {**super()._state(), "sequences": self.sequences_}
+
+    def _state_spec(self, extra: dict[str, Any]) -> StateSpec:
+        self._restore_extra(extra)
+        return {"module": Module(lambda checked: self._build()),
+                "sequences": Array((self.n_users, int(self.max_len)), torch.int64,
+                                   0, self.n_items + 1)}
+
+    def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        state = dict(state)
+        self.sequences_ = state.pop("sequences")
+        super()._restore(state, extra)
+
+
+def sqrt_dim(dim: int) -> float:
+    """The scale of item embeddings at the input (Transformer convention)."""
+    return math.sqrt(dim)

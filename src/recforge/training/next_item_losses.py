@@ -1,0 +1,97 @@
+"""Losses of next-item models, on the hidden states of the trained positions.
+
+Every function takes ``hidden`` ``[N, d]`` (one row per trained position, padding already
+left out), ``targets`` ``[N]`` (1-based item indices) and the item table ``items``
+``[n_items + 1, d]`` (row 0 the padding item, never a target nor a negative), and returns
+a scalar: the mean over the positions. Sampled losses never build the ``[N, n_items]``
+logits; only :func:`full_softmax` does.
+
+* :func:`bce_one_negative`: SASRec (Kang & McAuley 2018): ``-log s(pos) - log(1 - s(neg))``
+  with one sampled negative per position.
+* :func:`sampled_softmax`: cross-entropy of the target against ``K`` negatives shared by
+  the batch, optionally with the log-q correction of a non-uniform sampler (Yi et al.
+  2019; as TensorFlow's ``sampled_softmax_loss``, ``log q`` is subtracted from the target's
+  logit and the negatives').
+* :func:`gbce`: gSASRec's generalised BCE (Petrov & Macdonald 2023) with ``K`` shared
+  negatives: the positive's log-sigmoid is weighted by ``beta = alpha (t (1 - 1/alpha) +
+  1/alpha)``, ``alpha = K / (n_items - 1)`` the sampling rate and ``t`` the calibration
+  (``t = 0`` is plain BCE, ``t = 1`` calibrates the sigmoid to the full softmax's
+  probabilities); the loss of a position is the mean over its ``1 + K`` terms, as in the
+  authors' code, where ``-log s(s+)^beta = beta * softplus(-s+)`` replaces their float64
+  transform of the positive logit by the same value in one stable step.
+* :func:`full_softmax`: cross-entropy over every item.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from recforge.training.embedding import lookup
+
+__all__ = ["bce_one_negative", "sampled_softmax", "gbce", "gbce_beta", "full_softmax"]
+
+
+def _positive_scores(hidden: torch.Tensor, targets: torch.Tensor,
+                     items: torch.Tensor) -> torch.Tensor:
+    return (hidden * lookup(items, targets)).sum(-1)
+
+
+def bce_one_negative(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
+                     negatives: torch.Tensor) -> torch.Tensor:
+    """SASRec's loss: one negative ``[N]`` per position (a negative that is the target
+    itself counts for nothing)."""
+    pos = _positive_scores(hidden, targets, items)
+    neg = (hidden * lookup(items, negatives)).sum(-1)
+    neg_term = F.softplus(neg) * (negatives != targets).to(neg.dtype)
+    return (F.softplus(-pos) + neg_term).mean()
+
+
+def _shared_logits(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
+                   negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The positive scores ``[N]``, the negatives' ``[N, K]`` and where a negative is the
+    position's own target (``[N, K]`` bool)."""
+    pos = _positive_scores(hidden, targets, items)
+    neg = hidden @ lookup(items, negatives).T
+    same = negatives.unsqueeze(0) == targets.unsqueeze(1)
+    return pos, neg, same
+
+
+def sampled_softmax(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
+                    negatives: torch.Tensor, log_q: torch.Tensor | None = None,
+                    target_log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax cross-entropy of each target against the ``K`` shared ``negatives``;
+    ``log_q`` (``[K]``) and ``target_log_q`` (``[N]``): the sampling log-probabilities to
+    subtract (a non-uniform sampler), else none. A negative equal to the target is left
+    out of its row."""
+    pos, neg, same = _shared_logits(hidden, targets, items, negatives)
+    if log_q is not None:
+        neg = neg - log_q.unsqueeze(0)
+        if target_log_q is not None:
+            pos = pos - target_log_q
+    neg = neg.masked_fill(same, float("-inf"))
+    logits = torch.cat([pos.unsqueeze(1), neg], dim=1).float()
+    return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+
+
+def gbce_beta(n_negatives: int, n_items: int, t: float) -> float:
+    """gSASRec's ``beta`` for ``K`` negatives out of ``n_items`` and calibration ``t``."""
+    alpha = n_negatives / max(1, n_items - 1)
+    return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+
+
+def gbce(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
+         negatives: torch.Tensor, beta: float) -> torch.Tensor:
+    """gSASRec's gBCE with ``K`` shared negatives and the weight ``beta``
+    (:func:`gbce_beta`); a negative equal to the target counts for nothing."""
+    pos, neg, same = _shared_logits(hidden, targets, items, negatives)
+    neg_terms = F.softplus(neg.float()).masked_fill(same, 0.0).sum(1)
+    per_position = (beta * F.softplus(-pos.float()) + neg_terms) / (1 + negatives.numel())
+    return per_position.mean()
+
+
+def full_softmax(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor
+                 ) -> torch.Tensor:
+    """Cross-entropy over all items (the padding row left out)."""
+    logits = hidden @ items[1:].T
+    return F.cross_entropy(logits.float(), targets - 1)

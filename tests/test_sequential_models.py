@@ -1,0 +1,198 @@
+"""Next-item models (sasrec): conformance, order, the losses, the sampler, saving."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conformance import ModelConformance, checkerboard
+
+from recforge import ConfigError, Interactions, ModelError
+from recforge.models import Recommender, create_model
+from recforge.training import next_item_losses as nil
+from recforge.training.sequence_batches import SequenceSampler, right_aligned
+
+SMALL = {"embedding_dim": 16, "max_len": 20, "n_blocks": 1, "epochs": 15, "batch_size": 16,
+         "learning_rate": 0.01, "dropout": 0.0, "n_negatives": 8, "device": "cpu",
+         "valid_metric": None}
+
+
+def shuffled_checkerboard(n: int = 20, seed: int = 0) -> Interactions:
+    """The conformance checkerboard with each user's events in a random order.
+
+    In the suite's input order every user's items ascend, so items 0 and 1 only ever
+    open a sequence and are never a next item: a next-item model cannot learn to
+    predict them (nor should it). In a random order each item follows others of its
+    parity, and the parity is what a sequence model learns: user u's only unseen item of
+    their parity (u) must come first, as in the suite's oracle."""
+    train, _ = checkerboard(n)
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"user": train.users.ids[train.user], "item": train.items.ids[train.item],
+                          "timestamp": rng.permutation(len(train))})
+    return Interactions.from_frame(frame, users=train.users, items=train.items)
+
+
+class SequentialConformance(ModelConformance):
+    """The suite, with the oracles on the checkerboard in a random event order."""
+
+    def test_checkerboard_oracle(self):
+        model = self.fit_model(self.make(), shuffled_checkerboard())
+        recs = model.recommend([f"user{u}" for u in range(20)], k=1)
+        assert recs["item"].tolist() == [f"item{u}" for u in range(20)]
+
+    def test_history_oracle(self):
+        model = self.fit_model(self.make(), shuffled_checkerboard())
+        hist = [f"item{j}" for j in (8, 2, 14, 6, 18, 4, 12, 16, 10)]
+        assert model.recommend_for_history(hist, k=1)["item"].tolist() == ["item0"]
+
+
+class TestSASRec(SequentialConformance):
+    model_name = "sasrec"
+    params = SMALL
+
+
+def chain_data(n_items: int = 30, n_users: int = 120, length: int = 12, seed: int = 0
+               ) -> Interactions:
+    """Each user walks the cycle 0 -> 1 -> ... -> n_items - 1 -> 0 from a random start:
+    item i is always followed by item i + 1 (mod n_items). Every item is about equally
+    frequent and co-occurs with every other, so a bag of items says little of what comes
+    next; the order says it all."""
+    rng = np.random.default_rng(seed)
+    start = rng.integers(0, n_items, n_users)
+    items = (start[:, None] + np.arange(length)[None, :]) % n_items
+    return Interactions.from_frame(pd.DataFrame({
+        "user": np.repeat(np.arange(n_users), length), "item": items.ravel(),
+        "timestamp": np.tile(np.arange(length), n_users)}))
+
+
+@pytest.fixture(scope="module")
+def chain_model() -> Recommender:
+    return create_model("sasrec", **{**SMALL, "epochs": 15, "embedding_dim": 24}
+                        ).fit(chain_data())
+
+
+def test_learns_the_order(chain_model):
+    """Item i + 1 is predicted after any history ending in item i, and the next item
+    for every training user is the one after their last."""
+    data = chain_data()
+    for last in (3, 17, 29):
+        hist = [(last - 4 + j) % 30 for j in range(5)]
+        recs = chain_model.recommend_for_history(hist, k=1)
+        assert recs["item"].tolist() == [(last + 1) % 30]
+    recs = chain_model.recommend(data.users.ids, k=1)
+    seqs = data.sequences()
+    last = data.items.ids[seqs.items[seqs.indptr[1:] - 1]]
+    hits = (recs["item"].to_numpy() == (last + 1) % 30).mean()
+    assert hits > 0.95
+
+
+def test_order_matters_where_a_bag_cannot_tell(chain_model):
+    """The same items in another order give another next item."""
+    up = chain_model.recommend_for_history([5, 6, 7], k=1, exclude_history=False)
+    down = chain_model.recommend_for_history([7, 6, 5], k=1, exclude_history=False)
+    assert up["item"].tolist() == [8] and down["item"].tolist() == [6]
+
+
+def test_score_sequences_reads_the_given_history(chain_model):
+    data = chain_data()
+    users = np.arange(10)
+    # the training sequences themselves: what score (recommend) reads
+    assert torch.allclose(chain_model.score_sequences(users, data),
+                          chain_model.score(users), atol=1e-5)
+    # a history with one more event per user: the next item moves on by one
+    seqs = data.sequences()
+    nxt = (data.items.ids[seqs.items[seqs.indptr[1:] - 1]] + 1) % 30
+    longer = Interactions.from_frame(pd.concat([_frame(data), pd.DataFrame(
+        {"user": data.users.ids, "item": nxt, "timestamp": 100})]),
+        users=data.users, items=data.items)
+    top = chain_model.score_sequences(users, longer).argmax(1).numpy()
+    assert (data.items.ids[top] == (nxt[users] + 1) % 30).mean() > 0.9
+    with pytest.raises(ModelError, match="vocabularies"):
+        chain_model.score_sequences(users, chain_data(n_items=31))
+
+
+def _frame(data: Interactions) -> pd.DataFrame:
+    return pd.DataFrame({"user": data.users.ids[data.user], "item": data.items.ids[data.item],
+                         "timestamp": data.timestamp})
+
+
+def test_save_load_round_trip(chain_model, tmp_path):
+    path = chain_model.save(tmp_path / "m")
+    loaded = Recommender.load(path)
+    users = np.arange(20)
+    assert torch.equal(loaded.score(users), chain_model.score(users))
+    assert torch.equal(loaded.sequences_, chain_model.sequences_)
+    a = loaded.recommend_for_history([1, 2, 3], k=5)
+    pd.testing.assert_frame_equal(a, chain_model.recommend_for_history([1, 2, 3], k=5))
+
+
+@pytest.mark.parametrize("loss", ["bce", "sampled_softmax", "gbce", "ce"])
+def test_every_loss_trains(loss):
+    data = chain_data(n_users=60)
+    params = {**SMALL, "epochs": 2, "loss": loss}
+    model = create_model("sasrec", **params).fit(data)
+    assert all(np.isfinite(r["loss"]) for r in model.history_)
+    assert model.history_[1]["loss"] < model.history_[0]["loss"]
+
+
+def test_popularity_sampling_only_with_sampled_softmax():
+    with pytest.raises(ConfigError, match="popularity"):
+        create_model("sasrec", loss="gbce", negative_sampling="popularity").fit(chain_data())
+    with pytest.raises(ConfigError, match="multiple of n_heads"):
+        create_model("sasrec", embedding_dim=10, n_heads=3).fit(chain_data())
+
+
+def test_losses_by_hand():
+    torch.manual_seed(0)
+    items = torch.randn(6, 4)
+    hidden = torch.randn(3, 4)
+    targets = torch.tensor([1, 2, 5])
+    neg = torch.tensor([3, 2, 4])  # the second row's negative is its target: no term
+    s = hidden @ items.T
+    rows = torch.arange(3)
+    want = (torch.nn.functional.softplus(-s[rows, targets])
+            + torch.nn.functional.softplus(s[rows, neg]) * torch.tensor([1.0, 0.0, 1.0])).mean()
+    assert torch.allclose(nil.bce_one_negative(hidden, targets, items, neg), want)
+    shared = torch.tensor([1, 3, 4])
+    # sampled softmax: target first, a negative equal to it left out (row 0 has none)
+    ce0 = torch.logsumexp(s[0, [1, 3, 4]], 0) - s[0, 1]
+    ce1 = torch.logsumexp(s[1, [2, 1, 3, 4]], 0) - s[1, 2]
+    ce2 = torch.logsumexp(s[2, [5, 1, 3, 4]], 0) - s[2, 5]
+    got = nil.sampled_softmax(hidden, targets, items, shared)
+    assert torch.allclose(got, (ce0 + ce1 + ce2) / 3, atol=1e-6)
+    # gBCE: beta * -log s(pos) + sum over the other negatives of -log(1 - s(neg)), / (1 + K)
+    beta = nil.gbce_beta(3, 5, 0.75)
+    alpha = 3 / 4
+    assert np.isclose(beta, alpha * (0.75 * (1 - 1 / alpha) + 1 / alpha))
+    sp = torch.nn.functional.softplus
+    per = [beta * sp(-s[r, targets[r]]) + sum(sp(s[r, j]) for j in shared.tolist()
+                                               if j != targets[r].item()) for r in range(3)]
+    assert torch.allclose(nil.gbce(hidden, targets, items, shared, beta),
+                          torch.stack(per).mean() / 4, atol=1e-6)
+    # t = 1 with every other item as a negative: beta = 1 (plain BCE over all items)
+    assert np.isclose(nil.gbce_beta(4, 5, 1.0), 1.0)
+    full = torch.nn.functional.cross_entropy(s[:, 1:], targets - 1)
+    assert torch.allclose(nil.full_softmax(hidden, targets, items), full)
+
+
+def test_sampler_windows():
+    left = np.array([[0, 0, 1, 2], [3, 4, 5, 6], [0, 0, 0, 7], [0, 8, 9, 1]])
+    right, lengths = right_aligned(left)
+    assert right.tolist() == [[1, 2, 0, 0], [3, 4, 5, 6], [7, 0, 0, 0], [8, 9, 1, 0]]
+    assert lengths.tolist() == [2, 4, 1, 3]
+    s = SequenceSampler(right, 2, 9, negatives="position", sort_chunk=4)
+    assert s.n_rows == 3 and s.steps_per_epoch() == 2 and s.positions_per_epoch() == 1 + 3 + 2
+    seen = []
+    for batch in s.epoch(np.random.default_rng(0)):
+        inputs, targets = batch["inputs"], batch["targets"]
+        assert inputs.shape == targets.shape == batch["negatives"].shape
+        # cut to the batch's longest row; targets are the inputs shifted by one
+        assert (targets[:, :-1][inputs[:, 1:] > 0] == inputs[:, 1:][inputs[:, 1:] > 0]).all()
+        seen += [tuple(r) for r in torch.cat([inputs[:, :1], targets], 1).tolist()]
+    assert sorted(x[:2] for x in seen) == [(1, 2), (3, 4), (8, 9)]
+    shared = SequenceSampler(right, 4, 9, negatives="shared", n_negatives=5,
+                             popularity=np.arange(1, 10))
+    batch = next(iter(shared.epoch(np.random.default_rng(1))))
+    assert batch["negatives"].shape == (5,) and batch["log_q"].shape == (5,)
+    assert ((batch["negatives"] >= 1) & (batch["negatives"] <= 9)).all()
