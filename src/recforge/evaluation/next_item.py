@@ -35,7 +35,7 @@ means over targets.
 * **Intervals**: a 95% normal interval of each mean, users (sessions in
   :func:`evaluate_sessions`) taken as the independent units: the delta-method variance of
   a ratio of sums, which is the ordinary ``1.96 * sd / sqrt(n)`` when every user has one
-  target.
+  target; clipped to [0, 1].
 """
 
 from __future__ import annotations
@@ -200,15 +200,17 @@ def _check_options(ties: str, sampled: int | None, by_length: Any) -> None:
 # ----------------------------------------------------------------------------------------
 # ranking
 def _score_block(model: NextItemModel, users: np.ndarray, history: Interactions,
-                 n_items: int) -> torch.Tensor:
+                 n_items: int) -> np.ndarray:
+    """The model's scores of a block of users as float32 numpy (NaN as ``-inf``)."""
     with torch.no_grad():
         s = model.score_sequences(users, history)
     if not isinstance(s, torch.Tensor) or tuple(s.shape) != (len(users), n_items):
         shape = tuple(s.shape) if hasattr(s, "shape") else type(s).__name__
         raise ModelError(f"{model.name}.score_sequences returned {shape} for "
                          f"{len(users)} users; expected ({len(users)}, {n_items})")
-    s = s.detach().to("cpu", torch.float32)
-    return torch.where(torch.isnan(s), torch.tensor(-torch.inf), s)
+    out = s.detach().to("cpu", torch.float32).numpy()  # may share the model's memory
+    nan = np.isnan(out)
+    return np.where(nan, np.float32(-np.inf), out) if nan.any() else out
 
 
 def _rank(model: NextItemModel, users: np.ndarray, history: Interactions, row: np.ndarray,
@@ -217,7 +219,10 @@ def _rank(model: NextItemModel, users: np.ndarray, history: Interactions, row: n
     """For each target (``row``: index into the sorted unique ``users``; ``item``: the
     target's item index, -1 unknown): the number of counted items scoring strictly higher
     and the number scoring the same. Counted: every item but the user's targets (and the
-    user's input items with ``exclude_seen``), or the target's sampled ``negatives``."""
+    user's input items with ``exclude_seen``), or the target's sampled ``negatives``.
+
+    The comparisons run in numpy: single-threaded, they do not pay torch's thread pool on
+    the many small blocks of the session protocol."""
     n_items = model.n_items
     higher = np.full(len(row), n_items, dtype=np.int64)  # unknown items: never retrieved
     tied = np.zeros(len(row), dtype=np.int64)
@@ -230,25 +235,30 @@ def _rank(model: NextItemModel, users: np.ndarray, history: Interactions, row: n
         sel = sel[item[sel] >= 0]
         if not len(sel):
             continue
-        r = torch.from_numpy(row[sel] - lo)
-        it = torch.from_numpy(item[sel].astype(np.int64))
+        r = row[sel] - lo
+        it = item[sel]
         target = scores[r, it]
         if negatives is not None:
-            other = torch.gather(scores[r], 1, torch.from_numpy(negatives[sel]))
-            higher[sel] = (other > target[:, None]).sum(1).numpy()
-            tied[sel] = (other == target[:, None]).sum(1).numpy()
+            other = np.take_along_axis(scores[r], negatives[sel], axis=1)
+            higher[sel] = (other > target[:, None]).sum(1)
+            tied[sel] = (other == target[:, None]).sum(1)
             continue
-        counted = torch.ones((len(ub), n_items), dtype=torch.bool)
+        counted = np.ones((len(ub), n_items), dtype=bool)
         counted[r, it] = False  # the target and the user's other targets
         if seen is not None:
             rows = seen[ub]
-            counted[torch.from_numpy(np.repeat(np.arange(len(ub)), np.diff(rows.indptr))),
-                    torch.from_numpy(rows.indices.astype(np.int64))] = False
+            counted[np.repeat(np.arange(len(ub)), np.diff(rows.indptr)), rows.indices] = False
+        if len(sel) == len(ub) and (r == np.arange(len(ub))).all():
+            # one target per user (the usual case): no copies of the rows
+            tc = target[:, None]
+            higher[sel] = ((scores > tc) & counted).sum(1)
+            tied[sel] = ((scores == tc) & counted).sum(1)
+            continue
         for c in range(0, len(sel), len(ub)):  # at most a block of rows at once
             rc, tc = r[c:c + len(ub)], target[c:c + len(ub), None]
             s, m = scores[rc], counted[rc]
-            higher[sel[c:c + len(ub)]] = ((s > tc) & m).sum(1).numpy()
-            tied[sel[c:c + len(ub)]] = ((s == tc) & m).sum(1).numpy()
+            higher[sel[c:c + len(ub)]] = ((s > tc) & m).sum(1)
+            tied[sel[c:c + len(ub)]] = ((s == tc) & m).sum(1)
     return higher, tied
 
 
@@ -291,7 +301,8 @@ def _interval(values: np.ndarray, unit: np.ndarray) -> tuple[float, float]:
         return (float("nan"), float("nan"))
     d = s - mean * c
     se = np.sqrt((d ** 2).sum() / (n * (n - 1))) / c.mean()
-    return (float(mean - 1.959964 * se), float(mean + 1.959964 * se))
+    # every metric here lies in [0, 1]: so does its interval
+    return (float(max(0.0, mean - 1.959964 * se)), float(min(1.0, mean + 1.959964 * se)))
 
 
 def _length_table(length: np.ndarray, cols: dict[str, np.ndarray], by_length: Any
