@@ -85,8 +85,10 @@ class TestMF(ModelConformance):
         model = self.make().fit(data)
         pred = model.predict(data.users.ids[:30], data.items.ids[:30])
         assert pred.min() >= 1.0 and pred.max() <= 5.0
-        out = model.predict([data.users.ids[0], "nobody"], [data.items.ids[0], data.items.ids[1]])
+        pairs = [data.users.ids[0], "nobody"], [data.items.ids[0], data.items.ids[1]]
+        out = model.predict(*pairs, unknown="skip")
         assert np.isfinite(out[0]) and np.isnan(out[1])
+        assert np.isfinite(model.predict(*pairs)).all()  # default: the fallback
 
     def test_needs_ratings(self, random_data):
         with pytest.raises(DataError, match="needs rating values"):

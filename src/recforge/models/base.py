@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 SCORE_BLOCK_ELEMENTS = 1 << 24
 
 UnknownUsers = Literal["error", "skip", "popular"]
+#: What :meth:`Recommender.predict` gives a pair with an unknown user or item.
+UnknownPairs = Literal["baseline", "skip", "error"]
 
 
 class Recommender:
@@ -480,12 +482,21 @@ class Recommender:
 
     # ----------------------------------------------------------------------------------
     # rating prediction
-    def predict(self, users: Any, items: Any) -> np.ndarray:
-        """Predicted ratings for (user, item) pairs of external ids (rating models only).
+    def predict(self, users: Any, items: Any, *,
+                unknown: UnknownPairs = "baseline") -> np.ndarray:
+        """Predicted ratings for (user, item) pairs of external ids (rating models only;
+        ranking models raise :class:`ModelError`), one per pair, in order.
 
-        Pairs with an unknown user or item get NaN.
+        ``unknown`` says what a pair with a user or item the model never saw gets:
+        ``"baseline"`` (default) the model's fallback, never NaN (the global mean plus
+        the bias of the known user or item for models with biases, see
+        :meth:`_fallback_index`); ``"skip"`` NaN, for the caller to leave out (``recforge
+        predict --unknown skip`` drops those rows); ``"error"`` :class:`ModelError`
+        naming them.
         """
         self.check_fitted()
+        if unknown not in ("baseline", "skip", "error"):
+            raise ConfigError(f"unknown must be 'baseline', 'skip' or 'error', got {unknown!r}")
         if not self.predicts_ratings:
             self._predict_index(np.empty(0, np.int64), np.empty(0, np.int64))
         u = self.users_.index(np.atleast_1d(np.asarray(users, dtype=object)))
@@ -496,7 +507,27 @@ class Recommender:
         ok = (u >= 0) & (i >= 0)
         if ok.any():
             out[ok] = self._predict_index(u[ok], i[ok])
+        if not ok.all():
+            if unknown == "error":
+                bad = np.flatnonzero(~ok)
+                u_ext, i_ext = np.atleast_1d(users), np.atleast_1d(items)
+                shown_pairs = ", ".join(f"({u_ext[b]!r}, {i_ext[b]!r})" for b in bad[:5])
+                raise ModelError(f"{len(bad)} pair(s) with a user or item unknown to the "
+                                 f"model: {shown_pairs}{' ...' if len(bad) > 5 else ''}; "
+                                 "pass unknown='baseline' or 'skip'")
+            if unknown == "baseline":
+                out[~ok] = self._fallback_index(u[~ok], i[~ok])
         return out
+
+    def _fallback_index(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Predictions for pairs whose user or item (index ``-1``) the model never saw:
+        by default the training mean rating (``mean_`` where the model keeps one), clipped
+        to ``rating_range_``; models with biases add the known one (override)."""
+        mean = getattr(self, "mean_", None)
+        if mean is None:
+            mean = float(self.seen_.data.mean()) if self.seen_.nnz else 0.0
+        lo, hi = getattr(self, "rating_range_", (mean, mean))
+        return np.full(len(users), min(max(float(mean), lo), hi), dtype=np.float32)
 
     def predict_index(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Predicted ratings for pairs of internal user and item indices (rating models;

@@ -45,6 +45,9 @@ BUILTIN: dict[str, str] = {
     "bspm": "recforge.models.graphfilter:BSPM",
     "als": "recforge.models.als:ALS",
     "mf": "recforge.models.mf:MF",
+    "baseline": "recforge.models.baseline:Baseline",
+    "svdpp": "recforge.models.svdpp:SVDpp",
+    "knnbaseline": "recforge.models.knnbaseline:KNNBaseline",
     "bpr": "recforge.models.mf:BPR",
     "gmf": "recforge.models.ncf:GMF",
     "mlp": "recforge.models.ncf:MLP",
@@ -66,6 +69,8 @@ ALIASES: dict[str, str] = {
     "usercf": "userknn", "userbased": "userknn",
     "ials": "als", "wmf": "als",  # Hu, Koren & Volinsky's implicit ALS, which als is
     "easer": "ease",  # the paper's EASE^R
+    # Surprise's names of the same algorithms
+    "baselineonly": "baseline", "svd++": "svdpp", "svdplusplus": "svdpp",
     "vsknn": "sknn", "sessionknn": "sknn",  # V-SKNN (Ludewig & Jannach 2018)
 }
 
