@@ -159,9 +159,14 @@ def predict(
         "column names (default: guessed from the first lines)."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of the pairs "
                                  "file, e.g. latin-1."),
+    unknown: str = typer.Option("baseline", "--unknown", help="Pairs with a user or item "
+                                "the model never saw: baseline (the model's fallback, e.g. "
+                                "mean plus the known bias), skip (row left out) or error."),
 ) -> None:
     """Predict ratings for (user, item) pairs (rating models only): one output row per
-    input row, in the input's order."""
+    input row, in the input's order (with --unknown skip, less the unknown pairs)."""
+    if unknown not in ("baseline", "skip", "error"):
+        raise ConfigError(f"--unknown must be baseline, skip or error, got {unknown!r}")
     check_out_file(out)
     output_format(out, fmt)
     check_model_dir(model)
@@ -176,8 +181,10 @@ def predict(
                           "train a rating model (e.g. mf) to use `recforge predict`")
     users, items = read_pairs(pairs, columns=parse_columns(columns), header=header,
                               encoding=encoding)
-    pred = est.predict(users, items)
+    pred = est.predict(users, items, unknown=unknown)  # type: ignore[arg-type]
     result = pd.DataFrame({"user": users, "item": items, "prediction": pred})
+    if unknown == "skip":  # NaN: a pair the model cannot score
+        result = result[result["prediction"].notna()].reset_index(drop=True)
     write_frame(result, out, fmt)
     status(out).print(f"wrote {len(result):,} predictions to {out}")
 
