@@ -510,11 +510,13 @@ class Recommender:
         if not ok.all():
             if unknown == "error":
                 bad = np.flatnonzero(~ok)
-                u_ext, i_ext = np.atleast_1d(users), np.atleast_1d(items)
-                shown_pairs = ", ".join(f"({u_ext[b]!r}, {i_ext[b]!r})" for b in bad[:5])
+                pairs = zip(np.atleast_1d(np.asarray(users))[bad[:5]].tolist(),
+                            np.atleast_1d(np.asarray(items))[bad[:5]].tolist(), strict=True)
+                shown_pairs = ", ".join(f"({u!r}, {i!r})" for u, i in pairs)
                 raise ModelError(f"{len(bad)} pair(s) with a user or item unknown to the "
                                  f"model: {shown_pairs}{' ...' if len(bad) > 5 else ''}; "
-                                 "pass unknown='baseline' or 'skip'")
+                                 "pass unknown='baseline' or 'skip' (recforge predict: "
+                                 "--unknown)")
             if unknown == "baseline":
                 out[~ok] = self._fallback_index(u[~ok], i[~ok])
         return out
