@@ -246,6 +246,11 @@ def test_bad_item_metadata_names_file_line_and_column(files, capsys, tmp_path, t
 def test_evaluate_uses_the_min_rating_the_model_was_trained_with(files, capsys, tmp_path):
     meta = json.loads((files / "ease" / "meta.json").read_text())
     assert meta["training_data"] == {"min_rating": 4.0}
+    from recforge import load_model  # saved again, the model still says so
+
+    load_model(files / "ease").save(tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "meta.json").read_text())
+    assert again["training_data"] == {"min_rating": 4.0}
     base = ["evaluate", "--model", files / "ease", "--train", files / "train.csv",
             "--test", files / "test.csv", "--metrics", "ndcg@10"]
     code, out, err = run([*base, "--out", tmp_path / "a.json"], capsys)

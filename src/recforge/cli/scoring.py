@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from recforge._fs import atomic_write_text
 from recforge._json import json_safe
@@ -314,9 +315,9 @@ def evaluate_cmd(
     finally:
         quiet_notes.setLevel(level)
     rows = _results_table(result)
-    shown.print(metrics_table(f"{est.name} on {test} ({result.protocol} protocol, "
-                              f"{result.n_users:,} users, {result.seconds:.2f}s)",
-                              [{k: "-" if v is None else v for k, v in r.items()}
+    shown.print(escape(f"{est.name} on {test} ({result.protocol} protocol, "
+                       f"{result.seconds:.2f}s)"), highlight=False)
+    shown.print(metrics_table("", [{k: "-" if v is None else v for k, v in r.items()}
                                for r in rows], ["metric", "value", "ci_low", "ci_high"]))
     shown.print(f"{result.n_users:,} users evaluated; ci_low..ci_high: 95 % bootstrap "
                 "interval of the mean over users")

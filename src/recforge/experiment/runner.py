@@ -236,6 +236,8 @@ def _save_run_model(cfg: ExperimentConfig, out: Path, data: PreparedData, mc: Mo
         replaced.add(target)
     if _several_seeds(cfg, model):
         target = target / f"seed-{seed}"
+    # the relevance threshold the run judged by, for `recforge evaluate` to use again
+    model.training_data_ = {"min_rating": cfg.data.min_rating}
     save_model(model, target, data.item_metadata)
     return str(target.relative_to(out))
 

@@ -452,6 +452,8 @@ def _from_artifact(path: Path, meta: dict[str, Any], blobs: dict[str, bytes],
                                  base["seen_indptr"].numpy()), shape=(n_users, n_items))
     model.item_popularity_ = base["item_popularity"].numpy().copy()
     model.train_fingerprint_ = fingerprint
+    training = meta.get("training_data", {})  # kept when the model is saved again
+    model.training_data_ = dict(training) if isinstance(training, dict) else {}
     if "item_metadata.parquet" in blobs:
         model.item_metadata_ = _read_item_metadata(path / "item_metadata.parquet",
                                                    blobs["item_metadata.parquet"], n_items)
