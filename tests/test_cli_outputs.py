@@ -279,3 +279,23 @@ def test_evaluate_uses_the_min_rating_the_model_was_trained_with(files, capsys, 
     assert f"only {remembered['n_users']} users evaluated" in " ".join(out.split())
     code, _, err = run([*base, "--min-rating", "high"], capsys)
     assert code == 2 and "--min-rating must be a number or none" in err
+
+
+def test_predict_to_standard_output_as_json_lines(files, capsys, tmp_path):
+    model = tmp_path / "mf"
+    code, _, err = run(["train", "mf", "--data", files / "train.csv", "--out", model,
+                        "-p", "epochs=2", "-p", "embedding_dim=4", "--seed", 0], capsys)
+    assert code == 0, err
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user,item\n1,2\n3,4\n424242,1\n")
+    code, _, err = run(["predict", "--model", model, "--pairs", pairs, "--out",
+                        tmp_path / "pred.csv"], capsys)
+    assert code == 0, err
+    expected = pd.read_csv(tmp_path / "pred.csv")
+    code, out, err = run(["predict", "--model", model, "--pairs", pairs, "--out", "-",
+                          "--format", "jsonl"], capsys)
+    assert code == 0 and "wrote 3 predictions" in err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["user"], r["item"]) for r in rows] == [(1, 2), (3, 4), (424242, 1)]
+    got = np.array([np.nan if r["prediction"] is None else r["prediction"] for r in rows])
+    np.testing.assert_allclose(got, expected["prediction"], rtol=1e-6)  # NaN as null
