@@ -299,3 +299,18 @@ def test_predict_to_standard_output_as_json_lines(files, capsys, tmp_path):
     assert [(r["user"], r["item"]) for r in rows] == [(1, 2), (3, 4), (424242, 1)]
     got = np.array([np.nan if r["prediction"] is None else r["prediction"] for r in rows])
     np.testing.assert_allclose(got, expected["prediction"], rtol=1e-6)  # NaN as null
+
+
+def test_item_metadata_from_parquet_names_rows(tmp_path):
+    from recforge.data.metadata import read_item_metadata
+    from recforge.errors import DataError
+
+    pd.DataFrame({"item": [1, 2, 2], "title": ["a", "b", "c"]}).to_parquet(tmp_path / "b.pq")
+    with pytest.raises(DataError, match=r"row 3, column 'item': item id '2' appears twice "
+                                        r"\(first at row 2\)"):
+        read_item_metadata(tmp_path / "b.pq")
+    pd.DataFrame({"item": [1, 2], "title": ["a", None], "year": [1999, None]}).to_parquet(
+        tmp_path / "ok.pq")
+    meta = read_item_metadata(tmp_path / "ok.pq")
+    assert meta.index.tolist() == ["1", "2"]
+    assert meta["title"].tolist() == ["a", None] and meta["year"].tolist() == [1999, None]

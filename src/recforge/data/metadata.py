@@ -27,6 +27,10 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, bool]:
     try:
         if suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
+            for col in frame.columns:  # a year with gaps is 1999, not 1999.0
+                values = frame[col]
+                if values.dtype.kind == "f" and (values.dropna() % 1 == 0).all():
+                    frame[col] = values.astype("Int64")
             return frame.astype(object).where(frame.notna(), None), False
         sep = "\t" if suffix in (".tsv", ".tab") else ","
         frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False,
