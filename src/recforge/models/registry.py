@@ -58,6 +58,7 @@ BUILTIN: dict[str, str] = {
     "hybrid_bpr": "recforge.models.hybrid:HybridBPR",
     "blend": "recforge.models.blend:Blend",
     "sasrec": "recforge.models.sasrec:SASRec",
+    "gru4rec": "recforge.models.gru4rec:GRU4Rec",
 }
 
 #: Other spellings of the same algorithm, accepted silently (keys as :func:`_folded`

@@ -8,7 +8,8 @@ times ``E[i]``). Attention is torch's fused ``scaled_dot_product_attention`` wit
 ``is_causal=True``: windows are right-padded (:mod:`recforge.training.sequence_batches`),
 so a real position never sees a padding one and no key mask is needed.
 
-Positions are counted from the start of the window (position 0: the oldest item read).
+Positions count back from the latest item (position 0: the most recent item read), as in
+the paper's left-padded windows, whose last column is always the latest item.
 
 Losses (``loss``): ``bce`` with one negative per position (the SASRec paper),
 ``sampled_softmax`` with ``n_negatives`` shared by the batch (log-q corrected with
@@ -78,8 +79,12 @@ class _SASRec(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def encode(self, inputs: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        # positions count back from the latest item (0), as SASRec's left-padded windows
+        # have them: the most recent items, which matter most, always train the same rows
         n = inputs.shape[1]
-        x = self.item(inputs) * self.scale + self.position.weight[:n]
+        lengths = (inputs > 0).sum(1, keepdim=True)
+        back = (lengths - 1 - torch.arange(n, device=inputs.device)).clamp(min=0)
+        x = self.item(inputs) * self.scale + self.position(back)
         x = self.drop(x)
         for block in self.blocks:
             x = block(x)

@@ -20,6 +20,7 @@ logits; only :func:`full_softmax` does.
   authors' code, where ``-log s(s+)^beta = beta * softplus(-s+)`` replaces their float64
   transform of the positive logit by the same value in one stable step.
 * :func:`full_softmax`: cross-entropy over every item.
+* :func:`bpr_max`: GRU4Rec's BPR-max with its score regularisation.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 
 from recforge.training.embedding import lookup
 
-__all__ = ["bce_one_negative", "sampled_softmax", "gbce", "gbce_beta", "full_softmax"]
+__all__ = ["bce_one_negative", "sampled_softmax", "gbce", "gbce_beta", "full_softmax", "bpr_max"]
 
 
 def _positive_scores(hidden: torch.Tensor, targets: torch.Tensor,
@@ -95,3 +96,17 @@ def full_softmax(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tenso
     """Cross-entropy over all items (the padding row left out)."""
     logits = hidden @ items[1:].T
     return F.cross_entropy(logits.float(), targets - 1)
+
+
+def bpr_max(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
+            negatives: torch.Tensor, reg: float) -> torch.Tensor:
+    """GRU4Rec's BPR-max (Hidasi & Karatzoglou, CIKM 2018, eq. 6 and 8) over ``K`` shared
+    negatives: with ``s_j = softmax_j(r_j)`` over the negatives' scores,
+    ``-log sum_j s_j sigmoid(r_i - r_j) + reg * sum_j s_j r_j^2`` (the score
+    regularisation of the paper). A negative equal to the target is left out of its row."""
+    pos, neg, same = _shared_logits(hidden, targets, items, negatives)
+    pos, neg = pos.float(), neg.float()
+    weights = torch.softmax(neg.masked_fill(same, float("-inf")), dim=1)
+    ranked = (weights * torch.sigmoid(pos.unsqueeze(1) - neg)).sum(1)
+    penalty = (weights * neg.masked_fill(same, 0.0).square()).sum(1)
+    return (-torch.log(ranked + 1e-24) + reg * penalty).mean()

@@ -1,0 +1,170 @@
+"""Next-item neural models (``sasrec`` and its losses) on ml-1m-seq and ml-100k.
+
+Each user's last event (in order) is the test item and the one before it the validation
+item; the models train on the rest, validate per epoch on the validation item (next-item
+NDCG@10 of the training sequence, early stopping) and are tested from the whole earlier
+sequence (``split.history``: training plus the validation item) with
+:func:`recforge.evaluation.next_item.evaluate_next_item`: full ranking over all items,
+expected-rank ties, seen items not excluded (ml-1m-seq has no repeats; with
+``--exclude-seen`` they are). ml-100k: every rating is an event, in time order.
+
+Per run: NDCG@10, HR@10, MRR@10, fit seconds, seconds per epoch (mean over the epochs,
+validation excluded), trained positions per second, peak resident memory of the process
+(``ru_maxrss``: run one configuration per process to read it per model). Prints a table
+and writes ``benchmarks/results/sequential.json`` (runs appended by key).
+
+    .venv/bin/python benchmarks/bench_sequential.py --data ml-1m-seq \\
+        --run sasrec:loss=gbce --run sasrec:loss=bce,n_negatives=1 --epochs 3
+    # per-epoch cost only (a few steps of each loss, no validation):
+    .venv/bin/python benchmarks/bench_sequential.py --epoch-cost --steps 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from recforge import Interactions
+from recforge.data.readers import read_sequences
+from recforge.data.split import leave_last_out
+from recforge.evaluation.next_item import evaluate_next_item
+from recforge.models import create_model
+
+DATA = Path(os.environ.get("RECFORGE_SHARED_DATA", Path(__file__).resolve().parents[2]
+                           / "shared" / "data"))
+RESULTS = Path(__file__).parent / "results" / "sequential.json"
+
+
+def load(name: str) -> Interactions:
+    if name == "ml-1m-seq":
+        return read_sequences(DATA / "ml-1m-seq" / "sequences.txt")
+    if name == "ml-100k":
+        frame = pd.read_csv(DATA / "ml-100k" / "u.data", sep="\t",
+                            names=["user", "item", "rating", "timestamp"])
+        return Interactions.from_frame(frame[["user", "item", "timestamp"]])
+    raise SystemExit(f"unknown data {name!r}: ml-1m-seq or ml-100k")
+
+
+def parse_run(spec: str) -> tuple[str, dict[str, Any]]:
+    """``model:key=value,key=value`` (values read as YAML)."""
+    name, _, rest = spec.partition(":")
+    params = {}
+    for part in filter(None, rest.split(",")):
+        key, _, value = part.partition("=")
+        params[key] = yaml.safe_load(value)
+    return name, params
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_one(data_name: str, split: Any, name: str, params: dict[str, Any], epochs: int,
+            exclude_seen: bool, max_steps: int | None) -> dict[str, Any]:
+    model = create_model(name, **{"epochs": epochs, **params})
+    t0 = time.perf_counter()
+    model.fit(split.train, split.valid, max_steps_per_epoch=max_steps)
+    fit_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    res = evaluate_next_item(model, split.history, split.test, k=10,
+                             exclude_seen=exclude_seen, by_length=None)
+    eval_s = time.perf_counter() - t1
+    hist = getattr(model, "history_", [])
+    per_epoch = float(np.mean([r["seconds"] for r in hist])) if hist else float("nan")
+    positions = int((np.minimum(split.train.sequences().lengths(),
+                                int(getattr(model, "max_len", 10**9)) + 1) - 1)
+                    .clip(min=0).sum())
+    summary = {k.lower(): float(v) for k, v in res.summary.items()}
+    return {"data": data_name, "model": name, "params": params, "epochs_run": len(hist),
+            "best_epoch": getattr(model, "best_epoch_", None),
+            "valid_ndcg@10": [r.get("ndcg@10") for r in hist],
+            "metrics": summary, "fit_seconds": round(fit_s, 2),
+            "seconds_per_epoch": round(per_epoch, 2),
+            "positions_per_second": round(positions / per_epoch) if hist else None,
+            "eval_seconds": round(eval_s, 2), "peak_rss_mb": round(peak_mb(), 1),
+            "exclude_seen": exclude_seen, "threads": torch.get_num_threads(),
+            "load_average": os.getloadavg()[0]}
+
+
+def epoch_cost(split: Any, steps: int, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Seconds per epoch of each loss (and bf16), from ``steps`` batches scaled to the
+    epoch's steps (batches sorted by length are cut to their longest row, so the sample is
+    drawn across the epoch: ``max_steps`` takes the first ``steps`` of a shuffled epoch)."""
+    rows = []
+    for loss, extra in (("bce", {}), ("sampled_softmax", {}), ("gbce", {}), ("ce", {}),
+                        ("gbce", {"precision": "bfloat16"}),
+                        ("ce", {"precision": "bfloat16"})):
+        p = {**params, "loss": loss, **extra, "epochs": 1, "valid_metric": None}
+        model = create_model("sasrec", **p)
+        cpu0 = time.process_time()
+        model.fit(split.train, max_steps_per_epoch=steps)
+        cpu = time.process_time() - cpu0
+        rec = model.history_[0]
+        full_steps = -(-int((split.train.sequences().lengths() >= 2).sum())
+                       // int(model.batch_size))
+        rows.append({"loss": loss, "precision": model.precision, "steps": rec["steps"],
+                     "seconds": rec["seconds"],
+                     "seconds_per_epoch": round(rec["seconds"] / rec["steps"] * full_steps, 1),
+                     # CPU seconds of the whole fit (setup included) scaled the same way: on
+                     # a shared machine wall time measures the neighbours, CPU time less so
+                     "cpu_seconds_per_epoch": round(cpu / rec["steps"] * full_steps, 1),
+                     "load_average": os.getloadavg()[0]})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="ml-1m-seq", choices=["ml-1m-seq", "ml-100k"])
+    ap.add_argument("--run", action="append", default=[],
+                    help="model:key=value,... (repeatable; default: sasrec's defaults)")
+    ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--exclude-seen", action="store_true")
+    ap.add_argument("--epoch-cost", action="store_true",
+                    help="only the seconds per epoch of each loss at the default length")
+    ap.add_argument("--steps", type=int, default=8, help="batches per loss for --epoch-cost")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load(args.data)
+    split = leave_last_out(data, valid=True)
+    print(f"{args.data}: {data.n_users:,} users, {data.n_items:,} items, {len(data):,} events; "
+          f"train {len(split.train):,}, load average {os.getloadavg()[0]:.2f}", flush=True)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if args.epoch_cost:
+        rows = epoch_cost(split, args.steps, dict(parse_run(args.run[0])[1]) if args.run
+                          else {})
+        print(pd.DataFrame(rows).to_string(index=False))
+        results[f"epoch_cost/{args.data}"] = rows
+    else:
+        rows = []
+        for spec in args.run or ["sasrec"]:
+            name, params = parse_run(spec)
+            row = run_one(args.data, split, name, params, args.epochs, args.exclude_seen,
+                          args.max_steps)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            results[f"{args.data}/{spec}/epochs={args.epochs}"] = row
+        table = pd.DataFrame([{"run": f"{r['model']} {r['params']}", **r["metrics"],
+                               "epochs": r["epochs_run"], "fit_s": r["fit_seconds"],
+                               "s/epoch": r["seconds_per_epoch"],
+                               "peak_MB": r["peak_rss_mb"]} for r in rows])
+        print(table.to_string(index=False))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
