@@ -221,6 +221,8 @@ def test_item_metadata_kept_by_any_model_and_served(files, capsys):
     assert len(items) == 3, recs.text
     assert all(it["title"] == titles.loc[it["item"]] for it in items)
     assert all(it["title"] == titles.loc[it["item"]] for it in similar.json()["similar"])
+    genres = pd.read_csv(files / "movies.csv").set_index("movieId")["genres"]
+    assert all(it["metadata"] == {"genres": genres.loc[it["item"]]} for it in items)
 
 
 @pytest.mark.parametrize(("table", "option", "message"), [

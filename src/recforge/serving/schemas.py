@@ -34,6 +34,9 @@ class RecommendedItem(BaseModel):
     popularity: int | None = Field(default=None, description="Popularity fallbacks only: "
                                    "the item's number of training users.")
     title: str | None = Field(default=None, description="With item metadata only.")
+    metadata: dict[str, str | None] | None = Field(
+        default=None, description="The item's other display columns (genres, year, ...), "
+        "with item metadata that has them only.")
     because: Because | None = Field(default=None, description="With explain=true only.")
 
 

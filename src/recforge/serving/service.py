@@ -24,6 +24,16 @@ from recforge.serving.index import IVFIndex
 __all__ = ["RecommendationService", "NotFound", "Resolved"]
 
 
+def _display_text(value: Any) -> str | None:
+    """A display column's value as text: ``None`` for a missing one, ``1999`` (not
+    ``1999.0``) for a whole number."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 class NotFound(ModelError):
     """An id the model does not know, where no fallback applies."""
 
@@ -124,6 +134,13 @@ class RecommendationService:
         if meta is not None and "title" in meta.columns:  # missing titles -> null, not NaN
             self._titles = [None if t is None or (isinstance(t, float) and math.isnan(t))
                             else str(t) for t in meta["title"].tolist()]
+        # The other display columns (genres, year, ...) of each item, as ``"metadata"``.
+        self._display: list[dict[str, Any]] | None = None
+        extra = [c for c in (meta.columns if meta is not None else []) if c not in
+                 ("item", "title")]
+        if extra:
+            self._display = [{c: _display_text(v) for c, v in zip(extra, row, strict=True)}
+                             for row in meta[extra].itertuples(index=False, name=None)]
         # The title search index, built on the first search (``_search_index``).
         self._search: tuple[Any, Any, Any] | None = None
 
@@ -154,6 +171,9 @@ class RecommendationService:
         if titles is not None:
             for entry, i in zip(out, idx.tolist(), strict=False):
                 entry["title"] = titles[i]
+        if self._display is not None:
+            for entry, i in zip(out, idx.tolist(), strict=False):
+                entry["metadata"] = self._display[i]
         return out
 
     def _popular_items(self, idx: np.ndarray, counts: np.ndarray) -> list[dict[str, Any]]:
@@ -166,6 +186,9 @@ class RecommendationService:
         if self._titles is not None:
             for entry, i in zip(out, idx.tolist(), strict=True):
                 entry["title"] = self._titles[i]
+        if self._display is not None:
+            for entry, i in zip(out, idx.tolist(), strict=True):
+                entry["metadata"] = self._display[i]
         return out
 
     def _by_ids(self, frame_items: Any, ranks: Any, scores: Any) -> list[dict[str, Any]]:
