@@ -88,6 +88,12 @@ def test_recency_of_the_current_session_matters():
     assert model.recommend(["s2"], k=1)["item"].tolist() == ["Y"]
     assert model.recommend_for_history(["B", "X"], k=1)["item"].tolist() == ["Y"]
     assert model.recommend_for_history(["X", "B"], k=1)["item"].tolist() == ["Z"]
+    # the current session's own items score 0 unless remind=True
+    s2 = data.users.index(["s2"])
+    b, x = data.items.index(["B", "X"])
+    assert model.score_sequences(s2, data)[0, [b, x]].tolist() == [0.0, 0.0]
+    reminded = create_model("sknn", remind=True).fit(data).score_sequences(s2, data)[0]
+    assert reminded[x] > 0 and reminded[b] > 0
     # without position weights the two neighbours tie
     flat = _scores(create_model("sknn", weighting="same").fit(data), ["B", "X"])
     assert flat["Y"] == pytest.approx(flat["Z"])
@@ -189,7 +195,8 @@ def test_bad_params():
     data = _sessions(*TRAIN)
     for bad in ({"neighbors": 0}, {"sample_size": -1}, {"weighting": "exp"},
                 {"weighting_score": "cubic"}, {"similarity": "dot"}, {"idf_weighting": -1},
-                {"session_gap": -5}, {"session_gap": "1h"}, {"neighbors": 2.5}):
+                {"session_gap": -5}, {"session_gap": "1h"}, {"neighbors": 2.5},
+                {"remind": "yes"}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             create_model("sknn", **bad).fit(data)
 

@@ -26,14 +26,13 @@ item once at its last place):
    ``"linear"`` ``max(0, 1 - 0.1 t)``, ``"quadratic"`` ``1 / t^2``, ``"log"``
    ``1 / log10(t + 1.7)``; places beyond 500 count as 500);
 5. ``score(c, j) = sum_{s in N(c), j in s} sim(c, s) decay(s) (1 + idf_weighting idf_j)``
-   with ``idf_j = ln(n_sessions / sessions with j)``.
+   with ``idf_j = ln(n_sessions / sessions with j)``; the current session's own items
+   score 0 unless ``remind`` (as in the reference code by default).
 
 Differences from the reference code (session-rec's ``vsknn.py``): its ``linear`` position
 weight is 0 for every place after the tenth (so the most recent item of a long session
 weighs 0), here it is the linear decay over the last ten items that the paper describes;
-its ``linear`` score decay goes negative after ten steps, here it stops at 0. Items of the
-current session are scored like any other: leaving them out is the ranking's job
-(``recommend`` masks seen items; next-item evaluation has its own option).
+its ``linear`` score decay goes negative after ten steps, here it stops at 0.
 
 Scoring is batched: a block of current sessions is one sparse matrix, its overlaps with
 every training session one sparse product, the candidate cut, the similarities and the
@@ -61,6 +60,7 @@ from recforge.models.artifact import CSR, Array, StateSpec
 from recforge.models.base import Recommender
 from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.params import (
+    BOOL_RULE,
     MAX_COUNT,
     MAX_NUMBER,
     check_params,
@@ -87,6 +87,7 @@ _RULES = {
     "similarity": choice_rule(*SIMILARITIES),
     "idf_weighting": number_rule(0, MAX_NUMBER),
     "session_gap": number_rule(0, MAX_NUMBER, optional=True),
+    "remind": BOOL_RULE,
 }
 
 
@@ -189,6 +190,10 @@ class SessionKNN(Recommender):
         Seconds of inactivity that end a session when the data has no ``session`` column
         (None: each user's whole history is one session; data without timestamps needs
         None or a session column).
+    remind:
+        Score the current session's own items too (False: they score 0, as in the
+        reference code's default, so that a ranking that keeps seen items does not fill
+        up with them).
     """
 
     name = "sknn"
@@ -205,7 +210,8 @@ class SessionKNN(Recommender):
 
     def __init__(self, neighbors: int = 50, sample_size: int = 0, weighting: str = "linear",
                  weighting_score: str = "same", similarity: str = "cosine",
-                 idf_weighting: float = 1.0, session_gap: float | None = None) -> None:
+                 idf_weighting: float = 1.0, session_gap: float | None = None,
+                 remind: bool = False) -> None:
         self.neighbors = neighbors
         self.sample_size = sample_size
         self.weighting = weighting
@@ -213,6 +219,7 @@ class SessionKNN(Recommender):
         self.similarity = similarity
         self.idf_weighting = idf_weighting
         self.session_gap = session_gap
+        self.remind = remind
 
     def _validate_params(self) -> None:
         check_params(self, _RULES)
@@ -331,6 +338,8 @@ class SessionKNN(Recommender):
         scores = np.asarray((weights @ self._binary).toarray(), dtype=np.float64)
         if self.idf_weighting:
             scores *= 1.0 + float(self.idf_weighting) * self._idf[None, :]
+        if not self.remind:
+            scores[entry_row, cur.indices] = 0.0
         return scores.astype(np.float32)
 
     def _last_shared_step(self, cur: sp.csr_matrix, length: np.ndarray,
