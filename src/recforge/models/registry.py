@@ -59,6 +59,7 @@ BUILTIN: dict[str, str] = {
     "blend": "recforge.models.blend:Blend",
     "sasrec": "recforge.models.sasrec:SASRec",
     "gru4rec": "recforge.models.gru4rec:GRU4Rec",
+    "caser": "recforge.models.caser:Caser",
 }
 
 #: Other spellings of the same algorithm, accepted silently (keys as :func:`_folded`
