@@ -91,8 +91,8 @@ class SVDpp(GradientRecommender):
     epochs, batch_size, learning_rate, optimizer, lr_schedule: the trainer's.
     reg: L2 weight on ``p_u``, ``q_i`` [0, 10], per user (item) ``reg * n^reg_exponent``
         over an epoch as in ``mf``.
-    implicit_reg: L2 weight on the implicit factors ``y_j`` (``None``: ``reg``), applied
-        at each batch's items like ``q_i``'s.
+    implicit_reg: L2 weight on the implicit factors ``y_j`` [1, 30] (``None``: ``reg``),
+        applied at each batch's items like ``q_i``'s.
     reg_exponent: how the L2 weight grows with a user's (item's) rating count [0, 1].
     bias_reg: L2 weight on the biases [0, 1].
     valid_metric, patience, eval_every, init_std, device, seed.
@@ -111,11 +111,11 @@ class SVDpp(GradientRecommender):
     quick_params = {"epochs": 20}
 
     embedding_dim: int = 64
-    epochs: int = 50
+    epochs: int = 40
     batch_size: int = 1024
     learning_rate: float = 0.05
     reg: float = 2.5
-    implicit_reg: float | None = None
+    implicit_reg: float | None = 10.0
     optimizer: str = "adagrad"
     valid_metric: str | None = "rmse"
     init_std: float = 0.05
