@@ -206,3 +206,27 @@ def test_names():
     assert resolve_name("SVD++") == "svdpp"
     assert resolve_name("BaselineOnly") == "baseline"
     assert resolve_name("KNNBaseline") == "knnbaseline"
+
+
+def test_cli_predict_unknown(tmp_path, capsys):
+    from conftest import run_cli
+
+    data = tmp_path / "r.csv"
+    data.write_text("user,item,rating\n1,10,5\n1,11,3\n2,10,4\n2,12,2\n3,11,4\n")
+    model = tmp_path / "m"
+    assert run_cli(["train", "KNNBaseline", "--data", data, "--out", model], capsys)[0] == 0
+    pairs = tmp_path / "p.csv"
+    pairs.write_text("user,item\n1,12\n9,10\n9,99\n")
+    out = tmp_path / "o.csv"
+    code, _, err = run_cli(["predict", "--model", model, "--pairs", pairs, "--out", out], capsys)
+    got = pd.read_csv(out)
+    assert code == 0 and len(got) == 3 and got["prediction"].notna().all(), err
+    code, _, err = run_cli(["predict", "--model", model, "--pairs", pairs, "--out", out,
+                            "--unknown", "skip"], capsys)
+    assert code == 0 and pd.read_csv(out)[["user", "item"]].values.tolist() == [[1, 12]]
+    code, _, err = run_cli(["predict", "--model", model, "--pairs", pairs, "--out", out,
+                            "--unknown", "error"], capsys)
+    assert code != 0 and "2 pair(s)" in err and "(9, 99)" in err
+    code, _, err = run_cli(["predict", "--model", model, "--pairs", pairs, "--out", out,
+                            "--unknown", "drop"], capsys)
+    assert code != 0 and "--unknown must be" in err
