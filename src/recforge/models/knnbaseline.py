@@ -40,7 +40,7 @@ from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.params import MAX_COUNT, MAX_NUMBER, check_params, int_rule, number_rule
 
 #: Gathered (pair, rated item) entries handled at once when predicting (bounds memory).
-_ENTRIES_PER_CHUNK = 1 << 22
+_ENTRIES_PER_CHUNK = 1 << 20
 
 
 def _ragged(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
