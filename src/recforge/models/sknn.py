@@ -273,6 +273,10 @@ class SessionKNN(Recommender):
         self._binary = binary
         self._binary_t = binary.T.tocsr()
         self._session_len = np.diff(sessions.indptr).astype(np.float64)
+        n_sessions = sessions.shape[0]
+        self._user_sessions = sp.csr_matrix(
+            (np.ones(n_sessions, dtype=np.float32), (owner, np.arange(n_sessions))),
+            shape=(len(user_last), n_sessions))
         df = np.bincount(sessions.indices, minlength=sessions.shape[1]).astype(np.float64)
         self._idf = np.where(df > 0, np.log(sessions.shape[0] / np.maximum(df, 1)), 0.0)
 
@@ -301,15 +305,16 @@ class SessionKNN(Recommender):
         # row's total weight, so the fraction stays below 1
         w = position_weights(cur.data, length[entry_row], self.weighting)
         m = np.bincount(entry_row, weights=w, minlength=n_rows) + 1.0
-        coded = cur.astype(np.float64)
-        coded.data = 1.0 + w / m[entry_row]
+        # with the cosine and no sample, an item of weight 0 (the linear decay's older
+        # items) changes nothing: it is left out of the product (most of a long session)
+        used = (w > 0) if self.similarity == "cosine" and not self.sample_size else (w >= 0)
+        coded = sp.csr_matrix((1.0 + w[used] / m[entry_row[used]],
+                               (entry_row[used], cur.indices[used])),
+                              shape=cur.shape)
         both = torch.from_numpy((coded @ self._binary_t).toarray())
         overlap = torch.floor(both)
         slen = torch.from_numpy(self._session_len)[None, :]
-        # the user's own sessions that the current one contains are not its neighbours
-        own = ((torch.from_numpy(self.session_user_)[None, :]
-                == torch.from_numpy(owners)[:, None]) & (overlap >= slen))
-        candidate = (overlap > 0) & ~own
+        candidate = (overlap > 0) & ~self._own_sessions(cur, owners)
         if self.sample_size:  # the most recent candidates: columns are most recent first
             candidate &= torch.cumsum(candidate.to(torch.int32), dim=1) <= int(self.sample_size)
         if self.similarity == "jaccard":
@@ -341,6 +346,22 @@ class SessionKNN(Recommender):
         if not self.remind:
             scores[entry_row, cur.indices] = 0.0
         return scores.astype(np.float32)
+
+    def _own_sessions(self, cur: sp.csr_matrix, owners: np.ndarray) -> torch.Tensor:
+        """``[B, n_sessions]``: the sessions of user ``owners[b]`` that current session
+        ``b`` contains (the session itself, or a part of it): never its neighbours."""
+        own = torch.zeros(cur.shape[0], self.sessions_.shape[0], dtype=torch.bool)
+        theirs = self._user_sessions[np.maximum(owners, 0)]
+        theirs = (sp.diags((owners >= 0).astype(np.float32)) @ theirs).tocsr()
+        theirs.eliminate_zeros()
+        b, s = _row_of(theirs), theirs.indices.astype(np.int64)
+        if len(b):
+            ones = cur.copy()
+            ones.data = np.ones(len(cur.data), dtype=np.float32)
+            shared = np.asarray(ones[b].multiply(self._binary[s]).sum(axis=1)).ravel()
+            inside = shared >= self._session_len[s]
+            own[torch.from_numpy(b[inside]), torch.from_numpy(s[inside])] = True
+        return own
 
     def _last_shared_step(self, cur: sp.csr_matrix, length: np.ndarray,
                           entry_row: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
