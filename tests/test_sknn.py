@@ -130,6 +130,9 @@ def test_sessions_cut_by_gap_and_the_current_session():
     y, z = data.items.index(["Y", "Z"])
     scores = cut.score_sequences(np.array([c]), hist)[0]
     assert scores[z] > 0 and scores[y] == 0  # [B] only: u2's session
+    # no history at all: nothing to go on, every score 0
+    empty = data.subset(np.zeros(len(data), dtype=bool))
+    assert not cut.score_sequences(np.arange(data.n_users), empty).any()
     with pytest.raises(DataError, match="timestamps"):
         create_model("sknn", session_gap=60).fit(_sessions(*TRAIN))
 

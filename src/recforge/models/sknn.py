@@ -154,17 +154,6 @@ def _row_of(mat: sp.csr_matrix) -> np.ndarray:
     return np.repeat(np.arange(mat.shape[0], dtype=np.int64), np.diff(mat.indptr))
 
 
-def _pair_values(mat: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``mat[rows, cols]`` for many pairs (0 where nothing is stored), without densifying."""
-    mat.sum_duplicates()  # canonical: sorted, distinct indices per row
-    keys = _row_of(mat) * mat.shape[1] + mat.indices
-    want = rows.astype(np.int64) * mat.shape[1] + cols
-    at = np.minimum(np.searchsorted(keys, want), max(len(keys) - 1, 0))
-    if not len(keys):
-        return np.zeros(len(want))
-    return np.where(keys[at] == want, mat.data[at], 0.0)
-
-
 class SessionKNN(Recommender):
     """Session-based kNN (V-SKNN): neighbour sessions weighted by recency of position.
 
@@ -404,7 +393,8 @@ class SessionKNN(Recommender):
         # each entry, read at the user's last entry
         np.maximum.accumulate(start, out=start)
         lo, hi = seq.indptr[users], seq.indptr[users + 1]
-        first = np.where(hi > lo, start[np.maximum(hi - 1, 0)], hi)
+        first = (np.where(hi > lo, start[np.maximum(hi - 1, 0)], hi) if len(seq)
+                 else hi)
         first = np.maximum(first, lo)
         counts = hi - first
         rows = np.repeat(np.arange(len(users), dtype=np.int64), counts)
