@@ -478,6 +478,11 @@ EXTREMES.update({
 LOSSES.update({"sasrec": ["bce", "sampled_softmax", "gbce", "ce"],
                "gru4rec": ["bpr_max", "sampled_softmax", "ce"],
                "caser": ["bce", "sampled_softmax", "gbce", "ce"]})
+# the Surprise-style rating models' own parameters (baseline, knnbaseline, svdpp)
+EXTREMES.update({
+    "method": ["als", "sgd"], "reg_u": [0.0, 3.4e38], "reg_i": [0.0, 3.4e38],
+    "k": [1, 2**31 - 1], "min_k": [0, 2**31 - 1], "shrinkage": [0.0, 3.4e38],
+    "implicit_reg": [None, 0.0, 3.4e38]})
 
 
 def test_extreme_valid_hyperparameters_fit_or_fail_cleanly_in_a_child():

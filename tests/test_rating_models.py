@@ -230,3 +230,8 @@ def test_cli_predict_unknown(tmp_path, capsys):
     code, _, err = run_cli(["predict", "--model", model, "--pairs", pairs, "--out", out,
                             "--unknown", "drop"], capsys)
     assert code != 0 and "--unknown must be" in err
+
+
+def test_sgd_divergence_is_a_model_error():
+    with pytest.raises(ModelError, match="diverged"):
+        create_model("baseline", method="sgd", learning_rate=1e30).fit(_tiny())

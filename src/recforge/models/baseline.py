@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from recforge.data.interactions import Interactions
-from recforge.errors import DataError
+from recforge.errors import DataError, ModelError
 from recforge.models.artifact import Array, StateSpec
 from recforge.models.base import Recommender
 from recforge.models.contracts import Capabilities, FitOptions
@@ -75,18 +75,23 @@ def fit_biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_user
             bu = np.bincount(users, ratings - mu - bi[items], minlength=n_users) / (reg_u + n_u)
         return mu, bu, bi
     rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        order = rng.permutation(len(ratings))
-        for start in range(0, len(order), batch_size):
-            b = order[start:start + batch_size]
-            u, i = users[b], items[b]
-            err = ratings[b] - mu - bu[u] - bi[i]
-            gu = np.bincount(u, err, minlength=n_users) - reg * np.bincount(
-                u, minlength=n_users) * bu
-            gi = np.bincount(i, err, minlength=n_items) - reg * np.bincount(
-                i, minlength=n_items) * bi
-            bu += learning_rate * gu
-            bi += learning_rate * gi
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence: refused below
+        for _ in range(epochs):
+            order = rng.permutation(len(ratings))
+            for start in range(0, len(order), batch_size):
+                b = order[start:start + batch_size]
+                u, i = users[b], items[b]
+                err = ratings[b] - mu - bu[u] - bi[i]
+                gu = np.bincount(u, err, minlength=n_users) - reg * np.bincount(
+                    u, minlength=n_users) * bu
+                gi = np.bincount(i, err, minlength=n_items) - reg * np.bincount(
+                    i, minlength=n_items) * bi
+                bu += learning_rate * gu
+                bi += learning_rate * gi
+    if not (np.isfinite(bu).all() and np.isfinite(bi).all()):
+        raise ModelError(f"the SGD of the biases diverged (learning_rate={learning_rate}, "
+                         f"reg={reg}, batch_size={batch_size}); lower learning_rate or reg, "
+                         "or use method='als'")
     return mu, bu, bi
 
 
