@@ -187,7 +187,7 @@ class SessionKNN(Recommender):
 
     name = "sknn"
     capabilities = Capabilities(folds_in_history=True, reads_order=True)
-    tuning_space = {"neighbors": ("logint", 20, 2000), "sample_size": ("logint", 100, 20000),
+    tuning_space = {"neighbors": ("logint", 10, 500), "sample_size": ("cat", [0, 500, 2000, 10000]),
                     "weighting": ("cat", list(WEIGHTINGS)),
                     "weighting_score": ("cat", list(WEIGHTINGS)),
                     "similarity": ("cat", list(SIMILARITIES)),
