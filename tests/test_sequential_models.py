@@ -242,3 +242,19 @@ def test_sampler_windows():
     batch = next(iter(shared.epoch(np.random.default_rng(1))))
     assert batch["negatives"].shape == (5,) and batch["log_q"].shape == (5,)
     assert ((batch["negatives"] >= 1) & (batch["negatives"] <= 9)).all()
+
+
+def test_validates_on_the_next_item():
+    """Each epoch's figure is the next-item NDCG@10 of the validation event from the
+    training sequence (evaluate_next_item's protocol); the best epoch's weights are kept."""
+    from recforge.data.split import leave_last_out
+    from recforge.evaluation.next_item import evaluate_next_item
+
+    split = leave_last_out(chain_data(), valid=True)
+    model = create_model("sasrec", **{**SMALL, "valid_metric": "ndcg@10", "epochs": 4}
+                         ).fit(split.train, split.valid)
+    figures = [r["ndcg@10"] for r in model.history_]
+    assert figures[-1] > figures[0]
+    again = evaluate_next_item(model, split.train, split.valid, metrics="ndcg@10",
+                               by_length=None)
+    assert np.isclose(float(next(iter(again.summary.values()))), max(figures))

@@ -23,7 +23,9 @@ user's ordered history; ``recommend(users)`` (``_score``) the training sequences
 the model (each user's last ``max_len`` training items, saved with it);
 ``recommend_for_history([items in order])`` the given list; ``similar_items`` compares
 item vectors. Per-epoch validation is the next-item metric (``valid_metric``, default
-``ndcg@10``) of each validation event given the user's training sequence.
+``ndcg@10``) of each validation event given the user's training sequence, computed as the
+test is (:func:`~recforge.evaluation.next_item.evaluate_next_item`: full ranking, seen
+items not excluded).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ import torch
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, ModelError
+from recforge.evaluation.metrics import Metric
+from recforge.evaluation.next_item import evaluate_next_item
 from recforge.models.artifact import Array, Module, StateSpec
 from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.gradient import GradientRecommender
@@ -184,6 +188,18 @@ class SequentialRecommender(GradientRecommender):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.seed or 0))
             yield
+
+    def _validate_here(self, train: Interactions, valid: Interactions) -> float:
+        """The next-item metric of each validation event given the user's training
+        sequence (:func:`~recforge.evaluation.next_item.evaluate_next_item` over
+        :meth:`score_sequences`, the protocol of the test), for ``hr``, ``ndcg`` and
+        ``mrr``; other metrics as every gradient model validates."""
+        metric = Metric.parse(self.valid_metric)  # type: ignore[arg-type]
+        if metric.name not in ("hit_rate", "ndcg", "mrr"):
+            return super()._validate_here(train, valid)
+        self.module_.eval()
+        result = evaluate_next_item(self, train, valid, metrics=[metric], by_length=None)
+        return float(next(iter(result.summary.values())))
 
     # ----------------------------------------------------------------------------------
     # scoring
