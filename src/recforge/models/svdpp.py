@@ -164,9 +164,6 @@ class SVDpp(GradientRecommender):
                    + bias_reg * (torch.dot(wu, bu * bu) + torch.dot(wi, bi * bi)))
         return torch.dot(err, err) / n + (0.5 / n) * penalty
 
-    def user_parameter_names(self) -> list[str]:
-        return ["user.weight", "user_bias.weight"]
-
     def _score_users(self, users: torch.Tensor) -> torch.Tensor:
         return self.module_.all_items(users)
 
