@@ -115,7 +115,7 @@ class SVDpp(GradientRecommender):
     batch_size: int = 1024
     learning_rate: float = 0.05
     reg: float = 2.5
-    implicit_reg: float | None = 10.0
+    implicit_reg: float | None = 15.0
     optimizer: str = "adagrad"
     valid_metric: str | None = "rmse"
     init_std: float = 0.05
