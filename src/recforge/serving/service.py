@@ -13,13 +13,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from recforge.data.sharding import INTEGER_ID
 from recforge.errors import ConfigError, ModelError
 from recforge.models.base import Recommender
+from recforge.models.history import history_index
 from recforge.ranking import rank_ties, top_k
 from recforge.serving.index import IVFIndex
+from recforge.serving.sequences import ordered_history
 
 __all__ = ["RecommendationService", "NotFound", "Resolved"]
 
@@ -53,6 +56,9 @@ _INTEGER_ID = re.compile(INTEGER_ID)
 _EXPLAIN_BLOCK = 32
 #: The longest text of an int64 in INTEGER_ID's form: "-9223372036854775808".
 _INT64_CHARS = 20
+#: Posted items kept per user, in order, for order-reading models (the newest; a
+#: sequence model reads at most its max_len of them).
+MAX_POSTED_SEQUENCE = 4096
 
 
 class Resolved(NamedTuple):
@@ -121,6 +127,11 @@ class RecommendationService:
         # user -> (item indices, values; NaN where none was posted), replaced as one tuple so
         # that a reader never sees the items of one post with the values of another
         self._posted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        #: For a model that reads order (``capabilities.reads_order``): each user's posted
+        #: item indices in the order posted (repeats kept; the newest
+        #: MAX_POSTED_SEQUENCE), appended to the user's training sequence when scoring.
+        self._reads_order = bool(self.model.effective_capabilities().reads_order)
+        self._sequence: dict[str, np.ndarray] = {}
         # what unknown users get, and the order of equal scores (the more popular item
         # first), as the library's recommend has them
         self._popular = self.model.popular_items()
@@ -249,11 +260,21 @@ class RecommendationService:
         m = self.model
         user, u, key = who
         posted, vals = self._posted_entry(key)
+        # an order-reading model: what the user posted since training, in order
+        sequence = self._sequence.get(key) if self._reads_order else None
         if u < 0 and len(posted) and m.supports_history:
-            res = self.recommend_history(m.items_.ids[posted].tolist(), k,
-                                         self._fold_in_values(vals))
-            return {"user": self._echo(user), "items": res["items"], "fallback": "history"}
-        if u >= 0 and self._ann is not None:
+            if sequence is not None and len(sequence):  # the posted order, newest last
+                items = self._history_items(sequence, None, k)
+            else:
+                items = self._history_items(posted, self._fold_in_values(vals), k)
+            return {"user": self._echo(user), "items": items, "fallback": "history"}
+        score = self._score_rows
+        if u >= 0 and sequence is not None and len(sequence):
+            # the training sequence, then the posted items: next-item scores that follow
+            # what the user just did, without retraining
+            def score(rows: np.ndarray) -> torch.Tensor:
+                return self._sequence_scores(rows, [sequence])
+        elif u >= 0 and self._ann is not None:
             seen = (np.concatenate([m.seen_.indices[m.seen_.indptr[u]:m.seen_.indptr[u + 1]],
                                     posted]) if not include_seen else posted[:0])
             idx, sc = self._ann.search(self._ann_users[u].numpy(), k + len(seen))
@@ -265,7 +286,7 @@ class RecommendationService:
                         "fallback": None}
         # the library's ranking: the user's scores with the seen and posted items masked,
         # or for an unknown user the most popular items
-        pos, vals = top_k(self._score_rows, np.array([u], dtype=np.int64), k, m.n_items,
+        pos, vals = top_k(score, np.array([u], dtype=np.int64), k, m.n_items,
                           exclude=None if include_seen else m.seen_,
                           extra=None if include_seen else posted, ties=self._ties,
                           popular=self._popular)
@@ -280,6 +301,33 @@ class RecommendationService:
         """The model's scores of users ``rows`` (a copy: the ranking masks it)."""
         with torch.no_grad():
             return self.model._score(torch.from_numpy(rows)).float().clone()
+
+    def _sequence_scores(self, users: np.ndarray, posted: list[np.ndarray]) -> torch.Tensor:
+        """Next-item scores ``[len(users), n_items]`` of known users (internal indices)
+        from their training sequences followed by ``posted[b]`` (item indices in the order
+        posted): one :meth:`~recforge.models.base.Recommender.score_sequences` call for
+        the batch (the model reads at most its own max length, newest last)."""
+        uniq, first, inverse = np.unique(users, return_index=True, return_inverse=True)
+        history = ordered_history(self.model, uniq, [posted[i] for i in first])
+        with torch.inference_mode():
+            scores = self.model.score_sequences(uniq, history).float()
+        return scores[torch.from_numpy(inverse.reshape(-1))] if len(uniq) < len(users) \
+            else scores
+
+    def _history_items(self, idx: np.ndarray, values: Any, k: int
+                       ) -> list[dict[str, Any]]:
+        """The answer's items for an anonymous history of item indices ``idx`` (in
+        order), the history's own items left out: the model's fold-in, ranked as
+        :meth:`~recforge.models.base.Recommender.recommend_for_history` ranks it, without
+        its DataFrame."""
+        m = self.model
+        vals = None if values is None else np.asarray(values, dtype=np.float32)
+        with torch.inference_mode():
+            scores = m._score_history(np.asarray(idx, dtype=np.int64), vals)
+            scores = scores.float().reshape(1, -1).clone()
+        pos, top = top_k(lambda _: scores, np.zeros(1, np.int64), k, m.n_items,
+                         extra=np.asarray(idx, dtype=np.int64), ties=self._ties)
+        return self._items(pos.numpy()[0], top.numpy()[0])
 
     _EMPTY = np.empty(0, np.int64)
 
@@ -297,7 +345,7 @@ class RecommendationService:
                 by_user = self.events.user_values_after(self._synced[0])
             else:
                 self._erasures = self.events.erasures()
-                self._posted, self._spellings = {}, {}
+                self._posted, self._spellings, self._sequence = {}, {}, {}
                 by_user = self.events.all_user_values()
             for user, pairs in by_user.items():
                 key = self._lookup(user)[1]
@@ -332,6 +380,9 @@ class RecommendationService:
                            for v in (values or [None] * len(items))], dtype=np.float64)
         keep = idx >= 0
         idx, vals = idx[keep].astype(np.int64), vals[keep]
+        if self._reads_order:
+            seq = np.concatenate([self._sequence.get(user_key, self._EMPTY), idx])
+            self._sequence[user_key] = seq[-MAX_POSTED_SEQUENCE:]
         old, old_vals = self._posted_entry(user_key)
         all_idx = np.concatenate([old, idx])
         all_vals = np.concatenate([old_vals, vals])
@@ -391,6 +442,7 @@ class RecommendationService:
             for name in (key, *spellings):
                 self._erasures[self.events.mark(name)] = at
             self._posted.pop(key, None)
+            self._sequence.pop(key, None)
         return n
 
     def recommend_users(self, users: list[Any], k: int = 10, include_seen: bool = False
@@ -402,6 +454,8 @@ class RecommendationService:
         """:meth:`recommend_user` for each of ``users`` (from :meth:`resolve_users`)."""
         k = self._check_k(k)
         m = self.model
+        if self._reads_order and self.events is not None:
+            return self._recommend_sequences(users, k, include_seen)
         if self.events is not None or self._ann is not None:  # the per-user path
             return [self._recommend(who, k, include_seen) for who in users]
         idx = np.fromiter((who.index for who in users), dtype=np.int64, count=len(users))
@@ -421,13 +475,50 @@ class RecommendationService:
             out[j] = self._recommend(users[j], k, include_seen)
         return out  # type: ignore[return-value]
 
+    def _recommend_sequences(self, users: list[Resolved], k: int, include_seen: bool
+                             ) -> list[dict[str, Any]]:
+        """:meth:`recommend_resolved` for an order-reading model with an event store:
+        the known users scored in one :meth:`_sequence_scores` call (training sequence,
+        then posted items), each with its seen and posted items masked; the unknown ones
+        one by one (popular items, or their posted history)."""
+        m = self.model
+        idx = np.fromiter((who.index for who in users), dtype=np.int64, count=len(users))
+        known = np.flatnonzero(idx >= 0)
+        out: list[dict[str, Any] | None] = [None] * len(users)
+        if len(known):
+            seqs = [self._sequence.get(users[j].key, self._EMPTY) for j in known]
+            scores = self._sequence_scores(idx[known], seqs)
+            exclude = None
+            if not include_seen:  # each row's training and posted items
+                posted = [self._posted_entry(users[j].key)[0] for j in known]
+                n = np.fromiter((len(p) for p in posted), dtype=np.int64, count=len(posted))
+                extra = sp.csr_matrix(
+                    (np.ones(int(n.sum()), np.float32),
+                     (np.repeat(np.arange(len(known)), n),
+                      np.concatenate([self._EMPTY, *posted]))), shape=(len(known), m.n_items))
+                exclude = (m.seen_[idx[known]] + extra).tocsr()
+            pos, vals = top_k(lambda _: scores, np.arange(len(known), dtype=np.int64), k,
+                              m.n_items, exclude=exclude, ties=self._ties)
+            ids = m.users_.ids[idx[known]].tolist()
+            for row, j in enumerate(known.tolist()):
+                out[j] = {"user": ids[row],
+                          "items": self._items(pos[row].numpy(), vals[row].numpy()),
+                          "fallback": None}
+        for j in np.flatnonzero(idx < 0).tolist():
+            out[j] = self._recommend(users[j], k, include_seen)
+        return out  # type: ignore[return-value]
+
     def recommend_history(self, items: list[Any], k: int = 10,
                           values: list[float] | None = None) -> dict[str, Any]:
-        """Top-``k`` for an anonymous history (fold-in); unknown items are listed."""
+        """Top-``k`` for an anonymous history (fold-in; for a model that reads order, the
+        history's order is the session's, newest last); unknown items are listed."""
         k = self._check_k(k)
-        frame = self.model.recommend_for_history(items, k=k, values=values, unknown="skip")
-        return {"items": self._by_ids(frame["item"], frame["rank"], frame["score"]),
-                "unknown_items": [_plain(x) for x in frame.attrs.get("unknown_items", [])]}
+        m = self.model
+        if not m.supports_history:
+            raise ModelError(f"model {m.name!r} cannot score an anonymous history")
+        idx, vals, bad = history_index(m.items_, items, values, "skip")
+        return {"items": self._history_items(idx, vals, k),
+                "unknown_items": [_plain(x) for x in bad.tolist()]}
 
     def similar(self, item: Any, k: int = 10) -> dict[str, Any]:
         k = self._check_k(k)
