@@ -223,7 +223,8 @@ class SequentialRecommender(GradientRecommender):
         return torch.cat(out)
 
     def _scores_of(self, windows: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
-        self.module_.eval()
+        if self.module_.training:  # eval() walks every submodule: 0.5 ms of a served answer
+            self.module_.eval()
         with torch.no_grad():
             h = self._encode_last(windows, users)
             return h @ self.module_.item_table()[1:].float().T

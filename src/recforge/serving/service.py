@@ -139,6 +139,7 @@ class RecommendationService:
         # Ids arrive as text (URL paths) or JSON values: one hash lookup on their string
         # form (Vocabulary.index's type coercion costs ~0.3 ms per call).
         self._user_ids = pd.Index(self.model.users_.ids.astype(str))
+        self._item_ids = pd.Index(self.model.items_.ids.astype(str))
         self.sync_events()
         meta = getattr(self.model, "item_metadata_", None)
         self._titles: list[Any] | None = None
@@ -329,6 +330,24 @@ class RecommendationService:
                          extra=np.asarray(idx, dtype=np.int64), ties=self._ties)
         return self._items(pos.numpy()[0], top.numpy()[0])
 
+    def _history_index(self, items: list[Any], values: list[float] | None
+                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """:func:`~recforge.models.history.history_index` (unknown items skipped and
+        listed), the common case (no values, every id as the model writes it) in one hash
+        lookup: ``Vocabulary.index``'s type coercion costs a third of a 50-item answer."""
+        if values is None and items:
+            try:
+                text = [i if isinstance(i, str) else str(i) for i in items]
+            except ValueError:  # an integer of over 4,300 digits: Python will not print it
+                text = None
+            if text is not None:
+                idx = self._item_ids.get_indexer(text)
+                if (idx >= 0).all():  # each item once, at its last place (history_index)
+                    _, last = np.unique(idx[::-1], return_index=True)
+                    return (idx[np.sort(len(idx) - 1 - last)].astype(np.int64), None,
+                            np.empty(0, dtype=object))
+        return history_index(self.model.items_, items, values, "skip")
+
     _EMPTY = np.empty(0, np.int64)
 
     def sync_events(self) -> None:
@@ -516,7 +535,7 @@ class RecommendationService:
         m = self.model
         if not m.supports_history:
             raise ModelError(f"model {m.name!r} cannot score an anonymous history")
-        idx, vals, bad = history_index(m.items_, items, values, "skip")
+        idx, vals, bad = self._history_index(items, values)
         return {"items": self._history_items(idx, vals, k),
                 "unknown_items": [_plain(x) for x in bad.tolist()]}
 
