@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import time
@@ -39,6 +40,7 @@ from recforge.data.readers import read_sequences
 from recforge.data.split import leave_last_out
 from recforge.evaluation.next_item import evaluate_next_item
 from recforge.models import create_model
+from recforge.models.registry import get_model_class
 
 DATA = Path(os.environ.get("RECFORGE_SHARED_DATA", Path(__file__).resolve().parents[2]
                            / "shared" / "data"))
@@ -71,9 +73,13 @@ def peak_mb() -> float:
 
 def run_one(data_name: str, split: Any, name: str, params: dict[str, Any], epochs: int,
             exclude_seen: bool, max_steps: int | None) -> dict[str, Any]:
-    model = create_model(name, **{"epochs": epochs, **params})
+    takes_epochs = "epochs" in get_model_class(name)._param_names()
+    model = create_model(name, **({"epochs": epochs} if takes_epochs else {}), **params)
     t0 = time.perf_counter()
-    model.fit(split.train, split.valid, max_steps_per_epoch=max_steps)
+    if takes_epochs:
+        model.fit(split.train, split.valid, max_steps_per_epoch=max_steps)
+    else:
+        model.fit(split.train)
     fit_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     res = evaluate_next_item(model, split.history, split.test, k=10,
@@ -136,6 +142,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="batches per loss for --epoch-cost")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
+    # the trainer's per-epoch lines (loss, validation NDCG@10, seconds) as it goes
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("recforge").setLevel(logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load(args.data)

@@ -258,3 +258,25 @@ def test_validates_on_the_next_item():
     again = evaluate_next_item(model, split.train, split.valid, metrics="ndcg@10",
                                by_length=None)
     assert np.isclose(float(next(iter(again.summary.values()))), max(figures))
+
+
+def test_negatives_per_sequence():
+    """gBCE's negatives are drawn per sequence: every trained position of a row is scored
+    against its row's K items (one batched product), its own target left out."""
+    torch.manual_seed(1)
+    items = torch.randn(7, 3)
+    hidden = torch.randn(2, 4, 3)
+    targets = torch.tensor([[2, 3, 0, 0], [5, 6, 1, 4]])
+    negatives = torch.tensor([[3, 4], [1, 2]])
+    mask = targets > 0
+    pos, neg, same = nil.sequence_negative_scores(hidden, mask, targets, items, negatives)
+    rows, cols = mask.nonzero(as_tuple=True)
+    assert torch.allclose(pos, (hidden[rows, cols] * items[targets[rows, cols]]).sum(-1))
+    want = torch.stack([hidden[r, c] @ items[negatives[r]].T for r, c in zip(rows, cols, strict=True)])
+    assert torch.allclose(neg, want, atol=1e-6)
+    assert same.tolist() == [[False, False], [True, False], [False, False], [False, False],
+                             [True, False], [False, False]]
+    right = np.array([[1, 2, 3, 0], [4, 5, 6, 7]])
+    s = SequenceSampler(right, 2, 9, negatives="sequence", n_negatives=5)
+    batch = next(iter(s.epoch(np.random.default_rng(0))))
+    assert batch["negatives"].shape == (2, 5)

@@ -132,7 +132,7 @@ class SequentialRecommender(GradientRecommender):
             np.log(self._popularity / self._popularity.sum()).astype(np.float32))
 
     def _negatives_kind(self) -> str:
-        return {"bce": "position", "sampled_softmax": "shared", "gbce": "shared",
+        return {"bce": "position", "sampled_softmax": "shared", "gbce": "sequence",
                 "ce": "none", "bpr_max": "shared"}.get(self.loss, "none")
 
     #: whether batches carry each window's user index (models with a user table)
@@ -158,9 +158,13 @@ class SequentialRecommender(GradientRecommender):
         with self._autocast():
             hidden = self.module_.encode(inputs, batch.get("users"))
             mask = targets > 0
-            hidden = hidden[mask]
             items = self.module_.item_table()
-            return self._loss(hidden, targets[mask], items, batch, mask).float()
+            if self.loss == "gbce":  # negatives per sequence: [B, L, K] scores
+                pos, neg, same = nil.sequence_negative_scores(
+                    hidden, mask, targets, items, batch["negatives"])
+                beta = nil.gbce_beta(int(self.n_negatives), self.n_items, float(self.gbce_t))
+                return nil.gbce_scores(pos, neg, same, beta).float()
+            return self._loss(hidden[mask], targets[mask], items, batch, mask).float()
 
     def _loss(self, hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
               batch: Batch, mask: torch.Tensor) -> torch.Tensor:
@@ -174,9 +178,6 @@ class SequentialRecommender(GradientRecommender):
                             if log_q is not None else None)
             return nil.sampled_softmax(hidden, targets, items, batch["negatives"], log_q,
                                        target_log_q)
-        if loss == "gbce":
-            beta = nil.gbce_beta(int(self.n_negatives), self.n_items, float(self.gbce_t))
-            return nil.gbce(hidden, targets, items, batch["negatives"], beta)
         if loss == "ce":
             return nil.full_softmax(hidden, targets, items)
         raise ConfigError(f"{self.name}: unknown loss {loss!r}")

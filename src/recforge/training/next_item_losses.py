@@ -12,8 +12,8 @@ logits; only :func:`full_softmax` does.
   the batch, optionally with the log-q correction of a non-uniform sampler (Yi et al.
   2019; as TensorFlow's ``sampled_softmax_loss``, ``log q`` is subtracted from the target's
   logit and the negatives').
-* :func:`gbce`: gSASRec's generalised BCE (Petrov & Macdonald 2023) with ``K`` shared
-  negatives: the positive's log-sigmoid is weighted by ``beta = alpha (t (1 - 1/alpha) +
+* :func:`gbce`: gSASRec's generalised BCE (Petrov & Macdonald 2023) with ``K`` negatives
+  (shared by the batch; :func:`sequence_negative_scores` draws them per sequence): the positive's log-sigmoid is weighted by ``beta = alpha (t (1 - 1/alpha) +
   1/alpha)``, ``alpha = K / (n_items - 1)`` the sampling rate and ``t`` the calibration
   (``t = 0`` is plain BCE, ``t = 1`` calibrates the sigmoid to the full softmax's
   probabilities); the loss of a position is the mean over its ``1 + K`` terms, as in the
@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from recforge.training.embedding import lookup
 
-__all__ = ["bce_one_negative", "sampled_softmax", "gbce", "gbce_beta", "full_softmax", "bpr_max"]
+__all__ = ["bce_one_negative", "sampled_softmax", "gbce", "gbce_beta", "gbce_scores",
+           "sequence_negative_scores", "full_softmax", "bpr_max"]
 
 
 def _positive_scores(hidden: torch.Tensor, targets: torch.Tensor,
@@ -86,9 +87,32 @@ def gbce(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
     """gSASRec's gBCE with ``K`` shared negatives and the weight ``beta``
     (:func:`gbce_beta`); a negative equal to the target counts for nothing."""
     pos, neg, same = _shared_logits(hidden, targets, items, negatives)
+    return gbce_scores(pos, neg, same, beta)
+
+
+def gbce_scores(pos: torch.Tensor, neg: torch.Tensor, same: torch.Tensor, beta: float
+                ) -> torch.Tensor:
+    """gBCE from the positives' scores ``[N]``, the negatives' ``[N, K]`` and where a
+    negative is the position's target (``[N, K]``, left out)."""
     neg_terms = F.softplus(neg.float()).masked_fill(same, 0.0).sum(1)
-    per_position = (beta * F.softplus(-pos.float()) + neg_terms) / (1 + negatives.numel())
+    per_position = (beta * F.softplus(-pos.float()) + neg_terms) / (1 + neg.shape[1])
     return per_position.mean()
+
+
+def sequence_negative_scores(hidden: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor,
+                             items: torch.Tensor, negatives: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scores of ``K`` negatives per *sequence* (``negatives`` ``[B, K]``) at every trained
+    position: ``hidden`` ``[B, L, d]``, ``mask`` ``[B, L]`` the trained positions,
+    ``targets`` ``[B, L]``. One batched product (``[B, L, K]``), never an ``[N, K, d]``
+    gather. Returns the positives' scores ``[N]``, the negatives' ``[N, K]`` and where a
+    negative is the position's target."""
+    neg = torch.bmm(hidden, lookup(items, negatives).transpose(1, 2))[mask]
+    rows = mask.nonzero()[:, 0]
+    tgt = targets[mask]
+    pos = _positive_scores(hidden[mask], tgt, items)
+    same = negatives[rows] == tgt.unsqueeze(1)
+    return pos, neg, same
 
 
 def full_softmax(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor

@@ -26,9 +26,10 @@ __all__ = ["SequenceSampler", "right_aligned", "NEGATIVES"]
 
 Batch = dict[str, torch.Tensor]
 
-#: How a sampler draws negatives: none, one per position (``[B, L]``), or
-#: ``n_negatives`` shared by every position of a batch (``[n_negatives]``).
-NEGATIVES = ("none", "position", "shared")
+#: How a sampler draws negatives: none, one per position (``[B, L]``), ``n_negatives``
+#: per sequence shared by its positions (``[B, n_negatives]``), or ``n_negatives`` shared
+#: by every position of a batch (``[n_negatives]``).
+NEGATIVES = ("none", "position", "sequence", "shared")
 
 
 def right_aligned(left: np.ndarray, pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +59,8 @@ class SequenceSampler:
     n_items:
         Items of the catalogue (negatives are drawn from ``1..n_items``).
     negatives, n_negatives:
-        ``"none"``, ``"position"`` (one uniform negative per position, ``[B, L]``) or
+        ``"none"``, ``"position"`` (one uniform negative per position, ``[B, L]``),
+        ``"sequence"`` (``n_negatives`` uniform per sequence, ``[B, n_negatives]``) or
         ``"shared"`` (``n_negatives`` for the whole batch, ``[n_negatives]``).
     popularity:
         For shared negatives: draw them proportional to these weights (``[n_items]``)
@@ -142,6 +144,9 @@ class SequenceSampler:
             if self.negatives == "position":
                 batch["negatives"] = torch.from_numpy(
                     rng.integers(1, self.n_items + 1, size=(len(rows), longest - 1)))
+            elif self.negatives == "sequence":
+                batch["negatives"] = torch.from_numpy(
+                    rng.integers(1, self.n_items + 1, size=(len(rows), self.n_negatives)))
             elif self.negatives == "shared":
                 if self._prob is None:
                     neg = rng.integers(1, self.n_items + 1, size=self.n_negatives)
