@@ -142,12 +142,12 @@ def test_explore_with_the_keyboard(browser, case):
         assert page.goto(url + "/").status == 200
         expect(page.locator("#api-key")).to_be_focused()
         order = []
-        for _ in range(7):
+        for _ in range(10):
             kb.press("Tab")
             order.append(focused(page))
         assert order == ["Use key", "search-query", "Search", "user-id", "user-k", "Show",
-                         "/docs"]
-        for _ in range(7):
+                         "session-item", "Add to session", "session-clear", "/docs"]
+        for _ in range(10):
             kb.press("Shift+Tab")
         expect(page.locator("#api-key")).to_be_focused()
         kb.type(KEY)
@@ -170,7 +170,7 @@ def test_explore_with_the_keyboard(browser, case):
         expect(heading).to_have_text(f"Similar to {case.first}")
         expect(heading).to_be_focused()
         similar = api.get(f"/items/{first['item']}/similar", params={"k": 10}).json()
-        sim_buttons = page.locator("#similar-results button")
+        sim_buttons = page.locator("#similar-results button.item")
         expect(sim_buttons).to_have_count(len(similar["similar"]))
         assert sim_buttons.first.inner_text().startswith(similar["similar"][0]["title"])
         kb.press("Tab")
@@ -179,7 +179,7 @@ def test_explore_with_the_keyboard(browser, case):
         assert focused(page).startswith(similar["similar"][1]["title"])
 
         # Tab on to the user form: the user's history beside explained recommendations.
-        for _ in range(40):
+        for _ in range(80):  # each item has its "+ session" button beside it
             if focused(page) == "user-id":
                 break
             kb.press("Tab")
@@ -224,3 +224,76 @@ def test_explore_with_the_keyboard(browser, case):
     assert {"/", "/static/app.js", "/static/style.css", "/items"} <= set(served)
     assert errors == []
     assert keyed and all(keyed)  # every API request carried the key
+
+
+def test_a_session_of_three_items_and_its_next_items(browser, case):
+    """Items added from search results (their "+ session" button) and by typing build a
+    session; the next items follow it (the answer of POST /recommendations with the
+    session as history), with titles; Remove and Clear update them."""
+    from playwright.sync_api import expect
+
+    with serving(create_app(case.path)) as url:
+        api = httpx.Client(base_url=url, timeout=10)
+        errors: list[str] = []
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url + "/")
+        status = page.locator("#session-status")
+        expect(status).to_have_text("The session is empty.")
+        found = api.get("/items", params={"query": case.query, "limit": 20}).json()["items"]
+        page.locator("#search-query").fill(case.query)
+        page.locator("#search-query").press("Enter")
+        adds = page.locator("#search-results button.add")
+        expect(adds).to_have_count(len(found))
+        session = [found[0]]
+        adds.nth(0).click()
+        expect(page.locator("#session-items > li")).to_have_count(1)
+        # an item typed by its id, then one by its title
+        others = api.get(f"/items/{found[0]['item']}/similar", params={"k": 3}).json()
+        by_id, by_title = others["similar"][0], others["similar"][1]
+        for text, entry in ((str(by_id["item"]), by_id), (by_title["title"], by_title)):
+            page.locator("#session-item").fill(text)
+            page.locator("#session-item").press("Enter")
+            session.append(entry)
+            expect(page.locator("#session-items > li")).to_have_count(len(session))
+        expect(page.locator("#session-items button.item")).to_have_text(
+            [f"{e['title']} #{e['item']}" for e in session])
+        want = api.post("/recommendations", headers={"content-type": "application/json"},
+                        json={"history": [e["item"] for e in session], "k": 10}).json()
+        recs = page.locator("#session-recs button.item")
+        expect(recs).to_have_text([f"{r['title']} #{r['item']}" for r in want["items"]])
+        expect(status).to_contain_text("10 next items for a session of 3 items")
+        # a next item joins the session with its own button: the list moves on
+        page.locator("#session-recs button.add").first.click()
+        expect(page.locator("#session-items > li")).to_have_count(4)
+        # Remove the first item, then Clear
+        page.locator("#session-items button.remove").first.click()
+        expect(page.locator("#session-items > li")).to_have_count(3)
+        rest = [e["item"] for e in session[1:]] + [want["items"][0]["item"]]
+        again = api.post("/recommendations", headers={"content-type": "application/json"},
+                         json={"history": rest, "k": 10}).json()
+        expect(recs).to_have_text([f"{r['title']} #{r['item']}" for r in again["items"]])
+        page.locator("#session-clear").click()
+        expect(page.locator("#session-items > li")).to_have_count(0)
+        expect(page.locator("#session-recs > li")).to_have_count(0)
+        expect(status).to_have_text("The session is empty.")
+        page.close()
+        api.close()
+    assert errors == []
+
+
+def test_a_model_that_cannot_fold_in_a_session_says_so(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    data = random_interactions(n_users=30, n_items=20, seed=1)
+    path = create_model("pop").fit(data).save(tmp_path / "pop")
+    with serving(create_app(path)) as url:
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.locator("#session-item").fill(str(data.items.ids[0]))
+        page.locator("#session-item").press("Enter")
+        expect(page.locator("#session-items > li")).to_have_count(1)
+        expect(page.locator("#session-status")).to_contain_text("Sorry: model pop cannot")
+        expect(page.locator("#session-recs > li")).to_have_count(0)
+        page.close()

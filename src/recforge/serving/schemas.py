@@ -101,6 +101,9 @@ class ModelInfo(BaseModel):
     created: str | None
     train_fingerprint: str | None
     supports_history: bool
+    reads_order: bool = Field(default=False, description="Whether the model reads the order "
+                              "of a history (next-item models): posted events extend a "
+                              "user's sequence, and a history's order matters.")
     directory: str | None = Field(description="The model directory's name (never its path).")
 
 

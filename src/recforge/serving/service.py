@@ -165,6 +165,7 @@ class RecommendationService:
                 "created": self.meta.get("created"),
                 "train_fingerprint": self.meta.get("train_fingerprint"),
                 "supports_history": bool(m.supports_history),
+                "reads_order": self._reads_order,
                 # the directory's name only: an answer never shows where the server's files are
                 "directory": self.path.name if self.path is not None else None}
 

@@ -1,5 +1,5 @@
-// recforge explorer: search items, see similar ones, and a user's history beside their
-// recommendations. Plain JavaScript, no dependencies; talks only to the server that
+// recforge explorer: search items, see similar ones, a user's history beside their
+// recommendations, and a session of items with its next items. Plain JavaScript, no dependencies; talks only to the server that
 // served the page (the page's Content-Security-Policy allows nothing else).
 "use strict";
 
@@ -26,26 +26,33 @@
     return "the server answered " + status;
   }
 
-  /** GET a JSON endpoint of this server, with the API key when there is one. */
-  async function api(path) {
+  /** GET a JSON endpoint of this server (POST `body` as JSON when given), with the API
+   * key when there is one. */
+  async function api(path, body) {
     if (keyRequired && !apiKey) {
       $("api-key").focus();
       throw new ApiError(401, "This server needs an API key: enter it above first.");
     }
     const headers = { Accept: "application/json" };
     if (apiKey) headers["X-API-Key"] = apiKey;
-    const res = await fetch(path, { headers: headers });
-    let body = null;
+    const init = { headers: headers };
+    if (body !== undefined) {
+      init.method = "POST";
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const res = await fetch(path, init);
+    let answer = null;
     try {
-      body = await res.json();
+      answer = await res.json();
     } catch (e) {
-      body = null;
+      answer = null;
     }
     if (!res.ok) {
       if (res.status === 401) $("api-key").focus();
-      throw new ApiError(res.status, detailText(body, res.status));
+      throw new ApiError(res.status, detailText(answer, res.status));
     }
-    return body;
+    return answer;
   }
 
   function showError(err) {
@@ -60,7 +67,19 @@
     return entry.title ? entry.title : "Item " + entry.item;
   }
 
-  /** A list entry: a button showing the item's similar items, plus optional notes. */
+  /** A small button beside an item (`+ session`, `Remove`). */
+  function smallButton(className, text, label, onClick) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = className;
+    button.textContent = text;
+    button.setAttribute("aria-label", label);
+    button.addEventListener("click", onClick);
+    return button;
+  }
+
+  /** A list entry: a button showing the item's similar items, a `+ session` button that
+   * adds it to the session, plus optional notes. */
   function itemEntry(entry, notes) {
     const li = document.createElement("li");
     const button = document.createElement("button");
@@ -75,6 +94,8 @@
     }
     button.addEventListener("click", () => showSimilar(entry));
     li.appendChild(button);
+    li.appendChild(smallButton("add", "+ session",
+      "Add " + itemLabel(entry) + " to the session", () => addToSession(entry)));
     for (const note of notes || []) {
       const span = document.createElement("span");
       span.className = note.className;
@@ -110,7 +131,8 @@
     else buttons[Math.max(to, 0)].focus();
   }
 
-  for (const id of ["search-results", "similar-results", "history", "recommendations"]) {
+  for (const id of ["search-results", "similar-results", "history", "recommendations",
+    "session-items", "session-recs"]) {
     $(id).addEventListener("keydown", onListKeys);
   }
 
@@ -123,7 +145,7 @@
   });
 
   // Answers can arrive out of order: each panel keeps only its latest request's answer.
-  const latest = { search: 0, similar: 0, user: 0 };
+  const latest = { search: 0, similar: 0, user: 0, session: 0 };
 
   async function search(query) {
     const ticket = ++latest.search;
@@ -220,12 +242,100 @@
     }
   }
 
+  // The session: items in the order they were added (newest last), and the model's
+  // next items for it (POST /recommendations with the session as "history").
+  const MAX_SESSION = 200;
+  let session = [];
+  let model = null; // /model's answer
+
+  function sessionEntry(entry, at) {
+    const li = itemEntry(entry);
+    li.querySelector("button.add").remove();
+    li.appendChild(smallButton("remove", "Remove",
+      "Remove " + itemLabel(entry) + " from the session", () => {
+        session.splice(at, 1);
+        refreshSession();
+        const left = buttonsOf($("session-items"));
+        if (left.length) left[Math.min(at, left.length - 1)].focus();
+        else $("session-item").focus();
+      }));
+    return li;
+  }
+
+  function addToSession(entry) {
+    session.push({ item: entry.item, title: entry.title || null });
+    if (session.length > MAX_SESSION) session = session.slice(-MAX_SESSION);
+    refreshSession();
+  }
+
+  async function refreshSession() {
+    const ticket = ++latest.session;
+    fill($("session-items"), session.map((e, at) => sessionEntry(e, at)));
+    $("session-items-heading").textContent = "Session (" + session.length + ")";
+    if (!session.length) {
+      fill($("session-recs"), []);
+      $("session-status").textContent = "The session is empty.";
+      return;
+    }
+    if (model && !model.supports_history) {
+      fill($("session-recs"), []);
+      $("session-status").textContent = "Sorry: model " + model.model + " cannot " +
+        "recommend for a session it was not trained on. Serve a model that folds in a " +
+        "history (sasrec, gru4rec, caser, sknn, ease, itemknn, …) to see next items.";
+      return;
+    }
+    $("session-status").textContent = "Finding the next items…";
+    $("session-recs").setAttribute("aria-busy", "true");
+    try {
+      const body = await api("/recommendations", {
+        history: session.map((e) => e.item), k: 10,
+      });
+      if (ticket !== latest.session) return;
+      clearError();
+      fill($("session-recs"), body.items.map((r) => itemEntry(r)));
+      let text = body.items.length + " next items for a session of " + session.length +
+        (session.length === 1 ? " item" : " items") +
+        (model && model.reads_order ? ", read in order (newest last)."
+          : " (this model reads the session as a set: the order does not matter).");
+      if (body.unknown_items.length) {
+        text += " Unknown to the model, left out: " + body.unknown_items.join(", ") + ".";
+      }
+      $("session-status").textContent = text;
+    } catch (err) {
+      if (ticket !== latest.session) return;
+      fill($("session-recs"), []);
+      $("session-status").textContent = "";
+      showError(err);
+    } finally {
+      if (ticket === latest.session) $("session-recs").removeAttribute("aria-busy");
+    }
+  }
+
+  async function addTyped(text) {
+    $("session-status").textContent = "Looking up “" + text + "”…";
+    try {
+      const found = await api("/items?limit=1&query=" + encodeURIComponent(text));
+      if (!found.items.length) {
+        $("session-status").textContent = "No item matches “" + text + "”.";
+        return;
+      }
+      clearError();
+      $("session-item").value = "";
+      addToSession(found.items[0]);
+    } catch (err) {
+      $("session-status").textContent = "";
+      showError(err);
+    }
+  }
+
   async function showModel() {
     try {
       const info = await api("/model");
+      model = info;
       $("model-info").textContent = "Model " + info.model + ": " +
         info.n_users.toLocaleString("en") + " users, " +
         info.n_items.toLocaleString("en") + " items.";
+      refreshSession();
       return true;
     } catch (err) {
       showError(err);
@@ -243,6 +353,18 @@
     event.preventDefault();
     const user = $("user-id").value.trim();
     if (user) showUser(user, $("user-k").value || "10");
+  });
+
+  $("session-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("session-item").value.trim();
+    if (text) addTyped(text);
+  });
+
+  $("session-clear").addEventListener("click", () => {
+    session = [];
+    refreshSession();
+    $("session-item").focus();
   });
 
   $("key-form").addEventListener("submit", async (event) => {
