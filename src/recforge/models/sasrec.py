@@ -122,7 +122,9 @@ class SASRec(SequentialRecommender):
     tuning_space = {"embedding_dim": ("cat", [32, 64, 128]), "n_blocks": ("int", 1, 3),
                     "dropout": ("float", 0.0, 0.5), "learning_rate": ("log", 3e-4, 3e-3),
                     "max_len": ("cat", [50, 100, 200])}
-    quick_params = {"epochs": 5, "max_len": 50}
+    #: the full softmax learned fastest in short runs (ml-100k, 8 epochs, max_len 50, lr
+    #: 0.005: NDCG@10 0.044 against popularity's 0.023, sampled softmax 0.027, gBCE 0.022)
+    quick_params = {"epochs": 5, "max_len": 50, "loss": "ce", "learning_rate": 0.005}
 
     def _validate_params(self) -> None:
         super()._validate_params()
