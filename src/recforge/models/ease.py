@@ -2,11 +2,17 @@
 
 A closed-form item-item model: ``B = argmin ||X - XB||^2 + reg ||B||^2`` with ``diag(B) = 0``,
 solved as ``P = (X^T X + reg I)^-1``, ``B_ij = -P_ij / P_jj``. One dense inverse of an
-``n_items x n_items`` matrix: seconds for catalogues of a few thousand items, minutes and
-``8 n_items^2`` bytes at 30,000; beyond that use a factor model.
+``n_items x n_items`` matrix: seconds for catalogues of a few thousand items, minutes at
+30,000. The fit holds at most two dense float32 ``n_items x n_items`` matrices at a time
+(the Gram matrix, then its Cholesky factor and the inverse); :func:`ease_peak_bytes` is the
+measured peak, and ``fit`` refuses, before allocating, a catalogue whose peak exceeds the
+memory available (:func:`available_memory`), naming the models that scale further.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +24,44 @@ from recforge.models.base import Recommender
 from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.params import BOOL_RULE, check_params, positive_rule
 from recforge.ranking import binarize
+
+#: Bytes per ``n_items^2`` of the fit's peak resident memory above the data (two float32
+#: matrices, 8, plus allocator slack), measured with ``benchmarks/bench_ease_memory.py``.
+PEAK_BYTES_PER_ITEM_PAIR = 8.5
+#: Fixed overhead of a fit (torch's workspaces, the sparse matrices of a small data set).
+PEAK_BASE_BYTES = 200 * 2**20
+
+
+def ease_peak_bytes(n_items: int) -> int:
+    """The fit's peak resident memory (bytes above the data already loaded) for a catalogue
+    of ``n_items`` items, as measured by ``benchmarks/bench_ease_memory.py``."""
+    return int(PEAK_BYTES_PER_ITEM_PAIR * float(n_items) ** 2 + PEAK_BASE_BYTES)
+
+
+def available_memory() -> int:
+    """Bytes of memory a fit can still take: the kernel's ``MemAvailable`` (or free pages
+    where there is no ``/proc/meminfo``), less where a cgroup (container) limit is lower."""
+    have = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                have = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError):
+        pass
+    if have is None:
+        try:
+            have = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            return 1 << 62  # unknown: do not refuse
+    try:
+        cg = Path("/sys/fs/cgroup")
+        limit = (cg / "memory.max").read_text().strip()
+        if limit != "max":
+            have = min(have, int(limit) - int((cg / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return int(have)
 
 
 class EASE(Recommender):
@@ -46,23 +90,38 @@ class EASE(Recommender):
 
     def _fit(self, train: Interactions, valid: Interactions | None,
              options: FitOptions) -> None:
-        x = binarize(self.seen_) if self.binary else self.seen_
+        self._check_memory(self.seen_.shape[1])
+        x = binarize(self.seen_) if self.binary else self.seen_.astype(np.float32)
         self.history_ = x
         # float32 is enough: the ridge term makes the Gram matrix well conditioned, and the
         # Cholesky inverse takes half the time of float64 (1.0 s vs 2.0 s at 3,628 items).
-        gram = torch.from_numpy((x.T @ x).toarray().astype(np.float32))
+        gram = _dense_gram(x)
         gram.diagonal().add_(float(self.reg))
         chol, info = torch.linalg.cholesky_ex(gram)
         if int(info) != 0:  # only with reg tiny against the data scale: float64, then refuse
+            del chol
             chol, info = torch.linalg.cholesky_ex(gram.double())
             if int(info) != 0:
                 raise ModelError(f"ease: reg={self.reg} is too small for this data (the Gram "
                                  "matrix plus reg is not positive definite, e.g. two items "
                                  "with the same users); raise reg")
+        del gram  # at most two n_items^2 matrices at a time: the factor, then the inverse
         p = torch.cholesky_inverse(chol).to(torch.float32)
-        b = p / (-p.diagonal()).unsqueeze(0)
-        b.fill_diagonal_(0.0)
-        self.weights_ = b.contiguous()
+        del chol
+        p.div_(-p.diagonal().clone().unsqueeze(0))  # B_ij = -P_ij / P_jj, in place
+        p.fill_diagonal_(0.0)
+        self.weights_ = p.contiguous()
+
+    def _check_memory(self, n_items: int) -> None:
+        """Refuse, before allocating, a catalogue whose dense fit would not fit in memory."""
+        need, have = ease_peak_bytes(n_items), available_memory()
+        if need > have:
+            raise ModelError(
+                f"ease: a catalogue of {n_items:,} items needs about {need / 2**30:.1f} GB "
+                f"for its dense {n_items:,} x {n_items:,} inverse, but only "
+                f"{have / 2**30:.1f} GB of memory is available; use gfcf or bspm (sparse "
+                "item-item filters with a truncated SVD), itemknn or als for a catalogue "
+                "this large, or filter rare items out first")
 
     def _score(self, users: torch.Tensor) -> torch.Tensor:
         # Sparse history rows times the dense weights: scipy's CSR x dense kernel is the
@@ -89,3 +148,17 @@ class EASE(Recommender):
     def _restore(self, state, extra):
         self.weights_ = state["weights"]
         self.history_ = binarize(self.seen_) if self.binary else self.seen_
+
+
+def _dense_gram(x, block: int = 2048) -> torch.Tensor:
+    """``x^T x`` as a dense float32 tensor, built ``block`` columns at a time so that no
+    sparse copy of a near-dense Gram matrix (8 bytes per entry and more) sits beside it."""
+    n = x.shape[1]
+    x = x.tocsc().astype(np.float32)
+    xt = x.T.tocsr()
+    gram = torch.empty((n, n), dtype=torch.float32)
+    out = gram.numpy()
+    for lo in range(0, n, block):  # n / block iterations, each a sparse product
+        hi = min(n, lo + block)
+        out[:, lo:hi] = (xt @ x[:, lo:hi]).toarray()
+    return gram
