@@ -151,7 +151,7 @@ def main() -> None:
     split = leave_last_out(data, valid=True)
     print(f"{args.data}: {data.n_users:,} users, {data.n_items:,} items, {len(data):,} events; "
           f"train {len(split.train):,}, load average {os.getloadavg()[0]:.2f}", flush=True)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results: dict[str, Any] = {}
     if args.epoch_cost:
         rows = epoch_cost(split, args.steps, dict(parse_run(args.run[0])[1]) if args.run
                           else {})
@@ -171,8 +171,10 @@ def main() -> None:
                                "s/epoch": r["seconds_per_epoch"],
                                "peak_MB": r["peak_rss_mb"]} for r in rows])
         print(table.to_string(index=False))
+    # merged into the file as it is now: another run may have written it meanwhile
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
+    latest = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    RESULTS.write_text(json.dumps({**latest, **results}, indent=1))
 
 
 if __name__ == "__main__":
