@@ -209,3 +209,26 @@ def test_a_model_that_ignores_order_is_served_as_before(data, tmp_path):
     before = model.recommend([0], k=30)["item"].tolist()
     post(client, 0, [before[0]])
     assert recs(client, 0, 5) == [i for i in before if i != before[0]][:5]
+
+
+def test_the_fast_path_answers_a_history_as_the_route_does(sasrec, tmp_path):
+    """A plain {"history", "k"} body is answered before routing; the same request in a
+    form only the route takes (an extra field) gets the same answer, and what the fast
+    path cannot take (a k of the wrong type, ids over the length limit, a body that is
+    no JSON) reaches the route and its 422."""
+    client = client_for(sasrec, tmp_path)
+    hist = [3, "4", 5, 3]
+
+    def ask(body, **kw):
+        return client.post("/recommendations", headers=JSON, json=body, **kw)
+
+    fast = ask({"history": hist, "k": 4})
+    routed = ask({"history": hist, "k": 4, "include_seen": False})
+    assert fast.status_code == routed.status_code == 200
+    assert same_answer(fast.json(), routed.json())
+    assert ask({"history": hist, "k": 4.0}).status_code == 422
+    assert ask({"history": hist, "k": True}).status_code == 422
+    assert ask({"history": ["x" * 300]}).status_code == 422
+    assert ask({"history": []}).status_code == 422
+    assert client.post("/recommendations", headers=JSON, content=b"{").status_code == 422
+    assert ask({"history": [True]}).status_code == 422

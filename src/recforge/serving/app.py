@@ -144,7 +144,7 @@ def create_app(model: Recommender | str | Path, *, api_key: str | None = None,
     add_item_routes(app, ctx)
     # Outermost last: the guard sees every request before the fast path answers one.
     app.add_middleware(FastRecommendations, owner=app, key=key,
-                       max_id_length=limits.max_id_length)
+                       max_id_length=limits.max_id_length, max_history=limits.max_history)
     app.add_middleware(Guard, hosts=hosts, max_body=limits.max_body_bytes)
     if access_log:  # outermost: the guards' refusals are logged too
         app.add_middleware(AccessLog, stream=None if access_log is True else access_log)

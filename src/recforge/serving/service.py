@@ -140,6 +140,7 @@ class RecommendationService:
         # form (Vocabulary.index's type coercion costs ~0.3 ms per call).
         self._user_ids = pd.Index(self.model.users_.ids.astype(str))
         self._item_ids = pd.Index(self.model.items_.ids.astype(str))
+        self._item_pos: dict[str, int] | None = None
         self.sync_events()
         meta = getattr(self.model, "item_metadata_", None)
         self._titles: list[Any] | None = None
@@ -342,7 +343,10 @@ class RecommendationService:
             except ValueError:  # an integer of over 4,300 digits: Python will not print it
                 text = None
             if text is not None:
-                idx = self._item_ids.get_indexer(text)
+                if self._item_pos is None:  # built on the first history
+                    self._item_pos = {t: j for j, t in enumerate(self._item_ids.tolist())}
+                get = self._item_pos.get
+                idx = np.fromiter((get(t, -1) for t in text), dtype=np.int64, count=len(text))
                 if (idx >= 0).all():  # each item once, at its last place (history_index)
                     _, last = np.unique(idx[::-1], return_index=True)
                     return (idx[np.sort(len(idx) - 1 - last)].astype(np.int64), None,

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from recforge.errors import ModelError, RecforgeError
 from recforge.serving.context import AppContext
+from recforge.serving.fastpath import INLINE_HISTORY
 from recforge.serving.heavy import HeavyWork
 from recforge.serving.responses import HeldStream, dumps, json_response
 from recforge.serving.schemas import (
@@ -77,8 +78,10 @@ def add_recommendation_routes(app: FastAPI, ctx: AppContext) -> None:
         if req.users is None and not svc.model.supports_history:
             raise ModelError(f"model {svc.model.name!r} cannot score an anonymous history")
         if req.users is None:
-            body = await heavy.call(svc.recommend_history, list(req.history or []),
-                                    req.k, req.values)
+            history = list(req.history or [])
+            if len(history) <= INLINE_HISTORY:  # a session: cheaper than a thread hop
+                return json_response(svc.recommend_history(history, req.k, req.values))
+            body = await heavy.call(svc.recommend_history, history, req.k, req.values)
             return json_response(body)
         return await _batch(heavy, svc, list(req.users), req.k, req.include_seen)
 
