@@ -140,3 +140,105 @@ def test_stateful_sequences_follow_the_links(api):
           f"({dict(steps)}), {sent} sent in all")
     assert app.server_errors == server_errors, app.statuses
     assert sum(steps.values()) >= 600  # with the 1,400 above: over 2,000 in all
+
+
+# ---------------------------------------------------------------------------------------
+# Histories for order-reading models (issue 22): POST /recommendations {"history": [...]},
+# events posted then read back as a sequence, batches of such users.
+
+@pytest.fixture(scope="module", params=["sknn", "sasrec"])
+def ordered(request, tmp_path_factory):
+    """A TestClient on an order-reading model with an event store and limits wide enough
+    to let a 10,000-item history and 5,000-character ids through to the model."""
+    from fastapi.testclient import TestClient
+
+    from recforge.serving.settings import Limits
+
+    data = random_interactions(n_users=40, n_items=30, seed=7)
+    params = ({"epochs": 1, "embedding_dim": 8, "max_len": 20, "device": "cpu",
+               "valid_metric": None, "n_negatives": 4} if request.param == "sasrec" else {})
+    model = create_model(request.param, **params).fit(data)
+    tmp = tmp_path_factory.mktemp("ordered")
+    limits = Limits(max_history=20_000, max_id_length=6_000, max_body_bytes=8 << 20)
+    app = create_app(model, events=tmp / "events.sqlite", limits=limits)
+    return TestClient(app, base_url="http://localhost"), data
+
+
+def _ids_strategy(data):
+    from hypothesis import strategies as st
+
+    known = data.items.ids.tolist()
+    return st.one_of(st.sampled_from(known), st.sampled_from([str(i) for i in known]),
+                     st.integers(min_value=-2**70, max_value=2**70),
+                     st.text(min_size=1, max_size=40), st.just("9" * 300))
+
+
+def _conforms(body) -> None:
+    assert set(body) == {"items", "unknown_items"}
+    for rank, entry in enumerate(body["items"], start=1):
+        assert entry["rank"] == rank and isinstance(entry["score"], float)
+
+
+def test_histories_of_any_ids_and_lengths_never_5xx(ordered):
+    """Generated histories (known ids, their text, huge integers, any text, repeats) and
+    k: a 4xx or an answer of the history schema, never a 5xx."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    client, data = ordered
+    json_headers = {"content-type": "application/json"}
+
+    @settings(max_examples=120, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(history=st.lists(_ids_strategy(data), max_size=60),
+           k=st.one_of(st.integers(min_value=-3, max_value=1200), st.just(10)))
+    def check(history, k):
+        r = client.post("/recommendations", headers=json_headers,
+                        json={"history": history, "k": k})
+        assert r.status_code < 500, r.text
+        if r.status_code == 200:
+            _conforms(r.json())
+
+    check()
+
+
+def test_extreme_histories_never_5xx(ordered):
+    """10,000-item histories (repeats, all unknown, reversed), 5,000-digit ids (as JSON
+    numbers and as text), and the same through posted events and batches."""
+    client, data = ordered
+    json_headers = {"content-type": "application/json"}
+    known = data.items.ids.tolist()
+    long = [known[i % len(known)] for i in range(10_000)]
+    bodies = [{"history": long}, {"history": long[::-1]}, {"history": [known[0]] * 10_000},
+              {"history": [f"x{i}" for i in range(10_000)]},
+              {"history": ["7" * 5_000, *known[:3]]}]
+    statuses = []
+    for body in bodies:
+        r = client.post("/recommendations", headers=json_headers, json=body)
+        statuses.append(r.status_code)
+        if r.status_code == 200:
+            _conforms(r.json())
+    # answered by the model, but for the history of unknown items only (named, 400)
+    assert statuses == [200, 200, 200, 400, 200]
+    for raw in ('{"history": [' + "7" * 5_000 + "]}",
+                '{"history": [1, ' + "8" * 5_000 + ", 2]}",
+                '{"users": [' + "9" * 5_000 + "]}"):
+        r = client.post("/recommendations", headers=json_headers, content=raw)
+        assert 400 <= r.status_code < 500, r.text
+    # events: a long run of posts for a known user, a user with a 5,000-character id,
+    # unknown items among them; then that user's answers, alone and in a batch
+    user = data.users.ids[0].item()
+    events = [{"user": user, "item": i} for i in long[:5_000]]
+    events += [{"user": "u" * 5_000, "item": i} for i in [*known[:5], "nope", 10**30]]
+    for start in range(0, len(events), 1_000):
+        r = client.post("/interactions", headers=json_headers,
+                        json={"events": events[start:start + 1_000]})
+        assert r.status_code == 200, r.text
+    for who in (user, "u" * 5_000):
+        r = client.get(f"/users/{who}/recommendations", params={"k": 5})
+        assert r.status_code == 200, r.text
+    r = client.post("/recommendations", headers=json_headers,
+                    json={"users": [user, "u" * 5_000, user, "nobody"], "k": 5})
+    assert r.status_code == 200, r.text
+    assert [x.get("fallback") for x in r.json()["results"]] == [None, "history", None,
+                                                                 "popular"]
