@@ -4,6 +4,8 @@ extend a user's sequence at request time, and ``POST /recommendations`` with an 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -88,6 +90,7 @@ def recs(client: TestClient, user, k: int = 5) -> list:
 def same_answer(a: dict, b: dict) -> bool:
     """Two answers alike: the same items in the same order, scores equal to float
     rounding (a batch's product sums in another order than one row's)."""
+    a, b = copy.deepcopy(a), copy.deepcopy(b)
     scores = [np.array([e.pop("score") for e in x["items"]], dtype=float) for x in (a, b)]
     return a == b and np.allclose(*scores, rtol=1e-5, atol=1e-5, equal_nan=True)
 
@@ -161,6 +164,10 @@ def test_a_batch_answers_as_each_user_alone(model, data, tmp_path):
             assert same_answer(got, one)
     fallback = [r["fallback"] for r in batch]
     assert fallback == [None, None, None, "history", "popular", None]
+    # scored as one batch (the route would answer user by user if the batch failed)
+    service = client.app.state.service
+    whole = service.recommend_users(users, 4, include_seen=True)
+    assert all(same_answer(a, b) for a, b in zip(whole, batch, strict=True))
 
 
 def test_a_new_users_posts_are_read_in_order(sasrec, tmp_path):

@@ -312,7 +312,7 @@ class RecommendationService:
         the batch (the model reads at most its own max length, newest last)."""
         uniq, first, inverse = np.unique(users, return_index=True, return_inverse=True)
         history = ordered_history(self.model, uniq, [posted[i] for i in first])
-        with torch.inference_mode():
+        with torch.no_grad():
             scores = self.model.score_sequences(uniq, history).float()
         return scores[torch.from_numpy(inverse.reshape(-1))] if len(uniq) < len(users) \
             else scores
@@ -325,7 +325,7 @@ class RecommendationService:
         its DataFrame."""
         m = self.model
         vals = None if values is None else np.asarray(values, dtype=np.float32)
-        with torch.inference_mode():
+        with torch.no_grad():
             scores = m._score_history(np.asarray(idx, dtype=np.int64), vals)
             scores = scores.float().reshape(1, -1).clone()
         pos, top = top_k(lambda _: scores, np.zeros(1, np.int64), k, m.n_items,
