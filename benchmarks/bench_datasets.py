@@ -166,7 +166,10 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _code_version(cls: type) -> str:
-    """The commit and whether the model's module had uncommitted changes when it ran."""
+    """The commit and whether the model's module had uncommitted changes when it ran
+    (``$RECFORGE_BENCH_CODE`` when run from an exported snapshot, e.g. ``git archive``)."""
+    if "RECFORGE_BENCH_CODE" in os.environ:
+        return os.environ["RECFORGE_BENCH_CODE"]
     src = Path(sys.modules[cls.__module__].__file__)
     git = ["git", "-C", str(REPO)]
     try:
