@@ -5,6 +5,7 @@
     python benchmarks/bench_datasets.py --models pop,ease,als --datasets ml-100k,wide
     python benchmarks/bench_datasets.py --models als -p als.reg_exponent=0 -p als.reg=0.01
     python benchmarks/bench_datasets.py --markdown docs/benchmarks.md   # table from the JSON only
+    python benchmarks/bench_datasets.py --merge other.json              # rows run elsewhere
 
 Datasets (real ones read from $RECFORGE_TEST_DATA or ../shared/data, never the repository):
 
@@ -349,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--markdown", type=Path, default=None,
                     help="write the table from the JSON into this file and exit (no runs)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="merge the rows of these JSON files (runs made elsewhere, e.g. from a "
+                         "snapshot) into --out and exit; later files win")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--dataset-one", help=argparse.SUPPRESS)
@@ -356,6 +360,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         args.dataset = args.dataset_one
         print(json.dumps(run_one(args)))
+        return 0
+    if args.merge:
+        from recforge._fs import atomic_write_text
+
+        payload = read_results(args.out)
+        for path in args.merge:
+            other = read_results(path)
+            payload = merge(payload, other["results"])
+            payload["datasets"].update(other["datasets"])
+            payload["runs"] = (payload.get("runs", []) + other.get("runs", []))[-500:]
+        atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
+        print_table(payload)
+        print(f"merged {len(args.merge)} file(s) into {args.out}")
         return 0
     if args.markdown is not None:
         payload = read_results(args.out)
