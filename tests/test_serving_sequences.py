@@ -239,3 +239,19 @@ def test_the_fast_path_answers_a_history_as_the_route_does(sasrec, tmp_path):
     assert ask({"history": []}).status_code == 422
     assert client.post("/recommendations", headers=JSON, content=b"{").status_code == 422
     assert ask({"history": [True]}).status_code == 422
+
+
+def test_a_restarted_server_reads_the_posts_in_the_order_stored(sasrec, tmp_path):
+    """A repeated item counts at each of its places (newest last) after a restart, as it
+    did before: the sequence is read back from the event store in order."""
+    first = client_for(sasrec, tmp_path)
+    post(first, 7, [3, 4, 5])
+    post(first, 7, [3])  # a repeat: now the newest
+    post(first, "someone", [9, 10])
+    before = {k: v.tolist() for k, v in first.app.state.service._sequence.items()}
+    assert before["7"][-4:] == sasrec.items_.index(np.array([3, 4, 5, 3], dtype=object)
+                                                   ).tolist()
+    again = client_for(sasrec, tmp_path)  # the same event store
+    after = {k: v.tolist() for k, v in again.app.state.service._sequence.items()}
+    assert after == before
+    assert recs(again, 7) == recs(first, 7)

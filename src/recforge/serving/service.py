@@ -365,8 +365,9 @@ class RecommendationService:
         with self._write_lock:
             state = self.events.erasure_state()
             last = self.events.last_id()
-            if self._synced is not None and self._synced[1] == state:
-                by_user = self.events.user_values_after(self._synced[0])
+            full = self._synced is None or self._synced[1] != state
+            if not full:
+                by_user = self.events.user_values_after(self._synced[0])  # type: ignore[index]
             else:
                 self._erasures = self.events.erasures()
                 self._posted, self._spellings, self._sequence = {}, {}, {}
@@ -376,7 +377,30 @@ class RecommendationService:
                 if key != user:
                     self._spellings.setdefault(key, set()).add(user)
                 self._remember(key, [i for i, _ in pairs], [v for _, v in pairs])
+            if full and self._reads_order:
+                self._read_sequences()
             self._synced = (last, state)
+
+    def _read_sequences(self) -> None:
+        """Each user's posted items in the order stored, repeats kept (what an
+        order-reading model appends to the training sequence): the per-user read above
+        keeps one entry per user and item, at its first posting."""
+        frame = self.events.to_frame()
+        self._sequence = {}
+        if frame.empty:
+            return
+        idx = self.model.items_.index(frame["item"].to_numpy(dtype=object))
+        users = frame["user"].to_numpy(dtype=object)
+        keep = idx >= 0
+        order = np.argsort(pd.factorize(users[keep])[0], kind="stable")
+        users, idx = users[keep][order], idx[keep][order].astype(np.int64)
+        if not len(users):
+            return
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        for start, stop in zip(starts, np.r_[starts[1:], len(users)], strict=True):
+            key = self._lookup(users[start])[1]  # once per user: a server's start
+            seq = np.concatenate([self._sequence.get(key, self._EMPTY), idx[start:stop]])
+            self._sequence[key] = seq[-MAX_POSTED_SEQUENCE:]
 
     def _cut_off(self, u: int, key: str) -> bool:
         """Whether the model's row of user ``u`` (key ``key``) must not be answered from:
