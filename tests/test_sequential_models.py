@@ -27,6 +27,10 @@ def _one_thread():
 SMALL = {"embedding_dim": 16, "max_len": 20, "epochs": 15, "batch_size": 16,
          "learning_rate": 0.01, "dropout": 0.0, "n_negatives": 8, "device": "cpu",
          "valid_metric": None}
+#: The contract tests' fits (the suite's random data, 300 users): they check shapes,
+#: saving and determinism, not what was learned, so two epochs do (15 took most of the
+#: file's time); the oracles train SMALL's 15 epochs on the checkerboard.
+CONTRACT_EPOCHS = 2
 
 
 def shuffled_checkerboard(n: int = 20, seed: int = 0) -> Interactions:
@@ -45,17 +49,25 @@ def shuffled_checkerboard(n: int = 20, seed: int = 0) -> Interactions:
 
 
 class SequentialConformance(ModelConformance):
-    """The suite, with the oracles on the checkerboard in a random event order."""
+    """The suite, with the oracles on the checkerboard in a random event order (one fit
+    per class, shared by both oracles)."""
 
-    def test_checkerboard_oracle(self):
-        model = self.fit_model(self.make(), shuffled_checkerboard())
-        recs = model.recommend([f"user{u}" for u in range(20)], k=1)
+    def make(self, **extra):
+        return super().make(**{"epochs": CONTRACT_EPOCHS, **extra})
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def board_model(cls):
+        suite = cls()
+        return suite.fit_model(suite.make(epochs=SMALL["epochs"]), shuffled_checkerboard())
+
+    def test_checkerboard_oracle(self, board_model):
+        recs = board_model.recommend([f"user{u}" for u in range(20)], k=1)
         assert recs["item"].tolist() == [f"item{u}" for u in range(20)]
 
-    def test_history_oracle(self):
-        model = self.fit_model(self.make(), shuffled_checkerboard())
+    def test_history_oracle(self, board_model):
         hist = [f"item{j}" for j in (8, 2, 14, 6, 18, 4, 12, 16, 10)]
-        assert model.recommend_for_history(hist, k=1)["item"].tolist() == ["item0"]
+        assert board_model.recommend_for_history(hist, k=1)["item"].tolist() == ["item0"]
 
 
 class TestSASRec(SequentialConformance):
@@ -72,15 +84,14 @@ class TestCaser(SequentialConformance):
     model_name = "caser"
     params = {**SMALL, "dropout": 0.0, "window": 3}
 
-    def test_checkerboard_oracle(self):
+    def test_checkerboard_oracle(self, board_model):
         """Caser's scores lean on its user embedding, which on 20 users x 20 items fits
         the training rows closely: 19 of 20 users get their held-out item first at these
         settings (the chain test checks that it reads order)."""
-        model = self.fit_model(self.make(), shuffled_checkerboard())
-        recs = model.recommend([f"user{u}" for u in range(20)], k=1)
+        recs = board_model.recommend([f"user{u}" for u in range(20)], k=1)
         assert (recs["item"] == [f"item{u}" for u in range(20)]).mean() >= 0.9
 
-    def test_history_oracle(self):
+    def test_history_oracle(self, board_model):
         pytest.skip("a history without a user is scored from the convolutions alone "
                     "(P_u = 0), which on the checkerboard's last 3 items do not single out "
                     "the held-out item; test_learns_the_order folds histories in")
