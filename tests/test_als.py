@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 from conformance import ModelConformance, checkerboard
 
+import recforge.models.als as als_module
 from recforge import ConfigError, DataError, Interactions
 from recforge.models import create_model
 from recforge.models.als import ALS
 
 # Until registry.py lists the model, register it here so create_model("als") works.
 
-# Frequency-scaled reg as in the defaults: lam_u = reg * (n_items + alpha * n_u).
+# Frequency-scaled reg as in the defaults: lam_u = reg * (n_u + alpha * n_u).
 SMALL = {"embedding_dim": 8, "epochs": 8, "reg": 0.01, "alpha": 10.0, "reg_exponent": 1.0,
          "device": "cpu"}
 
@@ -44,7 +48,6 @@ def test_cg_matches_cholesky(random_data, reg, reg_exponent):
 
 def test_cholesky_blocks_do_not_change_results(random_data, monkeypatch):
     """Memory-bounded blocks (here a few rows each) give the same factors as one block."""
-    import recforge.models.als as als_module
 
     params = {**SMALL, "solver": "cholesky", "epochs": 2}
     whole = ALS(**params).fit(random_data)
@@ -54,21 +57,25 @@ def test_cholesky_blocks_do_not_change_results(random_data, monkeypatch):
     assert torch.allclose(blocked.item_factors_, whole.item_factors_, atol=1e-5)
 
 
-def test_cholesky_solves_normal_equations(random_data):
+@pytest.mark.parametrize("reg_weight", ["observed", "total"])
+def test_cholesky_solves_normal_equations(random_data, reg_weight):
     """The exact item factors satisfy A_i y_i = b_i for the final user factors (checked
-    densely in float64), with non-binary confidences and frequency-scaled reg."""
+    densely in float64), with non-binary confidences and frequency-scaled reg: the weight
+    of an item is its observed cells' confidences, or every cell's (``"total"``)."""
     counts = np.random.default_rng(1).integers(1, 5, len(random_data)).astype(np.float32)
     data = random_data.with_values(counts)
     alpha, reg, nu = 3.0, 0.01, 1.0
     model = ALS(solver="cholesky", embedding_dim=6, epochs=2, alpha=alpha, reg=reg,
-                reg_exponent=nu, binary=False, device="cpu").fit(data)
+                reg_exponent=nu, reg_weight=reg_weight, binary=False, device="cpu"
+                ).fit(data)
     x = model.user_factors_.double().numpy()
     y = model.item_factors_.double().numpy()
     r = data.csr.toarray().astype(np.float64)
     c = 1.0 + alpha * r
     p = (r > 0).astype(np.float64)
     for i in range(data.n_items):
-        lam = reg * c[:, i].sum() ** nu
+        weight = c[:, i].sum() if reg_weight == "total" else c[:, i][p[:, i] > 0].sum()
+        lam = reg * max(weight, 1.0) ** nu
         a = x.T @ (c[:, i:i + 1] * x) + lam * np.eye(x.shape[1])
         b = x.T @ (c[:, i] * p[:, i])
         assert np.allclose(a @ y[i], b, atol=1e-4 * max(1.0, np.abs(b).max()))
@@ -103,7 +110,8 @@ def test_loss_decreases_and_matches_dense(random_data):
     y = model.item_factors_.double().numpy()
     p = random_data.binary_csr.toarray().astype(np.float64)
     c = 1.0 + model.alpha * p
-    lam_u, lam_i = model.reg * c.sum(1), model.reg * c.sum(0)
+    observed = np.where(p > 0, c, 0.0)  # the default reg_weight: observed cells' weight
+    lam_u, lam_i = model.reg * observed.sum(1), model.reg * observed.sum(0)
     dense = float((c * (p - x @ y.T) ** 2).sum() + lam_u @ (x ** 2).sum(1)
                   + lam_i @ (y ** 2).sum(1))
     assert model.loss() == pytest.approx(dense, rel=1e-5)
@@ -189,3 +197,33 @@ def test_alpha_or_reg_that_overflow_float32_is_a_model_error():
     for params in ({"alpha": 3e38}, {"reg": 3e38}):
         with pytest.raises(ModelError, match="non-finite factors"):
             create_model("als", epochs=2, **params).fit(data)
+
+
+def test_observed_weight_does_not_grow_with_the_catalogue():
+    """With ``reg_weight="observed"`` (the default) a user's penalty depends on the user's
+    own events only: adding 10,000 items nobody touched leaves it as it was, where the
+    total weight (every cell's confidence) grows it by the catalogue size. That growth made
+    the old default over-regularise sparse 40,000-item logs into popularity."""
+    mat = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 0]], dtype=np.float32))
+    wide = sp.hstack([mat, sp.csr_matrix((2, 10_000), dtype=np.float32)]).tocsr()
+    cpu = torch.device("cpu")
+    for weight, grows in (("observed", False), ("total", True)):
+        small = als_module._Side(mat, 10.0, True, 0.05, 1.0, weight, cpu).reg
+        large = als_module._Side(wide, 10.0, True, 0.05, 1.0, weight, cpu).reg
+        assert torch.equal(small, large) != grows
+    small = als_module._Side(mat, 10.0, True, 0.05, 1.0, "observed", cpu).reg
+    assert torch.allclose(small, torch.tensor([0.05 * 22, 0.05 * 11]))
+
+
+def test_models_saved_before_reg_weight_load_with_the_total_weight(tmp_path, random_data):
+    """An artefact whose params predate ``reg_weight`` was trained with the total weight;
+    it must load with that, so its fold-in scores stay what they were."""
+    model = ALS(**SMALL, reg_weight="total").fit(random_data)
+    path = model.save(tmp_path / "m")
+    meta = json.loads((path / "meta.json").read_text())
+    del meta["params"]["reg_weight"]
+    (path / "meta.json").write_text(json.dumps(meta))
+    loaded = ALS.load(path)
+    assert loaded.reg_weight == "total"
+    items = np.asarray(random_data.item[:5])
+    assert np.allclose(loaded._score_history(items, None), model._score_history(items, None))

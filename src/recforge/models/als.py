@@ -38,12 +38,16 @@ over zero-padded item lists and solves with ``torch.linalg.cholesky`` /
 ``cholesky_solve``. It costs ``O(n_u d^2 + d^3)`` per user: slower, for checks and small
 data.
 
-**Frequency-scaled regularisation** (Rendle et al., RecSys 2022, "Revisiting the
-performance of iALS on item recommendation benchmarks"): ``lam_u = reg * w_u^nu`` with
-``w_u = sum_i c_ui = n_items + alpha * sum_i r_ui`` the total confidence weight of the
-user's row (``nu = reg_exponent``; the same for items over their column). With ``nu = 0``
-every row gets ``reg``; with ``nu = 1`` the penalty grows with the amount of data behind a
-vector, as the loss term does.
+**Frequency-scaled regularisation**: ``lam_u = reg * w_u^nu`` (``nu = reg_exponent``; the
+same for items over their column). By default (``reg_weight="observed"``) ``w_u`` is the
+confidence of the user's *observed* cells, ``n_u + alpha * sum_i r_ui``: the penalty grows
+with the data behind a vector and with nothing else, so the same ``reg`` suits a 3,000-item
+and a 40,000-item catalogue. ``reg_weight="total"`` is the form of Rendle et al. (RecSys
+2022, "Revisiting the performance of iALS on item recommendation benchmarks"),
+``w_u = sum_i c_ui = n_items + alpha * sum_i r_ui`` over every cell: there the catalogue
+size enters every user's penalty, and a default right for 3,700 items over-regularised a
+sparse 41,000-item log into popularity (``benchmarks/bench_als_reg.py``: Recall@20 0.078
+against 0.441 with the observed weight). With ``nu = 0`` every row gets ``reg``.
 """
 
 from __future__ import annotations
@@ -86,6 +90,19 @@ CHOLESKY_BLOCK_ELEMENTS = 1 << 24
 MAX_CG_STEPS = 1000
 
 
+def row_weight(count: np.ndarray, total: np.ndarray, n_cols: int, alpha: float,
+               reg_weight: str) -> np.ndarray:
+    """The weight ``w`` of frequency-scaled regularisation for rows with ``count`` events
+    whose values sum to ``total``: ``count + alpha * total`` (the observed cells'
+    confidences, ``"observed"``) or ``n_cols + alpha * total`` (every cell's, ``"total"``),
+    at least 1 so that an empty row keeps a positive-definite system."""
+    if reg_weight == "observed":
+        weight = count + alpha * total
+    else:
+        weight = n_cols + alpha * total
+    return np.maximum(np.asarray(weight, dtype=np.float64), 1.0)
+
+
 class _Side:
     """One orientation of the training matrix (rows = the side being solved), on device.
 
@@ -96,7 +113,7 @@ class _Side:
     """
 
     def __init__(self, mat: sp.csr_matrix, alpha: float, binary: bool, reg: float,
-                 reg_exponent: float, device: torch.device) -> None:
+                 reg_exponent: float, reg_weight: str, device: torch.device) -> None:
         mat = mat.tocsr()
         mat.sort_indices()
         self.n_rows, self.n_cols = mat.shape
@@ -113,15 +130,17 @@ class _Side:
         self.conf = 1.0 + alpha * r
         self.conf1 = alpha * r
         self.conf1_scalar: float | None = float(alpha) if binary else None
-        # Per-row regularisation: reg * (sum of the row's confidences)^nu.
+        # Per-row regularisation: reg * (the row's confidence weight)^nu.
         if reg_exponent == 0:
             self.reg: torch.Tensor | float = float(reg)
         else:
             row_of_cell = np.repeat(np.arange(self.n_rows), np.diff(mat.indptr))
-            weight = self.n_cols + alpha * np.bincount(row_of_cell, weights=values,
-                                                       minlength=self.n_rows)
+            weight = row_weight(np.diff(mat.indptr), np.bincount(
+                row_of_cell, weights=values, minlength=self.n_rows), self.n_cols, alpha,
+                reg_weight)
             self.reg = torch.from_numpy((reg * weight ** reg_exponent).astype(np.float32)
                                         ).to(device)
+
 
     def dots(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """``scale * x_u . y_i`` at every stored cell, in CSR order (an SDDMM).
@@ -264,10 +283,11 @@ class ALS(Recommender):
     """Implicit-feedback matrix factorisation by alternating least squares.
 
     Scores are ``x_u . y_i``; :meth:`similar_items` uses the cosine of item factors.
-    The defaults were chosen on ml-1m-implicit's validation split (train.txt -> valid.txt):
-    Recall@20 0.267, against 0.224 with ``implicit``'s defaults (unscaled ``reg=0.01``),
-    0.265 with the best unscaled ``reg`` (100) and 0.254 for EASE; on ml-100k they give
-    Recall@20 0.370 (EASE 0.361), where the best unscaled ``reg`` (30) is another.
+    The defaults were chosen across six datasets of different shapes (ml-100k,
+    ml-latest-small, ml-1m-implicit's validation split and three generated logs: 30k x 40k
+    items at 0.08 % density with genre clusters or with 1,000 small clusters, and 60k users
+    x 5k items), for the best mean NDCG@20 relative to the best setting measured on each:
+    ``benchmarks/bench_als_reg.py`` and docs/models.md have the table.
 
     Parameters
     ----------
@@ -277,8 +297,8 @@ class ALS(Recommender):
     epochs:
         ALS iterations; each solves users then items (typical 5 to 30).
     reg:
-        L2 penalty. With the default ``reg_exponent=1`` it multiplies each row's total
-        confidence weight (typical 0.005 to 0.03; too large a value collapses the scores to
+        L2 penalty. With the default ``reg_exponent=1`` it multiplies each row's observed
+        confidence weight (typical 0.02 to 0.2; too large a value collapses the scores to
         popularity, too small overfits). With ``reg_exponent=0`` it is the plain
         ``lambda`` of every factor vector (typical 0.01 to 200, growing with the data).
     alpha:
@@ -296,9 +316,15 @@ class ALS(Recommender):
         counts, ratings, which must be >= 0) enter the confidence.
     reg_exponent:
         ``nu`` of frequency-scaled regularisation (Rendle et al. 2022; typical 0 to 1, at
-        most 2): ``lam_u = reg * w_u^nu`` with ``w_u = n_items + alpha * sum_i r_ui``
-        (items alike over their column). 0 gives every row the same ``reg``; 1 keeps the
-        best ``reg`` nearly the same across dataset sizes.
+        most 2): ``lam_u = reg * w_u^nu`` with ``w_u`` as ``reg_weight`` says (items alike
+        over their column). 0 gives every row the same ``reg``; 1 keeps the best ``reg``
+        nearly the same across dataset sizes.
+    reg_weight:
+        ``"observed"`` (default): ``w_u`` counts the confidences of the user's observed
+        cells only, so the penalty does not depend on the catalogue size. ``"total"``:
+        every cell's, ``n_items + alpha * sum_i r_ui`` (Rendle et al. 2022; recforge's
+        default until December 2026, and what artefacts saved before this parameter existed
+        load with, at their saved ``reg``).
     seed:
         Seed of the factor initialisation (normal, std ``0.1 / sqrt(d)``); with the same
         seed two fits on CPU give identical factors.
@@ -307,13 +333,16 @@ class ALS(Recommender):
     """
 
     name = "als"
+    #: artefacts saved before ``reg_weight`` existed were trained with the total weight
+    saved_before = {"reg_weight": "total"}
     capabilities = Capabilities(folds_in_history=True, similar_items=True, seeded=True)
-    tuning_space = {"embedding_dim": ("cat", [32, 64, 128, 256]), "reg": ("log", 1e-3, 0.1),
+    tuning_space = {"embedding_dim": ("cat", [32, 64, 128, 256]), "reg": ("log", 0.01, 0.5),
                     "alpha": ("log", 1.0, 50.0), "epochs": ("int", 5, 30)}
 
-    def __init__(self, embedding_dim: int = 128, epochs: int = 15, reg: float = 0.015,
+    def __init__(self, embedding_dim: int = 128, epochs: int = 15, reg: float = 0.07,
                  alpha: float = 10.0, solver: str = "cg", cg_steps: int = 3,
-                 binary: bool = True, reg_exponent: float = 1.0, seed: int = 0,
+                 binary: bool = True, reg_exponent: float = 1.0,
+                 reg_weight: str = "observed", seed: int = 0,
                  device: str = "auto") -> None:
         self.embedding_dim = embedding_dim
         self.epochs = epochs
@@ -323,6 +352,7 @@ class ALS(Recommender):
         self.cg_steps = cg_steps
         self.binary = binary
         self.reg_exponent = reg_exponent
+        self.reg_weight = reg_weight
         self.seed = seed
         self.device = device
 
@@ -332,7 +362,8 @@ class ALS(Recommender):
             "embedding_dim": int_rule(1, MAX_DIM), "epochs": int_rule(1, MAX_EPOCHS),
             "reg": number_rule(0, MAX_NUMBER), "alpha": number_rule(0, MAX_NUMBER),
             "solver": choice_rule("cg", "cholesky"), "cg_steps": int_rule(1, MAX_CG_STEPS),
-            "binary": BOOL_RULE, "reg_exponent": number_rule(0, 2), "seed": SEED_RULE,
+            "binary": BOOL_RULE, "reg_exponent": number_rule(0, 2),
+            "reg_weight": choice_rule("observed", "total"), "seed": SEED_RULE,
             "device": DEVICE_RULE})
         self._resolve_device()
 
@@ -356,7 +387,7 @@ class ALS(Recommender):
             raise DataError("als: event values must be >= 0 to act as confidences "
                             "(or use binary=True)")
         args = (float(self.alpha), bool(self.binary), float(self.reg),
-                float(self.reg_exponent), device)
+                float(self.reg_exponent), str(self.reg_weight), device)
         return _Side(mat, *args), _Side(mat.T.tocsr(), *args)
 
     def _fit(self, train: Interactions, valid: Interactions | None,
@@ -423,7 +454,9 @@ class ALS(Recommender):
             raise DataError("als with binary=False needs history values >= 0")
         reg = float(self.reg)
         if float(self.reg_exponent) != 0:
-            reg *= (self.n_items + float(self.alpha) * float(w.sum())) ** float(self.reg_exponent)
+            weight = row_weight(np.array([len(items)]), np.array([float(w.sum())]),
+                                self.n_items, float(self.alpha), str(self.reg_weight))
+            reg *= float(weight[0]) ** float(self.reg_exponent)
         x = fold_in_implicit(self.item_factors_, items, w, float(self.alpha), reg)
         return (self.item_factors_.float() @ x).cpu()
 
@@ -435,7 +468,8 @@ class ALS(Recommender):
 
     #: the fold-in reads reg, alpha and reg_exponent; the factors have embedding_dim columns
     scoring_params = {"embedding_dim": int_rule(1), "reg": number_rule(0),
-                      "alpha": number_rule(0), "reg_exponent": number_rule(0, 2)}
+                      "alpha": number_rule(0), "reg_exponent": number_rule(0, 2),
+                      "reg_weight": choice_rule("observed", "total")}
 
     def _state_spec(self, extra: dict[str, Any]) -> StateSpec:
         d = int(self.embedding_dim)

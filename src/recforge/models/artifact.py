@@ -468,7 +468,9 @@ def _from_artifact(path: Path, meta: dict[str, Any], blobs: dict[str, bytes],
 
 def _instantiate(model_cls: type, saved: dict[str, Any], meta_path: Path,
                  path: Path) -> Any:
-    params = dict(saved)
+    # A hyperparameter added after a model was saved takes the value that reproduces the
+    # saved model (the class's ``saved_before``), not the new default.
+    params = {**model_cls.saved_before, **saved}
     defaults = {p.name: p.default for p in inspect.signature(model_cls.__init__)
                 .parameters.values()}
     for key, val in params.items():  # JSON has no tuples

@@ -594,6 +594,9 @@ class Recommender:
     #: poison scoring. The rest are not checked on load, so that a model saved before a
     #: validation grew stricter still loads.
     scoring_params: ClassVar[dict[str, ParamRule]] = {}
+    #: values for hyperparameters added after older artefacts were saved, the ones that
+    #: reproduce those artefacts (read when loading; a missing key takes the default)
+    saved_before: ClassVar[dict[str, Any]] = {}
 
     def _check_scoring_params(self, where: str) -> None:
         """Raise :class:`ModelError` naming ``where`` for a NaN or infinite

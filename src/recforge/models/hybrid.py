@@ -100,17 +100,18 @@ class Hybrid(FeatureModelMixin, ALS):
     name = "hybrid"
     capabilities = Capabilities(uses_item_features=True, requires_item_features=True,
                                 folds_in_history=True, similar_items=True, seeded=True)
-    tuning_space = {"reg": ("log", 1e-3, 0.1), "alpha": ("log", 1.0, 50.0),
+    tuning_space = {"reg": ("log", 0.01, 0.5), "alpha": ("log", 1.0, 50.0),
                     "feature_reg": ("log", 0.1, 100.0)}
 
-    def __init__(self, embedding_dim: int = 128, epochs: int = 15, reg: float = 0.015,
+    def __init__(self, embedding_dim: int = 128, epochs: int = 15, reg: float = 0.07,
                  alpha: float = 10.0, feature_reg: float = 10.0,
                  feature_weights: dict[str, float] | None = None, solver: str = "cg",
                  cg_steps: int = 3, binary: bool = True, reg_exponent: float = 1.0,
-                 seed: int = 0, device: str = "auto") -> None:
+                 reg_weight: str = "observed", seed: int = 0, device: str = "auto") -> None:
         super().__init__(embedding_dim=embedding_dim, epochs=epochs, reg=reg, alpha=alpha,
                          solver=solver, cg_steps=cg_steps, binary=binary,
-                         reg_exponent=reg_exponent, seed=seed, device=device)
+                         reg_exponent=reg_exponent, reg_weight=reg_weight, seed=seed,
+                         device=device)
         self.feature_reg = feature_reg
         self.feature_weights = feature_weights
 
