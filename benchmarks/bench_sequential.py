@@ -17,6 +17,10 @@ and writes ``benchmarks/results/sequential.json`` (runs appended by key).
         --run sasrec:loss=gbce --run sasrec:loss=bce,n_negatives=1 --epochs 3
     # per-epoch cost only (a few steps of each loss, no validation):
     .venv/bin/python benchmarks/bench_sequential.py --epoch-cost --steps 8
+    # one SASRec epoch on ml-100k, RecBole 1.2.1 against recforge at RecBole's defaults
+    # (RecBole in a venv of its own, never a dependency of recforge):
+    RECFORGE_RECBOLE_PYTHON=/work/bench-recbole/bin/python \
+        .venv/bin/python benchmarks/bench_sequential.py --recbole
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import json
 import logging
 import os
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -71,13 +77,39 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def budget_callback(seconds: float | None, cpu_seconds: float | None, wall: list[float],
+                    cpu: list[float]) -> Any:
+    """An epoch callback that notes each epoch's wall and CPU seconds since the fit began
+    (validation included) and, past ``seconds`` of wall time or ``cpu_seconds`` of this
+    process's CPU time, ends training after the epoch just finished, as early stopping does
+    (the best epoch's weights kept). CPU time measures the work on a shared machine, where
+    wall time mostly measures the neighbours. The trainer offers no time budget, so the
+    callback sets its caller's ``state.stopped_early`` (``Trainer.fit``'s local): a
+    benchmark-only device."""
+    t0, c0 = time.perf_counter(), time.process_time()
+
+    def callback(record: dict[str, Any]) -> None:
+        wall.append(round(time.perf_counter() - t0, 1))
+        cpu.append(round(time.process_time() - c0, 1))
+        if ((seconds is not None and wall[-1] >= seconds)
+                or (cpu_seconds is not None and cpu[-1] >= cpu_seconds)):
+            sys._getframe(1).f_locals["state"].stopped_early = True
+
+    return callback
+
+
 def run_one(data_name: str, split: Any, name: str, params: dict[str, Any], epochs: int,
-            exclude_seen: bool, max_steps: int | None) -> dict[str, Any]:
+            exclude_seen: bool, max_steps: int | None,
+            budget_s: float | None = None, cpu_budget_s: float | None = None
+            ) -> dict[str, Any]:
     takes_epochs = "epochs" in get_model_class(name)._param_names()
     model = create_model(name, **({"epochs": epochs} if takes_epochs else {}), **params)
+    wall: list[float] = []
+    cpu: list[float] = []
     t0 = time.perf_counter()
     if takes_epochs:
-        model.fit(split.train, split.valid, max_steps_per_epoch=max_steps)
+        model.fit(split.train, split.valid, max_steps_per_epoch=max_steps,
+                  epoch_callback=budget_callback(budget_s, cpu_budget_s, wall, cpu))
     else:
         model.fit(split.train)
     fit_s = time.perf_counter() - t0
@@ -94,12 +126,17 @@ def run_one(data_name: str, split: Any, name: str, params: dict[str, Any], epoch
     return {"data": data_name, "model": name, "params": params, "epochs_run": len(hist),
             "best_epoch": getattr(model, "best_epoch_", None),
             "valid_ndcg@10": [r.get("ndcg@10") for r in hist],
+            # wall seconds from the start of the fit to the end of each epoch (validation
+            # included): the learning curve's time axis
+            "epoch_end_seconds": wall, "epoch_end_cpu_seconds": cpu,
+            "budget_seconds": budget_s, "cpu_budget_seconds": cpu_budget_s,
             "metrics": summary, "fit_seconds": round(fit_s, 2),
             "seconds_per_epoch": round(per_epoch, 2),
             "positions_per_second": round(positions / per_epoch) if hist else None,
             "eval_seconds": round(eval_s, 2), "peak_rss_mb": round(peak_mb(), 1),
             "exclude_seen": exclude_seen, "threads": torch.get_num_threads(),
-            "load_average": os.getloadavg()[0]}
+            "load_average": os.getloadavg()[0],
+            "load_average_15min": os.getloadavg()[2]}
 
 
 def epoch_cost(split: Any, steps: int, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -129,6 +166,53 @@ def epoch_cost(split: Any, steps: int, params: dict[str, Any]) -> list[dict[str,
     return rows
 
 
+#: recforge's sasrec at RecBole 1.2.1's SASRec defaults (2 layers, 2 heads, 64 wide,
+#: dropout 0.5 on the hidden states and the attention, 50 items, full softmax, Adam 0.001);
+#: recforge's feed-forward is d -> d where RecBole's is d -> 256 -> d (no parameter for it).
+RECBOLE_SASREC = {"n_blocks": 2, "n_heads": 2, "embedding_dim": 64, "dropout": 0.5,
+                  "attention_dropout": 0.5, "max_len": 50, "loss": "ce",
+                  "learning_rate": 0.001, "epochs": 1, "valid_metric": None}
+
+
+def recbole_speed(threads: int) -> dict[str, Any]:
+    """One SASRec epoch on ml-100k in RecBole (run by ``RECFORGE_RECBOLE_PYTHON``, the
+    interpreter of a venv that has it) and in recforge at the same settings; the ratio of
+    their seconds and of their seconds per trained position (RecBole trains every prefix
+    of a sequence as an example, one target each; recforge each user's last ``max_len``
+    targets at once). Skipped, with the reason, when RecBole is not there."""
+    python = os.environ.get("RECFORGE_RECBOLE_PYTHON")
+    if not python or not Path(python).exists():
+        reason = "RECFORGE_RECBOLE_PYTHON is not set" if not python else f"{python} not found"
+        print(f"RecBole comparison skipped: {reason} (a venv with recbole==1.2.1)")
+        return {"skipped": reason}
+    script = Path(__file__).with_name("recbole_sasrec_epoch.py")
+    done = subprocess.run([python, str(script), str(DATA / "ml-100k" / "u.data"),
+                           str(threads)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(done.stderr[-3000:])
+        raise SystemExit("the RecBole run failed (its error above)")
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    split = leave_last_out(load("ml-100k"), valid=True)
+    model = create_model("sasrec", **RECBOLE_SASREC, batch_size=128)
+    cpu0 = time.process_time()
+    model.fit(split.train)
+    cpu = time.process_time() - cpu0
+    ours = {"wall_seconds": model.history_[0]["seconds"], "cpu_seconds_fit": round(cpu, 2),
+            "positions": int((np.minimum(split.train.sequences().lengths(), 51) - 1)
+                             .clip(min=0).sum()), "params": RECBOLE_SASREC}
+    row = {"recbole": theirs, "recforge": ours, "threads": threads,
+           "epoch_ratio": round(theirs["wall_seconds"] / ours["wall_seconds"], 2),
+           "per_position_ratio": round((theirs["wall_seconds"] / theirs["examples"])
+                                       / (ours["wall_seconds"] / ours["positions"]), 2),
+           "load_average": os.getloadavg()[0]}
+    print(f"SASRec epoch on ml-100k: RecBole {theirs['wall_seconds']} s "
+          f"({theirs['examples']:,} examples), recforge {ours['wall_seconds']} s "
+          f"({ours['positions']:,} positions): RecBole/recforge {row['epoch_ratio']}x per "
+          f"epoch, {row['per_position_ratio']}x per trained target "
+          f"(load average {row['load_average']:.1f})")
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="ml-1m-seq", choices=["ml-1m-seq", "ml-100k"])
@@ -141,12 +225,28 @@ def main() -> None:
                     help="only the seconds per epoch of each loss at the default length")
     ap.add_argument("--steps", type=int, default=8, help="batches per loss for --epoch-cost")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--budget-min", type=float, default=None,
+                    help="stop each fit after the first epoch that ends past this many "
+                         "wall minutes (best epoch kept)")
+    ap.add_argument("--cpu-budget-s", type=float, default=None,
+                    help="stop each fit after the first epoch that ends past this many "
+                         "CPU seconds of the process (a measure the machine's load "
+                         "changes less than wall time)")
+    ap.add_argument("--recbole", action="store_true",
+                    help="only the RecBole speed comparison (RECFORGE_RECBOLE_PYTHON)")
+    ap.add_argument("--tag", default="", help="appended to the result keys")
     args = ap.parse_args()
     # the trainer's per-epoch lines (loss, validation NDCG@10, seconds) as it goes
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("recforge").setLevel(logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.recbole:
+        row = recbole_speed(args.threads or 1)
+        if "skipped" not in row:
+            latest = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+            RESULTS.write_text(json.dumps({**latest, "recbole_speed/ml-100k": row}, indent=1))
+        return
     data = load(args.data)
     split = leave_last_out(data, valid=True)
     print(f"{args.data}: {data.n_users:,} users, {data.n_items:,} items, {len(data):,} events; "
@@ -161,11 +261,17 @@ def main() -> None:
         rows = []
         for spec in args.run or ["sasrec"]:
             name, params = parse_run(spec)
+            budget = args.budget_min * 60 if args.budget_min else None
             row = run_one(args.data, split, name, params, args.epochs, args.exclude_seen,
-                          args.max_steps)
+                          args.max_steps, budget, args.cpu_budget_s)
             rows.append(row)
             print(json.dumps(row), flush=True)
-            results[f"{args.data}/{spec}/epochs={args.epochs}"] = row
+            key = f"{args.data}/{spec}/epochs={args.epochs}"
+            if args.budget_min:
+                key += f"/budget={args.budget_min:g}min"
+            if args.cpu_budget_s:
+                key += f"/cpu_budget={args.cpu_budget_s:g}s"
+            results[key + args.tag] = row
         table = pd.DataFrame([{"run": f"{r['model']} {r['params']}", **r["metrics"],
                                "epochs": r["epochs_run"], "fit_s": r["fit_seconds"],
                                "s/epoch": r["seconds_per_epoch"],
