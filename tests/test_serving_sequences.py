@@ -255,3 +255,22 @@ def test_a_restarted_server_reads_the_posts_in_the_order_stored(sasrec, tmp_path
     after = {k: v.tolist() for k, v in again.app.state.service._sequence.items()}
     assert after == before
     assert recs(again, 7) == recs(first, 7)
+
+
+def test_a_served_model_directory_gets_a_traced_encoder_with_the_same_answers(sasrec, data,
+                                                                             tmp_path):
+    """A server that loads a SASRec directory traces its encoder once (TorchScript); its
+    answers are the eager model's. A model given in memory is left untouched."""
+    from recforge.serving.service import RecommendationService
+
+    path = sasrec.save(tmp_path / "sasrec")
+    served = RecommendationService(path)
+    assert served.compiled
+    eager = RecommendationService(sasrec)
+    assert not eager.compiled and "encode" not in vars(sasrec.module_)
+    for hist in ([11, 12, 13], [5], list(range(30))[::-1], [2, 2, 9, 3]):
+        assert same_answer(served.recommend_history(hist, 5), eager.recommend_history(hist, 5))
+    users = data.users.ids[:40].tolist()
+    for a, b in zip(served.recommend_users(users, 5), eager.recommend_users(users, 5),
+                    strict=True):
+        assert same_answer(a, b)

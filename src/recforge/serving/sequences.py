@@ -9,6 +9,10 @@ items, right-padded and 1-based (``sequences_``); session-kNN
 (``user_last_``, a row of ``sessions_`` whose values are the items' places). A model that
 keeps neither contributes no training items: its posted items alone are its sequence.
 
+:func:`compile_encoder` traces a next-item network's encoder once with TorchScript for a
+server that loaded the model from disk (a served SASRec answer spends most of its time in
+the forward pass, whose Python overhead tracing halves).
+
 Everything is array arithmetic over a batch of users (no Python loop over users): one
 gather of the training rows, one stable sort that puts each user's training items before
 its posted ones.
@@ -16,14 +20,16 @@ its posted ones.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from recforge.data.interactions import Interactions
 
-__all__ = ["training_sequences", "ordered_history"]
+__all__ = ["training_sequences", "ordered_history", "compile_encoder"]
 
 _EMPTY = np.empty(0, dtype=np.int64)
 
@@ -69,3 +75,58 @@ def ordered_history(model: Any, users: np.ndarray, posted: list[np.ndarray]
     row, items = row[order], items[order]
     return Interactions(users[row], items, users=model.users_, items=model.items_,
                         session=users[row], check=False, source="posted events")
+
+
+def compile_encoder(model: Any) -> bool:
+    """Replace the encoder of ``model``'s network (``module_.encode``) with a frozen
+    TorchScript trace of it, for inference only; ``True`` when done.
+
+    Only for a model that encodes right-padded windows without user indices in float32
+    (``needs_users`` false, ``precision`` float32), and only when the trace gives the
+    eager encoder's states (to 1e-4) on windows of several batch sizes and lengths;
+    otherwise, or on any error, the model is left as it was. Call it on a model the caller
+    owns (the server's own load of a model directory): it changes the module in place.
+    """
+    module = getattr(model, "module_", None)
+    if (module is None or not callable(getattr(module, "encode", None))
+            or getattr(model, "needs_users", True) or getattr(model, "precision", None)
+            != "float32" or str(getattr(model, "device_", "cpu")) != "cpu"):
+        return False
+    max_len, n_items = int(model.max_len), int(model.n_items)
+
+    class _Encode(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            return self.inner.encode(inputs)
+
+    gen = torch.Generator().manual_seed(0)
+
+    def window(rows: int, length: int) -> torch.Tensor:
+        w = torch.randint(1, n_items + 1, (rows, length), generator=gen)
+        cut = torch.randint(1, length + 1, (rows,), generator=gen)
+        w[torch.arange(length)[None, :] >= cut[:, None]] = 0  # right padding
+        w[:, 0] = torch.randint(1, n_items + 1, (rows,), generator=gen)
+        return w
+
+    try:
+        module.eval()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            example = window(1, min(50, max_len))
+            traced = torch.jit.freeze(torch.jit.trace(_Encode(module), example).eval())
+            for rows, length in ((1, min(50, max_len)), (1, 1), (3, max_len),
+                                 (2, max(1, max_len // 3))):
+                x = window(rows, length)
+                if not torch.allclose(traced(x), module.encode(x), atol=1e-4, rtol=1e-4):
+                    return False
+    except Exception:  # an encoder TorchScript cannot trace: keep the eager one
+        return False
+
+    def encode(inputs: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        return traced(inputs)
+
+    module.encode = encode
+    return True

@@ -22,7 +22,7 @@ from recforge.models.base import Recommender
 from recforge.models.history import history_index
 from recforge.ranking import rank_ties, top_k
 from recforge.serving.index import IVFIndex
-from recforge.serving.sequences import ordered_history
+from recforge.serving.sequences import compile_encoder, ordered_history
 
 __all__ = ["RecommendationService", "NotFound", "Resolved"]
 
@@ -91,6 +91,8 @@ class RecommendationService:
 
     def __init__(self, model: Recommender | str | Path, events: Any = None, *,
                  index: str = "exact", n_probe: int = 8) -> None:
+        #: whether the model's encoder runs as a TorchScript trace (compile_encoder)
+        self.compiled = False
         if isinstance(model, Recommender):
             self.model = model
             self.path: Path | None = None
@@ -100,6 +102,9 @@ class RecommendationService:
             # The metadata of the very read that gave the model: a second read of meta.json
             # could meet a save that landed in between (and date the model wrongly).
             self.model, self.meta = Recommender.load_with_meta(self.path)
+            # the server's own copy: a next-item network's encoder traced once (a served
+            # 50-item SASRec answer: half the forward pass's time)
+            self.compiled = compile_encoder(self.model)
         self.model.check_fitted()
         if index not in ("exact", "ivf"):
             raise ConfigError(f"index must be 'exact' or 'ivf', got {index!r}")
