@@ -127,7 +127,9 @@ def test_run_writes_results_and_is_reproducible(tmp_path, files):
     assert payload["versions"]["torch"] and payload["config"]["seeds"] == [0, 1]
     assert payload["evaluation"] == {"primary": "NDCG@10", "protocol": "full",
                                      "metrics": ["NDCG@10", "Recall@10", "RMSE"],
-                                     "excluded": "train", "candidates": None}
+                                     "excluded": "train", "candidates": None,
+                                     "task": "topk", "threshold": {
+                                         "min_rating": 3.0, "order": "before_split"}}
     runs = [(r["label"], r["seed"]) for r in payload["runs"]]
     assert ("bpr", 0) in runs and ("bpr", 1) in runs and ("ease", None) in runs
     best = payload["leaderboard"][0]
@@ -246,13 +248,14 @@ def test_report_has_every_plot_embedded(tmp_path, files):
     """)
     run_experiment(load_config(path), tmp_path / "r")
     out = tmp_path / "r"
-    for name in ("metrics.png", "learning_curves.png", "popularity.png", "coverage.png",
-                 "per_user.png"):
+    for name in ("metrics.png", "learning_curves.png", "popularity.png", "per_user.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"]({name})" in (out / "report.md").read_text()
+    # coverage is one figure: a panel of metrics.png, not a second plot of its own
+    assert not (out / "coverage.png").exists()
     page = (out / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 5 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    assert len(images) == 4 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
     assert 'src="http' not in page and 'href="http' not in page  # nothing fetched online
     assert oct((out / "report.html").stat().st_mode & 0o777) != oct(0o600)
 
@@ -714,3 +717,90 @@ def test_tune_follows_the_sampled_protocol(tmp_path):
     model = create_model("ease", **summary["params"]).fit(inner.train)
     res = evaluate(model, inner.train, inner.test, metrics="ndcg@10", protocol="sampled")
     assert summary["value"] == pytest.approx(res["NDCG@10 (sampled 1+100)"])
+
+
+@pytest.mark.parametrize("model,params", [("ease", {"reg": 20.0}), ("itemknn", {})])
+def test_run_gives_the_python_examples_figure(tmp_path, model, params):
+    """The README's Python example (threshold, then split, fit on the training positives,
+    evaluate with them excluded) and the equivalent YAML give the same figures: `run`
+    thresholds before it splits (data.threshold_order: before_split, the default).
+    after_split (split every rating, threshold each part, exclude every training item)
+    is another protocol, kept under its own name."""
+    from conftest import event_frame
+
+    from recforge import create_model, evaluate
+    from recforge.data.filters import to_implicit
+    from recforge.data.interactions import Interactions
+    from recforge.data.split import random_split
+
+    path = tmp_path / "ratings.csv"
+    event_frame(4000, n_users=150, n_items=120).to_csv(path, index=False)
+    data = to_implicit(Interactions.from_csv(path), 4.0)  # ratings >= 4 as positives
+    split = random_split(data, test_size=0.2, by_user=True, seed=0)
+    fitted = create_model(model, **params).fit(split.train)
+    python = evaluate(fitted, split.train, split.test, metrics="ndcg@10,recall@20").summary
+
+    def run(order):
+        cfg = parse_config({
+            "name": order, "data": {"source": str(path), "min_rating": 4,
+                                    "threshold_order": order},
+            "split": {"method": "random", "test_size": 0.2, "by_user": True, "seed": 0},
+            "models": [{"name": model, "params": params}], "metrics": ["ndcg@10", "recall@20"],
+            "n_bootstrap": 20, "save_models": False, "report": False}, "exp.yaml")
+        return run_experiment(cfg, tmp_path / order).rows[0]
+
+    row = run("before_split")
+    assert row["NDCG@10"] == pytest.approx(python["NDCG@10"], abs=1e-12)
+    assert row["Recall@20"] == pytest.approx(python["Recall@20"], abs=1e-12)
+    assert run("after_split")["NDCG@10"] != pytest.approx(python["NDCG@10"], abs=1e-6)
+
+
+def test_rating_models_never_train_on_a_held_out_positive(tmp_path):
+    """Thresholded before the split, a rating model still learns every rating of the
+    same split of all ratings, less the pairs held out as test positives."""
+    from conftest import event_frame
+
+    from recforge.experiment.workflow import prepare_data
+
+    path = tmp_path / "ratings.csv"
+    event_frame(3000, n_users=100, n_items=90).to_csv(path, index=False)
+    cfg = parse_config({"data": {"source": str(path), "min_rating": 4},
+                        "split": {"method": "random", "seed": 3},
+                        "models": ["pop", {"name": "baseline", "params": {"epochs": 2}}],
+                        "metrics": ["ndcg@10", "rmse"]}, "exp.yaml")
+    data = prepare_data(cfg)
+    pairs = lambda d: set(zip(d.user.tolist(), d.item.tolist(), strict=True))  # noqa: E731
+    assert not pairs(data.train) & pairs(data.test_pos)
+    assert not pairs(data.train_pos) & pairs(data.test_pos)
+    assert data.train.value is not None and (data.train.value < 4).any()  # every rating
+    assert data.test_pos.value is None  # positives
+
+
+def test_per_user_plot_marks_mean_and_median_in_leaderboard_order(tmp_path, monkeypatch):
+    from recforge.experiment import report
+
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    per_user = pd.DataFrame({"model": ["b"] * 3 + ["a"] * 3, "seed": -1,
+                             "user": ["1", "2", "3"] * 2,
+                             "NDCG@10": [0.0, 0.0, 0.9, 0.3, 0.3, 0.3]})
+    assert report._plot_per_user(per_user, "NDCG@10", ["a", "b"], tmp_path / "p.png")
+    ax = figures[0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mean", "median"]
+    means, medians = (list(c.get_offsets()[:, 1]) for c in ax.collections[-2:])
+    assert means == pytest.approx([0.3, 0.3]) and medians == pytest.approx([0.3, 0.0])
+    assert "leaderboard order" in ax.get_title()
+
+
+def test_a_cold_start_report_leaves_the_popularity_plot_out_and_says_why(tmp_path):
+    cfg = parse_config({"data": {"source": "synthetic", "item_features": "auto"},
+                        "split": {"method": "cold_start_items", "test_size": 0.2},
+                        "models": ["content"], "metrics": ["ndcg@10", "coverage@10"],
+                        "n_bootstrap": 20, "save_models": False}, "exp.yaml")
+    run_experiment(cfg, tmp_path / "r")
+    out = tmp_path / "r"
+    assert not (out / "popularity.png").exists() and not (out / "coverage.png").exists()
+    text = (out / "report.md").read_text()
+    assert "No popularity plot: this cold-start run" in text
+    assert "(per_user.png)" in text and "(metrics.png)" in text

@@ -20,6 +20,16 @@ Plain dataclasses, validated field by field: an error names the file and the key
         params: {embedding_dim: 64}
     metrics: [ndcg@10, recall@10]
     seeds: [0]
+
+A next-item experiment (``task: next_item``) predicts each user's next event from the
+events before it, with :func:`recforge.evaluation.evaluate_next_item`::
+
+    task: next_item
+    data: {source: ml-100k}
+    split: {method: leave_last_out, valid_size: 0.1}   # or temporal, last_sessions
+    next_item: {exclude_seen: true}                    # sampled: 100 for the old protocol
+    models: [pop, sknn, sasrec, ease]
+    metrics: [ndcg@10, hr@10, mrr@10]
 """
 
 from __future__ import annotations
@@ -45,11 +55,23 @@ from recforge.models.params import param_hint
 from recforge.models.params import shown as _shown
 from recforge.models.registry import create_model, get_model_class, resolve_name
 
-__all__ = ["DataConfig", "SplitConfig", "ModelConfig", "ExperimentConfig", "load_config",
-           "SPLIT_METHODS"]
+__all__ = ["DataConfig", "SplitConfig", "ModelConfig", "NextItemConfig", "ExperimentConfig",
+           "load_config", "SPLIT_METHODS", "TASKS", "NEXT_ITEM_SPLITS", "THRESHOLD_ORDERS"]
 
-SPLIT_METHODS = ("random", "temporal", "user_temporal", "leave_one_out", "cold_start_items",
-                 "files")
+SPLIT_METHODS = ("random", "temporal", "user_temporal", "leave_one_out", "leave_last_out",
+                 "last_sessions", "cold_start_items", "files")
+#: What an experiment measures: top-K lists of held-out items (``topk``), or each user's
+#: next event from the events before it (``next_item``).
+TASKS = ("topk", "next_item")
+#: The splits whose test events are each user's next ones (``leave_one_out`` only with
+#: ``strategy: last``; ``files``: the test file's events follow train and valid).
+NEXT_ITEM_SPLITS = ("leave_last_out", "leave_one_out", "user_temporal", "temporal",
+                    "last_sessions", "files")
+#: When ``data.min_rating`` applies: to the whole data before the split (the default, as
+#: ``to_implicit`` then ``random_split`` in Python), or to each part after it.
+THRESHOLD_ORDERS = ("before_split", "after_split")
+#: The next-item metrics (:func:`recforge.evaluation.evaluate_next_item`).
+NEXT_ITEM_METRICS = ("hit_rate", "ndcg", "mrr")
 
 #: Bounds on an experiment file: its size, how deep it nests, and how many values it holds
 #: with every YAML alias expanded (ten aliases of ten aliases... of one list are a
@@ -77,6 +99,11 @@ class DataConfig:
     duplicates: policy for repeated (user, item) pairs: error, first, last, sum, max, mean.
     min_rating: ratings >= this are the positives of ranking models and the relevant test
         items; rating models (``mf``) still learn from every rating. ``null``: every event.
+    threshold_order: ``before_split`` (default): the data are thresholded, then split, so
+        ranking models are trained and judged exactly as ``to_implicit`` then a split in
+        Python does, and the rankings exclude the training positives only;
+        ``after_split``: every rating is split, each part thresholded afterwards, and the
+        rankings exclude every training item, however it was rated.
     k_core: keep users and items with at least this many events (before splitting).
     item_features: ``auto`` (the dataset's metadata for named datasets), a file, or null.
     data_dir: directory with extracted datasets (else ``RECFORGE_DATA_DIR`` / the cache).
@@ -90,6 +117,7 @@ class DataConfig:
     columns: str | None = None
     duplicates: str = "error"
     min_rating: float | None = None
+    threshold_order: str = "before_split"
     k_core: int | None = None
     item_features: str | None = "auto"
     data_dir: str | None = None
@@ -105,6 +133,10 @@ class SplitConfig:
     n_test: events per user held out (user_temporal).
     strategy: ``last`` or ``random`` (leave_one_out).
     seed: seed of random splits.
+    targets: ``first`` or ``all``: each user's first event after a next-item time cut, or
+        every one (``temporal`` with ``task: next_item``).
+    gap: seconds of inactivity that end a session (``last_sessions``; ``null``: the data's
+        ``session`` column).
     """
 
     method: str = "random"
@@ -114,6 +146,24 @@ class SplitConfig:
     n_test: int = 1
     strategy: str = "last"
     seed: int = 0
+    targets: str = "first"
+    gap: float | None = None
+
+
+@dataclass
+class NextItemConfig:
+    """Options of next-item evaluation (``task: next_item``).
+
+    exclude_seen: leave the items of each user's input out of the ranking (never the
+        target itself); off by default, as people re-watch and re-buy.
+    sampled: ``null`` (full ranking) or a number of sampled negatives per target (the
+        protocol of older papers, labelled ``(sampled 1+N)``).
+    by_length: bin starts of the breakdown by history length.
+    """
+
+    exclude_seen: bool = False
+    sampled: int | None = None
+    by_length: list[int] = field(default_factory=lambda: [1, 6, 21, 51, 201])
 
 
 @dataclass
@@ -134,9 +184,11 @@ class ExperimentConfig:
     """A whole experiment. ``seeds`` repeats every seeded model once per seed."""
 
     name: str = "experiment"
+    task: str = "topk"
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     models: list[ModelConfig] = field(default_factory=list)
+    next_item: NextItemConfig = field(default_factory=NextItemConfig)
     metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "recall@10"])
     seeds: list[int] = field(default_factory=lambda: [0])
     protocol: str = "full"
@@ -145,7 +197,12 @@ class ExperimentConfig:
     report: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as plain data (``parse_config`` reads it back; a top-K config has no
+        ``next_item`` section)."""
+        out = dataclasses.asdict(self)
+        if self.task != "next_item":
+            del out["next_item"]
+        return out
 
 
 def _err(source: str, path: str, message: str) -> ConfigError:
@@ -242,6 +299,16 @@ def _section(raw: Any, cls: type, source: str, path: str, kinds: dict[str, _Kind
             values[key] = [_typed(v, kinds[key], source, f"{path}.{key}[{i}]")
                            for i, v in enumerate(val)]
             continue
+        if key == "by_length":  # next_item.by_length: a list of increasing bin starts
+            if not isinstance(val, list) or not val or len(val) > 100:
+                raise _err(source, f"{path}.{key}", f"expected a list of 1 to 100 increasing "
+                           f"history lengths such as [1, 6, 21], got {_shown(val)}")
+            values[key] = [_typed(v, kinds[key], source, f"{path}.{key}[{i}]")
+                           for i, v in enumerate(val)]
+            if any(b <= a for a, b in zip(values[key], values[key][1:], strict=False)):
+                raise _err(source, f"{path}.{key}", f"expected increasing history lengths, "
+                           f"got {_shown(val)}")
+            continue
         values[key] = _typed(val, kinds[key], source, f"{path}.{key}")
     return cls(**values)
 
@@ -252,6 +319,7 @@ _DATA_KINDS = {"source": _PATH, "train": _PATH, "valid": _PATH, "test": _PATH,
                "columns": _Kind("str", nullable=True),
                "duplicates": _Kind("choice", choices=_DUP_POLICIES),
                "min_rating": _Kind("float", nullable=True),
+               "threshold_order": _Kind("choice", choices=THRESHOLD_ORDERS),
                "k_core": _Kind("int", 0, MAX_COUNT, nullable=True),
                "item_features": _PATH, "data_dir": _PATH}
 _SPLIT_KINDS = {"method": _Kind("choice", choices=SPLIT_METHODS),
@@ -259,7 +327,12 @@ _SPLIT_KINDS = {"method": _Kind("choice", choices=SPLIT_METHODS),
                 "valid_size": _Kind("float", 0, 1, below=True), "by_user": _Kind("bool"),
                 "n_test": _Kind("int", 1, MAX_COUNT),
                 "strategy": _Kind("choice", choices=("last", "random")),
-                "seed": _Kind("int", 0, MAX_SEED)}
+                "seed": _Kind("int", 0, MAX_SEED),
+                "targets": _Kind("choice", choices=("first", "all")),
+                "gap": _Kind("float", 0, None, nullable=True)}
+_NEXT_ITEM_KINDS = {"exclude_seen": _Kind("bool"),
+                    "sampled": _Kind("int", 1, 100_000, nullable=True),
+                    "by_length": _Kind("int", 1, MAX_COUNT)}
 
 
 def check_model_params(model: Any, where: str, *, seeds: list[int] | None = None) -> None:
@@ -353,6 +426,45 @@ def _metrics(raw: Any, source: str) -> list[str]:
     return list(metrics)
 
 
+def _check_next_item(raw: dict[Any, Any], data: DataConfig, split: SplitConfig,
+                     metrics: list[str], protocol: Any, source: str) -> None:
+    """What a ``task: next_item`` experiment needs: a split whose test events are each
+    user's next ones, next-item metrics, no ``protocol`` (``next_item.sampled`` says it)."""
+    if split.method not in NEXT_ITEM_SPLITS or (split.method == "leave_one_out"
+                                                 and split.strategy != "last"):
+        what = (f"{split.method!r} with strategy 'random'" if split.method == "leave_one_out"
+                else repr(split.method))
+        raise _err(source, "split.method", f"{what} does not hold out each user's next "
+                   f"events, which task: next_item predicts; use one of leave_last_out, "
+                   f"user_temporal, temporal (a global time cut), last_sessions or files")
+    for i, m in enumerate(metrics):
+        parsed = Metric.parse(m)
+        if parsed.name not in NEXT_ITEM_METRICS or parsed.k is None:
+            kind = "a rating metric" if parsed.kind == "rating" else "not a next-item metric"
+            raise _err(source, f"metrics[{i}]", f"{m} is {kind}; task: next_item measures "
+                       "hr@K (hit_rate), ndcg@K and mrr@K of each user's next event (with "
+                       "one target, recall@K is hr@K)")
+    if protocol != "full":
+        raise _err(source, "protocol", "task: next_item takes the sampled protocol as "
+                   "next_item.sampled (e.g. next_item: {sampled: 100}); remove protocol")
+    if split.method == "last_sessions" and split.targets != "first":
+        raise _err(source, "split.targets", "last_sessions predicts every event of a held-out "
+                   "session from its prefix; targets applies to the temporal split")
+
+
+def _check_topk(raw: dict[Any, Any], split: SplitConfig, source: str) -> None:
+    """Keys of next-item experiments refused in a top-K one (they would be ignored)."""
+    if "next_item" in raw:
+        raise _err(source, "next_item", "only used with task: next_item; set task: next_item "
+                   "or remove it")
+    if split.method == "last_sessions":
+        raise _err(source, "split.method", "last_sessions holds out whole sessions to "
+                   "predict event by event: a next-item split (set task: next_item)")
+    if split.targets != "first":
+        raise _err(source, "split.targets", "only used with task: next_item and split.method "
+                   "temporal; remove it")
+
+
 def _seeds(raw: Any, source: str) -> list[int]:
     seeds = [raw] if isinstance(raw, int) and not isinstance(raw, bool) else raw
     if not isinstance(seeds, list) or not seeds:
@@ -373,8 +485,16 @@ def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     _check_keys(raw, ExperimentConfig, source, "")
+    task = _typed(raw.get("task", "topk"), _Kind("choice", choices=TASKS), source, "task")
     data = _section(raw.get("data"), DataConfig, source, "data", _DATA_KINDS)
     split = _section(raw.get("split"), SplitConfig, source, "split", _SPLIT_KINDS)
+    next_item = _section(raw.get("next_item"), NextItemConfig, source, "next_item",
+                         _NEXT_ITEM_KINDS)
+    if split.gap is not None and split.gap <= 0:
+        raise _err(source, "split.gap", f"expected a number of seconds > 0, got "
+                   f"{_shown(split.gap)}")
+    if split.gap is not None and split.method != "last_sessions":
+        raise _err(source, "split.gap", "only used with split.method last_sessions; remove it")
     if split.test_size + split.valid_size >= 1:
         raise _err(source, "split", f"test_size + valid_size must be < 1, got "
                                     f"{split.test_size:g} + {split.valid_size:g}")
@@ -405,11 +525,17 @@ def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
                            f"data.source with {split.method!r}); set split.method: files "
                            f"(without data.source) or remove it")
     models = _models(raw.get("models"), source)
-    metrics = _metrics(raw.get("metrics", ["ndcg@10", "recall@10"]), source)
+    default_metrics = (["ndcg@10", "hr@10", "mrr@10"] if task == "next_item"
+                       else ["ndcg@10", "recall@10"])
+    metrics = _metrics(raw.get("metrics", default_metrics), source)
     seeds = _seeds(raw.get("seeds", [0]), source)
     protocol = raw.get("protocol", "full")
     if protocol not in ("full", "sampled") or not isinstance(protocol, str):
         raise _err(source, "protocol", f"expected 'full' or 'sampled', got {_shown(protocol)}")
+    if task == "next_item":
+        _check_next_item(raw, data, split, metrics, protocol, source)
+    else:
+        _check_topk(raw, split, source)
     if protocol == "sampled":  # what evaluate would refuse after the first model trained
         lists = [m for m in metrics if Metric.parse(m).kind == "lists"]
         if lists:
@@ -433,8 +559,9 @@ def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
     for i, mc in enumerate(models):
         check_model_params(create_model(mc.name, **mc.params), f"{source}: models[{i}] "
                            f"({mc.display})", seeds=seeds)
-    return ExperimentConfig(name=name, data=data, split=split, models=models,
-                            metrics=metrics, seeds=seeds, protocol=protocol,
+    return ExperimentConfig(name=name, task=task, data=data, split=split, models=models,
+                            next_item=next_item, metrics=metrics, seeds=seeds,
+                            protocol=protocol,
                             n_bootstrap=n_boot, save_models=save, report=report)
 
 

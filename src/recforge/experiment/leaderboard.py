@@ -27,7 +27,7 @@ __all__ = ["leaderboard", "leaderboard_cells", "leaderboard_table", "metric_labe
 
 #: Keys of a run that are not metric values.
 _RUN_KEYS = ("label", "model", "seed", "params", "fit_s", "eval_s", "artifact", "history",
-             "popularity")
+             "popularity", "by_length")
 
 
 def _paired_pvalue(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,6 +55,29 @@ def _user_means(per_user: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return user_means
 
 
+def _ratio_ci(values: np.ndarray, weights: np.ndarray, n_boot: int, level: float = 0.95,
+              seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``sum(values * weights) / sum(weights)``, users
+    resampled: the mean over targets of a next-item run whose users have several targets
+    (``values``: each user's mean, ``weights``: their number of targets); with every
+    weight 1 it is :func:`~recforge.evaluation.bootstrap_ci`, draw for draw."""
+    v = np.asarray(values, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if len(v) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    vw = v * w
+    chunk = max(1, (1 << 22) // max(1, len(v)))
+    for s in range(0, n_boot, chunk):
+        e = min(n_boot, s + chunk)
+        idx = rng.integers(0, len(v), size=(e - s, len(v)))
+        means[s:e] = vw[idx].sum(axis=1) / w[idx].sum(axis=1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
 def _row(label: str, mine: list[dict[str, Any]], metric_names: list[str],
          means: pd.DataFrame | None, n_bootstrap: int) -> dict[str, Any]:
     """One model's row: its runs' mean per metric with the bootstrap interval."""
@@ -67,7 +90,11 @@ def _row(label: str, mine: list[dict[str, Any]], metric_names: list[str],
             continue
         row[m] = float(np.mean(vals))
         if means is not None and m in means.columns:
-            lo, hi = bootstrap_ci(means[m].to_numpy(), n_boot=n_bootstrap)
+            if "targets" in means.columns:  # next-item: the mean over targets
+                lo, hi = _ratio_ci(means[m].to_numpy(), means["targets"].to_numpy(),
+                                   n_bootstrap)
+            else:
+                lo, hi = bootstrap_ci(means[m].to_numpy(), n_boot=n_bootstrap)
             row[f"{m} ci"] = [lo, hi]
     row["fit_s"] = float(np.mean([r["fit_s"] for r in mine]))
     row["eval_s"] = float(np.mean([r["eval_s"] for r in mine]))

@@ -8,6 +8,12 @@ writes the experiment report and ends with the command that uses the best model.
 model's quickstart settings are its class's ``quick_params`` (read through
 :func:`recforge.models.registry.quick_params`): what keeps the whole quickstart within a
 few minutes on 2 CPU cores; every other model runs with its defaults.
+
+Models that read the order of events (sequence and session models: ``reads_order``) are
+compared in a second, next-item section on the same data (every rating an event, each
+user's last event the target, predicted from the user's whole earlier sequence with the
+items already rated left out of the ranking), beside ``pop`` and ``ease``; its
+leaderboard, report and models go to ``OUT/next-item``.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from recforge.errors import ConfigError, DataError
 from recforge.evaluation.metrics import MAX_CUTOFF
 from recforge.experiment.config import parse_config
 from recforge.experiment.runner import run_experiment
-from recforge.models.registry import available_models, create_model, quick_params
+from recforge.models.registry import available_models, create_model, models_with, quick_params
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +63,22 @@ def run_quickstart(*, out: Path, data_dir: Path | None = None, k: int = 10,
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_CUTOFF:
         raise ConfigError(f"--k must be an integer in 1..{MAX_CUTOFF}, got {k!r}")
     names = models or available_models()
+    ordered = set(models_with("reads_order"))
+    sequence = [m for m in names if m in ordered]
+    names = [m for m in names if m not in ordered]
     rating = any(create_model(m).predicts_ratings for m in names)
     name = _pick_dataset(data_dir, console, download)
+    rows = _top_k(name, names, rating, k, out, data_dir, console) if names else []
+    if sequence:
+        seq_rows = _next_item(name, sequence, [m for m in ("pop", "ease") if m in names],
+                              k, out / "next-item", data_dir, console)
+        rows = rows or seq_rows
+    return rows
+
+
+def _top_k(name: str, names: list[str], rating: bool, k: int, out: Path,
+           data_dir: Path | None, console: Console) -> list[dict[str, Any]]:
+    """The top-K section: every model but those that read order, per-user random split."""
     cfg = parse_config({
         "name": f"quickstart-{name}",
         "data": {"source": name, "min_rating": 4,
@@ -78,4 +98,28 @@ def run_quickstart(*, out: Path, data_dir: Path | None = None, k: int = 10,
                   f"{escape(str(out / 'report.html'))}. Serve the best model:\n"
                   f"  recforge serve --model {escape(str(out / 'models' / best))}",
                   highlight=False)
+    return result.rows
+
+
+def _next_item(name: str, sequence: list[str], baselines: list[str], k: int, out: Path,
+               data_dir: Path | None, console: Console) -> list[dict[str, Any]]:
+    """The next-item section: the models that read order (with their quick parameters)
+    beside the order-blind ``baselines``, on each user's last event."""
+    cfg = parse_config({
+        "name": f"quickstart-{name}-next-item",
+        "task": "next_item",
+        "data": {"source": name, "data_dir": str(data_dir) if data_dir else None},
+        "split": {"method": "leave_last_out"},
+        "next_item": {"exclude_seen": True},
+        "models": [{"name": m, "params": quick_params(m)} for m in [*sequence, *baselines]],
+        "metrics": [f"ndcg@{k}", f"hr@{k}", f"mrr@{k}"],
+        "n_bootstrap": 300,
+    }, source="quickstart")
+    console.print("\nNext item: every rating is an event in time order; each user's last "
+                  "event is the target, predicted from all the user's earlier events, "
+                  "among the items the user has not rated yet.", highlight=False)
+    result = run_experiment(cfg, out, console=console)
+    best = result.rows[0]["model"]
+    console.print(f"Best next-item model by {result.primary}: [bold]{escape(best)}[/bold]. "
+                  f"Report: {escape(str(out / 'report.html'))}.", highlight=False)
     return result.rows

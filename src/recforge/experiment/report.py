@@ -4,12 +4,16 @@
 (``results.json``, ``per_user.parquet``) and draws, with matplotlib (Agg backend, no
 display needed):
 
-- ``metrics.png``: every metric per model, with the 95% bootstrap interval as error bars;
+- ``metrics.png``: every metric per model (catalogue coverage included, when measured),
+  with the 95% bootstrap interval as error bars, models in leaderboard order;
 - ``learning_curves.png``: training loss and validation metric per epoch (gradient models);
 - ``popularity.png``: the share of recommended slots per catalogue popularity decile,
-  against the share of training interactions (popularity bias at a glance);
-- ``coverage.png``: catalogue coverage of the top-K lists, when measured;
-- ``per_user.png``: the distribution of the primary (ranking) metric over users.
+  against the share of training interactions (popularity bias at a glance); left out of
+  a cold-start run, whose candidates all have no training event (the report says so);
+- ``per_user.png``: the distribution of the primary (ranking) metric over users, its mean
+  and median marked, models in leaderboard order;
+- ``by_length.png`` (next-item runs): the primary metric by the length of the history
+  each target is predicted from.
 
 The PNG files sit beside ``report.md``; ``report.html`` embeds them as data URIs, so it opens
 offline and can be mailed as one file.
@@ -65,13 +69,13 @@ def _plot_metrics(rows: list[dict[str, Any]], metrics: list[str], path: Path) ->
     for ax, m in zip(axes[0], metrics, strict=True):
         vals = np.array([r.get(m, np.nan) for r in rows], dtype=float)
         ci = [r.get(f"{m} ci") for r in rows]
-        err = np.array([[v - c[0], c[1] - v] if c else [0.0, 0.0]
+        err = np.array([[max(v - c[0], 0.0), max(c[1] - v, 0.0)] if c else [0.0, 0.0]
                         for v, c in zip(vals, ci, strict=True)]).T
         ax.bar(range(len(rows)), vals, yerr=err, capsize=3, color="#4c72b0")
         ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right")
         ax.set_title(m)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("mean over test users, 95% bootstrap interval", y=1.04)
+    fig.suptitle("mean over test users, 95% bootstrap interval (leaderboard order)", y=1.04)
     _save(fig, path)
     return True
 
@@ -135,31 +139,63 @@ def _plot_popularity(runs: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def _plot_coverage(rows: list[dict[str, Any]], path: Path) -> bool:
-    cov = [c for c in _metric_columns(rows) if c.startswith("Coverage@")]
-    if not cov:
+def _plot_per_user(per_user: pd.DataFrame, metric: str, order: list[str], path: Path) -> bool:
+    """The distribution of ``metric`` over users (each user's mean over seeds), one violin
+    per model in ``order`` (the leaderboard's), with its mean and median marked."""
+    if per_user.empty or metric not in per_user.columns:
         return False
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.0, 3.2))
-    ax.bar([r["model"] for r in rows], [r.get(cov[0], np.nan) for r in rows], color="#55a868")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{cov[0]}: share of the catalogue ever recommended")
-    ax.tick_params(axis="x", rotation=45)
+    present = set(per_user["model"].astype(str))
+    models = [m for m in order if m in present]
+    models += [m for m in dict.fromkeys(per_user["model"].astype(str)) if m not in models]
+    data = [per_user.loc[per_user["model"] == m].groupby("user")[metric].mean().to_numpy()
+            for m in models]
+    keep = [i for i, d in enumerate(data) if len(d)]
+    if not keep:
+        return False
+    models, data = [models[i] for i in keep], [data[i] for i in keep]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(models) + 2), 3.4))
+    ax.violinplot(data, showmeans=False, showextrema=False)
+    x = np.arange(1, len(models) + 1)
+    ax.scatter(x, [float(np.mean(d)) for d in data], marker="D", s=22, color="#c44e52",
+               zorder=3, label="mean")
+    ax.scatter(x, [float(np.median(d)) for d in data], marker="_", s=220, color="#222222",
+               zorder=3, label="median")
+    ax.set_xticks(x, models, rotation=45, ha="right")
+    ax.set_title(f"{metric} per user (leaderboard order)")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
     return True
 
 
-def _plot_per_user(per_user: pd.DataFrame, metric: str, path: Path) -> bool:
-    if per_user.empty or metric not in per_user.columns:
+def _plot_by_length(runs: list[dict[str, Any]], metric: str, order: list[str],
+                    path: Path) -> bool:
+    """``metric`` by the length of the history each target is predicted from (next-item
+    runs: the breakdown of :func:`~recforge.evaluation.evaluate_next_item`), one line per
+    model (its first seed) in leaderboard order; each bin's number of targets under it."""
+    tables: dict[str, pd.DataFrame] = {}
+    for r in runs:
+        if r.get("by_length") and r["label"] not in tables:
+            t = pd.DataFrame(r["by_length"])
+            if metric in t.columns:
+                tables[r["label"]] = t
+    if not tables:
         return False
     plt = _plt()
-    models = list(dict.fromkeys(per_user["model"]))
-    data = [per_user.loc[per_user["model"] == m].groupby("user")[metric].mean().to_numpy()
-            for m in models]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(models) + 2), 3.4))
-    ax.violinplot(data, showmeans=True, showextrema=False)
-    ax.set_xticks(range(1, len(models) + 1), models, rotation=45, ha="right")
-    ax.set_title(f"{metric} per user")
+    labels = [m for m in order if m in tables] + [m for m in tables if m not in order]
+    first = tables[labels[0]]
+    x = np.arange(len(first))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(first) + 2), 3.4))
+    for label in labels:
+        t = tables[label]
+        ax.plot(np.arange(len(t)), t[metric].to_numpy(dtype=float), marker="o", ms=3,
+                label=label)
+    ax.set_xticks(x, [f"{b}\n({n:,} targets)" for b, n in
+                      zip(first["length"], first["n_targets"], strict=True)], fontsize=7)
+    ax.set_xlabel("events in the history before the target")
+    ax.set_title(f"{metric} by history length")
+    ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
     return True
@@ -170,9 +206,32 @@ def _table_rows(rows: list[dict[str, Any]], metrics: list[str]) -> tuple[list[st
             leaderboard_cells(rows, metrics, interval=True))
 
 
+def _threshold_text(ev: dict[str, Any]) -> str:
+    th = ev.get("threshold")
+    if not th:
+        return ""
+    if th.get("order") == "after_split":
+        return (f" Every rating was split, then ratings >= {th['min_rating']:g} kept as the "
+                "positives of each part (threshold_order: after_split).")
+    return (f" Ratings >= {th['min_rating']:g} were kept as positives, then split "
+            "(threshold_order: before_split, as to_implicit then a split in Python).")
+
+
 def _protocol_text(ev: dict[str, Any]) -> str:
+    if ev.get("task") == "next_item":
+        how = (f"against {ev['sampled']} sampled negatives (sampled 1+{ev['sampled']})"
+               if ev.get("sampled") else "among all items (full ranking)")
+        seen = ("the items of the user's history excluded" if ev.get("exclude_seen")
+                else "the items of the user's history kept in the ranking")
+        what = ("every event of each held-out session, predicted from the session's prefix"
+                if ev.get("sessions") else
+                f"each user's next event (split {ev.get('split', '?')}), predicted from the "
+                "user's whole earlier sequence")
+        return f"Next-item evaluation: {what}, ranked {how}, {seen}." + _threshold_text(ev)
     seen = ("items seen in training or validation" if ev.get("excluded") == "train+valid"
             else "items seen in training")
+    if ev.get("threshold", {}) and ev["threshold"].get("order") == "before_split":
+        seen = seen.replace("items seen", "positives")
     if ev.get("protocol") == "sampled":
         text = (f"Sampled evaluation: each held-out item ranked against randomly sampled "
                 f"negatives, the same for every model and seed ({seen} excluded)")
@@ -181,7 +240,7 @@ def _protocol_text(ev: dict[str, Any]) -> str:
         if ev.get("candidates"):
             text += f"; ranking only the {ev['candidates']}"
         text += ")"
-    return text + "."
+    return text + "." + _threshold_text(ev)
 
 
 def write_report(out: str | Path) -> dict[str, Path]:
@@ -197,6 +256,8 @@ def write_report(out: str | Path) -> dict[str, Path]:
     metrics = [m for m in ev.get("metrics") or found if m in found] or found
     metrics += [m for m in found if m not in metrics]
     primary = ev.get("primary") or (metrics[0] if metrics else "")
+    order = [r["model"] for r in rows]
+    cold = bool(ev.get("candidates"))
     _plt()
     # labels are text: matplotlib read a label such as 'a$^{x$' as TeX and raised
     # (after every model had trained)
@@ -206,13 +267,21 @@ def write_report(out: str | Path) -> dict[str, Path]:
                                                                        out / "metrics.png")),
             "learning_curves.png": ("Learning curves",
                                     _plot_learning_curves(runs, out / "learning_curves.png")),
+            # a cold-start run ranks items without any training event: every candidate
+            # is in the "least popular" deciles, so the plot would say nothing
             "popularity.png": ("Popularity of recommended items",
-                               _plot_popularity(runs, out / "popularity.png")),
-            "coverage.png": ("Catalogue coverage", _plot_coverage(rows, out / "coverage.png")),
-            "per_user.png": (f"Distribution of {primary} over users",
-                             _plot_per_user(per_user, primary, out / "per_user.png")),
+                               not cold and _plot_popularity(runs, out / "popularity.png")),
+            "per_user.png": (f"Distribution of {primary} over users (mean and median)",
+                             _plot_per_user(per_user, primary, order, out / "per_user.png")),
+            "by_length.png": (f"{primary} by history length",
+                              _plot_by_length(runs, primary, order, out / "by_length.png")),
         }
     made = [(name, title) for name, (title, ok) in plots.items() if ok]
+    notes = []
+    if cold and any(r.get("popularity") for r in runs):
+        notes.append("No popularity plot: this cold-start run ranks only items with no "
+                     "training event, all of which have the same (zero) training count, "
+                     "so the catalogue's popularity deciles say nothing about them.")
     head, body = _table_rows(rows, metrics)
     versions = payload.get("versions", {})
     intro = (f"Data: {payload.get('data', '')}. {_protocol_text(ev)} Models ranked by "
@@ -223,6 +292,7 @@ def write_report(out: str | Path) -> dict[str, Path]:
     md = [f"# {payload['name']}", "", intro, "",
           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+    md += [x for n in notes for x in ("", n)]
     for name, title in made:
         md += ["", f"## {title}", "", f"![{title}]({name})"]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
@@ -251,6 +321,7 @@ figcaption {{ color: #555; font-size: 0.9rem; }}
 <h1>{html.escape(payload['name'])}</h1>
 <p>{html.escape(intro)}</p>
 {table}
+{''.join(f"<p>{html.escape(n)}</p>" for n in notes)}
 {''.join(img(n, t) for n, t in made)}
 </body></html>
 """

@@ -184,9 +184,10 @@ def _run_models(cfg: ExperimentConfig, data: PreparedData,
             fields, summary, per_user = _fit_and_score(cfg, data,
                                                        f"models[{i}] ({mc.display})", model)
             run = {"label": mc.display, "model": mc.name, "seed": seed, **fields}
-            if rank_metrics and seed in (None, cfg.seeds[0]):
+            if rank_metrics and seed in (None, cfg.seeds[0]) and cfg.task == "topk":
                 run["popularity"] = _popularity_profile(model, data, rank_metrics,
-                                                        data.seen_at_test, tie_seed=EVAL_SEED)
+                                                        data.seen_for(model),
+                                                        tie_seed=EVAL_SEED)
             if cfg.save_models:
                 run["artifact"] = _save_run_model(cfg, out, data, mc, model, seed,
                                                   previous, replaced)
@@ -222,6 +223,9 @@ def _fit_and_score(cfg: ExperimentConfig, data: PreparedData, where: str, model:
     history = getattr(model, "history_", None)
     if isinstance(history, list) and history:
         fields["history"] = history
+    by_length = getattr(res, "by_length", None)
+    if by_length is not None:  # next-item: the metrics by history length
+        fields["by_length"] = by_length.to_dict(orient="records")
     return fields, res.summary, res.per_user if split_metrics(cfg.metrics)[1] else None
 
 
@@ -245,7 +249,7 @@ def _save_run_model(cfg: ExperimentConfig, out: Path, data: PreparedData, mc: Mo
 RUN_MARKER = ".recforge-run"
 _RUN_FILES = ("results.json", "results.csv", "per_user.parquet", "config.yaml", "report.md",
               "report.html", "metrics.png", "learning_curves.png", "popularity.png",
-              "coverage.png", "per_user.png")
+              "coverage.png", "per_user.png", "by_length.png")
 
 
 def _is_saved_model(path: Path) -> bool:
@@ -354,7 +358,14 @@ def _write(cfg: ExperimentConfig, out: Path, data: PreparedData, rows: list[dict
     evaluation = {"primary": primary, "metrics": metric_labels(rows, cfg.metrics),
                   "protocol": cfg.protocol, "excluded": "train" if data.valid is None
                   else "train+valid", "candidates": None if data.candidates is None
-                  else "held-out cold-start items"}
+                  else "held-out cold-start items", "task": cfg.task,
+                  "threshold": None if cfg.data.min_rating is None else {
+                      "min_rating": cfg.data.min_rating,
+                      "order": cfg.data.threshold_order}}
+    if cfg.task == "next_item":
+        evaluation.update(protocol="sampled" if data.sampled else "full",
+                          sampled=data.sampled, exclude_seen=data.exclude_seen,
+                          split=cfg.split.method, sessions=data.sessions)
     payload = {"name": cfg.name, "config": cfg.to_dict(), "data": data.description,
                "versions": _versions(), "evaluation": evaluation, "leaderboard": rows,
                "runs": runs}

@@ -29,10 +29,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from recforge._fs import atomic_write_text
-from recforge.data.split import cold_start_items, random_split
+from recforge.data.split import cold_start_items, leave_last_out, random_split
 from recforge.errors import ConfigError
 from recforge.evaluation.metrics import Metric
-from recforge.experiment.config import ExperimentConfig, ModelConfig, check_model_params
+from recforge.experiment.config import (
+    NEXT_ITEM_METRICS,
+    ExperimentConfig,
+    ModelConfig,
+    check_model_params,
+)
 from recforge.experiment.workflow import (
     PreparedData,
     evaluate_split,
@@ -41,6 +46,7 @@ from recforge.experiment.workflow import (
     output_dir,
     positives,
     prepare_data,
+    split_data,
 )
 from recforge.models.registry import available_models, create_model, tuning_space
 
@@ -75,9 +81,10 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
     entry, space = _entry_and_space(cfg, model, space)
     metric = metric or cfg.metrics[0]
     parsed = Metric.parse(metric)
-    template = _checked_template(entry, metric, parsed)  # before the data is read
+    template = _checked_template(cfg, entry, metric, parsed)  # before the data is read
     out = output_dir(out, make=False)  # before the data is read and the trials run
-    inner, where = _validation_split(cfg, prepare_data(cfg))
+    inner, where = _validation_split(cfg, prepare_data(
+        cfg, rating_side=bool(template.predicts_ratings) or None))
     rating = template.predicts_ratings and parsed.kind == "rating"
     if cfg.protocol != "full" and not rating:
         where += f", {cfg.protocol} protocol"
@@ -132,10 +139,14 @@ def _entry_and_space(cfg: ExperimentConfig, model: str,
     return entry, space
 
 
-def _checked_template(entry: ModelConfig, metric: str, parsed: Metric) -> Any:
+def _checked_template(cfg: ExperimentConfig, entry: ModelConfig, metric: str,
+                      parsed: Metric) -> Any:
     """The model with the entry's parameters, checked with the validation metric."""
     template = create_model(entry.name, **entry.params)
     check_model_params(template, entry.display)
+    if cfg.task == "next_item" and (parsed.name not in NEXT_ITEM_METRICS or parsed.k is None):
+        raise ConfigError(f"--metric {metric}: a next_item experiment is tuned on hr@K, "
+                          "ndcg@K or mrr@K of each validation event")
     if parsed.kind == "rating" and not template.predicts_ratings:
         raise ConfigError(f"--metric {metric}: {entry.display} does not predict ratings; "
                           "tune it on a ranking metric such as ndcg@10")
@@ -148,6 +159,8 @@ def _checked_template(entry: ModelConfig, metric: str, parsed: Metric) -> Any:
 def _validation_split(cfg: ExperimentConfig, data: PreparedData) -> tuple[PreparedData, str]:
     """The split trials are scored on (its ``test`` part is the validation part, never the
     experiment's test set), and the words that say what it is."""
+    if cfg.task == "next_item":
+        return _next_item_validation(cfg, data)
     cold = cfg.split.method == "cold_start_items"
     if data.valid is not None:
         train, valid = data.train, data.valid
@@ -169,7 +182,38 @@ def _validation_split(cfg: ExperimentConfig, data: PreparedData) -> tuple[Prepar
                          train_pos=positives(train, threshold),  # type: ignore[arg-type]
                          test_pos=positives(valid, threshold),  # type: ignore[arg-type]
                          valid_pos=None, item_features=data.item_features,
-                         candidates=valid.items.ids[np.unique(valid.item)] if cold else None)
+                         candidates=valid.items.ids[np.unique(valid.item)] if cold else None,
+                         threshold_order=data.threshold_order)
+    return inner, where
+
+
+def _next_item_validation(cfg: ExperimentConfig, data: PreparedData
+                          ) -> tuple[PreparedData, str]:
+    """The next-item split trials are scored on: the experiment's validation targets
+    (predicted from the training events, as sequence models validate), or else the
+    experiment's split made again inside the training part (its last events as targets);
+    the test targets are never read."""
+    if data.valid_pos is not None:
+        train, train_pos, test, test_pos = data.train, data.train_pos, data.valid, data.valid_pos
+        history = data.train_pos
+        where = "the experiment's validation targets, predicted from the training events"
+    else:
+        if cfg.split.method == "files":
+            split = leave_last_out(data.train_pos)
+        else:
+            split = split_data(cfg, data.train_pos, valid=False)[0]
+        train = train_pos = split.train
+        test = test_pos = split.test
+        history = split.history if split.history is not None else split.test_input()
+        where = (f"the {cfg.split.method if cfg.split.method != 'files' else 'leave_last_out'}"
+                 " split made again inside the training part (the test set is not used)")
+    inner = PreparedData(train=train, test=test, valid=None, train_pos=train_pos,
+                         test_pos=test_pos, valid_pos=None, item_features=data.item_features,
+                         task="next_item", history=history, sessions=data.sessions,
+                         exclude_seen=data.exclude_seen, sampled=data.sampled,
+                         by_length=None, gap=data.gap)
+    if data.sampled:
+        where += f", sampled 1+{data.sampled}"
     return inner, where
 
 

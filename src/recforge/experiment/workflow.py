@@ -49,6 +49,7 @@ from recforge.data.metadata import read_item_metadata
 from recforge.errors import ConfigError, ModelError
 from recforge.evaluation import EvaluationResult, evaluate
 from recforge.evaluation.metrics import Metric, parse_metrics
+from recforge.evaluation.next_item import evaluate_next_item, evaluate_sessions
 from recforge.experiment.config import ExperimentConfig
 from recforge.models.base import Recommender
 from recforge.models.contracts import Capabilities
@@ -63,8 +64,9 @@ __all__ = ["EVAL_SEED", "PreparedData", "ReadOptions", "TrainRequest", "TrainRes
            "evaluate_files", "evaluate_split", "fit_model", "fit_within_memory",
            "is_gradient", "is_seeded", "item_features", "learns_ratings", "named_bundle",
            "output_dir", "positives", "prepare_data", "read_data", "remove_checkpoint",
-           "requires_item_features", "save_model", "split_metrics", "supports_sharded_data",
-           "train_and_save", "uses_item_features"]
+           "requires_item_features", "save_model", "split_data", "split_metrics",
+           "supports_sharded_data", "train_and_save", "uses_item_features",
+           "evaluate_next_item_split"]
 
 # Sampled negatives and tie-breaks of every evaluation: one seed for all models and model
 # seeds, so a leaderboard compares them on the same candidates (and the per-user paired
@@ -158,9 +160,19 @@ def positives(data: Interactions | None, min_rating: float | None) -> Interactio
 class PreparedData:
     """The split an experiment runs on.
 
-    ``train`` keeps ratings (rating models learn from it, and every item in it is excluded
-    from rankings); ``train_pos`` / ``valid_pos`` / ``test_pos`` hold the positives
-    (``min_rating``) that ranking models learn from and are judged on.
+    ``train`` keeps ratings (rating models learn from it); ``train_pos`` / ``valid_pos`` /
+    ``test_pos`` hold the positives (``min_rating``) that ranking models learn from and
+    are judged on. With ``threshold_order`` ``before_split`` (the default) the positives
+    are a split of the thresholded data, the rankings exclude the training (and
+    validation) positives, and ``train`` is every rating of the same split method and
+    seed less the held-out positives (rating models never see a test positive);
+    ``after_split``: the parts of one split of every rating, thresholded afterwards, and
+    the rankings exclude every training item.
+
+    A next-item experiment (``task`` ``next_item``) adds ``history``, the events the
+    test targets are predicted from (each user's whole earlier sequence), and its options:
+    ``sessions`` (targets are the events of held-out sessions, predicted from their
+    prefix), ``exclude_seen``, ``sampled``, ``by_length`` and ``gap``.
     """
 
     train: Interactions
@@ -173,14 +185,36 @@ class PreparedData:
     candidates: np.ndarray | None = None
     description: str = ""
     item_metadata: pd.DataFrame | None = None
+    threshold_order: str = "after_split"
+    task: str = "topk"
+    history: Interactions | None = None
+    sessions: bool = False
+    exclude_seen: bool = False
+    sampled: int | None = None
+    by_length: Any = None
+    gap: float | None = None
 
     @functools.cached_property
     def seen_at_test(self) -> Interactions:
         """The events excluded from the rankings at test time: at test time a user's
         training and validation items are both known to be theirs (left in the ranking,
         validation items would count as misses: EASE on ml-100k with a 10 % validation
-        part, NDCG@10 0.271 instead of 0.303)."""
-        return self.train if self.valid is None else self.train.concat(self.valid)
+        part, NDCG@10 0.271 instead of 0.303). Thresholded before the split, those are the
+        positives; after it, every training event."""
+        train, valid = ((self.train_pos, self.valid_pos)
+                        if self.threshold_order == "before_split"
+                        else (self.train, self.valid))
+        return train if valid is None else train.concat(valid)
+
+    def seen_for(self, model: Any) -> Interactions:
+        """The events excluded from ``model``'s rankings at test time: what it learned
+        from (its training and validation parts: every rating for a model that learns
+        ratings, the positives for the others); with ``after_split``, every training
+        and validation event."""
+        if self.threshold_order != "before_split":
+            return self.seen_at_test
+        train, valid = self.training_parts(model)
+        return train if valid is None else train.concat(valid)
 
     def training_parts(self, model: Any) -> tuple[Interactions, Interactions | None]:
         """What ``model`` learns from, and validates on: every rating for a model that
@@ -190,23 +224,55 @@ class PreparedData:
         return self.train_pos, self.valid_pos
 
 
-def _split(cfg: ExperimentConfig, data: Interactions) -> tuple[Any, np.ndarray | None]:
-    """The config's split of ``data``, and the candidate items of a cold-start split."""
+def split_data(cfg: ExperimentConfig, data: Interactions, *, valid: bool | None = None
+               ) -> tuple[Any, np.ndarray | None]:
+    """The config's split of ``data`` (with a validation part when ``valid``, by default
+    when the config asks for one), and the candidate items of a cold-start split."""
     sp_cfg = cfg.split
     m, seed = sp_cfg.method, sp_cfg.seed
+    valid_size = sp_cfg.valid_size if valid is None else (
+        (sp_cfg.valid_size or 0.1) if valid else 0.0)
+    next_item = cfg.task == "next_item"
     if m == "random":
-        return S.random_split(data, sp_cfg.test_size, sp_cfg.valid_size,
+        return S.random_split(data, sp_cfg.test_size, valid_size,
                               by_user=sp_cfg.by_user, seed=seed), None
     if m == "temporal":
-        return S.temporal_split(data, sp_cfg.test_size, valid_size=sp_cfg.valid_size), None
+        return S.temporal_split(data, sp_cfg.test_size, valid_size=valid_size,
+                                next_item=next_item,
+                                targets=sp_cfg.targets), None  # type: ignore[arg-type]
     if m == "user_temporal":
         return S.user_temporal_split(data, n_test=sp_cfg.n_test,
-                                     n_valid=1 if sp_cfg.valid_size > 0 else 0), None
-    if m == "leave_one_out":
-        return S.leave_one_out(data, strategy=sp_cfg.strategy,  # type: ignore[arg-type]
-                               valid=sp_cfg.valid_size > 0, seed=seed), None
-    split = S.cold_start_items(data, sp_cfg.test_size, sp_cfg.valid_size, seed=seed)
+                                     n_valid=1 if valid_size > 0 else 0), None
+    if m in ("leave_one_out", "leave_last_out"):
+        strategy = "last" if m == "leave_last_out" else sp_cfg.strategy
+        return S.leave_one_out(data, strategy=strategy,  # type: ignore[arg-type]
+                               valid=valid_size > 0, seed=seed), None
+    if m == "last_sessions":
+        return S.last_sessions_split(data, sp_cfg.test_size, valid_size,
+                                     gap=sp_cfg.gap), None
+    split = S.cold_start_items(data, sp_cfg.test_size, valid_size, seed=seed)
     return split, data.items.ids[np.unique(split.test.item)]
+
+
+def _without_pairs(data: Interactions, *held: Interactions | None) -> Interactions:
+    """``data`` less the events whose (user, item) pair is one of ``held``'s (all over
+    ``data``'s vocabularies)."""
+    parts = [h for h in held if h is not None and len(h)]
+    if not parts:
+        return data
+    n = np.int64(data.n_items)
+    key = data.user.astype(np.int64) * n + data.item
+    out = np.concatenate([h.user.astype(np.int64) * n + h.item for h in parts])
+    return data.subset(np.flatnonzero(~np.isin(key, out)))
+
+
+def _rating_side(cfg: ExperimentConfig) -> bool:
+    """Whether the experiment needs every rating split (a model that learns or predicts
+    ratings, or a rating metric)."""
+    if split_metrics(cfg.metrics)[0]:
+        return True
+    return any(learns_ratings(m) or m.predicts_ratings
+               for m in (create_model(mc.name, **mc.params) for mc in cfg.models))
 
 
 def _read_files(cfg: ExperimentConfig) -> tuple[Interactions, Interactions,
@@ -227,14 +293,26 @@ def _read_files(cfg: ExperimentConfig) -> tuple[Interactions, Interactions,
     return train, parts[-1], valid, desc
 
 
-def prepare_data(cfg: ExperimentConfig) -> PreparedData:
+def prepare_data(cfg: ExperimentConfig, *, rating_side: bool | None = None) -> PreparedData:
     """Load, filter and split the data as the config says, with the item features and
-    display metadata of a dataset that has them."""
+    display metadata of a dataset that has them.
+
+    ``data.min_rating`` applies as ``data.threshold_order`` says (see
+    :class:`PreparedData`); with ``before_split`` every rating is split too (same method
+    and seed) when ``rating_side`` (by default: when the experiment has a model that
+    learns or predicts ratings, or a rating metric)."""
     d = cfg.data
     bundle = None
     candidates = None
+    history = None
+    before = d.threshold_order == "before_split" and d.min_rating is not None
     if cfg.split.method == "files":
         train, test, valid, desc = _read_files(cfg)
+        train_pos, test_pos, valid_pos = (positives(p, d.min_rating)
+                                          for p in (train, test, valid))
+        if cfg.task == "next_item":
+            history = train_pos if valid_pos is None else train_pos.concat(  # type: ignore[union-attr]
+                valid_pos)
     else:
         if is_named_dataset(d.source):  # type: ignore[arg-type]
             bundle = load_bundle(d.source, data_dir=d.data_dir)  # type: ignore[arg-type]
@@ -245,18 +323,44 @@ def prepare_data(cfg: ExperimentConfig) -> PreparedData:
                              data_dir=d.data_dir)[0]
         if d.k_core:
             data = k_core(data, d.k_core, d.k_core, compact=False)
-        split, candidates = _split(cfg, data)
-        train, test, valid = split.train, split.test, split.valid
+        if before and data.value is not None:
+            # threshold, then split: what to_implicit then a split does in Python
+            split, candidates = split_data(cfg, positives(data, d.min_rating))  # type: ignore[arg-type]
+            train_pos, test_pos, valid_pos = split.train, split.test, split.valid
+            if rating_side if rating_side is not None else _rating_side(cfg):
+                every, _ = split_data(cfg, data)
+                # rating models learn every rating but the held-out positives
+                train = _without_pairs(every.train, test_pos, valid_pos)
+                test = every.test
+                valid = (None if every.valid is None
+                         else _without_pairs(every.valid, test_pos))
+            else:
+                train, test, valid = train_pos, test_pos, valid_pos
+        else:
+            split, candidates = split_data(cfg, data)
+            train, test, valid = split.train, split.test, split.valid
+            train_pos, test_pos, valid_pos = (positives(p, d.min_rating)
+                                              for p in (train, test, valid))
+        history = split.history
+        if cfg.task == "next_item" and history is None:  # last_sessions: the prefixes
+            history = split.test_input()
         desc = f"{d.source}: {cfg.split.method} split ({split!r})"
+        if d.min_rating is not None:
+            desc += (f", ratings >= {d.min_rating:g} kept before the split" if before
+                     else f", ratings >= {d.min_rating:g} relevant in each part")
     src = d.item_features
     features = item_features(None if src in (None, "auto") else src,
                              bundle if src == "auto" else None)
+    ni = cfg.next_item
     return PreparedData(train=train, test=test, valid=valid,
-                        train_pos=positives(train, d.min_rating),  # type: ignore[arg-type]
-                        test_pos=positives(test, d.min_rating),  # type: ignore[arg-type]
-                        valid_pos=positives(valid, d.min_rating), item_features=features,
+                        train_pos=train_pos, test_pos=test_pos,  # type: ignore[arg-type]
+                        valid_pos=valid_pos, item_features=features,
                         candidates=candidates, description=desc,
-                        item_metadata=display_metadata(None, bundle))
+                        item_metadata=display_metadata(None, bundle),
+                        threshold_order=d.threshold_order, task=cfg.task, history=history,
+                        sessions=cfg.split.method == "last_sessions",
+                        exclude_seen=ni.exclude_seen, sampled=ni.sampled,
+                        by_length=list(ni.by_length), gap=cfg.split.gap)
 
 
 # ---------------------------------------------------------------------------------------
@@ -464,10 +568,12 @@ def evaluate_split(model: Any, data: PreparedData, metrics: Sequence[str], *,
     """``model`` scored on ``data``'s test part: ranking metrics on the positives
     (``test_pos``, what training and validation events are excluded from the rankings,
     only ``candidates`` ranked when given); rating metrics on every test rating."""
+    if data.task == "next_item":
+        return evaluate_next_item_split(model, data, metrics, seed=seed)
     rating, ranking = split_metrics(metrics)
     result = None
     if ranking:
-        result = evaluate(model, data.seen_at_test, data.test_pos, metrics=ranking,
+        result = evaluate(model, data.seen_for(model), data.test_pos, metrics=ranking,
                           protocol=protocol, n_negatives=n_negatives,  # type: ignore[arg-type]
                           candidates=data.candidates, seed=seed)
     if rating:
@@ -483,17 +589,50 @@ def evaluate_split(model: Any, data: PreparedData, metrics: Sequence[str], *,
     return result
 
 
+def evaluate_next_item_split(model: Any, data: PreparedData, metrics: Sequence[str], *,
+                             seed: int = EVAL_SEED) -> EvaluationResult:
+    """``model``'s next-item metrics on ``data``'s test targets: each predicted from the
+    user's history (:func:`~recforge.evaluation.evaluate_next_item`), or each event of a
+    held-out session from its prefix (:func:`~recforge.evaluation.evaluate_sessions`),
+    with the experiment's ``exclude_seen`` and ``sampled``. The per-user frame holds each
+    user's mean over their targets; ``by_length`` (the breakdown by history length) is
+    kept on the result."""
+    opts = {"metrics": list(metrics), "exclude_seen": data.exclude_seen,
+            "sampled": data.sampled, "by_length": data.by_length, "seed": seed}
+    if data.sessions:
+        res = evaluate_sessions(model, data.test_pos, gap=data.gap, **opts)
+    else:
+        res = evaluate_next_item(model, data.history, data.test_pos, **opts)  # type: ignore[arg-type]
+    cols = list(res.summary)
+    per_user = (res.per_target.groupby("user", sort=True)[cols].mean().reset_index()
+                if len(res.per_target) else pd.DataFrame({"user": []}))
+    if len(per_user):  # each user's number of targets: the leaderboard's interval weights
+        per_user["targets"] = res.per_target.groupby("user", sort=True).size().to_numpy()
+    out = EvaluationResult(summary=dict(res.summary), per_user=per_user,
+                           protocol=res.protocol, n_users=res.n_users, seconds=res.seconds,
+                           notes=list(res.notes))
+    out.by_length = res.by_length  # type: ignore[attr-defined]
+    out.n_targets = res.n_targets  # type: ignore[attr-defined]
+    return out
+
+
 def evaluate_files(model: Any, train: Interactions, test: Interactions,
                    metrics: Sequence[str], *, min_rating: float | None = None,
                    protocol: str = "full", n_negatives: int = 100) -> EvaluationResult:
     """``recforge evaluate``: ``model`` on ``test``, ``train``'s items excluded from the
     rankings. Ranking metrics count the test ratings >= ``min_rating`` as relevant (the
-    test data must have ratings then); RMSE / MAE are computed on every test rating."""
+    test data must have ratings then) and exclude what the model learned from: the
+    training ratings >= ``min_rating`` (the positives, as ``recforge run`` and
+    ``to_implicit`` then a split in Python do), or every training rating for a model that
+    learns ratings; RMSE / MAE are computed on every test rating."""
     parse_metrics(list(metrics))  # none, or one that is no metric: evaluate's own error
     ranking = split_metrics(metrics)[1]
-    test_pos = to_implicit(test, min_rating) if min_rating is not None and ranking else test
-    data = PreparedData(train=train, test=test, valid=None, train_pos=train,
-                        test_pos=test_pos, valid_pos=None)
+    thresholded = min_rating is not None and bool(ranking)
+    test_pos = to_implicit(test, min_rating) if thresholded else test
+    train_pos = positives(train, min_rating) if thresholded else train
+    data = PreparedData(train=train, test=test, valid=None,
+                        train_pos=train_pos,  # type: ignore[arg-type]
+                        test_pos=test_pos, valid_pos=None, threshold_order="before_split")
     return evaluate_split(model, data, metrics, protocol=protocol, n_negatives=n_negatives)
 
 
