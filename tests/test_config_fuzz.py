@@ -139,6 +139,58 @@ def test_a_mutated_config_is_refused_naming_the_key_or_runs(path, value):
     _check_valid(cfg)
 
 
+#: a next-item experiment, with every key of its own (task, split.targets / gap,
+#: next_item.*) set
+VALID_NEXT_ITEM = {
+    "name": "fuzz-next", "task": "next_item",
+    "data": {"source": "synthetic", "min_rating": 4, "threshold_order": "before_split"},
+    "split": {"method": "temporal", "test_size": 0.2, "valid_size": 0.1, "targets": "all"},
+    "next_item": {"exclude_seen": True, "sampled": 100, "by_length": [1, 5, 20]},
+    "models": ["pop", {"name": "sknn", "params": {"neighbors": 20}},
+              {"name": "sasrec", "params": {"epochs": 1, "max_len": 20}}],
+    "metrics": ["ndcg@10", "hr@10", "mrr@20"], "seeds": [0], "protocol": "full",
+    "n_bootstrap": 100, "report": False,
+}
+SESSIONS = {**VALID_NEXT_ITEM, "split": {"method": "last_sessions", "test_size": 0.1,
+                                          "gap": 1800.0}}
+NEXT_PATHS = [(raw, p) for raw in (VALID_NEXT_ITEM, SESSIONS) for p in _paths(raw)]
+
+
+def test_the_valid_next_item_configs_are_valid():
+    for raw in (VALID_NEXT_ITEM, SESSIONS):
+        _check_valid(parse_config(raw, "exp.yaml"))
+
+
+@FUZZ
+@given(case=st.sampled_from(NEXT_PATHS), value=values)
+def test_a_mutated_next_item_config_is_refused_naming_the_key_or_runs(case, value):
+    raw, path = case
+    try:
+        cfg = parse_config(_set(raw, path, value), "exp.yaml")
+    except ConfigError as exc:
+        message = str(exc)
+        assert message.startswith("exp.yaml: ")
+        assert f"{path[0]}" in message, (message, _shown_path(path))
+        assert len(message) < 2000
+        return
+    _check_valid(cfg)
+    if cfg.task == "next_item":
+        assert all(m.split("@")[0] in ("ndcg", "hr", "hit_rate", "hitrate", "mrr")
+                   for m in (x.lower() for x in cfg.metrics))
+
+
+@FUZZ
+@given(key=st.text(max_size=12) | st.integers() | st.sampled_from([None, True, 1.5]),
+       value=values)
+def test_an_unknown_next_item_key_is_refused_by_name(key, value):
+    raw = json.loads(json.dumps(VALID_NEXT_ITEM))
+    if key in raw["next_item"]:
+        return
+    raw["next_item"][key] = value
+    with pytest.raises(ConfigError, match="next_item"):
+        parse_config(raw, "exp.yaml")
+
+
 @FUZZ
 @given(section=st.sampled_from(["", "data", "split", "models[0]", "models[1].params"]),
        key=st.text(max_size=12) | st.integers() | huge | st.sampled_from([None, True, 1.5]),

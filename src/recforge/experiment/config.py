@@ -450,6 +450,9 @@ def _check_next_item(raw: dict[Any, Any], data: DataConfig, split: SplitConfig,
     if split.method == "last_sessions" and split.targets != "first":
         raise _err(source, "split.targets", "last_sessions predicts every event of a held-out "
                    "session from its prefix; targets applies to the temporal split")
+    if split.method not in ("temporal", "last_sessions") and split.targets != "first":
+        raise _err(source, "split.targets", f"only used with split.method temporal (a time "
+                   f"cut); {split.method} holds out each user's last events; remove it")
 
 
 def _check_topk(raw: dict[Any, Any], split: SplitConfig, source: str) -> None:
