@@ -291,3 +291,21 @@ def test_negatives_per_sequence():
     s = SequenceSampler(right, 2, 9, negatives="sequence", n_negatives=5)
     batch = next(iter(s.epoch(np.random.default_rng(0))))
     assert batch["negatives"].shape == (2, 5)
+
+
+def test_full_softmax_in_chunks(monkeypatch):
+    """Past CE_LOGITS_AT_ONCE the full softmax works through checkpointed chunks of
+    positions: the same loss and the same gradients as all the logits at once."""
+    torch.manual_seed(0)
+    hidden = torch.randn(10, 4, requires_grad=True)
+    items = torch.randn(8, 4, requires_grad=True)
+    targets = torch.randint(1, 8, (10,))
+    whole = nil.full_softmax(hidden, targets, items)
+    g_whole = torch.autograd.grad(whole, [hidden, items])
+    monkeypatch.setattr(nil, "CE_LOGITS_AT_ONCE", 3 * 7)  # chunks of 3 positions, 7 items
+    chunked = nil.full_softmax(hidden, targets, items)
+    g_chunked = torch.autograd.grad(chunked, [hidden, items])
+    assert torch.allclose(whole, chunked, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_whole, g_chunked, strict=True))
+    with torch.no_grad():
+        assert torch.allclose(nil.full_softmax(hidden, targets, items), whole, atol=1e-6)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from recforge.training.embedding import lookup
 
@@ -115,11 +116,33 @@ def sequence_negative_scores(hidden: torch.Tensor, mask: torch.Tensor, targets: 
     return pos, neg, same
 
 
+#: Logits (positions x items) that :func:`full_softmax` builds at once; past it, it works
+#: through chunks of positions, each recomputed in the backward pass (checkpointed), so a
+#: large catalogue costs a third more compute instead of ``[N, n_items]`` floats held for
+#: the backward pass (2^27: 512 MB of float32 logits; ml-1m-seq's 25,600 x 3,416 fit).
+CE_LOGITS_AT_ONCE = 2**27
+
+
+def _ce_sum(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy((hidden @ items[1:].T).float(), targets - 1, reduction="sum")
+
+
 def full_softmax(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor
                  ) -> torch.Tensor:
-    """Cross-entropy over all items (the padding row left out)."""
-    logits = hidden @ items[1:].T
-    return F.cross_entropy(logits.float(), targets - 1)
+    """Cross-entropy over all items (the padding row left out); in checkpointed chunks of
+    positions when the logits would pass :data:`CE_LOGITS_AT_ONCE` (same value and
+    gradients)."""
+    n, n_items = hidden.shape[0], items.shape[0] - 1
+    if n * n_items <= CE_LOGITS_AT_ONCE:
+        return F.cross_entropy((hidden @ items[1:].T).float(), targets - 1)
+    step = max(1, CE_LOGITS_AT_ONCE // max(1, n_items))
+    grad = torch.is_grad_enabled()
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, n, step):
+        h, t = hidden[i:i + step], targets[i:i + step]
+        total = total + (checkpoint(_ce_sum, h, t, items, use_reentrant=False) if grad
+                         else _ce_sum(h, t, items))
+    return total / n
 
 
 def bpr_max(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
