@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conformance import ModelConformance
@@ -177,3 +178,19 @@ def test_edges_of_the_models(random_data):
     a = knn.recommend([user], k=len(random_data.items))["item"].tolist()
     b = knn.recommend_for_history(list(seen), k=len(random_data.items))["item"].tolist()
     assert a == b
+
+
+def test_popular_fallbacks_are_marked_not_scored_with_counts(random_data):
+    """Unknown users answered with popular items: their rows say so (``fallback``), carry
+    the count apart (``popularity``) and have no score, so no count sits beside the model's
+    scores in one column; known users' rows are as ``unknown="skip"`` gives them."""
+    model = create_model("ease", reg=10.0).fit(random_data)
+    known = random_data.users.ids[0]
+    recs = model.recommend([999_999, known], k=3, unknown="popular")
+    fb = recs[recs["fallback"]]
+    assert fb["user"].tolist() == [999_999] * 3 and fb["score"].isna().all()
+    assert fb["popularity"].tolist() == sorted(random_data.item_counts(), reverse=True)[:3]
+    mine = recs[~recs["fallback"]].drop(columns=["fallback", "popularity"])
+    expected = model.recommend([known], k=3, unknown="skip")
+    pd.testing.assert_frame_equal(mine.reset_index(drop=True), expected)
+    assert "fallback" not in expected.columns  # other policies keep the four columns

@@ -302,7 +302,10 @@ class Recommender:
         vocabulary's ids. Items the user interacted with in training are excluded unless
         ``include_seen=True``. ``candidates`` (external item ids) restricts the ranking.
         Unknown users raise :class:`ModelError` (``unknown="error"``), are left out
-        (``"skip"``), or get the most popular unseen items (``"popular"``).
+        (``"skip"``), or get the most popular items (``"popular"``). With ``"popular"`` the
+        frame has two more columns: ``fallback`` (true on the popular rows) and
+        ``popularity`` (the item's training users, on those rows); their ``score`` is NaN,
+        since a count is not on the model's scale (the server answers the same way).
         """
         self.check_fitted()
         check_k(k)
@@ -313,7 +316,7 @@ class Recommender:
         if unknown != "popular":
             keep = np.flatnonzero(idx >= 0)
             ext, idx = ext.take(keep), idx[keep]
-        frames = []
+        frames, fallback = [], []
         at = 0
         # equal scores (a short history, a cold item) are ordered by popularity
         for ub, items, scores in self.iter_top_k(
@@ -321,13 +324,31 @@ class Recommender:
                 candidates=cand_idx, batch_size=batch_size,
                 tie_rank=self.popularity_rank(), popular_fallback=unknown == "popular"):
             frames.append(self._frame(ext[at:at + len(ub)], items, scores))
+            # _frame keeps each user's finite slots: which rows are popular fallbacks
+            fallback.append(np.repeat(np.asarray(ub) < 0,
+                                      torch.isfinite(scores).sum(1).cpu().numpy()))
             at += len(ub)
         if not frames:
-            return pd.DataFrame({"user": pd.Series(ext[:0], dtype=ext.dtype),
-                                 "item": pd.Series(self.items_.ids[:0]),
-                                 "rank": pd.Series([], dtype=np.int64),
-                                 "score": pd.Series([], dtype=np.float32)})
-        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+            frame = pd.DataFrame({"user": pd.Series(ext[:0], dtype=ext.dtype),
+                                  "item": pd.Series(self.items_.ids[:0]),
+                                  "rank": pd.Series([], dtype=np.int64),
+                                  "score": pd.Series([], dtype=np.float32)})
+        else:
+            frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        if unknown == "popular":
+            frame = self._mark_fallbacks(frame, np.concatenate(fallback) if fallback
+                                         else np.zeros(0, bool))
+        return frame
+
+    def _mark_fallbacks(self, frame: pd.DataFrame, fallback: np.ndarray) -> pd.DataFrame:
+        """``frame`` with its popular rows (``fallback``, one flag per row) marked:
+        ``score`` NaN and the item's training users in ``popularity`` (NaN elsewhere)."""
+        frame["fallback"] = fallback
+        items = self.items_.index(frame["item"].to_numpy())
+        frame["popularity"] = np.where(fallback, self.item_popularity_[items], np.nan)
+        frame["score"] = np.where(fallback, np.float32("nan"), frame["score"]
+                                  ).astype(np.float32)
+        return frame
 
     def _candidate_index(self, candidates: Any) -> np.ndarray | None:
         """Item indices of external ``candidates`` (None: no restriction); unknown ids
