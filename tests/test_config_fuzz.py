@@ -502,7 +502,8 @@ EXTREMES: dict[str, list[Any]] = {
     "valid_metric": [None, "ndcg@1000", "mrr@1"], "patience": [None, 1],
     "eval_every": [1, 100_000], "device": ["cpu"], "seed": [0, 2**63 - 1],
     "alpha": [0.0, 1.0], "cg_steps": [1, 50], "solver": ["cg", "cholesky"],
-    "binary": [True, False], "reg_exponent": [0.0, 2.0], "neighbors": [1, 2**31 - 1],
+    "binary": [True, False], "reg_exponent": [0.0, 2.0], "reg_weight": ["observed", "total"],
+    "neighbors": [1, 2**31 - 1],
     "shrink": [0.0, 3.4e38], "block_size": [1, 2**31 - 1], "n_layers": [0, 64],
     "layers": [[1], [512, 512, 512]], "dropout": [0.0, 0.999], "loss": None,
     "pretrain": [False, True], "pretrain_optimizer": ["sgd", "adagrad"],
@@ -535,6 +536,13 @@ EXTREMES.update({
     "method": ["als", "sgd"], "reg_u": [0.0, 3.4e38], "reg_i": [0.0, 3.4e38],
     "k": [1, 2**31 - 1], "min_k": [0, 2**31 - 1], "shrinkage": [0.0, 3.4e38],
     "implicit_reg": [None, 0.0, 3.4e38]})
+# session-kNN's own parameters (sknn)
+EXTREMES.update({
+    "sample_size": [0, 1, 2**31 - 1],
+    "weighting": ["linear", "same", "div", "quadratic", "log"],
+    "weighting_score": ["linear", "same", "div", "quadratic", "log"],
+    "similarity": ["cosine", "jaccard"], "idf_weighting": [0.0, 3.4e38],
+    "session_gap": [None, 0.0, 3.4e38], "remind": [True, False]})
 
 
 def test_extreme_valid_hyperparameters_fit_or_fail_cleanly_in_a_child():
