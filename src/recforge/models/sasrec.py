@@ -11,10 +11,10 @@ so a real position never sees a padding one and no key mask is needed.
 Positions count back from the latest item (position 0: the most recent item read), as in
 the paper's left-padded windows, whose last column is always the latest item.
 
-Losses (``loss``): ``bce`` with one negative per position (the SASRec paper),
-``sampled_softmax`` with ``n_negatives`` shared by the batch (log-q corrected with
-``negative_sampling="popularity"``), ``gbce`` (gSASRec: ``n_negatives``, calibration
-``gbce_t``) and ``ce`` (full softmax over all items). See
+Losses (``loss``): ``ce`` (full softmax over all items, the default), ``bce`` with one
+negative per position (the SASRec paper), ``sampled_softmax`` with ``n_negatives`` shared
+by the batch (log-q corrected with ``negative_sampling="popularity"``) and ``gbce``
+(gSASRec: ``n_negatives`` per sequence, calibration ``gbce_t``). See
 :mod:`recforge.training.next_item_losses`.
 """
 
@@ -105,7 +105,7 @@ class SASRec(SequentialRecommender):
         branches, FFN). attention_dropout: on the attention weights [0, 0.5].
     loss, n_negatives, gbce_t, negative_sampling, precision, sort_by_length: see
         :class:`~recforge.models.sequential.SequentialRecommender`.
-    epochs, batch_size (sequences per step), learning_rate, reg (unused), optimizer,
+    epochs, batch_size (sequences per step), learning_rate (0.003), reg (unused), optimizer,
     weight_decay, lr_schedule, valid_metric, patience, eval_every, init_std, device, seed.
     """
 
@@ -113,6 +113,11 @@ class SASRec(SequentialRecommender):
     n_blocks: int = 2
     n_heads: int = 1
     attention_dropout: float = 0.0
+    #: the full softmax learned fastest per CPU second on ml-1m-seq and ml-100k (validation
+    #: NDCG@10 curves in benchmarks/results/sequential.json and docs/models.md); the sampled
+    #: losses with many uniform negatives sat at popularity's level for tens of epochs
+    loss: str = "ce"
+    learning_rate: float = 0.003
 
     param_rules: ClassVar[dict[str, ParamRule]] = {
         **SequentialRecommender.param_rules, "n_blocks": int_rule(1, MAX_BLOCKS),
