@@ -102,7 +102,8 @@ class Caser(SequentialRecommender):
     tuning_space = {"embedding_dim": ("cat", [32, 50, 100]), "window": ("int", 3, 10),
                     "n_h": ("cat", [4, 16, 64]), "n_v": ("cat", [1, 4, 16]),
                     "dropout": ("float", 0.0, 0.5), "learning_rate": ("log", 3e-4, 1e-2)}
-    quick_params = {"epochs": 5, "max_len": 50}
+    #: within quickstart's 3 minutes for every model
+    quick_params = {"epochs": 3, "max_len": 20}
 
     def _build(self) -> nn.Module:
         with self._seeded():
