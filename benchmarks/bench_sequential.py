@@ -31,6 +31,7 @@ import logging
 import os
 import resource
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -201,8 +202,10 @@ def recbole_speed(threads: int) -> dict[str, Any]:
         print(f"RecBole comparison skipped: {reason} (a venv with recbole==1.2.1)")
         return {"skipped": reason}
     script = Path(__file__).with_name("recbole_sasrec_epoch.py")
-    done = subprocess.run([python, str(script), str(DATA / "ml-100k" / "u.data"),
-                           str(threads)], capture_output=True, text=True, check=False)
+    with tempfile.TemporaryDirectory() as work:  # RecBole writes log/ and log_tensorboard/
+        done = subprocess.run([python, str(script), str(DATA / "ml-100k" / "u.data"),
+                               str(threads)], capture_output=True, text=True, check=False,
+                              cwd=work)
     if done.returncode != 0:
         print(done.stderr[-3000:])
         raise SystemExit("the RecBole run failed (its error above)")
