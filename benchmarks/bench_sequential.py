@@ -31,8 +31,8 @@ import logging
 import os
 import resource
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
