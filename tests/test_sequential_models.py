@@ -82,7 +82,9 @@ class TestGRU4Rec(SequentialConformance):
 
 class TestCaser(SequentialConformance):
     model_name = "caser"
-    params = {**SMALL, "dropout": 0.0, "window": 3}
+    # the shared-negatives loss: with the default full softmax 16 of 20 users get their
+    # held-out item first here (the chain tests run caser's defaults, full softmax included)
+    params = {**SMALL, "dropout": 0.0, "window": 3, "loss": "sampled_softmax"}
 
     def test_checkerboard_oracle(self, board_model):
         """Caser's scores lean on its user embedding, which on 20 users x 20 items fits
@@ -113,7 +115,10 @@ def chain_data(n_items: int = 30, n_users: int = 120, length: int = 12, seed: in
 
 @pytest.fixture(scope="module", params=["sasrec", "gru4rec", "caser"])
 def chain_model(request) -> Recommender:
-    return create_model(request.param, **{**SMALL, "epochs": 15, "embedding_dim": 24}
+    # the GRU with its full-softmax default needs 25 epochs here to key on the last item of
+    # an order it never saw (7, 6, 5 -> 6); 15 do for the others
+    epochs = 25 if request.param == "gru4rec" else 15
+    return create_model(request.param, **{**SMALL, "epochs": epochs, "embedding_dim": 24}
                         ).fit(chain_data())
 
 

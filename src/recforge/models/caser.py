@@ -90,6 +90,9 @@ class Caser(SequentialRecommender):
     n_v: int = 4
     dropout: float = 0.5
     embedding_dim: int = 50
+    #: the full softmax beat 256 shared uniform negatives on ml-100k next-item, 20 epochs at
+    #: max_len 50: NDCG@10 0.0463 vs 0.0300 (pop 0.0442, sasrec 0.0875, sknn 0.0899)
+    loss: str = "ce"
     needs_users = True
     #: the user table is read by lookup, but this model claims no row-sparse updates
     user_tables_read_by_lookup = False

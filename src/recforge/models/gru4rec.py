@@ -75,7 +75,9 @@ class GRU4Rec(SequentialRecommender):
     n_layers: int = 1
     dropout: float = 0.2
     dropout_hidden: float = 0.1
-    loss: str = "bpr_max"
+    #: cross-entropy over all items (one of the authors' two losses) beat BPR-max by half
+    #: on ml-100k next-item, 20 epochs at max_len 50: NDCG@10 0.0652 vs 0.0450 (pop 0.0442)
+    loss: str = "ce"
     n_negatives: int = 256
     sample_alpha: float = 0.5
     bpr_reg: float = 1.0
