@@ -446,6 +446,9 @@ def test_damaged_archives(tmp_path_factory, edits, cut):
        users=st.text(_unicode, max_size=120), layout=st.sampled_from(["ml-1m", "ml-100k"]))
 @example(ratings="1::10::5::978300760\n", movies="10::A (1995)::Drama\n",
          users="1::F::1::10::48067\n", layout="ml-1m")
+# a blank movies / users file (only newlines) crashed the split reader with a ValueError
+@example(ratings="1,10,5,978300760\n", movies="\n", users="\n", layout="ml-100k")
+@example(ratings="1,10,5,978300760\n", movies=" \n\n", users="", layout="ml-1m")
 def test_movielens_files(tmp_path_factory, ratings, movies, users, layout):
     from recforge.data.movielens import load_movielens
 

@@ -126,6 +126,8 @@ def _read_split(path: Path, sep: str, names: list[str],
         i = int(np.flatnonzero(bad)[0])
         raise DataError(f"expected {len(names)} fields separated by {sep!r}, saw {counts[i]} "
                         f"({layout})", source=str(path), line=int(numbers[i]))
+    if not len(lines):  # a blank file: no rows (split(expand=True) would give no columns)
+        return pd.DataFrame({name: pd.Series([], dtype="string") for name in names}), numbers
     frame = lines.str.split(sep, regex=False, expand=True)
     frame.columns = names
     return frame, numbers
