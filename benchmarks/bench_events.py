@@ -82,6 +82,14 @@ def fit(events: list[int], seconds: list[float]) -> dict[str, float]:
     return {"fixed": round(float(fixed), 3), "per_event": round(float(per_event), 4)}
 
 
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it (results carry no machine paths)."""
+    try:
+        return str(path.resolve().relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return str(path)
+
+
 def main() -> None:
     from rich.console import Console
     from rich.table import Table
@@ -180,7 +188,7 @@ def main() -> None:
     tmp.cleanup()
 
     result = {
-        "recforge": recforge.__version__, "recforge_path": str(Path(recforge.__file__).parent),
+        "recforge": recforge.__version__, "recforge_path": _shown_path(Path(recforge.__file__).parent),
         "python": platform.python_version(), "machine": f"{platform.machine()}, "
         f"{os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
         "events": args.events, "users": args.users, "seed": args.seed,

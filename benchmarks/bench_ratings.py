@@ -2,7 +2,7 @@
 """Rating models on the fixed ML-100K split, beside Surprise on the same split and machine.
 
     python benchmarks/bench_ratings.py [--models baseline,svdpp,knnbaseline,mf] [--seed 0]
-    RECFORGE_SURPRISE_PYTHON=/work/bench-surprise/bin/python python benchmarks/bench_ratings.py
+    RECFORGE_SURPRISE_PYTHON=../bench-surprise/bin/python python benchmarks/bench_ratings.py
 
 The split is ``../shared/splits/ml100k_{train,test}.csv`` (``$RECFORGE_SPLITS`` overrides
 the directory; never copied into the repository). RMSE and MAE are over all 20,000 test
@@ -12,9 +12,9 @@ global mean), so no pair is left out. ``fit_s`` is the wall time of ``fit``.
 
 Surprise (scikit-surprise) is never a dependency of recforge: it runs in its own virtual
 environment, in a subprocess, when ``$RECFORGE_SURPRISE_PYTHON`` (default
-``/work/bench-surprise/bin/python``) exists; otherwise its rows are skipped with the reason
-printed. Set one up with ``python3 -m venv /work/bench-surprise &&
-/work/bench-surprise/bin/pip install numpy scikit-surprise pandas``.
+``../bench-surprise/bin/python``) exists; otherwise its rows are skipped with the reason
+printed. Set one up with ``python3 -m venv ../bench-surprise &&
+../bench-surprise/bin/pip install numpy scikit-surprise pandas``.
 
 Writes ``benchmarks/results/ml-100k-ratings.json`` and prints a table.
 """
@@ -44,7 +44,8 @@ from recforge.data.interactions import Interactions  # noqa: E402
 from recforge.models.registry import create_model  # noqa: E402
 
 DEFAULT_MODELS = "baseline,knnbaseline,svdpp,mf"
-SURPRISE_PYTHON = "/work/bench-surprise/bin/python"
+#: a benchmark-only venv beside the repository, as ../shared is
+SURPRISE_PYTHON = str(Path(__file__).resolve().parents[2] / "bench-surprise" / "bin" / "python")
 
 #: Surprise's models, run in its venv: name -> constructor call (defaults, plus the
 #: item-based pearson_baseline configuration that recforge's knnbaseline implements).

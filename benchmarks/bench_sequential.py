@@ -19,7 +19,7 @@ and writes ``benchmarks/results/sequential.json`` (runs appended by key).
     .venv/bin/python benchmarks/bench_sequential.py --epoch-cost --steps 8
     # one SASRec epoch on ml-100k, RecBole 1.2.1 against recforge at RecBole's defaults
     # (RecBole in a venv of its own, never a dependency of recforge):
-    RECFORGE_RECBOLE_PYTHON=/work/bench-recbole/bin/python \
+    RECFORGE_RECBOLE_PYTHON=../bench-recbole/bin/python \
         .venv/bin/python benchmarks/bench_sequential.py --recbole
 """
 
