@@ -8,26 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_evaluate import FixedScores  # scores from a fixed matrix, whatever the history
 
 from recforge import ConfigError, DataError, Interactions, create_model
 from recforge.data import split as S
 from recforge.evaluation import evaluate, evaluate_next_item, evaluate_sessions
 from recforge.models.base import Recommender
-
-
-class FixedScores(Recommender):
-    """Scores from a fixed users x items matrix, whatever the history."""
-
-    name = "fixed"
-
-    def __init__(self, scores: list | None = None) -> None:
-        self.scores = scores
-
-    def _fit(self, train, valid, options):
-        self.table_ = torch.tensor(self.scores, dtype=torch.float32)
-
-    def _score(self, users):
-        return self.table_[users]
 
 
 class NextIndex(Recommender):

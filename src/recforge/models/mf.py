@@ -25,6 +25,22 @@ from recforge.training import losses
 from recforge.training.embedding import Embedding
 
 
+def setup_rating_fit(model: GradientRecommender) -> None:
+    """What a rating model on the trainer sets before its first epoch (``mf``, ``svdpp``):
+    ``mean_`` and ``rating_range_`` from the training statistics (over every rank's events
+    when the data is sharded), and the per-occurrence L2 weights of users and items: each
+    occurrence in a batch carries n^(e-1), so that over an epoch a row's L2 weight is
+    ``reg * n^e`` (e = ``reg_exponent``; 1: the usual per-rating weight; 0: one weight per
+    row, the MAP estimate under a Gaussian prior)."""
+    stats = model._stats
+    model.mean_ = stats.value_mean
+    model.rating_range_ = (stats.value_min, stats.value_max)
+    e = float(model.reg_exponent) - 1.0
+    uc = np.maximum(stats.user_counts, 1).astype(np.float64)
+    ic = np.maximum(stats.item_counts, 1).astype(np.float64)
+    model._user_reg_w = torch.from_numpy((uc ** e).astype(np.float32))
+    model._item_reg_w = torch.from_numpy((ic ** e).astype(np.float32))
+
 class _BiasedMF(nn.Module):
     def __init__(self, n_users: int, n_items: int, dim: int, mean: float,
                  generator: torch.Generator, init_std: float):
@@ -163,17 +179,7 @@ class MF(GradientRecommender):
         if train.value is None:
             raise DataError("mf predicts ratings and needs rating values; for implicit feedback "
                             "use 'bpr', 'als' or another ranking model", source=train.source)
-        stats = self._stats  # over every rank's events when the data is sharded
-        self.mean_ = stats.value_mean
-        self.rating_range_ = (stats.value_min, stats.value_max)
-        # Each occurrence of a user in a batch carries weight n_u^(e-1), so that over an
-        # epoch the user's L2 weight is reg * n_u^e (e = 1: the usual per-rating weight;
-        # e = 0: one weight per user, the MAP estimate under a Gaussian prior).
-        e = float(self.reg_exponent) - 1.0
-        uc = np.maximum(stats.user_counts, 1).astype(np.float64)
-        ic = np.maximum(stats.item_counts, 1).astype(np.float64)
-        self._user_reg_w = torch.from_numpy((uc ** e).astype(np.float32))
-        self._item_reg_w = torch.from_numpy((ic ** e).astype(np.float32))
+        setup_rating_fit(self)
 
     def _build(self) -> nn.Module:
         return _BiasedMF(self.n_users, self.n_items, int(self.embedding_dim), self.mean_,

@@ -19,6 +19,7 @@ from recforge.data.interactions import Interactions
 from recforge.errors import DataError
 from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.gradient import GradientRecommender
+from recforge.models.mf import setup_rating_fit
 from recforge.models.params import (
     MAX_NUMBER,
     RANGE_RULE,
@@ -132,14 +133,7 @@ class SVDpp(GradientRecommender):
             raise DataError("svdpp predicts ratings and needs rating values; for implicit "
                             "feedback use 'bpr', 'als' or another ranking model",
                             source=train.source)
-        stats = self._stats
-        self.mean_ = stats.value_mean
-        self.rating_range_ = (stats.value_min, stats.value_max)
-        e = float(self.reg_exponent) - 1.0
-        uc = np.maximum(stats.user_counts, 1).astype(np.float64)
-        ic = np.maximum(stats.item_counts, 1).astype(np.float64)
-        self._user_reg_w = torch.from_numpy((uc ** e).astype(np.float32))
-        self._item_reg_w = torch.from_numpy((ic ** e).astype(np.float32))
+        setup_rating_fit(self)
 
     def _build(self) -> nn.Module:
         seen = self.seen_
