@@ -143,13 +143,23 @@ def driver_reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+#: Page size of a new SQLite store (bytes; SQLite's default is 4096). Events arrive
+#: interleaved across users, so an erasure rewrites about one page per erased event, twice
+#: (WAL, then the checkpoint into the file): 1 KiB pages cut that I/O by four. Measured on a
+#: 1,000,000-event store on 2 cores: 6.2-7.7 ms to erase a user of 238 events against
+#: 8.7-12.7 ms with 4 KiB pages, the file 2 % larger.
+PAGE_SIZE = 1024
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """Every SQLite connection: WAL (readers never block the writer), ``synchronous=FULL``
-    (a commit returns once the WAL is synced to disk) and ``secure_delete`` (deleted content
-    is overwritten with zeros, also in pages put on the free list: some builds of SQLite
-    have it on by default, others not)."""
+    """Every SQLite connection: :data:`PAGE_SIZE` (only a new, empty file takes it; it must
+    come before WAL mode, which writes the header), WAL (readers never block the writer),
+    ``synchronous=FULL`` (a commit returns once the WAL is synced to disk) and
+    ``secure_delete`` (deleted content is overwritten with zeros, also in pages put on the
+    free list: some builds of SQLite have it on by default, others not)."""
     cursor = dbapi_connection.cursor()
     try:
+        cursor.execute(f"PRAGMA page_size={PAGE_SIZE}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA secure_delete=ON")

@@ -16,7 +16,8 @@ by empty tombstones (``secure_delete`` zeroes the old bytes; a DELETE would let 
 rebalance pages, which leaves copies of moved rows in their free space), then a
 ``wal_checkpoint(TRUNCATE)`` empties the WAL. Rows are only ever appended at the end of the
 table, where SQLite moves no stored row (an appended row that does not fit starts a new
-page), so a user's events lie about one to a page and an erasure rewrites a page per event.
+page), so a user's events lie about one to a page and an erasure rewrites a page per event
+(which is why a new store has 1 KiB pages: ``event_db.PAGE_SIZE``).
 Rows clustered by user (``WITHOUT ROWID`` keyed by tag) would share pages, but every post
 would then insert between stored rows: SQLite splits pages and leaves copies of the moved
 rows in the unallocated space of the pages they left, which ``secure_delete`` never zeroes
@@ -39,7 +40,6 @@ import hashlib
 import logging
 import os
 import secrets
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,6 +51,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
+from recforge._locks import FairLock
 from recforge.data.event_db import (
     BUSY_TIMEOUT,
     LEGACY_USER_INDEX,
@@ -149,7 +150,7 @@ class EventStore:
                 file.parent.mkdir(parents=True, exist_ok=True)
         self._sqlite = url.get_backend_name() == "sqlite"
         #: Serialises SQLite calls; server databases need no lock of ours.
-        self._lock: threading.Lock | None = threading.Lock() if self._sqlite else None
+        self._lock: FairLock | None = FairLock() if self._sqlite else None
         #: An erasure whose WAL could not be emptied yet (a reader in another process):
         #: the next write tries again.
         self._wal_dirty = False

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from recforge._locks import FairLock
 from recforge.data.sharding import INTEGER_ID
 from recforge.errors import ConfigError, ModelError
 from recforge.models.base import Recommender
@@ -116,7 +116,8 @@ class RecommendationService:
         self.events = events
         # Writes (posted events, forgotten users) change the store and the in-memory sets
         # together, one at a time: two posts for one user must not lose each other's items.
-        self._write_lock = threading.RLock()
+        # First come, first served: an erasure never waits behind a stream of posts.
+        self._write_lock = FairLock()
         # Erased users, by mark (a keyed hash of the id: EventStore.mark) -> when; no id is
         # kept. The model's row of such a user is not answered from (_cut_off).
         self._erasures: dict[str, float] = {}
