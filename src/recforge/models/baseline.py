@@ -100,6 +100,19 @@ class RatingModel(Recommender):
     ``user_bias_`` / ``item_bias_`` (float32 arrays), the baseline ``b_ui`` of any pair,
     known or not (:meth:`_fallback_index`), and their saving and checking."""
 
+    def _fit_baseline(self, train: Interactions) -> None:
+        """Fit the baseline estimates with the model's own ``method``, ``epochs``,
+        ``reg_u``, ``reg_i``, ``reg``, ``learning_rate``, ``batch_size`` and ``seed`` (the
+        hyperparameters ``baseline`` and ``knnbaseline`` share) and keep them."""
+        users, items, ratings = rating_columns(train, self.name)
+        p: Any = self
+        mu, bu, bi = fit_biases(
+            users, items, ratings, len(train.users), len(train.items), method=p.method,
+            epochs=baseline_epochs(p.method, p.epochs), reg_u=float(p.reg_u),
+            reg_i=float(p.reg_i), reg=float(p.reg), learning_rate=float(p.learning_rate),
+            batch_size=int(p.batch_size), seed=int(p.seed))
+        self._set_baseline(train, mu, bu, bi)
+
     def _set_baseline(self, train: Interactions, mu: float, bu: np.ndarray,
                       bi: np.ndarray) -> None:
         self.mean_ = float(mu)
@@ -191,14 +204,7 @@ class Baseline(RatingModel):
 
     def _fit(self, train: Interactions, valid: Interactions | None,
              options: FitOptions) -> None:
-        users, items, ratings = rating_columns(train, self.name)
-        mu, bu, bi = fit_biases(
-            users, items, ratings, len(train.users), len(train.items), method=self.method,
-            epochs=baseline_epochs(self.method, self.epochs), reg_u=float(self.reg_u),
-            reg_i=float(self.reg_i), reg=float(self.reg),
-            learning_rate=float(self.learning_rate), batch_size=int(self.batch_size),
-            seed=int(self.seed))
-        self._set_baseline(train, mu, bu, bi)
+        self._fit_baseline(train)
 
     def _score(self, users: torch.Tensor) -> torch.Tensor:
         u = users.numpy()

@@ -32,9 +32,6 @@ from recforge.models.artifact import CSR, StateSpec
 from recforge.models.baseline import (
     BASELINE_RULES,
     RatingModel,
-    baseline_epochs,
-    fit_biases,
-    rating_columns,
 )
 from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.params import MAX_COUNT, MAX_NUMBER, check_params, int_rule, number_rule
@@ -101,14 +98,7 @@ class KNNBaseline(RatingModel):
 
     def _fit(self, train: Interactions, valid: Interactions | None,
              options: FitOptions) -> None:
-        users, items, ratings = rating_columns(train, self.name)
-        mu, bu, bi = fit_biases(
-            users, items, ratings, len(train.users), len(train.items), method=self.method,
-            epochs=baseline_epochs(self.method, self.epochs), reg_u=float(self.reg_u),
-            reg_i=float(self.reg_i), reg=float(self.reg),
-            learning_rate=float(self.learning_rate), batch_size=int(self.batch_size),
-            seed=int(self.seed))
-        self._set_baseline(train, mu, bu, bi)
+        self._fit_baseline(train)
         self._set_residuals()
         self.similarity_ = self._similarities()
 
