@@ -78,6 +78,14 @@ def train(
         "auto", "--sparse-updates", help="Row-sparse updates of the user tables (only the "
         "batch's users' rows each step; exact with optimizer=adagrad): auto (when the user "
         "base is at least 16x a batch), on, off."),
+    auto: bool = typer.Option(False, "--auto", help="First tune the few hyperparameters "
+                              "that matter on a validation split carved from --data (a "
+                              "fixed seed; the defaults are trial 0), print what was chosen "
+                              "and the validation gain, then train on all of --data with "
+                              "them. Parameters given with -p stay fixed."),
+    budget: str | None = typer.Option(None, "--budget", help="--auto's time budget for the "
+                                      "search: 60s, 5m, 1h or seconds (default 60s); the "
+                                      "final fit comes after it."),
 ) -> None:
     """Train MODEL on --data and save it to --out.
 
@@ -86,6 +94,7 @@ def train(
     """
     # The arguments that need no torch are checked first: a mistake is answered at once.
     model = resolve_name(model)  # 'EASE' -> 'ease'; 'lightfm' -> which model to use
+    budget_s = _check_auto(auto, budget, nproc=nproc, resume=resume)
     check_data_specs([*data, *([valid] if valid else [])])
     check_out_dir(out)
     if item_metadata is not None:  # a bad table is said before the data are read
@@ -107,13 +116,39 @@ def train(
         item_features=item_features, item_id_column=item_id_column,
         item_metadata=item_metadata, resume=resume,
         keep_checkpoint=keep_checkpoint, sparse_updates=sparse_updates)
+    if budget_s is not None:  # the model's search space, before any data is read
+        from recforge.experiment.auto import auto_space  # lazy: imports torch
+
+        auto_space(model, params)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         argv = without_option((ctx.find_root().obj or {}).get("argv", sys.argv[1:]),
                               "--nproc")
         _launch(request, params, seed=seed, checkpoint_dir=checkpoint_dir, argv=argv,
                 nproc=nproc)
     else:
-        _train_here(request, params, seed=seed, checkpoint_dir=checkpoint_dir)
+        _train_here(request, params, seed=seed, checkpoint_dir=checkpoint_dir,
+                    auto_budget=budget_s)
+
+
+def _check_auto(auto: bool, budget: str | None, *, nproc: int, resume: bool) -> float | None:
+    """``--auto``'s budget in seconds (``None`` without ``--auto``); the options it does
+    not go with refused before any data is read."""
+    from recforge.experiment.config import DEFAULT_BUDGET, parse_budget  # lazy: pandas
+
+    if not auto:
+        if budget is not None:
+            raise ConfigError("--budget is the time budget of --auto; add --auto")
+        return None
+    if nproc > 1:
+        raise ConfigError("--auto tunes in this process; train with --nproc after it, with "
+                          "the parameters it chose (-p)")
+    if resume:
+        raise ConfigError("--auto cannot --resume: resume with the parameters it chose (-p) "
+                          "instead of --auto")
+    try:
+        return DEFAULT_BUDGET if budget is None else parse_budget(budget)
+    except ConfigError as exc:
+        raise ConfigError(f"--budget: {exc}") from None
 
 
 def without_option(argv: list[str], name: str) -> list[str]:
@@ -204,13 +239,14 @@ def _check_item_features(request: TrainRequest, estimator: Any) -> None:
 
 
 def _train_here(request: TrainRequest, params: dict[str, Any], *, seed: int | None,
-                checkpoint_dir: Path | None) -> None:
+                checkpoint_dir: Path | None, auto_budget: float | None = None) -> None:
     """Train in this process: alone, or as one rank of a DDP job started by torchrun."""
     from recforge.training import distributed  # lazy: imports torch
 
     dist_ctx = distributed.init_from_environment(device=str(params.get("device", "auto")))
     try:
-        _train(request, params, seed=seed, checkpoint_dir=checkpoint_dir, dist_ctx=dist_ctx)
+        _train(request, params, seed=seed, checkpoint_dir=checkpoint_dir, dist_ctx=dist_ctx,
+               auto_budget=auto_budget)
     except BaseException:
         distributed.shutdown()
         raise
@@ -219,7 +255,8 @@ def _train_here(request: TrainRequest, params: dict[str, Any], *, seed: int | No
 
 
 def _train(request: TrainRequest, params: dict[str, Any], *, seed: int | None,
-           checkpoint_dir: Path | None, dist_ctx: Any) -> None:
+           checkpoint_dir: Path | None, dist_ctx: Any, auto_budget: float | None = None
+           ) -> None:
     """Train in this process (each rank under DDP); rank 0 saves and says so."""
     from recforge.experiment.workflow import train_and_save  # lazy: imports torch
 
@@ -228,10 +265,41 @@ def _train(request: TrainRequest, params: dict[str, Any], *, seed: int | None,
         logging.getLogger("recforge").setLevel(logging.WARNING)
     estimator, ckpt = _prepare_train(request, params, seed=seed, checkpoint_dir=checkpoint_dir,
                                      distributed=dist_ctx is not None)
-    done = train_and_save(request, estimator, checkpoint_dir=ckpt, dist_ctx=dist_ctx)
+    choose = (None if auto_budget is None
+              else _auto_choice(request.model, params, seed=seed, budget=auto_budget))
+    done = train_and_save(request, estimator, checkpoint_dir=ckpt, dist_ctx=dist_ctx,
+                          choose=choose)
     if done is None:  # not rank 0
         return
     where = f" in {done.processes} processes ({done.backend})" if dist_ctx is not None else ""
     console.print(f"trained {request.model} on {done.n_events:,} events{where} in "
                   f"{done.seconds:.2f}s; saved to {request.out}")
 
+
+def _auto_choice(model: str, params: dict[str, Any], *, seed: int | None,
+                 budget: float) -> Any:
+    """``--auto``: what :func:`~recforge.experiment.workflow.train_and_save` calls once the
+    data are read: tune on a validation split carved from them, print the choice, and
+    return the model built with it and the record of the choice for its metadata."""
+    from recforge.experiment.auto import (  # lazy: imports torch
+        AUTO_SEED,
+        auto_tune,
+        print_auto,
+        validation_split,
+    )
+    from recforge.experiment.config import ModelConfig  # lazy: imports pandas
+    from recforge.experiment.workflow import build_model  # lazy: imports torch
+
+    def choose(estimator: Any, train: Any, features: Any) -> Any:
+        split_seed = AUTO_SEED if seed is None else seed
+        inner, where = validation_split(estimator, train, item_features=features,
+                                        seed=split_seed)
+        fixed = estimator.get_params()  # the defaults, -p and --seed over them
+        fixed = {k: v for k, v in fixed.items() if k in params or k == "seed"}
+        result = auto_tune(ModelConfig(name=model, params=fixed), inner, budget=budget,
+                           where=where, seed=split_seed, console=console)
+        print_auto(console, result)
+        return (build_model(model, {**params, **result.chosen}, seed=seed),
+                {"auto": result.record()})
+
+    return choose

@@ -18,6 +18,7 @@ Plain dataclasses, validated field by field: an error names the file and the key
       - ease
       - name: als
         params: {embedding_dim: 64}
+      - {name: itemknn, auto: true, auto_budget: 2m}   # tuned on a validation split first
     metrics: [ndcg@10, recall@10]
     seeds: [0]
 
@@ -56,7 +57,8 @@ from recforge.models.params import shown as _shown
 from recforge.models.registry import create_model, get_model_class, resolve_name
 
 __all__ = ["DataConfig", "SplitConfig", "ModelConfig", "NextItemConfig", "ExperimentConfig",
-           "load_config", "SPLIT_METHODS", "TASKS", "NEXT_ITEM_SPLITS", "THRESHOLD_ORDERS"]
+           "load_config", "parse_budget", "DEFAULT_BUDGET", "SPLIT_METHODS", "TASKS",
+           "NEXT_ITEM_SPLITS", "THRESHOLD_ORDERS"]
 
 SPLIT_METHODS = ("random", "temporal", "user_temporal", "leave_one_out", "leave_last_out",
                  "last_sessions", "cold_start_items", "files")
@@ -168,11 +170,16 @@ class NextItemConfig:
 
 @dataclass
 class ModelConfig:
-    """A model to run: registry name, keyword hyperparameters, and a display label."""
+    """A model to run: registry name, keyword hyperparameters, and a display label;
+    ``auto: true`` tunes the few hyperparameters that matter first (as ``recforge train
+    --auto``: :mod:`recforge.experiment.auto`) within ``auto_budget`` (``60s``, ``5m``, a
+    number of seconds; default 60 seconds)."""
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
+    auto: bool = False
+    auto_budget: str | float | None = None
 
     @property
     def display(self) -> str:
@@ -203,6 +210,37 @@ class ExperimentConfig:
         if self.task != "next_item":
             del out["next_item"]
         return out
+
+
+#: ``--budget`` / ``auto_budget``: the default, the longest, and the units it takes.
+DEFAULT_BUDGET = 60.0
+MAX_BUDGET = 7 * 24 * 3600.0
+_BUDGET_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_budget(value: Any) -> float:
+    """A time budget in seconds from ``value``: a number of seconds (``90``) or text with
+    a unit ``s``, ``m`` or ``h`` (``"60s"``, ``"5m"``, ``"1.5h"``); :class:`ConfigError`
+    saying what it takes otherwise, or for a budget that is not above 0 or exceeds a
+    week."""
+    what = ("a time budget is a number of seconds or a number with a unit s, m or h "
+            f"(e.g. 60s, 5m, 90), not {_shown(value)}")
+    if isinstance(value, bool):
+        raise ConfigError(what)
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", value.lower())
+        if match is None:
+            raise ConfigError(what)
+        seconds = float(match[1]) * _BUDGET_UNITS[match[2]]
+    else:
+        raise ConfigError(what)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"a time budget must be more than 0 seconds, not {_shown(value)}")
+    if seconds > MAX_BUDGET:
+        raise ConfigError(f"a time budget of {_shown(value)} exceeds a week ({MAX_BUDGET:.0f}s)")
+    return seconds
 
 
 def _err(source: str, path: str, message: str) -> ConfigError:
@@ -396,7 +434,19 @@ def _models(raw: Any, source: str) -> list[ModelConfig]:
             raise _err(source, f"{path}.label", f"expected a plain name (it names the "
                        f"folder models/LABEL: no '/' or '\\', not '.' or '..', no control "
                        f"characters, at most {MAX_NAME_BYTES} bytes), got {_shown(label)}")
-        out.append(ModelConfig(name=name, params=dict(params), label=label))
+        auto = entry.get("auto", False)
+        if not isinstance(auto, bool):
+            raise _err(source, f"{path}.auto", f"expected true or false, got {_shown(auto)}")
+        budget = entry.get("auto_budget")
+        if budget is not None:
+            if not auto:
+                raise _err(source, f"{path}.auto_budget", "applies with auto: true")
+            try:
+                parse_budget(budget)
+            except ConfigError as exc:
+                raise _err(source, f"{path}.auto_budget", str(exc)) from None
+        out.append(ModelConfig(name=name, params=dict(params), label=label, auto=auto,
+                               auto_budget=budget))
     labels = [m.display for m in out]
     dup = next((x for x in labels if labels.count(x) > 1), None)
     if dup:

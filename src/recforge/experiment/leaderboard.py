@@ -27,7 +27,7 @@ __all__ = ["leaderboard", "leaderboard_cells", "leaderboard_table", "metric_labe
 
 #: Keys of a run that are not metric values.
 _RUN_KEYS = ("label", "model", "seed", "params", "fit_s", "eval_s", "artifact", "history",
-             "popularity", "by_length")
+             "popularity", "by_length", "auto")
 
 
 def _paired_pvalue(a: np.ndarray, b: np.ndarray) -> float:

@@ -40,7 +40,14 @@ from recforge._version import __version__
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, ModelError
 from recforge.evaluation.metrics import Metric
-from recforge.experiment.config import ExperimentConfig, ModelConfig, check_model_params
+from recforge.experiment.auto import auto_space, auto_tune, print_auto
+from recforge.experiment.config import (
+    DEFAULT_BUDGET,
+    ExperimentConfig,
+    ModelConfig,
+    check_model_params,
+    parse_budget,
+)
 from recforge.experiment.leaderboard import (
     leaderboard,
     leaderboard_table,
@@ -49,6 +56,7 @@ from recforge.experiment.leaderboard import (
     print_wide,
 )
 from recforge.experiment.report import write_report
+from recforge.experiment.tune import _validation_split
 from recforge.experiment.workflow import (
     EVAL_SEED,
     PreparedData,
@@ -140,6 +148,11 @@ def _check_models(cfg: ExperimentConfig, data: PreparedData) -> list[tuple[Model
         if requires_item_features(model) and data.item_features is None:
             raise ConfigError(f"models[{i}] ({mc.display}) needs item features: set "
                               "data.item_features to a file (or 'auto' with a MovieLens name)")
+        if mc.auto:
+            try:
+                auto_space(mc.name, mc.params)
+            except ConfigError as exc:
+                raise ConfigError(f"models[{i}] ({mc.display}).auto: {exc}") from None
         models.append((mc, model))
     rating_metrics = split_metrics(cfg.metrics)[0]
     if rating_metrics and not any(m.predicts_ratings for _, m in models):
@@ -176,6 +189,9 @@ def _run_models(cfg: ExperimentConfig, data: PreparedData,
     n_runs = sum(len(cfg.seeds) if is_seeded(m) else 1 for _, m in models)
     done = 0
     for i, (mc, template) in enumerate(models):
+        auto = None
+        if mc.auto:  # tuned once, on the validation split, with the first seed
+            template, auto = _auto_tuned(cfg, data, mc, template, console)
         for seed in (cfg.seeds if is_seeded(template) else [None]):
             done += 1
             model = template.clone()
@@ -184,13 +200,15 @@ def _run_models(cfg: ExperimentConfig, data: PreparedData,
             fields, summary, per_user = _fit_and_score(cfg, data,
                                                        f"models[{i}] ({mc.display})", model)
             run = {"label": mc.display, "model": mc.name, "seed": seed, **fields}
+            if auto is not None:
+                run["auto"] = auto
             if rank_metrics and seed in (None, cfg.seeds[0]) and cfg.task == "topk":
                 run["popularity"] = _popularity_profile(model, data, rank_metrics,
                                                         data.seen_for(model),
                                                         tie_seed=EVAL_SEED)
             if cfg.save_models:
                 run["artifact"] = _save_run_model(cfg, out, data, mc, model, seed,
-                                                  previous, replaced)
+                                                  previous, replaced, auto)
             runs.append(run)
             if per_user is not None:
                 frame = per_user.copy()
@@ -205,6 +223,26 @@ def _run_models(cfg: ExperimentConfig, data: PreparedData,
     per_user_all = (pd.concat(frames, ignore_index=True) if frames
                     else pd.DataFrame(columns=["model", "seed", "user"]))
     return runs, per_user_all, replaced
+
+
+def _auto_tuned(cfg: ExperimentConfig, data: PreparedData, mc: ModelConfig, template: Any,
+                console: Console) -> tuple[Any, dict[str, Any]]:
+    """``auto: true``: the model's few hyperparameters that matter tuned within its
+    ``auto_budget`` on the split ``recforge tune`` scores on (the experiment's validation
+    part, or one carved from the training part; never the test set), by the experiment's
+    first metric that applies to it. Returns the model with the chosen parameters and the
+    record of the choice."""
+    metric = applicable_metrics(template, cfg.metrics)[0]
+    inner, where = _validation_split(cfg, data)
+    params = dict(mc.params)
+    if is_seeded(template):
+        params["seed"] = cfg.seeds[0]
+    budget = DEFAULT_BUDGET if mc.auto_budget is None else parse_budget(mc.auto_budget)
+    result = auto_tune(ModelConfig(name=mc.name, params=params, label=mc.label), inner,
+                       budget=budget, where=where, metric=metric, protocol=cfg.protocol,
+                       seed=cfg.split.seed, console=console)
+    print_auto(console, result)
+    return template.clone().set_params(**result.chosen), result.record()
 
 
 def _fit_and_score(cfg: ExperimentConfig, data: PreparedData, where: str, model: Any
@@ -230,7 +268,8 @@ def _fit_and_score(cfg: ExperimentConfig, data: PreparedData, where: str, model:
 
 
 def _save_run_model(cfg: ExperimentConfig, out: Path, data: PreparedData, mc: ModelConfig,
-                    model: Any, seed: int | None, previous: bool, replaced: set[Path]) -> str:
+                    model: Any, seed: int | None, previous: bool, replaced: set[Path],
+                    auto: dict[str, Any] | None = None) -> str:
     """Save a run's model under ``models/LABEL`` (``seed-N`` inside with several seeds),
     replacing the earlier run's model folder of that label; returns its relative path."""
     target = out / "models" / mc.display
@@ -241,7 +280,8 @@ def _save_run_model(cfg: ExperimentConfig, out: Path, data: PreparedData, mc: Mo
     if _several_seeds(cfg, model):
         target = target / f"seed-{seed}"
     # the relevance threshold the run judged by, for `recforge evaluate` to use again
-    model.training_data_ = {"min_rating": cfg.data.min_rating}
+    model.training_data_ = {"min_rating": cfg.data.min_rating,
+                            **({"auto": auto} if auto is not None else {})}
     save_model(model, target, data.item_metadata)
     return str(target.relative_to(out))
 

@@ -52,7 +52,7 @@ from recforge.models.registry import available_models, create_model, tuning_spac
 
 log = logging.getLogger(__name__)
 
-__all__ = ["tune"]
+__all__ = ["run_study", "tune"]
 
 def _suggest(trial: Any, name: str, spec: tuple[Any, ...]) -> Any:
     kind = spec[0]
@@ -92,12 +92,7 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
     console.print(f"tuning {escape(entry.display)} on {where}: {n_trials} trials, {parsed.label} "
                   f"({'lower' if lower_is_better else 'higher'} is better); search space: "
                   f"{', '.join(space)}", highlight=False)
-    objective = _objective(cfg, entry, space, metric, inner, rating)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize" if lower_is_better else "maximize",
-                                sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3,
-                                                                   n_warmup_steps=2))
+    objective = _objective(cfg.protocol, entry, space, metric, inner, rating)
     start = time.perf_counter()
 
     def show(study_: Any, trial: Any) -> None:
@@ -106,8 +101,8 @@ def tune(cfg: ExperimentConfig, model: str, *, n_trials: int = 20, out: str | Pa
         console.print(f"trial {trial.number + 1}/{n_trials} {state} {value} "
                       f"{escape(str(trial.params))}", highlight=False)
 
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[show],
-                   catch=())
+    study = run_study(objective, lower_is_better=lower_is_better, seed=seed,
+                      n_trials=n_trials, timeout=timeout, callbacks=[show])
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not complete:
         raise ConfigError("every trial was pruned or failed; widen the search space")
@@ -217,12 +212,45 @@ def _next_item_validation(cfg: ExperimentConfig, data: PreparedData
     return inner, where
 
 
-def _objective(cfg: ExperimentConfig, entry: ModelConfig, space: dict[str, tuple[Any, ...]],
-               metric: str, inner: PreparedData, rating: bool) -> Callable[[Any], float]:
+def run_study(objective: Callable[[Any], float], *, lower_is_better: bool, seed: int,
+              n_trials: int | None, timeout: float | None, callbacks: list[Any],
+              first: dict[str, Any] | None = None,
+              proceed: Callable[[], bool] | None = None) -> Any:
+    """An Optuna study of ``objective`` (TPE seeded with ``seed``, the median pruner),
+    run for ``n_trials`` or ``timeout`` seconds; ``first``: the parameters of trial 0
+    (``--auto`` puts the defaults there), which starts whatever the timeout (the
+    objective may stop it); the others follow when ``proceed()`` says so after it (a
+    callback's ``study.stop()`` stops only the ``optimize`` call it is in). Returns the
+    study."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize" if lower_is_better else "maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3,
+                                                                   n_warmup_steps=2))
+    start = time.perf_counter()
+    if first is not None:
+        study.enqueue_trial(first)
+        study.optimize(objective, n_trials=1, callbacks=callbacks, catch=())
+        n_trials = None if n_trials is None else n_trials - 1
+        if timeout is not None:
+            timeout -= time.perf_counter() - start
+            if timeout <= 0:
+                return study
+        if n_trials == 0 or (proceed is not None and not proceed()):
+            return study
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=callbacks,
+                   catch=())
+    return study
+
+
+def _objective(protocol: str, entry: ModelConfig, space: dict[str, tuple[Any, ...]],
+               metric: str, inner: PreparedData, rating: bool, *,
+               deadline: float | None = None) -> Callable[[Any], float]:
     """One trial: fit as `recforge run` trains (rating models on the ratings whatever the
     metric, the others on the positives), score on the validation part (a ranking metric
-    on its positives, with the experiment's protocol and a cold-start split's candidates);
-    gradient models report the metric every epoch to the pruner."""
+    on its positives, with the experiment's ``protocol`` and a cold-start split's
+    candidates); gradient models report the metric every epoch to the pruner, and are
+    pruned at the end of an epoch past ``deadline`` (a ``time.perf_counter`` value)."""
     label = Metric.parse(metric).label
     valid_eval = inner.test if rating else inner.test_pos
 
@@ -234,10 +262,10 @@ def _objective(cfg: ExperimentConfig, entry: ModelConfig, space: dict[str, tuple
         if is_gradient(model_):
             model_.set_params(valid_metric=metric.lower())
             fit_model(model_, where, train, valid_eval, features=inner.item_features,
-                      epoch_callback=_pruning_report(trial, metric.lower()))
+                      epoch_callback=_pruning_report(trial, metric.lower(), deadline))
         else:
             fit_model(model_, where, train, features=inner.item_features)
-        res = evaluate_split(model_, inner, [metric], protocol=cfg.protocol)
+        res = evaluate_split(model_, inner, [metric], protocol=protocol)
         value_key = next((k for k in res.summary if k == label
                           or k.startswith(label + " (")), label)
         value = res[value_key]
@@ -248,9 +276,14 @@ def _objective(cfg: ExperimentConfig, entry: ModelConfig, space: dict[str, tuple
     return objective
 
 
-def _pruning_report(trial: Any, key: str) -> Callable[[dict[str, Any]], None]:
-    """An epoch callback reporting the validation metric ``key`` to Optuna's pruner."""
+def _pruning_report(trial: Any, key: str, deadline: float | None = None
+                    ) -> Callable[[dict[str, Any]], None]:
+    """An epoch callback reporting the validation metric ``key`` to Optuna's pruner; past
+    ``deadline`` (a ``time.perf_counter`` value) the trial is pruned."""
     def report(record: dict[str, Any]) -> None:
+        if deadline is not None and time.perf_counter() > deadline:
+            trial.set_user_attr("out_of_time", True)
+            raise optuna.TrialPruned()
         value = record.get(key)
         if value is None:
             return

@@ -497,10 +497,12 @@ class TrainResult:
 
 
 def train_and_save(request: TrainRequest, model: Any, *, checkpoint_dir: Path,
-                   dist_ctx: Any = None) -> TrainResult | None:
+                   dist_ctx: Any = None, choose: Any = None) -> TrainResult | None:
     """Read the data, fit ``model`` (built by :func:`build_model`), save it with its
     display metadata and remove its checkpoint unless kept. Under DDP (``dist_ctx``) every
-    rank trains and rank 0 saves; the other ranks return ``None``."""
+    rank trains and rank 0 saves; the other ranks return ``None``. ``choose(model, train,
+    features)``, once the data are read, returns the model to fit instead and what the
+    saved model records of that choice in ``training_data`` (``--auto``)."""
     main_rank = dist_ctx is None or dist_ctx.is_main
     # Under DDP each rank reads only the events of the users it owns (Parquet is filtered
     # while it streams), except for models that propagate over the whole graph.
@@ -527,6 +529,9 @@ def train_and_save(request: TrainRequest, model: Any, *, checkpoint_dir: Path,
             fit_kw.update(distributed=dist_ctx.shard, sharded=shard is not None)
         fit_kw.update(checkpoint_dir=checkpoint_dir, resume=request.resume,
                       sparse_updates=request.sparse_updates)
+    recorded: dict[str, Any] = {}
+    if choose is not None:
+        model, recorded = choose(model, train, features)
     log.info("training %s on %s", request.model, train)
     start = time.perf_counter()
     fit_model(model, request.model, train, valid, features=features, **fit_kw)
@@ -534,7 +539,7 @@ def train_and_save(request: TrainRequest, model: Any, *, checkpoint_dir: Path,
     if not main_rank:  # rank 0 writes the model
         return None
     # how the data were made implicit, for `recforge evaluate` to judge the same way
-    model.training_data_ = {"min_rating": request.read.min_rating}
+    model.training_data_ = {**recorded, "min_rating": request.read.min_rating}
     metadata = (read_item_metadata(request.item_metadata, request.item_id_column)
                 if request.item_metadata is not None else
                 display_metadata(request.item_features, bundle,
