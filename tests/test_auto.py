@@ -208,6 +208,19 @@ def test_cli_auto_options_are_checked_first(tmp_path, capsys, args, match):
     assert code != 0 and match in stdout + stderr
 
 
+def test_a_bad_budget_is_answered_before_torch_is_imported(tmp_path):
+    from test_cli_help import _recforge
+
+    got = _recforge("train", "ease", "--data", str(tmp_path / "x.csv"), "--out",
+                    str(tmp_path / "m"), "--auto", "--budget", "1 week", importtime=True)
+    assert got.returncode == 2
+    imported = [line.rsplit("|", 1)[1].strip() for line in got.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "recforge.cli.train" in imported
+    assert not [m for m in imported if m.split(".")[0] == "torch"]
+    assert "--budget: a time budget is a number of seconds" in got.stderr
+
+
 def test_cli_auto_on_a_model_with_nothing_to_tune(tmp_path, capsys, data):
     path = tmp_path / "events.csv"
     data.to_frame().to_csv(path, index=False)

@@ -23,6 +23,7 @@ from recforge.cli.common import (
     parse_params,
 )
 from recforge.errors import ConfigError
+from recforge.experiment.budget import DEFAULT_BUDGET, parse_budget
 from recforge.models.registry import resolve_name
 
 if TYPE_CHECKING:
@@ -133,8 +134,6 @@ def train(
 def _check_auto(auto: bool, budget: str | None, *, nproc: int, resume: bool) -> float | None:
     """``--auto``'s budget in seconds (``None`` without ``--auto``); the options it does
     not go with refused before any data is read."""
-    from recforge.experiment.config import DEFAULT_BUDGET, parse_budget  # lazy: pandas
-
     if not auto:
         if budget is not None:
             raise ConfigError("--budget is the time budget of --auto; add --auto")
