@@ -285,3 +285,21 @@ def test_yaml_auto_on_a_model_with_nothing_to_tune_fails_before_training(tmp_pat
     with pytest.raises(ConfigError, match=r"models\[0\] \(pop\).auto: .*pop has no"):
         run_experiment(cfg, tmp_path / "run", console=Console(quiet=True))
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_the_quickstart_mentions_auto(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from recforge.experiment import quickstart
+
+    for best, shown in (("itemknn", "itemknn"), ("pop", "als")):  # pop: nothing to tune
+        monkeypatch.setattr(quickstart, "run_experiment", lambda cfg, out, console, b=best:
+                            SimpleNamespace(rows=[{"model": b}], primary="NDCG@10"))
+        console = Console(record=True, width=200)
+        quickstart.run_quickstart(out=tmp_path / "q", models=[best], download=False,
+                                  data_dir=tmp_path / "no-data", console=console)
+        text = console.export_text()
+        assert (f"recforge train {shown} --data YOUR_EVENTS.csv --out model --auto "
+                "--budget 60s") in text
