@@ -27,6 +27,7 @@ from recforge._version import __version__
 from recforge.cli.common import ModelListHelp, ParamsCommand, err_console, output_width
 from recforge.cli.datasets import datasets_app
 from recforge.cli.experiments import models_cmd, quickstart, run, tune
+from recforge.cli.forget import forget
 from recforge.cli.scoring import evaluate_cmd, predict, recommend, similar
 from recforge.cli.serve import serve
 from recforge.cli.train import train
@@ -70,6 +71,7 @@ app.command(cls=ModelListHelp, short_help=_summary(similar))(similar)
 app.command("evaluate", short_help=_summary(evaluate_cmd))(evaluate_cmd)
 app.command("models", short_help=_summary(models_cmd))(models_cmd)
 app.command(short_help=_summary(quickstart))(quickstart)
+app.command(short_help=_summary(forget))(forget)
 
 
 def _os_error(exc: OSError) -> str:

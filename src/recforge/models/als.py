@@ -336,6 +336,8 @@ class ALS(Recommender):
     #: artefacts saved before ``reg_weight`` existed were trained with the total weight
     saved_before = {"reg_weight": "total"}
     capabilities = Capabilities(folds_in_history=True, similar_items=True, seeded=True)
+    #: forget_users trains again from the seed on the remaining matrix (see _forget)
+    forgetting = "exact"
     tuning_space = {"embedding_dim": ("cat", [32, 64, 128, 256]), "reg": ("log", 0.01, 0.5),
                     "alpha": ("log", 1.0, 50.0), "epochs": ("int", 5, 30)}
 
@@ -392,6 +394,21 @@ class ALS(Recommender):
 
     def _fit(self, train: Interactions, valid: Interactions | None,
              options: FitOptions) -> None:
+        self._train_factors()
+
+    def _forget(self, keep, removed) -> str:
+        # Exact means "the model trained without the users", and for ALS only training
+        # again gives that: the objective is not convex, every user's factors shaped the
+        # item factors in every iteration, and the seeded start of the item factors is
+        # drawn after the user factors (it depends on the number of users). Re-solving the
+        # item factors against the other users' fixed factors would remove the users' last
+        # contribution only. So: the same iterations from the same seed on the remaining
+        # matrix, bit for bit a fit without them on the CPU (one fit's time).
+        self._train_factors()
+        return "retrained from the seed on the remaining matrix"
+
+    def _train_factors(self) -> None:
+        """``user_factors_`` and ``item_factors_`` from ``seen_``."""
         self.device_ = self._resolve_device()
         dev = self.device_
         users, items = self._sides(dev)

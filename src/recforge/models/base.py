@@ -43,6 +43,7 @@ from recforge.models.history import history_index
 from recforge.models.outputs import check_k, passed_ids
 from recforge.models.params import ParamRule, check_finite, shown, unknown_param_message
 from recforge.models.registry import models_with
+from recforge.models.unlearning import ForgetReport, forget_users
 from recforge.ranking import Popular, TieKey, random_ties, rank_ties, top_k
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ class Recommender:
     tuning_space: ClassVar[SearchSpace] = {}
     #: Hyperparameters of ``recforge quickstart`` (sized for a laptop; empty: defaults).
     quick_params: ClassVar[dict[str, Any]] = {}
+
+    #: How :meth:`forget_users` removes users (:mod:`recforge.models.unlearning`): "exact"
+    #: (the model becomes the one trained without them; the model implements
+    #: :meth:`_forget`) or "none" (gradient models: their user rows only).
+    forgetting: ClassVar[str] = "none"
 
     def effective_capabilities(self) -> Capabilities:
         """What this instance can do with its hyperparameters: the class's
@@ -196,6 +202,20 @@ class Recommender:
     def n_items(self) -> int:
         self.check_fitted()
         return len(self.items_)
+
+    def forget_users(self, users: Any, *, retrain: bool = False,
+                     data: Interactions | None = None) -> ForgetReport:
+        """Remove users (external ids) and what the model learned from them, in place:
+        exactly, or their own rows only, as :func:`recforge.models.unlearning.forget_users`
+        says per model; ``retrain`` fits again without them."""
+        return forget_users(self, users, retrain=retrain, data=data)
+
+    def _forget(self, keep: np.ndarray, removed: sp.csr_matrix) -> str:
+        """Update the learned state once the users not in ``keep`` (a mask over the old
+        user indices; ``removed``: their rows of ``seen_``) have left ``users_``, ``seen_``
+        and ``item_popularity_`` (override with ``forgetting = "exact"``); returns the
+        method's name."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------------------------
     # scoring

@@ -137,6 +137,7 @@ class _GraphFilter(Recommender):
     or factored application of ``filter(y, lin, idl)`` (override) to rows ``y``."""
 
     capabilities = Capabilities(folds_in_history=True, similar_items=True, seeded=True)
+    forgetting = "exact"
     #: Rules of the parameters that scoring reads (shared ones; subclasses add theirs).
     _shared_rules: ClassVar[dict[str, ParamRule]] = {
         "factor_dim": int_rule(1, MAX_DIM), "svd_iters": int_rule(0, 100),
@@ -159,6 +160,18 @@ class _GraphFilter(Recommender):
     # -- fit / restore ---------------------------------------------------------------------
     def _fit(self, train: Interactions, valid: Interactions | None,
              options: FitOptions) -> None:
+        self._filters()
+
+    def _forget(self, keep, removed) -> str:
+        # The degrees of the users' items change, so every entry of R~ in their columns
+        # does, and with it L and the singular vectors: recomputed from the new matrix, with
+        # the same seed (the random start of the subspace iteration depends on the items
+        # only), which is what a fit without the users computes.
+        self._filters()
+        return "filters recomputed"
+
+    def _filters(self) -> None:
+        """``vt_`` and the scoring operators from ``seen_``."""
         graph = normalized_graph(self.seen_)
         k = min(int(self.factor_dim), self.n_items)
         self.vt_ = torch.from_numpy(top_right_singular_vectors(graph[0], k, int(self.svd_iters),

@@ -50,6 +50,7 @@ class ItemKNN(Recommender):
 
     name = "itemknn"
     capabilities = Capabilities(folds_in_history=True, similar_items=True)
+    forgetting = "exact"
     tuning_space = {"neighbors": ("logint", 5, 500), "shrink": ("float", 0.0, 100.0)}
 
     def __init__(self, neighbors: int = 20, shrink: float = 0.0, binary: bool = True,
@@ -69,6 +70,16 @@ class ItemKNN(Recommender):
 
     def _fit(self, train: Interactions, valid: Interactions | None,
              options: FitOptions) -> None:
+        self._similarities()
+
+    def _forget(self, keep, removed) -> str:
+        # every similarity of an item the users had changes, and with it the neighbour
+        # lists of the items that share a user with it: recomputed from the new matrix
+        self._similarities()
+        return "similarities recomputed"
+
+    def _similarities(self) -> None:
+        """``history_`` and ``similarity_`` from ``seen_``."""
         x = self._history()
         self.history_ = x
         n_items = x.shape[1]

@@ -19,6 +19,7 @@ class Popularity(Recommender):
 
     name = "pop"
     capabilities = Capabilities(personalized=False)
+    forgetting = "exact"
 
     def __init__(self) -> None:
         pass
@@ -26,6 +27,11 @@ class Popularity(Recommender):
     def _fit(self, train: Interactions, valid: Interactions | None,
              options: FitOptions) -> None:
         self.scores_ = torch.from_numpy(self.item_popularity_.copy())
+
+    def _forget(self, keep, removed) -> str:
+        # the base class recounted item_popularity_ without the users
+        self.scores_ = torch.from_numpy(self.item_popularity_.copy())
+        return "recount"
 
     def _score(self, users: torch.Tensor) -> torch.Tensor:
         return self.scores_.unsqueeze(0).repeat(len(users), 1)

@@ -119,6 +119,10 @@ class Stored(BaseModel):
 class Forgotten(BaseModel):
     user: str
     deleted_events: int
+    #: what the served model does: "forgetting" (an exact copy without the user is being
+    #: made and swapped in), "cut_off" (its row of the user is not answered from) or
+    #: "not_in_model"
+    model: str
 
 
 class Health(BaseModel):

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from recforge.serving.context import AppContext
+from recforge.serving.forgetting import ModelForgetter
 from recforge.serving.responses import json_response
 from recforge.serving.schemas import Forgotten, Stored, errors, link
 
@@ -16,6 +17,8 @@ def add_event_routes(app: FastAPI, ctx: AppContext) -> None:
     """``POST /interactions`` and ``DELETE /users/{id}``."""
     PathId = ctx.inputs.path_id  # noqa: N806
     EventsRequest = ctx.inputs.events  # noqa: N806
+    forgetter = ModelForgetter(ctx)  # exact forgetting by the served model, off the path
+    app.state.forgetter = forgetter
 
     @app.post("/interactions", dependencies=ctx.guarded, operation_id="post_interactions",
               response_model=None,
@@ -41,7 +44,11 @@ def add_event_routes(app: FastAPI, ctx: AppContext) -> None:
                     "history": link("user_history", user_id="$request.path.user_id")}},
                            **errors(401, 403, 413, 415, 422, 503)})
     async def forget_user(user_id: PathId) -> Response:
-        """Remove the user's events; from now on the user is answered as unknown. Admin
-        key; ``Content-Type: application/json`` like every request that changes state."""
+        """Remove the user's events; from now on the user is answered as unknown. A
+        model that forgets exactly (pop, itemknn, ease, als, gfcf, bspm) is then replaced,
+        in the background, by a copy without the user (``"model": "forgetting"``); other
+        models keep the user's row unused (``"cut_off"``). Admin key;
+        ``Content-Type: application/json`` like every request that changes state."""
         n = await ctx.with_files(ctx.write, "forget_user", user_id)
-        return json_response({"user": user_id, "deleted_events": n})
+        return json_response({"user": user_id, "deleted_events": n,
+                              "model": forgetter.submit(user_id)})
