@@ -12,17 +12,23 @@ Builders for real data:
 - :func:`from_frame` / :func:`read_features`: a user's own table (CSV / TSV / Parquet or a
   DataFrame) with an id column and named feature columns; column kinds are inferred (see
   :func:`infer_kinds`) or given.
-- :func:`movielens_item_features` / :func:`movielens_user_features`: genres, title words,
-  year and tags of a :class:`~recforge.data.movielens.MovieLensData`; age, gender and
+- :func:`movielens_item_features` / :func:`movielens_user_features`: genres, title and tag
+  text, year of a :class:`~recforge.data.movielens.MovieLensData`; age, gender and
   occupation of ml-100k / ml-1m users.
 
-TF-IDF uses scikit-learn's ``TfidfVectorizer`` (a well-kept tokenizer, stop words and
-smoothing, rather than a home-grown one).
+Item text (titles, tags, descriptions) is encoded by default with the text encoder that
+ships inside the ``wordllama`` package (:mod:`recforge.data.text_encoders`: offline, no
+model download) as a dense block (:func:`text_vectors`); ``text_encoder="tfidf"`` keeps
+TF-IDF words (:func:`text`; scikit-learn's ``TfidfVectorizer``, a well-kept tokenizer, stop
+words and smoothing rather than a home-grown one), and a directory names a
+sentence-transformers model of one's own. Precomputed vectors of any modality (image,
+audio, text) are read by :func:`recforge.data.vectors.item_vectors`.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +38,20 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recforge.data.text_encoders import (
+    DEFAULT_TEXT_ENCODER,
+    as_documents,
+    decorrelate,
+    encode_texts,
+    wordllama_available,
+)
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import ConfigError, DataError
 
 __all__ = ["Features", "categorical", "text", "numeric", "combine", "from_frame",
            "read_features", "infer_kinds", "movielens_item_features",
-           "movielens_user_features", "text_embeddings"]
+           "movielens_user_features", "text_embeddings", "text_vectors", "dense",
+           "resolve_text_encoder"]
 
 Kind = Literal["categorical", "text", "numeric"]
 
@@ -285,17 +299,66 @@ def combine(*blocks: Features) -> Features:
                     names, np.concatenate([b.groups for b in aligned]))
 
 
-def text_embeddings(ids: Any, texts: Sequence[Any], name: str, *, model: str | os.PathLike,
-                    batch_size: int = 64, device: str | None = None) -> Features:
-    """Dense sentence embeddings of ``texts`` as a feature block (``name:0`` ...).
+def dense(ids: Any, matrix: Any, name: str) -> Features:
+    """A dense ``[len(ids), dim]`` matrix of vectors as a feature block named ``name``
+    (features ``name:0`` ... ``name:dim-1``). Rows must be finite; an all-zero row means no
+    vector for that entity."""
+    vocab = _ids(ids, name)
+    m = np.asarray(matrix, dtype=np.float32)
+    if m.ndim != 2 or m.shape[0] != len(vocab):
+        raise DataError(f"vectors {name!r}: shape {m.shape} for {len(vocab)} ids; expected "
+                        f"({len(vocab)}, dim)")
+    bad = ~np.isfinite(m)
+    if bad.any():
+        row, col = (int(x) for x in np.argwhere(bad)[0])
+        raise DataError(f"vectors {name!r}: {m[row, col]} in dimension {col} of the vector "
+                        f"of id {vocab.ids[row]!r} (row {row + 1})")
+    names = [f"{name}:{j}" for j in range(m.shape[1])]
+    return Features(vocab, sp.csr_matrix(m), names, [name] * len(names))
 
-    Needs the ``text`` extra (``pip install 'recforge[text]'``, sentence-transformers) and
-    a model directory on disk: recforge never downloads a model at run time. Fetch one
-    where there is network access, e.g. ``huggingface-cli download
-    sentence-transformers/all-MiniLM-L6-v2 --local-dir DIR``, and pass ``model=DIR``.
+
+def resolve_text_encoder(encoder: str | os.PathLike | None) -> str | os.PathLike:
+    """The encoder to use for item text: ``None`` means the default (``"wordllama"``);
+    when the default is asked for and the ``wordllama`` package is missing, TF-IDF with a
+    warning that says how to get the default back."""
+    if encoder is None:
+        encoder = DEFAULT_TEXT_ENCODER
+    if str(encoder) == "wordllama" and not wordllama_available():
+        warnings.warn("item text: the default encoder needs the wordllama package (a "
+                      "dependency of recforge: pip install wordllama); using TF-IDF words "
+                      "instead (pass text_encoder='tfidf' to silence this)", stacklevel=3)
+        return "tfidf"
+    return encoder
+
+
+def text_vectors(ids: Any, texts: Sequence[Any], name: str, *,
+                 encoder: str | os.PathLike = DEFAULT_TEXT_ENCODER,
+                 drop_components: int | None = 1, batch_size: int = 256,
+                 device: str | None = None) -> Features:
+    """Dense vectors of ``texts`` as a feature block (``name:0`` ...).
+
+    ``encoder``: ``"wordllama"`` (the default: bundled in the wordllama package, works
+    offline) or a sentence-transformers model directory (the ``text`` extra). Vectors
+    are centred over the catalogue with their top ``drop_components`` principal directions
+    removed (see :func:`recforge.data.text_encoders.decorrelate`; ``None`` keeps the raw
+    vectors). Empty texts get no features.
     """
     vocab = _ids(ids, name)
     _check_len(vocab, texts, name)
+    emb = encode_texts(texts, encoder, batch_size=batch_size, device=device)
+    if drop_components is not None:
+        emb = decorrelate(emb, int(drop_components))
+    return dense(vocab, emb, name)
+
+
+def text_embeddings(ids: Any, texts: Sequence[Any], name: str, *, model: str | os.PathLike,
+                    batch_size: int = 64, device: str | None = None) -> Features:
+    """Dense, unit-length sentence embeddings of ``texts`` from a sentence-transformers
+    model directory (the ``text`` extra) as a feature block (``name:0`` ...); see
+    :func:`text_vectors` for the bundled default encoder."""
+    if str(model) == "wordllama":
+        return text_vectors(ids, texts, name, encoder="wordllama", drop_components=None,
+                            batch_size=batch_size)
     path = Path(model)
     if not path.is_dir():
         raise ConfigError(f"text embeddings: no model directory at {str(path)!r}; recforge does "
@@ -303,20 +366,16 @@ def text_embeddings(ids: Any, texts: Sequence[Any], name: str, *, model: str | o
                           "model where you have network access (e.g. `huggingface-cli download "
                           "sentence-transformers/all-MiniLM-L6-v2 --local-dir DIR`) and pass "
                           "its directory as model=DIR")
-    try:  # lazy: an optional dependency (the 'text' extra)
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise ConfigError("text embeddings need the 'text' extra: "
-                          "pip install 'recforge[text]' (sentence-transformers)") from None
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    encoder = SentenceTransformer(str(path), device=device or "cpu")
-    docs = ["" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t)
-            for t in texts]
-    emb = np.asarray(encoder.encode(docs, batch_size=batch_size, show_progress_bar=False,
-                                    normalize_embeddings=True), dtype=np.float32)
-    emb[[not d.strip() for d in docs]] = 0.0
-    names = [f"{name}:{j}" for j in range(emb.shape[1])]
-    return Features(vocab, sp.csr_matrix(emb), names, [name] * len(names))
+    return text_vectors(ids, texts, name, encoder=path, drop_components=None,
+                        batch_size=batch_size, device=device)
+
+
+def _text_block(ids: Any, texts: Sequence[Any], name: str,
+                encoder: str | os.PathLike, min_df: int = 2) -> Features:
+    """A text column as TF-IDF words (``encoder="tfidf"``) or vectors (any other)."""
+    if str(encoder) == "tfidf":
+        return text(ids, texts, name, min_df=min_df)
+    return text_vectors(ids, texts, name, encoder=encoder)
 
 
 # ---------------------------------------------------------------------------------------
@@ -351,11 +410,14 @@ def infer_kinds(frame: pd.DataFrame, columns: Sequence[str], sep: str = "|"
 
 def from_frame(frame: pd.DataFrame, id_column: str, *,
                kinds: Mapping[str, Kind] | None = None, columns: Sequence[str] | None = None,
-               sep: str = "|", bins: int | None = 10, source: str | None = None) -> Features:
+               sep: str = "|", bins: int | None = 10, source: str | None = None,
+               text_encoder: str | os.PathLike | None = None) -> Features:
     """Features from a table with one row per entity.
 
     ``columns`` (default: every column but the id) are turned into blocks by their kind
     (``kinds``; inferred by :func:`infer_kinds` when absent). Duplicate ids are an error.
+    Text columns are encoded by ``text_encoder`` (default ``"wordllama"``, see
+    :func:`text_vectors`; ``"tfidf"`` for TF-IDF words).
     """
     src = source or "<DataFrame>"
     if id_column not in frame.columns:
@@ -386,6 +448,8 @@ def from_frame(frame: pd.DataFrame, id_column: str, *,
     kinds_all = {**infer_kinds(frame, [c for c in cols if c not in given], sep), **given}
     vocab = Vocabulary(ids.to_numpy())
     order = vocab.index(ids.to_numpy())
+    encoder = (resolve_text_encoder(text_encoder) if "text" in kinds_all.values()
+               else "tfidf")
     blocks = []
     for col in cols:
         values = frame[col].to_numpy(dtype=object)[np.argsort(order)]
@@ -393,7 +457,7 @@ def from_frame(frame: pd.DataFrame, id_column: str, *,
         if kind == "numeric":
             blocks.append(numeric(vocab, values, str(col), bins=bins))
         elif kind == "text":
-            blocks.append(text(vocab, values, str(col)))
+            blocks.append(_text_block(vocab, values, str(col), encoder))
         else:
             blocks.append(categorical(vocab, values, str(col), sep=sep))
     return combine(*blocks)
@@ -402,11 +466,12 @@ def from_frame(frame: pd.DataFrame, id_column: str, *,
 def read_features(path: str | os.PathLike, id_column: str | None = None, *,
                   kinds: Mapping[str, Kind] | None = None,
                   columns: Sequence[str] | None = None, sep: str = "|",
-                  bins: int | None = 10) -> Features:
+                  bins: int | None = 10,
+                  text_encoder: str | os.PathLike | None = None) -> Features:
     """Read an item (or user) table from CSV / TSV / Parquet and build :class:`Features`.
 
     ``id_column`` defaults to ``item`` (or ``user``, ``id``, the first column, in that
-    order of preference).
+    order of preference). ``text_encoder`` as for :func:`from_frame`.
     """
     path = Path(path)
     if not path.is_file():
@@ -426,32 +491,54 @@ def read_features(path: str | os.PathLike, id_column: str | None = None, *,
         id_column = next((c for c in ("item", "user", "id") if c in frame.columns),
                          frame.columns[0])
     return from_frame(frame, id_column, kinds=kinds, columns=columns, sep=sep, bins=bins,
-                      source=str(path))
+                      source=str(path), text_encoder=text_encoder)
 
 
 # ---------------------------------------------------------------------------------------
 # MovieLens
 def movielens_item_features(data: Any, *, genres: bool = True, title: bool = True,
-                            year: bool = True, tags: bool = True) -> Features:
+                            year: bool = True, tags: bool = True,
+                            text_encoder: str | os.PathLike | None = None) -> Features:
     """Item features of a :class:`~recforge.data.movielens.MovieLensData`: genres
-    (multi-hot), title words (TF-IDF), release year (decade bins) and, where the variant
-    has them, the words of users' tags (TF-IDF)."""
+    (multi-hot), release year (decade bins) and text.
+
+    With a vector encoder (the default, ``"wordllama"``, or a sentence-transformers
+    directory) the text is one group ``text``: the vector of each film's title (without
+    its year), genre words and, where the variant has them, users' tags, as one document.
+    With ``text_encoder="tfidf"`` it is TF-IDF words in two groups, ``title`` and ``tags``.
+    """
     items = data.items
     vocab = Vocabulary(items.index.to_numpy())
+    encoder = resolve_text_encoder(text_encoder) if (title or tags) else "tfidf"
     blocks = []
     if genres:
         blocks.append(categorical(vocab, items["genres"].to_numpy(), "genres"))
-    if title:
-        blocks.append(text(vocab, items["title"].to_numpy(), "title"))
+    joined = None
+    if tags and getattr(data, "tags", None) is not None and len(data.tags):
+        t = data.tags
+        joined = t.assign(tag=t["tag"].astype(str)).groupby("item")["tag"].agg(" ".join)
+        joined = joined.reindex(items.index)
+    if str(encoder) == "tfidf":
+        if title:
+            blocks.append(text(vocab, items["title"].to_numpy(), "title"))
+    elif title or joined is not None:
+        parts = []
+        if title:  # "Heat (1995)": the year has its own group
+            parts.append(pd.Series(as_documents(items["title"].to_numpy(object)))
+                         .str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True))
+        parts.append(pd.Series(as_documents(items["genres"].to_numpy(object)))
+                     .str.replace("(no genres listed)", "", regex=False)
+                     .str.replace("|", " ", regex=False))
+        if joined is not None:
+            parts.append(pd.Series(as_documents(joined.to_numpy(object))))
+        docs = [". ".join(p for p in row if p.strip()) for row in zip(*parts, strict=True)]
+        blocks.append(text_vectors(vocab, docs, "text", encoder=encoder))
     if year:
         y = pd.to_numeric(items["year"], errors="coerce").to_numpy(np.float64)
         decade = np.where(np.isfinite(y), (np.floor(y / 10) * 10), np.nan)
         labels = [None if not np.isfinite(d) else f"{int(d)}s" for d in decade]
         blocks.append(categorical(vocab, labels, "year", sep=None))
-    if tags and getattr(data, "tags", None) is not None and len(data.tags):
-        t = data.tags
-        joined = t.assign(tag=t["tag"].astype(str)).groupby("item")["tag"].agg(" ".join)
-        joined = joined.reindex(items.index)
+    if joined is not None and str(encoder) == "tfidf":
         blocks.append(text(vocab, joined.to_numpy(dtype=object), "tags", min_df=2))
     if not blocks:
         raise ConfigError("choose at least one MovieLens feature group")

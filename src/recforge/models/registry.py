@@ -56,6 +56,7 @@ BUILTIN: dict[str, str] = {
     "content": "recforge.models.content:ContentBased",
     "hybrid": "recforge.models.hybrid:Hybrid",
     "hybrid_bpr": "recforge.models.hybrid:HybridBPR",
+    "vbpr": "recforge.models.vbpr:VBPR",
     "blend": "recforge.models.blend:Blend",
     "sasrec": "recforge.models.sasrec:SASRec",
     "gru4rec": "recforge.models.gru4rec:GRU4Rec",
