@@ -303,3 +303,16 @@ def test_the_quickstart_mentions_auto(tmp_path, monkeypatch):
         text = console.export_text()
         assert (f"recforge train {shown} --data YOUR_EVENTS.csv --out model --auto "
                 "--budget 60s") in text
+
+
+def test_tune_writes_the_tuned_model_without_auto(tmp_path, data):
+    from rich.console import Console
+
+    from recforge.experiment.tune import tune
+
+    exp = _experiment(tmp_path, data, "[{name: ease, auto: true, auto_budget: 5m}]")
+    tune(load_config(exp), "ease", n_trials=2, out=tmp_path / "t", config_path=exp,
+         console=Console(quiet=True))
+    tuned = load_config(tmp_path / "t" / "exp.tuned.yaml")
+    assert not tuned.models[0].auto and tuned.models[0].auto_budget is None
+    assert set(tuned.models[0].params) == {"reg"}

@@ -305,7 +305,8 @@ def _write_outputs(cfg: ExperimentConfig, out: Path, entry: ModelConfig,
     tuned = cfg.to_dict()
     for m in tuned["models"]:
         if (m["label"] or m["name"]) == entry.display:
-            m["params"] = best
+            m["params"] = best  # tuned: auto: true would search them again
+            m["auto"], m["auto_budget"] = False, None
     if not any((m["label"] or m["name"]) == entry.display for m in tuned["models"]):
         tuned["models"].append({"name": entry.name, "params": best, "label": None})
     stem = Path(config_path).stem if config_path else cfg.name
