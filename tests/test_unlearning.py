@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 from conftest import random_interactions, run_cli
 from hypothesis import HealthCheck, given, settings
@@ -128,6 +129,29 @@ def test_gradient_models_lose_the_users_rows(name, data):
         assert emb.shape[0] == model.n_users
     else:  # the rest of the model answers as well
         assert len(after) == len(before)
+
+
+def test_user_features_lose_the_users_rows(data):
+    from recforge.data.features import Features
+
+    rng = np.random.default_rng(0)
+
+    def features(vocab, n):
+        mat = sp.csr_matrix((rng.random((len(vocab), n)) > 0.5).astype(np.float32))
+        return Features(vocab, mat, np.array([f"f{i}" for i in range(n)]), np.array(["g"] * n))
+
+    users = features(data.users, 5)
+    model = create_model("hybrid_bpr", embedding_dim=8, epochs=1).fit(
+        data, item_features=features(data.items, 6), user_features=users)
+    kept = data.users.ids[[0, 5]]
+    before = model.recommend(kept, k=4)
+    report = model.forget_users(data.users.ids[[1, 2]])
+    assert report.kind == USER_ROWS
+    rest = np.setdiff1d(np.arange(data.n_users), [1, 2])
+    assert model.user_features_.ids == data.users.take(rest)
+    np.testing.assert_array_equal(model.user_features_.matrix.toarray(),
+                                  users.matrix[rest].toarray())
+    pd.testing.assert_frame_equal(model.recommend(kept, k=4), before)
 
 
 def test_models_that_cannot_forget_say_so_and_retrain(data):

@@ -219,22 +219,26 @@ def _retrain(model: Any, data: Interactions | None) -> str:
 # ---------------------------------------------------------------------------------------
 # gradient models: the users' rows of every user-indexed array
 def _shapes(spec: StateSpec, checked: dict[str, torch.Tensor], modules: bool
-            ) -> dict[str, tuple[int, ...]]:
+            ) -> tuple[dict[str, tuple[int, ...]], dict[str, torch.Tensor]]:
     """The shape of every array of ``spec`` (its arrays and sparse matrices, or with
     ``modules`` its modules', built on the meta device from ``checked``: nothing is
-    allocated); axes declared ``None`` leave the array out."""
+    allocated; axes declared ``None`` leave the array out), and the values of the buffers
+    a module's build derives from ``checked`` (real tensors: e.g. feature tables)."""
     out: dict[str, tuple[int, ...]] = {}
+    derived: dict[str, torch.Tensor] = {}
     for key, s in spec.items():
         if isinstance(s, Module) and modules:
             with torch.device("meta"), _SkipMetaInit():
                 module = s.build(dict(checked))
             for name, t in module.state_dict().items():
                 out[s.prefix + name] = tuple(t.shape)
+                if not t.is_meta:
+                    derived[s.prefix + name] = t.detach()
         elif isinstance(s, Array) and not modules and all(d is not None for d in s.shape):
             out[key] = tuple(int(d) for d in s.shape)  # type: ignore[arg-type]
         elif isinstance(s, CSR) and not modules:
             out[f"{key}_indptr"] = (s.shape[0] + 1,)
-    return out
+    return out, derived
 
 
 def _forget_user_rows(model: Any, keep: np.ndarray) -> str:
@@ -250,12 +254,15 @@ def _forget_user_rows(model: Any, keep: np.ndarray) -> str:
     rows = torch.from_numpy(np.flatnonzero(keep))
     out: dict[str, torch.Tensor] = {}
 
-    def cut(keys: list[str], want: dict[str, tuple[int, ...]]) -> None:
+    def cut(keys: list[str], want: dict[str, tuple[int, ...]],
+            derived: dict[str, torch.Tensor]) -> None:
         for key in keys:
             t, shape = state[key], want.get(key)
             if key in out:
                 continue
-            if shape is None or tuple(t.shape) == shape:
+            if key in derived:  # a buffer the build computes from the (new) inputs
+                out[key] = derived[key]
+            elif shape is None or tuple(t.shape) == shape:
                 out[key] = t
             elif key.endswith("_indptr") and len(t) == old_n + 1 and shape == (new_n + 1,):
                 base = key[: -len("_indptr")]
@@ -274,9 +281,11 @@ def _forget_user_rows(model: Any, keep: np.ndarray) -> str:
                                  "retrain the model without them instead")
 
     # the arrays and sparse matrices first: a module's build may read them
-    plain = _shapes(spec, {}, modules=False)
-    cut([k for k in state if k in plain], plain)  # a CSR's indices and data come along
-    cut([k for k in state if k not in out], _shapes(spec, out, modules=True))
+    plain = _shapes(spec, {}, modules=False)[0]
+    parts = {f"{k[:-len('_indptr')]}_{p}" for k in plain if k.endswith("_indptr")
+             for p in ("indices", "data")}  # a sparse matrix's, cut with its indptr
+    cut([k for k in state if k in plain or k in parts], plain, {})
+    cut([k for k in state if k not in out], *_shapes(spec, out, modules=True))
     checked = check_state(out, spec, f"{model.name}: forgetting users: ")
     model._restore(checked, extra)
     return "user rows removed"
