@@ -58,6 +58,7 @@ from recforge.models.params import (
     optional_rule,
     positive_rule,
 )
+from recforge.models.registry import private_models
 from recforge.training import distributed
 from recforge.training.batches import EpochSampler
 from recforge.training.contracts import Batch, FitContext, Validate
@@ -71,6 +72,8 @@ __all__ = ["DataStats", "GradientRecommender", "SampledGradientRecommender", "sh
 #: A metric's name such as ``ndcg@20`` (parsed once the type is known to be text).
 _METRIC_RULE = ParamRule(lambda v: isinstance(v, str) and len(v) <= 64,
                          "a metric name such as 'ndcg@20' or 'rmse'")
+#: The largest privacy target ``dp_epsilon`` accepted.
+MAX_EPSILON = 1000.0
 
 
 @dataclass_transform(kw_only_default=True, eq_default=False)
@@ -83,7 +86,12 @@ class GradientRecommender(Recommender):
     over all ranks), ``learning_rate``, ``reg`` (L2 on the batch's rows), ``optimizer``,
     ``weight_decay`` and ``lr_schedule`` (see :class:`~recforge.training.trainer.Trainer`),
     ``valid_metric``, ``patience`` and ``eval_every`` (early stopping on validation data),
-    ``init_std`` (of the initial weights), ``device`` and ``seed``.
+    ``init_std`` (of the initial weights), ``device`` and ``seed``; and differentially
+    private training per user (:mod:`recforge.training.privacy`, on Opacus) for the models
+    that offer :meth:`private_loss`: ``dp_epsilon`` (``None``: not private), ``dp_delta``
+    (``None``: ``1 / n_users``), ``dp_max_grad_norm`` (each user's gradient is clipped to
+    it) and ``dp_max_per_user`` (events of a user in a step; ``batch_size //
+    dp_max_per_user`` users are expected per step).
     """
 
     embedding_dim: int = 64
@@ -100,6 +108,10 @@ class GradientRecommender(Recommender):
     init_std: float = 0.01
     device: str = "auto"
     seed: int = 0
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    dp_max_grad_norm: float = 1.0
+    dp_max_per_user: int = 32
 
     #: Training objective, for documentation and the sampler: "rating" (pointwise values)
     #: or "ranking" (positives with sampled negatives).
@@ -127,7 +139,11 @@ class GradientRecommender(Recommender):
         "learning_rate": positive_rule(), "reg": number_rule(0, MAX_NUMBER),
         "weight_decay": number_rule(0, MAX_NUMBER), "init_std": number_rule(0, MAX_NUMBER),
         "patience": optional_rule(int_rule(1, MAX_EPOCHS)), "device": DEVICE_RULE,
-        "seed": SEED_RULE, "valid_metric": optional_rule(_METRIC_RULE)}
+        "seed": SEED_RULE, "valid_metric": optional_rule(_METRIC_RULE),
+        "dp_epsilon": optional_rule(positive_rule(MAX_EPSILON)),
+        "dp_delta": optional_rule(ParamRule(lambda v: number_rule(0, 1).ok(v) and 0 < v < 1,
+                                            "a number in (0, 1)")),
+        "dp_max_grad_norm": positive_rule(), "dp_max_per_user": int_rule(1, MAX_COUNT)}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # every subclass is a dataclass of its parameters: its __init__ (what get_params,
@@ -205,6 +221,40 @@ class GradientRecommender(Recommender):
             if kind == "rating" and not self.predicts_ratings:
                 raise ConfigError(f"{self.name}: valid_metric {metric!r} needs a model that "
                                   "predicts ratings; use a ranking metric such as ndcg@20")
+        self._validate_privacy()
+
+    @classmethod
+    def supports_private_training(cls) -> bool:
+        """Whether the model trains with differential privacy: the nearest class (in the
+        method resolution order) that defines ``training_loss`` or :meth:`private_loss`
+        defines ``private_loss`` (a subclass with a loss of its own, e.g. ``vbpr`` of
+        ``bpr``'s kind, must give its private loss too)."""
+        for klass in cls.__mro__:
+            if "private_loss" in klass.__dict__ or "training_loss" in klass.__dict__:
+                return klass is not GradientRecommender and "private_loss" in klass.__dict__
+        return False
+
+    @property
+    def private(self) -> bool:
+        """Whether this model is trained with differential privacy (``dp_epsilon`` set)."""
+        return self.dp_epsilon is not None
+
+    def _validate_privacy(self) -> None:
+        """The DP parameters: only for models with :meth:`private_loss`, ``dp_delta`` only
+        with ``dp_epsilon``, no early stopping (it would choose the released epoch on the
+        users' held-out events, outside the accountant)."""
+        if not self.private:
+            if self.dp_delta is not None:
+                raise ConfigError(f"{self.name}: dp_delta is set but dp_epsilon is not; set "
+                                  "dp_epsilon to train with differential privacy")
+            return
+        if not self.supports_private_training():
+            raise ConfigError(f"{self.name} does not support differentially private training "
+                              "(dp_epsilon); models that do: "
+                              f"{', '.join(private_models())}")
+        if self.patience is not None:
+            raise ConfigError(f"{self.name}: patience (early stopping) cannot be used with "
+                              "dp_epsilon: the released weights are the last epoch's")
 
     def _check_distributed(self) -> None:
         """Refuse settings that cannot train under DDP (override; raises ConfigError).
@@ -226,6 +276,19 @@ class GradientRecommender(Recommender):
 
     def _score_users(self, users: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def private_loss(self, batch: Batch) -> torch.Tensor:
+        """Differentially private training: the loss of each user of a user-level batch
+        (:class:`~recforge.training.privacy.UserBatches`), ``[B]``, computed only through
+        calls of the module's submodules (``nn.Embedding``, ``nn.Linear``...; never a
+        table's ``.weight`` read whole), so that Opacus sees every user's gradient
+        (override; a model without it does not support ``dp_epsilon``)."""
+        raise NotImplementedError
+
+    def _private_setup(self) -> None:
+        """A private fit replaces data statistics that would read every user's events
+        into the weights or the loss outside the accountant (override, e.g. ``mf``'s
+        global mean and count-scaled L2 weights)."""
 
     def after_backward(self) -> None:
         """Hook between ``backward`` and the optimizer step (e.g. gradient surgery)."""
@@ -314,7 +377,13 @@ class GradientRecommender(Recommender):
                context: FitContext) -> None:
         """Build the module and run the trainer on it, with the model's sampler and, given
         validation data, a validation callable."""
+        if self.private:
+            self._private_setup()
         self.module_ = self._build().to(self.device_)
+        if self.private:
+            self._train_private(train, valid, context)
+            return
+        self.privacy_ = None
         sampler = self._sampler(train, shard=context.distributed)
         if context.sharded:
             balance_shards(sampler, len(train), self._stats.item_counts, self.device_,
@@ -333,6 +402,47 @@ class GradientRecommender(Recommender):
         state = trainer.fit(self, sampler, validate)
         self.history_ = state.history
         self.best_epoch_ = state.best_epoch
+
+    def _train_private(self, train: Interactions, valid: Interactions | None,
+                       context: FitContext) -> None:
+        """Train with differential privacy per user (:mod:`recforge.training.privacy`):
+        user-level batches, Opacus's clipping, noise and accountant; the spent budget is
+        kept in :attr:`privacy_` (saved with the model)."""
+        from recforge.training.privacy import (  # lazy: Opacus, an optional extra
+            PrivacySpec,
+            UserBatches,
+            require_opacus,
+        )
+
+        require_opacus()
+        if context.world > 1:
+            raise ConfigError(f"{self.name}: differentially private training runs in one "
+                              "process (no --nproc)")
+        if context.sparse_updates == "on":
+            raise ConfigError(f"{self.name}: sparse_updates='on' cannot be used with "
+                              "dp_epsilon")
+        n_neg = int(getattr(self, "n_negatives", 0)) if self.objective == "ranking" else 0
+        spec = PrivacySpec(
+            epsilon=float(self.dp_epsilon),  # type: ignore[arg-type]
+            delta=float(self.dp_delta if self.dp_delta is not None
+                        else 1.0 / max(2, self.n_users)),
+            max_grad_norm=float(self.dp_max_grad_norm), max_per_user=int(self.dp_max_per_user),
+            users_per_step=max(1, int(self.batch_size) // int(self.dp_max_per_user)))
+        batches = UserBatches(train, spec.max_per_user, n_neg)
+        validate: Validate | None = None
+        if valid is not None:
+            self._check_validation_data(train, valid, context)
+            validate = functools.partial(self._validate, train, valid, context)
+        trainer = Trainer(
+            epochs=int(self.epochs), learning_rate=float(self.learning_rate),
+            optimizer=self.optimizer, weight_decay=float(self.weight_decay),
+            lr_schedule=self.lr_schedule, valid_metric=self.valid_metric,  # type: ignore[arg-type]
+            patience=None, eval_every=int(self.eval_every), device=self.device_,
+            seed=int(self.seed or 0), context=context, privacy=spec)
+        state = trainer.fit(self, batches, validate)  # type: ignore[arg-type]
+        self.history_ = state.history
+        self.best_epoch_ = state.epoch
+        self.privacy_ = trainer.privacy_report
 
     # ----------------------------------------------------------------------------------
     # validation during training: the callable the trainer is handed
@@ -469,9 +579,13 @@ class GradientRecommender(Recommender):
         return {k: v for k, v in self.module_.state_dict().items()}
 
     def _extra(self) -> dict[str, Any]:
-        return {"history": getattr(self, "history_", []),
-                "best_epoch": getattr(self, "best_epoch_", -1),
-                **self._extra_scalars()}
+        extra = {"history": getattr(self, "history_", []),
+                 "best_epoch": getattr(self, "best_epoch_", -1),
+                 **self._extra_scalars()}
+        privacy = getattr(self, "privacy_", None)
+        if privacy is not None:
+            extra["privacy"] = privacy
+        return extra
 
     #: the module's tables have embedding_dim columns; its build draws with init_std
     scoring_params = {"embedding_dim": int_rule(1), "init_std": number_rule(0)}
@@ -482,6 +596,7 @@ class GradientRecommender(Recommender):
         self._set_extra_scalars(extra)
         self.history_ = extra_value(extra, "history", _LIST_RULE, [])
         self.best_epoch_ = extra_value(extra, "best_epoch", int_rule(-1), -1)
+        self.privacy_ = extra_value(extra, "privacy", _PRIVACY_RULE, None)
 
     def _state_spec(self, extra: dict[str, Any]) -> StateSpec:
         # the module's state_dict, as the saved parameters and scalars build it
@@ -523,6 +638,12 @@ def shared_params(model: SampledGradientRecommender) -> dict[str, Any]:
 
 
 _LIST_RULE = ParamRule(lambda v: isinstance(v, list), "a list")
+#: What a private fit saved: the spent ``epsilon`` (a finite number >= 0) and ``delta``
+#: among its fields (or nothing: not private).
+_PRIVACY_RULE = ParamRule(
+    lambda v: v is None or (isinstance(v, dict) and number_rule(0).ok(v.get("epsilon"))
+                            and number_rule(0, 1).ok(v.get("delta"))),
+    "null or an object with the spent 'epsilon' and 'delta'")
 
 
 def _plain(value: Any) -> Any:

@@ -181,6 +181,31 @@ class MF(GradientRecommender):
                             "use 'bpr', 'als' or another ranking model", source=train.source)
         setup_rating_fit(self)
 
+    def _private_setup(self) -> None:
+        """A private fit centres the predictions on the middle of the rating range (the
+        rating scale is taken as public), not on the mean of every user's ratings, and
+        gives every rating the same L2 weight (not weights from every user's counts)."""
+        lo, hi = self.rating_range_
+        self.mean_ = 0.5 * (lo + hi)
+        self._user_reg_w = torch.ones_like(self._user_reg_w)
+        self._item_reg_w = torch.ones_like(self._item_reg_w)
+
+    def private_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each user's mean squared error over their events in the step, plus L2 on
+        their factors and bias and on their items' (per rating)."""
+        m: _BiasedMF = self.module_
+        u, items, mask = batch["users"], batch["items"], batch["mask"]
+        p, bu = m.user(u), m.user_bias(u).squeeze(-1)  # [B, d], [B]
+        q, bi = m.item(items), m.item_bias(items).squeeze(-1)  # [B, m, d], [B, m]
+        pred = m.mean + bu.unsqueeze(1) + bi + (q * p.unsqueeze(1)).sum(-1)
+        w = mask.to(pred.dtype)
+        n = w.sum(1).clamp_min(1.0)
+        err = ((pred - batch["values"]).square() * w).sum(1) / n
+        bias_reg = float(self.reg if self.bias_reg is None else self.bias_reg)
+        l2 = float(self.reg) * (p.square().sum(-1) + (q.square().sum(-1) * w).sum(1) / n)
+        l2 = l2 + bias_reg * (bu.square() + (bi.square() * w).sum(1) / n)
+        return err + 0.5 * l2
+
     def _build(self) -> nn.Module:
         return _BiasedMF(self.n_users, self.n_items, int(self.embedding_dim), self.mean_,
                          self._generator(), float(self.init_std))
@@ -294,6 +319,22 @@ class BPR(SampledGradientRecommender):
         # loss and gradients as lookups, products and losses.bpr + losses.l2, faster)
         items = torch.cat([batch["items"].unsqueeze(1), batch["negatives"]], dim=1)
         return losses.bpr_dot(m.user(batch["users"]), m.item.weight, items, float(self.reg))
+
+    def private_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each user's BPR loss averaged over their (positive, negative) pairs in the
+        step, plus L2 on the rows read (as :meth:`training_loss`, per user)."""
+        m: _DotMF = self.module_
+        u = m.user(batch["users"])  # [B, d]
+        rows = m.item(torch.cat([batch["items"].unsqueeze(2), batch["negatives"]], dim=2))
+        scores = (rows * u[:, None, None, :]).sum(-1)  # [B, m, 1 + k]
+        pair = torch.nn.functional.softplus(scores[..., 1:] - scores[..., :1]).mean(-1)
+        w = batch["mask"].to(pair.dtype)
+        n = w.sum(1).clamp_min(1.0)
+        loss = (pair * w).sum(1) / n
+        if self.reg:
+            sq = (rows.square().sum((-1, -2)) * w).sum(1) / n
+            loss = loss + 0.5 * float(self.reg) * (u.square().sum(-1) + sq)
+        return loss
 
     def _score_users(self, users: torch.Tensor) -> torch.Tensor:
         m: _DotMF = self.module_

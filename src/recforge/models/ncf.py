@@ -88,7 +88,11 @@ class _GMFTower(nn.Module):
         self.out_dim = dim
 
     def pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.user(users) * self.item(items)
+        return self.features(self.user(users), self.item(items))
+
+    def features(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """The tower's output for looked-up user rows ``p`` and item rows ``q``."""
+        return p * q
 
     def grid_logit(self, users: torch.Tensor, weight: torch.Tensor,
                    scratch: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -120,8 +124,11 @@ class _MLPTower(nn.Module):
         return h
 
     def pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        first = self.linears[0]
-        h = torch.relu(first(torch.cat([self.user(users), self.item(items)], dim=-1)))
+        return self.features(self.user(users), self.item(items))
+
+    def features(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """The tower's output for looked-up user rows ``p`` and item rows ``q``."""
+        h = torch.relu(self.linears[0](torch.cat([p, q], dim=-1)))
         return self._rest(h)
 
     def grid_logit(self, users: torch.Tensor, weight: torch.Tensor,
@@ -246,6 +253,48 @@ class _NCFBase(SampledGradientRecommender):
         neg_logit = m(u.unsqueeze(1).expand(-1, n).reshape(-1), neg.reshape(-1)).view(-1, n)
         return losses.bce(pos_logit, neg_logit) + self._reg(u, i, neg.reshape(-1))
 
+    def _private_setup(self) -> None:
+        """A private rating fit starts the output from the middle of the rating range
+        (the scale is taken as public), not from the mean of every user's ratings."""
+        if self.objective == "rating":
+            lo, hi = self.rating_range_
+            self.mean_ = 0.5 * (lo + hi)
+
+    def private_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each user's loss over their events in the step (BCE on each positive and its
+        negatives, or squared error with ``loss="mse"``), plus L2 on the rows read. Each
+        table and layer is called once (what Opacus's ghost clipping needs)."""
+        m: _NCF = self.module_
+        u, mask = batch["users"], batch["mask"]
+        if self.objective == "rating":
+            items = batch["items"]  # [B, m]
+        else:
+            items = torch.cat([batch["items"].unsqueeze(2), batch["negatives"]], dim=2)
+        flat = items.reshape(len(u), -1)  # [B, M]
+        feats, user_sq, item_sq = [], 0.0, 0.0
+        for tower in m.towers:  # one or two
+            p, q = tower.user(u), tower.item(flat)  # [B, d], [B, M, d]
+            feats.append(tower.features(p.unsqueeze(1).expand(-1, flat.shape[1], -1), q))
+            user_sq = user_sq + p.square().sum(-1)
+            item_sq = item_sq + q.square().sum(-1)
+        logits = m.out(torch.cat(feats, dim=-1)).squeeze(-1).view(items.shape)
+        if self.objective == "rating":
+            per_event = (logits - batch["values"]).square()  # [B, m]
+            rows_sq = item_sq
+        else:
+            labels = torch.zeros_like(logits)
+            labels[..., 0] = 1.0
+            k = items.shape[2]
+            per_event = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, labels, reduction="none").sum(-1) / k
+            rows_sq = item_sq.view(items.shape).sum(-1)  # type: ignore[union-attr]
+        w = mask.to(per_event.dtype)
+        n = w.sum(1).clamp_min(1.0)
+        loss = (per_event * w).sum(1) / n
+        if self.reg:
+            loss = loss + 0.5 * float(self.reg) * (user_sq + (rows_sq * w).sum(1) / n)
+        return loss
+
     def _reg(self, users: torch.Tensor, *items: torch.Tensor) -> torch.Tensor:
         if not self.reg:
             return torch.zeros((), device=users.device)
@@ -368,6 +417,10 @@ class NeuMF(_NCFBase):
             check_optimizer(self.pretrain_optimizer, "pretrain_optimizer")
         except ConfigError as exc:
             raise ConfigError(f"{self.name}: {exc}") from None
+        if self.pretrain and self.dp_epsilon is not None:
+            raise ConfigError("neumf: pretrain=True cannot be used with dp_epsilon (the "
+                              "pretrained GMF and MLP would each spend the budget again); "
+                              "use pretrain=False")
         if self.pretrain and self.loss == "mse":
             raise ConfigError("neumf: pretrain trains the GMF tower on implicit feedback (BCE) "
                               "and cannot pretrain for loss='mse'; use pretrain=False")

@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -53,6 +53,9 @@ from recforge.training.optim import (
     make_scheduler,
     row_sparse_tables,
 )
+
+if TYPE_CHECKING:
+    from recforge.training.privacy import PrivacySpec
 
 __all__ = ["Trainer", "TrainingState", "resolve_device"]
 
@@ -96,6 +99,11 @@ class Trainer:
         Device ("auto" = CUDA when present) and the seed of every random draw.
     max_grad_norm:
         Clip the gradient to this norm before every step (``None``: never).
+    privacy:
+        Train with differential privacy per user (:mod:`~recforge.training.privacy`,
+        on Opacus): ``sampler`` is then a :class:`~recforge.training.privacy.UserBatches`,
+        the model offers ``private_loss``, and :attr:`privacy_report` says afterwards what
+        was spent. The released weights are the last epoch's (no early stopping).
     context:
         The options of the fit (:class:`~recforge.training.contracts.FitContext`):
         checkpoints and resuming, progress bar, ``distributed=(rank, world_size)`` under
@@ -125,7 +133,8 @@ class Trainer:
                  valid_metric: str = "ndcg@20", patience: int | None = None,
                  eval_every: int = 1, device: str | torch.device = "auto", seed: int = 0,
                  max_grad_norm: float | None = None,
-                 context: FitContext | None = None) -> None:
+                 context: FitContext | None = None,
+                 privacy: PrivacySpec | None = None) -> None:
         context = context or FitContext()
         check_optimizer(optimizer)
         check_schedule(lr_schedule)
@@ -157,6 +166,13 @@ class Trainer:
                                if context.checkpoint_dir is not None else None)
         self.rank, self.world = context.distributed
         self.sharded_data = context.sharded
+        self.privacy = privacy
+        #: After a private fit: the privacy spent and how (``PrivateRun.report``).
+        self.privacy_report: dict[str, Any] | None = None
+
+    def epoch_torch_seed(self, epoch: int) -> int:
+        """The torch seed of ``epoch``'s draws (dropout; a private fit's noise)."""
+        return _torch_seed(self.seed, epoch)
 
     @property
     def is_main(self) -> bool:
@@ -180,8 +196,15 @@ class Trainer:
         if self.world > 1 and not distributed.active():
             raise ConfigError("distributed training needs an initialised process group: "
                               "launch with `recforge train --nproc N` or torchrun")
-        run = _Run(self, model)
-        steps = sampler.steps_per_epoch()
+        run: Any
+        if self.privacy is not None:
+            from recforge.training.privacy import PrivateRun  # lazy: Opacus, an optional extra
+
+            run = PrivateRun(self, model, sampler, self.privacy)  # type: ignore[arg-type]
+            steps = run.steps_per_epoch()
+        else:
+            run = _Run(self, model)
+            steps = sampler.steps_per_epoch()
         if self.context.max_steps_per_epoch is not None:
             steps = min(steps, self.context.max_steps_per_epoch)
         state = run.state
@@ -210,6 +233,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
         run.finish()
+        self.privacy_report = getattr(run, "report", None)
         return state
 
     def _log_epoch(self, record: dict[str, Any], bar: Any) -> None:

@@ -1,0 +1,198 @@
+"""Differentially private training per user (recforge.training.privacy, on Opacus)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_interactions
+from conftest import run_cli as run
+
+from recforge import Interactions
+from recforge.errors import ConfigError, ModelError
+from recforge.models import create_model
+from recforge.models.registry import private_models
+from recforge.training.privacy import PrivacySpec, PrivateRun, UserBatches
+from recforge.training.trainer import Trainer
+
+pytest.importorskip("opacus")
+
+TINY = dict(epochs=2, embedding_dim=8, batch_size=64, dp_max_per_user=8, device="cpu",
+            valid_metric=None)
+
+
+@pytest.fixture(scope="module")
+def data() -> Interactions:
+    return random_interactions(n_users=40, n_items=30, density=0.3, seed=3)
+
+
+@pytest.fixture(scope="module")
+def private_bpr(data):
+    return create_model("bpr", dp_epsilon=4.0, **TINY).fit(data)
+
+
+def test_private_fit_spends_at_most_the_target(private_bpr, data):
+    report = private_bpr.privacy_
+    assert 0 < report["epsilon"] <= 4.0
+    assert report["epsilon"] > 3.5  # the noise is chosen to spend the budget, not far less
+    assert report["delta"] == pytest.approx(1 / data.n_users)
+    assert report["unit"] == "user" and report["noise_multiplier"] > 0
+    # Poisson sampling: 1 / q steps per epoch, every one counted by the accountant
+    assert report["steps"] == round(2 / report["sample_rate"])
+    assert [r["epsilon"] for r in private_bpr.history_] == sorted(
+        r["epsilon"] for r in private_bpr.history_)
+    scores = private_bpr.score(np.arange(3))
+    assert scores.shape == (3, data.n_items) and torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", ["neumf", "mf"])
+def test_other_models_train_privately(name, data):
+    train = data
+    if name == "mf":  # ratings 1..5
+        frame = data.to_frame()
+        frame["rating"] = (np.arange(len(frame)) % 5 + 1).astype(float)
+        train = Interactions.from_frame(frame)
+    model = create_model(name, dp_epsilon=2.0, dp_delta=1e-3, **TINY).fit(train)
+    assert 0 < model.privacy_["epsilon"] <= 2.0 and model.privacy_["delta"] == 1e-3
+    if name == "mf":  # the global mean is not read from every user's ratings
+        assert model.mean_ == 3.0
+    assert np.isfinite(model.history_[-1]["loss"])
+
+
+def test_user_batches_bound_each_users_contribution(data):
+    batches = UserBatches(data, max_per_user=5, n_negatives=3)
+    users = np.array([0, 7, 12, 39])
+    b = batches.batch(users, np.random.default_rng(0))
+    csr = data.binary_csr
+    counts = np.diff(csr.indptr)[users]
+    mask = b["mask"].numpy()
+    # one row per user, at most max_per_user events each, all of them when fewer
+    assert b["users"].tolist() == users.tolist()
+    assert (mask.sum(1) == np.minimum(counts, 5)).all()
+    for row, u in enumerate(users):
+        items = b["items"][row][b["mask"][row]].numpy()
+        assert len(set(items)) == len(items)  # drawn without replacement
+        assert set(items) <= set(csr[u].indices)
+        negatives = b["negatives"][row][b["mask"][row]].numpy().ravel()
+        assert not set(negatives) & set(csr[u].indices)
+    assert b["negatives"].shape == (4, 5, 3)
+    empty = batches.batch(np.zeros(0, dtype=np.int64), np.random.default_rng(0))
+    assert empty["items"].shape == (0, 5) and empty["negatives"].shape == (0, 5, 3)
+
+
+def _run(model, data, clip: float) -> PrivateRun:
+    model.device_ = torch.device("cpu")
+    model.users_, model.items_ = data.users, data.items
+    model.module_ = model._build()
+    trainer = Trainer(epochs=1, learning_rate=0.01, device="cpu", seed=0,
+                      privacy=PrivacySpec(epsilon=1.0, delta=1e-3, max_grad_norm=clip,
+                                          max_per_user=8, users_per_step=16))
+    return PrivateRun(trainer, model, UserBatches(data, 8, 4), trainer.privacy)
+
+
+def test_opacus_clips_each_users_gradient(data):
+    model = create_model("bpr", dp_epsilon=1.0, **{**TINY, "init_std": 1.0})
+    clip = 1e-3
+    run = _run(model, data, clip)
+    users = np.arange(20)
+    batch = run.batches.batch(users, np.random.default_rng(1))
+    item = model.module_.item.weight
+    # without clipping, a user's gradient of the item table is far above the bound
+    model.private_loss(batch)[0].backward()
+    assert item.grad.norm() > 100 * clip
+    item.grad = None
+    run.opt.zero_grad(set_to_none=True)
+    run.calls.check(model.name)
+    run.criterion(model.private_loss(batch)).backward()
+    # before the noise: the sum of the clipped per-user gradients
+    assert item.grad.norm() <= len(users) * clip * (1 + 1e-4)
+    assert item.grad.norm() > 0.1 * clip
+    run.finish()
+
+
+def test_a_shared_module_called_other_than_once_is_refused(data):
+    """Ghost clipping keeps one gradient norm per parameter and step: a shared table
+    called twice (Opacus refuses it) or not at all (a stale norm) would clip wrongly."""
+    model = create_model("bpr", dp_epsilon=1.0, **TINY)
+    run = _run(model, data, 1.0)
+    batch = run.batches.batch(np.arange(5), np.random.default_rng(0))
+    with pytest.raises(ModelError, match=r"exactly once.*item \(0 calls\)"):
+        run.calls.check(model.name)
+    model.private_loss(batch)
+    with pytest.raises(NotImplementedError, match="tying"):
+        model.private_loss(batch)
+    run.finish()
+
+
+def test_models_without_private_training_refuse_dp_params(data):
+    assert {"mf", "bpr", "neumf", "gmf", "mlp"} <= set(private_models())
+    assert "lightgcn" not in private_models() and "vbpr" not in private_models()
+    with pytest.raises(ConfigError, match="ease does not support differentially private"):
+        create_model("ease", dp_epsilon=4.0)
+    with pytest.raises(ConfigError, match="lightgcn does not support differentially"):
+        create_model("lightgcn", dp_epsilon=4.0, epochs=1).fit(data)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"dp_epsilon": 0.0}, "dp_epsilon"), ({"dp_epsilon": math.inf}, "dp_epsilon"),
+    ({"dp_epsilon": -1}, "dp_epsilon"), ({"dp_epsilon": "4"}, "dp_epsilon"),
+    ({"dp_epsilon": 1.0, "dp_delta": 1.0}, "dp_delta"),
+    ({"dp_delta": 1e-5}, "dp_delta is set but dp_epsilon is not"),
+    ({"dp_epsilon": 1.0, "dp_max_grad_norm": 0}, "dp_max_grad_norm"),
+    ({"dp_epsilon": 1.0, "dp_max_per_user": 0}, "dp_max_per_user"),
+    ({"dp_epsilon": 1.0, "patience": 3}, "patience"),
+])
+def test_bad_privacy_params(params, message, data):
+    with pytest.raises(ConfigError, match=message):
+        create_model("bpr", **{**TINY, **params}).fit(data)
+
+
+def test_neumf_pretraining_is_refused_with_dp():
+    with pytest.raises(ConfigError, match="pretrain"):
+        create_model("neumf", dp_epsilon=1.0, pretrain=True, **TINY)._validate_params()
+
+
+def test_save_load_keeps_the_privacy_record(private_bpr, tmp_path):
+    from recforge.models.base import Recommender
+    from recforge.serving.service import RecommendationService
+
+    private_bpr.save(tmp_path / "m")
+    loaded, meta = Recommender.load_with_meta(tmp_path / "m")
+    assert loaded.privacy_ == private_bpr.privacy_
+    assert meta["extra"]["privacy"]["epsilon"] == private_bpr.privacy_["epsilon"]
+    assert torch.equal(loaded.score(np.arange(2)), private_bpr.score(np.arange(2)))
+    info = RecommendationService(tmp_path / "m").info()
+    assert info["privacy"]["epsilon"] == private_bpr.privacy_["epsilon"]
+
+
+def test_cli_dp_flags(tmp_path, capsys, data):
+    path = tmp_path / "d.csv"
+    data.to_frame()[["user", "item"]].to_csv(path, index=False)
+    code, _, err = run(["train", "bpr", "--data", path, "--out", tmp_path / "m",
+                        "--dp-epsilon", "3", "--dp-delta", "0.001", "-p", "epochs=1",
+                        "-p", "embedding_dim=8", "-p", "batch_size=64",
+                        "-p", "dp_max_per_user=8", "-p", "device=cpu"], capsys)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    assert meta["params"]["dp_epsilon"] == 3.0
+    assert 0 < meta["extra"]["privacy"]["epsilon"] <= 3.0
+    assert meta["extra"]["privacy"]["delta"] == 0.001
+    code, _, err = run(["train", "ease", "--data", path, "--out", tmp_path / "e",
+                        "--dp-epsilon", "3"], capsys)
+    assert code == 2 and "ease does not support differentially private training" in err
+    code, _, err = run(["train", "bpr", "--data", path, "--out", tmp_path / "e",
+                        "--dp-delta", "0.001"], capsys)
+    assert code == 2 and "add --dp-epsilon" in err
+    code, out, _ = run(["models"], capsys)
+    assert code == 0 and "DP" in out
+
+
+def test_validation_is_logged_but_the_last_epoch_is_released(data):
+    valid = Interactions.from_frame(data.to_frame().iloc[::7])
+    model = create_model("bpr", dp_epsilon=4.0, **{**TINY, "valid_metric": "ndcg@10"})
+    model.fit(data, valid)
+    assert all("ndcg@10" in r for r in model.history_)
+    assert model.best_epoch_ == 2  # the last
