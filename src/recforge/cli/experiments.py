@@ -103,17 +103,23 @@ def quickstart(
 
 def models_cmd() -> None:
     """List the models that can be trained, with their hyperparameters."""
-    from recforge.models.registry import available_models, get_model_class  # lazy: torch
+    from recforge.models.registry import (  # lazy: torch
+        available_models,
+        get_model_class,
+        private_models,
+    )
 
     table = Table(title="Models")  # names fold onto the next line when narrow, never cut
     table.add_column("name", overflow="fold")
     table.add_column("class", overflow="fold")
+    table.add_column("DP", overflow="fold")  # trains with differential privacy (dp_epsilon)
     table.add_column("hyperparameters (defaults)", overflow="fold")
+    private = set(private_models())
     for name in available_models():
         cls = get_model_class(name)
         sig = inspect.signature(cls.__init__)
         params = ", ".join(f"{p.name}={p.default!r}" for p in sig.parameters.values()
                            if p.name != "self")
-        table.add_row(name, cls.__name__, params or "-")
+        table.add_row(name, cls.__name__, "yes" if name in private else "-", params or "-")
     console.print(table)
 

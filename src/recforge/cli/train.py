@@ -87,6 +87,11 @@ def train(
     budget: str | None = typer.Option(None, "--budget", help="--auto's time budget for the "
                                       "search: 60s, 5m, 1h or seconds (default 60s); the "
                                       "final fit comes after it."),
+    dp_epsilon: float | None = typer.Option(
+        None, "--dp-epsilon", help="Train with differential privacy per user (Opacus) to "
+        "this epsilon; the spent epsilon is saved with the model (docs/privacy.md)."),
+    dp_delta: float | None = typer.Option(None, "--dp-delta", help="Delta of --dp-epsilon "
+                                          "(default 1 / number of users)."),
 ) -> None:
     """Train MODEL on --data and save it to --out.
 
@@ -107,6 +112,7 @@ def train(
     from recforge.training.optim import SPARSE_UPDATES  # lazy: imports torch
 
     params = parse_params(param, (ctx.find_root().obj or {}).get("argv"))
+    params = _with_privacy(model, params, dp_epsilon, dp_delta)
     if sparse_updates not in SPARSE_UPDATES:  # before any data is read
         raise ConfigError(f"--sparse-updates must be one of {', '.join(SPARSE_UPDATES)}, "
                           f"not {sparse_updates!r}")
@@ -129,6 +135,27 @@ def train(
     else:
         _train_here(request, params, seed=seed, checkpoint_dir=checkpoint_dir,
                     auto_budget=budget_s)
+
+
+def _with_privacy(model: str, params: dict[str, Any], epsilon: float | None,
+                  delta: float | None) -> dict[str, Any]:
+    """``--dp-epsilon`` / ``--dp-delta`` as the model's ``dp_epsilon`` / ``dp_delta``,
+    refused before any data is read for a model without private training."""
+    if epsilon is None and delta is None:
+        return params
+    if epsilon is None:
+        raise ConfigError("--dp-delta is the delta of --dp-epsilon; add --dp-epsilon")
+    from recforge.models.registry import private_models  # lazy: imports the models
+
+    if model not in private_models():
+        raise ConfigError(f"--dp-epsilon: {model} does not support differentially private "
+                          f"training; models that do: {', '.join(private_models())}")
+    flags = {"dp_epsilon": epsilon, **({"dp_delta": delta} if delta is not None else {})}
+    both = sorted(set(flags) & set(params))
+    if both:
+        raise ConfigError(f"-p {both[0]}= and --{both[0].replace('_', '-')} both given; "
+                          "use one")
+    return {**params, **flags}
 
 
 def _check_auto(auto: bool, budget: str | None, *, nproc: int, resume: bool) -> float | None:

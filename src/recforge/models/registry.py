@@ -181,5 +181,14 @@ def create_model(name: str, **params: Any) -> Any:
     valid = cls._param_names()
     for key in params:
         if key not in valid:
+            if str(key).startswith("dp_"):
+                raise ConfigError(f"{name} does not support differentially private training "
+                                  f"({key}); models that do: {', '.join(private_models())}")
             raise ConfigError(unknown_param_message(cls, key))
     return cls(**params)
+
+
+def private_models() -> list[str]:
+    """The models that train with differential privacy (``dp_epsilon``; imports them)."""
+    return [name for name in available_models()
+            if getattr(get_model_class(name), "supports_private_training", lambda: False)()]

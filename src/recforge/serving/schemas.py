@@ -105,6 +105,9 @@ class ModelInfo(BaseModel):
                               "of a history (next-item models): posted events extend a "
                               "user's sequence, and a history's order matters.")
     directory: str | None = Field(description="The model directory's name (never its path).")
+    privacy: dict[str, Any] | None = Field(
+        default=None, description="A differentially private fit's spent 'epsilon' and "
+        "'delta' (per user) and how they were reached; null if not trained privately.")
 
 
 class Reloaded(BaseModel):

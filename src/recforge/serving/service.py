@@ -173,6 +173,8 @@ class RecommendationService:
                 "train_fingerprint": self.meta.get("train_fingerprint"),
                 "supports_history": bool(m.supports_history),
                 "reads_order": self._reads_order,
+                # a private fit's spent (epsilon, delta) and how (docs/privacy.md)
+                "privacy": getattr(m, "privacy_", None),
                 # the directory's name only: an answer never shows where the server's files are
                 "directory": self.path.name if self.path is not None else None}
 
