@@ -59,6 +59,8 @@ MODEL_PARAMS: dict[str, dict[str, Any]] = {
     "content": {"feature_weights": {"genres": 2.0}},
     "hybrid": {"embedding_dim": 4, "epochs": 2, "device": "cpu"},
     "hybrid_bpr": {"embedding_dim": 4, "epochs": 1, "batch_size": 128, "device": "cpu"},
+    "vbpr": {"embedding_dim": 4, "visual_dim": 4, "epochs": 1, "batch_size": 128,
+             "device": "cpu"},
     "blend": {"models": {"itemknn": {"neighbors": 5},
                          "bpr": {"embedding_dim": 4, "epochs": 1, "batch_size": 128,
                                  "device": "cpu"}},
