@@ -133,6 +133,7 @@ def test_a_budget_too_small_for_the_defaults_is_said(data):
     _, res = _tune("bpr", data, params, budget=1e-6)
     assert res.default_value is None and res.chosen == res.defaults
     assert res.trials == 1 and "too small for even the defaults" in res.notes[0]
+    assert "the defaults are kept" in res.notes[1]
     # a closed-form model's trial runs to its end: the defaults only, said as such
     _, res = _tune("ease", data, budget=1e-6)
     assert res.trials == 1 and res.default_value is not None
@@ -180,12 +181,12 @@ def test_cli_auto_end_to_end(tmp_path, data, capsys):
     data.to_frame().to_csv(path, index=False)
     out = tmp_path / "model"
     code, stdout, stderr = run_cli(["train", "itemknn", "--data", path, "--out", out,
-                                    "--auto", "--budget", "2s"], capsys)
+                                    "--auto", "--budget", "1s"], capsys)
     assert code == 0, stderr
     assert "validation NDCG@20" in stdout and "neighbors" in stdout and "gain" in stdout
     meta = json.loads((out / "meta.json").read_text())
     auto = meta["training_data"]["auto"]
-    assert auto["budget_s"] == 2.0 and set(auto["defaults"]) == {"neighbors", "shrink"}
+    assert auto["budget_s"] == 1.0 and set(auto["defaults"]) == {"neighbors", "shrink"}
     assert auto["chosen_value"] >= auto["default_value"] and auto["trials"] >= 1
     # the saved model was refitted on all the data with the chosen parameters
     assert meta["params"]["neighbors"] == auto["chosen"]["neighbors"]
@@ -240,6 +241,7 @@ def _experiment(tmp_path, data, models: str):
         split: {{method: random, test_size: 0.2, seed: 0}}
         models: {models}
         metrics: [ndcg@10]
+        n_bootstrap: 10
         report: false
     """))
     return exp
@@ -250,14 +252,14 @@ def test_yaml_auto_tunes_each_model_before_it_runs(tmp_path, data):
 
     from recforge.experiment.runner import run_experiment
 
-    exp = _experiment(tmp_path, data, "[ease, {name: itemknn, auto: true, auto_budget: 2s}]")
+    exp = _experiment(tmp_path, data, "[ease, {name: itemknn, auto: true, auto_budget: 1s}]")
     cfg = load_config(exp)
-    assert cfg.models[1].auto and cfg.models[1].auto_budget == "2s"
+    assert cfg.models[1].auto and cfg.models[1].auto_budget == "1s"
     res = run_experiment(cfg, tmp_path / "run", console=Console(quiet=True))
     runs = {r["label"]: r for r in res.runs}
     assert "auto" not in runs["ease"]
     auto = runs["itemknn"]["auto"]
-    assert auto["metric"] == "NDCG@10" and auto["budget_s"] == 2.0
+    assert auto["metric"] == "NDCG@10" and auto["budget_s"] == 1.0
     assert "test set is not used" in auto["validation"]
     assert runs["itemknn"]["params"]["neighbors"] == auto["chosen"]["neighbors"]
     meta = json.loads((tmp_path / "run" / "models" / "itemknn" / "meta.json").read_text())

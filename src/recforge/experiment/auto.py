@@ -14,9 +14,10 @@ with a fixed seed, within a time budget:
   configuration is never worse than the defaults on the validation split (ties keep the
   defaults);
 - the budget: Optuna's ``timeout``, no new trial once what is left is less than the
-  longest trial so far, and gradient models stop a trial at the end of the first epoch
-  past the budget. A budget too small for even the defaults' trial is said as such, and
-  the defaults are kept;
+  longest trial so far (the first not counted), and gradient models stop a trial at the
+  end of the first epoch past the budget; a model whose fit cannot be cut may overrun it
+  by one trial. A budget too small for even the defaults' trial is said as such, and the
+  defaults are kept;
 - the search ranges are relative to the starting value (``("x", 0.1, 10)``: a tenth to
   ten times it, log-uniform) or bounded by the parameter's own meaning (dropout, shrink),
   so they do not depend on the catalogue's size.
@@ -270,9 +271,10 @@ def auto_tune(entry: ModelConfig, inner: PreparedData, *, budget: float, where: 
     took_s: list[float] = []
 
     def time_for_another() -> bool:
-        """Whether more time is left than the longest trial took (the first not counted
-        once there are others: it pays for warming up)."""
-        return deadline - time.perf_counter() >= max(took_s[1:] or took_s or [0.0])
+        """Whether more time is left than the longest trial after the first took (the
+        first pays for warming up: als's first fit on ml-100k takes 2-4 times its
+        second, so it would stop searches that had time for several trials)."""
+        return deadline - time.perf_counter() >= max(took_s[1:] or [0.0])
 
     def guard(study: Any, trial: Any) -> None:
         took = (trial.duration.total_seconds() if trial.duration is not None else 0.0)
@@ -296,15 +298,20 @@ def auto_tune(entry: ModelConfig, inner: PreparedData, *, budget: float, where: 
     default_value = float(first.value) if first.state.name == "COMPLETE" else None
     complete = [t for t in trials if t.state.name == "COMPLETE" and _finite(t.value)]
     if default_value is None:
-        notes.append(f"the budget of {budget:g}s was too small for even the defaults' trial "
-                     f"(stopped after {seconds:.1f}s); the defaults are kept")
-        chosen, chosen_value = dict(defaults), None
-    else:
+        if first.user_attrs.get("out_of_time"):
+            notes.append(f"the budget of {budget:g}s was too small for even the defaults' "
+                         f"trial (stopped after {seconds:.1f}s)")
+        else:  # a figure that is not finite: the defaults diverged on this data
+            notes.append(f"the defaults' trial gave no finite {parsed.label}")
+    elif len(trials) == 1:
+        notes.append(f"the defaults' trial took {first.duration.total_seconds():.1f}s of "
+                     f"the {budget:g}s budget: no other configuration was tried")
+    if complete:  # the best trial: the defaults (trial 0) unless one did better
         best = study.best_trial
         chosen, chosen_value = {**defaults, **best.params}, float(best.value)
-        if len(trials) == 1:
-            notes.append(f"the defaults' trial took {first.duration.total_seconds():.1f}s "
-                         f"of the {budget:g}s budget: no other configuration was tried")
+    else:
+        notes.append("no trial finished; the defaults are kept")
+        chosen, chosen_value = dict(defaults), None
     return AutoResult(model=entry.name, metric=parsed.label, validation=where, budget=budget,
                       defaults=defaults, chosen=chosen, params={**entry.params, **chosen},
                       default_value=default_value, chosen_value=chosen_value,
