@@ -56,6 +56,21 @@ class _Caser(nn.Module):
         win = self.window
         # the last `window` items up to each position, zero rows before the first item
         rows = F.pad(inputs, (win - 1, 0)).unfold(1, win, 1).reshape(b * n, win)
+        return self._states(rows, users, b, n)
+
+    def encode_last(self, inputs: torch.Tensor, users: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """``encode(inputs, users)`` at each row's last item only ``[B, d']``: one window
+        per row instead of one per position."""
+        win = self.window
+        last = ((inputs > 0).sum(1) - 1).clamp(min=0)
+        cols = last.view(-1, 1) + torch.arange(win, device=inputs.device).view(1, -1)
+        rows = F.pad(inputs, (win - 1, 0)).gather(1, cols)  # the window ending at `last`
+        return self._states(rows, users, inputs.shape[0], 1)[:, 0]
+
+    def _states(self, rows: torch.Tensor, users: torch.Tensor | None, b: int, n: int
+                ) -> torch.Tensor:
+        """The states ``[b, n, d']`` of ``b * n`` windows ``rows`` (``[b * n, window]``)."""
         emb = self.item(rows) * (rows > 0).unsqueeze(-1).to(self.item.weight.dtype)
         chans = emb.transpose(1, 2)  # [b*n, d, L]
         horizontal = [F.relu(conv(chans)).amax(dim=2) for conv in self.horizontal]

@@ -13,6 +13,9 @@ A subclass builds a module with
 * ``encode(inputs [B, L], users [B] | None) -> [B, L, d]``: the hidden state of every
   position of right-padded 1-based inputs, position ``j`` reading only items ``0..j``;
 * ``item_table() -> [n_items + 1, d]``: the output item vectors (row 0: padding);
+* optionally ``encode_last(inputs, users) -> [B, d]``: ``encode``'s state at each row's
+  last item alone (scoring reads nothing else; SASRec runs its last block for that
+  position only, Caser one window per row);
 
 and names its loss (``_loss``; the shared ones are in
 :mod:`recforge.training.next_item_losses`). Scores of a history are the last position's
@@ -207,8 +210,12 @@ class SequentialRecommender(GradientRecommender):
     def _encode_last(self, windows: torch.Tensor, users: torch.Tensor | None = None
                      ) -> torch.Tensor:
         """The state after the last item of each right-padded window ``[B, max_len]``
-        (in blocks), ``[B, d]``; an empty window reads only padding."""
+        (in blocks), ``[B, d]``; an empty window reads only padding. A module with an
+        ``encode_last(inputs, users) -> [B, d]`` (the state after each window's last
+        item, computed for that position alone) is asked for that instead of every
+        position's state."""
         m = self.module_
+        encode_last = getattr(m, "encode_last", None)
         out = []
         for start in range(0, len(windows), ENCODE_BLOCK):
             w = windows[start:start + ENCODE_BLOCK].to(self.device_)
@@ -216,6 +223,9 @@ class SequentialRecommender(GradientRecommender):
             longest = max(1, int(lengths.max()) if len(w) else 1)
             u = users[start:start + ENCODE_BLOCK].to(self.device_) if users is not None else None
             with self._autocast():
+                if encode_last is not None:  # the last position's state alone
+                    out.append(encode_last(w[:, :longest], u).float())
+                    continue
                 h = m.encode(w[:, :longest], u)
             last = (lengths - 1).clamp(min=0)
             out.append(h[torch.arange(len(w), device=h.device), last].float())
@@ -252,10 +262,19 @@ class SequentialRecommender(GradientRecommender):
         return self._scores_of(torch.from_numpy(windows), u).float().cpu()
 
     def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
-        seq = np.asarray(items, dtype=np.int64)[-int(self.max_len):] + 1
-        window = np.zeros((1, int(self.max_len)), dtype=np.int64)
-        window[0, :len(seq)] = seq
-        return self._scores_of(torch.from_numpy(window), None)[0].cpu()
+        return self._score_histories([items])[0]
+
+    def _score_histories(self, histories: list[np.ndarray]) -> torch.Tensor:
+        """Scores ``[len(histories), n_items]`` of anonymous histories (item indices,
+        oldest first; each read from its last ``max_len``), encoded as one batch."""
+        n = int(self.max_len)
+        seqs = [np.asarray(h, dtype=np.int64)[-n:] for h in histories]
+        lengths = np.fromiter((len(q) for q in seqs), dtype=np.int64, count=len(seqs))
+        window = np.zeros((len(seqs), n), dtype=np.int64)
+        row = np.repeat(np.arange(len(seqs)), lengths)
+        col = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        window[row, col] = (np.concatenate(seqs) if seqs else np.empty(0, np.int64)) + 1
+        return self._scores_of(torch.from_numpy(window), None).cpu()
 
     def _item_embeddings(self) -> torch.Tensor:
         with torch.no_grad():

@@ -29,7 +29,7 @@ import torch
 
 from recforge.data.interactions import Interactions
 
-__all__ = ["training_sequences", "ordered_history", "compile_encoder"]
+__all__ = ["training_sequences", "ordered_history", "compile_encoder", "score_histories"]
 
 _EMPTY = np.empty(0, dtype=np.int64)
 
@@ -77,9 +77,24 @@ def ordered_history(model: Any, users: np.ndarray, posted: list[np.ndarray]
                         session=users[row], check=False, source="posted events")
 
 
+def score_histories(model: Any, histories: list[np.ndarray]) -> torch.Tensor:
+    """Scores ``[len(histories), n_items]`` (float32) of anonymous histories (item indices
+    in order, no values), each row what ``model._score_history(history, None)`` gives:
+    one call for all where the model scores a batch (``_score_histories``: the next-item
+    networks, one forward pass; session-kNN, one block), else one by one."""
+    batched = getattr(model, "_score_histories", None)
+    if batched is not None:
+        return batched(histories).float()
+    if not histories:
+        return torch.zeros(0, int(model.n_items))
+    return torch.stack([model._score_history(np.asarray(h, dtype=np.int64), None)
+                        .float().reshape(-1) for h in histories])
+
+
 def compile_encoder(model: Any) -> bool:
-    """Replace the encoder of ``model``'s network (``module_.encode``) with a frozen
-    TorchScript trace of it, for inference only; ``True`` when done.
+    """Replace the encoder of ``model``'s network (``module_.encode``, and
+    ``module_.encode_last`` where it has one) with a frozen TorchScript trace of it, for
+    inference only; ``True`` when done.
 
     Only for a model that encodes right-padded windows without user indices in float32
     (``needs_users`` false, ``precision`` float32), and only when the trace gives the
@@ -95,12 +110,13 @@ def compile_encoder(model: Any) -> bool:
     max_len, n_items = int(model.max_len), int(model.n_items)
 
     class _Encode(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
+        def __init__(self, inner: torch.nn.Module, last: bool) -> None:
             super().__init__()
             self.inner = inner
+            self.last = last
 
         def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-            return self.inner.encode(inputs)
+            return self.inner.encode_last(inputs) if self.last else self.inner.encode(inputs)
 
     gen = torch.Generator().manual_seed(0)
 
@@ -111,22 +127,32 @@ def compile_encoder(model: Any) -> bool:
         w[:, 0] = torch.randint(1, n_items + 1, (rows,), generator=gen)
         return w
 
+    eager = {"encode": module.encode}
+    if callable(getattr(module, "encode_last", None)):  # what scoring calls, when there
+        eager["encode_last"] = module.encode_last
+    traced: dict[str, Any] = {}
     try:
         module.eval()
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             example = window(1, min(50, max_len))
-            traced = torch.jit.freeze(torch.jit.trace(_Encode(module), example).eval())
+            for name in eager:
+                traced[name] = torch.jit.freeze(torch.jit.trace(
+                    _Encode(module, name == "encode_last"), example).eval())
             for rows, length in ((1, min(50, max_len)), (1, 1), (3, max_len),
                                  (2, max(1, max_len // 3))):
                 x = window(rows, length)
-                if not torch.allclose(traced(x), module.encode(x), atol=1e-4, rtol=1e-4):
-                    return False
+                for name, fn in eager.items():
+                    if not torch.allclose(traced[name](x), fn(x), atol=1e-4, rtol=1e-4):
+                        return False
     except Exception:  # an encoder TorchScript cannot trace: keep the eager one
         return False
 
-    def encode(inputs: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
-        return traced(inputs)
+    def wrap(fn: Any) -> Any:
+        def run(inputs: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+            return fn(inputs)
+        return run
 
-    module.encode = encode
+    for name, fn in traced.items():
+        setattr(module, name, wrap(fn))
     return True
