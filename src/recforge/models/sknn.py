@@ -35,9 +35,11 @@ weighs 0), here it is the linear decay over the last ten items that the paper de
 its ``linear`` score decay goes negative after ten steps, here it stops at 0.
 
 Scoring is batched: a block of current sessions is one sparse matrix, its overlaps with
-every training session one sparse product, the candidate cut, the similarities and the
-top-``neighbors`` array operations over all pairs at once, and the scores one more sparse
-product (no Python loop per user or per session).
+the training sessions one sparse product with the item -> session index (only the sessions
+that share an item with a row appear: no dense rows x sessions array), the candidate cut,
+the similarities and the top-``neighbors`` array operations over those pairs at once, and
+the scores one more sparse product (no Python loop per user or per session). A server
+scores the anonymous sessions that arrive together as one block (``_score_histories``).
 
 ``recommend(users)`` scores each user's last training session, its own training sessions
 that the current session contains left out of the neighbours (they are the session
@@ -154,6 +156,15 @@ def _row_of(mat: sp.csr_matrix) -> np.ndarray:
     return np.repeat(np.arange(mat.shape[0], dtype=np.int64), np.diff(mat.indptr))
 
 
+def _rank_in_row(rows: np.ndarray) -> np.ndarray:
+    """Each entry's place (0, 1, ...) among the entries of its row, ``rows`` sorted."""
+    n = len(rows)
+    if not n:
+        return np.empty(0, dtype=np.int64)
+    first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    return np.arange(n) - np.repeat(first, np.diff(np.r_[first, n]))
+
+
 class SessionKNN(Recommender):
     """Session-based kNN (V-SKNN): neighbour sessions weighted by recency of position.
 
@@ -257,8 +268,10 @@ class SessionKNN(Recommender):
         self.session_user_: np.ndarray = owner
         #: each user's last training session (row of ``sessions_``), -1: none
         self.user_last_: np.ndarray = user_last
-        binary = sessions.copy()
-        binary.data = np.ones_like(binary.data, dtype=np.float32)
+        # float64: the products with it are float64 (a float32 copy would be cast whole
+        # at every product)
+        binary = sessions.astype(np.float64)
+        binary.data = np.ones_like(binary.data)
         self._binary = binary
         self._binary_t = binary.T.tocsr()
         self._session_len = np.diff(sessions.indptr).astype(np.float64)
@@ -283,8 +296,12 @@ class SessionKNN(Recommender):
         return torch.from_numpy(out)
 
     def _score_block(self, cur: sp.csr_matrix, owners: np.ndarray) -> np.ndarray:
-        """Scores of a block of current sessions: its ``[B, n_sessions]`` overlaps and
-        similarities, dense (the block is sized to bound them), then one sparse product."""
+        """Scores of a block of current sessions. Only the sessions that share an item
+        with a row are looked at: one sparse product with the item -> session index gives
+        them (and their overlaps and weighted dot products), and the candidate cut, the
+        similarities and the top ``neighbors`` are array operations over those pairs
+        (sorted by row, then session), never a dense rows x sessions array; the scores
+        are one more sparse product."""
         n_rows = cur.shape[0]
         n_sessions = self.sessions_.shape[0]
         length = np.diff(cur.indptr)
@@ -300,35 +317,42 @@ class SessionKNN(Recommender):
         coded = sp.csr_matrix((1.0 + w[used] / m[entry_row[used]],
                                (entry_row[used], cur.indices[used])),
                               shape=cur.shape)
-        both = torch.from_numpy((coded @ self._binary_t).toarray())
-        overlap = torch.floor(both)
-        slen = torch.from_numpy(self._session_len)[None, :]
-        candidate = (overlap > 0) & ~self._own_sessions(cur, owners)
-        if self.sample_size:  # the most recent candidates: columns are most recent first
-            candidate &= torch.cumsum(candidate.to(torch.int32), dim=1) <= int(self.sample_size)
+        pairs = (coded @ self._binary_t).tocsr()
+        pairs.sort_indices()  # each row's sessions most recent first
+        b, s, both = _row_of(pairs), pairs.indices.astype(np.int64), pairs.data
+        overlap = np.floor(both)
+        keep = overlap > 0
+        own = self._own_pairs(cur, owners)
+        if len(own):
+            keep &= ~np.isin(b * n_sessions + s, own)
+        b, s, both, overlap = b[keep], s[keep], both[keep], overlap[keep]
+        if self.sample_size:  # the most recent candidates of each row
+            keep = _rank_in_row(b) < int(self.sample_size)
+            b, s, both, overlap = b[keep], s[keep], both[keep], overlap[keep]
+        slen = self._session_len[s]
         if self.similarity == "jaccard":
-            sim = overlap / (torch.from_numpy(length.astype(np.float64))[:, None] + slen
-                             - overlap).clamp_min(1.0)
+            sim = overlap / np.maximum(length[b].astype(np.float64) + slen - overlap, 1.0)
         else:
-            dot = (both - overlap) * torch.from_numpy(m)[:, None]
+            dot = (both - overlap) * m[b]
             norm = np.sqrt(np.bincount(entry_row, weights=w * w, minlength=n_rows))
-            denom = torch.from_numpy(norm)[:, None] * slen.sqrt()
-            sim = torch.where(denom > 0, dot / denom.clamp_min(1e-300), torch.zeros((),
-                              dtype=torch.float64))
-        sim = torch.where(candidate & (sim > 0), sim.float(), torch.zeros(()))
+            denom = norm[b] * np.sqrt(slen)
+            sim = np.where(denom > 0, dot / np.maximum(denom, 1e-300), 0.0)
+        # similarities compared in float32 (ties included), as the scores are kept
+        sim32 = np.where(sim > 0, sim, 0.0).astype(np.float32)
+        keep = sim32 > 0
+        b, s, sim32 = b[keep], s[keep], sim32[keep]
         # the top `neighbors` per row; equal similarities: the more recent session first
-        k = min(int(self.neighbors), n_sessions)
-        kth = torch.topk(sim, k, dim=1).values[:, -1:]
-        above = sim > kth
-        tied = (sim == kth) & (sim > 0)
-        room = k - above.sum(dim=1, keepdim=True)
-        chosen = above | (tied & (torch.cumsum(tied.to(torch.int32), dim=1) <= room))
-        b, s = (t.numpy() for t in torch.nonzero(chosen, as_tuple=True))
-        weight = sim[b, s].numpy().astype(np.float64)
+        by_sim = np.lexsort((s, -sim32, b))
+        top = by_sim[_rank_in_row(b[by_sim]) < min(int(self.neighbors), n_sessions)]
+        top.sort()  # back to (row, session) order: the product below sums in that order
+        b, s = b[top], s[top]
+        weight = sim32[top].astype(np.float64)
         if self.weighting_score != "same":
             weight *= score_decay(self._last_shared_step(cur, length, entry_row, b, s),
                                   self.weighting_score)
-        weights = sp.csr_matrix((weight, (b, s)), shape=(n_rows, n_sessions))
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(b, minlength=n_rows), out=indptr[1:])
+        weights = sp.csr_matrix((weight, s, indptr), shape=(n_rows, n_sessions))
         scores = np.asarray((weights @ self._binary).toarray(), dtype=np.float64)
         if self.idf_weighting:
             scores *= 1.0 + float(self.idf_weighting) * self._idf[None, :]
@@ -336,21 +360,23 @@ class SessionKNN(Recommender):
             scores[entry_row, cur.indices] = 0.0
         return scores.astype(np.float32)
 
-    def _own_sessions(self, cur: sp.csr_matrix, owners: np.ndarray) -> torch.Tensor:
-        """``[B, n_sessions]``: the sessions of user ``owners[b]`` that current session
-        ``b`` contains (the session itself, or a part of it): never its neighbours."""
-        own = torch.zeros(cur.shape[0], self.sessions_.shape[0], dtype=torch.bool)
+    def _own_pairs(self, cur: sp.csr_matrix, owners: np.ndarray) -> np.ndarray:
+        """The sessions of user ``owners[b]`` that current session ``b`` contains (the
+        session itself, or a part of it: never its neighbours), as keys
+        ``b * n_sessions + session``."""
+        if not (owners >= 0).any():
+            return np.empty(0, dtype=np.int64)
         theirs = self._user_sessions[np.maximum(owners, 0)]
         theirs = (sp.diags((owners >= 0).astype(np.float32)) @ theirs).tocsr()
         theirs.eliminate_zeros()
         b, s = _row_of(theirs), theirs.indices.astype(np.int64)
-        if len(b):
-            ones = cur.copy()
-            ones.data = np.ones(len(cur.data), dtype=np.float32)
-            shared = np.asarray(ones[b].multiply(self._binary[s]).sum(axis=1)).ravel()
-            inside = shared >= self._session_len[s]
-            own[torch.from_numpy(b[inside]), torch.from_numpy(s[inside])] = True
-        return own
+        if not len(b):
+            return np.empty(0, dtype=np.int64)
+        ones = cur.copy()
+        ones.data = np.ones(len(cur.data), dtype=np.float64)
+        shared = np.asarray(ones[b].multiply(self._binary[s]).sum(axis=1)).ravel()
+        inside = shared >= self._session_len[s]
+        return b[inside] * self.sessions_.shape[0] + s[inside]
 
     def _last_shared_step(self, cur: sp.csr_matrix, length: np.ndarray,
                           entry_row: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -362,7 +388,11 @@ class SessionKNN(Recommender):
         step = np.minimum(length[entry_row] - cur.data.astype(np.int64) + 1, MAX_DECAY_STEP)
         coded = cur.astype(np.float64)
         coded.data = np.power(4.0, -step.astype(np.float64))
-        total = (coded @ self._binary_t.astype(np.float64)).toarray()[b, s]
+        sums = (coded @ self._binary_t).tocsr()
+        sums.sort_indices()
+        n_sessions = self.sessions_.shape[0]
+        keys = _row_of(sums) * n_sessions + sums.indices  # sorted: rows, then sessions
+        total = sums.data[np.searchsorted(keys, b * n_sessions + s)]
         return np.rint(-np.log(total) / np.log(4.0) + 0.1)
 
     def _score(self, users: torch.Tensor) -> torch.Tensor:
@@ -405,9 +435,18 @@ class SessionKNN(Recommender):
             return self._score_rows(cur, users).float()
 
     def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
-        cur = _ordered_rows(np.zeros(len(items), dtype=np.int64), np.asarray(items),
-                            1, self.n_items)
-        return self._score_rows(cur, np.full(1, -1, dtype=np.int64))[0]
+        return self._score_histories([items])[0]
+
+    def _score_histories(self, histories: list[np.ndarray]) -> torch.Tensor:
+        """Scores ``[len(histories), n_items]`` of anonymous current sessions (item
+        indices, oldest first), as one block."""
+        lengths = np.fromiter((len(h) for h in histories), dtype=np.int64,
+                              count=len(histories))
+        items = (np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
+                 if histories else np.empty(0, np.int64))
+        cur = _ordered_rows(np.repeat(np.arange(len(histories), dtype=np.int64), lengths),
+                            items, len(histories), self.n_items)
+        return self._score_rows(cur, np.full(len(histories), -1, dtype=np.int64))
 
     # ----------------------------------------------------------------------------------
     # persistence

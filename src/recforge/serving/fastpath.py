@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from recforge.serving.batching import HistoryBatcher
 from recforge.serving.responses import dumps, send_json
 from recforge.serving.service import MAX_K
 
@@ -38,7 +39,9 @@ class FastRecommendations:
     with an optional ``"k"`` and nothing else, the history of 1 to :data:`INLINE_HISTORY`
     ids (JSON integers, or strings within the length limit), for a model that folds a
     history in: the body is read whole (the guard has counted it) and, unless it is of
-    that form, handed on to FastAPI unchanged.
+    that form, handed on to FastAPI unchanged. Concurrent such requests are scored
+    together (:class:`~recforge.serving.batching.HistoryBatcher`: the ones that arrive in
+    one turn of the event loop, one forward pass).
 
     ``owner``: the app whose ``state.service`` answers; ``key``: the read key, if any.
     """
@@ -50,6 +53,8 @@ class FastRecommendations:
         self.key = key.encode() if key is not None else None
         self.max_id_length = max_id_length
         self.max_history = min(max_history, INLINE_HISTORY)
+        #: the histories that arrive together are scored together (one forward pass)
+        self.batcher = HistoryBatcher(lambda: owner.state.service)
 
     def _keyed(self, scope: dict[str, Any]) -> bool:
         """Whether the request carries the read key (or none is needed)."""
@@ -92,8 +97,8 @@ class FastRecommendations:
         service = self.owner.state.service
         parsed = self._history(body) if service.model.supports_history else None
         if parsed is not None:
-            try:
-                answer = dumps(service.recommend_history(*parsed))
+            try:  # scored with the other sessions that arrived in this loop turn
+                answer = dumps(await self.batcher.answer(*parsed))
             except Exception:  # let the FastAPI route answer (and map) the error
                 answer = None
             if answer is not None:

@@ -22,7 +22,7 @@ from recforge.models.base import Recommender
 from recforge.models.history import history_index
 from recforge.ranking import rank_ties, top_k
 from recforge.serving.index import IVFIndex
-from recforge.serving.sequences import compile_encoder, ordered_history
+from recforge.serving.sequences import compile_encoder, ordered_history, score_histories
 
 __all__ = ["RecommendationService", "NotFound", "Resolved"]
 
@@ -575,6 +575,28 @@ class RecommendationService:
         idx, vals, bad = self._history_index(items, values)
         return {"items": self._history_items(idx, vals, k),
                 "unknown_items": [_plain(x) for x in bad.tolist()]}
+
+    def recommend_histories(self, requests: list[tuple[list[Any], int]]
+                            ) -> list[dict[str, Any]]:
+        """:meth:`recommend_history` (no values) of several ``(items, k)`` at once: one
+        scoring call and one top-k for all (the server's micro-batches, serving/batching)."""
+        m = self.model
+        if not m.supports_history:
+            raise ModelError(f"model {m.name!r} cannot score an anonymous history")
+        ks = [self._check_k(k) for _, k in requests]
+        found = [self._history_index(items, None) for items, _ in requests]
+        idx = [np.asarray(f[0], dtype=np.int64) for f in found]
+        with torch.no_grad():
+            scores = score_histories(m, idx).cpu()  # a new tensor: written below
+        n = np.fromiter((len(i) for i in idx), dtype=np.int64, count=len(idx))
+        # each history's own items left out (through numpy's view of the scores)
+        scores.numpy()[np.repeat(np.arange(len(idx)), n), np.concatenate(idx)] = -np.inf
+        pos, top = top_k(lambda _: scores, np.arange(len(idx)), max(ks), m.n_items,
+                         ties=self._ties)
+        pos, top = pos.numpy(), top.numpy()
+        return [{"items": self._items(pos[b, :k], top[b, :k]),
+                 "unknown_items": [_plain(x) for x in found[b][2].tolist()]}
+                for b, k in enumerate(ks)]
 
     def similar(self, item: Any, k: int = 10) -> dict[str, Any]:
         k = self._check_k(k)
