@@ -63,6 +63,15 @@ def test_defaults_are_trial_0_and_the_choice_is_never_worse(data):
     assert res.default_value == pytest.approx(again)
     assert res.chosen_value >= res.default_value and res.gain >= 0
     assert res.metric == "NDCG@20"
+    # the best trial replaces the defaults only beyond the validation split's noise
+    best = res.best
+    if best is not None:
+        assert best["value"] >= res.default_value and best["users"] > 100
+        if best["p_value"] < 0.05:
+            assert res.chosen == {**res.defaults, **best["params"]}
+        else:
+            assert res.chosen == res.defaults and res.chosen_value == res.default_value
+            assert "within the noise" in res.notes[-1]
     assert res.params == res.chosen  # nothing fixed: the chosen values are all there is
     record = res.record()
     assert record["defaults"] == res.defaults and record["budget_s"] == 120.0
@@ -318,3 +327,13 @@ def test_tune_writes_the_tuned_model_without_auto(tmp_path, data):
     tuned = load_config(tmp_path / "t" / "exp.tuned.yaml")
     assert not tuned.models[0].auto and tuned.models[0].auto_budget is None
     assert set(tuned.models[0].params) == {"reg"}
+
+
+def test_a_clear_gain_replaces_the_defaults(data, monkeypatch):
+    """Two epochs at bpr's learning rate barely move it; ten times the rate does far
+    better on every validation user, beyond the split's noise."""
+    monkeypatch.setitem(AUTO_SPACES, "bpr", {"learning_rate": ("cat", [0.05])})
+    params = {"embedding_dim": 8, "epochs": 2, "batch_size": 512}
+    _, res = _tune("bpr", data, params, max_trials=3)
+    assert res.chosen == {"learning_rate": 0.05} and res.best["p_value"] < 0.05
+    assert res.chosen_value > 1.5 * res.default_value and res.gain > 0.5

@@ -11,8 +11,10 @@ with a fixed seed, within a time budget:
   (``Capabilities.reads_order``), a per-user 20 % of the ratings for rating models (scored
   by RMSE); the test data are never read;
 - trial 0 is always the defaults (the model's, with what the user fixed), so the chosen
-  configuration is never worse than the defaults on the validation split (ties keep the
-  defaults);
+  configuration is never worse than the defaults on the validation split; and the best
+  trial replaces the defaults only when it beats them by more than the validation
+  split's noise (a paired t-test over the validation users, p < 0.05, for ranking
+  metrics): a safety net should not trade good defaults for a lucky draw;
 - the budget: Optuna's ``timeout``, no new trial once what is left is less than the
   longest trial so far (the first not counted), and gradient models stop a trial at the
   end of the first epoch past the budget; a model whose fit cannot be cut may overrun it
@@ -43,6 +45,7 @@ from recforge.data.split import leave_last_out, random_split
 from recforge.errors import ConfigError
 from recforge.evaluation.metrics import Metric
 from recforge.experiment.config import ModelConfig
+from recforge.experiment.leaderboard import _paired_pvalue
 from recforge.experiment.tune import _objective, run_study
 from recforge.experiment.workflow import PreparedData, learns_ratings
 from recforge.models.registry import create_model, get_model_class
@@ -54,6 +57,9 @@ __all__ = ["AUTO_SPACES", "AutoResult", "auto_metric", "auto_space", "auto_tune"
 AUTO_SEED = 0
 #: Share of each user's training events held out for validation (top-K, rating models).
 VALID_SHARE = 0.2
+#: The p-value of the paired t-test over validation users below which the best trial
+#: replaces the defaults (ranking metrics).
+ALPHA = 0.05
 #: The most trials one search runs, however large the budget (a few parameters: TPE has
 #: long converged by then).
 MAX_TRIALS = 100
@@ -223,6 +229,7 @@ class AutoResult:
     pruned: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    best: dict[str, Any] | None = None
 
     @property
     def lower_is_better(self) -> bool:
@@ -242,7 +249,7 @@ class AutoResult:
                 "trials": self.trials, "complete": self.complete, "pruned": self.pruned,
                 "defaults": self.defaults, "chosen": self.chosen,
                 "default_value": self.default_value, "chosen_value": self.chosen_value,
-                "gain": self.gain, "notes": list(self.notes)}
+                "gain": self.gain, "best_trial": self.best, "notes": list(self.notes)}
 
 
 def auto_tune(entry: ModelConfig, inner: PreparedData, *, budget: float, where: str,
@@ -267,7 +274,9 @@ def auto_tune(entry: ModelConfig, inner: PreparedData, *, budget: float, where: 
     rating = parsed.kind == "rating"
     begin = time.perf_counter()
     deadline = begin + budget
-    objective = _objective(protocol, entry, space, metric, inner, rating, deadline=deadline)
+    per_user: dict[int, Any] = {}
+    objective = _objective(protocol, entry, space, metric, inner, rating, deadline=deadline,
+                           per_user=per_user)
     took_s: list[float] = []
 
     def time_for_another() -> bool:
@@ -306,9 +315,23 @@ def auto_tune(entry: ModelConfig, inner: PreparedData, *, budget: float, where: 
     elif len(trials) == 1:
         notes.append(f"the defaults' trial took {first.duration.total_seconds():.1f}s of "
                      f"the {budget:g}s budget: no other configuration was tried")
+    best_trial = None
     if complete:  # the best trial: the defaults (trial 0) unless one did better
         best = study.best_trial
         chosen, chosen_value = {**defaults, **best.params}, float(best.value)
+        if best.number != 0:
+            best_trial = {"trial": best.number + 1, "value": chosen_value,
+                          "params": dict(best.params)}
+            if default_value is not None and 0 in per_user and best.number in per_user:
+                a, b = per_user[best.number].align(per_user[0], join="inner")
+                p = _paired_pvalue(a.to_numpy(), b.to_numpy())
+                best_trial.update(p_value=p, users=len(a))
+                if not p < ALPHA:
+                    notes.append(
+                        f"the best trial ({_shown(best.params)}) scored {chosen_value:.4f}, "
+                        f"within the noise of the validation split (paired t-test over "
+                        f"{len(a):,} users: p = {p:.2g} >= {ALPHA}); the defaults are kept")
+                    chosen, chosen_value = dict(defaults), default_value
     else:
         notes.append("no trial finished; the defaults are kept")
         chosen, chosen_value = dict(defaults), None
@@ -317,7 +340,7 @@ def auto_tune(entry: ModelConfig, inner: PreparedData, *, budget: float, where: 
                       default_value=default_value, chosen_value=chosen_value,
                       trials=len(trials), complete=len(complete),
                       pruned=sum(t.state.name == "PRUNED" for t in trials),
-                      seconds=seconds, notes=notes)
+                      seconds=seconds, notes=notes, best=best_trial)
 
 
 def _finite(value: Any) -> bool:
@@ -327,6 +350,8 @@ def _finite(value: Any) -> bool:
 def _shown(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_shown(v)}" for k, v in value.items())
     return str(value)
 
 

@@ -245,12 +245,15 @@ def run_study(objective: Callable[[Any], float], *, lower_is_better: bool, seed:
 
 def _objective(protocol: str, entry: ModelConfig, space: dict[str, tuple[Any, ...]],
                metric: str, inner: PreparedData, rating: bool, *,
-               deadline: float | None = None) -> Callable[[Any], float]:
+               deadline: float | None = None,
+               per_user: dict[int, Any] | None = None) -> Callable[[Any], float]:
     """One trial: fit as `recforge run` trains (rating models on the ratings whatever the
     metric, the others on the positives), score on the validation part (a ranking metric
     on its positives, with the experiment's ``protocol`` and a cold-start split's
     candidates); gradient models report the metric every epoch to the pruner, and are
-    pruned at the end of an epoch past ``deadline`` (a ``time.perf_counter`` value)."""
+    pruned at the end of an epoch past ``deadline`` (a ``time.perf_counter`` value).
+    ``per_user``: filled with each trial's per-user values (a Series by user) of a
+    ranking metric."""
     label = Metric.parse(metric).label
     valid_eval = inner.test if rating else inner.test_pos
 
@@ -271,6 +274,8 @@ def _objective(protocol: str, entry: ModelConfig, space: dict[str, tuple[Any, ..
         value = res[value_key]
         if not math.isfinite(value):
             raise optuna.TrialPruned()
+        if per_user is not None and value_key in res.per_user.columns:
+            per_user[trial.number] = res.per_user.set_index("user")[value_key].sort_index()
         return float(value)
 
     return objective
