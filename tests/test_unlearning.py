@@ -263,6 +263,25 @@ def test_cli_forget_bad_user_files(content, words, data, tmp_path, capsys):
     assert code == 2 and words in err
 
 
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=200) | st.text(max_size=60).map(str.encode))
+def test_cli_forget_any_user_file_is_a_result_or_one_line_error(tmp_path_factory, capsys,
+                                                                content):
+    base = tmp_path_factory.getbasetemp() / "fuzz-forget"
+    if not (base / "pop").exists():
+        create_model("pop").fit(random_interactions(20, 10, 0.3, seed=1)).save(base / "pop")
+        capsys.readouterr()  # the save's log line
+    ids = base / "ids.txt"
+    ids.write_bytes(content)
+    code, out, err = run_cli(["forget", "--model", base / "pop", "--users", ids,
+                              "--out", base / "out"], capsys)
+    assert code in (0, 2), err
+    assert "Traceback" not in err and "Traceback" not in out
+    if code == 2:
+        assert err.startswith("error:")
+
+
 def test_cli_forget_refusals(data, tmp_path, capsys):
     ids = tmp_path / "ids.txt"
     ids.write_text(f"{data.users.ids[0]}\n")
