@@ -312,3 +312,23 @@ def test_image_vectors_rank_cold_items(tmp_path, name, params):
     assert r["Recall@10"] > 2.5 * 10 / len(cold), r["Recall@10"]
     loaded = Recommender.load(model.save(tmp_path / name))
     np.testing.assert_array_equal(loaded.score([0, 1]).numpy(), model.score([0, 1]).numpy())
+
+
+def test_an_item_table_with_an_embedding_column_is_a_vector_block(tmp_path):
+    """`--item-features items.parquet` with a list column: the CLI's reader makes it a
+    dense block named after the column, beside the table's other columns."""
+    path = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item": [1, 2, 3], "genre": ["a", "b", "a"],
+                             "clip": [[0.5, 1.0], [1.5, -2.0], None]}), path)
+    feats = F.read_features(path)
+    assert sorted(set(feats.groups)) == ["clip", "genre"]
+    clip = feats.select_groups(["clip"]).matrix.toarray()
+    np.testing.assert_array_equal(clip, [[0.5, 1.0], [1.5, -2.0], [0.0, 0.0]])
+    pq.write_table(pa.table({"item": [1, 2], "clip": [[0.5, 1.0], [1.5]]}), path)
+    with pytest.raises(DataError, match="1 numbers where the first has 2") as info:
+        F.read_features(path)
+    assert info.value.row == 2 and info.value.column == "clip"
+    pq.write_table(pa.table({"item": [1, 2], "clip": [[0.5, 1.0], [1.5, float("inf")]]}),
+                   path)
+    with pytest.raises(DataError, match="inf in dimension 1"):
+        F.read_features(path)

@@ -53,7 +53,7 @@ __all__ = ["Features", "categorical", "text", "numeric", "combine", "from_frame"
            "movielens_user_features", "text_embeddings", "text_vectors", "dense",
            "resolve_text_encoder"]
 
-Kind = Literal["categorical", "text", "numeric"]
+Kind = Literal["categorical", "text", "numeric", "vector"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -382,8 +382,8 @@ def _text_block(ids: Any, texts: Sequence[Any], name: str,
 # a user's own table
 def infer_kinds(frame: pd.DataFrame, columns: Sequence[str], sep: str = "|"
                 ) -> dict[str, Kind]:
-    """Guess each column's kind: numbers -> ``numeric``; lists or ``sep``-separated values
-    -> ``categorical``; strings of three or more words on average -> ``text``; other
+    """Guess each column's kind: numbers -> ``numeric``; lists of numbers (an embedding per
+    row) -> ``vector``; other lists or ``sep``-separated values -> ``categorical``; strings of three or more words on average -> ``text``; other
     strings with few distinct values (at most 50 or 20% of rows) -> ``categorical``, the
     rest -> ``text``."""
     kinds: dict[str, Kind] = {}
@@ -394,7 +394,9 @@ def infer_kinds(frame: pd.DataFrame, columns: Sequence[str], sep: str = "|"
         elif pd.api.types.is_numeric_dtype(s):
             kinds[col] = "numeric"
         elif len(s) and isinstance(s.iloc[0], (list, tuple, np.ndarray)):
-            kinds[col] = "categorical"
+            first = np.asarray(s.iloc[0])
+            kinds[col] = ("vector" if first.size and first.dtype.kind in "fiu"
+                          else "categorical")
         else:
             st = s.astype(str)
             if st.str.contains(sep, regex=False).any():
@@ -442,9 +444,10 @@ def from_frame(frame: pd.DataFrame, id_column: str, *,
     if not cols:
         raise DataError("the table has no feature columns besides the id", source=src)
     given = dict(kinds or {})
-    bad = {k: v for k, v in given.items() if v not in ("categorical", "text", "numeric")}
+    bad = {k: v for k, v in given.items()
+           if v not in ("categorical", "text", "numeric", "vector")}
     if bad:
-        raise ConfigError(f"feature kinds must be categorical, text or numeric: {bad}")
+        raise ConfigError(f"feature kinds must be categorical, text, numeric or vector: {bad}")
     kinds_all = {**infer_kinds(frame, [c for c in cols if c not in given], sep), **given}
     vocab = Vocabulary(ids.to_numpy())
     order = vocab.index(ids.to_numpy())
@@ -454,13 +457,44 @@ def from_frame(frame: pd.DataFrame, id_column: str, *,
     for col in cols:
         values = frame[col].to_numpy(dtype=object)[np.argsort(order)]
         kind = kinds_all[col]
-        if kind == "numeric":
+        if kind == "vector":
+            blocks.append(_vector_column(vocab, values, str(col), src))
+        elif kind == "numeric":
             blocks.append(numeric(vocab, values, str(col), bins=bins))
         elif kind == "text":
             blocks.append(_text_block(vocab, values, str(col), encoder))
         else:
             blocks.append(categorical(vocab, values, str(col), sep=sep))
     return combine(*blocks)
+
+
+def _vector_column(vocab: Vocabulary, values: np.ndarray, name: str, source: str
+                   ) -> Features:
+    """A column holding one numeric vector per row (an embedding) as a dense block; rows
+    without a vector get none. Differing lengths and non-finite numbers are errors."""
+    lengths = np.array([-1 if v is None or (isinstance(v, float) and np.isnan(v))
+                        else len(v) for v in values])
+    present = np.flatnonzero(lengths >= 0)
+    if len(present) == 0:
+        return Features(vocab, sp.csr_matrix((len(vocab), 0), dtype=np.float32), [], [])
+    dim = int(lengths[present[0]])
+    odd = present[lengths[present] != dim]
+    if len(odd) or dim == 0:
+        row = int(odd[0]) if len(odd) else int(present[0])
+        raise DataError(f"a vector of {lengths[row]} numbers where the first has {dim}",
+                        source=source, column=name, row=row + 1)
+    try:
+        m = np.zeros((len(values), dim), np.float64)
+        m[present] = np.stack([np.asarray(values[j], dtype=np.float64) for j in present])
+    except (TypeError, ValueError):
+        raise DataError("the vectors must hold numbers only", source=source,
+                        column=name) from None
+    bad = ~np.isfinite(m)
+    if bad.any():
+        row, col = (int(x) for x in np.argwhere(bad)[0])
+        raise DataError(f"{m[row, col]} in dimension {col}", source=source,
+                        column=name, row=row + 1)
+    return dense(vocab, m, name)
 
 
 def read_features(path: str | os.PathLike, id_column: str | None = None, *,
@@ -471,7 +505,9 @@ def read_features(path: str | os.PathLike, id_column: str | None = None, *,
     """Read an item (or user) table from CSV / TSV / Parquet and build :class:`Features`.
 
     ``id_column`` defaults to ``item`` (or ``user``, ``id``, the first column, in that
-    order of preference). ``text_encoder`` as for :func:`from_frame`.
+    order of preference). ``text_encoder`` as for :func:`from_frame`. A column of
+    numeric lists (an embedding per row, e.g. CLIP image vectors) is a dense ``vector``
+    block named after the column (``.npy`` vectors: :func:`recforge.data.vectors.item_vectors`).
     """
     path = Path(path)
     if not path.is_file():
