@@ -18,8 +18,6 @@ from recforge.models.registry import private_models
 from recforge.training.privacy import PrivacySpec, PrivateRun, UserBatches
 from recforge.training.trainer import Trainer
 
-pytest.importorskip("opacus")
-
 TINY = dict(epochs=2, embedding_dim=8, batch_size=64, dp_max_per_user=8, device="cpu",
             valid_metric=None)
 
@@ -196,3 +194,14 @@ def test_validation_is_logged_but_the_last_epoch_is_released(data):
     model.fit(data, valid)
     assert all("ndcg@10" in r for r in model.history_)
     assert model.best_epoch_ == 2  # the last
+
+
+def test_user_rows_refit_leaves_the_private_item_side(data):
+    """dp_user_epochs trains the user tables alone afterwards: the released item side is
+    the private fit's, bit for bit."""
+    plain = create_model("bpr", dp_epsilon=4.0, **TINY).fit(data)
+    refit = create_model("bpr", dp_epsilon=4.0, dp_user_epochs=2, **TINY).fit(data)
+    assert torch.equal(plain.module_.item.weight, refit.module_.item.weight)
+    assert not torch.equal(plain.module_.user.weight, refit.module_.user.weight)
+    assert [r.get("phase") for r in refit.history_] == [None, None, "user rows", "user rows"]
+    assert refit.privacy_["epsilon"] == plain.privacy_["epsilon"]

@@ -90,8 +90,11 @@ class GradientRecommender(Recommender):
     private training per user (:mod:`recforge.training.privacy`, on Opacus) for the models
     that offer :meth:`private_loss`: ``dp_epsilon`` (``None``: not private), ``dp_delta``
     (``None``: ``1 / n_users``), ``dp_max_grad_norm`` (each user's gradient is clipped to
-    it) and ``dp_max_per_user`` (events of a user in a step; ``batch_size //
-    dp_max_per_user`` users are expected per step).
+    it), ``dp_max_per_user`` (events of a user in a step; ``batch_size //
+    dp_max_per_user`` users are expected per step) and ``dp_user_learning_rate`` (the
+    user tables, trained on each user's own loss with Adam; ``optimizer`` and
+    ``learning_rate`` train the private shared parameters), and ``dp_user_epochs``
+    (epochs of the user tables alone afterwards, the private item side fixed).
     """
 
     embedding_dim: int = 64
@@ -112,6 +115,8 @@ class GradientRecommender(Recommender):
     dp_delta: float | None = None
     dp_max_grad_norm: float = 1.0
     dp_max_per_user: int = 32
+    dp_user_learning_rate: float = 0.01
+    dp_user_epochs: int = 0
 
     #: Training objective, for documentation and the sampler: "rating" (pointwise values)
     #: or "ranking" (positives with sampled negatives).
@@ -143,7 +148,8 @@ class GradientRecommender(Recommender):
         "dp_epsilon": optional_rule(positive_rule(MAX_EPSILON)),
         "dp_delta": optional_rule(ParamRule(lambda v: number_rule(0, 1).ok(v) and 0 < v < 1,
                                             "a number in (0, 1)")),
-        "dp_max_grad_norm": positive_rule(), "dp_max_per_user": int_rule(1, MAX_COUNT)}
+        "dp_max_grad_norm": positive_rule(), "dp_max_per_user": int_rule(1, MAX_COUNT),
+        "dp_user_learning_rate": positive_rule(), "dp_user_epochs": int_rule(0, MAX_EPOCHS)}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # every subclass is a dataclass of its parameters: its __init__ (what get_params,
@@ -427,7 +433,8 @@ class GradientRecommender(Recommender):
             delta=float(self.dp_delta if self.dp_delta is not None
                         else 1.0 / max(2, self.n_users)),
             max_grad_norm=float(self.dp_max_grad_norm), max_per_user=int(self.dp_max_per_user),
-            users_per_step=max(1, int(self.batch_size) // int(self.dp_max_per_user)))
+            users_per_step=max(1, int(self.batch_size) // int(self.dp_max_per_user)),
+            user_learning_rate=float(self.dp_user_learning_rate))
         batches = UserBatches(train, spec.max_per_user, n_neg)
         validate: Validate | None = None
         if valid is not None:
@@ -443,6 +450,31 @@ class GradientRecommender(Recommender):
         self.history_ = state.history
         self.best_epoch_ = state.epoch
         self.privacy_ = trainer.privacy_report
+        if self.dp_user_epochs:
+            self._fit_user_rows(train, context)
+
+    def _fit_user_rows(self, train: Interactions, context: FitContext) -> None:
+        """``dp_user_epochs`` ordinary epochs of the user tables alone (Adam at
+        ``dp_user_learning_rate``), the private shared parameters fixed: each user's row is
+        fitted to their own events and the released item side, which joint differential
+        privacy allows (a row reads only its own user's events). During the private
+        epochs a user's row moves only in the steps that sampled the user."""
+        users = set(self.user_parameter_names())
+        frozen = [p for n, p in self.module_.named_parameters()
+                  if n not in users and p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            trainer = Trainer(
+                epochs=int(self.dp_user_epochs), learning_rate=float(self.dp_user_learning_rate),
+                optimizer="adam", lr_schedule=self.lr_schedule, valid_metric="ndcg@20",
+                device=self.device_, seed=int(self.seed or 0) + 1,
+                context=FitContext(progress=context.progress, sparse_updates="off"))
+            state = trainer.fit(self, self._sampler(train), None)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        self.history_ = [*self.history_, *({**r, "phase": "user rows"} for r in state.history)]
 
     # ----------------------------------------------------------------------------------
     # validation during training: the callable the trainer is handed

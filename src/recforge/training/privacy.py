@@ -83,6 +83,10 @@ class PrivacySpec:
     users_per_step:
         The expected number of users in a step (Poisson sampling rate ``q`` =
         ``1 / ceil(n_users / users_per_step)``).
+    user_learning_rate:
+        The user tables are trained with Adam at this rate, each row on the gradient of its
+        own user's loss (scale-free: it does not depend on how many users share the step,
+        nor on the optimizer of the shared parameters).
     """
 
     epsilon: float
@@ -90,6 +94,7 @@ class PrivacySpec:
     max_grad_norm: float
     max_per_user: int
     users_per_step: int
+    user_learning_rate: float = 0.01
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.epsilon) and self.epsilon > 0):
@@ -298,8 +303,7 @@ class PrivateRun:
         self.users_params = users
         opt = make_optimizer(trainer.optimizer_name, list(shared.values()),
                              lr=trainer.learning_rate, weight_decay=trainer.weight_decay)
-        self.user_opt = (make_optimizer(trainer.optimizer_name, users,
-                                        lr=trainer.learning_rate,
+        self.user_opt = (make_optimizer("adam", users, lr=spec.user_learning_rate,
                                         weight_decay=trainer.weight_decay) if users else None)
         self.collate = _Collate(batches)
         n = batches.n_users
