@@ -96,7 +96,7 @@ def run_model(name: str, train, counts: list[int], seed: int) -> list[dict]:
             row["refit_vs_float64"] = float(np.abs(_array(ref.weights_) - exact).max())
         if name == "bpr":
             row["item_params_moved"] = float(
-                (model.module_.item.weight - fitted.module_.item.weight).abs().max())
+                (model.module_.item.weight - fitted.module_.item.weight).abs().max().detach())
         rows.append(row)
         diff = "-" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.2e}"
         print(f"{name:8} {row['kind']:9} {n:>4} users {row['events']:>6} events  forget "

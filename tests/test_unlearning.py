@@ -97,13 +97,18 @@ def test_ease_woodbury_matches_a_refit_and_survives_a_save(data, tmp_path):
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sets(st.integers(0, 59), min_size=1, max_size=8), st.floats(1.0, 100.0))
-def test_ease_forgetting_any_users_is_a_refit(users, reg):
+@given(st.sets(st.integers(0, 59), min_size=1, max_size=8), st.floats(1.0, 100.0),
+       st.booleans())
+def test_ease_forgetting_any_users_is_a_refit(users, reg, binary):
     data = random_interactions(60, 30, 0.2, seed=5)
+    if not binary:  # the events' values enter the Gram matrix, 25 times larger at most:
+        # the float32 refit that is the reference rounds more there (1e-6 at reg 2)
+        data = data.with_values(np.random.default_rng(1).integers(1, 6, len(data)))
+        reg = 10.0 * reg
     gone = data.users.ids[sorted(users)]
-    model = create_model("ease", reg=reg).fit(data)
+    model = create_model("ease", reg=reg, binary=binary).fit(data)
     model.forget_users(gone)
-    ref = create_model("ease", reg=reg).fit(_without(data, gone))
+    ref = create_model("ease", reg=reg, binary=binary).fit(_without(data, gone))
     np.testing.assert_allclose(model.weights_.numpy(), ref.weights_.numpy(), atol=1e-6,
                                rtol=0)
 
