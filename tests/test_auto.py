@@ -67,7 +67,8 @@ def test_defaults_are_trial_0_and_the_choice_is_never_worse(data):
     best = res.best
     if best is not None:
         assert best["value"] >= res.default_value and best["users"] > 100
-        if best["p_value"] < 0.05:
+        assert best["level"] == pytest.approx(0.05 / (res.complete - 1))
+        if best["p_value"] < best["level"]:
             assert res.chosen == {**res.defaults, **best["params"]}
         else:
             assert res.chosen == res.defaults and res.chosen_value == res.default_value
@@ -335,5 +336,5 @@ def test_a_clear_gain_replaces_the_defaults(data, monkeypatch):
     monkeypatch.setitem(AUTO_SPACES, "bpr", {"learning_rate": ("cat", [0.05])})
     params = {"embedding_dim": 8, "epochs": 2, "batch_size": 512}
     _, res = _tune("bpr", data, params, max_trials=3)
-    assert res.chosen == {"learning_rate": 0.05} and res.best["p_value"] < 0.05
+    assert res.chosen == {"learning_rate": 0.05} and res.best["p_value"] < res.best["level"]
     assert res.chosen_value > 1.5 * res.default_value and res.gain > 0.5

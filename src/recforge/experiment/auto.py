@@ -13,8 +13,9 @@ with a fixed seed, within a time budget:
 - trial 0 is always the defaults (the model's, with what the user fixed), so the chosen
   configuration is never worse than the defaults on the validation split; and the best
   trial replaces the defaults only when it beats them by more than the validation
-  split's noise (a paired t-test over the validation users, p < 0.05, for ranking
-  metrics): a safety net should not trade good defaults for a lucky draw;
+  split's noise (for ranking metrics, a paired t-test over the validation users at
+  0.05 / the number of other trials: Bonferroni's correction, since the best of many
+  trials is compared): a safety net should not trade good defaults for a lucky draw;
 - the budget: Optuna's ``timeout``, no new trial once what is left is less than the
   longest trial so far (the first not counted), and gradient models stop a trial at the
   end of the first epoch past the budget; a model whose fit cannot be cut may overrun it
@@ -58,7 +59,8 @@ AUTO_SEED = 0
 #: Share of each user's training events held out for validation (top-K, rating models).
 VALID_SHARE = 0.2
 #: The p-value of the paired t-test over validation users below which the best trial
-#: replaces the defaults (ranking metrics).
+#: replaces the defaults (ranking metrics), divided by the number of trials besides the
+#: defaults' (Bonferroni: the best of them is the one compared).
 ALPHA = 0.05
 #: The most trials one search runs, however large the budget (a few parameters: TPE has
 #: long converged by then).
@@ -325,12 +327,15 @@ def auto_tune(entry: ModelConfig, inner: PreparedData, *, budget: float, where: 
             if default_value is not None and 0 in per_user and best.number in per_user:
                 a, b = per_user[best.number].align(per_user[0], join="inner")
                 p = _paired_pvalue(a.to_numpy(), b.to_numpy())
-                best_trial.update(p_value=p, users=len(a))
-                if not p < ALPHA:
+                level = ALPHA / max(1, len(complete) - 1)
+                best_trial.update(p_value=p, level=level, users=len(a))
+                if not p < level:
                     notes.append(
                         f"the best trial ({_shown(best.params)}) scored {chosen_value:.4f}, "
                         f"within the noise of the validation split (paired t-test over "
-                        f"{len(a):,} users: p = {p:.2g} >= {ALPHA}); the defaults are kept")
+                        f"{len(a):,} users: p = {p:.2g}, not below {ALPHA} / "
+                        f"{max(1, len(complete) - 1)} trials = {level:.2g}); the defaults "
+                        "are kept")
                     chosen, chosen_value = dict(defaults), default_value
     else:
         notes.append("no trial finished; the defaults are kept")
