@@ -34,8 +34,12 @@ trains the model on ml-1m-seq (``sequences.txt``, every line a user's ordered it
 ``--model`` takes a saved order-reading model instead) and drives ``POST /recommendations``
 with ``{"history": [50 item ids, oldest first], "k": 10}``, each history a real user's last
 50 items (users of at least 50 drawn in a seeded random order), against ``recforge serve``
-alone (one worker, its event store on, the same wrk, windows and medians). The targets are
-absolute: >= 800 requests/s and p99 <= 20 ms at 8 connections. Beside them it gives the
+(one worker, its event store on) and a floor, the servers taking turns window by window as
+above: a bare FastAPI app (a pydantic body, an ``async def`` endpoint) around the same
+saved model, loaded and traced as the server loads it, scoring each request alone (ids to
+indices, the model's scores of the history, its items left out, a top-k; its first answer
+is checked against recforge's). The targets are absolute: >= 800 requests/s and p99 <= 20
+ms at 8 connections; the ratios to the floor are printed beside them. Beside them it gives the
 server process's own CPU time per answered request (``/proc``: user + system, over each
 level's windows), which bounds what one core of its own would serve whatever else the
 machine runs (1.25 ms is 800 requests/s). Writes
@@ -124,6 +128,56 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), log_level="warning",
 '''
 
 
+#: The next-item floor: FastAPI as its tutorial writes it (a pydantic body, an ``async def``
+#: endpoint, FastAPI's JSON answer) around the same saved model, loaded as recforge's server
+#: loads it (its encoder traced), scoring each request alone: the history's ids to indices
+#: (a dict), the model's own scores of the history, its items left out, a top-k.
+BARE_HISTORY = '''
+import sys
+
+import numpy as np
+import torch
+import uvicorn
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from recforge.models import Recommender
+from recforge.serving.sequences import compile_encoder
+
+torch.set_num_threads(1)
+model = Recommender.load(sys.argv[1])
+compile_encoder(model)
+ids = model.items_.ids.tolist()
+index = {str(i): j for j, i in enumerate(ids)}
+app = FastAPI()
+
+
+class Body(BaseModel):
+    history: list[int | str]
+    k: int = 10
+
+
+@app.get("/health")
+async def health():
+    return {"status": "ok"}
+
+
+@app.post("/recommendations")
+async def recommendations(body: Body):
+    idx = np.array([index[str(i)] for i in body.history], dtype=np.int64)
+    with torch.no_grad():
+        scores = model._score_history(idx, None).float().clone()
+    scores[torch.from_numpy(idx)] = -torch.inf
+    top = torch.topk(scores, body.k)
+    return {"items": [{"item": ids[i], "rank": r + 1, "score": s} for r, (i, s) in
+                      enumerate(zip(top.indices.tolist(), top.values.tolist()))]}
+
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning",
+            access_log=False)
+'''
+
+
 def _train(out: Path) -> Path:
     from recforge.data.readers import read_many
     from recforge.models import create_model
@@ -198,51 +252,80 @@ def _history_mode(args: argparse.Namespace, console: Console) -> int:
     n_users = _history_bodies(model, args.history, tmp / "bodies.txt")
     script = tmp / "history.lua"
     script.write_text(LUA_HISTORY % (tmp / "bodies.txt"))
-    port = _port()
+    (tmp / "bare.py").write_text(BARE_HISTORY)
+    ports = {"recforge": _port(), "bare": _port()}
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "recforge", "serve", "--model", str(model_dir), "--port",
-         str(port), "--events", str(tmp / "events.sqlite")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    servers = {
+        "recforge": subprocess.Popen(
+            [sys.executable, "-m", "recforge", "serve", "--model", str(model_dir), "--port",
+             str(ports["recforge"]), "--events", str(tmp / "events.sqlite")],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT),
+        "bare": subprocess.Popen(
+            [sys.executable, str(tmp / "bare.py"), str(model_dir), str(ports["bare"])],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT),
+    }
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     rows: list[dict[str, Any]] = []
+    floor: list[dict[str, Any]] = []
     load_before = os.getloadavg()
     try:
-        _wait(url, server, "recforge")
-        first = httpx.post(url + "/recommendations",
-                           content=(tmp / "bodies.txt").read_text().splitlines()[0],
-                           headers={"content-type": "application/json"})
-        first.raise_for_status()
-        _wrk(url, script, 8, 2)  # warm-up
+        first_body = (tmp / "bodies.txt").read_text().splitlines()[0]
+        answers = {}
+        for name in servers:
+            _wait(urls[name], servers[name], name)
+            first = httpx.post(urls[name] + "/recommendations", content=first_body,
+                               headers={"content-type": "application/json"})
+            first.raise_for_status()
+            answers[name] = [e["item"] for e in first.json()["items"]]
+            _wrk(urls[name], script, 8, 2)  # warm-up
+        if answers["recforge"] != answers["bare"]:
+            sys.exit(f"the floor answers otherwise: {answers}")
         window = max(1, args.duration // args.rounds)
         for c in (int(c) for c in args.connections.split(",")):
-            cpu = _cpu_seconds(server.pid)
-            windows = [_wrk(url, script, c, window) for _ in range(args.rounds)]
-            row = _median(windows)
-            # the server's own CPU time per answered request: what a core of its own
-            # would bound its throughput by, whatever else runs on the machine
-            used = _cpu_seconds(server.pid) - cpu
-            row["server_cpu_ms_per_request"] = round(
-                1e3 * used / max(1, sum(w["requests"] for w in windows)), 3)
-            rows.append(row)
+            cpu = {name: _cpu_seconds(proc.pid) for name, proc in servers.items()}
+            windows: dict[str, list[dict[str, Any]]] = {"recforge": [], "bare": []}
+            for r in range(args.rounds):  # the servers take turns, their order alternating
+                for name in (["bare", "recforge"] if r % 2 == 0 else ["recforge", "bare"]):
+                    windows[name].append(_wrk(urls[name], script, c, window))
+            for name, out_rows in (("recforge", rows), ("bare", floor)):
+                row = _median(windows[name])
+                # the server's own CPU time per answered request: what a core of its own
+                # would bound its throughput by, whatever else runs on the machine
+                used = _cpu_seconds(servers[name].pid) - cpu[name]
+                row["server_cpu_ms_per_request"] = round(
+                    1e3 * used / max(1, sum(w["requests"] for w in windows[name])), 3)
+                out_rows.append(row)
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        for proc in servers.values():
+            proc.terminate()
+        for proc in servers.values():
+            proc.wait(timeout=10)
     load_after = os.getloadavg()
+    ratios = [{"connections": r["connections"],
+               "throughput_ratio": round(r["requests_per_s"] / b["requests_per_s"], 3),
+               "p99_ratio": (round(r["p99_ms"] / b["p99_ms"], 3)
+                             if r["p99_ms"] and b["p99_ms"] else None)}
+              for r, b in zip(rows, floor, strict=True)]
     table = Table(title=f"POST /recommendations {{history: {args.history} items, k: 10}}, "
                         f"{meta['model']} on {meta['n_items']:,} items, one uvicorn worker, "
-                        f"wrk on the same host; medians of {args.rounds} windows; load "
+                        f"wrk on the same host, against a bare FastAPI floor around the "
+                        f"same model (ratio: recforge / floor); medians of {args.rounds} "
+                        f"windows; load "
                         f"average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     for col in ("connections", "req/s", "p50 ms", "p90 ms", "p99 ms", "non-2xx",
-                "server CPU ms/request"):
+                "server CPU ms/request", "floor req/s", "floor p99 ms", "ratio",
+                "p99 ratio", "floor CPU ms/request"):
         table.add_column(col, justify="right")
     def fmt(value: float | None, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    for r in rows:
+    for r, b, q in zip(rows, floor, ratios, strict=True):
         table.add_row(str(r["connections"]), fmt(r["requests_per_s"], 0),
                       fmt(r["p50_ms"], 2), fmt(r["p90_ms"], 2), fmt(r["p99_ms"], 2),
-                      str(r["non_2xx"]), fmt(r["server_cpu_ms_per_request"], 3))
+                      str(r["non_2xx"] + b["non_2xx"]), fmt(r["server_cpu_ms_per_request"], 3),
+                      fmt(b["requests_per_s"], 0), fmt(b["p99_ms"], 2),
+                      fmt(q["throughput_ratio"], 2) + "x", fmt(q["p99_ratio"], 2) + "x",
+                      fmt(b["server_cpu_ms_per_request"], 3))
     console.print(table)
     at8 = [r for r in rows if r["connections"] == 8]
     met = (bool(at8) and at8[0]["p99_ms"] is not None and at8[0]["requests_per_s"] >= 800
@@ -255,7 +338,8 @@ def _history_mode(args: argparse.Namespace, console: Console) -> int:
                "params": meta["params"], "n_items": meta["n_items"],
                "n_users": meta["n_users"], "users_with_history": n_users,
                "duration_s": args.duration, "rounds": args.rounds, "event_store": True,
-               "results": rows, "targets": {"requests_per_s_at_8": 800, "p99_ms_at_8": 20},
+               "results": rows, "floor": floor, "ratios": ratios,
+               "targets": {"requests_per_s_at_8": 800, "p99_ms_at_8": 20},
                "targets_met": met, "load_average_before": load_before,
                "load_average_after": load_after, "recforge": __version__,
                "python": platform.python_version(), "cpu_count": os.cpu_count()}
