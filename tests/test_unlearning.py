@@ -337,6 +337,15 @@ def test_server_delete_makes_the_served_model_forget(data, tmp_path):
     assert c.get(f"/users/{other}/recommendations").json()["fallback"] is None
     assert c.delete(f"/users/{user}", headers=json_header).json()["model"] == "not_in_model"
     assert c.get("/model").json()["n_users"] == data.n_users - 1
+    # a reload of the directory (saved before the erasure) holds the user again: forgotten
+    # again in the background, and so at the start of a server on that directory and store
+    app.state.reload()
+    assert app.state.forgetter.wait(60)
+    assert user not in app.state.service.model.users_
+    again = create_app(path, events=tmp_path / "ev.sqlite")
+    assert again.state.forgetter.wait(60)
+    assert user not in again.state.service.model.users_
+    assert again.state.service.model.n_users == data.n_users - 1
     # a model that cannot forget exactly keeps the row, unused
     bpr = create_model("bpr", embedding_dim=8, epochs=1).fit(data).save(tmp_path / "bpr")
     app = create_app(bpr, events=tmp_path / "ev2.sqlite")

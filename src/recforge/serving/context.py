@@ -66,6 +66,9 @@ class AppContext:
         with self.writes:  # no post or delete between the fresh service's read of the store
             fresh.sync_events()  # and the swap: none is lost, none undone
             self.app.state.service = fresh
+        forgetter = getattr(self.app.state, "forgetter", None)
+        if forgetter is not None:  # erased users the reloaded model still holds
+            forgetter.catch_up()
         return fresh.info()
 
     def write(self, method: str, *args: Any) -> Any:

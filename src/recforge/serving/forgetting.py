@@ -43,6 +43,7 @@ class ModelForgetter:
         self._ctx = ctx
         self._lock = threading.Lock()
         self._pending: list[Any] = []
+        self._scan = False  # catch_up asked for: look for erased users in the model
         self._worker: threading.Thread | None = None
         self._idle = threading.Event()
         self._idle.set()
@@ -59,12 +60,34 @@ class ModelForgetter:
             return NOT_IN_MODEL
         with self._lock:
             self._pending.append(user)
-            if self._worker is None:
-                self._idle.clear()
-                self._worker = threading.Thread(target=self._run, name="recforge-forget",
-                                                daemon=True)
-                self._worker.start()
+            self._start()
         return FORGETTING
+
+    def _start(self) -> None:
+        """Start the worker unless it runs (under ``_lock``)."""
+        if self._worker is None:
+            self._idle.clear()
+            self._worker = threading.Thread(target=self._run, name="recforge-forget",
+                                            daemon=True)
+            self._worker.start()
+
+    def catch_up(self) -> None:
+        """Schedule, in the worker thread, every user the served model still holds but the
+        event store has erased: a server started on, or reloaded from, a directory saved
+        before the erasure (such users are already cut off: ``RecommendationService.resolve``
+        answers them as unknown). One keyed hash per user of the model."""
+        if self._ctx.store is None:
+            return
+        with self._lock:
+            self._scan = True
+            self._start()
+
+    def _erased_in_model(self) -> list[Any]:
+        """The served model's users that the store has erased (and that are cut off)."""
+        service = self._ctx.service
+        if unlearning_kind(service.model) != EXACT or not service.events.erasure_state()[0]:
+            return []
+        return [u for u in service.model.users_.ids.tolist() if service.resolve(u).index < 0]
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no erasure is pending (tests, a clean shutdown); False on timeout."""
@@ -74,13 +97,22 @@ class ModelForgetter:
         while True:
             with self._lock:
                 users, self._pending = self._pending, []
+                scan, self._scan = self._scan, False
+            if scan:
+                try:
+                    users += self._erased_in_model()
+                except Exception:  # the users stay cut off
+                    log.exception("looking for erased users in the served model failed")
+            with self._lock:
                 if not users:
+                    if self._pending or self._scan:
+                        continue
                     self._worker = None
                     self._idle.set()
                     return
             try:
                 self._apply(users)
-            except Exception as exc:  # the users stay cut off; the next round tries again
+            except Exception as exc:  # the users stay cut off (answered as unknown)
                 log.exception("forgetting %d user(s) in the served model failed", len(users))
                 self.last = {"error": f"{type(exc).__name__}: {exc}"}
 

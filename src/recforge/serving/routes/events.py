@@ -19,6 +19,7 @@ def add_event_routes(app: FastAPI, ctx: AppContext) -> None:
     EventsRequest = ctx.inputs.events  # noqa: N806
     forgetter = ModelForgetter(ctx)  # exact forgetting by the served model, off the path
     app.state.forgetter = forgetter
+    forgetter.catch_up()  # users erased before the model was saved
 
     @app.post("/interactions", dependencies=ctx.guarded, operation_id="post_interactions",
               response_model=None,
