@@ -307,6 +307,30 @@ def test_cli_forget_refusals(data, tmp_path, capsys):
     assert code == 0 and "unchanged" in out and (pop / "meta.json").read_bytes() == before
 
 
+def test_cli_forget_the_users_an_event_store_erased(data, tmp_path, capsys):
+    from recforge.data.events import EventStore
+    from recforge.serving.service import RecommendationService
+
+    path = create_model("ease", reg=10.0).fit(data).save(tmp_path / "ease")
+    store = EventStore(tmp_path / "ev.sqlite")
+    gone = int(data.users.ids[8])
+    RecommendationService(path, events=store).forget_user(gone)  # what DELETE does
+    store.close()
+    code, out, err = run_cli(["forget", "--model", path, "--erased-in",
+                              tmp_path / "ev.sqlite"], capsys)
+    assert code == 0 and "removed 1 user(s)" in out, err
+    model = Recommender.load(path)
+    assert gone not in model.users_ and model.n_users == data.n_users - 1
+    code, out, _ = run_cli(["forget", "--model", path, "--erased-in",
+                            tmp_path / "ev.sqlite"], capsys)
+    assert code == 0 and "unchanged" in out  # nothing left to remove
+    code, _, err = run_cli(["forget", "--model", path, "--erased-in", tmp_path / "no.sqlite"],
+                           capsys)
+    assert code == 2 and "no such event store" in err
+    code, _, err = run_cli(["forget", "--model", path], capsys)
+    assert code == 2 and "--users" in err
+
+
 def test_cli_forget_help(capsys):
     code, out, _ = run_cli(["forget", "--help"], capsys)
     assert code == 0 and "--retrain" in out and "Woodbury" in out

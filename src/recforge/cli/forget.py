@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
 
 from recforge.cli.common import check_model_dir, check_out_dir, console, read_id_file
-from recforge.errors import ConfigError
+from recforge.errors import ConfigError, DataError
 
 
 def forget(
     model: Path = typer.Option(..., "--model", help="Directory of a trained model."),
-    users: Path = typer.Option(..., "--users", help="File of the user ids to remove, one "
-                               "per line (first field of a CSV / TSV; optional header)."),
+    users: Path | None = typer.Option(None, "--users", help="File of the user ids to "
+                                      "remove, one per line (first field of a CSV / TSV; "
+                                      "optional header)."),
+    erased_in: str | None = typer.Option(
+        None, "--erased-in", help="Event store (the server's --events: a SQLite file or a "
+        "database URL): remove every user of the model that it has erased (DELETE "
+        "/users/{id}), found by the store's keyed hashes, as the server finds them."),
     retrain: bool = typer.Option(False, "--retrain", help="Fit the model again, with its "
                                  "saved hyperparameters, on the training data without the "
                                  "users (the only way for models that cannot forget "
@@ -41,7 +47,8 @@ def forget(
     (ease by a Woodbury update of its inverse, als by training again from its seed). Models
     trained by gradient descent lose the users' own rows (embeddings, biases, sequences);
     their item parameters keep the users' influence until retrained (--retrain). Other
-    models forget only with --retrain. The users leave the vocabulary and the stored
+    models forget only with --retrain. --erased-in STORE removes the users that the
+    server's event store has erased (DELETE /users/{id}). The users leave the vocabulary and the stored
     training matrix; meta.json records the erasure (time and counts, never ids). Ids the
     model does not know are reported. See docs/privacy.md."""
     check_model_dir(model)
@@ -49,10 +56,19 @@ def forget(
     check_out_dir(target)
     if data and not retrain:
         raise ConfigError("--data is read only to retrain: add --retrain")
-    ids = read_id_file(users, "user")
-    from recforge.models.base import Recommender  # lazy: imports torch
+    if users is None and erased_in is None:
+        raise ConfigError("name the users to remove: --users FILE, --erased-in EVENT_STORE, "
+                          "or both")
+    ids = read_id_file(users, "user") if users is not None else None
+    if erased_in is not None:
+        est, erased = _erased_users(model, erased_in)
+        if not erased:
+            console.print(f"{erased_in}: no user of the model is erased there")
+        ids = erased if ids is None else [*ids, *erased]
+    else:
+        from recforge.models.base import Recommender  # lazy: imports torch
 
-    est = Recommender.load(model)
+        est = Recommender.load(model)
     train = None
     if data:
         from recforge.experiment.workflow import ReadOptions, concat, read_data  # lazy: torch
@@ -74,10 +90,27 @@ def forget(
                       f"out: {escape(shown)}{' ...' if len(report.unknown) > 5 else ''}"
                       "[/yellow]")
     if not report.users_removed:
-        console.print(f"no user of {escape(str(users))} is in the model: {model} is "
-                      "unchanged")
+        console.print(f"no user to remove is in the model: {model} is unchanged")
         return
     console.print(f"removed {report.users_removed:,} user(s) and their "
                   f"{report.events_removed:,} training event(s) from {report.model!r} in "
                   f"{report.seconds:.2f} s ({escape(report.method)}); wrote {target}")
     console.print(escape(report.guarantee))
+
+
+def _erased_users(model: Path, store_path: str) -> tuple[Any, list[Any]]:
+    """The saved model and those of its users that the event store has erased: the users a
+    server on that store answers as unknown (``RecommendationService.resolve``: erased
+    after the model was made, or since come back with other items than the model holds)."""
+    from recforge.data.events import EventStore  # lazy: SQLAlchemy
+    from recforge.serving.service import RecommendationService  # lazy: torch
+
+    if "://" not in store_path and not Path(store_path).is_file():  # a URL, or a file
+        raise DataError("no such event store (the server's --events file)", source=store_path)
+    store = EventStore(store_path, create=False)
+    try:
+        service = RecommendationService(model, events=store)
+        erased = [u for u in service.model.users_.ids.tolist() if service.resolve(u).index < 0]
+    finally:
+        store.close()
+    return service.model, erased
