@@ -318,7 +318,8 @@ class SessionKNN(Recommender):
                                (entry_row[used], cur.indices[used])),
                               shape=cur.shape)
         pairs = (coded @ self._binary_t).tocsr()
-        pairs.sort_indices()  # each row's sessions most recent first
+        if self.sample_size:
+            pairs.sort_indices()  # each row's sessions most recent first
         b, s, both = _row_of(pairs), pairs.indices.astype(np.int64), pairs.data
         overlap = np.floor(both)
         keep = overlap > 0
@@ -341,10 +342,18 @@ class SessionKNN(Recommender):
         sim32 = np.where(sim > 0, sim, 0.0).astype(np.float32)
         keep = sim32 > 0
         b, s, sim32 = b[keep], s[keep], sim32[keep]
-        # the top `neighbors` per row; equal similarities: the more recent session first
-        by_sim = np.lexsort((s, -sim32, b))
+        # the top `neighbors` per row; equal similarities: the more recent session first.
+        # One sort of one int64 key (row, similarity falling, session): a non-negative
+        # float32's bits order as the float does, and the key fits in 63 bits while
+        # rows x sessions is below 2^32 (a block is sized to PAIR_BLOCK_ELEMENTS)
+        if n_rows * n_sessions < 1 << 32:
+            falling = np.int64(0x7FFFFFFF) - sim32.view(np.int32).astype(np.int64)
+            by_sim = np.argsort((b << 31 | falling) * n_sessions + s)
+        else:  # (a single row over 2^32 sessions)
+            by_sim = np.lexsort((s, -sim32, b))
         top = by_sim[_rank_in_row(b[by_sim]) < min(int(self.neighbors), n_sessions)]
-        top.sort()  # back to (row, session) order: the product below sums in that order
+        # back to (row, session) order: the product below sums in that order
+        top = top[np.argsort(b[top] * n_sessions + s[top])]
         b, s = b[top], s[top]
         weight = sim32[top].astype(np.float64)
         if self.weighting_score != "same":
