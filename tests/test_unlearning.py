@@ -5,6 +5,7 @@ lose the users' own rows; nothing of the users stays in a saved artefact."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,35 @@ def test_ease_woodbury_matches_a_refit_and_survives_a_save(data, tmp_path):
     # many users at once: the closed form again (cheaper than a rank-m update)
     many = data.users.ids[30:60]
     assert model.forget_users(many).method == "closed form recomputed"
+    # a model saved before diag(P) was kept: the closed form, the same weights
+    old = create_model("ease", reg=5.0).fit(data)
+    old.pdiag_ = None
+    path = old.save(tmp_path / "old")
+    assert "pdiag" not in json.loads((path / "meta.json").read_text())["extra"] or not \
+        json.loads((path / "meta.json").read_text())["extra"]["pdiag"]
+    old = Recommender.load(path)
+    assert old.forget_users(first).method == "closed form recomputed"
+    ref = create_model("ease", reg=5.0).fit(_without(data, first))
+    np.testing.assert_allclose(old.weights_.numpy(), ref.weights_.numpy(), atol=1e-6, rtol=0)
+
+
+def test_the_docs_list_each_model_under_its_kind_of_forgetting():
+    from recforge.models.unlearning import models_forgetting
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "privacy.md").read_text()
+    section = text[text.index("## Unlearning"):text.index("### Cost")]
+    rows = [(line.split("|")[2].strip().replace(" ", "_"), line.split("|")[1])
+            for line in section.splitlines() if line.startswith("| `") or
+            line.startswith("| every")]
+    for kind in (EXACT, USER_ROWS, NONE):
+        listed = {name for kind_, cell in rows if kind_ == kind
+                  for name in re.findall(r"`([a-z_0-9]+)`", cell)}
+        actual = set(models_forgetting(kind))
+        assert listed, kind
+        if kind == USER_ROWS:  # the row names examples and ends with "..."
+            assert listed <= actual, listed - actual
+        else:
+            assert listed == actual, (kind, listed ^ actual)
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
