@@ -176,6 +176,9 @@ def test_cli_dp_flags(tmp_path, capsys, data):
     assert code == 0, err
     meta = json.loads((tmp_path / "m" / "meta.json").read_text())
     assert meta["params"]["dp_epsilon"] == 3.0
+    # bpr's private defaults, under the parameters given with -p
+    assert meta["params"]["optimizer"] == "sgd" and meta["params"]["dp_user_epochs"] == 10
+    assert meta["params"]["epochs"] == 1 and meta["params"]["dp_max_per_user"] == 8
     assert 0 < meta["extra"]["privacy"]["epsilon"] <= 3.0
     assert meta["extra"]["privacy"]["delta"] == 0.001
     code, _, err = run(["train", "ease", "--data", path, "--out", tmp_path / "e",

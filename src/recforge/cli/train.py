@@ -145,7 +145,10 @@ def _with_privacy(model: str, params: dict[str, Any], epsilon: float | None,
         return params
     if epsilon is None:
         raise ConfigError("--dp-delta is the delta of --dp-epsilon; add --dp-epsilon")
-    from recforge.models.registry import private_models  # lazy: imports the models
+    from recforge.models.registry import (  # lazy: imports the models
+        get_model_class,
+        private_models,
+    )
 
     if model not in private_models():
         raise ConfigError(f"--dp-epsilon: {model} does not support differentially private "
@@ -155,7 +158,8 @@ def _with_privacy(model: str, params: dict[str, Any], epsilon: float | None,
     if both:
         raise ConfigError(f"-p {both[0]}= and --{both[0].replace('_', '-')} both given; "
                           "use one")
-    return {**params, **flags}
+    defaults = getattr(get_model_class(model), "private_defaults", {})  # -p wins
+    return {**defaults, **params, **flags}
 
 
 def _check_auto(auto: bool, budget: str | None, *, nproc: int, resume: bool) -> float | None:

@@ -137,6 +137,9 @@ class GradientRecommender(Recommender):
     #: several MB at scale); set it for a module whose buffers change while it trains
     #: (BatchNorm's running statistics).
     ddp_broadcast_buffers: ClassVar[bool] = False
+    #: The parameters ``recforge train --dp-epsilon`` starts from for this model (those
+    #: given with ``-p`` win): a private fit wants other settings than the model's own.
+    private_defaults: ClassVar[dict[str, Any]] = {}
     #: The rule of each parameter (a subclass extends it with its own parameters').
     param_rules: ClassVar[dict[str, ParamRule]] = {
         "embedding_dim": int_rule(1, MAX_DIM), "epochs": int_rule(1, MAX_EPOCHS),

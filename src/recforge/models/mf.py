@@ -304,6 +304,14 @@ class BPR(SampledGradientRecommender):
                     "reg": ("log", 1e-4, 0.1), "n_negatives": ("int", 1, 8)}
     quick_params = {"epochs": 30}
 
+    #: what ``recforge train bpr --dp-epsilon E`` starts from (parameters given with ``-p``
+    #: win): chosen at epsilon 8 on ml-1m-implicit's validation split (docs/privacy.md):
+    #: about 1,024 users a step, SGD on the private item side, the clip near the users'
+    #: gradient norms, then the user rows alone against the private item side
+    private_defaults = {"epochs": 20, "batch_size": 32768, "dp_max_grad_norm": 0.1,
+                        "optimizer": "sgd", "learning_rate": 10.0, "lr_schedule": None,
+                        "dp_user_learning_rate": 0.05, "dp_user_epochs": 10}
+
     epochs: int = 40
     learning_rate: float = 0.005
     reg: float = 0.01
