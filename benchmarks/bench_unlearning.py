@@ -11,6 +11,10 @@ parameters of the two (exact models; the user factors of ``als`` too). ``bpr`` f
 the users' rows only: its row shows the time and that its item parameters did not move
 (the difference to a refit is then training noise, not reported). Prints a table; JSON
 with the machine's load goes to ``benchmarks/results/unlearning.json``.
+
+    python benchmarks/bench_unlearning.py --serving --out benchmarks/results/unlearning-serving.json
+
+measures ``DELETE /users/{id}`` against a served ``ease`` instead (see :func:`serving`).
 """
 
 from __future__ import annotations
@@ -105,17 +109,80 @@ def run_model(name: str, train, counts: list[int], seed: int) -> list[dict]:
     return rows
 
 
+def serving(train, rounds: int = 3, n_quiet: int = 300) -> dict:
+    """``DELETE /users/{id}`` against a served ``ease`` (in-process test client, an event
+    store): the request's latency, the worker's time until the model without the user is
+    swapped in, and ``GET /users/{id}/recommendations`` latencies before and while it runs."""
+    import tempfile  # lazy: only for --serving
+
+    from fastapi.testclient import TestClient
+
+    from recforge.serving.app import create_app
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-unlearning-"))
+    path = create_model("ease").fit(train).save(tmp / "ease")
+    app = create_app(path, events=tmp / "events.sqlite")
+    client = TestClient(app, base_url="http://localhost")
+    users = train.users.ids
+
+    def gets(n: int, offset: int) -> list[float]:
+        out = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            client.get(f"/users/{users[(offset + i) % len(users)]}/recommendations")
+            out.append((time.perf_counter() - t0) * 1000)
+        return out
+
+    quiet = gets(n_quiet, 0)
+    deletes, during, workers = [], [], []
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        answer = client.delete(f"/users/{users[1000 + r]}",
+                               headers={"content-type": "application/json"}).json()
+        deletes.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        while not app.state.forgetter.wait(0):
+            during.extend(gets(5, 2000 + len(during)))
+        workers.append(time.perf_counter() - t0)
+        assert answer["model"] == "forgetting" and users[1000 + r] not in \
+            app.state.service.model.users_
+
+    def pct(xs: list[float]) -> dict:
+        return {"p50_ms": round(float(np.percentile(xs, 50)), 2),
+                "p99_ms": round(float(np.percentile(xs, 99)), 2), "n": len(xs)}
+
+    out = {"model": "ease", "delete_ms": [round(x, 1) for x in deletes],
+           "worker_s": [round(x, 2) for x in workers], "get_quiet": pct(quiet),
+           "get_while_forgetting": pct(during)}
+    print(f"DELETE {out['delete_ms']} ms; worker {out['worker_s']} s; GET p50/p99 "
+          f"{out['get_quiet']['p50_ms']}/{out['get_quiet']['p99_ms']} ms before, "
+          f"{out['get_while_forgetting']['p50_ms']}/{out['get_while_forgetting']['p99_ms']} "
+          "ms while forgetting", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="pop,itemknn,ease,als,gfcf,bspm,bpr")
     ap.add_argument("--counts", default="1,100")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--serving", action="store_true",
+                    help="Measure DELETE /users/{id} against a served ease instead.")
     ap.add_argument("--out", type=Path,
                     default=REPO / "benchmarks" / "results" / "unlearning.json")
     args = ap.parse_args(argv)
     train = load("ml-1m-implicit")["train"]
     counts = [int(x) for x in args.counts.split(",")]
     load_before = os.getloadavg()
+    if args.serving:
+        result = serving(train)
+        result.update(load_before=[round(x, 2) for x in load_before],
+                      load_after=[round(x, 2) for x in os.getloadavg()],
+                      omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+                      created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     rows: list[dict] = []
     for name in args.models.split(","):  # written after each model: a crash keeps the rest
         rows.extend(run_model(name.strip(), train, counts, args.seed))
