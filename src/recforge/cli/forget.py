@@ -43,7 +43,7 @@ def forget(
 ) -> None:
     """Remove users from a saved model: exactly where the model allows it.
 
-    pop, itemknn, ease, als, gfcf and bspm become the model trained without the users
+    pop, itemknn, userknn, ease, als, gfcf and bspm become the model trained without the users
     (ease by a Woodbury update of its inverse, als by training again from its seed). Models
     trained by gradient descent lose the users' own rows (embeddings, biases, sequences);
     their item parameters keep the users' influence until retrained (--retrain). Other

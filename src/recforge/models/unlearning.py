@@ -5,7 +5,7 @@ forget``, the server's ``DELETE /users/{id}``) calls :func:`forget_users`. What 
 promise depends on the model, declared as its class's ``forgetting`` and read with
 :func:`unlearning_kind`:
 
-``"exact"`` (``pop``, ``itemknn``, ``ease``, ``als``, ``gfcf``, ``bspm``)
+``"exact"`` (``pop``, ``itemknn``, ``userknn``, ``ease``, ``als``, ``gfcf``, ``bspm``)
     The model afterwards is the model trained without those users: its item-side
     parameters equal a fit on the remaining data to float rounding (``tests/
     test_unlearning.py`` checks 1e-6). ``pop`` recounts, ``itemknn`` and the graph filters
@@ -22,8 +22,8 @@ promise depends on the model, declared as its class's ``forgetting`` and read wi
     were trained with their data and keep its influence until the model is trained again
     (``retrain=True``, ``recforge forget --retrain``).
 ``"none"``
-    Models that keep other user-derived state (``userknn``'s user-user similarities,
-    ``sknn``'s sessions, feature models, blends): only ``retrain=True`` removes users.
+    Models that keep other user-derived state (``sknn``'s sessions, the rating models'
+    biases, feature models, blends): only ``retrain=True`` removes users.
 
 In every case the users leave the model's vocabulary and its stored training matrix
 (``seen_``); the model's ``training_data_`` (saved in ``meta.json``) gets an

@@ -48,6 +48,7 @@ class UserKNN(Recommender):
 
     name = "userknn"
     capabilities = Capabilities(folds_in_history=True)
+    forgetting = "exact"  # forget_users: the neighbour lists recomputed without the users
     tuning_space = {"neighbors": ("logint", 5, 500), "shrink": ("float", 0.0, 100.0)}
     #: a posted history is folded in with these
     scoring_params = {"neighbors": _NEIGHBORS_RULE, "shrink": _SHRINK_RULE}
@@ -100,6 +101,12 @@ class UserKNN(Recommender):
             shape=(n_users, n_users), dtype=np.float32)
         sim_matrix.sort_indices()
         self.similarity_ = sim_matrix
+
+    def _forget(self, keep, removed) -> str:
+        # the users leave every neighbour list, and the lists they held a place in take the
+        # next neighbour: recomputed from seen_ (all _fit reads), as a fit without them
+        self._fit(None, None, FitOptions())  # type: ignore[arg-type]
+        return "similarities recomputed"
 
     def _score(self, users: torch.Tensor) -> torch.Tensor:
         block = self.similarity_[users.numpy()] @ self.history_

@@ -3,7 +3,7 @@
 The erasure itself (the user's events leave the event store, and the served model's row
 of the user is no longer answered from) happens in the request, under the write lock, as
 before. When the model forgets exactly (:func:`recforge.models.unlearning.unlearning_kind`
-``"exact"``: ``pop``, ``itemknn``, ``ease``, ``als``, ``gfcf``, ``bspm``), a worker thread
+``"exact"``: ``pop``, ``itemknn``, ``userknn``, ``ease``, ``als``, ``gfcf``, ``bspm``), a worker
 then makes a copy of the model without the user (``forget_users``: a Woodbury update for
 ``ease``, a refit for the others: seconds on MovieLens-1M, ``benchmarks/
 bench_unlearning.py``), builds a fresh service around it and swaps it in as a reload

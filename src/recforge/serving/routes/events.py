@@ -46,7 +46,7 @@ def add_event_routes(app: FastAPI, ctx: AppContext) -> None:
                            **errors(401, 403, 413, 415, 422, 503)})
     async def forget_user(user_id: PathId) -> Response:
         """Remove the user's events; from now on the user is answered as unknown. A
-        model that forgets exactly (pop, itemknn, ease, als, gfcf, bspm) is then replaced,
+        model that forgets exactly (pop, itemknn, userknn, ease, als, gfcf, bspm) is replaced,
         in the background, by a copy without the user (``"model": "forgetting"``); other
         models keep the user's row unused (``"cut_off"``). Admin key;
         ``Content-Type: application/json`` like every request that changes state."""
