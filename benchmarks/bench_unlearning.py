@@ -42,7 +42,8 @@ from recforge.models.registry import create_model  # noqa: E402
 from recforge.models.unlearning import unlearning_kind  # noqa: E402
 
 #: The item-side parameters compared with a refit.
-ITEM_SIDE = {"pop": ["scores_"], "itemknn": ["similarity_"], "ease": ["weights_"],
+ITEM_SIDE = {"pop": ["scores_"], "itemknn": ["similarity_"], "userknn": ["similarity_"],
+             "ease": ["weights_"],
              "als": ["item_factors_", "user_factors_"], "gfcf": ["vt_", "matrix_"],
              "bspm": ["vt_", "matrix_"], "bpr": []}
 
