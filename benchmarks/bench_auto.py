@@ -9,7 +9,8 @@ For each dataset the training part is written as a CSV file and the real command
 fresh processes: ``recforge train MODEL --data train.csv --out default [-p ...]`` and the
 same with ``--auto --budget B``. Both saved models are then scored on the test part
 (:func:`recforge.evaluation.evaluate`: full ranking, training items excluded, Recall@20 and
-NDCG@20); the validation figures come from the ``--auto`` model's ``meta.json``
+NDCG@20, and a paired t-test over test users of the NDCG@20 difference); the validation
+figures come from the ``--auto`` model's ``meta.json``
 (``training_data.auto``). Datasets:
 
 * ``ml-100k``: ratings >= 4 as positives, per-user 80/20 split (seed 0), as
@@ -34,6 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from scipy import stats
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -81,13 +85,15 @@ def train(model: str, train_csv: Path, out: Path, params: list[str],
                                                round(os.getloadavg()[0], 2)]}
 
 
-def score(path: Path, train: Any, test: Any) -> dict[str, float]:
+def score(path: Path, train: Any, test: Any) -> tuple[dict[str, float], Any]:
+    """Recall@20 and NDCG@20 on ``test``, and NDCG@20 per user (a Series by user)."""
     from recforge.evaluation import evaluate
     from recforge.models.base import Recommender
 
     model = Recommender.load(path)
     res = evaluate(model, train, test, metrics=["recall@20", "ndcg@20"])
-    return {k: round(float(res[k]), 4) for k in ("Recall@20", "NDCG@20")}
+    return ({k: round(float(res[k]), 4) for k in ("Recall@20", "NDCG@20")},
+            res.per_user.set_index("user")["NDCG@20"].sort_index())
 
 
 def run(dataset: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -99,16 +105,20 @@ def run(dataset: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                            "shape": {"users": train_part.n_users, "items": train_part.n_items,
                                      "train_events": len(train_part),
                                      "test_events": len(test_part)}}
+    per_user = {}
     for kind, budget in (("default", None), ("auto", args.budget)):
         out = work / f"{dataset}-{kind}"
         row[kind] = train(args.model, csv, out, args.param, budget)
-        # the saved model's ids are the CSV's: read the test part in the same vocabulary
-        row[kind]["test"] = score(out, train_part, test_part)
+        row[kind]["test"], per_user[kind] = score(out, train_part, test_part)
         if kind == "auto":
             meta = json.loads((out / "meta.json").read_text())
             row["auto"]["record"] = meta["training_data"]["auto"]
     d, a = row["default"]["test"]["NDCG@20"], row["auto"]["test"]["NDCG@20"]
     row["test_gain"] = round((a - d) / d, 4) if d else None
+    # is the test difference beyond the test split's noise? (paired t-test over users)
+    x, y = per_user["auto"].align(per_user["default"], join="inner")
+    row["test_p_value"] = (None if np.allclose(x, y)
+                           else round(float(stats.ttest_rel(x, y).pvalue), 4))
     return row
 
 
@@ -118,7 +128,7 @@ def _fmt(value: float | None) -> str:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = ("dataset", "params", "valid default", "valid auto", "valid gain",
-            "test default", "test auto", "test gain", "trials", "chosen")
+            "test default", "test auto", "test gain", "test p", "trials", "chosen")
     print(" | ".join(head))
     for r in rows:
         rec = r["auto"]["record"]
@@ -128,6 +138,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                           f"{r['default']['test']['NDCG@20']:.4f}",
                           f"{r['auto']['test']['NDCG@20']:.4f}",
                           "-" if r["test_gain"] is None else f"{r['test_gain']:+.1%}",
+                          "-" if r.get("test_p_value") is None else f"{r['test_p_value']:.2g}",
                           str(rec["trials"]), json.dumps(rec["chosen"])]))
 
 
@@ -150,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = (json.loads(args.results.read_text()) if args.results.is_file()
                else {"rows": []})
     keep = [r for r in payload["rows"]
-            if (r["model"], r["dataset"], r["params"])
-            not in {(n["model"], n["dataset"], n["params"]) for n in rows}]
+            if (r["model"], r["dataset"], tuple(r["params"]))
+            not in {(n["model"], n["dataset"], tuple(n["params"])) for n in rows}]
     payload["rows"] = keep + rows
     payload["machine"] = f"{os.cpu_count()} CPUs (shared; load average per run in 'load')"
     args.results.write_text(json.dumps(payload, indent=2) + "\n")
