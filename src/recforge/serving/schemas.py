@@ -108,6 +108,9 @@ class ModelInfo(BaseModel):
     privacy: dict[str, Any] | None = Field(
         default=None, description="A differentially private fit's spent 'epsilon' and "
         "'delta' (per user) and how they were reached; null if not trained privately.")
+    forgotten_users: int = Field(
+        default=0, description="Users removed from the model since it was trained "
+        "(recforge forget, or DELETE /users/{id} on a model that forgets exactly).")
 
 
 class Reloaded(BaseModel):

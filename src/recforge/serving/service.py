@@ -175,6 +175,9 @@ class RecommendationService:
                 "reads_order": self._reads_order,
                 # a private fit's spent (epsilon, delta) and how (docs/privacy.md)
                 "privacy": getattr(m, "privacy_", None),
+                # users removed from the model since it was trained (forget_users): count only
+                "forgotten_users": sum(int(e.get("users", 0)) for e in (
+                    getattr(m, "training_data_", None) or {}).get("erasures", [])),
                 # the directory's name only: an answer never shows where the server's files are
                 "directory": self.path.name if self.path is not None else None}
 
