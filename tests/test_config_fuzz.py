@@ -543,6 +543,11 @@ EXTREMES.update({
     "weighting_score": ["linear", "same", "div", "quadratic", "log"],
     "similarity": ["cosine", "jaccard"], "idf_weighting": [0.0, 3.4e38],
     "session_gap": [None, 0.0, 3.4e38], "remind": [True, False]})
+# LightGCN++'s options and the contrastive graph models' parameters (simgcl, xsimgcl)
+EXTREMES.update({
+    "beta": [-4.0, 4.0], "gamma": [None, 0.0, 1.0], "unit_norm": [True, False],
+    "eps": [0.0, 3.4e38], "cl_rate": [0.0, 3.4e38], "tau": [1e-30, 3.4e38],
+    "cl_rows": [None, 2, 2**31 - 1], "l_star": [0, 64]})
 
 
 def test_extreme_valid_hyperparameters_fit_or_fail_cleanly_in_a_child():

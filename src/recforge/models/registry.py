@@ -53,6 +53,8 @@ BUILTIN: dict[str, str] = {
     "mlp": "recforge.models.ncf:MLP",
     "neumf": "recforge.models.ncf:NeuMF",
     "lightgcn": "recforge.models.lightgcn:LightGCN",
+    "simgcl": "recforge.models.simgcl:SimGCL",
+    "xsimgcl": "recforge.models.simgcl:XSimGCL",
     "content": "recforge.models.content:ContentBased",
     "hybrid": "recforge.models.hybrid:Hybrid",
     "hybrid_bpr": "recforge.models.hybrid:HybridBPR",
