@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recforge import ConfigError, DataError, Interactions
+from recforge import ConfigError, DataError, Interactions, ModelError
 from recforge.data import features as F
 from recforge.data import text_encoders as T
 from recforge.data.split import cold_start_items
-from recforge.data.vectors import item_vectors, write_item_vectors
+from recforge.data.vectors import item_vectors, vectors_from_arrays, write_item_vectors
 from recforge.data.vocabulary import Vocabulary
 from recforge.evaluation import evaluate
 from recforge.models import Recommender, create_model
@@ -332,3 +332,28 @@ def test_an_item_table_with_an_embedding_column_is_a_vector_block(tmp_path):
                    path)
     with pytest.raises(DataError, match="inf in dimension 1"):
         F.read_features(path)
+
+
+def test_similar_in_history_by_modality(tmp_path):
+    """Why an item is recommended, per modality: the history item nearest by genre and
+    the one nearest by image may differ."""
+    ids = Vocabulary(["new", "same-genre", "same-look", "other"])
+    genres = F.categorical(ids, ["scifi", "scifi", "drama", "comedy"], "genres")
+    image = vectors_from_arrays(ids.ids, [[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [-1.0, 0.0]],
+                                name="image")
+    feats = F.combine(genres, image)
+    data = Interactions.from_frame(pd.DataFrame({"user": [1, 1, 1, 2, 2],
+                                                 "item": ["same-genre", "same-look", "other",
+                                                          "other", "same-look"]}))
+    for name, params in (("content", {}), ("vbpr", {"embedding_dim": 4, "visual_dim": 2,
+                                                    "epochs": 1, "device": "cpu"})):
+        model = create_model(name, **params).fit(data, item_features=feats)
+        why = model.similar_in_history("new", user=1)
+        assert why["group"].tolist() == ["genres", "image"]
+        assert why["item"].tolist() == ["same-genre", "same-look"]
+        assert why["similarity"].iloc[0] == pytest.approx(1.0)
+        assert model.similar_in_history("new", history=["other"]).empty
+    with pytest.raises(ConfigError, match="either"):
+        model.similar_in_history("new")
+    with pytest.raises(ModelError, match="unknown item"):
+        model.similar_in_history("nope", user=1)
