@@ -48,9 +48,9 @@ def forget(
     trained by gradient descent lose the users' own rows (embeddings, biases, sequences);
     their item parameters keep the users' influence until retrained (--retrain). Other
     models forget only with --retrain. --erased-in STORE removes the users that the
-    server's event store has erased (DELETE /users/{id}). The users leave the vocabulary and the stored
-    training matrix; meta.json records the erasure (time and counts, never ids). Ids the
-    model does not know are reported. See docs/privacy.md."""
+    server's event store has erased (DELETE /users/{id}). The users leave the vocabulary
+    and the stored training matrix; meta.json records the erasure (time and counts, never
+    ids). Ids the model does not know are reported. See docs/privacy.md."""
     check_model_dir(model)
     target = out if out is not None else model
     check_out_dir(target)
