@@ -181,6 +181,13 @@ def test_cli_dp_flags(tmp_path, capsys, data):
     assert meta["params"]["epochs"] == 1 and meta["params"]["dp_max_per_user"] == 8
     assert 0 < meta["extra"]["privacy"]["epsilon"] <= 3.0
     assert meta["extra"]["privacy"]["delta"] == 0.001
+    code, _, err = run(["train", "bpr", "--data", path, "--out", tmp_path / "p",
+                        "-p", "dp_epsilon=2", "-p", "epochs=1", "-p", "dp_user_epochs=0",
+                        "-p", "embedding_dim=8", "-p", "device=cpu"], capsys)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "p" / "meta.json").read_text())
+    assert meta["params"]["optimizer"] == "sgd"  # -p dp_epsilon takes the same defaults
+    assert 0 < meta["extra"]["privacy"]["epsilon"] <= 2.0
     code, _, err = run(["train", "ease", "--data", path, "--out", tmp_path / "e",
                         "--dp-epsilon", "3"], capsys)
     assert code == 2 and "ease does not support differentially private training" in err

@@ -142,6 +142,11 @@ def _with_privacy(model: str, params: dict[str, Any], epsilon: float | None,
     """``--dp-epsilon`` / ``--dp-delta`` as the model's ``dp_epsilon`` / ``dp_delta``,
     refused before any data is read for a model without private training."""
     if epsilon is None and delta is None:
+        if params.get("dp_epsilon") is not None:  # -p dp_epsilon=E: the same defaults
+            from recforge.models.registry import get_model_class  # lazy: imports the models
+
+            cls = get_model_class(model)
+            return {**getattr(cls, "private_defaults", {}), **params}
         return params
     if epsilon is None:
         raise ConfigError("--dp-delta is the delta of --dp-epsilon; add --dp-epsilon")
