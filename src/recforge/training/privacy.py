@@ -14,7 +14,7 @@ What is private. The **shared (item-side) parameters** — item embeddings, item
 MLP layers, output layers — are ``(epsilon, delta)``-DP with respect to the addition or
 removal of any one user's whole history. The **user tables** (each user's own embedding
 row and bias, :meth:`TrainableModel.user_parameter_names`) are not noised: a user's row is
-read only by that user's samples and trained, unclipped, by a separate ordinary optimizer
+read only by that user's samples and trained, unclipped, by their own Adam optimizer
 on that user's own events and the private item parameters. So the model is *jointly*
 differentially private (Kearns et al. 2014; Jain, Thakkar & Thakurta 2018): what is
 recommended to user ``v`` (their own row with the private item side) is DP with respect to
@@ -270,7 +270,7 @@ def _first_pass_only(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> 
 class PrivateRun:
     """One DP fit: the same interface as the trainer's ordinary run (``train_epoch``,
     ``evaluate``, ``checkpoint``, ``finish``), with Opacus's private optimizer on the
-    shared parameters, an ordinary optimizer on the user tables and Poisson-sampled user
+    shared parameters, its own Adam on the user tables and Poisson-sampled user
     batches."""
 
     def __init__(self, trainer: Any, model: TrainableModel, batches: UserBatches,
