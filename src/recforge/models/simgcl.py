@@ -23,7 +23,7 @@ the mean of layers ``1..K``; ``gamma = None`` restores LightGCN's mean over ever
 and scoring uses a clean propagation. The L2 term is LightGCN's (on the layer-0 rows of the
 batch's users, positives and negatives; SELFRec's code puts an unsquared norm on the
 propagated rows instead). LightGCN++'s options (``alpha``, ``beta``, ``unit_norm``) apply
-to these propagations too.
+to these propagations too, and are the defaults here: see :class:`SimGCL`.
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ class SimGCL(LightGCN):
     tau: InfoNCE temperature [0.1, 0.5] (paper: 0.2).
     n_layers: [1, 3] (paper: 2).
     gamma: layer-0 weight of the pooling; 0 (default) skips layer 0, as the paper does.
+    alpha, beta, unit_norm: LightGCN++'s normalisation (``lightgcn``'s options), on by
+        default: with LightGCN's (0.5, 0.5, no unit rows) and these CPU settings the
+        contrastive term swamped BPR (docs/models.md has the figures).
     cl_rows: the most users (and, apart, items) of a batch that InfoNCE contrasts, drawn at
         random from the batch's unique ones; None: all. Its cost grows with the square of
         this number: the papers' batches of 2,048 events hold fewer than 2,048 of either.
@@ -84,6 +87,9 @@ class SimGCL(LightGCN):
     reg: float = 1e-4
     n_negatives: int = 4
     gamma: float | None = 0.0
+    alpha: float = 0.4
+    beta: float = 0.1
+    unit_norm: bool = True
     eps: float = 0.1
     cl_rate: float = 0.5
     tau: float = 0.2
