@@ -100,6 +100,7 @@ AUTO_SPACES: dict[str, dict[str, tuple[Any, ...]]] = {
                  "epochs": ("xint", 0.5, 1.5)},
     "hybrid_bpr": {"learning_rate": _LR, "reg": ("x", 0.1, 10.0),
                    "id_dropout": ("float", 0.0, 0.8)},
+    "vbpr": {"learning_rate": _LR, "reg": ("x", 0.01, 10.0), "epochs": ("xint", 0.5, 1.5)},
     "sasrec": _SEQUENCE,
     "gru4rec": _SEQUENCE,
     "caser": _SEQUENCE,
