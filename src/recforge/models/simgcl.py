@@ -61,7 +61,8 @@ class SimGCL(LightGCN):
     Parameters (typical ranges in brackets; the rest as ``lightgcn``)
     ----------
     eps: length of each layer's noise [0.05, 0.2] (paper: 0.1).
-    cl_rate: weight of the contrastive term, the papers' lambda [0.05, 1] (paper: 0.5).
+    cl_rate: weight of the contrastive term, the papers' lambda [0.05, 1] (paper: 0.5;
+        0.1 here: see docs/models.md).
     tau: InfoNCE temperature [0.1, 0.5] (paper: 0.2).
     n_layers: [1, 3] (paper: 2).
     gamma: layer-0 weight of the pooling; 0 (default) skips layer 0, as the paper does.
@@ -91,7 +92,7 @@ class SimGCL(LightGCN):
     beta: float = 0.1
     unit_norm: bool = True
     eps: float = 0.1
-    cl_rate: float = 0.5
+    cl_rate: float = 0.1
     tau: float = 0.2
     cl_rows: int | None = 2048
 
@@ -148,7 +149,7 @@ class XSimGCL(SimGCL):
     Parameters (typical ranges in brackets; the rest as ``simgcl``)
     ----------
     eps: [0.05, 0.3] (paper: 0.2).
-    cl_rate: [0.05, 0.5] (paper: 0.2).
+    cl_rate: [0.05, 0.5] (paper: 0.2; 0.1 here).
     tau: [0.1, 0.3] (paper: 0.15).
     l_star: the layer contrasted with the final embeddings, 0..n_layers (paper: 1).
     """
@@ -158,7 +159,7 @@ class XSimGCL(SimGCL):
                     "cl_rate": ("log", 0.02, 1.0), "tau": ("float", 0.1, 0.5)}
 
     eps: float = 0.2
-    cl_rate: float = 0.2
+    cl_rate: float = 0.1
     tau: float = 0.15
     l_star: int = 1
 
