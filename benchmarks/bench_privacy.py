@@ -160,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attack-epsilon", type=float, default=8.0)
     ap.add_argument("--no-attack", action="store_true")
     ap.add_argument("--reference-attack", action="store_true",
-                    help="only the event attack on an overfitting non-private bpr (reg 0, "
-                         "128 dimensions), added to the existing --out file")
+                    help="only the attacks on an overfitting bpr (reg 0, 128 dimensions), "
+                         "not private and private, added to the existing --out file (rows "
+                         "already there are kept)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: the machine is shared; more threads than free "
                          "cores makes index_add_ dozens of times slower)")
@@ -174,16 +175,28 @@ def main(argv: list[str] | None = None) -> int:
     train, valid, test = read_many([d / "train.txt", d / "valid.txt", d / "test.txt"])
     train = train.concat(valid)
     if args.reference_attack:  # does the attack see anything when there is leakage?
-        params = {"reg": 0.0, "embedding_dim": 128}
-        model, seconds = fit(params, train, "bpr reg=0 dim=128")
-        ndcg = evaluate(model, train, test, metrics="ndcg@20").summary["NDCG@20"]
-        row = {"model": "bpr reg=0 dim=128 (overfitting reference)", "params": params,
-               "NDCG@20": ndcg, "event_attack_auc": round(event_attack(model, train, test), 4),
-               "fit_s": round(seconds, 1), "load": os.getloadavg()}
-        print(row)
         out = json.loads(args.out.read_text())
-        out["attacks"] = [a for a in out["attacks"] if a["model"] != row["model"]] + [row]
-        args.out.write_text(json.dumps(out, indent=1) + "\n")
+        base = {"reg": 0.0, "embedding_dim": 128}
+        rng = np.random.default_rng(0)
+        members = rng.permutation(train.n_users)[: train.n_users // 2]
+        half = train.subset(np.flatnonzero(np.isin(train.user, members)))
+        for label, params in (("bpr reg=0 dim=128 (overfitting reference)", base),
+                              (f"bpr reg=0 dim=128 dp_epsilon={args.attack_epsilon:g}",
+                               {**RECIPE, **base, "dp_epsilon": args.attack_epsilon})):
+            row = next((a for a in out["attacks"] if a["model"] == label), {})
+            if "event_attack_auc" not in row:
+                model, seconds = fit(params, train, label)
+                row = {"model": label, "params": params,
+                       "NDCG@20": evaluate(model, train, test,
+                                           metrics="ndcg@20").summary["NDCG@20"],
+                       "event_attack_auc": round(event_attack(model, train, test), 4),
+                       "fit_s": round(seconds, 1), "load": os.getloadavg()}
+            if "user_attack_auc" not in row:
+                half_model, _ = fit(params, half, f"{label} (half of the users)")
+                row["user_attack_auc"] = round(user_attack(half_model, train, members), 4)
+            print(row, flush=True)
+            out["attacks"] = [a for a in out["attacks"] if a["model"] != label] + [row]
+            args.out.write_text(json.dumps(out, indent=1) + "\n")
         return 0
     rows, models = [], {}
     print(f"ml-1m-implicit: {len(train):,} training events, {train.n_users:,} users, "
