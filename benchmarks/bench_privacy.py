@@ -4,6 +4,7 @@ check, so that the privacy claim is measured, not asserted.
 
     python benchmarks/bench_privacy.py                       # curve + both attacks
     python benchmarks/bench_privacy.py --epsilons 8 --no-attack
+    python benchmarks/bench_privacy.py --reference-attack    # the attacks on settings that overfit
 
 **Curve.** ml-1m-implicit, train + valid -> test (the protocol of
 ``results/ml-1m-implicit.json``): ``bpr`` with its defaults (not private), and ``bpr``
