@@ -166,6 +166,7 @@ class _Bag(nn.Module):
             self.id_bias.weight.zero_()
         self.register_buffer("warm", torch.from_numpy(warm.astype(np.float32)))
         self.n_features = 0 if feats is None else feats.shape[1]
+        self.dense = False
         if self.n_features:
             self.feat = nn.Embedding(self.n_features, dim)
             self.feat_bias = nn.Embedding(self.n_features, 1)
@@ -176,6 +177,15 @@ class _Bag(nn.Module):
             self.register_buffer("f_indices", torch.from_numpy(f.indices.astype(np.int64)))
             self.register_buffer("f_offsets", torch.from_numpy(f.indptr[:-1].astype(np.int64)))
             self.register_buffer("f_weights", torch.from_numpy(f.data.astype(np.float32)))
+            # Dense features (text, image or audio vectors) are also kept as a dense matrix
+            # (not saved: it derives from the saved features): the sum of feature
+            # embeddings is then one matrix product, where bagging 256 non-zeros per item
+            # for every item at every step took 20x longer on ml-latest-small.
+            cells = f.shape[0] * f.shape[1]
+            self.dense = f.nnz >= 0.25 * cells and cells * 4 <= 256 * 2**20
+            if self.dense:
+                self.register_buffer("f_dense", torch.from_numpy(
+                    np.asarray(f.toarray(), dtype=np.float32)), persistent=False)
         if not with_bias:
             for table in (self.id_bias, getattr(self, "feat_bias", None)):
                 if table is not None:
@@ -186,7 +196,11 @@ class _Bag(nn.Module):
         keep = self.warm if id_mask is None else self.warm * id_mask
         vec = self.ids.weight * keep.unsqueeze(1)
         bias = self.id_bias.weight.squeeze(1) * keep if self.with_bias else None
-        if self.n_features:
+        if self.n_features and self.dense:
+            vec = vec + self.f_dense @ self.feat.weight
+            if bias is not None:
+                bias = bias + (self.f_dense @ self.feat_bias.weight).squeeze(1)
+        elif self.n_features:
             vec = vec + F.embedding_bag(self.f_indices, self.feat.weight, self.f_offsets,
                                         mode="sum", per_sample_weights=self.f_weights)
             if bias is not None:

@@ -102,13 +102,15 @@ class _VBPRModule(nn.Module):
         self.dense = _use_dense(f)
         if self.dense:
             self.register_buffer("f_dense", torch.from_numpy(
-                np.asarray(f.toarray(), dtype=np.float32)))
+                np.asarray(f.toarray(), dtype=np.float32)), persistent=False)
         else:
             indptr = f.indptr.astype(np.int64)
-            self.register_buffer("f_indices", torch.from_numpy(f.indices.astype(np.int64)))
-            self.register_buffer("f_starts", torch.from_numpy(indptr[:-1].copy()))
-            self.register_buffer("f_lengths", torch.from_numpy(np.diff(indptr)))
-            self.register_buffer("f_weights", torch.from_numpy(f.data.astype(np.float32)))
+            # (derived from the saved item features: not saved again with the module)
+            for key, value in (("f_indices", f.indices.astype(np.int64)),
+                               ("f_starts", indptr[:-1].copy()),
+                               ("f_lengths", np.diff(indptr)),
+                               ("f_weights", f.data.astype(np.float32))):
+                self.register_buffer(key, torch.from_numpy(value), persistent=False)
 
     def content(self, items: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
