@@ -29,7 +29,7 @@ import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, dataclass_transform
+from typing import TYPE_CHECKING, Any, ClassVar, dataclass_transform
 
 import numpy as np
 import torch
@@ -66,6 +66,9 @@ from recforge.training.ddp import balance_shards
 from recforge.training.optim import check_optimizer, check_schedule
 from recforge.training.shards import DataStats, check_rank_data, combined_fingerprint, gather_seen
 from recforge.training.trainer import Trainer, resolve_device
+
+if TYPE_CHECKING:
+    from recforge.training.privacy import PrivacySpec
 
 __all__ = ["DataStats", "GradientRecommender", "SampledGradientRecommender", "shared_params"]
 
@@ -402,15 +405,19 @@ class GradientRecommender(Recommender):
             # before hours of training, not at the first evaluation
             self._check_validation_data(train, valid, context)
             validate = functools.partial(self._validate, train, valid, context)
-        trainer = Trainer(
+        state = self._trainer(context, patience=self.patience).fit(self, sampler, validate)
+        self.history_ = state.history
+        self.best_epoch_ = state.best_epoch
+
+    def _trainer(self, context: FitContext, *, patience: int | None,
+                 privacy: PrivacySpec | None = None) -> Trainer:
+        """The shared trainer with this model's optimisation hyperparameters."""
+        return Trainer(
             epochs=int(self.epochs), learning_rate=float(self.learning_rate),
             optimizer=self.optimizer, weight_decay=float(self.weight_decay),
             lr_schedule=self.lr_schedule, valid_metric=self.valid_metric,  # type: ignore[arg-type]
-            patience=self.patience, eval_every=int(self.eval_every),
-            device=self.device_, seed=int(self.seed or 0), context=context)
-        state = trainer.fit(self, sampler, validate)
-        self.history_ = state.history
-        self.best_epoch_ = state.best_epoch
+            patience=patience, eval_every=int(self.eval_every), device=self.device_,
+            seed=int(self.seed or 0), context=context, privacy=privacy)
 
     def _train_private(self, train: Interactions, valid: Interactions | None,
                        context: FitContext) -> None:
@@ -443,12 +450,7 @@ class GradientRecommender(Recommender):
         if valid is not None:
             self._check_validation_data(train, valid, context)
             validate = functools.partial(self._validate, train, valid, context)
-        trainer = Trainer(
-            epochs=int(self.epochs), learning_rate=float(self.learning_rate),
-            optimizer=self.optimizer, weight_decay=float(self.weight_decay),
-            lr_schedule=self.lr_schedule, valid_metric=self.valid_metric,  # type: ignore[arg-type]
-            patience=None, eval_every=int(self.eval_every), device=self.device_,
-            seed=int(self.seed or 0), context=context, privacy=spec)
+        trainer = self._trainer(context, patience=None, privacy=spec)
         state = trainer.fit(self, batches, validate)  # type: ignore[arg-type]
         self.history_ = state.history
         self.best_epoch_ = state.epoch

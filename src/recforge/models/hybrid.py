@@ -135,6 +135,18 @@ class Hybrid(FeatureModelMixin, ALS):
                 self.device_)
 
 
+def fold_in_scores(item_vec: torch.Tensor, item_bias: torch.Tensor,
+                   items: np.ndarray) -> torch.Tensor:
+    """Scores of every item for a history of ``items`` from a model of item vectors and
+    biases trained by gradient (``hybrid_bpr``, ``vbpr``): an implicit least-squares user
+    vector against the item vectors (alpha 10, ridge 10x their mean squared norm, so that
+    it does not depend on the vectors' scale), plus the biases."""
+    y = item_vec.detach().cpu()
+    scale = float(y.pow(2).sum(1).mean())
+    x = fold_in_implicit(y, items, None, alpha=10.0, reg=max(scale, 1e-6) * 10.0)
+    return y @ x + item_bias.detach().cpu()
+
+
 def _features_fingerprint(f: Features | None) -> str | None:
     """A short hash of a feature table (ids, names, groups and values); None for none."""
     if f is None:
@@ -336,10 +348,7 @@ class HybridBPR(FeatureModelMixin, SampledGradientRecommender):
 
     def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
         """Fold-in: an implicit least-squares user vector against the item vectors."""
-        y = self._item_vec.detach().cpu()
-        scale = float(y.pow(2).sum(1).mean())
-        x = fold_in_implicit(y, items, None, alpha=10.0, reg=max(scale, 1e-6) * 10.0)
-        return y @ x + self._item_bias.detach().cpu()
+        return fold_in_scores(self._item_vec, self._item_bias, items)
 
     def _item_embeddings(self) -> torch.Tensor:
         return self._item_vec.detach().cpu()

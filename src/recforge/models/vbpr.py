@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from recforge.data.interactions import Interactions
-from recforge.models.als import fold_in_implicit
 from recforge.models.artifact import Array, Module, StateSpec
 from recforge.models.content import (
     FeatureModelMixin,
@@ -49,7 +48,7 @@ from recforge.models.content import (
 )
 from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.gradient import GradientRecommender, SampledGradientRecommender
-from recforge.models.hybrid import _features_fingerprint
+from recforge.models.hybrid import _features_fingerprint, fold_in_scores
 from recforge.models.params import (
     MAX_DIM,
     MAX_NUMBER,
@@ -259,10 +258,7 @@ class VBPR(FeatureModelMixin, SampledGradientRecommender):
     def _score_history(self, items: np.ndarray, values: np.ndarray | None) -> torch.Tensor:
         """Fold-in: an implicit least-squares user vector ``[gamma_u ; theta_u]`` against
         the item factors (as ``hybrid_bpr`` does; ``values`` are not used)."""
-        y = self._item_vec.detach().cpu()
-        scale = float(y.pow(2).sum(1).mean())
-        x = fold_in_implicit(y, items, None, alpha=10.0, reg=max(scale, 1e-6) * 10.0)
-        return y @ x + self._item_b.detach().cpu()
+        return fold_in_scores(self._item_vec, self._item_b, items)
 
     def _item_embeddings(self) -> torch.Tensor:
         return self._item_vec.detach().cpu()
