@@ -548,6 +548,13 @@ EXTREMES.update({
     "beta": [-4.0, 4.0], "gamma": [None, 0.0, 1.0], "unit_norm": [True, False],
     "eps": [0.0, 3.4e38], "cl_rate": [0.0, 3.4e38], "tau": [1e-30, 3.4e38],
     "cl_rows": [None, 2, 2**31 - 1], "l_star": [0, 64]})
+# differential privacy (mf, bpr, gmf, mlp, neumf train with it; the others refuse it)
+EXTREMES.update({
+    "dp_epsilon": [None, None, 1e-30, 1000.0], "dp_delta": [None, 1e-30, 0.999],
+    "dp_max_grad_norm": [1e-30, 3.4e38], "dp_max_per_user": [1, 2**31 - 1],
+    "dp_user_learning_rate": [1e-30, 3.4e38], "dp_user_epochs": [0, 2]})
+# vbpr's own parameters
+EXTREMES.update({"visual_dim": [1, 512], "reg_visual": [0.0, 1e-30, 3.4e38]})
 
 
 def test_extreme_valid_hyperparameters_fit_or_fail_cleanly_in_a_child():
