@@ -21,7 +21,6 @@ from recforge.models.sknn import (
     MAX_DECAY_STEP,
     _ordered_rows,
     _row_of,
-    position_weights,
     score_decay,
 )
 from recforge.serving.app import create_app
@@ -37,19 +36,7 @@ def dense_block(self, cur: sp.csr_matrix, owners: np.ndarray) -> np.ndarray:
     similarities, dense (the block is sized to bound them), then one sparse product."""
     n_rows = cur.shape[0]
     n_sessions = self.sessions_.shape[0]
-    length = np.diff(cur.indptr)
-    entry_row = _row_of(cur)
-    # one float64 product gives both the overlap (the integer part) and the weighted
-    # dot product (the fraction, times m): each entry is 1 + w / m with m above the
-    # row's total weight, so the fraction stays below 1
-    w = position_weights(cur.data, length[entry_row], self.weighting)
-    m = np.bincount(entry_row, weights=w, minlength=n_rows) + 1.0
-    # with the cosine and no sample, an item of weight 0 (the linear decay's older
-    # items) changes nothing: it is left out of the product (most of a long session)
-    used = (w > 0) if self.similarity == "cosine" and not self.sample_size else (w >= 0)
-    coded = sp.csr_matrix((1.0 + w[used] / m[entry_row[used]],
-                           (entry_row[used], cur.indices[used])),
-                          shape=cur.shape)
+    length, entry_row, w, m, coded = self._coded_rows(cur)  # the rows as the model codes them
     both = torch.from_numpy((coded @ self._binary_t).toarray())
     overlap = torch.floor(both)
     slen = torch.from_numpy(self._session_len)[None, :]

@@ -295,6 +295,25 @@ class SessionKNN(Recommender):
             out[start:stop] = self._score_block(current[start:stop], owners[start:stop])
         return torch.from_numpy(out)
 
+    def _coded_rows(self, cur: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                       np.ndarray, sp.csr_matrix]:
+        """A block's rows coded for the neighbour search: each row's length, each entry's
+        row, position weight ``w`` and the row's ``m``, and the matrix whose one float64
+        product with the sessions gives both the overlap (the integer part) and the
+        weighted dot product (the fraction, times ``m``): each entry is ``1 + w / m`` with
+        ``m`` above the row's total weight, so the fraction stays below 1."""
+        length = np.diff(cur.indptr)
+        entry_row = _row_of(cur)
+        w = position_weights(cur.data, length[entry_row], self.weighting)
+        m = np.bincount(entry_row, weights=w, minlength=cur.shape[0]) + 1.0
+        # with the cosine and no sample, an item of weight 0 (the linear decay's older
+        # items) changes nothing: it is left out of the product (most of a long session)
+        used = (w > 0) if self.similarity == "cosine" and not self.sample_size else (w >= 0)
+        coded = sp.csr_matrix((1.0 + w[used] / m[entry_row[used]],
+                               (entry_row[used], cur.indices[used])),
+                              shape=cur.shape)
+        return length, entry_row, w, m, coded
+
     def _score_block(self, cur: sp.csr_matrix, owners: np.ndarray) -> np.ndarray:
         """Scores of a block of current sessions. Only the sessions that share an item
         with a row are looked at: one sparse product with the item -> session index gives
@@ -304,19 +323,7 @@ class SessionKNN(Recommender):
         are one more sparse product."""
         n_rows = cur.shape[0]
         n_sessions = self.sessions_.shape[0]
-        length = np.diff(cur.indptr)
-        entry_row = _row_of(cur)
-        # one float64 product gives both the overlap (the integer part) and the weighted
-        # dot product (the fraction, times m): each entry is 1 + w / m with m above the
-        # row's total weight, so the fraction stays below 1
-        w = position_weights(cur.data, length[entry_row], self.weighting)
-        m = np.bincount(entry_row, weights=w, minlength=n_rows) + 1.0
-        # with the cosine and no sample, an item of weight 0 (the linear decay's older
-        # items) changes nothing: it is left out of the product (most of a long session)
-        used = (w > 0) if self.similarity == "cosine" and not self.sample_size else (w >= 0)
-        coded = sp.csr_matrix((1.0 + w[used] / m[entry_row[used]],
-                               (entry_row[used], cur.indices[used])),
-                              shape=cur.shape)
+        length, entry_row, w, m, coded = self._coded_rows(cur)
         pairs = (coded @ self._binary_t).tocsr()
         if self.sample_size:
             pairs.sort_indices()  # each row's sessions most recent first
