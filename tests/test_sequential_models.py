@@ -299,18 +299,47 @@ def test_negatives_per_sequence():
 
 
 def test_full_softmax_in_chunks(monkeypatch):
-    """Past CE_LOGITS_AT_ONCE the full softmax works through checkpointed chunks of
-    positions: the same loss and the same gradients as all the logits at once."""
+    """The fused full softmax, whole or in chunks of positions (a last chunk shorter than
+    the others), has F.cross_entropy's loss and gradients, with or without the item
+    table's gradient, and without gradients at all."""
     torch.manual_seed(0)
     hidden = torch.randn(10, 4, requires_grad=True)
     items = torch.randn(8, 4, requires_grad=True)
     targets = torch.randint(1, 8, (10,))
-    whole = nil.full_softmax(hidden, targets, items)
-    g_whole = torch.autograd.grad(whole, [hidden, items])
-    monkeypatch.setattr(nil, "CE_LOGITS_AT_ONCE", 3 * 7)  # chunks of 3 positions, 7 items
-    chunked = nil.full_softmax(hidden, targets, items)
-    g_chunked = torch.autograd.grad(chunked, [hidden, items])
-    assert torch.allclose(whole, chunked, atol=1e-6)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_whole, g_chunked, strict=True))
-    with torch.no_grad():
-        assert torch.allclose(nil.full_softmax(hidden, targets, items), whole, atol=1e-6)
+    ref = torch.nn.functional.cross_entropy(hidden @ items[1:].T, targets - 1)
+    g_ref = torch.autograd.grad(ref, [hidden, items])
+    assert float(g_ref[1][0].abs().max()) == 0.0  # the padding row
+    for chunk_logits in (10**6, 3 * 7, 1):  # all at once, 3 positions, 1 position
+        monkeypatch.setattr(nil, "CE_LOGITS_AT_ONCE", chunk_logits)
+        got = nil.full_softmax(hidden, targets, items)
+        assert got.dtype == torch.float32
+        g_got = torch.autograd.grad(got, [hidden, items])
+        assert torch.allclose(ref, got, atol=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_ref, g_got, strict=True))
+        frozen = items.detach()
+        (g_h,) = torch.autograd.grad(nil.full_softmax(hidden, targets, frozen), [hidden])
+        assert torch.allclose(g_h, g_ref[0], atol=1e-6)
+        with torch.no_grad():
+            assert torch.allclose(nil.full_softmax(hidden, targets, items), ref, atol=1e-6)
+    # a scaled loss scales the gradients (the backward pass multiplies by its input)
+    g3 = torch.autograd.grad(3 * nil.full_softmax(hidden, targets, items), [hidden])[0]
+    assert torch.allclose(g3, 3 * g_ref[0], atol=1e-6)
+
+
+def test_full_softmax_bfloat16_autocast():
+    """Under a bfloat16 autocast the products run in bfloat16: the loss stays float32 and
+    within bfloat16's rounding of the exact one, the gradients keep the inputs' dtype."""
+    torch.manual_seed(1)
+    hidden = (torch.randn(300, 16) * 0.5).requires_grad_()
+    items = (torch.randn(51, 16) * 0.5).requires_grad_()
+    targets = torch.randint(1, 51, (300,))
+    ref = torch.nn.functional.cross_entropy(hidden @ items[1:].T, targets - 1)
+    g_ref = torch.autograd.grad(ref, [hidden, items])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = nil.full_softmax(hidden, targets, items)
+    g_got = torch.autograd.grad(got, [hidden, items])
+    assert got.dtype == torch.float32
+    assert abs(float(got) - float(ref)) < 1e-2 * float(ref)
+    for a, b in zip(g_ref, g_got, strict=True):
+        assert b.dtype == torch.float32
+        assert float((a - b).abs().max()) < 3e-2 * float(a.abs().max())

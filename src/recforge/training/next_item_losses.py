@@ -19,15 +19,17 @@ logits; only :func:`full_softmax` does.
   probabilities); the loss of a position is the mean over its ``1 + K`` terms, as in the
   authors' code, where ``-log s(s+)^beta = beta * softplus(-s+)`` replaces their float64
   transform of the positive logit by the same value in one stable step.
-* :func:`full_softmax`: cross-entropy over every item.
+* :func:`full_softmax`: cross-entropy over every item, its gradients computed with the
+  loss chunk by chunk (never the whole ``[N, n_items]`` logits).
 * :func:`bpr_max`: GRU4Rec's BPR-max with its score regularisation.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from recforge.training.embedding import lookup
 
@@ -116,33 +118,76 @@ def sequence_negative_scores(hidden: torch.Tensor, mask: torch.Tensor, targets: 
     return pos, neg, same
 
 
-#: Logits (positions x items) that :func:`full_softmax` builds at once; past it, it works
-#: through chunks of positions, each recomputed in the backward pass (checkpointed), so a
-#: large catalogue costs a third more compute instead of ``[N, n_items]`` floats held for
-#: the backward pass (2^27: 512 MB of float32 logits; ml-1m-seq's 25,600 x 3,416 fit).
-CE_LOGITS_AT_ONCE = 2**27
+#: Logits (positions x items) that :func:`full_softmax` holds at once: it works through
+#: chunks of positions of about this many logits (2^22: 16 MB of float32, so a chunk stays
+#: in cache; ml-1m-seq's 3,416 items give chunks of 1,227 positions).
+CE_LOGITS_AT_ONCE = 2**22
 
 
-def _ce_sum(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy((hidden @ items[1:].T).float(), targets - 1, reduction="sum")
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """Cross-entropy over all items with the gradients computed in the forward pass, one
+    chunk of positions at a time: a chunk's logits become its softmax in place, the
+    target's ``-1`` is added, and the two gradient products are taken at once, so neither
+    the ``[N, n_items]`` logits nor their softmax outlive the chunk, nothing is recomputed,
+    and the backward pass only scales the stored gradients. ``dtype`` is the precision of
+    the three matrix products (bfloat16 under autocast); the softmax and the loss are
+    float32, the loss summed in float64. No double backward."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+                dtype: torch.dtype, chunk: int) -> torch.Tensor:
+        n = hidden.shape[0]
+        need_h, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        with torch.autocast(hidden.device.type, enabled=False):
+            h_all, t_all = hidden.detach().to(dtype), table.detach().to(dtype)
+            grad_h = torch.empty_like(h_all) if need_h else None
+            grad_t = (torch.zeros(table.shape, dtype=torch.float32, device=table.device)
+                      if need_t else None)
+            total = torch.zeros((), dtype=torch.float64, device=hidden.device)
+            for i in range(0, n, chunk):
+                h, t = h_all[i:i + chunk], targets[i:i + chunk].unsqueeze(1)
+                logits = (h @ t_all.T).float()
+                top = logits.amax(1, keepdim=True)
+                picked = logits.gather(1, t)
+                norm = logits.sub_(top).exp_().sum(1, keepdim=True)
+                total += (norm.log() + top - picked).sum(dtype=torch.float64)
+                if not (need_h or need_t):
+                    continue
+                grad = logits.div_(norm).scatter_add_(1, t, torch.full_like(picked, -1.0))
+                grad = grad.to(dtype)
+                if need_h:
+                    torch.mm(grad, t_all, out=grad_h[i:i + chunk])
+                if need_t:
+                    grad_t += (grad.T @ h).float()
+        ctx.save_for_backward(*(g for g in (grad_h, grad_t) if g is not None))
+        ctx.parts, ctx.n = (need_h, need_t), max(1, n)
+        ctx.dtypes = (hidden.dtype, table.dtype)
+        return (total / ctx.n).to(torch.float32)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        saved = iter(ctx.saved_tensors)
+        scale = grad_out / ctx.n
+        need_h, need_t = ctx.parts
+        grad_h = (next(saved) * scale).to(ctx.dtypes[0]) if need_h else None
+        grad_t = (next(saved) * scale).to(ctx.dtypes[1]) if need_t else None
+        return grad_h, grad_t, None, None, None
 
 
 def full_softmax(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor
                  ) -> torch.Tensor:
-    """Cross-entropy over all items (the padding row left out); in checkpointed chunks of
-    positions when the logits would pass :data:`CE_LOGITS_AT_ONCE` (same value and
-    gradients)."""
-    n, n_items = hidden.shape[0], items.shape[0] - 1
-    if n * n_items <= CE_LOGITS_AT_ONCE:
-        return F.cross_entropy((hidden @ items[1:].T).float(), targets - 1)
-    step = max(1, CE_LOGITS_AT_ONCE // max(1, n_items))
-    grad = torch.is_grad_enabled()
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for i in range(0, n, step):
-        h, t = hidden[i:i + step], targets[i:i + step]
-        total = total + (checkpoint(_ce_sum, h, t, items, use_reentrant=False) if grad
-                         else _ce_sum(h, t, items))
-    return total / n
+    """Cross-entropy over all items (the padding row left out), fused with its gradients
+    (:class:`_SoftmaxCrossEntropy`, in chunks of about :data:`CE_LOGITS_AT_ONCE` logits);
+    the matrix products in bfloat16 under a bfloat16 autocast, else in ``hidden``'s
+    precision. Equal to ``F.cross_entropy(hidden @ items[1:].T, targets - 1)``."""
+    n_items = items.shape[0] - 1
+    device = hidden.device.type
+    dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+             else hidden.dtype)
+    if dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        dtype = torch.float32
+    chunk = max(1, CE_LOGITS_AT_ONCE // max(1, n_items))
+    return _SoftmaxCrossEntropy.apply(hidden, items[1:], targets - 1, dtype, chunk)
 
 
 def bpr_max(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
