@@ -29,6 +29,7 @@ from recforge.models.artifact import CSR, StateSpec
 from recforge.models.base import Recommender
 from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.history import history_row
+from recforge.models.modalities import best_in_history, group_blocks
 from recforge.models.params import (
     BOOL_RULE,
     MAX_NUMBER,
@@ -117,19 +118,12 @@ class FeatureModelMixin:
             if (hist < 0).any():
                 bad = np.atleast_1d(np.asarray(history, dtype=object))[hist < 0][0]
                 raise ModelError(f"unknown item id {bad!r} in the history")
-        hist = hist[hist != i]
-        rows = []
-        for group in pd.unique(feats.groups):
-            block = feats.select_groups([group]).normalized()
-            target = block[i]
-            if target.nnz == 0 or len(hist) == 0:
-                continue
-            sims = np.asarray((block[hist] @ target.T).toarray()).ravel()
-            best = int(np.argmax(sims))
-            if sims[best] <= 0:
-                continue
-            rows.append({"group": group, "item": items.ids[hist[best]],
-                         "similarity": float(sims[best])})
+        hist = np.unique(hist[hist != i])
+        blocks = group_blocks(feats)
+        best, sims = best_in_history(blocks, np.array([i]), hist)
+        rows = [{"group": gb.group, "item": items.ids[best[g, 0]],
+                 "similarity": float(sims[g, 0])}
+                for g, gb in enumerate(blocks) if best[g, 0] >= 0]
         frame = pd.DataFrame(rows, columns=["group", "item", "similarity"])
         return frame.sort_values("similarity", ascending=False, kind="stable").reset_index(
             drop=True)

@@ -6,8 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["AnyId", "BatchRecommendations", "Because", "ErrorBody", "FoundItem", "Forgotten",
-           "Health", "HistoryItem", "ItemSearch", "ModelInfo", "RecommendedItem", "Reloaded",
+__all__ = ["AnyId", "BatchRecommendations", "Because", "ErrorBody", "Explanations",
+           "FoundItem", "Forgotten", "Health", "HistoryItem", "ItemExplanation", "ItemSearch",
+           "Modality", "ModelInfo", "Reason", "RecommendedItem", "Reloaded",
            "SessionRecommendations", "SimilarItems", "Stored", "UserError", "UserHistory",
            "UserRecommendations", "errors", "link"]
 
@@ -84,12 +85,55 @@ class SimilarItems(BaseModel):
 class FoundItem(BaseModel):
     item: AnyId
     title: str | None = None
+    match: Literal["id", "title", "text"] | None = Field(
+        default=None, description="Ranked by text vectors only: how the item matched "
+        "(its id, its title, or the similarity of its text vector).")
+    similarity: float | None = Field(
+        default=None, description="Ranked by text vectors only: the cosine between the "
+        "query's vector and the item's (null: the item has none).")
 
 
 class ItemSearch(BaseModel):
     query: str
-    total: int
+    total: int = Field(description="Items whose title (or id) matches; with "
+                       "match=text, the items that have a text vector.")
     items: list[FoundItem]
+    text_vectors: str | None = Field(
+        default=None, description="The feature group whose vectors ranked the items by "
+        "text similarity; absent when the search was by title alone.")
+
+
+class Reason(BaseModel):
+    """A history item that resembles an explained item in one feature group."""
+
+    group: str = Field(description="The feature group (modality): genres, text, image...")
+    kind: Literal["vectors", "categories", "words", "number"]
+    item: AnyId
+    title: str | None = None
+    similarity: float = Field(description="Cosine of the two items in this group alone.")
+    shared: list[str] | None = Field(
+        default=None, description="Groups of categories or words: what both items have "
+        "(at most 5).")
+
+
+class ItemExplanation(BaseModel):
+    item: AnyId
+    title: str | None = None
+    because: list[Reason] = Field(description="One reason per group where a history "
+                                  "item resembles this one, most similar first.")
+
+
+class Explanations(BaseModel):
+    user: AnyId | None = Field(default=None, description="With user= only.")
+    unknown_items: list[AnyId] | None = Field(
+        default=None, description="With history= only: its items unknown to the model, "
+        "left out.")
+    explanations: list[ItemExplanation]
+
+
+class Modality(BaseModel):
+    group: str
+    kind: Literal["vectors", "categories", "words", "number"]
 
 
 class ModelInfo(BaseModel):
@@ -108,6 +152,9 @@ class ModelInfo(BaseModel):
     privacy: dict[str, Any] | None = Field(
         default=None, description="A differentially private fit's spent 'epsilon' and "
         "'delta' (per user) and how they were reached; null if not trained privately.")
+    modalities: list[Modality] = Field(
+        default=[], description="The model's item feature groups (feature models only): "
+        "what GET /explanations explains by; a group of text vectors ranks GET /items.")
     forgotten_users: int = Field(
         default=0, description="Users removed from the model since it was trained "
         "(recforge forget, or DELETE /users/{id} on a model that forgets exactly).")
@@ -140,7 +187,8 @@ _ERROR_TEXT = {
          "cannot answer.",
     401: "Missing or wrong key.",
     403: "Admin routes are off: the server has a read key but no admin key.",
-    404: "Unknown item.",
+    404: "Unknown item (or, for explanations, a user the model does not know and who "
+         "posted nothing).",
     413: "The body is over the server's size limit.",
     415: "A request that changes state must be Content-Type: application/json.",
     421: "The Host header names a host this server does not serve.",

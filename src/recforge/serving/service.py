@@ -22,6 +22,7 @@ from recforge.models.base import Recommender
 from recforge.models.history import history_index
 from recforge.ranking import rank_ties, top_k
 from recforge.serving.index import IVFIndex
+from recforge.serving.multimodal import Modalities
 from recforge.serving.sequences import compile_encoder, ordered_history, score_histories
 
 __all__ = ["RecommendationService", "NotFound", "Resolved"]
@@ -41,6 +42,17 @@ class NotFound(ModelError):
     """An id the model does not know, where no fallback applies."""
 
 MAX_K = 1000
+#: Items one explanations request may ask about (GET /explanations).
+MAX_EXPLAINED = 100
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """An id as a message quotes it: its repr, cut to ``limit`` characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer of over 4,300 digits: Python will not print it
+        return "(an integer too long to print)"
+    return text if len(text) <= limit else text[:limit] + "...'"
 
 
 def _plain(value: Any) -> Any:
@@ -162,6 +174,9 @@ class RecommendationService:
                              for row in meta[extra].itertuples(index=False, name=None)]
         # The title search index, built on the first search (``_search_index``).
         self._search: tuple[Any, Any, Any] | None = None
+        # Item feature groups: explanations per modality, search by text vectors
+        # (serving/multimodal; its blocks built on first use).
+        self._modalities = Modalities(self.model)
 
     # ----------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -179,7 +194,9 @@ class RecommendationService:
                 "forgotten_users": sum(int(e.get("users", 0)) for e in (
                     getattr(m, "training_data_", None) or {}).get("erasures", [])),
                 # the directory's name only: an answer never shows where the server's files are
-                "directory": self.path.name if self.path is not None else None}
+                "directory": self.path.name if self.path is not None else None,
+                # item feature groups (GET /explanations, search by text vectors)
+                "modalities": self._modalities.summary}
 
     @staticmethod
     def _check_k(k: int) -> int:
@@ -623,35 +640,68 @@ class RecommendationService:
             self._search = (frame, " " + frame, pd.Series(ids, dtype=str))
         return self._search
 
-    def search_items(self, query: str, limit: int = 10) -> dict[str, Any]:
+    def search_items(self, query: str, limit: int = 10, match: str = "auto"
+                     ) -> dict[str, Any]:
         """Items whose title contains ``query`` (case-insensitive), best matches first: the
         item with that id, then titles equal to the query, starting with it, with a word
         starting with it, containing it; ties go to the more popular item. A model saved
-        without titles is searched by item id (ids containing the query)."""
+        without titles is searched by item id (ids containing the query).
+
+        ``match``: ``"title"`` is that search alone. ``"auto"`` (the default) adds, when
+        the model has text vectors (serving/multimodal), the other items by the cosine
+        between the query's vector (the bundled text encoder) and theirs, after the title
+        matches; ``"text"`` ranks by that cosine alone (a model without text vectors:
+        :class:`ModelError`). Ranked by text, the answer names the group
+        (``"text_vectors"``) and every item says how it matched (``"match"``: ``"id"``,
+        ``"title"`` or ``"text"``) and its ``"similarity"`` (null: no vector)."""
         limit = self._check_k(limit)
+        if match not in ("auto", "title", "text"):
+            raise ConfigError(f"match must be 'auto', 'title' or 'text', got {match!r}")
         q = str(query).strip().casefold()
         if not q:
             raise ConfigError("query must contain a non-blank character")
+        text = self._modalities.text_scores(str(query).strip()) if match != "title" else None
+        if match == "text" and text is None:
+            raise ModelError(f"model {self.model.name!r} has no item text vectors to search "
+                             "by (fit it with item text features, e.g. recforge train "
+                             "--item-features); search by title instead (match=title)")
         titles, padded, ids = self._search_index()
         tier = np.full(self.model.n_items, 9, dtype=np.int8)
-        if self._titles is not None:
-            # Assigned from the loosest match to the strictest: the strictest one wins.
-            tier[titles.str.contains(q, regex=False).to_numpy(bool)] = 4
-            tier[padded.str.contains(" " + q, regex=False).to_numpy(bool)] = 3
-            tier[titles.str.startswith(q).to_numpy(bool)] = 2
-            tier[(titles == q).to_numpy(bool)] = 1
-        else:
-            tier[ids.str.contains(q, regex=False).to_numpy(bool)] = 4
-        tier[(ids == q).to_numpy(bool)] = 0
+        if match != "text":
+            if self._titles is not None:
+                # Assigned from the loosest match to the strictest: the strictest one wins.
+                tier[titles.str.contains(q, regex=False).to_numpy(bool)] = 4
+                tier[padded.str.contains(" " + q, regex=False).to_numpy(bool)] = 3
+                tier[titles.str.startswith(q).to_numpy(bool)] = 2
+                tier[(titles == q).to_numpy(bool)] = 1
+            else:
+                tier[ids.str.contains(q, regex=False).to_numpy(bool)] = 4
+            tier[(ids == q).to_numpy(bool)] = 0
         hits = np.flatnonzero(tier < 9)
         order = np.lexsort((hits, -self.model.item_popularity_[hits], tier[hits]))
         top = hits[order[:limit]]
+        if text is not None and len(top) < limit:  # then the nearest by text vectors
+            _, sims, has = text
+            rest = np.flatnonzero(has & (tier == 9))
+            near = np.lexsort((rest, -self.model.item_popularity_[rest], -sims[rest]))
+            top = np.concatenate([top, rest[near[:limit - len(top)]]])
         out: list[dict[str, Any]] = [{"item": _plain(self.model.items_.ids[i])}
                                      for i in top.tolist()]
         if self._titles is not None:
             for entry, i in zip(out, top.tolist(), strict=True):
                 entry["title"] = self._titles[i]
-        return {"query": query, "total": len(hits), "items": out}
+        answer: dict[str, Any] = {"query": query, "total": len(hits), "items": out}
+        if text is not None:
+            group, sims, has = text
+            if match == "text":  # the items ranked: those with a text vector
+                answer["total"] = int(has.sum())
+            how = np.where(tier[top] == 0, "id", np.where(
+                tier[top] < 9, "title" if self._titles is not None else "id", "text"))
+            for entry, i, m in zip(out, top.tolist(), how.tolist(), strict=True):
+                entry["match"] = m
+                entry["similarity"] = float(sims[i]) if has[i] else None
+            answer["text_vectors"] = group
+        return answer
 
     def _history_indices(self, user: Any
                          ) -> tuple[int, np.ndarray, tuple[np.ndarray, np.ndarray]]:
@@ -734,3 +784,56 @@ class RecommendationService:
                     because["title"] = self._titles[i]
                 entry["because"] = because
         return result
+
+    def explanations(self, items: list[Any], user: Any = None,
+                     history: list[Any] | None = None) -> dict[str, Any]:
+        """Why each of ``items`` (recommended item ids) resembles what ``user`` knows (its
+        training items and the items posted since) or an anonymous ``history``: per feature
+        group (modality) of the model, the history item most similar to it by that group
+        alone (serving/multimodal). Answer: ``{"user" | "unknown_items", "explanations":
+        [{"item", "title"?, "because": [{"group", "kind", "item", "title"?, "similarity",
+        "shared"?}]}]}``, reasons most similar first; an empty ``because``: no history
+        item resembles the item in any group.
+
+        A model without item features: :class:`ModelError`; an unknown item, or a user
+        unknown to the model with no posted items: :class:`NotFound`."""
+        m = self.model
+        if not self._modalities.available:
+            raise ModelError(f"model {m.name!r} has no item features to explain by (fit a "
+                             "feature model: content, hybrid, hybrid_bpr or vbpr, with item "
+                             "features)")
+        if (user is None) == (history is None):
+            raise ConfigError("give exactly one of user and history")
+        if not 1 <= len(items) <= MAX_EXPLAINED:
+            raise ConfigError(f"give 1 to {MAX_EXPLAINED} items to explain, got {len(items)}")
+        rec = m.items_.index(np.asarray(items, dtype=object))
+        if (rec < 0).any():
+            raise NotFound(f"unknown item id {_short(items[int(np.argmax(rec < 0))])}")
+        answer: dict[str, Any] = {}
+        if user is not None:
+            u, training, (posted, _) = self._history_indices(user)
+            if u < 0 and not len(posted):
+                raise NotFound(f"unknown user id {_short(user)}: no history to explain by")
+            hist = np.unique(np.concatenate([training, posted]))
+            answer["user"] = _plain(m.users_.ids[u]) if u >= 0 else self._echo(user)
+        else:
+            hist, _, bad = self._history_index(list(history or []), None)
+            hist = np.unique(hist)
+            answer["unknown_items"] = [_plain(x) for x in bad.tolist()]
+        reasons = self._modalities.explain(rec.astype(np.int64), hist)
+        titles = self._titles
+        out = []
+        for i, why in zip(rec.tolist(), reasons, strict=True):
+            entry: dict[str, Any] = {"item": _plain(m.items_.ids[i])}
+            if titles is not None:
+                entry["title"] = titles[i]
+            for reason in why:
+                j = reason.pop("index")
+                reason["item"] = _plain(m.items_.ids[j])
+                if titles is not None:
+                    reason["title"] = titles[j]
+            entry["because"] = why
+            out.append(entry)
+        answer["explanations"] = out
+        return answer
+
