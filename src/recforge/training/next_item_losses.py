@@ -124,6 +124,10 @@ def sequence_negative_scores(hidden: torch.Tensor, mask: torch.Tensor, targets: 
 CE_LOGITS_AT_ONCE = 2**22
 
 
+#: where :class:`_SoftmaxCrossEntropy` floors a logit below its row's largest one
+_LOG_FLOOR = -60.0
+
+
 class _SoftmaxCrossEntropy(torch.autograd.Function):
     """Cross-entropy over all items with the gradients computed in the forward pass, one
     chunk of positions at a time: a chunk's logits become its softmax in place, the
@@ -144,17 +148,30 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
             grad_t = (torch.zeros(table.shape, dtype=torch.float32, device=table.device)
                       if need_t else None)
             total = torch.zeros((), dtype=torch.float64, device=hidden.device)
+            # one buffer of logits (and one of their low-precision copies) for every chunk:
+            # a fresh 16 MB block per chunk costs the copies into it their page faults
+            shape = (min(chunk, n), t_all.shape[0])
+            buffer = torch.empty(shape, dtype=torch.float32, device=hidden.device)
+            low = (torch.empty(shape, dtype=dtype, device=hidden.device)
+                   if dtype != torch.float32 else None)
             for i in range(0, n, chunk):
                 h, t = h_all[i:i + chunk], targets[i:i + chunk].unsqueeze(1)
-                logits = (h @ t_all.T).float()
+                logits = buffer[:len(h)]
+                if low is None:
+                    torch.mm(h, t_all.T, out=logits)
+                else:
+                    logits.copy_(torch.mm(h, t_all.T, out=low[:len(h)]))
                 top = logits.amax(1, keepdim=True)
                 picked = logits.gather(1, t)
-                norm = logits.sub_(top).exp_().sum(1, keepdim=True)
+                # floored at e^-60 (1e-26 of the largest term): without it the exp and
+                # the softmax underflow to subnormal floats, which cost CPUs 6-8x per value
+                norm = logits.sub_(top).clamp_(min=_LOG_FLOOR).exp_().sum(1, keepdim=True)
                 total += (norm.log() + top - picked).sum(dtype=torch.float64)
                 if not (need_h or need_t):
                     continue
                 grad = logits.div_(norm).scatter_add_(1, t, torch.full_like(picked, -1.0))
-                grad = grad.to(dtype)
+                if low is not None:
+                    grad = low[:len(h)].copy_(grad)
                 if need_h:
                     torch.mm(grad, t_all, out=grad_h[i:i + chunk])
                 if need_t:
