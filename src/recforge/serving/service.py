@@ -799,9 +799,9 @@ class RecommendationService:
         unknown to the model with no posted items: :class:`NotFound`."""
         m = self.model
         if not self._modalities.available:
-            raise ModelError(f"model {m.name!r} has no item features to explain by (fit a "
-                             "feature model: content, hybrid, hybrid_bpr or vbpr, with item "
-                             "features)")
+            raise ModelError(f"model {m.name!r} has no item features to explain by: "
+                             "content, hybrid_bpr and vbpr fitted with item features keep "
+                             "them in their saved model; hybrid only in memory")
         if (user is None) == (history is None):
             raise ConfigError("give exactly one of user and history")
         if not 1 <= len(items) <= MAX_EXPLAINED:

@@ -1,5 +1,7 @@
-// recforge explorer: search items, see similar ones, a user's history beside their
-// recommendations, and a session of items with its next items. Plain JavaScript, no dependencies; talks only to the server that
+// recforge explorer: search items (by title, and by text vectors where the model has
+// them), see similar ones, a user's history beside their recommendations (each with why:
+// the model's nearest history item, and per modality the history item it resembles), and
+// a session of items with its next items. Plain JavaScript, no dependencies; talks only to the server that
 // served the page (the page's Content-Security-Policy allows nothing else).
 "use strict";
 
@@ -155,12 +157,9 @@
       const body = await api("/items?limit=20&query=" + encodeURIComponent(query));
       if (ticket !== latest.search) return;
       clearError();
-      fill($("search-results"), body.items.map((entry) => itemEntry(entry)));
-      $("search-status").textContent = body.total === 0
-        ? "No item matches “" + query + "”."
-        : body.total + (body.total === 1 ? " item matches" : " items match") + " “" +
-          query + "”" + (body.total > body.items.length
-            ? ", showing the first " + body.items.length + "." : ".");
+      fill($("search-results"), body.items.map((entry) => itemEntry(entry,
+        entry.match === "text" ? [{ className: "meta", text: " (similar text)" }] : [])));
+      $("search-status").textContent = searchSummary(body, query);
     } catch (err) {
       if (ticket !== latest.search) return;
       $("search-status").textContent = "";
@@ -168,6 +167,22 @@
     } finally {
       if (ticket === latest.search) $("search-results").removeAttribute("aria-busy");
     }
+  }
+
+  /** The search status line: the title matches, then (a model with text vectors) the
+   * items listed for the similarity of their text to the query. */
+  function searchSummary(body, query) {
+    const byText = body.items.filter((e) => e.match === "text").length;
+    const titled = body.items.length - byText;
+    let text = body.total === 0
+      ? "No item matches “" + query + "”"
+      : body.total + (body.total === 1 ? " item matches" : " items match") + " “" +
+        query + "”" + (body.total > titled ? ", showing the first " + titled : "");
+    if (byText) {
+      text += (body.total === 0 ? "; " : ", then ") + byText +
+        (byText === 1 ? " item" : " items") + " by text similarity";
+    }
+    return text + ".";
   }
 
   async function showSimilar(entry) {
@@ -194,6 +209,50 @@
       $("search-status").textContent = "";
       showError(err);
     }
+  }
+
+  /** What a reason of GET /explanations says of its group: "similar text", "same
+   * genres (Comedy, Drama)". */
+  function reasonText(reason) {
+    const shared = reason.shared && reason.shared.length
+      ? " (" + reason.shared.join(", ") + ")" : "";
+    if (reason.kind === "categories") return "same " + reason.group + shared;
+    if (reason.kind === "words") return "shared words in " + reason.group + shared;
+    return "similar " + reason.group;
+  }
+
+  /** One line per history item that a recommendation resembles: "Because you watched
+   * “X”: similar text, same genres (Comedy)", the most similar first. */
+  function modalityLines(explanation) {
+    const byItem = new Map();
+    for (const reason of explanation.because) {
+      const key = JSON.stringify(reason.item);
+      if (!byItem.has(key)) byItem.set(key, { entry: reason, parts: [] });
+      byItem.get(key).parts.push(reasonText(reason));
+    }
+    return Array.from(byItem.values()).map((line) => "Because you watched “" +
+      itemLabel(line.entry) + "”: " + line.parts.join(", "));
+  }
+
+  /** Under each recommendation, why it resembles the user's history in each modality of
+   * the model (GET /explanations; feature models only). */
+  async function showModalities(user, recs, ticket) {
+    if (!model || !model.modalities || !model.modalities.length || !recs.items.length ||
+      recs.fallback === "popular") return;
+    const query = recs.items.slice(0, 100)
+      .map((r) => "item=" + encodeURIComponent(r.item)).join("&");
+    const body = await api("/explanations?user=" + encodeURIComponent(user) + "&" + query);
+    if (ticket !== latest.user) return;
+    const entries = $("recommendations").children;
+    body.explanations.forEach((explanation, at) => {
+      if (at >= entries.length) return;
+      for (const text of modalityLines(explanation)) {
+        const span = document.createElement("span");
+        span.className = "modality";
+        span.textContent = text;
+        entries[at].appendChild(span);
+      }
+    });
   }
 
   function because(item, fallback) {
@@ -235,6 +294,9 @@
         summary += " (From the items posted since training.)";
       }
       $("user-status").textContent = summary;
+      showModalities(user, recs, ticket).catch((err) => {
+        if (ticket === latest.user) showError(err);
+      });
     } catch (err) {
       if (ticket !== latest.user) return;
       $("user-status").textContent = "";
@@ -314,7 +376,9 @@
   async function addTyped(text) {
     $("session-status").textContent = "Looking up “" + text + "”…";
     try {
-      const found = await api("/items?limit=1&query=" + encodeURIComponent(text));
+      // by title or id only: a typed session item is never a guess by text similarity
+      const found = await api("/items?limit=1&match=title&query=" +
+        encodeURIComponent(text));
       if (!found.items.length) {
         $("session-status").textContent = "No item matches “" + text + "”.";
         return;
@@ -332,9 +396,14 @@
     try {
       const info = await api("/model");
       model = info;
+      const groups = (info.modalities || []).map((m) => m.group);
       $("model-info").textContent = "Model " + info.model + ": " +
         info.n_users.toLocaleString("en") + " users, " +
-        info.n_items.toLocaleString("en") + " items.";
+        info.n_items.toLocaleString("en") + " items" +
+        (groups.length ? "; item features: " + groups.join(", ") + "." : ".");
+      if ((info.modalities || []).some((m) => m.kind === "vectors")) {
+        $("search-label").textContent = "Title, item id or words";
+      }
       refreshSession();
       return true;
     } catch (err) {
