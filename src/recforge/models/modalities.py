@@ -84,7 +84,8 @@ def best_in_history(blocks: list[GroupBlock], items: np.ndarray, history: np.nda
     Returns ``(best, similarity)``, both ``[n_groups, len(items)]``: ``best`` holds model
     indices, ``-1`` where there is none (the item has no features in the group, or no
     other history item shares anything with it: cosine <= 0); an item is never its own
-    reason. Equal similarities go to the history item listed first.
+    reason. Equal similarities in a group go to the history item most similar over all
+    groups together (then to the one listed first).
     """
     items = np.asarray(items, dtype=np.int64)
     history = np.asarray(history, dtype=np.int64)
@@ -93,14 +94,22 @@ def best_in_history(blocks: list[GroupBlock], items: np.ndarray, history: np.nda
     if not len(items) or not len(history):
         return best, sims
     itself = items[:, None] == history[None, :]
-    for g, gb in enumerate(blocks):
+    per_group = []
+    for gb in blocks:
         s = np.asarray((gb.block[items] @ gb.block[history].T).toarray(), dtype=np.float64)
         s[itself] = -np.inf
-        j = np.argmax(s, axis=1)
-        top = s[np.arange(len(items)), j]
+        per_group.append(s)
+    # equal similarities in a group (two films of the same genres) go to the history item
+    # that resembles the recommended one most over all groups together
+    overall = np.sum([np.maximum(s, 0.0) for s in per_group], axis=0)
+    rows = np.arange(len(items))
+    for g, s in enumerate(per_group):
+        top = s.max(axis=1)
+        tied = s >= (top - 1e-6)[:, None]
+        j = np.argmax(np.where(tied, overall, -np.inf), axis=1)
         ok = top > 1e-9
         best[g, ok] = history[j[ok]]
-        sims[g, ok] = np.minimum(top[ok], 1.0)  # float32 rounding: 1.0000001
+        sims[g, ok] = np.minimum(s[rows, j][ok], 1.0)  # float32 rounding: 1.0000001
     return best, sims
 
 
