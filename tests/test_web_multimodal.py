@@ -111,19 +111,25 @@ def _group_vectors(cat: Catalogue) -> dict[str, tuple[list[int], np.ndarray]]:
 
 
 def _expected(cat: Catalogue, item: int, history: set[int]) -> dict[str, tuple[set, float]]:
-    """Per group: the history items (other than ``item``) of highest cosine with it, and
-    that cosine; groups where it is not positive are left out."""
-    out = {}
+    """Per group: the history items (other than ``item``) of highest cosine with it (of
+    those, the ones most similar over both groups: the tie-break), and that cosine;
+    groups where it is not positive are left out."""
+    hist = sorted(h for h in history if h != item)
+    if not hist:
+        return {}
+    sims = {}
     for group, (ids, rows) in _group_vectors(cat).items():
         pos = {i: n for n, i in enumerate(ids)}
-        hist = sorted(h for h in history if h != item)
-        if not hist:
-            continue
-        sims = rows[[pos[h] for h in hist]] @ rows[pos[item]]
-        top = sims.max()
+        sims[group] = rows[[pos[h] for h in hist]] @ rows[pos[item]]
+    overall = sum(np.maximum(s, 0) for s in sims.values())
+    out = {}
+    for group, s in sims.items():
+        top = s.max()
         if top > 1e-6:
-            out[group] = ({h for h, s in zip(hist, sims, strict=True) if s > top - 1e-5},
-                          float(top))
+            tied = s > top - 1e-5
+            most = overall[tied].max()
+            out[group] = ({h for h, t, o in zip(hist, tied, overall, strict=True)
+                           if t and o > most - 1e-5}, float(top))
     return out
 
 
