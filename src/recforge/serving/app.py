@@ -11,7 +11,10 @@ Endpoints (OpenAPI docs at ``/docs``, every answer and error described there):
   ``{"history": [...], "k": 10}`` for an anonymous session (fold-in, models that support
   it); unknown history items are listed in ``unknown_items``;
 - ``GET /items/{item_id}/similar?k=10``;
-- ``GET /items?query=...&limit=10``: items by title (or id, for models without titles);
+- ``GET /items?query=...&limit=10&match=auto``: items by title (or id, for models without
+  titles), then, for a model with item text vectors, by text similarity;
+- ``GET /explanations?user=...&item=...``: per item feature group (modality), the history
+  item most similar to each recommended item (feature models);
 - ``POST /interactions`` (with an event store); ``DELETE /users/{user_id}`` and
   ``POST /admin/reload`` (admin routes);
 - ``GET /``: a web page to explore all this (files under ``static/``, served at ``/static``);
