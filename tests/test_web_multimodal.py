@@ -414,5 +414,23 @@ def test_page_shows_explanations_and_searches_by_text(catalogue, request):
         assert shown >= len(recs)
         # the existing one-line reason is still there
         expect(page.locator("#recommendations .why")).to_have_count(len(recs))
+
+        # a session of the first search result: its next items, each with what it shares
+        # with the session's film
+        page.locator("#search-results button.add").first.click()
+        nxt = api.post("/recommendations", headers={"content-type": "application/json"},
+                       json={"history": [nearest[0]], "k": 10}).json()["items"]
+        body = api.get("/explanations", params={
+            "history": [str(nearest[0])], "item": [r["item"] for r in nxt]}).json()
+        _check(cat, body, {nearest[0]})
+        entries = page.locator("#session-recs > li")
+        expect(entries).to_have_count(len(nxt))
+        assert sum(bool(e["because"]) for e in body["explanations"]) >= 5
+        for n, explanation in enumerate(body["explanations"]):
+            parts = [f"same genres ({', '.join(r['shared'])})" if r["group"] == "genres"
+                     else "similar text" for r in explanation["because"]]
+            want = ([f"Like “{cat.titles[nearest[0]]}” in the session: {', '.join(parts)}"]
+                    if parts else [])
+            expect(entries.nth(n).locator(".modality")).to_have_text(want)
         page.close()
     assert errors == []

@@ -222,31 +222,36 @@
   }
 
   /** One line per history item that a recommendation resembles: "Because you watched
-   * “X”: similar text, same genres (Comedy)", the most similar first. */
-  function modalityLines(explanation) {
+   * “X”: similar text, same genres (Comedy)" (`lead` and `tail` around the item), the
+   * most similar first. */
+  function modalityLines(explanation, lead, tail) {
     const byItem = new Map();
     for (const reason of explanation.because) {
       const key = JSON.stringify(reason.item);
       if (!byItem.has(key)) byItem.set(key, { entry: reason, parts: [] });
       byItem.get(key).parts.push(reasonText(reason));
     }
-    return Array.from(byItem.values()).map((line) => "Because you watched “" +
-      itemLabel(line.entry) + "”: " + line.parts.join(", "));
+    return Array.from(byItem.values()).map((line) => lead + "“" +
+      itemLabel(line.entry) + "”" + tail + ": " + line.parts.join(", "));
   }
 
-  /** Under each recommendation, why it resembles the user's history in each modality of
-   * the model (GET /explanations; feature models only). */
-  async function showModalities(user, recs, ticket) {
-    if (!model || !model.modalities || !model.modalities.length || !recs.items.length ||
-      recs.fallback === "popular") return;
-    const query = recs.items.slice(0, 100)
+  function hasModalities() {
+    return Boolean(model && model.modalities && model.modalities.length);
+  }
+
+  /** Under each entry of `list`, why its item resembles a history in each modality of the
+   * model (GET /explanations with `whose`: "user=ID" or "history=ID&history=ID..."; feature
+   * models only). `current` says whether the answer is still wanted. */
+  async function showModalities(list, items, whose, lead, tail, current) {
+    if (!hasModalities() || !items.length) return;
+    const query = items.slice(0, 100)
       .map((r) => "item=" + encodeURIComponent(r.item)).join("&");
-    const body = await api("/explanations?user=" + encodeURIComponent(user) + "&" + query);
-    if (ticket !== latest.user) return;
-    const entries = $("recommendations").children;
+    const body = await api("/explanations?" + whose + "&" + query);
+    if (!current()) return;
+    const entries = list.children;
     body.explanations.forEach((explanation, at) => {
       if (at >= entries.length) return;
-      for (const text of modalityLines(explanation)) {
+      for (const text of modalityLines(explanation, lead, tail)) {
         const span = document.createElement("span");
         span.className = "modality";
         span.textContent = text;
@@ -294,9 +299,13 @@
         summary += " (From the items posted since training.)";
       }
       $("user-status").textContent = summary;
-      showModalities(user, recs, ticket).catch((err) => {
-        if (ticket === latest.user) showError(err);
-      });
+      if (recs.fallback !== "popular") {
+        const current = () => ticket === latest.user;
+        showModalities($("recommendations"), recs.items, "user=" + encodeURIComponent(user),
+          "Because you watched ", "", current).catch((err) => {
+          if (current()) showError(err);
+        });
+      }
     } catch (err) {
       if (ticket !== latest.user) return;
       $("user-status").textContent = "";
@@ -363,6 +372,14 @@
         text += " Unknown to the model, left out: " + body.unknown_items.join(", ") + ".";
       }
       $("session-status").textContent = text;
+      // the newest 100 items of the session: what each next item resembles
+      const current = () => ticket === latest.session;
+      const whose = session.slice(-100)
+        .map((e) => "history=" + encodeURIComponent(e.item)).join("&");
+      showModalities($("session-recs"), body.items, whose, "Like ", " in the session",
+        current).catch((err) => {
+        if (current()) showError(err);
+      });
     } catch (err) {
       if (ticket !== latest.session) return;
       fill($("session-recs"), []);
