@@ -306,6 +306,19 @@ def test_search_without_text_vectors_is_unchanged(catalogue):
     assert r.status_code == 400 and "no item text vectors" in r.json()["detail"]
 
 
+def test_search_without_the_encoder_falls_back_to_titles(catalogue, monkeypatch):
+    """An install without the wordllama package: the title search, and a clear 400 for
+    match=text (never a 5xx, never the encoder's ImportError)."""
+    import recforge.serving.multimodal as multimodal
+
+    monkeypatch.setattr(multimodal, "_HAS_ENCODER", False)
+    c = TestClient(create_app(catalogue.path), base_url="http://localhost")
+    assert c.get("/items", params={"query": "jazz"}).json() == {
+        "query": "jazz", "total": 1, "items": [{"item": 171, "title": "Jazz Club"}]}
+    r = c.get("/items", params={"query": "jazz", "match": "text"})
+    assert r.status_code == 400 and "pip install wordllama" in r.json()["detail"]
+
+
 # ---------------------------------------------------------------------------------------
 def test_fuzz_explanations_and_search_never_5xx(catalogue):
     """Generated ids (known, their text, numbers, any text, very long), lists of any

@@ -15,6 +15,7 @@ Built once per served model, on first use (a reload builds a fresh one with its 
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from typing import Any
 
@@ -31,9 +32,12 @@ from recforge.models.modalities import (
 
 __all__ = ["Modalities", "TEXT_GROUP"]
 
-#: The group name text vectors get from ``movielens_item_features`` and ``recforge train``:
-#: preferred when several groups hold vectors of the encoder's width.
+#: The group name of text vectors from ``movielens_item_features``: preferred when several
+#: groups hold vectors of the encoder's width.
 TEXT_GROUP = "text"
+#: Whether the bundled encoder's package is installed (looked up, not imported: importing
+#: it configures the root logger, which encode_texts undoes when it loads the model).
+_HAS_ENCODER = importlib.util.find_spec("wordllama") is not None
 #: Shared categories or words named per explanation.
 _SHARED = 5
 
@@ -106,8 +110,9 @@ class Modalities:
     def text_scores(self, query: str) -> tuple[str, np.ndarray, np.ndarray] | None:
         """``(group, similarity, has_vector)`` over every item: the cosine between the
         query's vector (bundled encoder) and each item's vector in the text group, and
-        whether the item has one; ``None`` when the model has no text vectors."""
-        if not any(b["kind"] == "vectors" for b in self.summary):
+        whether the item has one; ``None`` when the model has no text vectors (or the
+        encoder's package, a dependency of recforge, is missing)."""
+        if not any(b["kind"] == "vectors" for b in self.summary) or not _HAS_ENCODER:
             return None
         q = encode_texts([query], DEFAULT_TEXT_ENCODER)[0].astype(np.float32)
         group = self.text_group(len(q))

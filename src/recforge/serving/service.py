@@ -663,8 +663,9 @@ class RecommendationService:
         text = self._modalities.text_scores(str(query).strip()) if match != "title" else None
         if match == "text" and text is None:
             raise ModelError(f"model {self.model.name!r} has no item text vectors to search "
-                             "by (fit it with item text features, e.g. recforge train "
-                             "--item-features); search by title instead (match=title)")
+                             "by (vectors of the bundled encoder: fit it with item text "
+                             "features, and pip install wordllama where it is missing); "
+                             "search by title instead (match=title)")
         titles, padded, ids = self._search_index()
         tier = np.full(self.model.n_items, 9, dtype=np.int8)
         if match != "text":
