@@ -389,6 +389,7 @@ def test_page_shows_explanations_and_searches_by_text(catalogue, request):
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(url + "/")
         expect(page.locator("#model-info")).to_contain_text("item features: genres, text")
+        expect(page.locator("#key-form")).to_be_hidden()  # no key: no key form
         expect(page.locator("#search-label")).to_have_text("Title, item id or words")
 
         # words no title contains: the items nearest by text, said so
