@@ -27,6 +27,7 @@ from torch import nn
 
 from recforge.models.params import ParamRule, int_rule
 from recforge.models.sequential import SequentialRecommender
+from recforge.training.dropout import Dropout
 from recforge.training.embedding import Embedding
 
 __all__ = ["Caser"]
@@ -49,7 +50,7 @@ class _Caser(nn.Module):
         self.vertical = nn.Parameter(torch.empty(n_v, window))
         nn.init.normal_(self.vertical, 0.0, 1.0 / window)
         self.fc = nn.Linear(n_h * window + n_v * dim, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def encode(self, inputs: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         b, n = inputs.shape

@@ -31,6 +31,7 @@ from recforge.models.params import ParamRule, choice_rule, int_rule, number_rule
 from recforge.models.sequential import SequentialRecommender
 from recforge.training import next_item_losses as nil
 from recforge.training.contracts import Batch
+from recforge.training.dropout import Dropout
 from recforge.training.embedding import Embedding
 from recforge.training.sequence_batches import SequenceSampler
 
@@ -46,8 +47,8 @@ class _GRU4Rec(nn.Module):
             self.item.weight.normal_(0.0, init_std, generator=gen)
         self.gru = nn.GRU(dim, dim, num_layers=layers, batch_first=True,
                           dropout=dropout_hidden if layers > 1 else 0.0)
-        self.drop_in = nn.Dropout(dropout_input)
-        self.drop_out = nn.Dropout(dropout_hidden)
+        self.drop_in = Dropout(dropout_input)
+        self.drop_out = Dropout(dropout_hidden)
 
     def encode(self, inputs: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         states, _ = self.gru(self.drop_in(self.item(inputs)))

@@ -29,6 +29,7 @@ from torch import nn
 from recforge.errors import ConfigError
 from recforge.models.params import ParamRule, int_rule, number_rule
 from recforge.models.sequential import SequentialRecommender, sqrt_dim
+from recforge.training.dropout import Dropout
 from recforge.training.embedding import Embedding
 
 __all__ = ["SASRec"]
@@ -49,7 +50,7 @@ class _Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.ff1 = nn.Linear(dim, dim)
         self.ff2 = nn.Linear(dim, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
@@ -91,7 +92,7 @@ class _SASRec(nn.Module):
         with torch.no_grad():
             self.item.weight.normal_(0.0, init_std, generator=gen)
             self.position.weight.normal_(0.0, init_std, generator=gen)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.blocks = nn.ModuleList(_Block(dim, heads, dropout, attn_dropout)
                                     for _ in range(blocks))
         self.norm = nn.LayerNorm(dim)
