@@ -5,8 +5,17 @@ item; the models train on the rest, validate per epoch on the validation item (n
 NDCG@10 of the training sequence, early stopping) and are tested from the whole earlier
 sequence (``split.history``: training plus the validation item) with
 :func:`recforge.evaluation.next_item.evaluate_next_item`: full ranking over all items,
-expected-rank ties, seen items not excluded (ml-1m-seq has no repeats; with
-``--exclude-seen`` they are). ml-100k: every rating is an event, in time order.
+expected-rank ties; each row has both protocols: ``metrics`` with seen items kept (with
+``--exclude-seen``: excluded) and ``metrics_other_protocol`` the other way. ml-1m-seq has
+no repeats (a film is rated once), so excluding seen items is what the published figures
+do (the SASRec+ reference code sets ``filter_seen: True``). ml-100k: every rating is an
+event, in time order.
+
+``--nproc N`` trains each run in ``N`` processes under ``torchrun`` (DDP on gloo, one
+thread each, the same global batch of ``batch_size`` sequences), as ``recforge train
+--nproc`` does: on this project's 2-core machine two one-thread processes train a SASRec
+epoch in about half the time one two-thread process takes (torch's intra-op threads gain
+little on these small matrices).
 
 Per run: NDCG@10, HR@10, MRR@10, fit seconds, seconds per epoch (mean over the epochs,
 validation excluded), trained positions per second, peak resident memory of the process
@@ -17,6 +26,9 @@ and writes ``benchmarks/results/sequential.json`` (runs appended by key).
         --run sasrec:loss=gbce --run sasrec:loss=bce,n_negatives=1 --epochs 3
     # per-epoch cost only (a few steps of each loss, no validation):
     .venv/bin/python benchmarks/bench_sequential.py --epoch-cost --steps 8
+    # the issue's target run: sasrec's defaults, 2 processes, 30 minutes, seen excluded
+    .venv/bin/python benchmarks/bench_sequential.py --data ml-1m-seq --nproc 2 \
+        --exclude-seen --budget-min 29.5 --epochs 400
     # one SASRec epoch on ml-100k, RecBole 1.2.1 against recforge at RecBole's defaults
     # (RecBole in a venv of its own, never a dependency of recforge):
     RECFORGE_RECBOLE_PYTHON=../bench-recbole/bin/python \
@@ -48,6 +60,8 @@ from recforge.data.split import leave_last_out
 from recforge.evaluation.next_item import evaluate_next_item
 from recforge.models import create_model
 from recforge.models.registry import get_model_class
+from recforge.training import distributed
+from recforge.training.distributed import all_reduce_sum
 
 DATA = Path(os.environ.get("RECFORGE_SHARED_DATA", Path(__file__).resolve().parents[2]
                            / "shared" / "data"))
@@ -78,6 +92,22 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _max_over_ranks(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
+
+
+def write_results(results: dict[str, Any]) -> None:
+    """Merged into the file as it is now (another run may have written it meanwhile),
+    through a temporary file renamed over it: never half-written."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    latest = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**latest, **results}, indent=1))
+    os.replace(tmp, RESULTS)
+
+
 def budget_callback(seconds: float | None, cpu_seconds: float | None, wall: list[float],
                     cpu: list[float]) -> Any:
     """An epoch callback that notes each epoch's wall and CPU seconds since the fit began
@@ -92,8 +122,11 @@ def budget_callback(seconds: float | None, cpu_seconds: float | None, wall: list
     def callback(record: dict[str, Any]) -> None:
         wall.append(round(time.perf_counter() - t0, 1))
         cpu.append(round(time.process_time() - c0, 1))
-        if ((seconds is not None and wall[-1] >= seconds)
-                or (cpu_seconds is not None and cpu[-1] >= cpu_seconds)):
+        stop = ((seconds is not None and wall[-1] >= seconds)
+                or (cpu_seconds is not None and cpu[-1] >= cpu_seconds))
+        if distributed.active():  # every rank stops after the same epoch
+            stop = all_reduce_sum([float(stop)])[0] > 0
+        if stop:
             sys._getframe(1).f_locals["state"].stopped_early = True
 
     return callback
@@ -102,22 +135,36 @@ def budget_callback(seconds: float | None, cpu_seconds: float | None, wall: list
 def run_one(data_name: str, split: Any, name: str, params: dict[str, Any], epochs: int,
             exclude_seen: bool, max_steps: int | None,
             budget_s: float | None = None, cpu_budget_s: float | None = None
-            ) -> dict[str, Any]:
+            ) -> dict[str, Any] | None:
+    """One fit and its test figures, under both protocols: ``metrics`` with seen items
+    excluded when ``exclude_seen`` (else kept), ``metrics_other_protocol`` the other way.
+    Under DDP (``torchrun``, see ``--nproc``) every rank trains and rank 0 alone tests
+    and returns the row (the others ``None``)."""
     takes_epochs = "epochs" in get_model_class(name)._param_names()
     model = create_model(name, **({"epochs": epochs} if takes_epochs else {}), **params)
     wall: list[float] = []
     cpu: list[float] = []
+    rank, world = ((torch.distributed.get_rank(), torch.distributed.get_world_size())
+                   if distributed.active() else (0, 1))
     t0 = time.perf_counter()
     if takes_epochs:
         model.fit(split.train, split.valid, max_steps_per_epoch=max_steps,
-                  epoch_callback=budget_callback(budget_s, cpu_budget_s, wall, cpu))
+                  epoch_callback=budget_callback(budget_s, cpu_budget_s, wall, cpu),
+                  **({"distributed": (rank, world)} if world > 1 else {}))
     else:
         model.fit(split.train)
     fit_s = time.perf_counter() - t0
+    peak = peak_mb()
+    if world > 1:
+        peak = _max_over_ranks(peak)
+        if rank != 0:
+            return None
     t1 = time.perf_counter()
     res = evaluate_next_item(model, split.history, split.test, k=10,
                              exclude_seen=exclude_seen, by_length=None)
     eval_s = time.perf_counter() - t1
+    other = evaluate_next_item(model, split.history, split.test, k=10,
+                               exclude_seen=not exclude_seen, by_length=None)
     hist = getattr(model, "history_", [])
     per_epoch = float(np.mean([r["seconds"] for r in hist])) if hist else float("nan")
     positions = int((np.minimum(split.train.sequences().lengths(),
@@ -131,11 +178,14 @@ def run_one(data_name: str, split: Any, name: str, params: dict[str, Any], epoch
             # included): the learning curve's time axis
             "epoch_end_seconds": wall, "epoch_end_cpu_seconds": cpu,
             "budget_seconds": budget_s, "cpu_budget_seconds": cpu_budget_s,
-            "metrics": summary, "fit_seconds": round(fit_s, 2),
+            "metrics": summary,
+            "metrics_other_protocol": {k.lower(): float(v) for k, v in other.summary.items()},
+            "fit_seconds": round(fit_s, 2),
             "seconds_per_epoch": round(per_epoch, 2),
             "positions_per_second": round(positions / per_epoch) if hist else None,
-            "eval_seconds": round(eval_s, 2), "peak_rss_mb": round(peak_mb(), 1),
+            "eval_seconds": round(eval_s, 2), "peak_rss_mb": round(peak, 1),
             "exclude_seen": exclude_seen, "threads": torch.get_num_threads(),
+            "processes": world,
             "load_average": os.getloadavg()[0],
             "load_average_15min": os.getloadavg()[2]}
 
@@ -148,7 +198,8 @@ def epoch_cost(split: Any, steps: int, params: dict[str, Any]) -> list[dict[str,
     for loss, extra in (("bce", {}), ("sampled_softmax", {}), ("gbce", {}), ("ce", {}),
                         ("gbce", {"precision": "bfloat16"}),
                         ("ce", {"precision": "bfloat16"})):
-        p = {**params, "loss": loss, **extra, "epochs": 1, "valid_metric": None}
+        p = {"precision": "float32", **params, "loss": loss, **extra, "epochs": 1,
+             "valid_metric": None}
         model = create_model("sasrec", **p)
         cpu0 = time.process_time()
         model.fit(split.train, max_steps_per_epoch=steps)
@@ -156,7 +207,8 @@ def epoch_cost(split: Any, steps: int, params: dict[str, Any]) -> list[dict[str,
         rec = model.history_[0]
         full_steps = -(-int((split.train.sequences().lengths() >= 2).sum())
                        // int(model.batch_size))
-        rows.append({"loss": loss, "precision": model.precision, "steps": rec["steps"],
+        rows.append({"loss": loss, "precision": model.training_precision(),
+                     "steps": rec["steps"],
                      "seconds": rec["seconds"],
                      "seconds_per_epoch": round(rec["seconds"] / rec["steps"] * full_steps, 1),
                      # CPU seconds of the whole fit (setup included) scaled the same way: on
@@ -256,22 +308,40 @@ def main() -> None:
     ap.add_argument("--recbole", action="store_true",
                     help="only the RecBole speed comparison (RECFORGE_RECBOLE_PYTHON)")
     ap.add_argument("--tag", default="", help="appended to the result keys")
-    args = ap.parse_args()
+    ap.add_argument("--nproc", type=int, default=1,
+                    help="train each run in this many processes (DDP on gloo, one thread "
+                         "each unless --threads; the same global batch), as "
+                         "`recforge train --nproc` does; rank 0 tests and writes")
+    # the ranks read the arguments from the environment: torchrun's own parser would take
+    # --run and --nproc after the script's name for abbreviations of its options
+    argv = json.loads(os.environ.get("RECFORGE_BENCH_ARGV", "null")) or sys.argv[1:]
+    args = ap.parse_args(argv)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise SystemExit(subprocess.call(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone",
+             f"--nproc-per-node={args.nproc}", __file__],
+            env={**os.environ, "RECFORGE_BENCH_ARGV": json.dumps(argv)}))
+    ctx = distributed.init_from_environment(device="cpu")
+    if ctx is not None:
+        args.nproc = ctx.shard[1]
+    is_main = ctx is None or ctx.shard[0] == 0
+    if ctx is not None and not args.threads:
+        args.threads = 1
     # the trainer's per-epoch lines (loss, validation NDCG@10, seconds) as it goes
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("recforge").setLevel(logging.INFO)
+    logging.getLogger("recforge").setLevel(logging.INFO if is_main else logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.recbole:
         row = recbole_speed(args.threads or 1)
         if "skipped" not in row:
-            latest = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-            RESULTS.write_text(json.dumps({**latest, "recbole_speed/ml-100k": row}, indent=1))
+            write_results({"recbole_speed/ml-100k": row})
         return
     data = load(args.data)
     split = leave_last_out(data, valid=True)
-    print(f"{args.data}: {data.n_users:,} users, {data.n_items:,} items, {len(data):,} events; "
-          f"train {len(split.train):,}, load average {os.getloadavg()[0]:.2f}", flush=True)
+    if is_main:
+        print(f"{args.data}: {data.n_users:,} users, {data.n_items:,} items, {len(data):,} events; "
+              f"train {len(split.train):,}, load average {os.getloadavg()[0]:.2f}", flush=True)
     results: dict[str, Any] = {}
     if args.epoch_cost:
         rows = epoch_cost(split, args.steps, dict(parse_run(args.run[0])[1]) if args.run
@@ -285,6 +355,8 @@ def main() -> None:
             budget = args.budget_min * 60 if args.budget_min else None
             row = run_one(args.data, split, name, params, args.epochs, args.exclude_seen,
                           args.max_steps, budget, args.cpu_budget_s)
+            if row is None:  # a rank other than 0
+                continue
             rows.append(row)
             print(json.dumps(row), flush=True)
             key = f"{args.data}/{spec}/epochs={args.epochs}"
@@ -292,16 +364,19 @@ def main() -> None:
                 key += f"/budget={args.budget_min:g}min"
             if args.cpu_budget_s:
                 key += f"/cpu_budget={args.cpu_budget_s:g}s"
+            if args.nproc > 1:
+                key += f"/nproc={args.nproc}"
             results[key + args.tag] = row
+        if ctx is not None:
+            distributed.shutdown(wait_for_others=True)
+            if not is_main:
+                return
         table = pd.DataFrame([{"run": f"{r['model']} {r['params']}", **r["metrics"],
                                "epochs": r["epochs_run"], "fit_s": r["fit_seconds"],
                                "s/epoch": r["seconds_per_epoch"],
                                "peak_MB": r["peak_rss_mb"]} for r in rows])
         print(table.to_string(index=False))
-    # merged into the file as it is now: another run may have written it meanwhile
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    latest = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    RESULTS.write_text(json.dumps({**latest, **results}, indent=1))
+    write_results(results)
 
 
 if __name__ == "__main__":
