@@ -349,3 +349,30 @@ def test_full_softmax_bfloat16_autocast():
     for a, b in zip(g_ref, g_got, strict=True):
         assert b.dtype == torch.float32
         assert float((a - b).abs().max()) < 3e-2 * float(a.abs().max())
+
+
+@pytest.mark.parametrize("bf16, amx, expected", [(True, False, "bfloat16"),
+                                                  (False, True, "bfloat16"),
+                                                  (False, False, "float32")])
+def test_auto_precision_follows_the_cpu(monkeypatch, bf16, amx, expected):
+    """``precision="auto"`` (sasrec's default) trains in bfloat16 only where the CPU
+    computes it natively; scoring is float32 whatever the training precision."""
+    import recforge.models.sequential as seq
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert seq.native_bfloat16(torch.device("cpu")) is (expected == "bfloat16")
+    assert create_model("sasrec").precision == "auto"
+    model = create_model("sasrec", **{**SMALL, "epochs": 1}).fit(chain_data())
+    assert model.training_precision() == expected
+    scores = model.score_sequences(np.arange(5), chain_data())
+    assert scores.dtype == torch.float32
+    # the same scores as the float32 encoder run by hand, with no autocast around it
+    windows = torch.from_numpy(right_aligned(chain_data().sequences().last(
+        20, users=np.arange(5), pad=0, offset=1))[0])
+    with torch.no_grad():
+        model.module_.eval()
+        h = model.module_.encode(windows)
+        last = (windows > 0).sum(1) - 1
+        by_hand = h[torch.arange(5), last] @ model.module_.item_table()[1:].T
+    assert torch.allclose(scores, by_hand, atol=1e-5)

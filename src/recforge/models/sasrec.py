@@ -151,6 +151,9 @@ class SASRec(SequentialRecommender):
     #: losses with many uniform negatives sat at popularity's level for tens of epochs
     loss: str = "ce"
     learning_rate: float = 0.003
+    #: bfloat16 training where the device computes it natively (same validation curve per
+    #: epoch on ml-1m-seq, 2.5x less CPU per epoch with the fused full softmax)
+    precision: str = "auto"
 
     param_rules: ClassVar[dict[str, ParamRule]] = {
         **SequentialRecommender.param_rules, "n_blocks": int_rule(1, MAX_BLOCKS),

@@ -58,7 +58,7 @@ from recforge.training import next_item_losses as nil
 from recforge.training.contracts import Batch
 from recforge.training.sequence_batches import SequenceSampler, right_aligned
 
-__all__ = ["SequentialRecommender", "MAX_LEN"]
+__all__ = ["SequentialRecommender", "MAX_LEN", "native_bfloat16"]
 
 #: The longest window a model reads (also bounds a doctored saved model).
 MAX_LEN = 4096
@@ -69,6 +69,18 @@ ENCODE_BLOCK = 512
 LOSSES = ("bce", "sampled_softmax", "gbce", "ce")
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 products natively: a CUDA GPU that supports
+    them, a CPU with AVX512-BF16 or AMX tiles. Elsewhere a bfloat16 autocast is emulated
+    and slower than float32, so ``precision="auto"`` trains in float32 there."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
+    return False
+
+
 class SequentialRecommender(GradientRecommender):
     """Shared parameters of next-item models (see the module docstring).
 
@@ -76,7 +88,10 @@ class SequentialRecommender(GradientRecommender):
     position), ``sampled_softmax`` / ``gbce`` (``n_negatives`` shared by a batch), ``ce``
     (full softmax); ``gbce_t``: gSASRec's calibration in [0, 1]; ``negative_sampling``:
     ``uniform`` or ``popularity`` (``sampled_softmax`` only, with the log-q correction);
-    ``precision``: ``float32`` or ``bfloat16`` (autocast of the forward pass);
+    ``precision``: ``float32``, ``bfloat16`` (autocast of the training forward pass; the
+    weights stay float32 and scoring is float32) or ``auto`` (bfloat16 where the device
+    computes it natively: a GPU that supports it, a CPU with AVX512-BF16 or AMX; else
+    float32; see :func:`native_bfloat16`);
     ``sort_by_length``: batches of similar lengths (less padding per batch).
     """
 
@@ -103,7 +118,7 @@ class SequentialRecommender(GradientRecommender):
         "max_len": int_rule(1, MAX_LEN), "dropout": number_rule(0, 0.95),
         "loss": choice_rule(*LOSSES), "n_negatives": int_rule(1, MAX_NEGATIVES),
         "gbce_t": number_rule(0, 1), "negative_sampling": choice_rule("uniform", "popularity"),
-        "precision": choice_rule("float32", "bfloat16"),
+        "precision": choice_rule("float32", "bfloat16", "auto"),
         "sort_by_length": ParamRule(lambda v: isinstance(v, bool), "true or false")}
     scoring_params = {**GradientRecommender.scoring_params, "max_len": int_rule(1, MAX_LEN)}
     #: Losses the model offers (a subclass may narrow them).
@@ -151,8 +166,16 @@ class SequentialRecommender(GradientRecommender):
             sort_chunk=64 if self.sort_by_length else 0,
             users=np.arange(self.n_users) if self.needs_users else None, shard=shard)
 
+    def training_precision(self) -> str:
+        """The precision training runs in: ``precision``, with ``auto`` resolved for the
+        device (:func:`native_bfloat16`)."""
+        if self.precision == "auto":
+            return "bfloat16" if native_bfloat16(self.device_) else "float32"
+        return str(self.precision)
+
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.precision == "bfloat16":
+        """The training forward pass's autocast (scoring always runs in float32)."""
+        if self.training_precision() == "bfloat16":
             return torch.autocast(self.device_.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -222,11 +245,10 @@ class SequentialRecommender(GradientRecommender):
             lengths = (w > 0).sum(1)
             longest = max(1, int(lengths.max()) if len(w) else 1)
             u = users[start:start + ENCODE_BLOCK].to(self.device_) if users is not None else None
-            with self._autocast():
-                if encode_last is not None:  # the last position's state alone
-                    out.append(encode_last(w[:, :longest], u).float())
-                    continue
-                h = m.encode(w[:, :longest], u)
+            if encode_last is not None:  # the last position's state alone
+                out.append(encode_last(w[:, :longest], u).float())
+                continue
+            h = m.encode(w[:, :longest], u)
             last = (lengths - 1).clamp(min=0)
             out.append(h[torch.arange(len(w), device=h.device), last].float())
         if not out:

@@ -96,16 +96,16 @@ def compile_encoder(model: Any) -> bool:
     ``module_.encode_last`` where it has one) with a frozen TorchScript trace of it, for
     inference only; ``True`` when done.
 
-    Only for a model that encodes right-padded windows without user indices in float32
-    (``needs_users`` false, ``precision`` float32), and only when the trace gives the
+    Only for a model that encodes right-padded windows without user indices
+    (``needs_users`` false; scoring is float32 whatever ``precision`` trained it), and only when the trace gives the
     eager encoder's states (to 1e-4) on windows of several batch sizes and lengths;
     otherwise, or on any error, the model is left as it was. Call it on a model the caller
     owns (the server's own load of a model directory): it changes the module in place.
     """
     module = getattr(model, "module_", None)
     if (module is None or not callable(getattr(module, "encode", None))
-            or getattr(model, "needs_users", True) or getattr(model, "precision", None)
-            != "float32" or str(getattr(model, "device_", "cpu")) != "cpu"):
+            or getattr(model, "needs_users", True)
+            or str(getattr(model, "device_", "cpu")) != "cpu"):
         return False
     max_len, n_items = int(model.max_len), int(model.n_items)
 
