@@ -142,6 +142,8 @@ def test_models_without_private_training_refuse_dp_params(data):
     ({"dp_epsilon": 1.0, "dp_max_grad_norm": 0}, "dp_max_grad_norm"),
     ({"dp_epsilon": 1.0, "dp_max_per_user": 0}, "dp_max_per_user"),
     ({"dp_epsilon": 1.0, "patience": 3}, "patience"),
+    # a budget no noise level meets (Opacus's ValueError, found by the config fuzz)
+    ({"dp_epsilon": 1e-30, "dp_delta": 1e-30}, "cannot be met"),
 ])
 def test_bad_privacy_params(params, message, data):
     with pytest.raises(ConfigError, match=message):

@@ -270,7 +270,9 @@ class _NCFBase(SampledGradientRecommender):
             items = batch["items"]  # [B, m]
         else:
             items = torch.cat([batch["items"].unsqueeze(2), batch["negatives"]], dim=2)
-        flat = items.reshape(len(u), -1)  # [B, M]
+        # [B, M]; the slots per user from the shape, not -1: a Poisson-sampled step can
+        # hold no user (B = 0), where -1 is ambiguous
+        flat = items.reshape(items.shape[0], int(np.prod(items.shape[1:])))
         feats, user_sq, item_sq = [], 0.0, 0.0
         for tower in m.towers:  # one or two
             p, q = tower.user(u), tower.item(flat)  # [B, d], [B, M, d]

@@ -130,6 +130,9 @@ class UserBatches:
         self._values = data.values_or_ones()[order].astype(np.float32)
         counts = np.bincount(data.user, minlength=data.n_users)
         self._indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        # the batch width: no user fills more slots than their events (a cap of 2^31 - 1
+        # would otherwise allocate [B, 2^31 - 1] arrays; found by the config fuzz)
+        self.max_per_user = max(1, min(self.max_per_user, int(counts.max(initial=0))))
         self._positives = data.binary_csr if self.n_negatives > 0 else None
         self._lookup = (PositiveLookup(self._positives) if self._positives is not None
                         else None)
@@ -315,9 +318,17 @@ class PrivateRun:
         self.sample_rate = 1.0 / len(loader)
         # the noise for the target over the planned epochs (what make_private_with_epsilon
         # computes, with the orders of ALPHAS)
-        self.noise_multiplier = float(get_noise_multiplier(
-            target_epsilon=spec.epsilon, target_delta=spec.delta, sample_rate=self.sample_rate,
-            epochs=trainer.epochs, accountant=ACCOUNTANT, alphas=ALPHAS))
+        try:
+            self.noise_multiplier = float(get_noise_multiplier(
+                target_epsilon=spec.epsilon, target_delta=spec.delta,
+                sample_rate=self.sample_rate, epochs=trainer.epochs, accountant=ACCOUNTANT,
+                alphas=ALPHAS))
+        except ValueError as exc:  # Opacus: "The privacy budget is too low."
+            raise ConfigError(
+                f"dp_epsilon={spec.epsilon:g} with dp_delta={spec.delta:g} cannot be met "
+                f"over {trainer.epochs} epochs of {len(loader)} steps (sampling rate "
+                f"{self.sample_rate:.3g}): no noise level is large enough ({exc}); raise "
+                "dp_epsilon or dp_delta, or train fewer epochs") from None
         with warnings.catch_warnings():  # Opacus's note on its seeded (not secure) RNG
             warnings.simplefilter("ignore")
             self.engine = PrivacyEngine(accountant=ACCOUNTANT)
