@@ -524,7 +524,7 @@ LOSSES = {"mlp": ["bce", "mse"], "neumf": ["bce", "mse"],
 # the next-item models' own parameters (sasrec, gru4rec, caser)
 EXTREMES.update({
     "max_len": [1, 300], "gbce_t": [0.0, 1.0], "negative_sampling": ["uniform"],
-    "precision": ["float32", "bfloat16"], "sort_by_length": [True, False],
+    "precision": ["float32", "bfloat16", "auto"], "sort_by_length": [True, False],
     "n_blocks": [1, 3], "n_heads": [1], "attention_dropout": [0.0, 0.9],
     "dropout_hidden": [0.0, 0.9], "sample_alpha": [0.0, 1.0], "bpr_reg": [0.0, 1e6],
     "window": [1, 64], "n_h": [1, 64], "n_v": [1, 64]})
@@ -604,10 +604,15 @@ def test_extreme_valid_hyperparameters_fit_or_fail_cleanly_in_a_child():
     result = _child(script, memory_gb=6, timeout=600)
     last = [line for line in result.stdout.splitlines() if line.startswith("CASE")][-1:]
     assert result.returncode == 0, (result.returncode, last, result.stderr[-3000:])
-    outcomes = [line.split()[0] for line in result.stdout.splitlines()
-                if line.startswith(("FITTED", "REFUSED"))]
-    assert len(outcomes) == len(cases)
-    assert outcomes.count("FITTED") >= len(cases) // 2, result.stdout
+    lines = [line for line in result.stdout.splitlines()
+             if line.startswith(("FITTED", "REFUSED"))]
+    assert len(lines) == len(cases)
+    # most draws fit; a model refusing private training it does not have is not a draw
+    # that tested its parameters, so it does not count either way
+    tested = [line for line in lines
+              if "does not support differentially private training" not in line]
+    assert sum(line.startswith("FITTED") for line in tested) >= len(tested) // 2, \
+        result.stdout
 
 
 def test_running_out_of_memory_is_a_model_error_not_a_kill(tmp_path):

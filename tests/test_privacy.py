@@ -111,6 +111,25 @@ def test_opacus_clips_each_users_gradient(data):
     run.finish()
 
 
+@pytest.mark.parametrize("name", ["bpr", "neumf", "gmf", "mlp"])
+def test_a_step_that_sampled_no_user_adds_the_noise_alone(name, data):
+    """Poisson sampling can draw no user for a step (a real fit of 30 users, batch 7
+    crashed in Opacus's embedding norm function): the step runs, its gradient before the
+    noise is zero, and the noise still moves the shared parameters (the accountant
+    counts the step)."""
+    model = create_model(name, dp_epsilon=1.0, **TINY)
+    run = _run(model, data, 1.0)
+    before = {n: p.detach().clone() for n, p in model.module_.named_parameters()}
+    loss, users = run._step(run._empty())
+    assert (loss, users, run.steps) == (0.0, 0, 1)
+    moved = [n for n, p in model.module_.named_parameters()
+             if not torch.equal(p.detach(), before[n])]
+    user_names = set(model.user_parameter_names())
+    assert moved and not set(moved) & user_names  # noise on the shared side only
+    assert all(torch.isfinite(p).all() for p in model.module_.parameters())
+    run.finish()
+
+
 def test_a_shared_module_called_other_than_once_is_refused(data):
     """Ghost clipping keeps one gradient norm per parameter and step: a shared table
     called twice (Opacus refuses it) or not at all (a stale norm) would clip wrongly."""

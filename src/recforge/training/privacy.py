@@ -206,7 +206,20 @@ def _register_embedding_samplers() -> None:
     )
 
     register_grad_sampler(Embedding)(embedding.compute_embedding_grad_sample)
-    register_norm_sampler(Embedding)(embedding.compute_embedding_norm_sample)
+    for kind in (Embedding, nn.Embedding):
+        register_norm_sampler(kind)(_embedding_norm_sample)
+
+
+def _embedding_norm_sample(layer: nn.Module, activations: list[torch.Tensor],
+                           backprops: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+    """Opacus's per-user gradient norms of an embedding table, and none for a step whose
+    Poisson sample drew no user (Opacus's own function cannot reshape the empty lookup):
+    that step still adds the noise, to a zero gradient, as the accountant assumes."""
+    from opacus.grad_sample import embedding  # lazy: an optional extra
+
+    if activations[0].shape[0] == 0:
+        return {layer.weight: backprops.new_zeros(0)}
+    return embedding.compute_embedding_norm_sample(layer, activations, backprops)
 
 
 class _PerUserLoss(nn.Module):
