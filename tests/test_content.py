@@ -229,6 +229,28 @@ def test_saved_hybrid_keeps_cold_item_scores(tmp_path):
     assert loaded.item_features_.n_features == feats.n_features
 
 
+def test_saved_als_hybrid_keeps_its_item_features(tmp_path):
+    """``hybrid`` saves the item features with the factors (explanations and text search
+    read them when it is served); a model saved without them still loads."""
+    import json
+
+    data, feats = cold_world()
+    model = create_model("hybrid", embedding_dim=8, epochs=2).fit(data, item_features=feats)
+    path = model.save(tmp_path / "h")
+    loaded = Recommender.load(path)
+    assert torch.equal(loaded.score(np.arange(10)), model.score(np.arange(10)))
+    assert (loaded.item_features_.matrix != feats.matrix).nnz == 0
+    assert loaded.item_features_.names.tolist() == feats.names.tolist()
+    # an artefact of the earlier format: factors only
+    meta = json.loads((path / "meta.json").read_text())
+    assert "item_features_names" in meta["extra"]
+    old = create_model("hybrid", embedding_dim=8, epochs=2).fit(data, item_features=feats)
+    old.item_features_ = None
+    loaded_old = Recommender.load(old.save(tmp_path / "old"))
+    assert loaded_old.item_features_ is None
+    assert torch.equal(loaded_old.score(np.arange(10)), old.score(np.arange(10)))
+
+
 def test_text_embeddings_need_a_local_model(tmp_path):
     with pytest.raises(ConfigError, match="does not download|recforge\\[text\\]"):
         F.text_embeddings(Vocabulary([1]), ["a film"], "title", model=tmp_path / "no-model")

@@ -163,16 +163,18 @@ def test_model_lists_its_modalities(client):
 
 
 @pytest.mark.parametrize("name", ["content", "hybrid"])
-def test_explanations_name_the_nearest_history_item_per_modality(catalogue, name):
+def test_explanations_name_the_nearest_history_item_per_modality(catalogue, name, tmp_path):
     """For each user's recommendations, per group, a history item of highest cosine with
-    the recommended one (the recommended item itself never)."""
+    the recommended one (the recommended item itself never); a hybrid saved and loaded
+    (it keeps its item features)."""
     cat = catalogue
     if name == "content":
         served = cat.path
-    else:  # in memory: a saved hybrid keeps its feature map, not the features
+    else:
         served = create_model("hybrid", embedding_dim=8, epochs=3, device="cpu").fit(
             cat.data, item_features=cat.features).attach_item_metadata(
-            pd.DataFrame({"title": list(cat.titles.values())}, index=list(cat.titles)))
+            pd.DataFrame({"title": list(cat.titles.values())}, index=list(cat.titles))
+        ).save(tmp_path / "hybrid")
     c = TestClient(create_app(served), base_url="http://localhost")
     checked = 0
     for user in (0, 7, 19):

@@ -134,6 +134,32 @@ class Hybrid(FeatureModelMixin, ALS):
             self.item_factors_[torch.from_numpy(cold).to(self.device_)] = mapped.to(
                 self.device_)
 
+    # The item features are saved with the factors: the served model explains its
+    # recommendations by them (``/explanations``, the web page) and searches their text
+    # vectors. Models saved before they were kept load without them.
+    def _state(self) -> dict[str, torch.Tensor]:
+        state = super()._state()
+        if getattr(self, "item_features_", None) is not None:
+            state.update(_save_features("item_features", self.item_features_)[0])
+        return state
+
+    def _extra(self) -> dict[str, Any]:
+        extra = super()._extra()
+        if getattr(self, "item_features_", None) is not None:
+            extra.update(_save_features("item_features", self.item_features_)[1])
+        return extra
+
+    def _state_spec(self, extra: dict[str, Any]) -> StateSpec:
+        spec = super()._state_spec(extra)
+        if "item_features_names" in extra:
+            spec.update(_features_spec("item_features", extra, self.n_items))
+        return spec
+
+    def _restore(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        super()._restore(state, extra)
+        self.item_features_ = (_load_features("item_features", self.items_, state, extra)
+                               if "item_features_names" in extra else None)
+
 
 def fold_in_scores(item_vec: torch.Tensor, item_bias: torch.Tensor,
                    items: np.ndarray) -> torch.Tensor:
