@@ -4,6 +4,7 @@
     python benchmarks/bench_als_reg.py                         # every dataset, the settings below
     python benchmarks/bench_als_reg.py --datasets ml-100k,sparse-local --settings default,total
     python benchmarks/bench_als_reg.py --settings observed:0.05,observed:0.1
+    python benchmarks/bench_als_reg.py --settings observed:2:0.5    # reg 2, exponent 0.5
 
 Frequency-scaled regularisation multiplies ``reg`` by a row's weight. With the weight of
 every cell (``reg_weight="total"``, Rendle et al. 2022: ``n_items + alpha * n_u``) the
@@ -97,11 +98,11 @@ def load(name: str, cache: Path):
 def parse_setting(name: str) -> dict:
     if name in SETTINGS:
         return SETTINGS[name]
-    kind, _, reg = name.partition(":")
-    if kind == "observed":
-        return {"reg_weight": "observed", "reg": float(reg)}
-    if kind == "total":
-        return {"reg_weight": "total", "reg": float(reg)}
+    kind, _, rest = name.partition(":")
+    reg, _, nu = rest.partition(":")
+    if kind in ("observed", "total"):
+        return {"reg_weight": kind, "reg": float(reg),
+                **({"reg_exponent": float(nu)} if nu else {})}
     if kind == "const":
         return {"reg_exponent": 0.0, "reg": float(reg)}
     sys.exit(f"unknown setting {name!r}")

@@ -285,8 +285,9 @@ def test_sharded_resume_matches_uninterrupted(tmp_path, model, metric, sparse):
 
 @pytest.mark.slow
 def test_unsharded_model_validates_and_checkpoints_under_ddp(ml100k_split, tmp_path):
-    """lightgcn reads all events on every rank: rank 0 validates and broadcasts its figure,
-    and every epoch writes a checkpoint (this path once crashed after the first epoch)."""
+    """lightgcn reads all events on every rank: each rank validates half of the users and
+    the figures are combined, and every epoch writes a checkpoint (this path once crashed
+    after the first epoch)."""
     train, test = ml100k_split
     out, ckpt = tmp_path / "lightgcn", tmp_path / "ckpt"
     env = dict(os.environ, RECFORGE_DIST_TIMEOUT="120", OMP_NUM_THREADS="1")
@@ -299,6 +300,11 @@ def test_unsharded_model_validates_and_checkpoints_under_ddp(ml100k_split, tmp_p
     model = Recommender.load(out)
     assert [r["epoch"] for r in model.history_] == [1, 2]
     assert all(r["ndcg@20"] > 0 for r in model.history_)
+    # each rank validated half of the users; combined, the figure of all of them (the
+    # kept weights are the best epoch's)
+    tr, va = read_many([train, test])
+    whole = evaluate(model, tr, va, metrics="ndcg@20").summary["NDCG@20"]
+    assert max(r["ndcg@20"] for r in model.history_) == pytest.approx(whole, abs=1e-6)
     # "steps" counts one rank's optimizer steps (each rank takes half of the global batch
     # and half of the events), not their sum over the ranks
     (tr,) = read_many([train])
@@ -651,3 +657,37 @@ def test_ddp_checks_of_data_and_settings_fail_alike_on_every_rank(tmp_path):
         assert line.startswith("ERR DataError") and "users that another rank owns" in line
     for line in lines["shards_unsharded"]:
         assert line.startswith("ERR DataError") and "different training data" in line
+
+
+def test_a_sequence_model_validates_its_next_items_over_both_ranks(tmp_path):
+    """sasrec under DDP: each rank takes the next-item figure of every other validation
+    user; combined, it is the figure of all of them, as evaluate_next_item gives it."""
+    import pandas as pd
+
+    from recforge.evaluation.next_item import evaluate_next_item
+
+    rng = np.random.default_rng(0)
+    n_users, n_items, length = 90, 30, 10
+    start = rng.integers(0, n_items, n_users)
+    frame = pd.DataFrame({"user": np.repeat(np.arange(n_users), length),
+                          "item": ((start[:, None] + np.arange(length)) % n_items).ravel(),
+                          "timestamp": np.tile(np.arange(length), n_users)})
+    last = frame.groupby("user").cumcount() == length - 1
+    train, valid = tmp_path / "train.csv", tmp_path / "valid.csv"
+    frame[~last].to_csv(train, index=False)
+    frame[last].to_csv(valid, index=False)
+    out = tmp_path / "sasrec"
+    env = dict(os.environ, RECFORGE_DIST_TIMEOUT="120", OMP_NUM_THREADS="1")
+    proc = subprocess.run([*RECFORGE, "train", "sasrec", "--data", str(train), "--valid",
+                           str(valid), "--out", str(out), "--nproc", "2", "-p", "epochs=3",
+                           "-p", "embedding_dim=16", "-p", "max_len=12", "-p", "batch_size=32",
+                           "-p", "valid_metric=ndcg@10", "--seed", "0"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = Recommender.load(out)
+    figures = [r["ndcg@10"] for r in model.history_]
+    assert len(figures) == 3 and max(figures) > 0
+    tr, va = read_many([train, valid])
+    again = evaluate_next_item(model, tr, va, metrics="ndcg@10", by_length=None)
+    assert max(figures) == pytest.approx(float(next(iter(again.summary.values()))),
+                                         abs=1e-6)

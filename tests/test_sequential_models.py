@@ -282,6 +282,33 @@ def test_validates_on_the_next_item():
     assert np.isclose(float(next(iter(again.summary.values()))), max(figures))
 
 
+def test_each_rank_validates_its_share_of_the_users(monkeypatch):
+    """Under DDP without sharded data each rank evaluates every world-th validation user
+    and the figures are combined by users: the two ranks' shares add up to the whole
+    figure (the all-reduce is replaced by one that records what each rank sends)."""
+    from recforge.data.split import leave_last_out
+    from recforge.training import distributed
+    from recforge.training.contracts import FitContext
+
+    split = leave_last_out(chain_data(), valid=True)
+    model = create_model("sasrec", **{**SMALL, "valid_metric": "ndcg@10", "epochs": 2}
+                         ).fit(split.train)
+    sent = []
+
+    def fake_all_reduce(values, device):
+        sent.append(list(values))
+        return values  # this rank's share alone
+
+    monkeypatch.setattr(distributed, "all_reduce_sum", fake_all_reduce)
+    whole = model._validate(split.train, split.valid, FitContext())
+    for rank in (0, 1):
+        model._validate(split.train, split.valid, FitContext(distributed=(rank, 2)))
+    (s0, w0), (s1, w1) = sent
+    n_users = len(np.unique(split.valid.user))
+    assert w0 + w1 == n_users and abs(w0 - w1) <= 1  # half each, none twice
+    assert (s0 + s1) / (w0 + w1) == pytest.approx(whole, abs=1e-6)
+
+
 def test_negatives_per_sequence():
     """gBCE's negatives are drawn per sequence: every trained position of a row is scored
     against its row's K items (one batched product), its own target left out."""

@@ -531,16 +531,17 @@ class GradientRecommender(Recommender):
     def _validate(self, train: Interactions, valid: Interactions,
                   context: FitContext) -> float:
         """The validation metric, signed so that higher is better (RMSE/MAE negated), the
-        same on every rank: with data sharded by user, combined over every rank's users;
-        otherwise rank 0 evaluates and every rank takes its figure (so every rank makes
-        the same early-stopping decision and they stop together). Leaves the module in
-        train mode."""
-        device = distributed.collective_device(self.device_)
+        same on every rank (so every rank makes the same early-stopping decision and they
+        stop together): with data sharded by user, combined over every rank's users;
+        otherwise every rank evaluates every ``world``-th validation user (it holds the
+        whole training data) and the figures are combined the same way: the mean over all
+        users that one process would compute, in ``1 / world`` of its time. Leaves the
+        module in train mode."""
         if context.sharded:
             metric = self._validate_sharded(train, valid)
         elif context.world > 1:
-            mine = self._validate_here(train, valid) if context.rank == 0 else 0.0
-            metric = distributed.broadcast_float(mine, device=device)
+            mine = valid.subset(valid.user % context.world == context.rank)
+            metric = self._validate_sharded(train, mine)
         else:
             metric = self._validate_here(train, valid)
         self.module_.train()
@@ -554,6 +555,22 @@ class GradientRecommender(Recommender):
         value = float(next(iter(result.summary.values())))
         return -value if Metric.parse(self.valid_metric).kind == "rating" else value  # type: ignore[arg-type]
 
+    def _validate_part(self, train: Interactions, valid: Interactions
+                       ) -> tuple[float, float]:
+        """This process's figure on ``valid`` (unsigned) and its weight in the combined
+        mean: its users for per-user metrics, its predicted events for RMSE / MAE (not
+        those of unknown users or items, nor repeats), so that the combination equals
+        evaluating every rank's events together; ``(0, 0)`` when none can be evaluated."""
+        metric = Metric.parse(self.valid_metric)  # type: ignore[arg-type]
+        try:
+            result = evaluate(self, train, valid, metrics=self.valid_metric)
+        except NothingToEvaluate:  # this rank's validation users are all new ones
+            return 0.0, 0.0
+        value = float(next(iter(result.summary.values())))
+        weight = float(self._evaluable_events(train, valid, metric.kind).sum()
+                       if metric.kind == "rating" else result.n_users)
+        return value, weight
+
     def _validate_sharded(self, train: Interactions, valid: Interactions) -> float:
         """The validation metric over every rank's users: each rank evaluates the users it
         owns (it holds their whole history, so their seen items are excluded exactly);
@@ -561,20 +578,9 @@ class GradientRecommender(Recommender):
         self.module_.eval()
         self._prepare_scoring()
         metric = Metric.parse(self.valid_metric)  # type: ignore[arg-type]
-        value, weight = 0.0, 0.0
-        if len(valid):
-            try:
-                result = evaluate(self, train, valid, metrics=self.valid_metric)
-                value = float(next(iter(result.summary.values())))
-                # RMSE / MAE: the events the evaluator predicted (not those of unknown
-                # users or items, nor repeats), so the combined figure is the one of
-                # evaluating every rank's events together
-                weight = float(self._evaluable_events(train, valid, metric.kind).sum()
-                               if metric.kind == "rating" else result.n_users)
-            except NothingToEvaluate:  # this rank's validation users are all new ones
-                value, weight = 0.0, 0.0
-            if weight == 0:
-                value = 0.0
+        value, weight = self._validate_part(train, valid) if len(valid) else (0.0, 0.0)
+        if weight == 0:
+            value = 0.0
         rmse = metric.kind == "rating" and metric.name == "rmse"
         if rmse:  # combine mean squared errors
             value = value * value

@@ -224,9 +224,20 @@ class SequentialRecommender(GradientRecommender):
         metric = Metric.parse(self.valid_metric)  # type: ignore[arg-type]
         if metric.name not in ("hit_rate", "ndcg", "mrr"):
             return super()._validate_here(train, valid)
+        return self._validate_part(train, valid)[0]
+
+    def _validate_part(self, train: Interactions, valid: Interactions
+                       ) -> tuple[float, float]:
+        """The next-item figure of ``valid`` and its number of users (under DDP each rank
+        validates a share of the users, see :meth:`GradientRecommender._validate`)."""
+        metric = Metric.parse(self.valid_metric)  # type: ignore[arg-type]
+        if metric.name not in ("hit_rate", "ndcg", "mrr"):
+            return super()._validate_part(train, valid)
         self.module_.eval()
         result = evaluate_next_item(self, train, valid, metrics=[metric], by_length=None)
-        return float(next(iter(result.summary.values())))
+        if not result.n_users:
+            return 0.0, 0.0
+        return float(next(iter(result.summary.values()))), float(result.n_users)
 
     # ----------------------------------------------------------------------------------
     # scoring

@@ -14,7 +14,8 @@ What recforge adds is the glue a recommender needs:
 * the :class:`~recforge.training.trainer.Trainer` wraps the model in DDP and gives each
   rank a disjoint shard of every epoch. With data sharded by user (the ``--nproc`` default
   for every model but ``lightgcn``) every rank validates its own users and the figures are
-  all-reduced; otherwise rank 0 validates and broadcasts its figure. Either way every rank
+  all-reduced; otherwise every rank validates every ``world``-th validation user against
+  the whole data and the figures are all-reduced the same way. Either way every rank
   makes the same early-stopping decision, and only rank 0 writes checkpoints, logs and the
   saved model;
 * :func:`launch` starts ``torchrun`` for ``--nproc``.
