@@ -525,6 +525,7 @@ LOSSES = {"mlp": ["bce", "mse"], "neumf": ["bce", "mse"],
 EXTREMES.update({
     "max_len": [1, 300], "gbce_t": [0.0, 1.0], "negative_sampling": ["uniform"],
     "precision": ["float32", "bfloat16", "auto"], "sort_by_length": [True, False],
+    "random_windows": [0.0, 1.0],
     "n_blocks": [1, 3], "n_heads": [1], "attention_dropout": [0.0, 0.9],
     "dropout_hidden": [0.0, 0.9], "sample_alpha": [0.0, 1.0], "bpr_reg": [0.0, 1e6],
     "window": [1, 64], "n_h": [1, 64], "n_v": [1, 64]})

@@ -266,6 +266,47 @@ def test_sampler_windows():
     assert ((batch["negatives"] >= 1) & (batch["negatives"] <= 9)).all()
 
 
+def test_random_windows_draw_contiguous_windows_of_long_histories():
+    """random_windows: a history longer than the window trains, in some epochs, on an
+    earlier contiguous window (every possible end, the last included, is drawn); shorter
+    histories keep theirs; the draws repeat with the generator; 0 keeps the last window."""
+    seqs = [list(range(1, 13)), [20, 21, 22], list(range(30, 37))]  # 12, 3 and 7 items
+    indptr = np.cumsum([0] + [len(q) for q in seqs])
+    items = np.concatenate(seqs)
+    width = 5
+    left = np.zeros((3, width), dtype=np.int64)
+    for r, q in enumerate(seqs):
+        tail = q[-width:]
+        left[r, width - len(tail):] = tail
+    windows, _ = right_aligned(left)
+
+    def epoch_windows(p: float, seed: int) -> set[tuple[int, ...]]:
+        s = SequenceSampler(windows, 8, 40, sequences=(indptr, items), random_windows=p)
+        out = set()
+        for batch in s.epoch(np.random.default_rng(seed)):
+            for i, t in zip(batch["inputs"].tolist(), batch["targets"].tolist(), strict=True):
+                out.add(tuple(x for x in [i[0], *t] if x))
+        return out
+
+    drawn = set().union(*(epoch_windows(1.0, seed) for seed in range(60)))
+    first = {w for w in drawn if w[0] < 20}
+    assert first == {tuple(range(a, a + width)) for a in range(1, 13 - width + 1)}
+    assert {w for w in drawn if 20 <= w[0] < 30} == {(20, 21, 22)}
+    assert {w for w in drawn if w[0] >= 30} == {tuple(range(a, a + width))
+                                                for a in range(30, 37 - width + 1)}
+    assert epoch_windows(0.5, 3) == epoch_windows(0.5, 3)
+    assert epoch_windows(0.0, 3) == {(8, 9, 10, 11, 12), (20, 21, 22), (32, 33, 34, 35, 36)}
+
+
+def test_random_windows_train_end_to_end():
+    model = create_model("sasrec", **{**SMALL, "epochs": 2, "max_len": 4,
+                                      "random_windows": 0.5}).fit(chain_data())
+    assert model.get_params()["random_windows"] == 0.5
+    assert np.isfinite(model.history_[-1]["loss"])
+    with pytest.raises(ConfigError, match="random_windows"):
+        create_model("sasrec", random_windows=1.5).fit(chain_data())
+
+
 def test_validates_on_the_next_item():
     """Each epoch's figure is the next-item NDCG@10 of the validation event from the
     training sequence (evaluate_next_item's protocol); the best epoch's weights are kept."""

@@ -110,7 +110,8 @@ class GRU4Rec(SequentialRecommender):
             windows, int(self.batch_size), self.n_items, negatives=self._negatives_kind(),
             n_negatives=int(self.n_negatives),
             popularity=self._popularity if float(self.sample_alpha) > 0 else None,
-            sort_chunk=64 if self.sort_by_length else 0, shard=shard)
+            sort_chunk=64 if self.sort_by_length else 0, shard=shard,
+            **self._window_options())
 
     def _loss(self, hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
               batch: Batch, mask: torch.Tensor) -> torch.Tensor:

@@ -92,7 +92,11 @@ class SequentialRecommender(GradientRecommender):
     weights stay float32 and scoring is float32) or ``auto`` (bfloat16 where the device
     computes it natively: a GPU that supports it, a CPU with AVX512-BF16 or AMX; else
     float32; see :func:`native_bfloat16`);
-    ``sort_by_length``: batches of similar lengths (less padding per batch).
+    ``sort_by_length``: batches of similar lengths (less padding per batch);
+    ``random_windows``: the probability that an epoch trains a history longer than
+    ``max_len + 1`` on a window ending at a uniformly drawn position instead of its last
+    (0: only the last window, as SASRec's reference code; the earlier items of long
+    histories are then never trained on).
     """
 
     embedding_dim: int = 64
@@ -104,6 +108,7 @@ class SequentialRecommender(GradientRecommender):
     negative_sampling: str = "uniform"
     precision: str = "float32"
     sort_by_length: bool = True
+    random_windows: float = 0.0
     batch_size: int = 128
     learning_rate: float = 0.001
     epochs: int = 20
@@ -119,7 +124,8 @@ class SequentialRecommender(GradientRecommender):
         "loss": choice_rule(*LOSSES), "n_negatives": int_rule(1, MAX_NEGATIVES),
         "gbce_t": number_rule(0, 1), "negative_sampling": choice_rule("uniform", "popularity"),
         "precision": choice_rule("float32", "bfloat16", "auto"),
-        "sort_by_length": ParamRule(lambda v: isinstance(v, bool), "true or false")}
+        "sort_by_length": ParamRule(lambda v: isinstance(v, bool), "true or false"),
+        "random_windows": number_rule(0, 1)}
     scoring_params = {**GradientRecommender.scoring_params, "max_len": int_rule(1, MAX_LEN)}
     #: Losses the model offers (a subclass may narrow them).
     losses: ClassVar[tuple[str, ...]] = LOSSES
@@ -144,6 +150,9 @@ class SequentialRecommender(GradientRecommender):
             right_aligned(seqs.last(int(self.max_len), pad=0, offset=1))[0])
         self._train_windows = right_aligned(
             seqs.last(int(self.max_len) + 1, pad=0, offset=1))[0]
+        #: the whole sequences, 1-based, for windows drawn anywhere in long histories
+        self._train_sequences = ((seqs.indptr, seqs.items.astype(np.int64) + 1)
+                                 if float(self.random_windows) > 0 else None)
         counts = self._stats.item_counts.astype(np.float64)
         self._popularity = counts + 1.0
         self._log_q = torch.from_numpy(
@@ -164,7 +173,14 @@ class SequentialRecommender(GradientRecommender):
             n_negatives=int(self.n_negatives),
             popularity=self._popularity if self.negative_sampling == "popularity" else None,
             sort_chunk=64 if self.sort_by_length else 0,
-            users=np.arange(self.n_users) if self.needs_users else None, shard=shard)
+            users=np.arange(self.n_users) if self.needs_users else None, shard=shard,
+            **self._window_options())
+
+    def _window_options(self) -> dict[str, Any]:
+        """The sampler's options for windows drawn in long histories (``random_windows``)."""
+        sequences = getattr(self, "_train_sequences", None)
+        self._train_sequences = None
+        return {"sequences": sequences, "random_windows": float(self.random_windows)}
 
     def training_precision(self) -> str:
         """The precision training runs in: ``precision``, with ``auto`` resolved for the

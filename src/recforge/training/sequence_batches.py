@@ -73,12 +73,21 @@ class SequenceSampler:
     users:
         The user index of each window (passed in the batch as ``"users"``, for models
         with a user table).
+    sequences, random_windows:
+        Every row's whole sequence (``(indptr, items)``, CSR-like, 1-based items, row ``r``
+        the source of ``windows[r]``) and the probability that an epoch trains a row
+        longer than the window on a window ending at a uniformly drawn earlier position
+        instead of its last one. With 0 (or no ``sequences``) the items before a long
+        history's last window are never trained on (a third of ml-1m-seq's events at a
+        window of 201).
     """
 
     def __init__(self, windows: np.ndarray, batch_size: int, n_items: int, *,
                  negatives: str = "none", n_negatives: int = 0,
                  popularity: np.ndarray | None = None, sort_chunk: int = 0,
-                 users: np.ndarray | None = None, shard: tuple[int, int] = (0, 1)) -> None:
+                 users: np.ndarray | None = None, shard: tuple[int, int] = (0, 1),
+                 sequences: tuple[np.ndarray, np.ndarray] | None = None,
+                 random_windows: float = 0.0) -> None:
         if negatives not in NEGATIVES:
             raise ConfigError(f"negatives must be one of {NEGATIVES}, not {negatives!r}")
         self.rank, self.world = shard
@@ -102,6 +111,17 @@ class SequenceSampler:
             p = np.asarray(popularity, dtype=np.float64)
             self._prob = p / p.sum()
         self._local_size: int | None = None
+        # rows longer than the window: where their sequence starts and how many windows
+        # fit in it (a window may end at any of the last ``n_ends`` positions)
+        self.random_windows = float(random_windows) if sequences is not None else 0.0
+        if self.random_windows > 0:
+            indptr, items = sequences  # type: ignore[misc]
+            width = self._windows.shape[1]
+            full = np.diff(np.asarray(indptr, dtype=np.int64))[keep]
+            self._long = np.flatnonzero(full > width)
+            self._long_start = np.asarray(indptr, dtype=np.int64)[keep][self._long]
+            self._long_ends = full[self._long] - width + 1
+            self._items = torch.from_numpy(np.asarray(items, dtype=np.int64))
 
     # -- the Sampler protocol -------------------------------------------------------------
     def use_local_shard(self, events_per_rank: int,
@@ -121,7 +141,22 @@ class SequenceSampler:
         """Trained positions (targets) in one epoch: the sum of ``length - 1``."""
         return int((self._lengths - 1).sum())
 
+    def _epoch_windows(self, rng: np.random.Generator) -> torch.Tensor:
+        """This epoch's windows: each long row, with probability ``random_windows``, on
+        a window ending at a uniformly drawn position (its last window included)."""
+        if self.random_windows <= 0 or not len(self._long):
+            return self._windows
+        move = rng.random(len(self._long)) < self.random_windows
+        rows = self._long[move]
+        offset = (rng.random(len(rows)) * self._long_ends[move]).astype(np.int64)
+        width = self._windows.shape[1]
+        idx = torch.from_numpy(self._long_start[move] + offset)[:, None] + torch.arange(width)
+        windows = self._windows.clone()
+        windows[torch.from_numpy(rows)] = self._items[idx]
+        return windows
+
     def epoch(self, rng: np.random.Generator) -> Iterator[Batch]:
+        windows = self._epoch_windows(rng)  # before the ranks' generators part: the same
         perm = rng.permutation(self.n_rows)
         if self._local_size is not None:
             perm = perm[:self._local_size]
@@ -137,7 +172,7 @@ class SequenceSampler:
         for start in starts:
             rows = torch.from_numpy(perm[start:start + bs])
             longest = int(self._lengths[perm[start:start + bs]].max())
-            win = self._windows.index_select(0, rows)[:, :longest]
+            win = windows.index_select(0, rows)[:, :longest]
             batch: Batch = {"inputs": win[:, :-1], "targets": win[:, 1:]}
             if self._users is not None:
                 batch["users"] = self._users.index_select(0, rows)
