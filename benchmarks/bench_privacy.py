@@ -47,12 +47,15 @@ sys.path.insert(0, str(REPO / "src"))
 
 #: The private training recipe (with ``dp_epsilon``): bpr's ``private_defaults``, what
 #: ``recforge train bpr --dp-epsilon E`` starts from: ``batch_size // dp_max_per_user`` =
-#: 1,024 users expected per step (q = 1/6), SGD (momentum 0.9) on the item side, the user
-#: rows on their own Adam, then 10 epochs of the user rows alone. Chosen at epsilon 8 on
-#: train.txt -> valid.txt among a few settings (docs/privacy.md).
-RECIPE = {"epochs": 20, "batch_size": 32768, "dp_max_per_user": 32, "dp_max_grad_norm": 0.1,
+#: 1,024 users expected per step (q = 1/6), 40 epochs of SGD (momentum 0.9) on the item
+#: side, then every user's row solved in closed form against the private item rows
+#: (``dp_user_rows="solve"``). Chosen at epsilon 8 on train.txt -> valid.txt among a few
+#: settings (docs/privacy.md). Until 2026-12-07: 20 epochs, the user rows on Adam during
+#: the steps and for 10 epochs alone afterwards (``--recipe adam``).
+RECIPE = {"epochs": 40, "batch_size": 32768, "dp_max_per_user": 32, "dp_max_grad_norm": 0.1,
           "optimizer": "sgd", "learning_rate": 10.0, "lr_schedule": None,
-          "dp_user_learning_rate": 0.05, "dp_user_epochs": 10}
+          "dp_user_learning_rate": 0.05, "dp_user_epochs": 0, "dp_user_rows": "solve"}
+OLD_RECIPE = {**RECIPE, "epochs": 20, "dp_user_epochs": 10, "dp_user_rows": "train"}
 N_NEGATIVES = 100
 
 
@@ -164,11 +167,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the attacks on an overfitting bpr (reg 0, 128 dimensions), "
                          "not private and private, added to the existing --out file (rows "
                          "already there are kept)")
+    ap.add_argument("--recipe", choices=("solve", "adam"), default="solve",
+                    help="the private recipe: today's (user rows solved) or the one before "
+                         "2026-12-07 (user rows on Adam, 20 epochs)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: the machine is shared; more threads than free "
                          "cores makes index_add_ dozens of times slower)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "privacy.json")
     args = ap.parse_args(argv)
+    recipe = RECIPE if args.recipe == "solve" else OLD_RECIPE
     torch.set_num_threads(args.threads)
     epsilons = [float(e) for e in args.epsilons.split(",") if e]
 
@@ -183,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         half = train.subset(np.flatnonzero(np.isin(train.user, members)))
         for label, params in (("bpr reg=0 dim=128 (overfitting reference)", base),
                               (f"bpr reg=0 dim=128 dp_epsilon={args.attack_epsilon:g}",
-                               {**RECIPE, **base, "dp_epsilon": args.attack_epsilon})):
+                               {**recipe, **base, "dp_epsilon": args.attack_epsilon})):
             row = next((a for a in out["attacks"] if a["model"] == label), {})
             if "event_attack_auc" not in row:
                 model, seconds = fit(params, train, label)
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ml-1m-implicit: {len(train):,} training events, {train.n_users:,} users, "
           f"{train.n_items:,} items; load {os.getloadavg()}", flush=True)
     for eps in [None, *epsilons]:
-        params = {} if eps is None else {**RECIPE, "dp_epsilon": eps}
+        params = {} if eps is None else {**recipe, "dp_epsilon": eps}
         label = "bpr" if eps is None else f"bpr dp_epsilon={eps:g}"
         load = os.getloadavg()[0]
         model, seconds = fit(params, train, label)
@@ -227,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         members = rng.permutation(train.n_users)[: train.n_users // 2]
         half = train.subset(np.flatnonzero(np.isin(train.user, members)))
         for label, params in (("bpr", {}), (f"bpr dp_epsilon={eps:g}",
-                                            {**RECIPE, "dp_epsilon": eps})):
+                                            {**recipe, "dp_epsilon": eps})):
             full = models.get(None if not params else eps)
             if full is None:
                 full, _ = fit(params, train, label)
@@ -251,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         for a in attacks:
             print(f"| {a['model']} | {a['event_attack_auc']} | {a['user_attack_auc']} |")
     out = {"benchmark": "privacy", "dataset": "ml-1m-implicit",
-           "protocol": "train+valid -> test", "recipe": RECIPE, "threads": args.threads,
+           "protocol": "train+valid -> test", "recipe": recipe, "threads": args.threads,
            "cpu_count": os.cpu_count(), "torch": torch.__version__,
            "python": platform.python_version(), "load_after": os.getloadavg(),
            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows, "attacks": attacks}

@@ -553,7 +553,8 @@ EXTREMES.update({
 EXTREMES.update({
     "dp_epsilon": [None, None, 1e-30, 1000.0], "dp_delta": [None, 1e-30, 0.999],
     "dp_max_grad_norm": [1e-30, 3.4e38], "dp_max_per_user": [1, 2**31 - 1],
-    "dp_user_learning_rate": [1e-30, 3.4e38], "dp_user_epochs": [0, 2]})
+    "dp_user_learning_rate": [1e-30, 3.4e38], "dp_user_epochs": [0, 2],
+    "dp_user_rows": ["train", "solve"]})
 # vbpr's own parameters
 EXTREMES.update({"visual_dim": [1, 512], "reg_visual": [0.0, 1e-30, 3.4e38]})
 

@@ -60,6 +60,25 @@ def test_other_models_train_privately(name, data):
     assert np.isfinite(model.history_[-1]["loss"])
 
 
+def test_user_rows_solved_against_the_private_item_side(data):
+    """dp_user_rows='solve' (bpr's private default): every user's row is the implicit
+    least-squares fit of that user's events against the released item rows (the
+    one-user fold-in gives the same vector); neumf has no such rows and refuses it."""
+    from recforge.models.als import fold_in_implicit
+
+    model = create_model("bpr", dp_epsilon=4.0, dp_user_rows="solve", **TINY).fit(data)
+    items = model.module_.item.weight.detach()
+    reg = model.SOLVE_REG * float(items.pow(2).sum(1).mean())
+    csr = data.binary_csr.tocsr()
+    for u in (0, 5, 17, 39):
+        seen = csr.indices[csr.indptr[u]:csr.indptr[u + 1]]
+        expected = fold_in_implicit(items, seen, None, model.SOLVE_ALPHA, reg)
+        assert torch.allclose(model.module_.user.weight[u].detach(), expected, atol=1e-4)
+    assert create_model("bpr").private_defaults["dp_user_rows"] == "solve"
+    with pytest.raises(ConfigError, match="dp_user_rows='solve'"):
+        create_model("neumf", dp_epsilon=4.0, dp_user_rows="solve", **TINY).fit(data)
+
+
 def test_user_batches_bound_each_users_contribution(data):
     batches = UserBatches(data, max_per_user=5, n_negatives=3)
     users = np.array([0, 7, 12, 39])
@@ -198,7 +217,7 @@ def test_cli_dp_flags(tmp_path, capsys, data):
     meta = json.loads((tmp_path / "m" / "meta.json").read_text())
     assert meta["params"]["dp_epsilon"] == 3.0
     # bpr's private defaults, under the parameters given with -p
-    assert meta["params"]["optimizer"] == "sgd" and meta["params"]["dp_user_epochs"] == 10
+    assert meta["params"]["optimizer"] == "sgd" and meta["params"]["dp_user_rows"] == "solve"
     assert meta["params"]["epochs"] == 1 and meta["params"]["dp_max_per_user"] == 8
     assert 0 < meta["extra"]["privacy"]["epsilon"] <= 3.0
     assert meta["extra"]["privacy"]["delta"] == 0.001

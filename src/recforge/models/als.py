@@ -262,6 +262,19 @@ def _cholesky_step(side: _Side, x: torch.Tensor, y: torch.Tensor) -> None:
         start = stop
 
 
+def implicit_rows(mat: sp.csr_matrix, factors: torch.Tensor, alpha: float, reg: float
+                  ) -> torch.Tensor:
+    """Every row's exact implicit least-squares vector against fixed column factors ``Y``
+    (binary ``mat``, rows x columns): ``(Y'Y + alpha Y_r'Y_r + reg I) x_r = (1 + alpha)
+    Y_r' 1``, the half-step ALS makes for every user, solved in blocks of rows
+    (:func:`_cholesky_step`); a row without events gets the zero vector."""
+    y = factors.detach().float()
+    side = _Side(mat, float(alpha), True, float(reg), 0.0, "observed", y.device)
+    x = torch.zeros(mat.shape[0], y.shape[1], device=y.device)
+    _cholesky_step(side, x, y)
+    return x
+
+
 def fold_in_implicit(item_factors: torch.Tensor, items: np.ndarray, weights: np.ndarray | None,
                      alpha: float, reg: float) -> torch.Tensor:
     """A user vector for an unseen history against fixed item factors ``Y`` (Hu et al.

@@ -52,6 +52,7 @@ from recforge.models.params import (
     SEED_RULE,
     ParamRule,
     check_params,
+    choice_rule,
     extra_value,
     int_rule,
     number_rule,
@@ -96,8 +97,11 @@ class GradientRecommender(Recommender):
     it), ``dp_max_per_user`` (events of a user in a step; ``batch_size //
     dp_max_per_user`` users are expected per step) and ``dp_user_learning_rate`` (the
     user tables, trained on each user's own loss with Adam; ``optimizer`` and
-    ``learning_rate`` train the private shared parameters), and ``dp_user_epochs``
-    (epochs of the user tables alone afterwards, the private item side fixed).
+    ``learning_rate`` train the private shared parameters), ``dp_user_epochs``
+    (epochs of the user tables alone afterwards, the private item side fixed) and
+    ``dp_user_rows`` (``"train"``: the user rows as the steps and ``dp_user_epochs`` leave
+    them; ``"solve"``: each user's row solved in closed form against the released item
+    side, for models whose scores are dot products, see :meth:`_solve_user_rows`).
     """
 
     embedding_dim: int = 64
@@ -120,6 +124,7 @@ class GradientRecommender(Recommender):
     dp_max_per_user: int = 32
     dp_user_learning_rate: float = 0.01
     dp_user_epochs: int = 0
+    dp_user_rows: str = "train"
 
     #: Training objective, for documentation and the sampler: "rating" (pointwise values)
     #: or "ranking" (positives with sampled negatives).
@@ -155,7 +160,8 @@ class GradientRecommender(Recommender):
         "dp_delta": optional_rule(ParamRule(lambda v: number_rule(0, 1).ok(v) and 0 < v < 1,
                                             "a number in (0, 1)")),
         "dp_max_grad_norm": positive_rule(), "dp_max_per_user": int_rule(1, MAX_COUNT),
-        "dp_user_learning_rate": positive_rule(), "dp_user_epochs": int_rule(0, MAX_EPOCHS)}
+        "dp_user_learning_rate": positive_rule(), "dp_user_epochs": int_rule(0, MAX_EPOCHS),
+        "dp_user_rows": choice_rule("train", "solve")}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # every subclass is a dataclass of its parameters: its __init__ (what get_params,
@@ -267,6 +273,20 @@ class GradientRecommender(Recommender):
         if self.patience is not None:
             raise ConfigError(f"{self.name}: patience (early stopping) cannot be used with "
                               "dp_epsilon: the released weights are the last epoch's")
+        if self.dp_user_rows == "solve" and not self.solves_user_rows():
+            raise ConfigError(f"{self.name}: dp_user_rows='solve' needs a model whose scores "
+                              "are dot products of a user row and item rows (bpr); use "
+                              "'train'")
+
+    @classmethod
+    def solves_user_rows(cls) -> bool:
+        """Whether :meth:`_solve_user_rows` is implemented (``dp_user_rows="solve"``)."""
+        return cls._solve_user_rows is not GradientRecommender._solve_user_rows
+
+    def _solve_user_rows(self, train: Interactions) -> None:
+        """Set every user's row in closed form from their own events and the released
+        item side (override where the scores are dot products)."""
+        raise NotImplementedError
 
     def _check_distributed(self) -> None:
         """Refuse settings that cannot train under DDP (override; raises ConfigError).
@@ -455,6 +475,8 @@ class GradientRecommender(Recommender):
         self.history_ = state.history
         self.best_epoch_ = state.epoch
         self.privacy_ = trainer.privacy_report
+        if self.dp_user_rows == "solve":
+            self._solve_user_rows(train)
         if self.dp_user_epochs:
             self._fit_user_rows(train, context)
 
