@@ -71,6 +71,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
     "hybrid, text vectors": ("hybrid", {}, "text"),
     # feature_reg chosen on the validation split: TF-IDF 0.216 at 10 (the default), 0.231
     # at 30; text vectors 0.165 / 0.178 / 0.202 / 0.190 at 1 / 3 / 30 / 100; both 0.234 at 30
+    "content, TF-IDF + text vectors": ("content", {}, "tfidf+text"),
+    "content, TF-IDF + text vectors (text's tuned weights)": (
+        "content", {"feature_weights": TEXT_WEIGHTS}, "tfidf+text"),
+    "hybrid, TF-IDF + text vectors": ("hybrid", {}, "tfidf+text"),
     "hybrid (feature_reg 30)": ("hybrid", {"feature_reg": 30.0}, "tfidf"),
     "hybrid, TF-IDF + text vectors (feature_reg 30)": ("hybrid", {"feature_reg": 30.0},
                                                        "tfidf+text"),

@@ -130,6 +130,34 @@ def test_movielens_text_group_is_one_document_per_film():
                                expected.matrix.toarray(), rtol=1e-5, atol=1e-6)
 
 
+def test_movielens_words_beside_the_vector_for_the_models_that_map_them():
+    """words=True adds the TF-IDF title and tag groups beside the text vector (the same
+    groups as the TF-IDF features); the CLI and experiments build them for hybrid, whose
+    class asks for them, and not for content."""
+    from recforge.experiment.workflow import PreparedData, item_features
+
+    ml = _MovieLensLike()
+    both = F.movielens_item_features(ml, words=True)
+    old = F.movielens_item_features(ml, text_encoder="tfidf")
+    # (a word must be in two films' titles or tags: this catalogue has tag words only)
+    assert set(both.groups) == set(old.groups) | {"text"} == {"genres", "tags", "text", "year"}
+    for group in set(old.groups) & {"title", "tags"}:
+        assert both.select_groups([group]).names.tolist() == \
+            old.select_groups([group]).names.tolist()
+    np.testing.assert_allclose(both.select_groups(["text"]).matrix.toarray(),
+                               F.movielens_item_features(ml).select_groups(["text"])
+                               .matrix.toarray())
+    hybrid, content = create_model("hybrid"), create_model("content")
+    assert set(item_features(None, ml, model=hybrid).groups) == set(both.groups)
+    assert set(item_features(None, ml, model=content).groups) == {"genres", "text", "year"}
+    plain = item_features(None, ml)
+    data = PreparedData(train=None, test=None, valid=None, train_pos=None, test_pos=None,
+                        valid_pos=None, item_features=plain, feature_bundle=ml)
+    assert data.features_for(content) is plain
+    worded = data.features_for(hybrid)
+    assert set(worded.groups) == set(both.groups) and data.features_for(hybrid) is worded
+
+
 # -- reading vectors --------------------------------------------------------------------------
 def test_the_three_layouts_read_back_alike(tmp_path):
     ids = [10, 20, 30]

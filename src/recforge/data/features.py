@@ -534,7 +534,8 @@ def read_features(path: str | os.PathLike, id_column: str | None = None, *,
 # MovieLens
 def movielens_item_features(data: Any, *, genres: bool = True, title: bool = True,
                             year: bool = True, tags: bool = True,
-                            text_encoder: str | os.PathLike | None = None) -> Features:
+                            text_encoder: str | os.PathLike | None = None,
+                            words: bool = False) -> Features:
     """Item features of a :class:`~recforge.data.movielens.MovieLensData`: genres
     (multi-hot), release year (decade bins) and text.
 
@@ -542,6 +543,8 @@ def movielens_item_features(data: Any, *, genres: bool = True, title: bool = Tru
     directory) the text is one group ``text``: the vector of each film's title (without
     its year), genre words and, where the variant has them, users' tags, as one document.
     With ``text_encoder="tfidf"`` it is TF-IDF words in two groups, ``title`` and ``tags``.
+    ``words=True`` gives both: the vector group and the two TF-IDF groups (what ``hybrid``
+    maps best to its factors, see docs/content.md).
     """
     items = data.items
     vocab = Vocabulary(items.index.to_numpy())
@@ -554,10 +557,10 @@ def movielens_item_features(data: Any, *, genres: bool = True, title: bool = Tru
         t = data.tags
         joined = t.assign(tag=t["tag"].astype(str)).groupby("item")["tag"].agg(" ".join)
         joined = joined.reindex(items.index)
-    if str(encoder) == "tfidf":
-        if title:
-            blocks.append(text(vocab, items["title"].to_numpy(), "title"))
-    elif title or joined is not None:
+    words = words or str(encoder) == "tfidf"
+    if words and title:
+        blocks.append(text(vocab, items["title"].to_numpy(), "title"))
+    if str(encoder) != "tfidf" and (title or joined is not None):
         parts = []
         if title:  # "Heat (1995)": the year has its own group
             parts.append(pd.Series(as_documents(items["title"].to_numpy(object)))
@@ -574,7 +577,7 @@ def movielens_item_features(data: Any, *, genres: bool = True, title: bool = Tru
         decade = np.where(np.isfinite(y), (np.floor(y / 10) * 10), np.nan)
         labels = [None if not np.isfinite(d) else f"{int(d)}s" for d in decade]
         blocks.append(categorical(vocab, labels, "year", sep=None))
-    if joined is not None and str(encoder) == "tfidf":
+    if joined is not None and words:
         blocks.append(text(vocab, joined.to_numpy(dtype=object), "tags", min_df=2))
     if not blocks:
         raise ConfigError("choose at least one MovieLens feature group")

@@ -252,7 +252,7 @@ def _fit_and_score(cfg: ExperimentConfig, data: PreparedData, where: str, model:
     the per-user values of the ranking metrics (``None`` without ranking metrics)."""
     train, valid = data.training_parts(model)
     start = time.perf_counter()
-    fit_model(model, where, train, valid, features=data.item_features)
+    fit_model(model, where, train, valid, features=data.features_for(model))
     fit_s = time.perf_counter() - start
     res = evaluate_split(model, data, applicable_metrics(model, cfg.metrics),
                          protocol=cfg.protocol, seed=EVAL_SEED)

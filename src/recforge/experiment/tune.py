@@ -177,6 +177,7 @@ def _validation_split(cfg: ExperimentConfig, data: PreparedData) -> tuple[Prepar
                          train_pos=positives(train, threshold),  # type: ignore[arg-type]
                          test_pos=positives(valid, threshold),  # type: ignore[arg-type]
                          valid_pos=None, item_features=data.item_features,
+                         feature_bundle=data.feature_bundle,
                          candidates=valid.items.ids[np.unique(valid.item)] if cold else None,
                          threshold_order=data.threshold_order)
     return inner, where
@@ -204,6 +205,7 @@ def _next_item_validation(cfg: ExperimentConfig, data: PreparedData
                  " split made again inside the training part (the test set is not used)")
     inner = PreparedData(train=train, test=test, valid=None, train_pos=train_pos,
                          test_pos=test_pos, valid_pos=None, item_features=data.item_features,
+                         feature_bundle=data.feature_bundle,
                          task="next_item", history=history, sessions=data.sessions,
                          exclude_seen=data.exclude_seen, sampled=data.sampled,
                          by_length=None, gap=data.gap)
@@ -264,10 +266,10 @@ def _objective(protocol: str, entry: ModelConfig, space: dict[str, tuple[Any, ..
         where = f"trial {trial.number + 1}"
         if is_gradient(model_):
             model_.set_params(valid_metric=metric.lower())
-            fit_model(model_, where, train, valid_eval, features=inner.item_features,
+            fit_model(model_, where, train, valid_eval, features=inner.features_for(model_),
                       epoch_callback=_pruning_report(trial, metric.lower(), deadline))
         else:
-            fit_model(model_, where, train, features=inner.item_features)
+            fit_model(model_, where, train, features=inner.features_for(model_))
         res = evaluate_split(model_, inner, [metric], protocol=protocol)
         value_key = next((k for k in res.summary if k == label
                           or k.startswith(label + " (")), label)

@@ -193,6 +193,19 @@ class PreparedData:
     sampled: int | None = None
     by_length: Any = None
     gap: float | None = None
+    #: the dataset bundle ``item_features`` was built from (``auto``), else ``None``
+    feature_bundle: Any = None
+
+    def features_for(self, model: Any) -> Any:
+        """The item features ``model`` is fitted with: :attr:`item_features`, or for a
+        model that maps MovieLens text best as words and vector together
+        (``movielens_words``) the bundle's features built that way (once)."""
+        if self.feature_bundle is None or not getattr(model, "movielens_words", False):
+            return self.item_features
+        cache = self.__dict__.setdefault("_worded_features", {})
+        if "words" not in cache:
+            cache["words"] = item_features(None, self.feature_bundle, model=model)
+        return cache["words"]
 
     @functools.cached_property
     def seen_at_test(self) -> Interactions:
@@ -355,6 +368,8 @@ def prepare_data(cfg: ExperimentConfig, *, rating_side: bool | None = None) -> P
     return PreparedData(train=train, test=test, valid=valid,
                         train_pos=train_pos, test_pos=test_pos,  # type: ignore[arg-type]
                         valid_pos=valid_pos, item_features=features,
+                        feature_bundle=(bundle if src == "auto" and features is not None
+                                        else None),
                         candidates=candidates, description=desc,
                         item_metadata=display_metadata(None, bundle),
                         threshold_order=d.threshold_order, task=cfg.task, history=history,
@@ -373,13 +388,16 @@ def named_bundle(specs: Sequence[str], data_dir: Path | None) -> Any:
 
 
 def item_features(table: str | Path | None, bundle: Any = None, *,
-                  id_column: str | None = None) -> Any:
+                  id_column: str | None = None, model: Any = None) -> Any:
     """Item features read from ``table`` (CSV / TSV / Parquet, kinds inferred), or else a
-    dataset bundle's metadata (genres, title words, year, tags); ``None`` when neither."""
+    dataset bundle's metadata (genres, title and tag text, year; with the TF-IDF words of
+    the text beside its vector for a ``model`` whose class sets ``movielens_words``);
+    ``None`` when neither."""
     if table is not None:
         return read_features(table, id_column)
     if bundle is not None and getattr(bundle, "items", None) is not None:
-        return movielens_item_features(bundle)
+        return movielens_item_features(bundle, words=bool(getattr(model, "movielens_words",
+                                                                   False)))
     return None
 
 
@@ -519,7 +537,8 @@ def train_and_save(request: TrainRequest, model: Any, *, checkpoint_dir: Path,
     bundle = (named_bundle(request.data, request.read.data_dir)
               if request.item_features is None and (main_rank or uses_item_features(model))
               else None)
-    features = (item_features(request.item_features, bundle, id_column=request.item_id_column)
+    features = (item_features(request.item_features, bundle, id_column=request.item_id_column,
+                              model=model)
                 if uses_item_features(model) else None)
     if features is not None:
         log.info("item features: %s", features)

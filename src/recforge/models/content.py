@@ -15,7 +15,7 @@ items of the history and which features (genres, tags, words) produced a score.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -54,7 +54,13 @@ class FeatureModelMixin:
     model's capabilities say whether it needs item features (``requires_item_features``)
     and takes user features (``uses_user_features``; else passing them is an error, not
     ignored); ``options`` are the other keyword arguments of the model's ``fit``.
+
+    ``movielens_words``: whether the MovieLens metadata the CLI and experiments build for
+    the model (``item_features: auto``) carries the TF-IDF words of titles and tags
+    beside their text vector (default: the vector alone, which ``content`` ranks best).
     """
+
+    movielens_words: ClassVar[bool] = False
 
     def fit(self, train: Interactions, valid: Interactions | None = None, *,
             item_features: Features | None = None, user_features: Features | None = None,

@@ -100,6 +100,10 @@ class Hybrid(FeatureModelMixin, ALS):
     name = "hybrid"
     capabilities = Capabilities(uses_item_features=True, requires_item_features=True,
                                 folds_in_history=True, similar_items=True, seeded=True)
+    #: MovieLens metadata for hybrid carries the TF-IDF words of titles and tags beside
+    #: their text vector: cold films on ml-latest-small, Recall@20 0.2589 with both,
+    #: 0.2540 with the words alone, 0.2101 with the vector alone (docs/content.md)
+    movielens_words = True
     tuning_space = {"reg": ("log", 0.01, 0.5), "alpha": ("log", 1.0, 50.0),
                     "feature_reg": ("log", 0.1, 100.0)}
 
