@@ -31,6 +31,25 @@ def test_weights_match_closed_form(binary):
     np.testing.assert_allclose(model.weights_.numpy(), _reference(x, 5.0), atol=2e-5)
 
 
+def test_dropout_is_edlae_closed_form():
+    """dropout p: the L2 penalty on item j's weights is reg + p / (1 - p) * G_jj (Steck
+    2020), still with a zero diagonal; forgetting users recomputes it exactly."""
+    data = random_interactions(seed=1)
+    model = EASE(reg=5.0, dropout=0.25).fit(data)
+    x = (model.seen_.toarray() != 0).astype(np.float64)
+    g = x.T @ x
+    p = np.linalg.inv(g + np.diag(5.0 + (0.25 / 0.75) * np.diag(g)))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(model.weights_.numpy(), b, atol=2e-5)
+    assert not np.allclose(model.weights_.numpy(), _reference(x, 5.0), atol=1e-3)
+    users = data.users.ids[:3]
+    model.forget_users(users)
+    keep = ~np.isin(data.users.ids[data.user], users)
+    again = EASE(reg=5.0, dropout=0.25).fit(data.subset(np.flatnonzero(keep)))
+    np.testing.assert_allclose(model.weights_.numpy(), again.weights_.numpy(), atol=2e-5)
+
+
 def test_dense_gram_in_blocks_equals_product():
     x = random_interactions(n_users=50, n_items=23, seed=2).binary_csr
     np.testing.assert_array_equal(_dense_gram(x, block=7).numpy(), (x.T @ x).toarray())

@@ -22,7 +22,13 @@ from recforge.errors import ModelError
 from recforge.models.artifact import Array, StateSpec
 from recforge.models.base import Recommender
 from recforge.models.contracts import Capabilities, FitOptions
-from recforge.models.params import BOOL_RULE, check_params, extra_value, positive_rule
+from recforge.models.params import (
+    BOOL_RULE,
+    check_params,
+    extra_value,
+    number_rule,
+    positive_rule,
+)
 from recforge.ranking import binarize
 
 #: Bytes per ``n_items^2`` of the fit's peak resident memory above the data (two float32
@@ -75,6 +81,12 @@ class EASE(Recommender):
         implicit data.
     binary:
         Use 1 for every event (implicit feedback) rather than the event values.
+    dropout:
+        EDLAE's emphasized denoising (Steck, NeurIPS 2020, "Autoencoders that don't
+        overfit towards the identity"): training as if each input were dropped with this
+        probability ``p`` is, in closed form, an extra L2 penalty ``p / (1 - p)`` times
+        each item's own Gram diagonal (its count, for binary data) on that item's weights:
+        popular items are regularised more. 0 (default) is EASE.
     """
 
     name = "ease"
@@ -82,12 +94,14 @@ class EASE(Recommender):
     forgetting = "exact"
     tuning_space = {"reg": ("log", 10.0, 5000.0)}
 
-    def __init__(self, reg: float = 500.0, binary: bool = True) -> None:
+    def __init__(self, reg: float = 500.0, binary: bool = True, dropout: float = 0.0) -> None:
         self.reg = reg
         self.binary = binary
+        self.dropout = dropout
 
     def _validate_params(self) -> None:
-        check_params(self, {"reg": positive_rule(), "binary": BOOL_RULE})
+        check_params(self, {"reg": positive_rule(), "binary": BOOL_RULE,
+                            "dropout": number_rule(0, 0.95)})
 
     def _fit(self, train: Interactions, valid: Interactions | None,
              options: FitOptions) -> None:
@@ -104,6 +118,9 @@ class EASE(Recommender):
         # float32 is enough: the ridge term makes the Gram matrix well conditioned, and the
         # Cholesky inverse takes half the time of float64 (1.0 s vs 2.0 s at 3,628 items).
         gram = _dense_gram(x)
+        drop = float(self.dropout or 0.0)
+        if drop > 0:  # EDLAE: the penalty grows with each item's own diagonal
+            gram.diagonal().mul_(1.0 + drop / (1.0 - drop))
         gram.diagonal().add_(float(self.reg))
         chol, info = torch.linalg.cholesky_ex(gram)
         if int(info) != 0:  # only with reg tiny against the data scale: float64, then refuse
@@ -144,7 +161,9 @@ class EASE(Recommender):
         # Woodbury costs O(m n^2) against the refit's O(n^3) and holds three float64
         # n x n matrices; past a quarter of the catalogue, or without diag(P) (a model
         # saved before it was kept), the closed form is computed again.
-        if (getattr(self, "pdiag_", None) is None or 4 * m > n
+        # (with dropout the penalty depends on the data's own Gram diagonal, which the
+        # removed users change: no rank-m update, the closed form again)
+        if (getattr(self, "pdiag_", None) is None or 4 * m > n or float(self.dropout or 0)
                 or 24 * n * n > available_memory()):
             self._solve()
             return "closed form recomputed"
