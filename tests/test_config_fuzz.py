@@ -584,6 +584,7 @@ def test_extreme_valid_hyperparameters_fit_or_fail_cleanly_in_a_child():
         from recforge import Interactions, RecforgeError
         from recforge.data import features as F
         from recforge.models.registry import create_model
+        from recforge.experiment.workflow import fit_within_memory
         data = random_interactions(30, 20, seed=1)
         rated = data.with_values(np.random.default_rng(0).integers(1, 6, len(data))
                                  .astype(np.float32))
@@ -597,7 +598,9 @@ def test_extreme_valid_hyperparameters_fit_or_fail_cleanly_in_a_child():
                 model._validate_params()
                 kw = ({{"item_features": feats}}
                       if model.capabilities.uses_item_features else {{}})
-                model.fit(rated if model.predicts_ratings else data, **kw)
+                # as the CLI and experiments fit (running out of memory is a ModelError)
+                fit_within_memory(model, name, rated if model.predicts_ratings else data,
+                                  **kw)
                 out = model.recommend(data.users.ids[:3], k=5)
                 print("FITTED", len(out), flush=True)
             except RecforgeError as exc:
