@@ -79,6 +79,28 @@ def test_user_rows_solved_against_the_private_item_side(data):
         create_model("neumf", dp_epsilon=4.0, dp_user_rows="solve", **TINY).fit(data)
 
 
+@pytest.mark.parametrize("pairs", [3, 40])
+def test_linear_norms_by_gradient_equal_opacus_ghost_norms(pairs):
+    """A linear layer's per-user gradient norms: recforge takes the per-user gradient
+    where the pairs are many (T^2 > d_out x d_in), Opacus's ghost norm otherwise; both
+    equal the norm of the materialised per-user gradient."""
+    from opacus.grad_sample import linear as opacus_linear
+
+    from recforge.training.privacy import linear_norm_sample
+
+    gen = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(5, 4)
+    a = torch.randn(6, pairs, 5, generator=gen)
+    g = torch.randn(6, pairs, 4, generator=gen)
+    ours = linear_norm_sample(layer, [a], g)
+    ghost = opacus_linear.compute_linear_norm_sample(layer, [a], g)
+    per_user_w = torch.einsum("nti,ntj->nij", g, a).flatten(1).norm(dim=1)
+    per_user_b = g.sum(1).norm(dim=1)
+    for p, expected in ((layer.weight, per_user_w), (layer.bias, per_user_b)):
+        assert torch.allclose(ours[p], expected, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(ghost[p], expected, rtol=1e-4, atol=1e-4)
+
+
 def test_user_batches_bound_each_users_contribution(data):
     batches = UserBatches(data, max_per_user=5, n_negatives=3)
     users = np.array([0, 7, 12, 39])

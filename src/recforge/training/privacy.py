@@ -208,6 +208,28 @@ def _register_embedding_samplers() -> None:
     register_grad_sampler(Embedding)(embedding.compute_embedding_grad_sample)
     for kind in (Embedding, nn.Embedding):
         register_norm_sampler(kind)(_embedding_norm_sample)
+    register_norm_sampler(nn.Linear)(linear_norm_sample)
+
+
+def linear_norm_sample(layer: nn.Module, activations: list[torch.Tensor],
+                       backprops: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-user gradient norms of a linear layer fed ``[B, T, d_in]`` (a user's T pairs
+    of a step), by the cheaper of two exact ways: Opacus's ghost norm builds two
+    ``[B, T, T]`` Gram matrices, the per-user gradient ``sum_t g_t a_t^T`` is
+    ``[B, d_out, d_in]``. ``neumf`` with 1,000 negatives per event has T = 20,000 pairs a
+    user (1.6 GB per Gram matrix) against 512 x 512 weights (1 MB): the gradient, there."""
+    from opacus.grad_sample import linear  # lazy: an optional extra
+
+    g = backprops
+    if g.dim() != 3 or g.shape[1] ** 2 <= layer.weight.numel():
+        return linear.compute_linear_norm_sample(layer, activations, backprops)
+    a = activations[0].to(g.dtype)
+    out: dict[nn.Parameter, torch.Tensor] = {}
+    if layer.weight.requires_grad:
+        out[layer.weight] = torch.einsum("nti,ntj->nij", g, a).flatten(1).norm(dim=1)
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = g.sum(1).norm(dim=1)
+    return out
 
 
 def _embedding_norm_sample(layer: nn.Module, activations: list[torch.Tensor],
