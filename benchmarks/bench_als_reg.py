@@ -5,6 +5,10 @@
     python benchmarks/bench_als_reg.py --datasets ml-100k,sparse-local --settings default,total
     python benchmarks/bench_als_reg.py --settings observed:0.05,observed:0.1
     python benchmarks/bench_als_reg.py --settings observed:2:0.5    # reg 2, exponent 0.5
+    # implicit 0.7.3's ALS (128 factors, reg 0.01, alpha 10, 15 iterations, one thread) on
+    # the same splits, in a venv of its own (never a dependency of recforge):
+    RECFORGE_IMPLICIT_PYTHON=../bench-implicit/bin/python \
+        python benchmarks/bench_als_reg.py --settings implicit
 
 Frequency-scaled regularisation multiplies ``reg`` by a row's weight. With the weight of
 every cell (``reg_weight="total"``, Rendle et al. 2022: ``n_items + alpha * n_u``) the
@@ -35,6 +39,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -95,6 +101,32 @@ def load(name: str, cache: Path):
     return split.train, split.test
 
 
+def fit_implicit(train, tmp: Path):
+    """implicit 0.7.3's ALS on ``train`` in its own venv (``RECFORGE_IMPLICIT_PYTHON``,
+    ``benchmarks/implicit_als.py``), its factors put into a recforge ``ALS`` so that the
+    same evaluator scores them; returns (model, implicit's own fit seconds)."""
+    import subprocess
+
+    import scipy.sparse as sp
+    import torch
+
+    from recforge.models.als import ALS
+
+    python = os.environ.get("RECFORGE_IMPLICIT_PYTHON")
+    if not python:
+        sys.exit("--settings implicit needs RECFORGE_IMPLICIT_PYTHON: the python of a venv "
+                 "with implicit==0.7.3")
+    sp.save_npz(tmp / "train.npz", train.binary_csr.tocsr())
+    out = subprocess.run([python, str(REPO / "benchmarks" / "implicit_als.py"),
+                          str(tmp / "train.npz"), str(tmp / "f")], capture_output=True,
+                         text=True, check=True)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    model = ALS(embedding_dim=128, epochs=1).fit(train)  # the vocabularies and seen items
+    model.user_factors_ = torch.from_numpy(np.load(tmp / "f_users.npy")).to(model.device_)
+    model.item_factors_ = torch.from_numpy(np.load(tmp / "f_items.npy")).to(model.device_)
+    return model, info["fit_s"], info
+
+
 def parse_setting(name: str) -> dict:
     if name in SETTINGS:
         return SETTINGS[name]
@@ -130,12 +162,17 @@ def main(argv: list[str] | None = None) -> int:
             keep = np.random.default_rng(0).choice(users, MAX_USERS, replace=False)
             test = test.subset(np.nonzero(np.isin(test.user, keep))[0])
         for setting in args.settings.split(","):
-            model = ALS(**parse_setting(setting))
-            start = time.perf_counter()
-            model.fit(train)
-            fit_s = time.perf_counter() - start
+            if setting == "implicit":
+                with tempfile.TemporaryDirectory() as tmp:
+                    model, fit_s, params = fit_implicit(train, Path(tmp))
+            else:
+                model = ALS(**parse_setting(setting))
+                start = time.perf_counter()
+                model.fit(train)
+                fit_s = time.perf_counter() - start
+                params = model.get_params()
             result = evaluate(model, train, test, metrics="recall@20,ndcg@20")
-            row = {"dataset": name, "setting": setting, "params": model.get_params(),
+            row = {"dataset": name, "setting": setting, "params": params,
                    "users": len(train.active_users()), "items": train.n_items,
                    "train_events": len(train), "eval_users": int(len(test.active_users())),
                    "sampled_users": sampled, **{k: round(v, 4) for k, v in result.summary.items()},
