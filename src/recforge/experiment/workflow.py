@@ -202,10 +202,11 @@ class PreparedData:
         (``movielens_words``) the bundle's features built that way (once)."""
         if self.feature_bundle is None or not getattr(model, "movielens_words", False):
             return self.item_features
-        cache = self.__dict__.setdefault("_worded_features", {})
-        if "words" not in cache:
-            cache["words"] = item_features(None, self.feature_bundle, model=model)
-        return cache["words"]
+        return self._features_with_words
+
+    @functools.cached_property
+    def _features_with_words(self) -> Any:
+        return movielens_item_features(self.feature_bundle, words=True)
 
     @functools.cached_property
     def seen_at_test(self) -> Interactions:
