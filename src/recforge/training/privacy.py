@@ -195,10 +195,13 @@ class _Collate:
         return self.batches.batch(np.asarray(users, dtype=np.int64), self.rng)
 
 
-def _register_embedding_samplers() -> None:
+def _register_samplers() -> None:
     """Opacus finds its per-sample gradient and gradient-norm functions by exact module
-    type: recforge's :class:`~recforge.training.embedding.Embedding` (an ``nn.Embedding``
-    with a faster CPU backward pass) takes ``nn.Embedding``'s."""
+    type (in a registry of its own, for the whole process): recforge's
+    :class:`~recforge.training.embedding.Embedding` (an ``nn.Embedding`` with a faster
+    CPU backward pass) takes ``nn.Embedding``'s gradient function; both embeddings take
+    :func:`_embedding_norm_sample` (empty Poisson steps) and ``nn.Linear`` takes
+    :func:`linear_norm_sample` (many pairs per user)."""
     from opacus.grad_sample import embedding  # lazy: an optional extra
     from opacus.grad_sample.utils import (  # lazy: an optional extra
         register_grad_sampler,
@@ -318,7 +321,7 @@ class PrivateRun:
         from opacus.accountants.utils import get_noise_multiplier  # lazy: an optional extra
         from opacus.validators import ModuleValidator  # lazy: an optional extra
 
-        _register_embedding_samplers()
+        _register_samplers()
         self.t, self.model, self.batches, self.spec = trainer, model, batches, spec
         if trainer.world > 1:
             raise ConfigError(f"{model.name}: differentially private training runs in one "
