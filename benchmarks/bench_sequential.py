@@ -288,6 +288,45 @@ def recbole_speed(threads: int) -> dict[str, Any]:
     return row
 
 
+def recbole_quality(data_name: str, split: Any, name: str, cpu_budget_s: float,
+                    epochs: int, threads: int) -> dict[str, Any]:
+    """RecBole 1.2.1's ``name`` (SASRec or GRU4Rec) at its defaults, trained and tested on
+    the same split as recforge (``recbole_next_item.py``, run by ``RECFORGE_RECBOLE_PYTHON``):
+    the ordered sequences recforge holds (training, validation item, test item) are written
+    out for it, so both see the same order and hold out the same items. Users without a
+    test item (the split drops a last event whose item was never seen before it) are left
+    out: RecBole would otherwise test them on their validation item."""
+    python = os.environ.get("RECFORGE_RECBOLE_PYTHON")
+    if not python or not Path(python).exists():
+        reason = "RECFORGE_RECBOLE_PYTHON is not set" if not python else f"{python} not found"
+        print(f"RecBole comparison skipped: {reason} (a venv with recbole==1.2.1)")
+        return {"skipped": reason}
+    sequences = split.history.sequences()
+    test_item = dict(zip(split.test.users.id(split.test.user).tolist(),
+                         split.test.items.id(split.test.item).tolist(), strict=True))
+    script = Path(__file__).with_name("recbole_next_item.py")
+    with tempfile.TemporaryDirectory() as work:  # RecBole writes log/ and log_tensorboard/
+        path = Path(work) / "sequences.txt"
+        users, items = split.history.users, split.history.items
+        with open(path, "w") as out:
+            for u in range(sequences.n_users):
+                user = users.id(u).item()
+                if user not in test_item:  # its last event was dropped by the split
+                    continue
+                row = [*items.id(sequences.user(u)).tolist(), test_item[user]]
+                out.write(" ".join(map(str, [user, *row])) + "\n")
+        done = subprocess.run([python, str(script), str(path), name, str(cpu_budget_s),
+                               str(epochs), str(threads)], capture_output=True, text=True,
+                              check=False, cwd=work)
+    if done.returncode != 0:
+        print(done.stderr[-3000:])
+        raise SystemExit("the RecBole run failed (its error above)")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row |= {"data": data_name, "load_average": os.getloadavg()[0]}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="ml-1m-seq", choices=["ml-1m-seq", "ml-100k"])
@@ -309,6 +348,10 @@ def main() -> None:
                          "changes less than wall time)")
     ap.add_argument("--recbole", action="store_true",
                     help="only the RecBole speed comparison (RECFORGE_RECBOLE_PYTHON)")
+    ap.add_argument("--recbole-quality", choices=["SASRec", "GRU4Rec"], default=None,
+                    help="train and test RecBole's MODEL at its defaults on --data's split "
+                         "(RECFORGE_RECBOLE_PYTHON; stops past --cpu-budget-s CPU seconds, "
+                         "by its early stopping, or after --epochs)")
     ap.add_argument("--tag", default="", help="appended to the result keys")
     ap.add_argument("--nproc", type=int, default=1,
                     help="train each run in this many processes (DDP on gloo, one thread "
@@ -341,6 +384,14 @@ def main() -> None:
         return
     data = load(args.data)
     split = leave_last_out(data, valid=True)
+    if args.recbole_quality:
+        budget = args.cpu_budget_s or 1e12
+        row = recbole_quality(args.data, split, args.recbole_quality, budget, args.epochs,
+                              args.threads or 1)
+        if "skipped" not in row:
+            write_results({f"recbole/{args.data}/{args.recbole_quality}/epochs={args.epochs}"
+                           f"/cpu_budget={budget:g}s{args.tag}": row})
+        return
     if is_main:
         print(f"{args.data}: {data.n_users:,} users, {data.n_items:,} items, {len(data):,} events; "
               f"train {len(split.train):,}, load average {os.getloadavg()[0]:.2f}", flush=True)

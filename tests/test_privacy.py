@@ -277,3 +277,95 @@ def test_user_rows_refit_leaves_the_private_item_side(data):
     assert not torch.equal(plain.module_.user.weight, refit.module_.user.weight)
     assert [r.get("phase") for r in refit.history_] == [None, None, "user rows", "user rows"]
     assert refit.privacy_["epsilon"] == plain.privacy_["epsilon"]
+
+
+# ------------------------------------------------------------------------------------
+# next-item models: one window per user, the item table read at the input and the output
+SEQ = dict(epochs=1, embedding_dim=8, max_len=6, batch_size=16, dropout=0.0, device="cpu",
+           valid_metric=None, n_blocks=1)
+
+
+@pytest.fixture(scope="module")
+def private_sasrec(data):
+    return create_model("sasrec", dp_epsilon=4.0, **SEQ).fit(data)
+
+
+def _window_run(model, data, clip: float) -> PrivateRun:
+    from recforge.training.privacy import UserWindows
+    from recforge.training.sequence_batches import right_aligned
+
+    windows = right_aligned(data.sequences().last(int(model.max_len) + 1, pad=0,
+                                                  offset=1))[0]
+    trainer = Trainer(epochs=1, learning_rate=0.01, device="cpu", seed=0,
+                      privacy=PrivacySpec(epsilon=1.0, delta=1e-3, max_grad_norm=clip,
+                                          max_per_user=8, users_per_step=16))
+    return PrivateRun(trainer, model, UserWindows(windows), trainer.privacy)
+
+
+def test_sasrec_trains_privately_one_window_per_user(private_sasrec, data):
+    report = private_sasrec.privacy_
+    assert 3.5 < report["epsilon"] <= 4.0 and report["unit"] == "user"
+    assert report["max_per_user"] == SEQ["max_len"]  # the positions of one window
+    assert report["expected_users_per_step"] == pytest.approx(
+        report["sample_rate"] * data.n_users)
+    assert "_private_output" not in private_sasrec.__dict__  # made for the fit alone
+    scores = private_sasrec.recommend_for_history([0, 1, 2])
+    assert len(scores) and "sasrec" in private_models()
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_sasrec_per_user_gradients_include_the_tied_output(private_sasrec, data):
+    """Opacus sees each user's whole gradient of the item table: the input lookup's
+    share and the output scores' (ItemOutput) summed, as autograd gives it for that
+    user's loss alone; clipping then bounds each user's share."""
+    import copy
+
+    plain = copy.deepcopy(private_sasrec)
+    plain.private_modules()
+    clip = 1e-3
+    run = _window_run(private_sasrec, data, clip)
+    users = np.arange(12)
+    batch = run.batches.batch(users, np.random.default_rng(0))
+    named = dict(private_sasrec.module_.named_parameters())
+    private_sasrec.module_.train()  # as a private epoch runs it (no dropout in SEQ)
+    run.opt.zero_grad(set_to_none=True)
+    run.criterion(private_sasrec.private_loss(batch)).backward()
+    for name in ("item.weight", "position.weight", "blocks.0.qkv.weight", "norm.weight"):
+        sample = named[name].grad_sample
+        sample = sum(sample) if isinstance(sample, list) else sample
+        p = dict(plain.module_.named_parameters())[name]
+        for b in range(len(users)):
+            p.grad = None
+            plain.private_loss(batch)[b].backward()
+            assert torch.allclose(sample[b], p.grad, atol=1e-6, rtol=1e-4), (name, b)
+    item = named["item.weight"]
+    run.opt.clip_and_accumulate()
+    assert item.summed_grad.norm() <= len(users) * clip * (1 + 1e-4)
+    assert item.summed_grad.norm() > 0.1 * clip
+    run.finish()
+
+
+def test_sasrec_step_that_sampled_no_user_adds_the_noise_alone(private_sasrec, data):
+    run = _window_run(private_sasrec, data, 1.0)
+    private_sasrec.module_.train()
+    before = {n: p.detach().clone() for n, p in private_sasrec.module_.named_parameters()}
+    loss, users = run._step(run._empty())
+    assert (loss, users, run.steps) == (0.0, 0, 1)
+    assert all(not torch.equal(p.detach(), before[n])
+               for n, p in private_sasrec.module_.named_parameters())
+    run.finish()
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"loss": "bce"}, "loss='ce'"), ({"loss": "gbce"}, "loss='ce'"),
+    ({"random_windows": 0.5}, "random_windows"),
+])
+def test_sasrec_private_settings_it_cannot_train(params, message, data):
+    with pytest.raises(ConfigError, match=message):
+        create_model("sasrec", dp_epsilon=4.0, **{**SEQ, **params}).fit(data)
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "caser"])
+def test_other_sequence_models_refuse_dp(name, data):
+    with pytest.raises(ConfigError, match=f"{name} does not support differentially"):
+        create_model(name, dp_epsilon=4.0, epochs=1).fit(data)

@@ -446,7 +446,6 @@ class GradientRecommender(Recommender):
         kept in :attr:`privacy_` (saved with the model)."""
         from recforge.training.privacy import (  # lazy: Opacus, an optional extra
             PrivacySpec,
-            UserBatches,
             require_opacus,
         )
 
@@ -457,15 +456,14 @@ class GradientRecommender(Recommender):
         if context.sparse_updates == "on":
             raise ConfigError(f"{self.name}: sparse_updates='on' cannot be used with "
                               "dp_epsilon")
-        n_neg = int(getattr(self, "n_negatives", 0)) if self.objective == "ranking" else 0
         spec = PrivacySpec(
             epsilon=float(self.dp_epsilon),  # type: ignore[arg-type]
             delta=float(self.dp_delta if self.dp_delta is not None
                         else 1.0 / max(2, self.n_users)),
             max_grad_norm=float(self.dp_max_grad_norm), max_per_user=int(self.dp_max_per_user),
-            users_per_step=max(1, int(self.batch_size) // int(self.dp_max_per_user)),
+            users_per_step=self._private_users_per_step(),
             user_learning_rate=float(self.dp_user_learning_rate))
-        batches = UserBatches(train, spec.max_per_user, n_neg)
+        batches = self._private_batches(train, spec)
         validate: Validate | None = None
         if valid is not None:
             self._check_validation_data(train, valid, context)
@@ -479,6 +477,33 @@ class GradientRecommender(Recommender):
             self._solve_user_rows(train)
         if self.dp_user_epochs:
             self._fit_user_rows(train, context)
+
+    def _private_users_per_step(self) -> int:
+        """The expected users of a private step: ``batch_size`` counts events, so
+        ``batch_size // dp_max_per_user`` (override where a batch counts users)."""
+        return max(1, int(self.batch_size) // int(self.dp_max_per_user))
+
+    def _private_batches(self, train: Interactions, spec: Any) -> Any:
+        """The user-level batches :meth:`private_loss` reads: up to ``dp_max_per_user``
+        events of each sampled user, with ``n_negatives`` negatives each for ranking
+        models (:class:`~recforge.training.privacy.UserBatches`; override for other
+        batches, e.g. each user's ordered window)."""
+        from recforge.training.privacy import UserBatches  # lazy: Opacus, an optional extra
+
+        n_neg = int(getattr(self, "n_negatives", 0)) if self.objective == "ranking" else 0
+        return UserBatches(train, spec.max_per_user, n_neg)
+
+    def private_modules(self) -> list[torch.nn.Module]:
+        """Modules outside ``module_`` that the private loss calls on shared parameters
+        (e.g. an output layer reading the item table that an embedding also owns), for
+        Opacus to compute their share of each user's gradient (override)."""
+        return []
+
+    #: How Opacus computes each user's gradient norm: "ghost" (without materialising
+    #: per-user gradients; each shared module called once per step) or "hooks" (per-user
+    #: gradients materialised, summed over every call of a parameter: tables read twice,
+    #: recurrent cells called once per position).
+    private_grad_sample_mode: ClassVar[str] = "ghost"
 
     def _fit_user_rows(self, train: Interactions, context: FitContext) -> None:
         """``dp_user_epochs`` ordinary epochs of the user tables alone (Adam at

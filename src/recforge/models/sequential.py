@@ -224,6 +224,67 @@ class SequentialRecommender(GradientRecommender):
             return nil.full_softmax(hidden, targets, items)
         raise ConfigError(f"{self.name}: unknown loss {loss!r}")
 
+    # ----------------------------------------------------------------------------------
+    # differentially private training (models that define private_loss: sasrec)
+    #: per-user gradients materialised: the item table is read at the input and, through
+    #: an :class:`~recforge.training.privacy.ItemOutput`, at the output
+    private_grad_sample_mode: ClassVar[str] = "hooks"
+
+    def _validate_privacy(self) -> None:
+        super()._validate_privacy()
+        if not self.private:
+            return
+        if self.loss != "ce":
+            raise ConfigError(f"{self.name}: dp_epsilon trains with loss='ce' (the full "
+                              f"softmax, whose item scores Opacus sees per user), not "
+                              f"loss={self.loss!r}")
+        if float(self.random_windows) > 0:
+            raise ConfigError(f"{self.name}: random_windows cannot be used with dp_epsilon "
+                              "(a private step reads each sampled user's last window)")
+
+    def _private_users_per_step(self) -> int:
+        """``batch_size`` counts sequences here: one window per user."""
+        return max(1, int(self.batch_size))
+
+    def _private_batches(self, train: Interactions, spec: Any) -> Any:
+        """Each sampled user's last ``max_len + 1`` training items, one window per user
+        (:class:`~recforge.training.privacy.UserWindows`); ``dp_max_per_user`` does not
+        apply (a user's window is their contribution to a step)."""
+        from recforge.training.privacy import UserWindows  # lazy: Opacus, an optional extra
+
+        windows = self._train_windows
+        del self._train_windows
+        return UserWindows(windows)
+
+    def _private_item_tables(self) -> list[torch.nn.Parameter]:
+        """The parameters whose concatenation (by columns) is :meth:`item_table`."""
+        return [self.module_.item.weight]
+
+    def private_modules(self) -> list[torch.nn.Module]:
+        from recforge.training.privacy import ItemOutput  # lazy: Opacus, an optional extra
+
+        self._private_output = ItemOutput(self._private_item_tables())
+        return [self._private_output]
+
+    def _private_window_loss(self, batch: Batch) -> torch.Tensor:
+        """Each user's mean full-softmax cross-entropy over the positions of their window
+        ``[B]`` (float32; the scores through the :class:`ItemOutput` Opacus hooks)."""
+        inputs, targets = batch["inputs"], batch["targets"]
+        hidden = self.module_.encode(inputs, batch.get("users") if self.needs_users else None)
+        logits = self._private_output(hidden)
+        mask = targets > 0
+        ce = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), (targets - 1).clamp(min=0).reshape(-1),
+            reduction="none").view_as(targets)
+        return (ce * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    def _train_private(self, train: Interactions, valid: Interactions | None,
+                       context: Any) -> None:
+        try:
+            super()._train_private(train, valid, context)
+        finally:
+            self.__dict__.pop("_private_output", None)
+
     @contextlib.contextmanager
     def _seeded(self) -> Any:
         """Torch's global generator seeded with ``seed`` for a module's build (its layers

@@ -46,7 +46,8 @@ from recforge.training.contracts import Batch, TrainableModel
 from recforge.training.embedding import Embedding
 from recforge.training.optim import make_optimizer, make_scheduler
 
-__all__ = ["PrivacySpec", "PrivateRun", "UserBatches", "require_opacus"]
+__all__ = ["ItemOutput", "PrivacySpec", "PrivateRun", "UserBatches", "UserWindows",
+           "require_opacus"]
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,74 @@ class UserBatches:
         return out
 
 
+class UserWindows:
+    """User-level batches of a next-item model: each sampled user's training window, their
+    last items in order (``windows`` ``[n_users, W]``, right-padded, 1-based, 0 the
+    padding; one row per user, users with fewer than two items train nothing), as
+    ``inputs`` ``[B, L]`` (all but the last item) and ``targets`` (the items that follow),
+    cut to the longest window of the batch, with ``users`` ``[B]``. A user's contribution
+    to a step is that one window (``max_per_user``: its positions)."""
+
+    def __init__(self, windows: np.ndarray):
+        windows = np.ascontiguousarray(windows, dtype=np.int64)
+        self._windows = torch.from_numpy(windows)
+        self._lengths = (windows > 0).sum(1)
+        self.n_users = len(windows)
+        self.max_per_user = max(1, windows.shape[1] - 1)
+
+    def batch(self, users: np.ndarray, rng: np.random.Generator) -> Batch:
+        """The batch of ``users`` (user indices; ``rng`` is not used: nothing is drawn)."""
+        users = np.asarray(users, dtype=np.int64)
+        longest = max(2, int(self._lengths[users].max(initial=0)))
+        win = self._windows.index_select(0, torch.from_numpy(users))[:, :longest]
+        return {"users": torch.from_numpy(users), "inputs": win[:, :-1],
+                "targets": win[:, 1:]}
+
+
+class ItemOutput(nn.Module):
+    """Every item's score ``x @ T[1:].T`` (``[..., n_items]``) for a private loss, where
+    ``T`` is the concatenation along columns of ``tables`` (``[n_items + 1, d_i]`` each,
+    row 0 the padding item): parameters that other modules own too (a next-item model's
+    item table is its input embedding as well). Opacus sums the per-user gradients of all
+    the modules that read a parameter (``hooks`` mode), so each user's gradient of a tied
+    table is whole when its clipping norm is taken. Not a submodule of the model: it is
+    made for the private fit alone and saves nothing."""
+
+    def __init__(self, tables: list[nn.Parameter]):
+        super().__init__()
+        self.widths = [int(t.shape[1]) for t in tables]
+        for i, table in enumerate(tables):
+            self.register_parameter(f"table{i}", table)
+
+    def tables(self) -> list[nn.Parameter]:
+        return [getattr(self, f"table{i}") for i in range(len(self.widths))]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tables = self.tables()
+        table = tables[0] if len(tables) == 1 else torch.cat(tables, dim=1)
+        return x @ table[1:].T
+
+
+def _item_output_grad_sample(layer: nn.Module, activations: list[torch.Tensor],
+                             backprops: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+    """Each user's gradient of the tables of an :class:`ItemOutput`: ``sum_t g_t x_t^T``
+    over the user's positions, ``[B, n_items + 1, d]`` (row 0 zero), split by table."""
+    x, g = activations[0], backprops.to(activations[0].dtype)
+    if x.dim() == 2:  # one position per user
+        x, g = x.unsqueeze(1), g.unsqueeze(1)
+    x, g = x.flatten(1, -2), g.flatten(1, -2)  # [B, positions, d] and [B, positions, n]
+    grads = torch.zeros(x.shape[0], g.shape[-1] + 1, x.shape[-1], dtype=x.dtype,
+                        device=x.device)
+    grads[:, 1:] = torch.bmm(g.transpose(1, 2), x)
+    out: dict[nn.Parameter, torch.Tensor] = {}
+    start = 0
+    for table, width in zip(layer.tables(), layer.widths, strict=True):
+        if table.requires_grad:
+            out[table] = grads[..., start:start + width]
+        start += width
+    return out
+
+
 class _Users(torch.utils.data.Dataset):
     """The user indices ``0..n-1``; a batch of them is fetched at once (``__getitems__``)."""
 
@@ -199,7 +268,8 @@ def _register_samplers() -> None:
     """Opacus finds its per-sample gradient and gradient-norm functions by exact module
     type (in a registry of its own, for the whole process): recforge's
     :class:`~recforge.training.embedding.Embedding` (an ``nn.Embedding`` with a faster
-    CPU backward pass) takes ``nn.Embedding``'s gradient function; both embeddings take
+    CPU backward pass) takes ``nn.Embedding``'s gradient function, :class:`ItemOutput`
+    its own (:func:`_item_output_grad_sample`); both embeddings take
     :func:`_embedding_norm_sample` (empty Poisson steps) and ``nn.Linear`` takes
     :func:`linear_norm_sample` (many pairs per user)."""
     from opacus.grad_sample import embedding  # lazy: an optional extra
@@ -209,6 +279,7 @@ def _register_samplers() -> None:
     )
 
     register_grad_sampler(Embedding)(embedding.compute_embedding_grad_sample)
+    register_grad_sampler(ItemOutput)(_item_output_grad_sample)
     for kind in (Embedding, nn.Embedding):
         register_norm_sampler(kind)(_embedding_norm_sample)
     register_norm_sampler(nn.Linear)(linear_norm_sample)
@@ -338,6 +409,10 @@ class PrivateRun:
         if not shared:
             raise ModelError(f"{model.name}: no shared parameters to train privately")
         owners, owner_names = _owners(module, shared)
+        extra = list(model.private_modules())  # type: ignore[attr-defined]
+        owners += extra
+        owner_names += [type(m).__name__ for m in extra]
+        self.mode = str(getattr(model, "private_grad_sample_mode", "ghost"))
         errors = ModuleValidator.validate(nn.ModuleList(owners), strict=False)
         if errors:
             raise ModelError(f"{model.name}: modules Opacus cannot train privately: {errors}")
@@ -370,15 +445,22 @@ class PrivateRun:
         with warnings.catch_warnings():  # Opacus's note on its seeded (not secure) RNG
             warnings.simplefilter("ignore")
             self.engine = PrivacyEngine(accountant=ACCOUNTANT)
-            # ghost clipping: each user's gradient norm without materialising their
-            # gradient of every item row ([users, n_items, dim], 120 MB a step for bpr on
-            # ml-1m, and most of the step's time)
-            self.hooks, self.opt, self.criterion, self.loader = self.engine.make_private(
-                module=nn.ModuleList(owners), optimizer=opt, data_loader=loader,
-                criterion=_PerUserLoss(), noise_multiplier=self.noise_multiplier,
-                max_grad_norm=spec.max_grad_norm, poisson_sampling=True,
-                grad_sample_mode="ghost", wrap_model=False)
-        self.calls = _CallCounter(owners, owner_names)
+            private = {"module": nn.ModuleList(owners), "optimizer": opt,
+                       "data_loader": loader, "noise_multiplier": self.noise_multiplier,
+                       "max_grad_norm": spec.max_grad_norm, "poisson_sampling": True,
+                       "wrap_model": False}
+            if self.mode == "ghost":
+                # ghost clipping: each user's gradient norm without materialising their
+                # gradient of every item row ([users, n_items, dim], 120 MB a step for bpr
+                # on ml-1m, and most of the step's time)
+                self.hooks, self.opt, self.criterion, self.loader = self.engine.make_private(
+                    **private, criterion=_PerUserLoss(), grad_sample_mode="ghost")
+            else:  # per-user gradients, summed over every module call that reads them
+                self.hooks, self.opt, self.loader = self.engine.make_private(
+                    **private, grad_sample_mode="hooks", loss_reduction="mean")
+                self.criterion = _PerUserLoss()
+        # ghost clipping keeps one norm per module call; hooks sum the calls' gradients
+        self.calls = _CallCounter(owners if self.mode == "ghost" else [], owner_names)
         user_modules = _owners(module, {n: p for n, p in named.items() if n in user_names})[0]
         self.user_hooks = [m.register_forward_hook(_first_pass_only) for m in user_modules]
         self.sched = make_scheduler(trainer.lr_schedule, self.opt, trainer.epochs)
@@ -389,7 +471,7 @@ class PrivateRun:
         log.info("differentially private training: epsilon %g, delta %.3g, noise multiplier "
                  "%.3f, sampling rate %.4f, clip %g, at most %d events per user per step",
                  spec.epsilon, spec.delta, self.noise_multiplier, self.sample_rate,
-                 spec.max_grad_norm, spec.max_per_user)
+                 spec.max_grad_norm, batches.max_per_user)
 
     def steps_per_epoch(self) -> int:
         return len(self.loader)
@@ -410,8 +492,9 @@ class PrivateRun:
         if self.user_opt is not None:
             self.user_opt.zero_grad(set_to_none=True)
         # the mean over the step's users: Opacus takes each user's gradient norm, clips
-        # (a second backward pass of the loss reweighted per user), then its optimizer
-        # adds the noise and divides by the expected number of users
+        # (ghost: a second backward pass of the loss reweighted per user; hooks: each
+        # user's materialised gradient), then its optimizer adds the noise and divides by
+        # the expected number of users
         with warnings.catch_warnings():  # Opacus's hooks on lookups of integer indices
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             self.criterion(per_user).backward()
@@ -491,7 +574,8 @@ class PrivateRun:
         self.report = {
             "epsilon": self.spent_epsilon(), "delta": self.spec.delta,
             "target_epsilon": self.spec.epsilon, "unit": "user",
-            "max_grad_norm": self.spec.max_grad_norm, "max_per_user": self.spec.max_per_user,
+            "max_grad_norm": self.spec.max_grad_norm,
+            "max_per_user": int(self.batches.max_per_user),
             "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate,
             "expected_users_per_step": self.sample_rate * self.batches.n_users,
             "steps": self.steps, "accountant": ACCOUNTANT, "library": "opacus",
