@@ -503,6 +503,20 @@ def test_validation_settings_checked_up_front_and_the_last_epoch_evaluated(rando
     assert step.history_[-1]["lr"] == pytest.approx(0.01)  # 3 halvings, not 6
 
 
+@pytest.mark.parametrize("private", [False, True])
+def test_valid_metric_none_trains_without_validation(random_data, private):
+    """``valid_metric=None`` turns validation off even when validation data is passed
+    (it failed with "a metric is a name such as 'ndcg@10', not a NoneType")."""
+    from recforge.data.split import random_split
+
+    split = random_split(random_data, test_size=0.2, seed=0)
+    model = create_model("bpr", epochs=2, embedding_dim=4, valid_metric=None,
+                         **({"dp_epsilon": 8.0} if private else {}))
+    model.fit(split.train, split.test)
+    assert len(model.history_) == 2
+    assert not any(k.startswith("ndcg") for h in model.history_ for k in h)
+
+
 def test_validation_data_with_no_known_user_is_refused_before_training(random_data):
     """Validation users in another id space: a clear error before the first epoch (not
     after eval_every epochs, nor "the test set is empty")."""

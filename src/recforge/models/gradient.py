@@ -421,7 +421,7 @@ class GradientRecommender(Recommender):
             balance_shards(sampler, len(train), self._stats.item_counts, self.device_,
                            is_main=context.rank == 0)
         validate: Validate | None = None
-        if valid is not None:
+        if valid is not None and self.valid_metric is not None:  # None: no validation
             # before hours of training, not at the first evaluation
             self._check_validation_data(train, valid, context)
             validate = functools.partial(self._validate, train, valid, context)
@@ -465,7 +465,7 @@ class GradientRecommender(Recommender):
             user_learning_rate=float(self.dp_user_learning_rate))
         batches = self._private_batches(train, spec)
         validate: Validate | None = None
-        if valid is not None:
+        if valid is not None and self.valid_metric is not None:  # None: no validation
             self._check_validation_data(train, valid, context)
             validate = functools.partial(self._validate, train, valid, context)
         trainer = self._trainer(context, patience=None, privacy=spec)
