@@ -282,12 +282,17 @@ def test_user_rows_refit_leaves_the_private_item_side(data):
 # ------------------------------------------------------------------------------------
 # next-item models: one window per user, the item table read at the input and the output
 SEQ = dict(epochs=1, embedding_dim=8, max_len=6, batch_size=16, dropout=0.0, device="cpu",
-           valid_metric=None, n_blocks=1)
+           valid_metric=None)
 
 
 @pytest.fixture(scope="module")
 def private_sasrec(data):
-    return create_model("sasrec", dp_epsilon=4.0, **SEQ).fit(data)
+    return create_model("sasrec", dp_epsilon=4.0, n_blocks=1, **SEQ).fit(data)
+
+
+@pytest.fixture(scope="module")
+def private_gru4rec(data):
+    return create_model("gru4rec", dp_epsilon=4.0, dropout_hidden=0.0, **SEQ).fit(data)
 
 
 def _window_run(model, data, clip: float) -> PrivateRun:
@@ -314,30 +319,42 @@ def test_sasrec_trains_privately_one_window_per_user(private_sasrec, data):
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook")
-def test_sasrec_per_user_gradients_include_the_tied_output(private_sasrec, data):
+@pytest.mark.parametrize("name, checked", [
+    ("sasrec", ("item.weight", "position.weight", "blocks.0.qkv.weight", "norm.weight")),
+    ("gru4rec", ("item.weight", "gru.weight_ih_l0", "gru.weight_hh_l0", "gru.bias_hh_l0")),
+])
+def test_per_user_gradients_include_the_tied_output(name, checked, request, data):
     """Opacus sees each user's whole gradient of the item table: the input lookup's
     share and the output scores' (ItemOutput) summed, as autograd gives it for that
-    user's loss alone; clipping then bounds each user's share."""
+    user's loss alone (gru4rec: summed over the DPGRU's cell per position, against the
+    fused nn.GRU); clipping then bounds each user's share."""
     import copy
 
-    plain = copy.deepcopy(private_sasrec)
+    from opacus.layers import DPGRU
+
+    model = request.getfixturevalue(f"private_{name}")
+    hooked, plain = copy.deepcopy(model), copy.deepcopy(model)
     plain.private_modules()
+    if name == "gru4rec":
+        fused = hooked.module_.gru
+        hooked.module_.gru = DPGRU(fused.input_size, fused.hidden_size, batch_first=True)
+        hooked.module_.gru.load_state_dict(fused.state_dict())
     clip = 1e-3
-    run = _window_run(private_sasrec, data, clip)
+    run = _window_run(hooked, data, clip)
     users = np.arange(12)
     batch = run.batches.batch(users, np.random.default_rng(0))
-    named = dict(private_sasrec.module_.named_parameters())
-    private_sasrec.module_.train()  # as a private epoch runs it (no dropout in SEQ)
+    named = dict(hooked.module_.named_parameters())
+    hooked.module_.train()  # as a private epoch runs it (no dropout in SEQ)
     run.opt.zero_grad(set_to_none=True)
-    run.criterion(private_sasrec.private_loss(batch)).backward()
-    for name in ("item.weight", "position.weight", "blocks.0.qkv.weight", "norm.weight"):
-        sample = named[name].grad_sample
+    run.criterion(hooked.private_loss(batch)).backward()
+    for param in checked:
+        sample = named[param].grad_sample
         sample = sum(sample) if isinstance(sample, list) else sample
-        p = dict(plain.module_.named_parameters())[name]
+        p = dict(plain.module_.named_parameters())[param]
         for b in range(len(users)):
             p.grad = None
             plain.private_loss(batch)[b].backward()
-            assert torch.allclose(sample[b], p.grad, atol=1e-6, rtol=1e-4), (name, b)
+            assert torch.allclose(sample[b], p.grad, atol=1e-6, rtol=1e-4), (param, b)
     item = named["item.weight"]
     run.opt.clip_and_accumulate()
     assert item.summed_grad.norm() <= len(users) * clip * (1 + 1e-4)
@@ -365,7 +382,43 @@ def test_sasrec_private_settings_it_cannot_train(params, message, data):
         create_model("sasrec", dp_epsilon=4.0, **{**SEQ, **params}).fit(data)
 
 
-@pytest.mark.parametrize("name", ["gru4rec", "caser"])
+def test_gru4rec_trains_privately_and_scores_with_the_fused_gru(private_gru4rec, data):
+    """nn.GRU is one fused kernel Opacus cannot take per-user gradients of: the private
+    fit trains a DPGRU with the same weights and puts them back into the nn.GRU."""
+    assert 3.5 < private_gru4rec.privacy_["epsilon"] <= 4.0
+    assert type(private_gru4rec.module_.gru) is torch.nn.GRU
+    fresh = create_model("gru4rec", **SEQ)
+    fresh.users_, fresh.items_ = data.users, data.items
+    initial = dict(fresh._build().named_parameters())
+    trained = dict(private_gru4rec.module_.named_parameters())
+    assert not torch.equal(trained["gru.weight_hh_l0"], initial["gru.weight_hh_l0"])
+    assert len(private_gru4rec.recommend_for_history([0, 1, 2])) > 0
+
+
+@pytest.mark.parametrize("name", ["caser"])
 def test_other_sequence_models_refuse_dp(name, data):
     with pytest.raises(ConfigError, match=f"{name} does not support differentially"):
         create_model(name, dp_epsilon=4.0, epochs=1).fit(data)
+
+
+def test_a_private_step_in_parts_equals_one_part(private_sasrec, data):
+    """A Poisson sample larger than ``private_physical_users`` runs in parts (Opacus's
+    virtual steps): the clipped sum it hands the optimizer is the one-part step's."""
+    import copy
+
+    grads = []
+    for physical in (None, 5):
+        model = copy.deepcopy(private_sasrec)
+        run = _window_run(model, data, 0.05)
+        run.physical_users = physical
+        run.opt.noise_multiplier = 0.0  # compare the clipped sums alone
+        model.module_.train()
+        batch = run.batches.batch(np.arange(12), np.random.default_rng(0))
+        assert len(run._physical(batch)) == (1 if physical is None else 3)
+        loss, users = run._step(batch)
+        assert users == 12 and run.steps == 1
+        grads.append({n: p.grad.clone() for n, p in model.module_.named_parameters()})
+        run.finish()
+    for name, grad in grads[0].items():
+        assert torch.allclose(grad, grads[1][name], atol=1e-7, rtol=1e-4), name
+    assert private_sasrec.private_physical_users() >= 1

@@ -499,6 +499,13 @@ class GradientRecommender(Recommender):
         Opacus to compute their share of each user's gradient (override)."""
         return []
 
+    def private_physical_users(self) -> int | None:
+        """The most users whose per-user gradients a private step computes at once (a
+        larger Poisson sample runs in parts, one noise for the whole step; ``None``: all
+        at once). Applies to models with ``private_grad_sample_mode = "hooks"`` and no
+        user tables."""
+        return None
+
     #: How Opacus computes each user's gradient norm: "ghost" (without materialising
     #: per-user gradients; each shared module called once per step) or "hooks" (per-user
     #: gradients materialised, summed over every call of a parameter: tables read twice,

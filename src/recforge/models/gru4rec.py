@@ -124,6 +124,28 @@ class GRU4Rec(SequentialRecommender):
             return nil.bpr_max(hidden, targets, items, negatives, float(self.bpr_reg))
         return nil.sampled_softmax(hidden, targets, items, negatives)
 
+    def private_loss(self, batch: Batch) -> torch.Tensor:
+        """Each sampled user's mean cross-entropy over their window (``dp_epsilon``)."""
+        return self._private_window_loss(batch)
+
+    def _train_private(self, train, valid, context) -> None:  # type: ignore[no-untyped-def]
+        """Opacus cannot take each user's gradient of ``nn.GRU`` (one fused kernel over
+        the sequence): a private fit trains Opacus's ``DPGRU`` (the same weights, the
+        same state-dict names; a cell per position whose per-user gradients Opacus sums),
+        copied back into the ``nn.GRU`` afterwards for scoring."""
+        from opacus.layers import DPGRU  # lazy: Opacus, an optional extra
+
+        fused = self.module_.gru
+        cells = DPGRU(fused.input_size, fused.hidden_size, num_layers=fused.num_layers,
+                      batch_first=True, dropout=fused.dropout).to(fused.weight_ih_l0.device)
+        cells.load_state_dict(fused.state_dict())
+        self.module_.gru = cells
+        try:
+            super()._train_private(train, valid, context)
+        finally:
+            fused.load_state_dict(cells.state_dict())
+            self.module_.gru = fused
+
     def _build(self) -> nn.Module:
         with self._seeded():
             return _GRU4Rec(self.n_items, int(self.embedding_dim), int(self.n_layers),

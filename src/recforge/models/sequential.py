@@ -68,6 +68,10 @@ ENCODE_BLOCK = 512
 
 LOSSES = ("bce", "sampled_softmax", "gbce", "ce")
 
+#: Scores (users x positions x items) a part of a private step holds at once (about 512
+#: MB each for the scores, their softmax and their gradient; 181 users of ml-1m-seq).
+PRIVATE_LOGITS_AT_ONCE = 2**27
+
 
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 products natively: a CUDA GPU that supports
@@ -255,6 +259,12 @@ class SequentialRecommender(GradientRecommender):
         windows = self._train_windows
         del self._train_windows
         return UserWindows(windows)
+
+    def private_physical_users(self) -> int | None:
+        """Users per part of a private step: each user's full-softmax scores ``[max_len,
+        n_items]`` and their gradient are held at once, with the per-user gradients of
+        the item table; about :data:`PRIVATE_LOGITS_AT_ONCE` scores a part."""
+        return max(1, PRIVATE_LOGITS_AT_ONCE // (int(self.max_len) * max(1, self.n_items)))
 
     def _private_item_tables(self) -> list[torch.nn.Parameter]:
         """The parameters whose concatenation (by columns) is :meth:`item_table`."""

@@ -461,6 +461,9 @@ class PrivateRun:
                 self.criterion = _PerUserLoss()
         # ghost clipping keeps one norm per module call; hooks sum the calls' gradients
         self.calls = _CallCounter(owners if self.mode == "ghost" else [], owner_names)
+        physical = model.private_physical_users()  # type: ignore[attr-defined]
+        self.physical_users = (int(physical) if physical is not None and self.mode == "hooks"
+                               and not users else None)
         user_modules = _owners(module, {n: p for n, p in named.items() if n in user_names})[0]
         self.user_hooks = [m.register_forward_hook(_first_pass_only) for m in user_modules]
         self.sched = make_scheduler(trainer.lr_schedule, self.opt, trainer.epochs)
@@ -485,6 +488,9 @@ class PrivateRun:
         return self.batches.batch(np.zeros(0, dtype=np.int64), self.collate.rng)
 
     def _step(self, batch: Batch) -> tuple[float, int]:
+        parts = self._physical(batch)
+        if len(parts) > 1:
+            return self._step_in_parts(parts)
         per_user = self.model.private_loss(batch)  # type: ignore[attr-defined]
         b = int(per_user.shape[0])
         self.calls.check(self.model.name)
@@ -506,6 +512,38 @@ class PrivateRun:
             self.user_opt.step()
         self.steps += 1
         return float(per_user.detach().sum()), b
+
+    def _physical(self, batch: Batch) -> list[Batch]:
+        """The step's users in parts of at most ``physical_users`` (the model's
+        :meth:`private_physical_users`; hooks mode without user tables only), so that the
+        per-user gradients of a large Poisson sample fit in memory."""
+        size = self.physical_users
+        n = len(batch["users"])
+        if size is None or n <= size:
+            return [batch]
+        return [{k: v[start:start + size] for k, v in batch.items()}
+                for start in range(0, n, size)]
+
+    def _step_in_parts(self, parts: list[Batch]) -> tuple[float, int]:
+        """One private step over the parts of a user batch: Opacus's virtual steps (the
+        per-user gradients of each part clipped and summed, ``signal_skip_step``), the
+        noise added once, to the sum over all the parts, by the last part's step."""
+        total, users = 0.0, 0
+        for i, part in enumerate(parts):
+            per_user = self.model.private_loss(part)  # type: ignore[attr-defined]
+            self.opt.zero_grad(set_to_none=True)  # keeps the sum of the parts before
+            with warnings.catch_warnings():  # Opacus's hooks on lookups of integer indices
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                # the mean over this part: Opacus's hooks rescale it to each user's own
+                # gradient, and its optimizer divides the noised sum by the expected
+                # number of users of the whole step
+                self.criterion(per_user).backward()
+            if i < len(parts) - 1:
+                self.opt.signal_skip_step(do_skip=True)
+            self.opt.step()
+            total, users = total + float(per_user.detach().sum()), users + len(per_user)
+        self.steps += 1
+        return total, users
 
     def train_epoch(self, sampler: Any, epoch: int, steps: int, bar: Any) -> dict[str, Any]:
         t = self.t
