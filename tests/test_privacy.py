@@ -210,6 +210,14 @@ def test_bad_privacy_params(params, message, data):
         create_model("bpr", **{**TINY, **params}).fit(data)
 
 
+def test_spent_epsilon_is_never_negative(data):
+    """A tiny target with delta = 1 / n_users (40 users): the accountant's RDP
+    conversion found a noise whose epsilon came out at -0.005; it is reported as 0."""
+    model = create_model("bpr", dp_epsilon=1e-30, **TINY).fit(data)
+    assert model.privacy_["epsilon"] == 0.0
+    assert all(r["epsilon"] >= 0 for r in model.history_)
+
+
 def test_neumf_pretraining_is_refused_with_dp():
     with pytest.raises(ConfigError, match="pretrain"):
         create_model("neumf", dp_epsilon=1.0, pretrain=True, **TINY)._validate_params()

@@ -577,7 +577,10 @@ class PrivateRun:
     def spent_epsilon(self) -> float:
         if not self.steps:
             return 0.0
-        return float(self.engine.accountant.get_epsilon(self.spec.delta, alphas=ALPHAS))
+        # the RDP conversion can come out below 0 when delta is large (1 / n_users of a
+        # few dozen users) and the noise enormous: no mechanism spends less than nothing
+        return max(0.0, float(self.engine.accountant.get_epsilon(self.spec.delta,
+                                                                  alphas=ALPHAS)))
 
     def evaluate(self, metric: float, record: dict[str, Any]) -> None:
         """Record the validation figure only: the released weights are the last epoch's
