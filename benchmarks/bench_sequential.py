@@ -244,16 +244,25 @@ def cpu_ratios(theirs: dict[str, Any], ours: dict[str, Any]) -> dict[str, float]
             / (ours["cpu_seconds_fit"] / ours["positions"]), 2)}
 
 
+def recbole_python() -> tuple[str | None, str]:
+    """The interpreter of the venv that has RecBole (``RECFORGE_RECBOLE_PYTHON``), or
+    ``None`` and why (printed: the comparison is skipped)."""
+    python = os.environ.get("RECFORGE_RECBOLE_PYTHON")
+    if python and Path(python).exists():
+        return python, ""
+    reason = "RECFORGE_RECBOLE_PYTHON is not set" if not python else f"{python} not found"
+    print(f"RecBole comparison skipped: {reason} (a venv with recbole==1.2.1)")
+    return None, reason
+
+
 def recbole_speed(threads: int) -> dict[str, Any]:
     """One SASRec epoch on ml-100k in RecBole (run by ``RECFORGE_RECBOLE_PYTHON``, the
     interpreter of a venv that has it) and in recforge at the same settings; the ratio of
     their seconds and of their seconds per trained position (RecBole trains every prefix
     of a sequence as an example, one target each; recforge each user's last ``max_len``
     targets at once). Skipped, with the reason, when RecBole is not there."""
-    python = os.environ.get("RECFORGE_RECBOLE_PYTHON")
-    if not python or not Path(python).exists():
-        reason = "RECFORGE_RECBOLE_PYTHON is not set" if not python else f"{python} not found"
-        print(f"RecBole comparison skipped: {reason} (a venv with recbole==1.2.1)")
+    python, reason = recbole_python()
+    if python is None:
         return {"skipped": reason}
     script = Path(__file__).with_name("recbole_sasrec_epoch.py")
     with tempfile.TemporaryDirectory() as work:  # RecBole writes log/ and log_tensorboard/
@@ -296,10 +305,8 @@ def recbole_quality(data_name: str, split: Any, name: str, cpu_budget_s: float,
     out for it, so both see the same order and hold out the same items. Users without a
     test item (the split drops a last event whose item was never seen before it) are left
     out: RecBole would otherwise test them on their validation item."""
-    python = os.environ.get("RECFORGE_RECBOLE_PYTHON")
-    if not python or not Path(python).exists():
-        reason = "RECFORGE_RECBOLE_PYTHON is not set" if not python else f"{python} not found"
-        print(f"RecBole comparison skipped: {reason} (a venv with recbole==1.2.1)")
+    python, reason = recbole_python()
+    if python is None:
         return {"skipped": reason}
     sequences = split.history.sequences()
     test_item = dict(zip(split.test.users.id(split.test.user).tolist(),

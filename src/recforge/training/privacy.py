@@ -501,9 +501,7 @@ class PrivateRun:
         # (ghost: a second backward pass of the loss reweighted per user; hooks: each
         # user's materialised gradient), then its optimizer adds the noise and divides by
         # the expected number of users
-        with warnings.catch_warnings():  # Opacus's hooks on lookups of integer indices
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            self.criterion(per_user).backward()
+        self._backward(per_user)
         self.opt.step()
         if self.user_opt is not None:
             for p in self.users_params:  # each user's row: the gradient of its own loss
@@ -512,6 +510,11 @@ class PrivateRun:
             self.user_opt.step()
         self.steps += 1
         return float(per_user.detach().sum()), b
+
+    def _backward(self, per_user: torch.Tensor) -> None:
+        with warnings.catch_warnings():  # Opacus's hooks on lookups of integer indices
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            self.criterion(per_user).backward()
 
     def _physical(self, batch: Batch) -> list[Batch]:
         """The step's users in parts of at most ``physical_users`` (the model's
@@ -532,12 +535,10 @@ class PrivateRun:
         for i, part in enumerate(parts):
             per_user = self.model.private_loss(part)  # type: ignore[attr-defined]
             self.opt.zero_grad(set_to_none=True)  # keeps the sum of the parts before
-            with warnings.catch_warnings():  # Opacus's hooks on lookups of integer indices
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                # the mean over this part: Opacus's hooks rescale it to each user's own
-                # gradient, and its optimizer divides the noised sum by the expected
-                # number of users of the whole step
-                self.criterion(per_user).backward()
+            # the mean over this part: Opacus's hooks rescale it to each user's own
+            # gradient, and its optimizer divides the noised sum by the expected number of
+            # users of the whole step
+            self._backward(per_user)
             if i < len(parts) - 1:
                 self.opt.signal_skip_step(do_skip=True)
             self.opt.step()
