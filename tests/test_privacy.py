@@ -430,3 +430,21 @@ def test_a_private_step_in_parts_equals_one_part(private_sasrec, data):
     for name, grad in grads[0].items():
         assert torch.allclose(grad, grads[1][name], atol=1e-7, rtol=1e-4), name
     assert private_sasrec.private_physical_users() >= 1
+
+
+@pytest.mark.parametrize("name, params", [
+    ("sasrec", {"batch_size": 2**31 - 1, "max_len": 1}),
+    ("sasrec", {"batch_size": 1, "max_len": 300, "embedding_dim": 1}),
+    ("sasrec", {"dp_epsilon": 1e-30}),
+    ("gru4rec", {"batch_size": 7, "max_len": 300, "dp_epsilon": 1000.0}),
+    ("gru4rec", {"n_layers": 3, "dropout_hidden": 0.9, "max_len": 5}),
+])
+def test_private_next_item_models_at_the_ends_of_their_ranges(name, params):
+    """Settings at the ends of their ranges (one user a step or every user, windows of
+    one or 300 items, epsilon 1e-30 or 1000, three GRU layers): a private fit finishes,
+    spends at most its target (never below 0) and recommends."""
+    data = random_interactions(n_users=30, n_items=20, seed=1)
+    kw = {"dp_epsilon": 8.0, "epochs": 1, "device": "cpu", **params}
+    model = create_model(name, **kw).fit(data)
+    assert 0.0 <= model.privacy_["epsilon"] <= kw["dp_epsilon"] * (1 + 1e-6)
+    assert len(model.recommend(data.users.ids[:3], k=5)) == 15
