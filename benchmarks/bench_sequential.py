@@ -59,6 +59,7 @@ import yaml
 from recforge import Interactions
 from recforge.data.readers import read_sequences
 from recforge.data.split import leave_last_out
+from recforge.data.synthetic import make_sequential
 from recforge.evaluation.next_item import evaluate_next_item
 from recforge.models import create_model
 from recforge.models.registry import get_model_class
@@ -70,14 +71,28 @@ DATA = Path(os.environ.get("RECFORGE_SHARED_DATA", Path(__file__).resolve().pare
 RESULTS = Path(__file__).parent / "results" / "sequential.json"
 
 
+#: Generated ordered logs of shapes MovieLens lacks (``recforge.data.synthetic.
+#: make_sequential``): a shop's short sessions over a large catalogue, and long histories
+#: over a small one with weaker order (more of each history is taste than sequel).
+GENERATED = {
+    "gen-sessions": {"n_users": 10_000, "n_items": 10_000, "mean_length": 12.0,
+                     "n_topics": 100, "follow": 0.5, "stay": 0.3},
+    "gen-long": {"n_users": 3_000, "n_items": 6_000, "mean_length": 120.0,
+                 "n_topics": 60, "follow": 0.3, "stay": 0.4},
+}
+DATASETS = ["ml-1m-seq", "ml-100k", *GENERATED]
+
+
 def load(name: str) -> Interactions:
+    if name in GENERATED:
+        return make_sequential(**GENERATED[name], seed=0)
     if name == "ml-1m-seq":
         return read_sequences(DATA / "ml-1m-seq" / "sequences.txt")
     if name == "ml-100k":
         frame = pd.read_csv(DATA / "ml-100k" / "u.data", sep="\t",
                             names=["user", "item", "rating", "timestamp"])
         return Interactions.from_frame(frame[["user", "item", "timestamp"]])
-    raise SystemExit(f"unknown data {name!r}: ml-1m-seq or ml-100k")
+    raise SystemExit(f"unknown data {name!r}: one of {', '.join(DATASETS)}")
 
 
 def parse_run(spec: str) -> tuple[str, dict[str, Any]]:
@@ -336,7 +351,7 @@ def recbole_quality(data_name: str, split: Any, name: str, cpu_budget_s: float,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default="ml-1m-seq", choices=["ml-1m-seq", "ml-100k"])
+    ap.add_argument("--data", default="ml-1m-seq", choices=DATASETS)
     ap.add_argument("--run", action="append", default=[],
                     help="model:key=value,... (repeatable; default: sasrec's defaults)")
     ap.add_argument("--epochs", type=int, default=200)

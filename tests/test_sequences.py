@@ -310,3 +310,54 @@ def test_sessions_survive_subset_concat_and_dedupe():
     plain = Interactions(data.user, data.item, None, data.timestamp, users=data.users,
                          items=data.items)
     assert plain.fingerprint() != data.fingerprint()
+
+
+# --- a generated ordered log ------------------------------------------------------------
+def _next_item_hits(log: Interactions, k: int = 10) -> tuple[float, float]:
+    """Top-``k`` hit rate of each user's last item from the item before it, by transition
+    counts over every other user's consecutive pairs, beside popularity's top ``k``."""
+    import scipy.sparse as sp
+
+    seqs = log.sequences()
+    ends = seqs.indptr[1:] - 1
+    last, prev = seqs.items[ends], seqs.items[ends - 1]
+    pair = np.ones(len(seqs.items) - 1, dtype=bool)
+    pair[seqs.indptr[1:-1] - 1] = False  # across users
+    pair[ends[:-1]] = False  # a user's last item is what is asked
+    a, b = seqs.items[:-1][pair], seqs.items[1:][pair]
+    n = log.n_items
+    counts = sp.csr_matrix((np.ones(len(a)), (a, b)), shape=(n, n)).toarray()
+    top = np.argsort(-counts[prev], axis=1)[:, :k]
+    by_order = float((top == last[:, None]).any(1).mean())
+    popular = np.argsort(-np.bincount(b, minlength=n))[:k]
+    return by_order, float(np.isin(last, popular).mean())
+
+
+def test_make_sequential_is_seeded_ordered_and_its_order_carries_the_signal() -> None:
+    from recforge.data.synthetic import make_sequential
+
+    log = make_sequential(2000, 800, mean_length=15, n_topics=20, seed=3)
+    again = make_sequential(2000, 800, mean_length=15, n_topics=20, seed=3)
+    frame = log.to_frame()
+    pd.testing.assert_frame_equal(frame, again.to_frame())
+    assert not frame.duplicated(["user", "item"]).any()
+    ordered = frame.sort_values(["user", "timestamp"], kind="stable")
+    assert (ordered.groupby("user")["timestamp"].diff().dropna() > 0).all()  # no ties
+    assert 10 < log.sequences().lengths().mean() < 20
+    by_order, by_popularity = _next_item_hits(log)
+    assert by_order > 0.3 and by_order > 3 * by_popularity
+    # The same events in a shuffled order within each user: what is left is taste.
+    rng = np.random.default_rng(0)
+    shuffled = frame.assign(timestamp=frame.groupby("user")["timestamp"].transform(
+        lambda t: rng.permutation(t.to_numpy())))
+    assert _next_item_hits(Interactions.from_frame(shuffled))[0] < by_order - 0.15
+    assert make_sequential(50, 20, seed=1).n_items <= 20  # small shapes work
+
+
+@pytest.mark.parametrize("kwargs", [{"follow": 0.7, "stay": 0.5}, {"follow": -0.1},
+                                    {"mean_length": 2}, {"n_items": 5}, {"n_next": 0}])
+def test_make_sequential_refuses_impossible_shapes(kwargs) -> None:  # type: ignore[no-untyped-def]
+    from recforge.data.synthetic import make_sequential
+
+    with pytest.raises(ConfigError):
+        make_sequential(**{"n_users": 100, "n_items": 100, **kwargs})

@@ -24,8 +24,8 @@ from recforge._fs import atomic_path
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError
 
-__all__ = ["SyntheticData", "make_synthetic", "write_synthetic_parquet", "GENRES",
-           "ML20M_EVENTS_PER_USER"]
+__all__ = ["SyntheticData", "make_synthetic", "make_sequential", "write_synthetic_parquet",
+           "GENRES", "ML20M_EVENTS_PER_USER"]
 
 #: MovieLens 20M's interactions per user (20M ratings by 138K users): the proportion in which
 #: ``recforge datasets generate`` chooses a number of users (as the scale benchmarks do).
@@ -168,6 +168,91 @@ def _item_frame(rng: np.random.Generator, item_genre: np.ndarray) -> pd.DataFram
         "year": pd.array(years, dtype="Int64"),
         "genres": [list(genre_names[row]) for row in item_genre],
     }, index=pd.Index(np.arange(1, n_items + 1), name="item"))
+
+
+# ---------------------------------------------------------------------------------------
+# ordered data
+def make_sequential(n_users: int = 20_000, n_items: int = 20_000, *, mean_length: float = 12.0,
+                    n_topics: int = 200, follow: float = 0.5, stay: float = 0.3,
+                    n_next: int = 4, popularity_exponent: float = 1.0,
+                    seed: int = 0) -> Interactions:
+    """A generated log whose order carries the signal, for next-item and session models.
+
+    Each item belongs to one topic (uneven sizes) and has a Zipf popularity
+    (``popularity_exponent``) and ``n_next`` successors drawn from its topic by popularity
+    (sequels, accessories: chosen with weights 1/2, 1/4, ...). A user has 1-3 favourite
+    topics and a history whose length is log-normal around ``mean_length`` (at least 3).
+    The first item comes from a favourite topic by popularity; after an item, with
+    probability ``follow`` the next is one of its successors, with probability ``stay``
+    another item of its topic by popularity, otherwise an item of a favourite topic. A
+    user does not repeat an item (a draw that would is redrawn, three times from a
+    favourite topic, then from the whole catalogue; what still repeats is dropped). Timestamps increase strictly within a user:
+    minutes apart within a session, days between sessions (one gap in ten).
+
+    So the order matters (``follow``), the user's tastes matter (``stay`` and the jumps) and
+    popularity alone is weak: a next-item model should beat both ``pop`` and an unordered
+    model. Everything is vectorized over users, one step per position.
+    """
+    if n_users < 2 or n_items < 10 or n_topics < 1 or n_next < 1:
+        raise ConfigError("make_sequential needs n_users >= 2, n_items >= 10, n_topics >= 1 "
+                          "and n_next >= 1")
+    if not (follow >= 0 and stay >= 0 and follow + stay <= 1):
+        raise ConfigError(f"follow and stay are probabilities with follow + stay <= 1, got "
+                          f"{follow} and {stay}")
+    if not mean_length >= 3:
+        raise ConfigError(f"mean_length must be >= 3, got {mean_length}")
+    rng = np.random.default_rng(seed)
+    cdf_topic, by_topic, _, nonempty = _catalogue(rng, n_items, n_topics, popularity_exponent)
+    topic_of = np.empty(n_items, dtype=np.int64)
+    topic_of[by_topic] = np.ceil(cdf_topic).astype(np.int64) - 1
+
+    def in_topic(topics: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(cdf_topic, topics + rng.random(len(topics)), side="right")
+        return by_topic[np.minimum(pos, n_items - 1)]
+
+    successors = in_topic(np.repeat(topic_of, n_next)).reshape(n_items, n_next)
+    next_cdf = np.cumsum(0.5 ** np.arange(1, n_next + 1))
+    next_cdf /= next_cdf[-1]
+    favs = nonempty[rng.integers(0, len(nonempty), size=(n_users, 3))]
+    n_fav = rng.integers(1, 4, size=n_users)
+    sigma = 1.0
+    lengths = rng.lognormal(np.log(mean_length) - sigma ** 2 / 2, sigma, size=n_users)
+    cap = int(min(n_items // 2, 50 * mean_length))
+    lengths = np.clip(np.rint(lengths), 3, max(3, cap)).astype(np.int64)
+
+    def favourite(users: np.ndarray) -> np.ndarray:
+        return in_topic(favs[users, (rng.random(len(users)) * n_fav[users]).astype(np.int64)])
+
+    seqs = np.full((n_users, int(lengths.max())), -1, dtype=np.int64)
+    seqs[:, 0] = favourite(np.arange(n_users))
+    for t in range(1, seqs.shape[1]):  # positions, each vectorized over the users
+        users = np.flatnonzero(lengths > t)
+        prev = seqs[users, t - 1]
+        r = rng.random(len(users))
+        nxt = favourite(users)
+        follows = r < follow
+        pick = np.searchsorted(next_cdf, rng.random(int(follows.sum())), side="right")
+        nxt[follows] = successors[prev[follows], np.minimum(pick, n_next - 1)]
+        stays = (r >= follow) & (r < follow + stay)
+        nxt[stays] = in_topic(topic_of[prev[stays]])
+        for attempt in range(6):  # redraw repeats: from a favourite topic, then anywhere
+            again = (seqs[users, :t] == nxt[:, None]).any(axis=1)
+            if not again.any():
+                break
+            nxt[again] = (favourite(users[again]) if attempt < 3
+                          else rng.integers(0, n_items, int(again.sum())))
+        seqs[users, t] = nxt
+    user = np.repeat(np.arange(n_users), lengths)
+    item = seqs[seqs >= 0]  # row-major: each user's items in order
+    gaps = np.where(rng.random(len(item)) < 0.1, rng.exponential(3 * 86400, len(item)),
+                    rng.exponential(600, len(item)))
+    gaps = gaps.astype(np.int64) + 1
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    csum = np.cumsum(gaps)
+    ts = 1_600_000_000 + csum - (csum - gaps)[offsets][user]
+    frame = pd.DataFrame({"user": user + 1, "item": item + 1, "timestamp": ts})
+    frame = frame[~frame.duplicated(["user", "item"])]
+    return Interactions.from_frame(frame, source="synthetic-sequential")
 
 
 # ---------------------------------------------------------------------------------------
