@@ -475,3 +475,24 @@ def test_evaluate_says_each_note_once(tmp_path, capsys):
                           "--test", test, "--metrics", "recall@2"], capsys)
     assert code == 0, err
     assert (out + err).count("unknown to the model were skipped") == 1
+
+
+def test_datasets_generate_ordered_writes_a_log_the_sequence_models_read(tmp_path, capsys):
+    from recforge.data.readers import read_parquet
+
+    out = tmp_path / "o.parquet"
+    code, text, err = run(["datasets", "generate", out, "--ordered", "--users", 300,
+                           "--items", 200, "--mean-length", 8, "--seed", 2], capsys)
+    assert code == 0, err
+    data = read_parquet(out)
+    assert data.n_users == 300 and 5 < len(data) / 300 < 12
+    assert f"{len(data):,} events" in " ".join(text.split())
+    assert list(pd.read_parquet(out).columns) == ["user", "item", "timestamp"]
+    for bad, says in ((["--interactions", 1000], "--interactions does not apply"),
+                      (["--users", "9" * 5000], "--users"),
+                      (["--items", 10 ** 8], "10,000,000 --items"),
+                      (["--mean-length", "nan"], "mean_length"),
+                      (["--mean-length", 2], "mean_length must be >= 3")):
+        target = tmp_path / "bad.parquet"
+        code, _, err = run(["datasets", "generate", target, "--ordered", *bad], capsys)
+        assert code == 2 and says in err and not target.exists(), (bad, err)

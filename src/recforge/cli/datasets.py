@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from recforge.cli.common import check_out_file, console, status
+from recforge.errors import ConfigError
 
 datasets_app = typer.Typer(no_args_is_help=True, help="List, describe and download datasets.")
 
@@ -72,26 +73,53 @@ def datasets_generate(
     out: Path = typer.Argument(..., help="Parquet file to write (- for standard output)."),
     users: int | None = typer.Option(
         None, "--users", help="Number of users (default: in proportion to --interactions, "
-        "as in MovieLens 20M: 138,000 at 20M, 6,900 at 1M)."),
-    items: int = typer.Option(27_000, "--items", help="Number of items."),
-    interactions: int = typer.Option(20_000_000, "--interactions",
-                                     help="Number of (distinct user-item) events."),
+        "as in MovieLens 20M: 138,000 at 20M, 6,900 at 1M; with --ordered 10,000)."),
+    items: int | None = typer.Option(
+        None, "--items", help="Number of items (default 27,000; with --ordered 10,000)."),
+    interactions: int | None = typer.Option(
+        None, "--interactions", help="Number of (distinct user-item) events (default "
+        "20,000,000; not with --ordered, where --mean-length sets the size)."),
+    ordered: bool = typer.Option(
+        False, "--ordered", help="An ordered log for next-item and session models: items "
+        "follow each other (sequels, topics), histories log-normal around --mean-length."),
+    mean_length: float = typer.Option(12.0, "--mean-length",
+                                      help="With --ordered: mean items per user."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
     """Generate interactions at scale (default: the size of MovieLens 20M) to Parquet.
 
     Zipf item popularity, log-normal user activity and genre tastes; columns user, item,
     rating, timestamp. Memory stays bounded whatever the size (written user block by block).
+    With --ordered: a log whose order carries signal (columns user, item, timestamp; see
+    recforge.data.synthetic.make_sequential), built in memory.
     """
     # lazy: 17 ms of imports that `recforge --help` does not need
-    from recforge.data.synthetic import ML20M_EVENTS_PER_USER, write_synthetic_parquet
+    from recforge.data.synthetic import (
+        ML20M_EVENTS_PER_USER,
+        write_sequential_parquet,
+        write_synthetic_parquet,
+    )
 
     check_out_file(out, "OUT")
-    if users is None:
-        users = max(2, round(interactions / ML20M_EVENTS_PER_USER))
-    summary = write_synthetic_parquet(out, n_users=users, n_items=items,
-                                      n_interactions=interactions, seed=seed)
+    if ordered:
+        if interactions is not None:
+            raise ConfigError("--interactions does not apply to --ordered: its size is "
+                              "--users x --mean-length")
+        users = 10_000 if users is None else users
+        items = 10_000 if items is None else items
+        if users * mean_length > 50_000_000 or items > 10_000_000:
+            raise ConfigError(f"--ordered builds the log in memory: at most 50,000,000 "
+                              f"events (--users x --mean-length) and 10,000,000 --items, "
+                              f"got {users:,} x {mean_length:g} and {items:,}")
+        summary = write_sequential_parquet(out, n_users=users, n_items=items,
+                                           mean_length=mean_length, seed=seed)
+    else:
+        interactions = 20_000_000 if interactions is None else interactions
+        items = 27_000 if items is None else items
+        if users is None:
+            users = max(2, round(interactions / ML20M_EVENTS_PER_USER))
+        summary = write_synthetic_parquet(out, n_users=users, n_items=items,
+                                          n_interactions=interactions, seed=seed)
     status(out).print(f"wrote {summary['events']:,} events ({users:,} users x {items:,} "
                        f"items) to {out} in {summary['seconds']:.1f}s "
                        f"({summary['bytes'] / 1e6:,.1f} MB)")
-

@@ -24,8 +24,8 @@ from recforge._fs import atomic_path
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError
 
-__all__ = ["SyntheticData", "make_synthetic", "make_sequential", "write_synthetic_parquet",
-           "GENRES", "ML20M_EVENTS_PER_USER"]
+__all__ = ["SyntheticData", "make_synthetic", "make_sequential", "write_sequential_parquet",
+           "write_synthetic_parquet", "GENRES", "ML20M_EVENTS_PER_USER"]
 
 #: MovieLens 20M's interactions per user (20M ratings by 138K users): the proportion in which
 #: ``recforge datasets generate`` chooses a number of users (as the scale benchmarks do).
@@ -253,6 +253,24 @@ def make_sequential(n_users: int = 20_000, n_items: int = 20_000, *, mean_length
     frame = pd.DataFrame({"user": user + 1, "item": item + 1, "timestamp": ts})
     frame = frame[~frame.duplicated(["user", "item"])]
     return Interactions.from_frame(frame, source="synthetic-sequential")
+
+
+def write_sequential_parquet(path: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+    """Write :func:`make_sequential` (``kwargs``: its parameters) to Parquet: columns user,
+    item, timestamp, sorted by user then time, written to a temporary name and renamed
+    when complete. Returns a summary: events, users, items, seconds, bytes."""
+    start = time.perf_counter()
+    log = make_sequential(**kwargs)
+    frame = log.to_frame()
+    table = pa.table({"user": frame["user"].to_numpy(np.int32),
+                      "item": frame["item"].to_numpy(np.int32),
+                      "timestamp": frame["timestamp"].to_numpy(np.int64)})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+        size = os.path.getsize(tmp)
+    return {"path": str(path), "events": len(log), "users": log.n_users,
+            "items": log.n_items, "seconds": round(time.perf_counter() - start, 2),
+            "bytes": size}
 
 
 # ---------------------------------------------------------------------------------------
