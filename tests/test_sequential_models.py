@@ -26,7 +26,7 @@ def _one_thread():
 
 SMALL = {"embedding_dim": 16, "max_len": 20, "epochs": 15, "batch_size": 16,
          "learning_rate": 0.01, "dropout": 0.0, "n_negatives": 8, "device": "cpu",
-         "valid_metric": None}
+         "valid_metric": None, "lr_schedule": None}
 #: The contract tests' fits (the suite's random data, 300 users): they check shapes,
 #: saving and determinism, not what was learned, so two epochs do (15 took most of the
 #: file's time); the oracles train SMALL's 15 epochs on the checkerboard.

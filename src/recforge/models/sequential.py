@@ -241,7 +241,7 @@ class SequentialRecommender(GradientRecommender):
     #: max_len 50, lr 0.01 0.0269, lr 0.03 0.0201 (popularity 0.0203, not private 0.1619);
     #: validation NDCG@10 agrees (0.003: 0.0125, 0.01: 0.0181, seen kept)
     private_defaults: ClassVar[dict[str, Any]] = {"batch_size": 1024, "learning_rate": 0.01,
-                                                  "epochs": 10}
+                                                  "epochs": 10, "lr_schedule": None}
 
     def _validate_privacy(self) -> None:
         super()._validate_privacy()
