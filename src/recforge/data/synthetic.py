@@ -186,8 +186,9 @@ def make_sequential(n_users: int = 20_000, n_items: int = 20_000, *, mean_length
     probability ``follow`` the next is one of its successors, with probability ``stay``
     another item of its topic by popularity, otherwise an item of a favourite topic. A
     user does not repeat an item (a draw that would is redrawn, three times from a
-    favourite topic, then from the whole catalogue; what still repeats is dropped). Timestamps increase strictly within a user:
-    minutes apart within a session, days between sessions (one gap in ten).
+    favourite topic, then from the whole catalogue; what still repeats is dropped).
+    Timestamps increase strictly within a user: minutes apart within a session, days
+    between sessions (one gap in ten).
 
     So the order matters (``follow``), the user's tastes matter (``stay`` and the jumps) and
     popularity alone is weak: a next-item model should beat both ``pop`` and an unordered
