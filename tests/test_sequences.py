@@ -361,3 +361,39 @@ def test_make_sequential_refuses_impossible_shapes(kwargs) -> None:  # type: ign
 
     with pytest.raises(ConfigError):
         make_sequential(**{"n_users": 100, "n_items": 100, **kwargs})
+
+
+def test_make_sequential_any_parameters_give_a_valid_log_or_a_config_error() -> None:
+    """Property: whatever the parameters (the CLI passes users, items and mean length
+    through), the result is a log with no repeated pair and strictly increasing times
+    per user, or a ConfigError; never a crash or a hang. (Sizes out of range: the
+    parametrized refusal test above.)"""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from recforge.data.synthetic import make_sequential
+
+    odd = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32),
+                    st.floats(-0.5, 1.5))  # most of these are refused
+
+    def mostly(valid):  # type: ignore[no-untyped-def]
+        return st.one_of(valid, valid, valid, odd)
+
+    @settings(max_examples=80, deadline=None)
+    @given(n_users=st.integers(2, 60), n_items=st.integers(10, 80),
+           mean_length=mostly(st.floats(3, 40)), n_topics=st.integers(1, 90),
+           follow=mostly(st.floats(0, 0.6)), stay=mostly(st.floats(0, 0.4)),
+           n_next=st.integers(1, 6), popularity_exponent=st.floats(0, 3),
+           seed=st.integers(0, 2 ** 32))
+    def check(**kwargs) -> None:  # type: ignore[no-untyped-def]
+        try:
+            log = make_sequential(**kwargs)
+        except ConfigError:
+            return
+        frame = log.to_frame()
+        assert len(frame) and not frame.duplicated(["user", "item"]).any()
+        ordered = frame.sort_values(["user", "timestamp"], kind="stable")
+        assert (ordered.groupby("user")["timestamp"].diff().dropna() > 0).all()
+        assert log.n_items <= kwargs["n_items"] and log.n_users == kwargs["n_users"]
+
+    check()
