@@ -107,10 +107,13 @@ def datasets_generate(
                               "--users x --mean-length")
         users = 10_000 if users is None else users
         items = 10_000 if items is None else items
-        if users * mean_length > 50_000_000 or items > 10_000_000:
-            raise ConfigError(f"--ordered builds the log in memory: at most 50,000,000 "
-                              f"events (--users x --mean-length) and 10,000,000 --items, "
-                              f"got {users:,} x {mean_length:g} and {items:,}")
+        # in memory, with one padded row per user and a repeat check per position that
+        # grows with the square of a history's length: bounded so it cannot swap or hang
+        if users * mean_length > 5_000_000 or mean_length > 500 or items > 10_000_000:
+            raise ConfigError(f"--ordered builds the log in memory: at most 5,000,000 "
+                              f"events (--users x --mean-length), --mean-length 500 and "
+                              f"10,000,000 --items, got {users:,} x {mean_length:g} and "
+                              f"{items:,}")
         summary = write_sequential_parquet(out, n_users=users, n_items=items,
                                            mean_length=mean_length, seed=seed)
     else:

@@ -224,7 +224,7 @@ def make_sequential(n_users: int = 20_000, n_items: int = 20_000, *, mean_length
     def favourite(users: np.ndarray) -> np.ndarray:
         return in_topic(favs[users, (rng.random(len(users)) * n_fav[users]).astype(np.int64)])
 
-    seqs = np.full((n_users, int(lengths.max())), -1, dtype=np.int64)
+    seqs = np.full((n_users, int(lengths.max())), -1, dtype=np.int32)
     seqs[:, 0] = favourite(np.arange(n_users))
     for t in range(1, seqs.shape[1]):  # positions, each vectorized over the users
         users = np.flatnonzero(lengths > t)
