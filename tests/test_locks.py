@@ -37,30 +37,25 @@ def test_waiters_get_the_lock_in_the_order_they_came() -> None:
 
 def test_a_thread_that_releases_and_asks_again_queues_behind_a_waiter() -> None:
     """The defect the lock exists for: ``threading.Lock`` lets a busy thread take the lock
-    back again and again while another waits; here the waiter is served after at most the
-    holder's current turn."""
-    lock, stop = FairLock(), threading.Event()
-    turns = [0]
+    back at once while another waits. Here the holder releases only once the main thread
+    is queued, then asks again at once: the waiter must be served first, every time."""
+    def busy(lock: FairLock, order: list[str], holding: threading.Event) -> None:
+        with lock:
+            holding.set()
+            _wait_for_waiters(lock, 1)  # the main thread is queued behind us
+        with lock:  # asks again straight after releasing
+            order.append("busy")
 
-    def busy() -> None:
-        while not stop.is_set():
-            with lock:
-                turns[0] += 1
-
-    th = threading.Thread(target=busy)
-    th.start()
-    try:
-        while turns[0] < 100:
-            time.sleep(0.001)
-        for _ in range(20):
-            with lock:
-                before = turns[0]
-            # another turn of ours can only come after one of the busy thread's at most
-            with lock:
-                assert turns[0] - before <= 1
-    finally:
-        stop.set()
+    for _ in range(20):
+        lock, order, holding = FairLock(), [], threading.Event()
+        th = threading.Thread(target=busy, args=(lock, order, holding))
+        th.start()
+        assert holding.wait(10)
+        with lock:
+            order.append("main")
         th.join(10)
+        assert not th.is_alive()
+        assert order == ["main", "busy"]
 
 
 def test_reentrant_and_release_by_another_thread_refused() -> None:
