@@ -207,42 +207,61 @@ def test_sharded_ratings_validate_over_all_ranks(tmp_path):
 
 
 _RESUME_SCRIPT = """
+import logging
 import sys
 from recforge.data.readers import read_many
 from recforge.models import create_model
 from recforge.training import distributed
 
+logging.basicConfig(level=logging.INFO)
 ctx = distributed.init_from_environment(device="cpu")
 ckpt, out, crash = sys.argv[1], sys.argv[2], sys.argv[3] == "crash"
 train, valid = read_many([sys.argv[4], sys.argv[5]], shard=ctx.shard)
-params = {"optimizer": "adagrad", "learning_rate": 0.1} if sys.argv[8] == "on" else {}
-model = create_model(sys.argv[6], embedding_dim=8, epochs=5, batch_size=128, seed=2,
-                     **{"learning_rate": 0.02, **params}, valid_metric=sys.argv[7])
-tables = []
 
-def callback(record):
-    tables.append(model.module_.user.weight.shape[0])
-    if crash and record["epoch"] == 3:
-        raise SystemExit("crash after epoch 3")
 
-model.fit(train, valid, distributed=ctx.shard, sharded=True, checkpoint_dir=ckpt,
-          resume=True, epoch_callback=callback, sparse_updates=sys.argv[8])
-print(f"rank {ctx.rank} user rows while training {set(tables)} of {model.n_users}")
-if ctx.is_main:
-    model.save(out)
+class Crash(Exception):
+    pass
+
+
+crashed = 0
+for case in sys.argv[6:]:  # each case: model,metric,sparse; all in one job (one start-up)
+    name, metric, sparse = case.split(",")
+    params = {"optimizer": "adagrad", "learning_rate": 0.1} if sparse == "on" else {}
+    model = create_model(name, embedding_dim=8, epochs=5, batch_size=128, seed=2,
+                         **{"learning_rate": 0.02, **params}, valid_metric=metric)
+    tables = []
+
+    def callback(record):
+        tables.append(model.module_.user.weight.shape[0])
+        if crash and record["epoch"] == 3:
+            raise Crash  # raised alike on both ranks, after epoch 3's checkpoint
+
+    try:
+        model.fit(train, valid, distributed=ctx.shard, sharded=True,
+                  checkpoint_dir=f"{ckpt}-{case}", resume=True, epoch_callback=callback,
+                  sparse_updates=sparse)
+    except Crash:
+        crashed += 1
+        continue
+    print(f"{case} rank {ctx.rank} user rows while training {set(tables)} of {model.n_users}",
+          flush=True)
+    if ctx.is_main:
+        model.save(f"{out}-{case}")
 distributed.shutdown(wait_for_others=True)
+if crashed:  # the resumed job is a new process, as after a real crash
+    raise SystemExit(f"crash after epoch 3 in {crashed} cases")
 """
+
+_RESUME_CASES = ("bpr,ndcg@10,off", "mf,rmse,off", "mf,rmse,on")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "metric", "sparse"),
-                         [("bpr", "ndcg@10", "off"), ("mf", "rmse", "off"),
-                          ("mf", "rmse", "on")])
-def test_sharded_resume_matches_uninterrupted(tmp_path, model, metric, sparse):
+def test_sharded_resume_matches_uninterrupted(tmp_path):
     """Each rank trains a compact table of its own users; a checkpoint holds every rank's
-    rows and optimizer moments, so a job stopped after epoch 3 and resumed ends with the
-    same model as a job never stopped (also its best epoch's weights, chosen on
-    validation). Also with row-sparse updates of the user tables (Adagrad)."""
+    rows and optimizer moments, so a job stopped after epoch 3 and resumed (a new job)
+    ends with the same model as a job never stopped (also its best epoch's weights, chosen
+    on validation). For bpr and mf, also with row-sparse updates of the user tables
+    (Adagrad); the three cases share each job to pay torchrun's start-up once."""
     import torch
     from conftest import event_frame
 
@@ -258,29 +277,38 @@ def test_sharded_resume_matches_uninterrupted(tmp_path, model, metric, sparse):
     def job(ckpt: Path, out: Path, crash: bool) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                "--nproc-per-node", "2", str(script), str(ckpt), str(out),
-                               "crash" if crash else "-", str(train), str(valid), model,
-                               metric, sparse], capture_output=True, text=True, timeout=300,
+                               "crash" if crash else "-", str(train), str(valid),
+                               *_RESUME_CASES], capture_output=True, text=True, timeout=300,
                               env=env)
 
     stopped = job(tmp_path / "a", tmp_path / "model-a", crash=True)
-    assert stopped.returncode != 0 and "crash after epoch 3" in stopped.stderr
+    assert stopped.returncode != 0 and "crash after epoch 3 in 3 cases" in stopped.stderr
+    assert not list(tmp_path.glob("model-a-*"))
     resumed = job(tmp_path / "a", tmp_path / "model-a", crash=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for case in _RESUME_CASES:  # it did resume (not retrain from scratch)
+        assert f"a-{case} after epoch 3" in resumed.stderr, resumed.stderr[-3000:]
     clean = job(tmp_path / "b", tmp_path / "model-b", crash=False)
+    assert "resumed from" not in clean.stderr
     assert clean.returncode == 0, clean.stderr[-3000:]
-    a, b = Recommender.load(tmp_path / "model-a"), Recommender.load(tmp_path / "model-b")
     drop = ("seconds", "sampling_seconds")
-    assert ([{k: v for k, v in r.items() if k not in drop} for r in a.history_]
-            == [{k: v for k, v in r.items() if k not in drop} for r in b.history_])
-    for name, value in b.module_.state_dict().items():
-        torch.testing.assert_close(a.module_.state_dict()[name], value, rtol=0, atol=0)
-    # during training a rank's user table held only its own users' rows
-    n_users = a.n_users
-    # (found anywhere in the output: the ranks' lines may interleave there)
-    rows = re.findall(r"rank (\d) user rows while training \{(\d+)\} of (\d+)", clean.stdout)
-    assert sorted(r[0] for r in rows) == ["0", "1"] and all(int(r[2]) == n_users for r in rows)
-    sizes = sorted(int(r[1]) for r in rows)
-    assert sum(sizes) == n_users and 0 < sizes[0] < n_users
+    for case in _RESUME_CASES:
+        a = Recommender.load(tmp_path / f"model-a-{case}")
+        b = Recommender.load(tmp_path / f"model-b-{case}")
+        assert len(b.history_) == 5, case
+        assert ([{k: v for k, v in r.items() if k not in drop} for r in a.history_]
+                == [{k: v for k, v in r.items() if k not in drop} for r in b.history_]), case
+        for name, value in b.module_.state_dict().items():
+            torch.testing.assert_close(a.module_.state_dict()[name], value, rtol=0, atol=0)
+        # during training a rank's user table held only its own users' rows
+        n_users = a.n_users
+        # (found anywhere in the output: the ranks' lines may interleave there)
+        rows = re.findall(re.escape(case) + r" rank (\d) user rows while training "
+                          r"\{(\d+)\} of (\d+)", clean.stdout)
+        assert sorted(r[0] for r in rows) == ["0", "1"], case
+        assert all(int(r[2]) == n_users for r in rows), case
+        sizes = sorted(int(r[1]) for r in rows)
+        assert sum(sizes) == n_users and 0 < sizes[0] < n_users, case
 
 
 @pytest.mark.slow
