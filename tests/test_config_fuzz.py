@@ -505,7 +505,7 @@ EXTREMES: dict[str, list[Any]] = {
     "binary": [True, False], "reg_exponent": [0.0, 2.0], "reg_weight": ["observed", "total"],
     "neighbors": [1, 2**31 - 1],
     "shrink": [0.0, 3.4e38], "block_size": [1, 2**31 - 1], "n_layers": [0, 64],
-    "layers": [[1], [512, 512, 512]], "dropout": [0.0, 0.999], "loss": None,
+    "layers": [[1], [512], [32, 32, 32, 32]], "dropout": [0.0, 0.999], "loss": None,
     "pretrain": [False, True], "pretrain_optimizer": ["sgd", "adagrad"],
     "pretrain_learning_rate": [1e-30, 3.4e38], "id_dropout": [0.0, 0.999],
     "feature_reg": [1e-30, 3.4e38], "feature_weights": [None, {"genre": 3.4e38}],
