@@ -452,6 +452,18 @@ def test_help_shows_the_install_extras_in_brackets(capsys, monkeypatch):
     assert "recforge[postgres]" in out and "recforge[ann]" in out
 
 
+def test_each_call_lays_help_out_at_its_own_columns(capsys, monkeypatch):
+    """The help width is read on every call of ``main``, not kept from the first (a test
+    order, or an embedding program, that changed COLUMNS got the first call's width)."""
+    widths = []
+    for columns in ("90", "220", "90"):
+        monkeypatch.setenv("COLUMNS", columns)
+        code, out, _ = run(["serve", "--help"], capsys)
+        assert code == 0
+        widths.append(max(len(line) for line in out.splitlines()))
+    assert widths == [90, 220, 90]
+
+
 def test_unknown_users_error_names_the_cli_option(tmp_path, csv_files, capsys):
     train, _ = csv_files
     run(["train", "pop", "--data", train, "--out", tmp_path / "m"], capsys)

@@ -80,14 +80,21 @@ def _os_error(exc: OSError) -> str:
     return f"{exc.filename}: {what}" if exc.filename else str(exc)
 
 
+#: Typer's help width from its ``TERMINAL_WIDTH`` variable, as it read it at import
+_TYPER_MAX_WIDTH = typer.rich_utils.MAX_WIDTH
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning recforge errors into one line and exit status 2.
 
     Usage errors (unknown option, missing argument) are reported by Typer, also with
     status 2.
     """
-    if typer.rich_utils.MAX_WIDTH is None:  # TERMINAL_WIDTH, Typer's own setting, wins
-        typer.rich_utils.MAX_WIDTH = output_width(sys.stdout)  # help: None on a terminal
+    # TERMINAL_WIDTH (Typer's own setting, read when Typer is imported) wins; else the
+    # width of this call's stdout and COLUMNS (None on a terminal), set on every call so
+    # that a second call in one process does not keep the first one's width
+    typer.rich_utils.MAX_WIDTH = (_TYPER_MAX_WIDTH if _TYPER_MAX_WIDTH is not None
+                                  else output_width(sys.stdout))
     try:
         args = list(sys.argv[1:] if argv is None else argv)
         app(args=args, prog_name="recforge", obj={"argv": args})
