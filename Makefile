@@ -25,8 +25,12 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(VENV)/bin/recforge quickstart
 
+# Two pytest workers (pytest-xdist) fit the 2-core machine the suite is sized for;
+# `make test TEST_WORKERS=0` runs it in one process, `TEST_WORKERS=auto` one per core.
+TEST_WORKERS ?= 2
+
 test: install-dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # The web page in headless Chromium (Playwright); skipped without /usr/bin/chromium
 # (or RECFORGE_CHROMIUM). Also part of `make test`.
