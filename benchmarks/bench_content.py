@@ -1,7 +1,7 @@
 """Content-based and hybrid models on ml-latest-small: cold items, warm items, new users.
 
     .venv/bin/python benchmarks/bench_content.py [--seed 0] [--sections cold,warm,latency]
-                                                 [--out FILE]
+                                                 [--models M,...] [--features tfidf,text,tfidf+text] [--out FILE]
 
 Item features come in two versions: today's default (genres, decade, and the title, genre
 words and tags as one text encoded by the bundled wordllama encoder: ``text``) and the
@@ -82,6 +82,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
     "hybrid_bpr, text vectors": ("hybrid_bpr", {}, "text"),
     "vbpr": ("vbpr", {}, "tfidf"),
     "vbpr, text vectors": ("vbpr", {}, "text"),
+    "hybrid_bpr, TF-IDF + text vectors": ("hybrid_bpr", {}, "tfidf+text"),
+    "vbpr, TF-IDF + text vectors": ("vbpr", {}, "tfidf+text"),
 }
 METRICS = "recall@20,ndcg@20"
 
@@ -114,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=None,
                     help="comma-separated feature models to run (default: all of "
                          "content, hybrid, hybrid_bpr, vbpr)")
+    ap.add_argument("--features", default=None,
+                    help="comma-separated feature sets to run (default: all of tfidf, "
+                         "text, tfidf+text)")
     ap.add_argument("--out", type=Path,
                     default=REPO / "benchmarks" / "results" / "ml-latest-small-content.json")
     args = ap.parse_args(argv)
@@ -125,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.models:
         keep = set(args.models.split(","))
         for label in [k for k, v in VARIANTS.items() if v[0] not in keep]:
+            del VARIANTS[label]
+    if args.features:
+        keep = set(args.features.split(","))
+        for label in [k for k, v in VARIANTS.items() if v[2] not in keep]:
             del VARIANTS[label]
     unknown = sections - {"cold", "warm", "latency"}
     if unknown:
