@@ -109,6 +109,38 @@ def test_score_is_the_papers_predictor():
     torch.testing.assert_close(got, expected.detach(), rtol=1e-4, atol=1e-5)
 
 
+def test_mixed_features_split_into_a_dense_block_and_bagged_words():
+    """Words beside a dense vector: the vector's columns become a dense block, the words
+    stay bagged, and E f_i, beta'.f_i and their gradients equal the plain product f E."""
+    import scipy.sparse as sp
+
+    from recforge.models.vbpr import _VBPRModule
+
+    rng = np.random.default_rng(0)
+    n, n_words, dim = 50, 40, 6
+    words = sp.random(n, n_words, density=0.05, random_state=1, format="csr")
+    vector = rng.normal(size=(n, dim))
+    vector[3] = 0.0  # an item without a vector: a dense column need not be full
+    f = sp.hstack([words, sp.csr_matrix(vector)]).tocsr()
+    m = _VBPRModule(7, n, f, 4, 3, np.ones(n), 0.1, torch.Generator().manual_seed(0))
+    assert m.dense_cols.tolist() == list(range(n_words, n_words + dim))
+    assert len(m.f_indices) == words.nnz  # only the words are bagged
+    dense = torch.from_numpy(f.toarray()).float()
+    items = torch.tensor([[0, 3], [49, 7]])
+    for rows, which in ((None, slice(None)), (items, items)):
+        vec, bias = m.content(rows)
+        torch.testing.assert_close(vec, (dense @ m.projection.weight)[which])
+        torch.testing.assert_close(bias, (dense @ m.visual_bias.weight).squeeze(-1)[which])
+    vec, bias = m.content(items)
+    (vec.sum() + bias.sum()).backward()
+    got = m.projection.weight.grad.clone(), m.visual_bias.weight.grad.clone()
+    m.zero_grad()
+    sel = dense[items.reshape(-1)]
+    ((sel @ m.projection.weight).sum() + (sel @ m.visual_bias.weight).sum()).backward()
+    torch.testing.assert_close(got[0], m.projection.weight.grad)
+    torch.testing.assert_close(got[1], m.visual_bias.weight.grad)
+
+
 def test_cold_items_survive_save_and_load(tmp_path):
     data, genre = genre_world(n_items=80, n_users=60, per_user=8)
     split = cold_start_items(data, test_size=0.25, seed=0)
