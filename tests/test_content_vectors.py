@@ -385,3 +385,34 @@ def test_similar_in_history_by_modality(tmp_path):
         model.similar_in_history("new")
     with pytest.raises(ModelError, match="unknown item"):
         model.similar_in_history("nope", user=1)
+
+
+def test_hybrid_bpr_sums_a_dense_block_and_bagged_words_as_f_times_e():
+    """hybrid_bpr's feature side with words beside a dense vector: the vector's columns
+    are one dense block, the words bagged; the sums and their gradients equal f E, and
+    the saved buffers (the whole CSR) are what they were."""
+    import scipy.sparse as sp
+    import torch
+
+    from recforge.models.hybrid import _Bag
+
+    rng = np.random.default_rng(0)
+    n, n_words, dim = 50, 40, 6
+    words = sp.random(n, n_words, density=0.05, random_state=1, format="csr")
+    f = sp.hstack([words, sp.csr_matrix(rng.normal(size=(n, dim)))]).tocsr()
+    bag = _Bag(n, f, 4, np.ones(n), 0.1, torch.Generator().manual_seed(0))
+    assert bag.dense_cols.tolist() == list(range(n_words, n_words + dim))
+    assert len(bag.rest_indices) == words.nnz
+    assert sorted(bag.state_dict()) == ["f_indices", "f_offsets", "f_weights", "feat.weight",
+                                        "feat_bias.weight", "id_bias.weight", "ids.weight",
+                                        "warm"]
+    assert len(bag.state_dict()["f_indices"]) == f.nnz
+    vec, bias = bag()
+    dense = torch.from_numpy(f.toarray()).float()
+    torch.testing.assert_close(vec, bag.ids.weight + dense @ bag.feat.weight)
+    torch.testing.assert_close(bias, (dense @ bag.feat_bias.weight).squeeze(1))
+    (vec.sum() + bias.sum()).backward()
+    got = bag.feat.weight.grad.clone()
+    bag.zero_grad()
+    (dense @ bag.feat.weight).sum().backward()
+    torch.testing.assert_close(got, bag.feat.weight.grad)

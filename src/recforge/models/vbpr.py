@@ -48,7 +48,7 @@ from recforge.models.content import (
 )
 from recforge.models.contracts import Capabilities, FitOptions
 from recforge.models.gradient import GradientRecommender, SampledGradientRecommender
-from recforge.models.hybrid import _features_fingerprint, fold_in_scores
+from recforge.models.hybrid import _dense_columns, _features_fingerprint, fold_in_scores
 from recforge.models.params import (
     MAX_DIM,
     MAX_NUMBER,
@@ -63,15 +63,6 @@ from recforge.training.embedding import Embedding
 from recforge.training.trainer import resolve_device
 
 __all__ = ["VBPR"]
-
-
-def _dense_columns(f: sp.csr_matrix) -> np.ndarray:
-    """The columns of a feature matrix kept as a dense block: those filled in a quarter of
-    the rows or more (a text, image or audio vector), while the block stays within 256 MB
-    as float32. The rest (TF-IDF words, genres) are bagged from CSR."""
-    counts = np.bincount(f.indices, minlength=f.shape[1])
-    cols = np.flatnonzero(counts >= 0.25 * max(f.shape[0], 1))
-    return cols if f.shape[0] * len(cols) * 4 <= 256 * 2**20 else cols[:0]
 
 
 class _VBPRModule(nn.Module):
