@@ -132,8 +132,8 @@ def test_movielens_text_group_is_one_document_per_film():
 
 def test_movielens_words_beside_the_vector_for_the_models_that_map_them():
     """words=True adds the TF-IDF title and tag groups beside the text vector (the same
-    groups as the TF-IDF features); the CLI and experiments build them for hybrid, whose
-    class asks for them, and not for content."""
+    groups as the TF-IDF features); the CLI and experiments build them for hybrid,
+    hybrid_bpr and vbpr, whose classes ask for them, and not for content."""
     from recforge.experiment.workflow import PreparedData, item_features
 
     ml = _MovieLensLike()
@@ -149,6 +149,9 @@ def test_movielens_words_beside_the_vector_for_the_models_that_map_them():
                                .matrix.toarray())
     hybrid, content = create_model("hybrid"), create_model("content")
     assert set(item_features(None, ml, model=hybrid).groups) == set(both.groups)
+    for name in ("vbpr", "hybrid_bpr"):
+        assert set(item_features(None, ml, model=create_model(name)).groups) == \
+            set(both.groups)
     assert set(item_features(None, ml, model=content).groups) == {"genres", "text", "year"}
     plain = item_features(None, ml)
     data = PreparedData(train=None, test=None, valid=None, train_pos=None, test_pos=None,

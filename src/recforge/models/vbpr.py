@@ -184,6 +184,10 @@ class VBPR(FeatureModelMixin, SampledGradientRecommender):
     tuning_space = {"learning_rate": ("log", 1e-3, 3e-2), "reg": ("log", 1e-5, 1e-1),
                     "reg_visual": ("log", 1e-6, 1e-2), "visual_dim": ("cat", [16, 32, 64])}
     quick_params = {"epochs": 20}
+    #: MovieLens metadata for vbpr carries the TF-IDF words of titles and tags beside their
+    #: text vector: cold films on ml-latest-small, Recall@20 0.2655 with both, 0.2556 with
+    #: the words alone, 0.2106 with the vector alone (docs/content.md)
+    movielens_words = True
 
     epochs: int = 40
     batch_size: int = 2048
