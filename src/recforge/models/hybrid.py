@@ -188,13 +188,22 @@ def _features_fingerprint(f: Features | None) -> str | None:
     return h.hexdigest()[:16]
 
 
-def _dense_columns(f: sp.csr_matrix) -> np.ndarray:
-    """The columns of a feature matrix kept as a dense block: those filled in a quarter of
-    the rows or more (a text, image or audio vector), while the block stays within 256 MB
-    as float32. The rest (TF-IDF words, genres) are bagged from CSR."""
+def _split_features(f: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
+    """A feature matrix as (dense columns, their dense block, the sparse rest). Dense
+    columns are those filled in a quarter of the rows or more (a text, image or audio
+    vector), while the block stays within 256 MB as float32; the rest (TF-IDF words,
+    genres) keeps the original column numbers, for bagging. ``f = block + rest``."""
+    f = f.tocsr()
     counts = np.bincount(f.indices, minlength=f.shape[1])
     cols = np.flatnonzero(counts >= 0.25 * max(f.shape[0], 1))
-    return cols if f.shape[0] * len(cols) * 4 <= 256 * 2**20 else cols[:0]
+    if f.shape[0] * len(cols) * 4 > 256 * 2**20:
+        cols = cols[:0]
+    is_dense = np.zeros(f.shape[1], dtype=bool)
+    is_dense[cols] = True
+    rest = f.copy()
+    rest.data[is_dense[rest.indices]] = 0.0
+    rest.eliminate_zeros()
+    return cols, np.asarray(f[:, cols].toarray(), dtype=np.float32), rest
 
 
 class _Bag(nn.Module):
@@ -233,17 +242,11 @@ class _Bag(nn.Module):
             # of feature embeddings is then one matrix product plus a bag of the words,
             # where bagging 256 non-zeros per item for every item at every step took 20x
             # longer on ml-latest-small.
-            cols = _dense_columns(f)
-            is_dense = np.zeros(f.shape[1], dtype=bool)
-            is_dense[cols] = True
+            cols, block, rest = _split_features(f)
             self.dense = len(cols) > 0
             self.register_buffer("dense_cols", torch.from_numpy(cols.astype(np.int64)),
                                  persistent=False)
-            self.register_buffer("f_dense", torch.from_numpy(
-                np.asarray(f[:, cols].toarray(), dtype=np.float32)), persistent=False)
-            rest = f.copy()
-            rest.data[is_dense[rest.indices]] = 0.0
-            rest.eliminate_zeros()  # keeps the original column numbers
+            self.register_buffer("f_dense", torch.from_numpy(block), persistent=False)
             self.bag_rest = rest.nnz > 0
             for key, value in (("rest_indices", rest.indices.astype(np.int64)),
                                ("rest_offsets", rest.indptr[:-1].astype(np.int64)),
