@@ -69,7 +69,8 @@ class _VBPRModule(nn.Module):
     """User tables ``user`` (gamma_u) and ``user_visual`` (theta_u); item tables ``item``
     (gamma_i) and ``item_bias`` (beta_i), masked for items without interactions; the
     projection ``E`` (``projection``: one row per content dimension) and the content bias
-    ``beta'`` (``visual_bias``); the items' content vectors as CSR buffers."""
+    ``beta'`` (``visual_bias``); the items' content vectors as buffers derived from the
+    saved features: the dense columns as one block, the sparse rest as CSR."""
 
     def __init__(self, n_users: int, n_items: int, feats: sp.csr_matrix, dim: int,
                  visual_dim: int, warm: np.ndarray, init_std: float, gen: torch.Generator):
