@@ -27,6 +27,7 @@ from torch import nn
 
 from recforge.models.params import ParamRule, int_rule
 from recforge.models.sequential import SequentialRecommender
+from recforge.training.contracts import Batch
 from recforge.training.dropout import Dropout
 from recforge.training.embedding import Embedding
 
@@ -73,19 +74,82 @@ class _Caser(nn.Module):
                 ) -> torch.Tensor:
         """The states ``[b, n, d']`` of ``b * n`` windows ``rows`` (``[b * n, window]``)."""
         emb = self.item(rows) * (rows > 0).unsqueeze(-1).to(self.item.weight.dtype)
-        chans = emb.transpose(1, 2)  # [b*n, d, L]
+        z = F.relu(self.fc(self.drop(self._filters(emb)))).view(b, n, -1)
+        return self._with_user(z, users)
+
+    def _filters(self, emb: torch.Tensor) -> torch.Tensor:
+        """The horizontal (max-pooled) and vertical filters' outputs ``[..., n_h * L +
+        n_v * d]`` of windows ``emb`` ``[..., L, d]``."""
+        if isinstance(self.vertical, _VerticalFilters):  # a private fit's layers
+            horizontal = [F.relu(f(emb)).amax(dim=-2) for f in self.horizontal]
+            return torch.cat([*horizontal, self.vertical(emb)], dim=-1)
+        lead, (win, d) = emb.shape[:-2], emb.shape[-2:]
+        emb = emb.reshape(-1, win, d)
+        chans = emb.transpose(1, 2)  # [N, d, L]
         horizontal = [F.relu(conv(chans)).amax(dim=2) for conv in self.horizontal]
-        vertical = torch.einsum("vl,bld->bvd", self.vertical, emb).reshape(b * n, -1)
-        z = F.relu(self.fc(self.drop(torch.cat([*horizontal, vertical], dim=1))))
-        z = z.view(b, n, -1)
-        if users is None:
-            pu = z.new_zeros(b, n, z.shape[-1])
-        else:
-            pu = self.user(users).unsqueeze(1).expand(b, n, -1)
+        vertical = torch.einsum("vl,bld->bvd", self.vertical, emb).flatten(1)
+        return torch.cat([*horizontal, vertical], dim=1).view(*lead, -1)
+
+    def _with_user(self, z: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
+        """``[z, P_u, 1]`` per position (``P_u = 0`` without users)."""
+        b, n = z.shape[:2]
+        pu = z.new_zeros(b, n, z.shape[-1]) if users is None else \
+            self.user(users).unsqueeze(1).expand(b, n, -1)
         return torch.cat([z, pu, z.new_ones(b, n, 1)], dim=-1)
 
     def item_table(self) -> torch.Tensor:
         return torch.cat([self.output.weight, self.output_bias.weight], dim=1)
+
+    def encode_per_user(self, inputs: torch.Tensor, users: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+        """``encode(inputs, users)`` with every layer's input batch-first by user
+        (``[B, positions, ...]``): what a private fit runs, since Opacus takes each user's
+        gradient from the first dimension of a layer's input (``encode`` folds the
+        positions into it). Per-user gradients also need the filters as
+        :class:`_HorizontalFilter` and :class:`_VerticalFilters`, which the private fit
+        swaps in (:meth:`Caser._train_private`)."""
+        rows = F.pad(inputs, (self.window - 1, 0)).unfold(1, self.window, 1)  # [b, n, L]
+        emb = self.item(rows) * (rows > 0).unsqueeze(-1).to(self.item.weight.dtype)
+        return self._with_user(F.relu(self.fc(self.drop(self._filters(emb)))), users)
+
+
+class _HorizontalFilter(nn.Linear):
+    """A horizontal ``Conv1d`` (``n_h`` filters of height ``h`` over ``d`` channels) as the
+    linear layer over each unfolded ``h x d`` patch that it is: the same weights
+    (``conv.weight.reshape(n_h, d * h)``), applied to windows ``[..., L, d]`` with the
+    batch first, which Opacus can take per-user gradients of."""
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        n_h, d, h = conv.weight.shape
+        super().__init__(d * h, n_h, device=conv.weight.device, dtype=conv.weight.dtype)
+        self.height = h
+        with torch.no_grad():
+            self.weight.copy_(conv.weight.reshape(n_h, d * h))
+            self.bias.copy_(conv.bias)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        patches = emb.unfold(-2, self.height, 1)  # [..., L - h + 1, d, h]
+        return super().forward(patches.flatten(-2))  # [..., L - h + 1, n_h]
+
+    def put_back(self, conv: nn.Conv1d) -> None:
+        with torch.no_grad():
+            conv.weight.copy_(self.weight.view_as(conv.weight))
+            conv.bias.copy_(self.bias)
+
+
+class _VerticalFilters(nn.Linear):
+    """The vertical filters ``[n_v, L]`` as a linear layer over the window's rows: windows
+    ``[..., L, d]`` to ``[..., n_v * d]`` (filter-major, as :meth:`_Caser._states`)."""
+
+    def __init__(self, vertical: torch.Tensor) -> None:
+        n_v, window = vertical.shape
+        super().__init__(window, n_v, bias=False, device=vertical.device,
+                         dtype=vertical.dtype)
+        with torch.no_grad():
+            self.weight.copy_(vertical)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return super().forward(emb.transpose(-1, -2)).transpose(-1, -2).flatten(-2)
 
 
 class Caser(SequentialRecommender):
@@ -129,6 +193,42 @@ class Caser(SequentialRecommender):
                     "dropout": ("float", 0.0, 0.5), "learning_rate": ("log", 3e-4, 1e-2)}
     #: within quickstart's 3 minutes for every model
     quick_params = {"epochs": 3, "max_len": 20}
+
+    def private_loss(self, batch: Batch) -> torch.Tensor:
+        """Each sampled user's mean cross-entropy over their window (``dp_epsilon``)."""
+        return self._private_window_loss(batch)
+
+    def _private_encode(self, inputs: torch.Tensor, users: torch.Tensor | None
+                        ) -> torch.Tensor:
+        return self.module_.encode_per_user(inputs, users)
+
+    def _private_item_tables(self) -> list[torch.nn.Parameter]:
+        """The output table and its bias: :meth:`_Caser.item_table` (the input table is
+        another one, read by lookup)."""
+        return [self.module_.output.weight, self.module_.output_bias.weight]
+
+    def _train_private(self, train, valid, context) -> None:  # type: ignore[no-untyped-def]
+        """Opacus takes each user's gradient from a layer's first input dimension, which
+        ``Conv1d`` over the windows of every position (``[B * positions, d, L]``) does
+        not give, and cannot see the vertical filters (a bare parameter): a private fit
+        trains the same weights as linear layers over batch-first windows
+        (:meth:`_Caser.encode_per_user`), copied back afterwards; the saved model and its
+        scoring are unchanged."""
+        module = self.module_
+        convs, vertical = module.horizontal, module.vertical
+        module.horizontal = nn.ModuleList(_HorizontalFilter(conv) for conv in convs)
+        del module.vertical
+        module.vertical = _VerticalFilters(vertical.detach())
+        try:
+            super()._train_private(train, valid, context)
+        finally:
+            for linear, conv in zip(module.horizontal, convs, strict=True):
+                linear.put_back(conv)
+            with torch.no_grad():
+                vertical.copy_(module.vertical.weight)
+            del module.vertical
+            module.horizontal = convs
+            module.vertical = vertical
 
     def _build(self) -> nn.Module:
         with self._seeded():

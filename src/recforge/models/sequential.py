@@ -229,7 +229,8 @@ class SequentialRecommender(GradientRecommender):
         raise ConfigError(f"{self.name}: unknown loss {loss!r}")
 
     # ----------------------------------------------------------------------------------
-    # differentially private training (models that define private_loss: sasrec)
+    # differentially private training (models that define private_loss: sasrec, gru4rec,
+    # caser)
     #: per-user gradients materialised: the item table is read at the input and, through
     #: an :class:`~recforge.training.privacy.ItemOutput`, at the output
     private_grad_sample_mode: ClassVar[str] = "hooks"
@@ -285,11 +286,18 @@ class SequentialRecommender(GradientRecommender):
         self._private_output = ItemOutput(self._private_item_tables())
         return [self._private_output]
 
+    def _private_encode(self, inputs: torch.Tensor, users: torch.Tensor | None
+                        ) -> torch.Tensor:
+        """The states ``[B, positions, d]`` a private step scores: ``encode``, whose
+        layers must see each user's windows in the first dimension of their input."""
+        return self.module_.encode(inputs, users)
+
     def _private_window_loss(self, batch: Batch) -> torch.Tensor:
         """Each user's mean full-softmax cross-entropy over the positions of their window
         ``[B]`` (float32; the scores through the :class:`ItemOutput` Opacus hooks)."""
         inputs, targets = batch["inputs"], batch["targets"]
-        hidden = self.module_.encode(inputs, batch.get("users") if self.needs_users else None)
+        hidden = self._private_encode(inputs,
+                                      batch.get("users") if self.needs_users else None)
         logits = self._private_output(hidden)
         mask = targets > 0
         ce = torch.nn.functional.cross_entropy(
