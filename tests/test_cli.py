@@ -508,3 +508,15 @@ def test_datasets_generate_ordered_writes_a_log_the_sequence_models_read(tmp_pat
         target = tmp_path / "bad.parquet"
         code, _, err = run(["datasets", "generate", target, "--ordered", *bad], capsys)
         assert code == 2 and says in err and not target.exists(), (bad, err)
+
+
+def test_each_call_lays_tables_out_at_its_own_columns(capsys, monkeypatch):
+    """The consoles that print tables take this call's width too, not the width of the
+    process's first import (``recforge models``: a table wider than 90 columns)."""
+    widths = []
+    for columns in ("90", "200", "90"):
+        monkeypatch.setenv("COLUMNS", columns)
+        code, out, _ = run(["models"], capsys)
+        assert code == 0
+        widths.append(max(len(line) for line in out.splitlines()))
+    assert widths[0] == widths[2] <= 90 < widths[1] <= 200

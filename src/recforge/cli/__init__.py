@@ -24,7 +24,13 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from recforge._version import __version__
-from recforge.cli.common import ModelListHelp, ParamsCommand, err_console, output_width
+from recforge.cli.common import (
+    ModelListHelp,
+    ParamsCommand,
+    console,
+    err_console,
+    output_width,
+)
 from recforge.cli.datasets import datasets_app
 from recforge.cli.experiments import models_cmd, quickstart, run, tune
 from recforge.cli.forget import forget
@@ -95,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     # that a second call in one process does not keep the first one's width
     typer.rich_utils.MAX_WIDTH = (_TYPER_MAX_WIDTH if _TYPER_MAX_WIDTH is not None
                                   else output_width(sys.stdout))
+    # the consoles that print tables and errors: the same, for this call's streams
+    console.width = output_width(sys.stdout)  # type: ignore[assignment]
+    err_console.width = output_width(sys.stderr)  # type: ignore[assignment]
     try:
         args = list(sys.argv[1:] if argv is None else argv)
         app(args=args, prog_name="recforge", obj={"argv": args})
