@@ -14,7 +14,13 @@ vector: ``P_u = 0``.
 Training predicts the next item at every position of the user's last ``max_len`` items
 (the paper's sliding windows, all at once) with the losses of
 :class:`~recforge.models.sequential.SequentialRecommender` (the paper's is ``bce`` with
-sampled negatives; the default, ``sampled_softmax``, learned faster here).
+sampled negatives; the default, ``ce``, learned faster here).
+
+With ``dp_epsilon`` it trains with differential privacy per user (Opacus; ``loss="ce"``):
+the private fit trains the filters as the linear layers they are over windows kept
+batch-first by user (:class:`_HorizontalFilter`, :class:`_VerticalFilters`), since Opacus
+takes a per-user gradient from a layer input's first dimension, and copies the weights
+back into the convolutions that score and are saved.
 """
 
 from __future__ import annotations
