@@ -355,13 +355,13 @@ def test_per_user_gradients_include_the_tied_output(name, checked, request, data
         hooked.module_.gru = DPGRU(fused.input_size, fused.hidden_size, batch_first=True)
         hooked.module_.gru.load_state_dict(fused.state_dict())
     if name == "caser":  # the layers its private fit trains (Conv1d and the bare filters)
-        from recforge.models.caser import _HorizontalFilter, _VerticalFilters
+        from recforge.models.caser import _patch_linear, _rows_linear
 
         module = hooked.module_
-        module.horizontal = torch.nn.ModuleList(_HorizontalFilter(c) for c in module.horizontal)
+        module.horizontal = torch.nn.ModuleList(_patch_linear(c) for c in module.horizontal)
         vertical = module.vertical.detach()
         del module.vertical
-        module.vertical = _VerticalFilters(vertical)
+        module.vertical = _rows_linear(vertical)
     clip = 1e-3
     run = _window_run(hooked, data, clip)
     users = np.arange(12)

@@ -18,7 +18,7 @@ sampled negatives; the default, ``ce``, learned faster here).
 
 With ``dp_epsilon`` it trains with differential privacy per user (Opacus; ``loss="ce"``):
 the private fit trains the filters as the linear layers they are over windows kept
-batch-first by user (:class:`_HorizontalFilter`, :class:`_VerticalFilters`), since Opacus
+batch-first by user (:func:`_patch_linear`, :func:`_rows_linear`), since Opacus
 takes a per-user gradient from a layer input's first dimension, and copies the weights
 back into the convolutions that score and are saved.
 """
@@ -86,9 +86,12 @@ class _Caser(nn.Module):
     def _filters(self, emb: torch.Tensor) -> torch.Tensor:
         """The horizontal (max-pooled) and vertical filters' outputs ``[..., n_h * L +
         n_v * d]`` of windows ``emb`` ``[..., L, d]``."""
-        if isinstance(self.vertical, _VerticalFilters):  # a private fit's layers
-            horizontal = [F.relu(f(emb)).amax(dim=-2) for f in self.horizontal]
-            return torch.cat([*horizontal, self.vertical(emb)], dim=-1)
+        if isinstance(self.vertical, nn.Linear):  # a private fit's layers
+            d = emb.shape[-1]
+            horizontal = [F.relu(f(emb.unfold(-2, f.in_features // d, 1).flatten(-2)))
+                          .amax(dim=-2) for f in self.horizontal]  # patches [..., P, d*h]
+            vertical = self.vertical(emb.transpose(-1, -2)).transpose(-1, -2).flatten(-2)
+            return torch.cat([*horizontal, vertical], dim=-1)
         lead, (win, d) = emb.shape[:-2], emb.shape[-2:]
         emb = emb.reshape(-1, win, d)
         chans = emb.transpose(1, 2)  # [N, d, L]
@@ -111,51 +114,36 @@ class _Caser(nn.Module):
         """``encode(inputs, users)`` with every layer's input batch-first by user
         (``[B, positions, ...]``): what a private fit runs, since Opacus takes each user's
         gradient from the first dimension of a layer's input (``encode`` folds the
-        positions into it). Per-user gradients also need the filters as
-        :class:`_HorizontalFilter` and :class:`_VerticalFilters`, which the private fit
-        swaps in (:meth:`Caser._train_private`)."""
+        positions into it). Per-user gradients also need the filters as linear layers
+        (:func:`_patch_linear`, :func:`_rows_linear`), which the private fit swaps in
+        (:meth:`Caser._train_private`)."""
         rows = F.pad(inputs, (self.window - 1, 0)).unfold(1, self.window, 1)  # [b, n, L]
         emb = self.item(rows) * (rows > 0).unsqueeze(-1).to(self.item.weight.dtype)
         return self._with_user(F.relu(self.fc(self.drop(self._filters(emb)))), users)
 
 
-class _HorizontalFilter(nn.Linear):
+def _patch_linear(conv: nn.Conv1d) -> nn.Linear:
     """A horizontal ``Conv1d`` (``n_h`` filters of height ``h`` over ``d`` channels) as the
-    linear layer over each unfolded ``h x d`` patch that it is: the same weights
-    (``conv.weight.reshape(n_h, d * h)``), applied to windows ``[..., L, d]`` with the
-    batch first, which Opacus can take per-user gradients of."""
-
-    def __init__(self, conv: nn.Conv1d) -> None:
-        n_h, d, h = conv.weight.shape
-        super().__init__(d * h, n_h, device=conv.weight.device, dtype=conv.weight.dtype)
-        self.height = h
-        with torch.no_grad():
-            self.weight.copy_(conv.weight.reshape(n_h, d * h))
-            self.bias.copy_(conv.bias)
-
-    def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        patches = emb.unfold(-2, self.height, 1)  # [..., L - h + 1, d, h]
-        return super().forward(patches.flatten(-2))  # [..., L - h + 1, n_h]
-
-    def put_back(self, conv: nn.Conv1d) -> None:
-        with torch.no_grad():
-            conv.weight.copy_(self.weight.view_as(conv.weight))
-            conv.bias.copy_(self.bias)
+    linear map of each unfolded ``h x d`` patch that it is: the same weights,
+    ``conv.weight.reshape(n_h, d * h)`` (:meth:`_Caser._filters` unfolds the patches). A
+    plain ``nn.Linear``, so that Opacus takes its per-user gradients with its own exact
+    sampler."""
+    n_h, d, h = conv.weight.shape
+    linear = nn.Linear(d * h, n_h, device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.reshape(n_h, d * h))
+        linear.bias.copy_(conv.bias)
+    return linear
 
 
-class _VerticalFilters(nn.Linear):
-    """The vertical filters ``[n_v, L]`` as a linear layer over the window's rows: windows
-    ``[..., L, d]`` to ``[..., n_v * d]`` (filter-major, as :meth:`_Caser._states`)."""
-
-    def __init__(self, vertical: torch.Tensor) -> None:
-        n_v, window = vertical.shape
-        super().__init__(window, n_v, bias=False, device=vertical.device,
-                         dtype=vertical.dtype)
-        with torch.no_grad():
-            self.weight.copy_(vertical)
-
-    def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        return super().forward(emb.transpose(-1, -2)).transpose(-1, -2).flatten(-2)
+def _rows_linear(vertical: torch.Tensor) -> nn.Linear:
+    """The vertical filters ``[n_v, L]`` as a linear map over a window's ``L`` rows."""
+    n_v, window = vertical.shape
+    linear = nn.Linear(window, n_v, bias=False, device=vertical.device,
+                       dtype=vertical.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(vertical)
+    return linear
 
 
 class Caser(SequentialRecommender):
@@ -222,15 +210,16 @@ class Caser(SequentialRecommender):
         scoring are unchanged."""
         module = self.module_
         convs, vertical = module.horizontal, module.vertical
-        module.horizontal = nn.ModuleList(_HorizontalFilter(conv) for conv in convs)
+        module.horizontal = nn.ModuleList(_patch_linear(conv) for conv in convs)
         del module.vertical
-        module.vertical = _VerticalFilters(vertical.detach())
+        module.vertical = _rows_linear(vertical.detach())
         try:
             super()._train_private(train, valid, context)
         finally:
-            for linear, conv in zip(module.horizontal, convs, strict=True):
-                linear.put_back(conv)
             with torch.no_grad():
+                for linear, conv in zip(module.horizontal, convs, strict=True):
+                    conv.weight.copy_(linear.weight.view_as(conv.weight))
+                    conv.bias.copy_(linear.bias)
                 vertical.copy_(module.vertical.weight)
             del module.vertical
             module.horizontal = convs
