@@ -494,3 +494,17 @@ def test_private_next_item_models_at_the_ends_of_their_ranges(name, params):
     model = create_model(name, **kw).fit(data)
     assert 0.0 <= model.privacy_["epsilon"] <= kw["dp_epsilon"] * (1 + 1e-6)
     assert len(model.recommend(data.users.ids[:3], k=5)) == 15
+
+
+def test_caser_validates_during_a_private_fit(data):
+    """Validation scores through the swapped-in linear filters mid-fit (``_filters`` takes
+    either form), and the best epoch's weights end in the convolutions."""
+    from recforge.data.split import leave_last_out
+
+    split = leave_last_out(data, valid=True)
+    model = create_model("caser", dp_epsilon=4.0, window=3, n_h=2, n_v=2,
+                         **{**SEQ, "epochs": 2, "valid_metric": "ndcg@10"})
+    model.fit(split.train, valid=split.valid)
+    assert model.best_epoch_ in (1, 2) and 3.5 < model.privacy_["epsilon"] <= 4.0
+    assert isinstance(model.module_.vertical, torch.nn.Parameter)
+    assert len(model.recommend(split.train.users.ids[:3], k=5)) == 15
