@@ -86,6 +86,13 @@ def test_fixed_parameters_stay_fixed_and_ranges_follow_the_start(data):
     # relative ranges follow a starting value the user gave
     assert auto_space("als", {"reg": 1.0, "embedding_dim": 64}) == {"alpha": ("log", 1.0, 50.0)}
     assert auto_space("bpr", {"learning_rate": 0.01})["reg"] == ("log", 1e-4, 0.1)
+    # bpr's training length: the floor on the steps while epochs is None (the default),
+    # the epochs once they are a number
+    assert auto_space("bpr")["min_steps"] == ("logint", 2000, 8000)
+    assert "epochs" not in auto_space("bpr")
+    assert auto_space("bpr", {"epochs": 20})["learning_rate"] and "min_steps" not in auto_space(
+        "bpr", {"epochs": 20})
+    assert auto_space("bpr", {"min_steps": 100, "epochs": None}).get("epochs") is None
     _, res = _tune("itemknn", data, {"neighbors": 10}, max_trials=3)
     assert set(res.chosen) == {"shrink"} and res.params["neighbors"] == 10
 

@@ -496,6 +496,7 @@ def _child(code: str, *, memory_gb: float, timeout: float) -> subprocess.Complet
 #: cost time): fitted in a child process on a tiny dataset.
 EXTREMES: dict[str, list[Any]] = {
     "embedding_dim": [1, 512], "mlp_embedding_dim": [1, 512], "epochs": [1, 2],
+    "min_steps": [0, 2**31 - 1],
     "batch_size": [7, 2**31 - 1], "learning_rate": [1e-30, 0.01, 3.4e38], "reg": [0, 1e-30, 3.4e38],
     "weight_decay": [0.0, 3.4e38], "init_std": [0.0, 1e-3, 3.4e38], "n_negatives": [1, 1000],
     "optimizer": ["adam", "adamw", "sgd", "adagrad"], "lr_schedule": [None, "cosine", "step"],

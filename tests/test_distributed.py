@@ -93,7 +93,7 @@ def test_nproc_checks_settings_and_paths_once_before_launching(tmp_path, capsys,
     (taken / "notes.txt").write_text("x")
     base = ["train", "bpr", "--data", str(data), "--nproc", "2"]
     for extra, message in (
-            (["--out", str(tmp_path / "m"), "-p", "epochs=0"], "epochs must be an integer in 1.."),
+            (["--out", str(tmp_path / "m"), "-p", "epochs=0"], "epochs must be null or an integer in 1.."),
             (["--out", str(taken)], "not a saved recforge model"),
             (["--out", str(tmp_path / "m"), "--resume"], "--resume: no checkpoint"),
             (["--out", str(tmp_path / "m"), "-p", "seed=-1"], "seed must be an integer")):

@@ -305,6 +305,42 @@ def test_max_steps_per_epoch_cuts_every_epoch_short(random_data):
     assert full.history_[0]["steps"] == -(-len(random_data) // 16) > 3
 
 
+def test_min_steps_raises_the_epochs_of_a_small_log_only_when_epochs_is_auto(random_data):
+    """``epochs=None``: ``auto_epochs``, raised so the fit makes ``min_steps`` optimizer
+    steps (capped at MAX_EPOCH_FACTOR times); an explicit ``epochs`` is never changed."""
+    from recforge.models.mf import BPR
+
+    steps = -(-len(random_data) // 64)  # 332 events: 6 steps an epoch
+    auto = BPR(embedding_dim=4, epochs=None, min_steps=100 * steps - 1, batch_size=64,
+               valid_metric=None, seed=0)
+    assert auto.fit_epochs(steps) == 100 > BPR.auto_epochs
+    capped = BPR.MAX_EPOCH_FACTOR * BPR.auto_epochs
+    assert BPR(epochs=None, min_steps=10 ** 9).fit_epochs(1) == capped
+    assert BPR(epochs=None, min_steps=0).fit_epochs(1) == BPR.auto_epochs
+    assert BPR(epochs=None, min_steps=5).fit_epochs(1) == BPR.auto_epochs  # already beyond
+    assert BPR(epochs=3, min_steps=10 ** 6).fit_epochs(1) == 3
+    assert BPR(epochs=None, min_steps=10 ** 6).fit_epochs(None) == BPR.auto_epochs  # private
+    # a model without auto_epochs starts from its default epochs (mf: 50, not the base's 10)
+    mf = create_model("mf", epochs=None)
+    assert mf.fit_epochs(1) == mf.fit_epochs(None) == create_model("mf").epochs == 50
+
+    class Short(BPR):  # a class whose auto epochs the floor visibly raises
+        auto_epochs = 2
+
+    model = Short(embedding_dim=4, epochs=None, min_steps=2 * steps + 1, batch_size=64,
+                  valid_metric=None, seed=0).fit(random_data)
+    assert len(model.history_) == 3 and sum(h["steps"] for h in model.history_) == 3 * steps
+    assert model.get_params()["epochs"] is None
+    # the learning-rate schedule runs over the raised count: cosine ends near zero
+    assert model.history_[-1]["lr"] < model.history_[0]["lr"]
+    # timing runs (max_steps_per_epoch) count the steps they make
+    cut = Short(embedding_dim=4, epochs=None, min_steps=2 * steps + 1, batch_size=64,
+                valid_metric=None, seed=0).fit(random_data, max_steps_per_epoch=2)
+    assert len(cut.history_) == steps + 1
+    with pytest.raises(ConfigError, match="min_steps"):
+        BPR(min_steps=-1).fit(random_data)
+
+
 def test_trainer_keeps_freed_memory_for_reuse_on_glibc():
     """The allocator setting the trainer applies on CPU (large blocks reused instead of
     unmapped and page-faulted again every step), and its opt-out; each in a fresh process

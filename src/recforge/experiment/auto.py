@@ -73,6 +73,9 @@ _SEQUENCE = {"learning_rate": ("x", 0.2, 3.0), "dropout": ("float", 0.0, 0.6),
 #: The few hyperparameters that matter, per model. ``("x", lo, hi)``: ``lo`` to ``hi``
 #: times the starting value, log-uniform; ``("xint", lo, hi)``: the same, rounded to
 #: integers; ``("xcat", (f1, f2...))``: those multiples of the starting value (integers);
+#: a relative range over a starting value that is not a positive number is left out (so
+#: ``epochs`` is tuned where it is a number, ``min_steps`` where ``epochs`` is None and
+#: the floor on the steps sets the training length, see ``GradientRecommender.fit_epochs``);
 #: anything else as in a model's ``tuning_space`` (``("float", lo, hi)``...). Models not
 #: named here (``pop``, ``blend``) have nothing ``--auto`` tunes.
 AUTO_SPACES: dict[str, dict[str, tuple[Any, ...]]] = {
@@ -92,12 +95,13 @@ AUTO_SPACES: dict[str, dict[str, tuple[Any, ...]]] = {
     "svdpp": {"learning_rate": _LR, "reg": ("x", 0.1, 10.0), "epochs": ("xint", 0.5, 1.5)},
     "baseline": {"reg_u": ("x", 0.2, 5.0), "reg_i": ("x", 0.2, 5.0)},
     "knnbaseline": {"k": ("xint", 0.25, 5.0), "shrinkage": ("float", 0.0, 300.0)},
-    "bpr": {"learning_rate": _LR, "reg": ("x", 0.01, 10.0), "epochs": ("xint", 0.5, 1.5)},
+    "bpr": {"learning_rate": _LR, "reg": ("x", 0.01, 10.0), "epochs": ("xint", 0.5, 1.5),
+            "min_steps": ("xint", 0.5, 2.0)},
     "gmf": {"learning_rate": _LR, "epochs": ("xint", 0.5, 2.0)},
     "mlp": {"learning_rate": _LR, "epochs": ("xint", 0.5, 2.0)},
     "neumf": {"learning_rate": _LR, "epochs": ("xint", 0.5, 2.0)},
     "lightgcn": {"learning_rate": ("x", 0.1, 2.0), "reg": ("x", 0.1, 30.0),
-                 "epochs": ("xint", 0.5, 1.5)},
+                 "epochs": ("xint", 0.5, 1.5), "min_steps": ("xint", 0.5, 2.0)},
     "hybrid_bpr": {"learning_rate": _LR, "reg": ("x", 0.1, 10.0),
                    "id_dropout": ("float", 0.0, 0.8)},
     "vbpr": {"learning_rate": _LR, "reg": ("x", 0.01, 10.0), "epochs": ("xint", 0.5, 1.5)},
@@ -126,6 +130,8 @@ def auto_space(name: str, params: dict[str, Any] | None = None) -> dict[str, tup
     for key, spec in declared.items():
         if key in params:
             continue
+        if key == "min_steps" and start.get("epochs") is not None:
+            continue  # the floor applies to epochs=None only
         resolved = _resolve(spec, start[key])
         if resolved is not None:
             space[key] = resolved

@@ -86,8 +86,11 @@ class GradientRecommender(Recommender):
     """A recommender whose parameters are learned by the shared :class:`Trainer`.
 
     The shared hyperparameters (their ranges are documented in ``docs/models.md``):
-    ``embedding_dim`` (columns of the tables), ``epochs``, ``batch_size`` (events per step
-    over all ranks), ``learning_rate``, ``reg`` (L2 on the batch's rows), ``optimizer``,
+    ``embedding_dim`` (columns of the tables), ``epochs`` (passes over the training data;
+    ``None``: the class's :attr:`auto_epochs`, raised on a log too small for them to make
+    ``min_steps`` optimizer steps, see :meth:`fit_epochs`), ``min_steps``, ``batch_size``
+    (events per step over all ranks), ``learning_rate``, ``reg`` (L2 on the batch's rows),
+    ``optimizer``,
     ``weight_decay`` and ``lr_schedule`` (see :class:`~recforge.training.trainer.Trainer`),
     ``valid_metric``, ``patience`` and ``eval_every`` (early stopping on validation data),
     ``init_std`` (of the initial weights), ``device`` and ``seed``; and differentially
@@ -105,7 +108,8 @@ class GradientRecommender(Recommender):
     """
 
     embedding_dim: int = 64
-    epochs: int = 10
+    epochs: int | None = 10
+    min_steps: int = 0
     batch_size: int = 4096
     learning_rate: float = 0.002
     reg: float = 0.0
@@ -145,12 +149,21 @@ class GradientRecommender(Recommender):
     #: several MB at scale); set it for a module whose buffers change while it trains
     #: (BatchNorm's running statistics).
     ddp_broadcast_buffers: ClassVar[bool] = False
+    #: The epochs of a fit with ``epochs=None`` on a log large enough for them to make
+    #: ``min_steps`` optimizer steps (see :meth:`fit_epochs`); ``None``: the class's default
+    #: ``epochs`` (so ``epochs=None`` never means fewer epochs than the default).
+    auto_epochs: ClassVar[int | None] = None
+    #: The most epochs ``min_steps`` raises a fit with ``epochs=None`` to, as a multiple of
+    #: :attr:`auto_epochs` (a log of a few hundred events would otherwise take thousands
+    #: of one-step epochs, each validated).
+    MAX_EPOCH_FACTOR: ClassVar[int] = 25
     #: The parameters ``recforge train --dp-epsilon`` starts from for this model (those
     #: given with ``-p`` win): a private fit wants other settings than the model's own.
     private_defaults: ClassVar[dict[str, Any]] = {}
     #: The rule of each parameter (a subclass extends it with its own parameters').
     param_rules: ClassVar[dict[str, ParamRule]] = {
-        "embedding_dim": int_rule(1, MAX_DIM), "epochs": int_rule(1, MAX_EPOCHS),
+        "embedding_dim": int_rule(1, MAX_DIM),
+        "epochs": optional_rule(int_rule(1, MAX_EPOCHS)), "min_steps": int_rule(0, MAX_COUNT),
         "batch_size": int_rule(1, MAX_COUNT), "eval_every": int_rule(1, MAX_EPOCHS),
         "learning_rate": positive_rule(), "reg": number_rule(0, MAX_NUMBER),
         "weight_decay": number_rule(0, MAX_NUMBER), "init_std": number_rule(0, MAX_NUMBER),
@@ -425,15 +438,47 @@ class GradientRecommender(Recommender):
             # before hours of training, not at the first evaluation
             self._check_validation_data(train, valid, context)
             validate = functools.partial(self._validate, train, valid, context)
-        state = self._trainer(context, patience=self.patience).fit(self, sampler, validate)
+        steps = sampler.steps_per_epoch()
+        if context.max_steps_per_epoch is not None:
+            steps = min(steps, context.max_steps_per_epoch)
+        trainer = self._trainer(context, patience=self.patience, epochs=self.fit_epochs(steps))
+        state = trainer.fit(self, sampler, validate)
         self.history_ = state.history
         self.best_epoch_ = state.best_epoch
 
+    @classmethod
+    def default_epochs(cls) -> int:
+        """The epochs ``epochs=None`` starts from: :attr:`auto_epochs`, else the class's
+        default ``epochs`` (10 where that is None too)."""
+        if cls.auto_epochs is not None:
+            return int(cls.auto_epochs)
+        default = cls.__dataclass_fields__["epochs"].default  # type: ignore[attr-defined]
+        return int(default) if isinstance(default, int) else 10
+
+    def fit_epochs(self, steps_per_epoch: int | None = None) -> int:
+        """The epochs a fit runs: ``epochs``, or with ``epochs=None``
+        :meth:`default_epochs`, raised to ``ceil(min_steps / steps_per_epoch)`` when an epoch
+        of this data is too few steps for them to reach ``min_steps`` (at most
+        :attr:`MAX_EPOCH_FACTOR` times those). Adam moves the tables by about
+        the same amount per step whatever the batch covers, so a count of epochs chosen on
+        a log of 600,000 events (150 steps an epoch) leaves one of 40,000 (10 steps)
+        under-trained; a floor on the steps makes the default scale-free. The learning-rate
+        schedule runs over the raised count. ``steps_per_epoch=None`` (a private fit, whose
+        accountant spends its budget over the epochs it is given): no floor."""
+        if self.epochs is not None:
+            return int(self.epochs)
+        epochs = self.default_epochs()
+        if steps_per_epoch and self.min_steps:
+            floor = -(-int(self.min_steps) // int(steps_per_epoch))
+            epochs = max(epochs, min(floor, self.MAX_EPOCH_FACTOR * epochs))
+        return epochs
+
     def _trainer(self, context: FitContext, *, patience: int | None,
-                 privacy: PrivacySpec | None = None) -> Trainer:
-        """The shared trainer with this model's optimisation hyperparameters."""
+                 privacy: PrivacySpec | None = None, epochs: int | None = None) -> Trainer:
+        """The shared trainer with this model's optimisation hyperparameters (``epochs``:
+        as :meth:`fit_epochs` resolved them; default: without a floor on the steps)."""
         return Trainer(
-            epochs=int(self.epochs), learning_rate=float(self.learning_rate),
+            epochs=epochs if epochs is not None else self.fit_epochs(), learning_rate=float(self.learning_rate),
             optimizer=self.optimizer, weight_decay=float(self.weight_decay),
             lr_schedule=self.lr_schedule, valid_metric=self.valid_metric,  # type: ignore[arg-type]
             patience=patience, eval_every=int(self.eval_every), device=self.device_,

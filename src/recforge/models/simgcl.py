@@ -82,7 +82,8 @@ class SimGCL(LightGCN):
     quick_params = {"epochs": 20, "batch_size": 2048}
 
     n_layers: int = 2
-    epochs: int = 30
+    epochs: int | None = 30
+    min_steps: int = 0  # (lightgcn's floor was not measured with the contrastive term)
     batch_size: int = 16384
     learning_rate: float = 0.01
     reg: float = 1e-4
