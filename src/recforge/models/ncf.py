@@ -198,6 +198,12 @@ class _NCFBase(SampledGradientRecommender):
     #: ``neumf``, always ``"bce"`` for ``gmf``.
     loss: ClassVar[str] = "bce"
 
+    #: 10 epochs on a log of 600,000 events or more (1,640 steps on ml-1m-implicit, where
+    #: longer training overfits); on smaller logs at least 1,600 steps (docs/models.md)
+    auto_epochs = 10
+    epochs: int | None = None
+    min_steps: int = 1600
+
     #: (the rules of parameters a model lacks are skipped)
     #: (n_negatives >= 1 with loss="bce" only: checked below)
     min_negatives = 0
@@ -213,6 +219,11 @@ class _NCFBase(SampledGradientRecommender):
     @property
     def objective(self) -> str:  # type: ignore[override]
         return "rating" if self.loss == "mse" else "ranking"
+
+    def fit_epochs(self, steps_per_epoch: int | None = None) -> int:
+        """As for every gradient model; the floor on the steps was measured on the ranking
+        objective only: with ``loss="mse"``, ``epochs=None`` runs 10 epochs."""
+        return super().fit_epochs(steps_per_epoch if self.objective == "ranking" else None)
 
     def effective_capabilities(self) -> Capabilities:
         """The class's capabilities; rating ones (``rates``, ``learns_ratings``) only with
@@ -334,7 +345,9 @@ class _NCFBase(SampledGradientRecommender):
 class GMF(_NCFBase):
     """Generalised matrix factorization (the GMF tower of NCF).
 
-    Parameters: ``embedding_dim`` [8, 128], ``epochs``, ``batch_size``, ``learning_rate``,
+    Parameters: ``embedding_dim`` [8, 128], ``epochs`` (None, the default: 10, or as many
+    as make ``min_steps`` steps on a smaller log), ``min_steps``, ``batch_size``,
+    ``learning_rate``,
     ``reg`` (L2 on the batch's embeddings), ``n_negatives`` (per positive, [1, 10]),
     ``optimizer``, ``weight_decay``, ``lr_schedule``, ``valid_metric``, ``patience``,
     ``eval_every``, ``init_std``, ``device``, ``seed``.
@@ -346,7 +359,7 @@ class GMF(_NCFBase):
     tuning_space = {"embedding_dim": ("cat", [16, 32, 64]),
                     "learning_rate": ("log", 1e-4, 1e-2), "n_negatives": ("int", 1, 8)}
     #: the defaults were tuned on ml-1m; on quickstart's ml-100k, smaller batches
-    quick_params = {"batch_size": 1024}
+    quick_params = {"batch_size": 1024, "epochs": 10}
 
     def _towers(self, gen: torch.Generator) -> list[nn.Module]:
         return [_GMFTower(self.n_users, self.n_items, int(self.embedding_dim), gen,
@@ -368,13 +381,15 @@ class MLP(_NCFBase):
     tuning_space = {"embedding_dim": ("cat", [16, 32, 64]),
                     "learning_rate": ("log", 1e-4, 1e-2), "n_negatives": ("int", 1, 8)}
     #: the defaults were tuned on ml-1m; on quickstart's ml-100k, smaller batches
-    quick_params = {"batch_size": 1024}
+    quick_params = {"batch_size": 1024, "epochs": 10}
     scoring_params = {**GradientRecommender.scoring_params, "layers": _LAYERS_RULE,
                       "dropout": number_rule(0, 1)}
 
     layers: tuple[int, ...] = (128, 64)
     dropout: float = 0.0
     loss: str = "bce"  # type: ignore[misc]
+    #: the MLP tower alone gains longer than gmf and neumf (docs/models.md)
+    min_steps: int = 3200
 
     def _towers(self, gen: torch.Generator) -> list[nn.Module]:
         return [_MLPTower(self.n_users, self.n_items, int(self.embedding_dim),
@@ -398,7 +413,7 @@ class NeuMF(_NCFBase):
     tuning_space = {"embedding_dim": ("cat", [16, 32, 64]),
                     "learning_rate": ("log", 1e-4, 1e-2), "n_negatives": ("int", 1, 8)}
     #: the defaults were tuned on ml-1m; on quickstart's ml-100k, smaller batches
-    quick_params = {"batch_size": 1024}
+    quick_params = {"batch_size": 1024, "epochs": 10}
     scoring_params = {**MLP.scoring_params, "mlp_embedding_dim": int_rule(1)}
 
     mlp_embedding_dim: int = 64
