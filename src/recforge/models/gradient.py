@@ -478,8 +478,8 @@ class GradientRecommender(Recommender):
         """The shared trainer with this model's optimisation hyperparameters (``epochs``:
         as :meth:`fit_epochs` resolved them; default: without a floor on the steps)."""
         return Trainer(
-            epochs=epochs if epochs is not None else self.fit_epochs(), learning_rate=float(self.learning_rate),
-            optimizer=self.optimizer, weight_decay=float(self.weight_decay),
+            epochs=epochs if epochs is not None else self.fit_epochs(),
+            learning_rate=float(self.learning_rate), optimizer=self.optimizer, weight_decay=float(self.weight_decay),
             lr_schedule=self.lr_schedule, valid_metric=self.valid_metric,  # type: ignore[arg-type]
             patience=patience, eval_every=int(self.eval_every), device=self.device_,
             seed=int(self.seed or 0), context=context, privacy=privacy)
