@@ -90,8 +90,7 @@ class GradientRecommender(Recommender):
     ``None``: the class's :attr:`auto_epochs`, raised on a log too small for them to make
     ``min_steps`` optimizer steps, see :meth:`fit_epochs`), ``min_steps``, ``batch_size``
     (events per step over all ranks), ``learning_rate``, ``reg`` (L2 on the batch's rows),
-    ``optimizer``,
-    ``weight_decay`` and ``lr_schedule`` (see :class:`~recforge.training.trainer.Trainer`),
+    ``optimizer``, ``weight_decay`` and ``lr_schedule`` (see :class:`~recforge.training.trainer.Trainer`),
     ``valid_metric``, ``patience`` and ``eval_every`` (early stopping on validation data),
     ``init_std`` (of the initial weights), ``device`` and ``seed``; and differentially
     private training per user (:mod:`recforge.training.privacy`, on Opacus) for the models

@@ -347,8 +347,8 @@ class GMF(_NCFBase):
 
     Parameters: ``embedding_dim`` [8, 128], ``epochs`` (None, the default: 10, or as many
     as make ``min_steps`` steps on a smaller log), ``min_steps``, ``batch_size``,
-    ``learning_rate``,
-    ``reg`` (L2 on the batch's embeddings), ``n_negatives`` (per positive, [1, 10]),
+    ``learning_rate``, ``reg`` (L2 on the batch's embeddings), ``n_negatives`` (per
+    positive, [1, 10]),
     ``optimizer``, ``weight_decay``, ``lr_schedule``, ``valid_metric``, ``patience``,
     ``eval_every``, ``init_std``, ``device``, ``seed``.
     """
